@@ -1,0 +1,36 @@
+//! What a build tells the outside world while it runs.
+
+use crate::build::{BuildSummary, JobSummary};
+use crate::log::LogEntry;
+
+/// One event of a running build, in order, on one channel.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The build has an id and a plan; nothing has run yet.
+    BuildStarted {
+        build: String,
+        pipeline: String,
+        jobs: Vec<(String, String)>,
+    },
+    JobStarted {
+        job: usize,
+        id: String,
+        started_at: String,
+    },
+    StepStarted {
+        job: usize,
+        step: usize,
+        name: String,
+    },
+    StepFinished {
+        job: usize,
+        step: usize,
+        record: crate::runner::StepRecord,
+    },
+    JobFinished {
+        job: usize,
+        summary: JobSummary,
+    },
+    Log(LogEntry),
+    BuildFinished(BuildSummary),
+}

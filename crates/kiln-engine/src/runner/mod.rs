@@ -1,0 +1,165 @@
+//! Running one job: the seam between the build loop and sandboxes.
+//!
+//! The build loop hands a [`JobRequest`] to a [`JobRunner`] and gets a
+//! [`JobOutcome`] back. [`sandbox::SandboxRunner`] is the real runner; the
+//! benchmark's no-op runner measures the loop alone.
+
+pub mod sandbox;
+mod stepfiles;
+mod workspace_copy;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use kiln_workflow::{Contexts, JobResult, Plan};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::event::Event;
+use crate::log::{LogEntry, Stream};
+
+/// What a runner is asked to do.
+#[derive(Debug)]
+pub struct JobRequest {
+    pub build: String,
+    pub plan: Arc<Plan>,
+    /// Index into `plan.jobs`.
+    pub job: usize,
+    /// `github`, `env` (workflow level), `matrix`, `needs`, `strategy`, `runner`.
+    pub contexts: Contexts,
+    /// Becomes `true` when the job must stop (build cancelled, or fail-fast).
+    pub cancel: watch::Receiver<bool>,
+    pub emitter: Emitter,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    pub result: JobResult,
+    pub outputs: serde_json::Map<String, serde_json::Value>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub cpu_seconds: f64,
+    pub peak_memory_bytes: u64,
+}
+
+impl JobOutcome {
+    pub fn new(result: JobResult) -> JobOutcome {
+        JobOutcome {
+            result,
+            outputs: Default::default(),
+            exit_code: None,
+            reason: None,
+            cpu_seconds: 0.0,
+            peak_memory_bytes: 0,
+        }
+    }
+}
+
+/// Runs jobs.
+pub trait JobRunner: Send + Sync + 'static {
+    fn run_job(&self, req: JobRequest) -> impl Future<Output = JobOutcome> + Send;
+}
+
+/// A step's `outcome`/`conclusion` (GitHub's strings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    Success,
+    Failure,
+    Cancelled,
+    Skipped,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Success => "success",
+            StepStatus::Failure => "failure",
+            StepStatus::Cancelled => "cancelled",
+            StepStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// What is kept of one step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub outcome: StepStatus,
+    pub conclusion: StepStatus,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub cpu_seconds: f64,
+    pub peak_memory_bytes: u64,
+    /// `$GITHUB_STEP_SUMMARY`, if the step wrote one.
+    pub summary: Option<String>,
+}
+
+/// Sends a build's events, numbering log entries.
+///
+/// One lock covers numbering and sending, so `seq` order is channel order.
+#[derive(Debug, Clone)]
+pub struct Emitter {
+    inner: Arc<Mutex<EmitterInner>>,
+    build: Arc<str>,
+}
+
+#[derive(Debug)]
+struct EmitterInner {
+    seq: u64,
+    ui: Option<mpsc::UnboundedSender<Event>>,
+    store: Option<std::sync::mpsc::Sender<Event>>,
+}
+
+impl Emitter {
+    pub fn new(
+        build: &str,
+        ui: Option<mpsc::UnboundedSender<Event>>,
+        store: Option<std::sync::mpsc::Sender<Event>>,
+    ) -> Emitter {
+        Emitter {
+            inner: Arc::new(Mutex::new(EmitterInner { seq: 0, ui, store })),
+            build: build.into(),
+        }
+    }
+
+    pub fn build(&self) -> &str {
+        &self.build
+    }
+
+    pub fn emit(&self, event: Event) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.send(event);
+    }
+
+    /// Emits one log line.
+    pub fn log(&self, job: &str, step: &str, phase: &str, stream: Stream, text: String) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.seq += 1;
+        let entry = LogEntry {
+            ts: crate::time::now_rfc3339(),
+            build: self.build.to_string(),
+            job: job.to_string(),
+            step: step.to_string(),
+            phase: phase.to_string(),
+            stream,
+            seq: inner.seq,
+            text,
+        };
+        inner.send(Event::Log(entry));
+    }
+}
+
+impl EmitterInner {
+    fn send(&self, event: Event) {
+        if let Some(store) = &self.store {
+            let _ = store.send(event.clone());
+        }
+        if let Some(ui) = &self.ui {
+            let _ = ui.send(event);
+        }
+    }
+}

@@ -1,0 +1,1124 @@
+//! The real job runner: every step in a fresh sandbox over the job's
+//! workspace.
+//!
+//! Per job: a quota'd workspace (loop-mounted image, owned by the step uid).
+//! Per step: the script and the step files are prepared on the host, the
+//! sandbox is started, its pipes are framed into log entries as they arrive,
+//! and the step is stopped when it hits a limit (wall time, log bytes) or the
+//! job is cancelled; memory and process limits are enforced by the sandbox's
+//! cgroups and classified from its accounting.
+//!
+//! Seams for later rings: the step's environment is assembled in one place
+//! ([`step_env`]) where secrets will be bound by phase, and every output line
+//! passes through [`StepLogger::line`], where the scrubber will sit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln_sandbox::{Bind, Isolation, Runtime, Sandbox, SandboxSpec, Workspace};
+use kiln_workflow::{
+    BoolOrExpr, Contexts, IsolationTier, JobResult, PlannedJob, Shell, StatusFns, StepAction,
+    StepSpec, Template,
+};
+use serde_json::{json, Map, Value};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{watch, Notify};
+
+use super::stepfiles::{parse_assignments, read_bounded};
+use super::{JobOutcome, JobRequest, JobRunner, StepRecord, StepStatus};
+use crate::event::Event;
+use crate::limits::{StepLimits, StopReason};
+use crate::log::{LineFramer, Stream};
+
+/// Where the job's workspace is mounted inside every sandbox.
+pub const WORKSPACE: &str = "/workspace";
+/// Read-only directory with the step's script.
+const STEP_DIR: &str = "/kiln/step";
+/// Writable directory with the step files.
+const FILES_DIR: &str = "/kiln/files";
+/// The unprivileged uid/gid steps run as.
+pub const STEP_UID: u32 = 10001;
+pub const STEP_GID: u32 = 10001;
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Settings of the sandbox runner for one build.
+#[derive(Debug)]
+pub struct SandboxRunnerConfig {
+    /// This build's scratch directory (workspaces, bundles, step files).
+    pub build_dir: PathBuf,
+    /// The source `actions/checkout` copies, if any.
+    pub source: Option<PathBuf>,
+    /// Paths inside `source` never copied (kiln's own state).
+    pub source_skip: Vec<PathBuf>,
+    /// The operator's tier: jobs may ask for a stronger one, never a weaker.
+    pub isolation: Isolation,
+    /// Verified runtimes by tier.
+    pub runtimes: HashMap<TierKey, Runtime>,
+    pub limits: StepLimits,
+}
+
+/// A hashable tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TierKey {
+    Gvisor,
+    Container,
+}
+
+impl TierKey {
+    pub fn of(i: Isolation) -> TierKey {
+        match i {
+            Isolation::Gvisor => TierKey::Gvisor,
+            Isolation::Container => TierKey::Container,
+        }
+    }
+}
+
+/// The tier a job runs on: the job may raise the operator's tier, not lower it.
+pub fn effective_isolation(operator: Isolation, job: Option<IsolationTier>) -> (Isolation, bool) {
+    match (operator, job) {
+        (Isolation::Container, Some(IsolationTier::Gvisor)) => (Isolation::Gvisor, false),
+        (Isolation::Gvisor, Some(IsolationTier::Container)) => (Isolation::Gvisor, true),
+        (op, _) => (op, false),
+    }
+}
+
+/// Runs jobs in sandboxes.
+#[derive(Debug)]
+pub struct SandboxRunner {
+    cfg: SandboxRunnerConfig,
+    next_id: AtomicU64,
+}
+
+impl SandboxRunner {
+    pub fn new(cfg: SandboxRunnerConfig) -> SandboxRunner {
+        SandboxRunner {
+            cfg,
+            next_id: AtomicU64::new(0),
+        }
+    }
+}
+
+impl JobRunner for SandboxRunner {
+    async fn run_job(&self, req: JobRequest) -> JobOutcome {
+        let job = &req.plan.jobs[req.job];
+        let mut run = JobRun::new(self, &req);
+        let outcome = run.run(job).await;
+        run.teardown().await;
+        outcome
+    }
+}
+
+/// The state of one job while it runs.
+struct JobRun<'a> {
+    runner: &'a SandboxRunner,
+    req: &'a JobRequest,
+    dir: PathBuf,
+    workspace: Option<Workspace>,
+    limits: StepLimits,
+    isolation: Isolation,
+    /// The job's `env` plus everything `$GITHUB_ENV` added.
+    env: Map<String, Value>,
+    /// `$GITHUB_PATH` entries, newest first.
+    path_prefix: Vec<String>,
+    steps_ctx: Map<String, Value>,
+    failed: bool,
+    exit_code: Option<i32>,
+    reason: Option<String>,
+    cpu_seconds: f64,
+    peak_memory: u64,
+    deadline: Instant,
+    job_timeout: Duration,
+}
+
+impl<'a> JobRun<'a> {
+    fn new(runner: &'a SandboxRunner, req: &'a JobRequest) -> JobRun<'a> {
+        let job = &req.plan.jobs[req.job];
+        let limits = runner.cfg.limits.with_overrides(&job.spec.kiln);
+        let job_timeout = job
+            .spec
+            .timeout_minutes
+            .map(|m| Duration::from_secs_f64(m * 60.0))
+            .unwrap_or(limits.job_timeout);
+        let (isolation, _) = effective_isolation(runner.cfg.isolation, job.spec.kiln.isolation);
+        JobRun {
+            runner,
+            req,
+            dir: runner.cfg.build_dir.join(format!("job-{}", req.job)),
+            workspace: None,
+            limits,
+            isolation,
+            env: Map::new(),
+            path_prefix: Vec::new(),
+            steps_ctx: Map::new(),
+            failed: false,
+            exit_code: None,
+            reason: None,
+            cpu_seconds: 0.0,
+            peak_memory: 0,
+            deadline: Instant::now() + job_timeout,
+            job_timeout,
+        }
+    }
+
+    fn sys(&self, step: &str, text: String) {
+        let job = &self.req.plan.jobs[self.req.job];
+        self.req
+            .emitter
+            .log(&job.id, step, "", Stream::System, text);
+    }
+
+    fn contexts(&self) -> Contexts {
+        let mut c = self.req.contexts.clone();
+        let mut env = c.env.as_object().cloned().unwrap_or_default();
+        env.extend(self.env.clone());
+        c.env = Value::Object(env);
+        c.steps = Value::Object(self.steps_ctx.clone());
+        let status = if self.failed { "failure" } else { "success" };
+        c.job = json!({ "status": status });
+        c
+    }
+
+    fn status_fns(&self) -> StatusFns {
+        StatusFns {
+            success: !self.failed,
+            failure: self.failed,
+            cancelled: *self.req.cancel.borrow(),
+        }
+    }
+
+    async fn run(&mut self, job: &PlannedJob) -> JobOutcome {
+        let (_, lowered) = effective_isolation(self.runner.cfg.isolation, job.spec.kiln.isolation);
+        if lowered {
+            self.sys("", "kiln.isolation: container ignored: the operator chose gvisor (a job may not lower its isolation)".into());
+        }
+        if let Err(e) = self.setup(job).await {
+            let reason = StopReason::Infrastructure(e.to_string());
+            self.sys("", format!("job setup failed: {e}"));
+            let mut o = JobOutcome::new(JobResult::Failure);
+            o.reason = Some(reason.to_string());
+            return o;
+        }
+        for (k, step) in job.spec.steps.iter().enumerate() {
+            self.run_step(job, k, step).await;
+        }
+        let cancelled = *self.req.cancel.borrow();
+        let mut outcome = JobOutcome::new(if cancelled {
+            JobResult::Cancelled
+        } else if self.failed {
+            JobResult::Failure
+        } else {
+            JobResult::Success
+        });
+        // Outputs: evaluated after the steps, with their results.
+        let ctx = self.contexts();
+        for (name, t) in &job.spec.outputs {
+            match t.render(&ctx, self.status_fns()) {
+                Ok(v) => {
+                    outcome.outputs.insert(name.clone(), Value::String(v));
+                }
+                Err(e) => self.sys("", format!("output `{name}`: {e}")),
+            }
+        }
+        outcome.exit_code = self.exit_code;
+        outcome.reason = if cancelled {
+            Some("cancelled".into())
+        } else {
+            self.reason.clone()
+        };
+        outcome.cpu_seconds = self.cpu_seconds;
+        outcome.peak_memory_bytes = self.peak_memory;
+        outcome
+    }
+
+    async fn setup(&mut self, job: &PlannedJob) -> Result<(), crate::EngineError> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| crate::EngineError::io("creating", &self.dir, e))?;
+        let ws_dir = self.dir.join("workspace");
+        let disk = self.limits.disk_bytes;
+        let ws = tokio::task::spawn_blocking(move || {
+            Workspace::create(&ws_dir, disk, STEP_UID, STEP_GID)
+        })
+        .await
+        .map_err(|e| {
+            crate::EngineError::io(
+                "creating workspace",
+                PathBuf::new(),
+                std::io::Error::other(e),
+            )
+        })??;
+        self.workspace = Some(ws);
+        // The job's env: rendered once, in order, each value seeing the ones before.
+        let status = StatusFns {
+            success: true,
+            failure: false,
+            cancelled: false,
+        };
+        for (k, t) in &job.spec.env {
+            let v = self.render(t, status).unwrap_or_default();
+            self.env.insert(k.clone(), Value::String(v));
+        }
+        Ok(())
+    }
+
+    fn render(&self, t: &Template, status: StatusFns) -> Result<String, String> {
+        t.render(&self.contexts(), status)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn teardown(&mut self) {
+        if let Some(ws) = self.workspace.take() {
+            let _ = tokio::task::spawn_blocking(move || ws.destroy()).await;
+        }
+        let dir = self.dir.clone();
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+    }
+
+    fn step_name(job: &PlannedJob, step: &StepSpec, ctx: &Contexts, status: StatusFns) -> String {
+        if let Some(n) = &step.name {
+            if let Ok(s) = n.render(ctx, status) {
+                if !s.trim().is_empty() {
+                    return s;
+                }
+            }
+        }
+        let _ = job;
+        match &step.action {
+            StepAction::Checkout => "Checkout".to_string(),
+            StepAction::Run { script, .. } => {
+                let first = script
+                    .source()
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .trim();
+                let first: String = first.chars().take(60).collect();
+                format!("Run {first}")
+            }
+        }
+    }
+
+    async fn run_step(&mut self, job: &PlannedJob, k: usize, step: &StepSpec) {
+        let status = self.status_fns();
+        let ctx = self.contexts();
+        let name = Self::step_name(job, step, &ctx, status);
+        let cancelled = status.cancelled;
+        // `if`: default success(); on cancellation only `always()`/`cancelled()` steps run.
+        let run = match &step.condition {
+            None => status.success && !cancelled,
+            Some(c) => match c.eval_condition(&ctx, status) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.sys(&name, format!("if: {e}"));
+                    self.fail(None, Some(format!("if: {e}")));
+                    false
+                }
+            },
+        };
+        let record_skip = |s: &mut Self| {
+            s.record_step(
+                k,
+                step,
+                &name,
+                StepStatus::Skipped,
+                None,
+                None,
+                None,
+                0.0,
+                0,
+                None,
+            );
+        };
+        if !run {
+            record_skip(self);
+            return;
+        }
+        self.req.emitter.emit(Event::StepStarted {
+            job: self.req.job,
+            step: k,
+            name: name.clone(),
+        });
+        let started_at = crate::time::now_rfc3339();
+        let t0 = Instant::now();
+        let phase = match step.action {
+            StepAction::Checkout => "source-fetch",
+            StepAction::Run { .. } => "build",
+        };
+        self.req
+            .emitter
+            .log(&job.id, &name, phase, Stream::System, "step started".into());
+        let result = match &step.action {
+            StepAction::Checkout => self.checkout().await,
+            StepAction::Run { script, shell } => {
+                self.run_script(job, k, step, &name, script, *shell).await
+            }
+        };
+        let secs = t0.elapsed().as_secs_f64();
+        let (outcome, exit, reason, cpu, mem, summary) = match result {
+            Ok(r) => r,
+            Err(msg) => (StepStatus::Failure, None, Some(msg), 0.0, 0, None),
+        };
+        let mut line = format!("step finished in {}", crate::time::human_duration(secs));
+        match (exit, &reason) {
+            (_, Some(r)) => line.push_str(&format!(" ({r})")),
+            (Some(c), None) => line.push_str(&format!(" (exit {c})")),
+            (None, None) => {}
+        }
+        self.req
+            .emitter
+            .log(&job.id, &name, phase, Stream::System, line);
+        let conclusion = if outcome == StepStatus::Failure && self.step_continue_on_error(step) {
+            StepStatus::Success
+        } else {
+            outcome
+        };
+        if conclusion == StepStatus::Failure {
+            self.fail(exit, reason.clone());
+        } else if conclusion == StepStatus::Cancelled {
+            self.reason.get_or_insert_with(|| "cancelled".into());
+        }
+        self.cpu_seconds += cpu;
+        self.peak_memory = self.peak_memory.max(mem);
+        let finished_at = Some(crate::time::now_rfc3339());
+        let record = StepRecord {
+            name: name.clone(),
+            outcome,
+            conclusion,
+            started_at: Some(started_at),
+            finished_at,
+            exit_code: exit,
+            reason,
+            cpu_seconds: cpu,
+            peak_memory_bytes: mem,
+            summary,
+        };
+        self.finish_step(k, step, record);
+    }
+
+    fn fail(&mut self, exit: Option<i32>, reason: Option<String>) {
+        if !self.failed {
+            self.exit_code = exit;
+            self.reason = reason.or_else(|| exit.map(|c| format!("exit code {c}")));
+        }
+        self.failed = true;
+    }
+
+    fn step_continue_on_error(&self, step: &StepSpec) -> bool {
+        match &step.continue_on_error {
+            BoolOrExpr::Literal(b) => *b,
+            BoolOrExpr::Expr(t) => t
+                .eval(&self.contexts(), self.status_fns())
+                .map(|v| {
+                    !matches!(v, Value::Null | Value::Bool(false))
+                        && v != json!("")
+                        && v != json!(0)
+                })
+                .unwrap_or(false),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_step(
+        &mut self,
+        k: usize,
+        step: &StepSpec,
+        name: &str,
+        status: StepStatus,
+        exit: Option<i32>,
+        reason: Option<String>,
+        summary: Option<String>,
+        cpu: f64,
+        mem: u64,
+        started_at: Option<String>,
+    ) {
+        let record = StepRecord {
+            name: name.to_string(),
+            outcome: status,
+            conclusion: status,
+            started_at,
+            finished_at: None,
+            exit_code: exit,
+            reason,
+            cpu_seconds: cpu,
+            peak_memory_bytes: mem,
+            summary,
+        };
+        self.finish_step(k, step, record);
+    }
+
+    fn finish_step(&mut self, k: usize, step: &StepSpec, record: StepRecord) {
+        if let Some(id) = &step.id {
+            let outputs = self
+                .steps_ctx
+                .get(id)
+                .and_then(|s| s.get("outputs"))
+                .cloned()
+                .unwrap_or(json!({}));
+            self.steps_ctx.insert(
+                id.clone(),
+                json!({ "outputs": outputs, "outcome": record.outcome.as_str(), "conclusion": record.conclusion.as_str() }),
+            );
+        }
+        self.req.emitter.emit(Event::StepFinished {
+            job: self.req.job,
+            step: k,
+            record,
+        });
+    }
+
+    async fn checkout(&mut self) -> Result<StepResult, String> {
+        let Some(src) = self.runner.cfg.source.clone() else {
+            return Err("actions/checkout: this build has no source directory".into());
+        };
+        let ws = self
+            .workspace
+            .as_ref()
+            .ok_or("no workspace")?
+            .path()
+            .to_path_buf();
+        let skip = self.runner.cfg.source_skip.clone();
+        let n = tokio::task::spawn_blocking(move || {
+            super::workspace_copy::copy_source(&src, &ws, STEP_UID, STEP_GID, &skip)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let job = &self.req.plan.jobs[self.req.job];
+        self.req.emitter.log(
+            &job.id,
+            "Checkout",
+            "source-fetch",
+            Stream::System,
+            format!("checked out {n} files into {WORKSPACE}"),
+        );
+        Ok((StepStatus::Success, Some(0), None, 0.0, 0, None))
+    }
+
+    async fn run_script(
+        &mut self,
+        job: &PlannedJob,
+        k: usize,
+        step: &StepSpec,
+        name: &str,
+        script: &Template,
+        shell: Option<Shell>,
+    ) -> Result<StepResult, String> {
+        let status = self.status_fns();
+        // Environment: workflow < job < $GITHUB_ENV < step.
+        let mut env = self.contexts().env.as_object().cloned().unwrap_or_default();
+        for (key, t) in &step.env {
+            let mut ctx = self.contexts();
+            ctx.env = Value::Object(env.clone());
+            let v = t
+                .render(&ctx, status)
+                .map_err(|e| format!("env {key}: {e}"))?;
+            env.insert(key.clone(), Value::String(v));
+        }
+        let mut ctx = self.contexts();
+        ctx.env = Value::Object(env.clone());
+        let body = script
+            .render(&ctx, status)
+            .map_err(|e| format!("run: {e}"))?;
+        let defaults = &job.spec.defaults;
+        let wf_defaults = &self.req.plan.workflow.defaults;
+        let shell = shell
+            .or(defaults.shell)
+            .or(wf_defaults.shell)
+            .unwrap_or(Shell::Bash);
+        let wd = match &step.working_directory {
+            Some(t) => Some(
+                t.render(&ctx, status)
+                    .map_err(|e| format!("working-directory: {e}"))?,
+            ),
+            None => defaults
+                .working_directory
+                .clone()
+                .or_else(|| wf_defaults.working_directory.clone()),
+        };
+        let cwd = match wd {
+            Some(wd) => {
+                kiln_workflow::check_relative_path(&wd)
+                    .map_err(|e| format!("working-directory `{wd}`: {e}"))?;
+                let host = self.workspace.as_ref().map(|w| w.path().join(&wd));
+                if !host.as_ref().map(|h| h.is_dir()).unwrap_or(false) {
+                    return Err(format!(
+                        "working-directory `{wd}` does not exist in the workspace"
+                    ));
+                }
+                format!("{WORKSPACE}/{}", wd.trim_start_matches("./"))
+            }
+            None => WORKSPACE.to_string(),
+        };
+
+        // Host side: the script (read-only to the step) and the step files.
+        let n = self.runner.next_id.fetch_add(1, Ordering::Relaxed);
+        let step_dir = self.dir.join(format!("step-{k}"));
+        let script_dir = step_dir.join("script");
+        let files_dir = step_dir.join("files");
+        let bundle_dir = step_dir.join("bundle");
+        prepare_step_dirs(&script_dir, &files_dir, &bundle_dir, &body, shell)
+            .map_err(|e| e.to_string())?;
+        let script_path = format!("{STEP_DIR}/script.{}", shell.extension());
+
+        let full_env = step_env(
+            &self.req.contexts.github,
+            job,
+            step,
+            k,
+            env,
+            &self.path_prefix,
+        );
+        let id = format!(
+            "kiln-{}-{}-{}",
+            sanitize_id(&self.req.build),
+            self.req.job,
+            n
+        );
+        let spec = SandboxSpec {
+            id,
+            argv: shell.argv(&script_path),
+            env: full_env,
+            cwd,
+            workspace: self
+                .workspace
+                .as_ref()
+                .ok_or("no workspace")?
+                .path()
+                .to_path_buf(),
+            binds: vec![
+                Bind {
+                    source: script_dir.clone(),
+                    destination: STEP_DIR.into(),
+                    writable: false,
+                },
+                Bind {
+                    source: files_dir.clone(),
+                    destination: FILES_DIR.into(),
+                    writable: true,
+                },
+            ],
+            limits: self.limits.sandbox_limits(),
+            uid: STEP_UID,
+            gid: STEP_GID,
+        };
+        let step_timeout = step
+            .timeout_minutes
+            .map(|m| Duration::from_secs_f64(m * 60.0));
+        let (deadline, timeout_len) = match step_timeout {
+            Some(t) if Instant::now() + t < self.deadline => (Instant::now() + t, t),
+            _ => (self.deadline, self.job_timeout),
+        };
+        let runtime = self
+            .runner
+            .cfg
+            .runtimes
+            .get(&TierKey::of(self.isolation))
+            .cloned()
+            .ok_or_else(|| format!("no verified runtime for tier {:?}", self.isolation))?;
+        let logger = StepLogger {
+            emitter: self.req.emitter.clone(),
+            job: job.id.clone(),
+            step: name.to_string(),
+            bytes: Arc::new(AtomicU64::new(0)),
+            limit: self.limits.log_bytes,
+            over: Arc::new(Notify::new()),
+            tripped: Arc::new(AtomicBool::new(false)),
+        };
+        let run = run_sandbox(
+            runtime,
+            spec,
+            bundle_dir,
+            logger.clone(),
+            deadline,
+            self.req.cancel.clone(),
+        )
+        .await;
+        let (outcome, stopped) = match run {
+            Ok(v) => v,
+            Err(e) => return Err(StopReason::Infrastructure(e).to_string()),
+        };
+
+        // Classify: cancellation first, then the limits the sandbox's cgroups
+        // enforced (a fork bomb that also ran out the clock is a process-limit
+        // problem), then kiln's own stops.
+        let limit = match outcome.limit {
+            Some(kiln_sandbox::LimitHit::Memory { limit_bytes }) => {
+                Some(StopReason::Memory { limit_bytes })
+            }
+            Some(kiln_sandbox::LimitHit::Pids { limit }) => Some(StopReason::Pids { limit }),
+            None => None,
+        };
+        let mut reason = match stopped {
+            Some(Stop::Cancelled) => Some(StopReason::Cancelled),
+            _ if limit.is_some() => limit,
+            Some(Stop::Timeout) => Some(StopReason::Timeout { after: timeout_len }),
+            Some(Stop::Log) => Some(StopReason::Log {
+                limit_bytes: self.limits.log_bytes,
+            }),
+            None => None,
+        };
+        let exit = outcome.exit_code.or(outcome.signal.map(|s| 128 + s));
+        if reason.is_none() && exit != Some(0) {
+            if let Some(ws) = &self.workspace {
+                if ws.is_full() {
+                    reason = Some(StopReason::Disk {
+                        limit_bytes: self.limits.disk_bytes,
+                    });
+                }
+            }
+        }
+        if let Some(r) = &reason {
+            if !matches!(r, StopReason::Cancelled) {
+                self.req.emitter.log(
+                    &job.id,
+                    name,
+                    "build",
+                    Stream::System,
+                    format!("step stopped: {r}"),
+                );
+            }
+        }
+        let status = match (&reason, exit) {
+            (Some(StopReason::Cancelled), _) => StepStatus::Cancelled,
+            (Some(_), _) => StepStatus::Failure,
+            (None, Some(0)) => StepStatus::Success,
+            _ => StepStatus::Failure,
+        };
+
+        // The step files: outputs, env and path for later steps, the summary.
+        let mut summary = None;
+        if status != StepStatus::Cancelled {
+            self.read_step_files(job, name, step, &files_dir, &mut summary);
+        }
+        let _ = std::fs::remove_dir_all(&step_dir);
+        Ok((
+            status,
+            exit,
+            reason.map(|r| r.to_string()),
+            outcome.cpu_seconds,
+            outcome.peak_memory_bytes,
+            summary,
+        ))
+    }
+
+    fn read_step_files(
+        &mut self,
+        job: &PlannedJob,
+        name: &str,
+        step: &StepSpec,
+        dir: &Path,
+        summary: &mut Option<String>,
+    ) {
+        let warn =
+            |s: &Self, m: String| s.req.emitter.log(&job.id, name, "build", Stream::System, m);
+        match read_bounded(&dir.join("output"), "GITHUB_OUTPUT")
+            .and_then(|t| parse_assignments(&t, "GITHUB_OUTPUT"))
+        {
+            Ok(pairs) => {
+                if let Some(id) = &step.id {
+                    let mut outputs = Map::new();
+                    for (k, v) in pairs {
+                        outputs.insert(k, Value::String(v));
+                    }
+                    self.steps_ctx
+                        .insert(id.clone(), json!({ "outputs": outputs }));
+                }
+            }
+            Err(e) => warn(self, format!("ignored {e}")),
+        }
+        match read_bounded(&dir.join("env"), "GITHUB_ENV")
+            .and_then(|t| parse_assignments(&t, "GITHUB_ENV"))
+        {
+            Ok(pairs) => {
+                for (k, v) in pairs {
+                    if protected_env(&k) {
+                        warn(self, format!("GITHUB_ENV: `{k}` cannot be overridden"));
+                        continue;
+                    }
+                    self.env.insert(k, Value::String(v));
+                }
+            }
+            Err(e) => warn(self, format!("ignored {e}")),
+        }
+        match read_bounded(&dir.join("path"), "GITHUB_PATH") {
+            Ok(t) => {
+                for line in t.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                    if line.contains(':') || !line.starts_with('/') {
+                        warn(
+                            self,
+                            format!(
+                                "GITHUB_PATH: ignored `{line}` (absolute paths without `:` only)"
+                            ),
+                        );
+                        continue;
+                    }
+                    self.path_prefix.insert(0, line.to_string());
+                }
+            }
+            Err(e) => warn(self, format!("ignored {e}")),
+        }
+        match read_bounded(&dir.join("summary"), "GITHUB_STEP_SUMMARY") {
+            Ok(t) if !t.is_empty() => *summary = Some(t),
+            Ok(_) => {}
+            Err(e) => warn(self, format!("ignored {e}")),
+        }
+    }
+}
+
+/// (outcome, exit code, reason, cpu seconds, peak memory, summary)
+type StepResult = (
+    StepStatus,
+    Option<i32>,
+    Option<String>,
+    f64,
+    u64,
+    Option<String>,
+);
+
+/// Variables a step may not change through `$GITHUB_ENV`.
+fn protected_env(name: &str) -> bool {
+    name.starts_with("GITHUB_")
+        || name.starts_with("RUNNER_")
+        || name.starts_with("LD_")
+        || matches!(name, "CI" | "PATH" | "HOME")
+}
+
+/// Build directories under `state_dir` whose build is not running any more
+/// (its process died before it could clean up).
+pub fn leftover_builds(state_dir: &Path, store: &crate::store::Store) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(state_dir.join("builds")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|id| !matches!(store.build_status(id), Ok(Some(s)) if s == "running"))
+        .collect()
+}
+
+/// Removes what interrupted builds left behind: their sandboxes, the
+/// workspace mounts and the build directories.
+pub fn cleanup_interrupted(state_dir: &Path, builds: &[String]) {
+    for build in builds {
+        let _ = kiln_sandbox::cleanup_stale(&format!("kiln-{}-", sanitize_id(build)), None);
+        let dir = state_dir.join("builds").join(build);
+        unmount_below(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Unmounts every mount point at or below `dir` (deepest first).
+fn unmount_below(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&p)
+            .status();
+    }
+}
+
+fn sanitize_id(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+fn prepare_step_dirs(
+    script_dir: &Path,
+    files_dir: &Path,
+    bundle_dir: &Path,
+    body: &str,
+    shell: Shell,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    std::fs::create_dir_all(script_dir)?;
+    std::fs::create_dir_all(files_dir)?;
+    std::fs::create_dir_all(bundle_dir)?;
+    let script = script_dir.join(format!("script.{}", shell.extension()));
+    std::fs::write(&script, body)?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644))?;
+    std::fs::set_permissions(script_dir, std::fs::Permissions::from_mode(0o755))?;
+    for f in ["output", "env", "path", "summary"] {
+        let p = files_dir.join(f);
+        std::fs::write(&p, "")?;
+        chown(&p, Some(STEP_UID), Some(STEP_GID))?;
+    }
+    chown(files_dir, Some(STEP_UID), Some(STEP_GID))?;
+    std::fs::set_permissions(files_dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+/// The step's whole environment: kiln's variables, then the user's.
+fn step_env(
+    github: &Value,
+    job: &PlannedJob,
+    step: &StepSpec,
+    k: usize,
+    user: Map<String, Value>,
+    path_prefix: &[String],
+) -> Vec<(String, String)> {
+    let g = |k: &str| {
+        github
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut path = path_prefix.to_vec();
+    path.push(DEFAULT_PATH.to_string());
+    let mut env: Vec<(String, String)> = Vec::new();
+    for (k, v) in user {
+        if protected_env(&k) && k != "PATH" {
+            continue;
+        }
+        let v = match v {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        if k == "PATH" {
+            continue;
+        }
+        env.push((k, v));
+    }
+    let fixed = [
+        ("CI", "true".to_string()),
+        ("HOME", "/tmp".to_string()),
+        ("LANG", "C.UTF-8".to_string()),
+        ("PATH", path.join(":")),
+        ("GITHUB_ACTIONS", "true".to_string()),
+        ("GITHUB_WORKSPACE", WORKSPACE.to_string()),
+        ("GITHUB_SHA", g("sha")),
+        ("GITHUB_REF", g("ref")),
+        ("GITHUB_REF_NAME", g("ref_name")),
+        ("GITHUB_REPOSITORY", g("repository")),
+        ("GITHUB_REPOSITORY_OWNER", g("repository_owner")),
+        ("GITHUB_EVENT_NAME", g("event_name")),
+        ("GITHUB_RUN_ID", g("run_id")),
+        ("GITHUB_RUN_NUMBER", g("run_number")),
+        ("GITHUB_RUN_ATTEMPT", g("run_attempt")),
+        ("GITHUB_WORKFLOW", g("workflow")),
+        ("GITHUB_ACTOR", g("actor")),
+        ("GITHUB_JOB", job.key.clone()),
+        (
+            "GITHUB_ACTION",
+            step.id.clone().unwrap_or_else(|| format!("__run_{k}")),
+        ),
+        ("GITHUB_OUTPUT", format!("{FILES_DIR}/output")),
+        ("GITHUB_ENV", format!("{FILES_DIR}/env")),
+        ("GITHUB_PATH", format!("{FILES_DIR}/path")),
+        ("GITHUB_STEP_SUMMARY", format!("{FILES_DIR}/summary")),
+        ("RUNNER_OS", "Linux".to_string()),
+        (
+            "RUNNER_ARCH",
+            if cfg!(target_arch = "aarch64") {
+                "ARM64"
+            } else {
+                "X64"
+            }
+            .to_string(),
+        ),
+        ("RUNNER_NAME", "kiln".to_string()),
+        ("RUNNER_TEMP", "/tmp".to_string()),
+        ("RUNNER_TOOL_CACHE", "/tmp/toolcache".to_string()),
+        ("RUNNER_ENVIRONMENT", "self-hosted".to_string()),
+    ];
+    for (k, v) in fixed {
+        env.push((k.to_string(), v));
+    }
+    env
+}
+
+/// Why kiln stopped a step before it ended on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Timeout,
+    Cancelled,
+    Log,
+}
+
+/// Turns a step's output into log entries, and counts it against the limit.
+#[derive(Debug, Clone)]
+struct StepLogger {
+    emitter: super::Emitter,
+    job: String,
+    step: String,
+    bytes: Arc<AtomicU64>,
+    limit: u64,
+    over: Arc<Notify>,
+    tripped: Arc<AtomicBool>,
+}
+
+impl StepLogger {
+    /// Counts `n` raw bytes; false once the log limit is passed.
+    fn count(&self, n: usize) -> bool {
+        let total = self.bytes.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if total > self.limit {
+            if !self.tripped.swap(true, Ordering::Relaxed) {
+                self.over.notify_one();
+            }
+            return false;
+        }
+        true
+    }
+
+    fn line(&self, stream: Stream, text: String) {
+        // The secrets scrubber goes here: nothing upstream of this is stored.
+        self.emitter
+            .log(&self.job, &self.step, "build", stream, text);
+    }
+}
+
+async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, stream: Stream, logger: StepLogger) {
+    let mut framer = LineFramer::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if !logger.count(n) {
+            // Keep draining so the sandbox never blocks on a full pipe, but drop the bytes.
+            continue;
+        }
+        for line in framer.push(&buf[..n]) {
+            logger.line(stream, line);
+        }
+    }
+    if let Some(rest) = framer.finish() {
+        if !logger.tripped.load(Ordering::Relaxed) {
+            logger.line(stream, rest);
+        }
+    }
+}
+
+/// Starts the sandbox, streams its output, enforces the deadline, the log
+/// limit and cancellation, and tears it down.
+async fn run_sandbox(
+    runtime: Runtime,
+    spec: SandboxSpec,
+    bundle_dir: PathBuf,
+    logger: StepLogger,
+    deadline: Instant,
+    mut cancel: watch::Receiver<bool>,
+) -> Result<(kiln_sandbox::Outcome, Option<Stop>), String> {
+    let sandbox =
+        tokio::task::spawn_blocking(move || Sandbox::prepare(&runtime, &spec, &bundle_dir))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    let sandbox = Arc::new(sandbox);
+    let mut cmd = tokio::process::Command::from(sandbox.command());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let sb = sandbox.clone();
+            let _ = tokio::task::spawn_blocking(move || sb.kill()).await;
+            return Err(format!("starting the sandbox runtime: {e}"));
+        }
+    };
+    let out = tokio::spawn(pump(
+        child.stdout.take().expect("piped"),
+        Stream::Stdout,
+        logger.clone(),
+    ));
+    let err = tokio::spawn(pump(
+        child.stderr.take().expect("piped"),
+        Stream::Stderr,
+        logger.clone(),
+    ));
+    let over = logger.over.clone();
+    let (status, stopped) = tokio::select! {
+        s = child.wait() => (Some(s), None),
+        _ = tokio::time::sleep_until(deadline.into()) => (None, Some(Stop::Timeout)),
+        _ = wait_cancel(&mut cancel) => (None, Some(Stop::Cancelled)),
+        _ = over.notified() => (None, Some(Stop::Log)),
+    };
+    let status = match status {
+        Some(s) => s.map_err(|e| e.to_string())?,
+        None => {
+            let sb = sandbox.clone();
+            let _ = tokio::task::spawn_blocking(move || sb.kill()).await;
+            match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+                Ok(s) => s.map_err(|e| e.to_string())?,
+                Err(_) => {
+                    let _ = child.start_kill();
+                    child.wait().await.map_err(|e| e.to_string())?
+                }
+            }
+        }
+    };
+    // The pipes close when the sandbox is gone; don't wait forever if not.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = out.await;
+        let _ = err.await;
+    })
+    .await;
+    let sandbox = Arc::try_unwrap(sandbox).map_err(|_| "sandbox still shared".to_string())?;
+    let outcome = tokio::task::spawn_blocking(move || sandbox.finish(status))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok((outcome, stopped))
+}
+
+async fn wait_cancel(cancel: &mut watch::Receiver<bool>) {
+    loop {
+        if *cancel.borrow() {
+            return;
+        }
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_cannot_lower_the_operators_tier() {
+        assert_eq!(
+            effective_isolation(Isolation::Gvisor, Some(IsolationTier::Container)),
+            (Isolation::Gvisor, true)
+        );
+        assert_eq!(
+            effective_isolation(Isolation::Container, Some(IsolationTier::Gvisor)),
+            (Isolation::Gvisor, false)
+        );
+        assert_eq!(
+            effective_isolation(Isolation::Container, None),
+            (Isolation::Container, false)
+        );
+    }
+
+    #[test]
+    fn protected_variables_cannot_be_set_through_github_env() {
+        assert!(protected_env("GITHUB_OUTPUT"));
+        assert!(protected_env("PATH"));
+        assert!(protected_env("LD_PRELOAD"));
+        assert!(!protected_env("NODE_ENV"));
+    }
+}

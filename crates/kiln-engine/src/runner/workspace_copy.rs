@@ -1,0 +1,168 @@
+//! `actions/checkout`: the job's workspace gets a copy of the source.
+//!
+//! The source is the operator's directory, so it is trusted; the copy is
+//! what the job's steps may change. Symlinks are copied as symlinks (never
+//! followed), special files are skipped, and everything is owned by the
+//! step's uid. In a git work tree only the files git would show (tracked and
+//! untracked-but-not-ignored) are copied, plus `.git` itself, so build
+//! outputs and kiln's own state are left behind.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::{lchown, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::EngineError;
+
+/// Copies `src` into `dst` (which exists), owned by `uid:gid`. Returns the
+/// number of files copied.
+pub fn copy_source(
+    src: &Path,
+    dst: &Path,
+    uid: u32,
+    gid: u32,
+    skip: &[PathBuf],
+) -> Result<u64, EngineError> {
+    let listed = git_listed_files(src);
+    let mut count = 0;
+    copy_dir(
+        src,
+        dst,
+        Path::new(""),
+        uid,
+        gid,
+        skip,
+        listed.as_ref(),
+        &mut count,
+    )?;
+    Ok(count)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn copy_dir(
+    src: &Path,
+    dst: &Path,
+    rel: &Path,
+    uid: u32,
+    gid: u32,
+    skip: &[PathBuf],
+    listed: Option<&BTreeSet<PathBuf>>,
+    count: &mut u64,
+) -> Result<(), EngineError> {
+    let dir = src.join(rel);
+    let entries =
+        std::fs::read_dir(&dir).map_err(|e| EngineError::io("reading source dir", &dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| EngineError::io("reading source dir", &dir, e))?;
+        let rel_path = rel.join(entry.file_name());
+        let from = src.join(&rel_path);
+        if skip.iter().any(|s| s == &from) {
+            continue;
+        }
+        let in_git_dir = rel_path
+            .components()
+            .next()
+            .map(|c| c.as_os_str() == ".git")
+            .unwrap_or(false);
+        let to = dst.join(&rel_path);
+        let meta =
+            std::fs::symlink_metadata(&from).map_err(|e| EngineError::io("reading", &from, e))?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            if let Some(listed) = listed {
+                if !in_git_dir && !listed.iter().any(|p| p.starts_with(&rel_path)) {
+                    continue;
+                }
+            }
+            std::fs::create_dir(&to).map_err(|e| EngineError::io("creating", &to, e))?;
+            std::fs::set_permissions(
+                &to,
+                std::fs::Permissions::from_mode(meta.permissions().mode() & 0o777),
+            )
+            .map_err(|e| EngineError::io("chmod", &to, e))?;
+            copy_dir(src, dst, &rel_path, uid, gid, skip, listed, count)?;
+        } else if ft.is_file() || ft.is_symlink() {
+            if let Some(listed) = listed {
+                if !in_git_dir && !listed.contains(&rel_path) {
+                    continue;
+                }
+            }
+            if ft.is_file() {
+                std::fs::copy(&from, &to).map_err(|e| EngineError::io("copying", &from, e))?;
+                std::fs::set_permissions(
+                    &to,
+                    std::fs::Permissions::from_mode(meta.permissions().mode() & 0o777),
+                )
+                .map_err(|e| EngineError::io("chmod", &to, e))?;
+            } else {
+                let target = std::fs::read_link(&from)
+                    .map_err(|e| EngineError::io("reading link", &from, e))?;
+                std::os::unix::fs::symlink(&target, &to)
+                    .map_err(|e| EngineError::io("creating link", &to, e))?;
+            }
+            *count += 1;
+        } else {
+            continue;
+        }
+        lchown(&to, Some(uid), Some(gid)).map_err(|e| EngineError::io("chown", &to, e))?;
+    }
+    Ok(())
+}
+
+/// The files git would show under `src`, relative to it, or `None` when `src`
+/// is not in a git work tree. git runs with every hook and fsmonitor off.
+fn git_listed_files(src: &Path) -> Option<BTreeSet<PathBuf>> {
+    let out = crate::git::hardened_git(src)
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let mut set = BTreeSet::new();
+    for name in out.stdout.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        set.insert(PathBuf::from(String::from_utf8_lossy(name).into_owned()));
+    }
+    Some(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_files_and_links_without_following() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        std::fs::create_dir(src.path().join("sub")).unwrap();
+        std::fs::write(src.path().join("sub/a.txt"), "a").unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", src.path().join("evil")).unwrap();
+        std::fs::create_dir(src.path().join(".kiln")).unwrap();
+        std::fs::write(src.path().join(".kiln/state.db"), "x").unwrap();
+        let (uid, gid) = (std::fs::metadata(src.path()).unwrap().uid(), 0);
+        use std::os::unix::fs::MetadataExt;
+        let n = copy_source(
+            src.path(),
+            dst.path(),
+            uid,
+            gid,
+            &[src.path().join(".kiln")],
+        )
+        .unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(
+            std::fs::read_to_string(dst.path().join("sub/a.txt")).unwrap(),
+            "a"
+        );
+        assert!(std::fs::symlink_metadata(dst.path().join("evil"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(!dst.path().join(".kiln").exists());
+    }
+}

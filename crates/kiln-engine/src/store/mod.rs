@@ -1,0 +1,343 @@
+//! The embedded state store: builds, jobs, steps and logs in SQLite (WAL).
+//!
+//! The same schema serves `kiln run` (one process, one build) and, later, the
+//! server. Writes go through one writer thread ([`StoreWriter`]) that commits
+//! in small batches, so a crash or `kill -9` loses at most the last batch and
+//! never leaves a half-written row: SQLite's journal makes every batch atomic.
+//! Builds left `running` by a process that no longer exists are marked
+//! `interrupted` when a store is next opened.
+
+mod writer;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+pub use writer::StoreWriter;
+
+use crate::error::EngineError;
+use crate::log::{LogEntry, Stream};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS builds (
+    id          TEXT PRIMARY KEY,
+    pipeline    TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    finished_at TEXT,
+    pid         INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    build_id    TEXT NOT NULL REFERENCES builds(id),
+    idx         INTEGER NOT NULL,
+    id          TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    started_at  TEXT,
+    finished_at TEXT,
+    exit_code   INTEGER,
+    reason      TEXT,
+    cpu_seconds REAL,
+    peak_memory_bytes INTEGER,
+    PRIMARY KEY (build_id, idx)
+);
+CREATE TABLE IF NOT EXISTS steps (
+    build_id    TEXT NOT NULL,
+    job_idx     INTEGER NOT NULL,
+    idx         INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    conclusion  TEXT NOT NULL,
+    started_at  TEXT,
+    finished_at TEXT,
+    exit_code   INTEGER,
+    reason      TEXT,
+    cpu_seconds REAL,
+    peak_memory_bytes INTEGER,
+    summary     TEXT,
+    PRIMARY KEY (build_id, job_idx, idx)
+);
+CREATE TABLE IF NOT EXISTS logs (
+    build_id TEXT NOT NULL,
+    seq      INTEGER NOT NULL,
+    ts       TEXT NOT NULL,
+    job      TEXT NOT NULL,
+    step     TEXT NOT NULL,
+    phase    TEXT NOT NULL,
+    stream   TEXT NOT NULL,
+    text     TEXT NOT NULL,
+    PRIMARY KEY (build_id, seq)
+) WITHOUT ROWID;
+"#;
+
+/// A build as `kiln builds` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildRow {
+    pub id: String,
+    pub pipeline: String,
+    pub source: String,
+    pub status: String,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+/// A job row of a stored build.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRow {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i64>,
+    pub reason: Option<String>,
+    pub cpu_seconds: Option<f64>,
+    pub peak_memory_bytes: Option<i64>,
+}
+
+/// A connection to the state store.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    /// Builds this open marked as interrupted (their sandboxes need cleaning).
+    interrupted: Vec<String>,
+}
+
+impl Store {
+    /// Opens (creating if needed) `state.db` under `dir`, and marks builds whose
+    /// process is gone as interrupted.
+    pub fn open(dir: &Path) -> Result<Store, EngineError> {
+        std::fs::create_dir_all(dir).map_err(|e| EngineError::io("creating state dir", dir, e))?;
+        let path = dir.join("state.db");
+        let wrap = |source| EngineError::Store {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(wrap)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(wrap)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(wrap)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(wrap)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(wrap)?;
+        if version > SCHEMA_VERSION {
+            return Err(EngineError::Store {
+                path: path.clone(),
+                source: rusqlite::Error::InvalidParameterName(format!(
+                    "schema version {version} is newer than this kiln understands ({SCHEMA_VERSION})"
+                )),
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(wrap)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(wrap)?;
+        let mut store = Store {
+            conn,
+            path,
+            interrupted: Vec::new(),
+        };
+        store.interrupted = store.mark_interrupted()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Builds found interrupted when this store was opened.
+    pub fn interrupted(&self) -> &[String] {
+        &self.interrupted
+    }
+
+    /// Builds (and their jobs) still `running` whose process no longer exists.
+    fn mark_interrupted(&self) -> Result<Vec<String>, EngineError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, pid FROM builds WHERE status = 'running'")?;
+        let rows: Vec<(String, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut marked = Vec::new();
+        for (id, pid) in rows {
+            if Path::new(&format!("/proc/{pid}")).exists() && pid as u32 != std::process::id() {
+                continue;
+            }
+            let now = crate::time::now_rfc3339();
+            self.conn.execute(
+                "UPDATE builds SET status = 'interrupted', finished_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+            self.conn.execute(
+                "UPDATE jobs SET status = 'interrupted', finished_at = ?2 \
+                 WHERE build_id = ?1 AND status IN ('running', 'pending')",
+                params![id, now],
+            )?;
+            marked.push(id);
+        }
+        Ok(marked)
+    }
+
+    pub fn insert_build(
+        &self,
+        id: &str,
+        pipeline: &str,
+        source: &str,
+        jobs: &[(String, String)],
+    ) -> Result<(), EngineError> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO builds (id, pipeline, source, status, created_at, pid) VALUES (?1, ?2, ?3, 'running', ?4, ?5)",
+            params![id, pipeline, source, crate::time::now_rfc3339(), std::process::id()],
+        )?;
+        for (i, (job_id, name)) in jobs.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO jobs (build_id, idx, id, name, status) VALUES (?1, ?2, ?3, ?4, 'pending')",
+                params![id, i as i64, job_id, name],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn builds(&self, limit: usize) -> Result<Vec<BuildRow>, EngineError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, pipeline, source, status, created_at, finished_at FROM builds ORDER BY created_at DESC, id DESC LIMIT ?1",
+        )?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok(BuildRow {
+                    id: r.get(0)?,
+                    pipeline: r.get(1)?,
+                    source: r.get(2)?,
+                    status: r.get(3)?,
+                    created_at: r.get(4)?,
+                    finished_at: r.get(5)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Resolves a build id or a unique prefix of one (`latest` is the newest).
+    pub fn resolve_build(&self, id: &str) -> Result<BuildRow, EngineError> {
+        let all = if id == "latest" {
+            self.builds(1)?
+        } else {
+            self.builds(usize::MAX >> 1)?
+        };
+        let mut found = all
+            .into_iter()
+            .filter(|b| id == "latest" || b.id == id || b.id.starts_with(id));
+        match (found.next(), found.next()) {
+            (Some(b), None) => Ok(b),
+            _ => Err(EngineError::UnknownBuild(id.to_string())),
+        }
+    }
+
+    pub fn jobs(&self, build: &str) -> Result<Vec<JobRow>, EngineError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, name, status, started_at, finished_at, exit_code, reason, cpu_seconds, peak_memory_bytes \
+             FROM jobs WHERE build_id = ?1 ORDER BY idx",
+        )?;
+        let rows = stmt
+            .query_map([build], |r| {
+                Ok(JobRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    status: r.get(2)?,
+                    started_at: r.get(3)?,
+                    finished_at: r.get(4)?,
+                    exit_code: r.get(5)?,
+                    reason: r.get(6)?,
+                    cpu_seconds: r.get(7)?,
+                    peak_memory_bytes: r.get(8)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn logs(&self, build: &str) -> Result<Vec<LogEntry>, EngineError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT ts, job, step, phase, stream, seq, text FROM logs WHERE build_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt
+            .query_map([build], |r| {
+                Ok(LogEntry {
+                    ts: r.get(0)?,
+                    build: build.to_string(),
+                    job: r.get(1)?,
+                    step: r.get(2)?,
+                    phase: r.get(3)?,
+                    stream: Stream::parse(&r.get::<_, String>(4)?),
+                    seq: r.get::<_, i64>(5)? as u64,
+                    text: r.get(6)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// The status of one build, if it exists.
+    pub fn build_status(&self, build: &str) -> Result<Option<String>, EngineError> {
+        Ok(self
+            .conn
+            .query_row("SELECT status FROM builds WHERE id = ?1", [build], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_build_of_a_dead_process_is_interrupted_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .insert_build("b1", "ci", "/src", &[("build".into(), "build".into())])
+            .unwrap();
+        // Pretend the build belongs to a process that is gone.
+        store
+            .conn
+            .execute("UPDATE builds SET pid = 999999999", [])
+            .unwrap();
+        store
+            .conn
+            .execute("UPDATE jobs SET status = 'running'", [])
+            .unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.build_status("b1").unwrap().as_deref(),
+            Some("interrupted")
+        );
+        assert_eq!(store.jobs("b1").unwrap()[0].status, "interrupted");
+    }
+
+    #[test]
+    fn prefixes_resolve_uniquely() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.insert_build("abc1", "ci", "/src", &[]).unwrap();
+        store.insert_build("abd2", "ci", "/src", &[]).unwrap();
+        assert_eq!(store.resolve_build("abc").unwrap().id, "abc1");
+        assert!(store.resolve_build("ab").is_err());
+        assert!(store.resolve_build("zz").is_err());
+    }
+}

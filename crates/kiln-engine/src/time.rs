@@ -1,0 +1,82 @@
+//! Timestamps and build ids.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Now as RFC 3339 with milliseconds, UTC (`2026-11-23T14:45:12.345Z`).
+pub fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}
+
+/// A system time as RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(t: SystemTime) -> String {
+    let dt = OffsetDateTime::from(t);
+    let ms = dt.millisecond();
+    let dt = dt.replace_nanosecond(0).unwrap_or(dt);
+    let base = dt.format(&Rfc3339).unwrap_or_default();
+    // `base` ends in `Z` and has no fraction: insert the milliseconds.
+    match base.strip_suffix('Z') {
+        Some(b) => format!("{b}.{ms:03}Z"),
+        None => base,
+    }
+}
+
+/// A new build id: sortable by time and readable (`20261123T144512Z-3fa9c1`).
+pub fn new_build_id() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let dt = OffsetDateTime::from(SystemTime::now());
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{}{:02}",
+        dt.year(),
+        u8::from(dt.month()),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second(),
+        &rand[..4],
+        now.subsec_millis() % 100
+    )
+}
+
+/// Seconds as a short human duration: `850 ms`, `1.24 s`, `2m 05s`.
+pub fn human_duration(secs: f64) -> String {
+    if secs < 1.0 {
+        format!("{:.0} ms", secs * 1000.0)
+    } else if secs < 60.0 {
+        format!("{secs:.2} s")
+    } else {
+        let s = secs.round() as u64;
+        format!("{}m {:02}s", s / 60, s % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_has_milliseconds() {
+        let t = UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn build_ids_sort_by_time_and_differ() {
+        let a = new_build_id();
+        let b = new_build_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), b.len());
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_duration(0.25), "250 ms");
+        assert_eq!(human_duration(1.236), "1.24 s");
+        assert_eq!(human_duration(125.0), "2m 05s");
+    }
+}

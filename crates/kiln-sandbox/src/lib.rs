@@ -1,0 +1,93 @@
+//! The sandbox launcher: the isolation boundary around one step.
+//!
+//! The engine uses it like this (all calls are synchronous/blocking):
+//!
+//! ```text
+//! let runtime = Runtime::locate(Isolation::Gvisor)?;   // missing => error with install hint
+//! runtime.verify(&scratch_dir)?;                       // once per build: probe sandbox proves the tier
+//! let ws = Workspace::create(&host_dir, disk_bytes, uid, gid)?; // per job, quota'd, owned by uid
+//! let sb = Sandbox::prepare(&runtime, &spec, &scratch_dir)?;   // per step: bundle + cgroups
+//! let mut cmd = sb.command();          // caller pipes stdout/stderr, spawns (tokio)
+//! ... on timeout/cancel: sb.kill()? or killer.kill()? // killer = sb.killer(), from any thread
+//! let outcome = sb.finish(exit_status)?; // accounting + classification + teardown
+//! ws.destroy()?;                        // unmount, remove
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+mod cgroup;
+mod error;
+mod runtime;
+mod sandbox;
+pub mod spec;
+mod sys;
+mod workspace;
+
+pub use error::{Result, SandboxError};
+pub use runtime::{Runtime, RuntimeInfo, STATE_BASE};
+pub use sandbox::{
+    cleanup_stale, host_pids_max, CleanupReport, Killer, Sandbox, GVISOR_MEMORY_OVERHEAD,
+};
+pub use workspace::{Workspace, WorkspaceUsage, FULL_THRESHOLD};
+
+/// Which OCI runtime runs the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// gVisor's `runsc`: a user-space kernel between the step and the host.
+    Gvisor,
+    /// `runc`: namespaces + seccomp + cgroups on the shared host kernel.
+    Container,
+}
+
+/// Resource limits of one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub pids: u64,
+    pub cpus: f64,
+    pub tmp_bytes: u64,
+}
+
+/// An extra bind mount (host path -> sandbox path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub source: PathBuf,
+    pub destination: String,
+    pub writable: bool,
+}
+
+/// Everything needed to start one step's sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// Unique container id (e.g. `kiln-<build>-<n>`).
+    pub id: String,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    pub cwd: String,
+    /// Host directory mounted read-write at `/workspace`.
+    pub workspace: PathBuf,
+    pub binds: Vec<Bind>,
+    pub limits: Limits,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A resource limit the step ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    Memory { limit_bytes: u64 },
+    Pids { limit: u64 },
+}
+
+/// How a sandbox ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub limit: Option<LimitHit>,
+    pub cpu_seconds: f64,
+    pub peak_memory_bytes: u64,
+    pub wall: Duration,
+}

@@ -1,0 +1,261 @@
+//! Locating and verifying the OCI runtime of a tier.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::error::{Result, SandboxError};
+use crate::{Isolation, Limits, Sandbox, SandboxSpec};
+
+/// Base of kiln's private runtime state dirs (`--root`), one per tier.
+pub const STATE_BASE: &str = "/run/kiln";
+
+/// A located OCI runtime binary for one isolation tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtime {
+    isolation: Isolation,
+    binary: PathBuf,
+    state_root: PathBuf,
+}
+
+/// What [`Runtime::verify`] found out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeInfo {
+    pub isolation: Isolation,
+    pub binary: PathBuf,
+    /// First line of `<runtime> --version`, e.g. `runsc version 0.0~20240729.0`.
+    pub version: String,
+    /// What the probe sandbox reported about its kernel.
+    pub kernel: String,
+}
+
+impl Isolation {
+    /// The runtime binary name of the tier.
+    pub fn binary_name(self) -> &'static str {
+        match self {
+            Isolation::Gvisor => "runsc",
+            Isolation::Container => "runc",
+        }
+    }
+
+    fn install_hint(self) -> &'static str {
+        match self {
+            Isolation::Gvisor => "apt-get install -t bookworm-backports runsc",
+            Isolation::Container => "apt-get install runc",
+        }
+    }
+}
+
+/// Environment variables that name a runtime binary explicitly (for hosts
+/// where it lives off the usual paths). When set, nothing else is searched.
+pub const RUNSC_ENV: &str = "KILN_RUNSC";
+pub const RUNC_ENV: &str = "KILN_RUNC";
+
+fn find_binary(name: &str) -> Option<PathBuf> {
+    let explicit = match name {
+        "runsc" => std::env::var_os(RUNSC_ENV),
+        "runc" => std::env::var_os(RUNC_ENV),
+        _ => None,
+    };
+    if let Some(p) = explicit {
+        let p = PathBuf::from(p);
+        return is_executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Runs a command to completion, mapping failure to [`SandboxError::Runtime`].
+pub(crate) fn run_checked(cmd: &mut Command) -> Result<String> {
+    let desc = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| SandboxError::Runtime {
+            command: desc.clone(),
+            stderr: e.to_string(),
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(SandboxError::Runtime {
+            command: desc,
+            stderr: format!(
+                "{} ({})",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                out.status
+            ),
+        })
+    }
+}
+
+impl Runtime {
+    /// Finds the runtime binary of `isolation`. Never falls back to another tier.
+    pub fn locate(isolation: Isolation) -> Result<Runtime> {
+        let name = isolation.binary_name();
+        let binary = find_binary(name).ok_or(SandboxError::RuntimeMissing {
+            tier: isolation,
+            binary: name,
+            hint: isolation.install_hint(),
+        })?;
+        Ok(Runtime::with_binary(isolation, binary))
+    }
+
+    /// A runtime with an explicit binary (no lookup).
+    pub fn with_binary(isolation: Isolation, binary: PathBuf) -> Runtime {
+        Runtime {
+            isolation,
+            binary,
+            state_root: Path::new(STATE_BASE).join(isolation.binary_name()),
+        }
+    }
+
+    pub fn isolation(&self) -> Isolation {
+        self.isolation
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// kiln's private `--root` state directory for this runtime.
+    pub fn state_root(&self) -> &Path {
+        &self.state_root
+    }
+
+    /// `<runtime> --root <state> [tier flags]`: the prefix of every invocation.
+    pub(crate) fn base_command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.state_root);
+        if self.isolation == Isolation::Gvisor {
+            // Loopback only (runsc refuses to run in the host netns otherwise),
+            // and no rootfs overlay: the read-only root must really be read-only.
+            // --oci-seccomp: enforce the spec's seccomp profile inside the sentry.
+            cmd.arg("--network=none")
+                .arg("--overlay2=none")
+                .arg("--oci-seccomp");
+        }
+        cmd
+    }
+
+    /// First line of `<runtime> --version`.
+    pub fn version(&self) -> Result<String> {
+        let out = run_checked(Command::new(&self.binary).arg("--version"))?;
+        Ok(out.lines().next().unwrap_or("").trim().to_string())
+    }
+
+    /// Ids of the containers in kiln's state dir.
+    pub fn list(&self) -> Result<Vec<String>> {
+        if !self.state_root.exists() {
+            return Ok(Vec::new());
+        }
+        let out = run_checked(self.base_command().arg("list"))?;
+        Ok(out
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Runs a tiny probe sandbox and checks that the tier is what it claims.
+    ///
+    /// gVisor: the sandbox kernel log must say "Starting gVisor".
+    /// Container: it must not, `/proc/version` must equal the host's, and
+    /// `runc --version` must answer.
+    pub fn verify(&self, scratch: &Path) -> Result<RuntimeInfo> {
+        let version = self.version()?;
+        let id = format!("kiln-verify-{}-{}", std::process::id(), unique());
+        let ws = scratch.join(format!("{id}.ws"));
+        std::fs::create_dir_all(&ws).map_err(crate::error::io_err("create", &ws))?;
+        let spec = SandboxSpec {
+            id,
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "cat /proc/version; dmesg 2>/dev/null | head -n 3; echo kiln-probe-ok".into(),
+            ],
+            env: vec![],
+            cwd: "/".into(),
+            workspace: ws.clone(),
+            binds: vec![],
+            limits: Limits {
+                memory_bytes: 256 << 20,
+                pids: 64,
+                cpus: 1.0,
+                tmp_bytes: 1 << 20,
+            },
+            uid: 0,
+            gid: 0,
+        };
+        let sb = Sandbox::prepare_with(self, &spec, scratch, false)?;
+        let out = sb
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| SandboxError::Runtime {
+                command: format!("{:?}", sb.command()),
+                stderr: e.to_string(),
+            })?;
+        let _ = sb.finish(out.status);
+        let _ = std::fs::remove_dir_all(&ws);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let fail = |reason: String| SandboxError::Verify {
+            tier: self.isolation,
+            reason,
+        };
+        if !out.status.success() || !stdout.contains("kiln-probe-ok") {
+            return Err(fail(format!(
+                "probe sandbox failed ({}): stdout={stdout:?} stderr={:?}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let gvisor = stdout.contains("gVisor");
+        let kernel = stdout.lines().next().unwrap_or("").to_string();
+        match self.isolation {
+            Isolation::Gvisor if !gvisor => {
+                return Err(fail(format!(
+                    "sandbox kernel does not identify as gVisor: {stdout:?}"
+                )))
+            }
+            Isolation::Container => {
+                let host = std::fs::read_to_string("/proc/version").unwrap_or_default();
+                if gvisor || host.trim() != kernel.trim() {
+                    return Err(fail(format!(
+                        "expected the shared host kernel {:?}, sandbox reported {stdout:?}",
+                        host.trim()
+                    )));
+                }
+                if !version.starts_with("runc") {
+                    return Err(fail(format!("unexpected runc version output {version:?}")));
+                }
+            }
+            Isolation::Gvisor => {}
+        }
+        Ok(RuntimeInfo {
+            isolation: self.isolation,
+            binary: self.binary.clone(),
+            version,
+            kernel,
+        })
+    }
+}
+
+/// A process-unique counter for generated ids.
+pub(crate) fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,401 @@
+//! One step's sandbox: bundle + cgroups, the foreground run command, kill,
+//! accounting/classification and teardown.
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::cgroup::{self, CgroupLimits, StepCgroups};
+use crate::error::{io_err, Result, SandboxError};
+use crate::runtime::Runtime;
+use crate::spec::{build_spec, write_rootfs};
+use crate::{sys, Isolation, LimitHit, Outcome, SandboxSpec};
+
+/// Extra memory allowed on the gVisor tier for the sentry itself (its Go heap
+/// and page tables are charged to the same cgroup as the step's memory).
+pub const GVISOR_MEMORY_OVERHEAD: u64 = 48 << 20;
+
+/// Host pids budget of kiln's parent pids cgroup for a step limit of `pids`.
+///
+/// runc: the step's tasks are host tasks, so the limit is exact.
+///
+/// gVisor (found by experiment, runsc 20240729, systrap platform): the sentry
+/// does NOT apply `linux.resources.pids` inside the sandbox, and its own host
+/// footprint is ~20-25 Go threads at idle. Threads of the step cost almost
+/// no host tasks (200 python threads: 23 host tasks), but every step
+/// *process* (address space) gets a systrap stub process: 300 sleeping
+/// processes = ~700 host tasks (≈2.3 per process). When the host pids limit
+/// is hit the sentry cannot create a stub ("creating stub process: resource
+/// temporarily unavailable") and panics: the whole sandbox dies at once (runsc
+/// exits 2/128+n), nothing escapes, and the parent's `pids.peak` reaches
+/// `pids.max`, which is how the hit is classified. So on gVisor a pids limit of
+/// `n` step processes is enforced as `3n + headroom` host tasks, and the step
+/// is killed (not throttled with EAGAIN) when it exceeds it.
+pub fn host_pids_max(isolation: Isolation, pids: u64) -> u64 {
+    match isolation {
+        Isolation::Container => pids.max(1),
+        Isolation::Gvisor => {
+            let cpus = std::thread::available_parallelism().map_or(2, |n| n.get() as u64);
+            pids.max(1).saturating_mul(3) + 64 + 4 * cpus
+        }
+    }
+}
+
+fn check_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !id.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(SandboxError::Invalid(format!(
+            "sandbox id {id:?} must be 1-128 chars of [A-Za-z0-9_.-]"
+        )))
+    }
+}
+
+/// Shared state of a sandbox, also held by [`Killer`] handles.
+#[derive(Debug)]
+struct Inner {
+    id: String,
+    runtime: Runtime,
+    bundle: PathBuf,
+    cgroups: StepCgroups,
+    memory_limit: u64,
+    pids_limit: u64,
+    started: OnceLock<Instant>,
+    /// Serializes kill/teardown; true once torn down.
+    torn_down: Mutex<bool>,
+}
+
+impl Inner {
+    fn kill(&self) -> Result<()> {
+        // The runtime's own view first: every process of the container.
+        let res = cgroup_kill_via_runtime(&self.runtime, &self.id);
+        // Backstop: SIGKILL every host task in kiln's cgroups, a few rounds to
+        // catch tasks forked while we were killing.
+        for _ in 0..5 {
+            if self.cgroups.kill_all() == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        res
+    }
+
+    /// Force-deletes the container, removes cgroups and the bundle. Idempotent.
+    fn teardown(&self) -> Result<()> {
+        let mut done = self.torn_down.lock().unwrap_or_else(|e| e.into_inner());
+        if *done {
+            return Ok(());
+        }
+        let _ = cgroup_kill_via_runtime(&self.runtime, &self.id);
+        self.cgroups.kill_all();
+        let del = delete_container(&self.runtime, &self.id);
+        let cg = self.cgroups.remove();
+        let bundle = match fs::remove_dir_all(&self.bundle) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io_err("remove bundle", &self.bundle)(e))
+            }
+            _ => Ok(()),
+        };
+        *done = true;
+        del.and(cg).and(bundle)
+    }
+}
+
+/// `<rt> kill --all <id> KILL`; "not running / does not exist" is success.
+fn cgroup_kill_via_runtime(rt: &Runtime, id: &str) -> Result<()> {
+    let mut cmd = rt.base_command();
+    cmd.args(["kill", "--all", id, "KILL"]);
+    match crate::runtime::run_checked(&mut cmd) {
+        Ok(_) => Ok(()),
+        Err(SandboxError::Runtime { stderr, .. }) if is_gone(&stderr) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn is_gone(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    s.contains("does not exist")
+        || s.contains("not exist")
+        || s.contains("not running")
+        || s.contains("no such")
+        || s.contains("not found")
+        || s.contains("container is stopped")
+        || s.contains("cannot be signaled")
+}
+
+/// `<rt> delete --force <id>`; "does not exist" is success.
+fn delete_container(rt: &Runtime, id: &str) -> Result<()> {
+    if !rt.state_root().exists() {
+        return Ok(());
+    }
+    let mut cmd = rt.base_command();
+    cmd.args(["delete", "--force", id]);
+    match crate::runtime::run_checked(&mut cmd) {
+        Ok(_) => Ok(()),
+        Err(SandboxError::Runtime { stderr, .. }) if is_gone(&stderr) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A prepared sandbox for one step.
+///
+/// `Sandbox` is `Send + Sync`: [`Sandbox::kill`] takes `&self`. Since
+/// [`Sandbox::finish`] consumes the sandbox, a task that owns it while another
+/// one waits for the timeout should hand out a [`Killer`] (cheap, cloneable,
+/// `Send + Sync + 'static`) instead of sharing the `Sandbox`.
+#[derive(Debug)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+/// A cloneable handle that kills a sandbox's processes from any thread.
+/// Killing after the sandbox finished is a harmless no-op.
+#[derive(Debug, Clone)]
+pub struct Killer {
+    inner: Arc<Inner>,
+}
+
+impl Killer {
+    /// Kills every process of the sandbox now (see [`Sandbox::kill`]).
+    pub fn kill(&self) -> Result<()> {
+        if *self
+            .inner
+            .torn_down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            return Ok(());
+        }
+        self.inner.kill()
+    }
+}
+
+impl Sandbox {
+    /// Writes the bundle under `scratch_dir/<id>/` and creates kiln's cgroups.
+    pub fn prepare(runtime: &Runtime, spec: &SandboxSpec, scratch_dir: &Path) -> Result<Sandbox> {
+        Self::prepare_with(runtime, spec, scratch_dir, true)
+    }
+
+    /// `seccomp: false` is only for kiln's own trusted probe (verify needs
+    /// `syslog` to read the gVisor banner).
+    pub(crate) fn prepare_with(
+        runtime: &Runtime,
+        spec: &SandboxSpec,
+        scratch_dir: &Path,
+        seccomp: bool,
+    ) -> Result<Sandbox> {
+        check_id(&spec.id)?;
+        if sys::euid() != 0 {
+            return Err(SandboxError::Host(
+                "kiln-sandbox must run as root (OCI runtimes + cgroups)".into(),
+            ));
+        }
+        cgroup::check_host()?;
+        let mut cgroups = StepCgroups::new(&spec.id);
+        let mut oci = build_spec(runtime.isolation(), spec, &cgroups.cgroups_path())?;
+        if !seccomp {
+            if let Some(linux) = oci.linux_mut() {
+                linux.set_seccomp(None);
+            }
+        }
+        let bundle = scratch_dir.join(&spec.id);
+        if bundle.exists() {
+            return Err(SandboxError::Invalid(format!(
+                "bundle {} already exists (id reused?)",
+                bundle.display()
+            )));
+        }
+        let memory_limit = match runtime.isolation() {
+            Isolation::Container => spec.limits.memory_bytes,
+            Isolation::Gvisor => spec
+                .limits
+                .memory_bytes
+                .saturating_add(GVISOR_MEMORY_OVERHEAD),
+        };
+        let pids_limit = host_pids_max(runtime.isolation(), spec.limits.pids);
+        let cpu = (spec.limits.cpus > 0.0).then(|| {
+            let period = 100_000u64;
+            (
+                ((spec.limits.cpus * period as f64) as u64).max(1000),
+                period,
+            )
+        });
+        // Create the cgroups first (and tear them down on any later error).
+        let created = cgroups.create(&CgroupLimits {
+            memory_bytes: memory_limit,
+            pids_max: pids_limit,
+            cpu,
+        });
+        let inner = Arc::new(Inner {
+            id: spec.id.clone(),
+            runtime: runtime.clone(),
+            bundle: bundle.clone(),
+            cgroups,
+            memory_limit,
+            pids_limit: spec.limits.pids,
+            started: OnceLock::new(),
+            torn_down: Mutex::new(false),
+        });
+        // From here on, Drop of `sb` cleans up whatever was created.
+        let sb = Sandbox { inner };
+        fs::create_dir_all(&bundle).map_err(io_err("create", &bundle))?;
+        write_rootfs(&bundle.join("rootfs"), spec, &oci)?;
+        oci.save(bundle.join("config.json"))?;
+        created?;
+        fs::create_dir_all(runtime.state_root()).map_err(io_err("create", runtime.state_root()))?;
+        Ok(sb)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The bundle directory (config.json + rootfs).
+    pub fn bundle(&self) -> &Path {
+        &self.inner.bundle
+    }
+
+    /// kiln's parent cgroup directory of this sandbox in `controller`.
+    pub fn cgroup_dir(&self, controller: &str) -> PathBuf {
+        self.inner.cgroups.dir(controller)
+    }
+
+    /// The foreground command running the sandbox (`<rt> --root <state> ...
+    /// run --bundle <b> <id>`), stdin null, no terminal. The caller sets
+    /// stdout/stderr and spawns it. Wall time is measured from this call.
+    pub fn command(&self) -> Command {
+        let _ = self.inner.started.get_or_init(Instant::now);
+        let mut cmd = self.inner.runtime.base_command();
+        cmd.arg("run")
+            .arg("--bundle")
+            .arg(&self.inner.bundle)
+            .arg(&self.inner.id);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// A cloneable handle to [`Sandbox::kill`] usable from other threads/tasks.
+    pub fn killer(&self) -> Killer {
+        Killer {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// Kills every process of the sandbox now: `<rt> kill --all <id> KILL`,
+    /// then SIGKILL of every host task left in kiln's cgroups. The foreground
+    /// `run` command then exits; call [`Sandbox::finish`] with its status.
+    pub fn kill(&self) -> Result<()> {
+        self.inner.kill()
+    }
+
+    /// Reads accounting, classifies limit hits and tears everything down.
+    pub fn finish(self, status: ExitStatus) -> Result<Outcome> {
+        let wall = self
+            .inner
+            .started
+            .get()
+            .map_or(Duration::ZERO, |t| t.elapsed());
+        // Make sure nothing is still running before the counters are final.
+        let _ = self.inner.kill();
+        let acct = self.inner.cgroups.accounting();
+        let exit_code = status.code();
+        let signal = status.signal().or_else(|| {
+            exit_code
+                .filter(|c| (129..=128 + 64).contains(c))
+                .map(|c| c - 128)
+        });
+        let killed = signal == Some(libc::SIGKILL);
+        let limit = if acct.oom_kills > 0 || (acct.mem_failcnt > 0 && killed) {
+            Some(LimitHit::Memory {
+                limit_bytes: self.inner.memory_limit,
+            })
+        } else if acct.pids_max_events > 0 || acct.pids_max.is_some_and(|m| acct.pids_peak >= m) {
+            Some(LimitHit::Pids {
+                limit: self.inner.pids_limit,
+            })
+        } else {
+            None
+        };
+        self.inner.teardown()?;
+        Ok(Outcome {
+            exit_code,
+            signal,
+            limit,
+            cpu_seconds: acct.cpu_ns as f64 / 1e9,
+            peak_memory_bytes: acct.peak_memory,
+            wall,
+        })
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Unfinished (engine error, panic...): kill + delete best-effort.
+        if *self
+            .inner
+            .torn_down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            return;
+        }
+        let _ = self.inner.kill();
+        let _ = self.inner.teardown();
+    }
+}
+
+/// What [`cleanup_stale`] removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CleanupReport {
+    pub containers: Vec<String>,
+    pub cgroups: Vec<String>,
+    pub bundles: Vec<PathBuf>,
+}
+
+/// Removes leftovers of a crashed engine whose id starts with `prefix`:
+/// containers in kiln's runc/runsc state dirs, kiln cgroups, and bundle
+/// directories in `scratch_dir` (if given).
+pub fn cleanup_stale(prefix: &str, scratch_dir: Option<&Path>) -> Result<CleanupReport> {
+    if prefix.is_empty() {
+        return Err(SandboxError::Invalid("empty cleanup prefix".into()));
+    }
+    let mut report = CleanupReport::default();
+    for iso in [Isolation::Gvisor, Isolation::Container] {
+        let Ok(rt) = Runtime::locate(iso) else {
+            continue;
+        };
+        for id in rt.list().unwrap_or_default() {
+            if id.starts_with(prefix) {
+                let _ = cgroup_kill_via_runtime(&rt, &id);
+                delete_container(&rt, &id)?;
+                report.containers.push(id);
+            }
+        }
+    }
+    for name in cgroup::stale(prefix) {
+        cgroup::remove_tree(&name, Duration::from_secs(5))?;
+        report.cgroups.push(name);
+    }
+    if let Some(dir) = scratch_dir {
+        if let Ok(rd) = fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(prefix)
+                    && e.path().join("config.json").exists()
+                {
+                    fs::remove_dir_all(e.path()).map_err(io_err("remove bundle", e.path()))?;
+                    report.bundles.push(e.path());
+                }
+            }
+        }
+    }
+    Ok(report)
+}

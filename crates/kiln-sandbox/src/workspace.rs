@@ -1,0 +1,153 @@
+//! Per-job workspace with a real disk quota: a sparse ext4 image,
+//! loop-mounted at the workspace directory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use crate::error::{io_err, Result, SandboxError};
+use crate::runtime::run_checked;
+use crate::sys;
+
+/// Usage of a workspace filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkspaceUsage {
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// Below this many free bytes the workspace counts as full.
+pub const FULL_THRESHOLD: u64 = 512 << 10;
+
+/// A quota'd workspace directory (ext4 image `<dir>.img` loop-mounted at `<dir>`).
+/// Dropping it unmounts and deletes the image best-effort.
+#[derive(Debug)]
+pub struct Workspace {
+    dir: PathBuf,
+    image: PathBuf,
+    destroyed: Mutex<bool>,
+}
+
+fn is_mountpoint(dir: &Path) -> bool {
+    let Ok(canon) = fs::canonicalize(dir) else {
+        return false;
+    };
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = canon.to_string_lossy().replace(' ', "\\040");
+    text.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| m == want))
+}
+
+impl Workspace {
+    /// Creates `host_dir` backed by a `disk_bytes` sparse ext4 image at
+    /// `host_dir.img`, mounted nosuid,nodev, root dir owned by `uid:gid`.
+    pub fn create(host_dir: &Path, disk_bytes: u64, uid: u32, gid: u32) -> Result<Workspace> {
+        let ws_err = |reason: String| SandboxError::Workspace {
+            path: host_dir.to_path_buf(),
+            reason,
+        };
+        if sys::euid() != 0 {
+            return Err(ws_err(
+                "creating a loop-mounted workspace needs root".into(),
+            ));
+        }
+        if disk_bytes < (2 << 20) {
+            return Err(ws_err(format!(
+                "disk quota {disk_bytes} bytes is below 2 MiB"
+            )));
+        }
+        if is_mountpoint(host_dir) {
+            return Err(ws_err("already a mount point".into()));
+        }
+        let mut image = host_dir.as_os_str().to_owned();
+        image.push(".img");
+        let image = PathBuf::from(image);
+        fs::create_dir_all(host_dir).map_err(io_err("create", host_dir))?;
+        let ws = Workspace {
+            dir: host_dir.to_path_buf(),
+            image: image.clone(),
+            destroyed: Mutex::new(false),
+        };
+        // From here, Drop of `ws` cleans up on error.
+        let f = fs::File::create(&image).map_err(io_err("create", &image))?;
+        f.set_len(disk_bytes).map_err(io_err("truncate", &image))?;
+        drop(f);
+        run_checked(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0", "-E"])
+                .arg(format!(
+                    "root_owner={uid}:{gid},lazy_itable_init=1,nodiscard"
+                ))
+                .arg(&image),
+        )?;
+        run_checked(
+            Command::new("mount")
+                .args(["-t", "ext4", "-o", "loop,nosuid,nodev,noatime"])
+                .arg(&image)
+                .arg(host_dir),
+        )?;
+        let lf = host_dir.join("lost+found");
+        let _ = fs::remove_dir(&lf);
+        Ok(ws)
+    }
+
+    /// The mounted workspace directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The backing image file.
+    pub fn image(&self) -> &Path {
+        &self.image
+    }
+
+    /// Current usage of the workspace filesystem.
+    pub fn usage(&self) -> Result<WorkspaceUsage> {
+        let (total, used, free) = sys::fs_usage(&self.dir).map_err(io_err("statvfs", &self.dir))?;
+        Ok(WorkspaceUsage {
+            total_bytes: total,
+            used_bytes: used,
+            free_bytes: free,
+        })
+    }
+
+    /// True when (almost) no space is left: use it to classify a failed step's
+    /// ENOSPC as "disk quota exceeded".
+    pub fn is_full(&self) -> bool {
+        self.usage().is_ok_and(|u| u.free_bytes < FULL_THRESHOLD)
+    }
+
+    /// Unmounts and deletes the image. Idempotent.
+    pub fn destroy(&self) -> Result<()> {
+        let mut destroyed = self.destroyed.lock().unwrap_or_else(|e| e.into_inner());
+        if *destroyed {
+            return Ok(());
+        }
+        if is_mountpoint(&self.dir) {
+            if let Err(e) = run_checked(Command::new("umount").arg(&self.dir)) {
+                // Busy (e.g. a leaked process): detach lazily so it vanishes
+                // from the namespace now and is freed when the last user goes.
+                run_checked(Command::new("umount").arg("-l").arg(&self.dir)).map_err(|_| e)?;
+            }
+        }
+        match fs::remove_file(&self.image) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err("remove", &self.image)(e))
+            }
+            _ => {}
+        }
+        let _ = fs::remove_dir(&self.dir);
+        *destroyed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        let _ = self.destroy();
+    }
+}

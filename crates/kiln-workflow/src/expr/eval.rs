@@ -1,0 +1,118 @@
+//! Evaluation of the syntax tree.
+
+use super::parser::{Ast, BinOp};
+use super::value::{get_property, index, loose_cmp, loose_eq, truthy};
+use super::{Contexts, StatusFns, Value};
+
+/// An intermediate value: the object filter (`a.*.b`) yields a list that
+/// later property accesses map over.
+enum Val {
+    Plain(Value),
+    Filtered(Vec<Value>),
+}
+
+impl Val {
+    fn into_value(self) -> Value {
+        match self {
+            Val::Plain(v) => v,
+            Val::Filtered(items) => Value::Array(items),
+        }
+    }
+}
+
+pub(crate) fn eval(ast: &Ast, ctx: &Contexts, status: StatusFns) -> Result<Value, String> {
+    eval_val(ast, ctx, status).map(Val::into_value)
+}
+
+fn elements(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(items) => items,
+        Value::Object(m) => m.into_iter().map(|(_, v)| v).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn eval_val(ast: &Ast, ctx: &Contexts, status: StatusFns) -> Result<Val, String> {
+    Ok(match ast {
+        Ast::Lit(v) => Val::Plain(v.clone()),
+        Ast::Context(name) => Val::Plain(match name.as_str() {
+            "github" => ctx.github.clone(),
+            "env" => ctx.env.clone(),
+            "matrix" => ctx.matrix.clone(),
+            "needs" => ctx.needs.clone(),
+            "steps" => ctx.steps.clone(),
+            "job" => ctx.job.clone(),
+            "runner" => ctx.runner.clone(),
+            "strategy" => ctx.strategy.clone(),
+            "secrets" => ctx.secrets.clone(),
+            _ => Value::Null,
+        }),
+        Ast::Prop(base, key) => match eval_val(base, ctx, status)? {
+            Val::Plain(v) => Val::Plain(get_property(&v, key)),
+            Val::Filtered(items) => Val::Filtered(
+                items
+                    .iter()
+                    .filter(|v| v.is_object())
+                    .map(|v| get_property(v, key))
+                    .filter(|v| !v.is_null())
+                    .collect(),
+            ),
+        },
+        Ast::Index(base, i) => {
+            let i = eval(i, ctx, status)?;
+            match eval_val(base, ctx, status)? {
+                Val::Plain(v) => Val::Plain(index(&v, &i)),
+                Val::Filtered(items) => Val::Filtered(
+                    items
+                        .iter()
+                        .map(|v| index(v, &i))
+                        .filter(|v| !v.is_null())
+                        .collect(),
+                ),
+            }
+        }
+        Ast::Star(base) => match eval_val(base, ctx, status)? {
+            Val::Plain(v) => Val::Filtered(elements(v)),
+            Val::Filtered(items) => Val::Filtered(items.into_iter().flat_map(elements).collect()),
+        },
+        Ast::Not(a) => Val::Plain(Value::Bool(!truthy(&eval(a, ctx, status)?))),
+        Ast::Bin(BinOp::And, a, b) => {
+            let l = eval(a, ctx, status)?;
+            if truthy(&l) {
+                Val::Plain(eval(b, ctx, status)?)
+            } else {
+                Val::Plain(l)
+            }
+        }
+        Ast::Bin(BinOp::Or, a, b) => {
+            let l = eval(a, ctx, status)?;
+            if truthy(&l) {
+                Val::Plain(l)
+            } else {
+                Val::Plain(eval(b, ctx, status)?)
+            }
+        }
+        Ast::Bin(op, a, b) => {
+            let l = eval(a, ctx, status)?;
+            let r = eval(b, ctx, status)?;
+            let ord = loose_cmp(&l, &r);
+            let res = match op {
+                BinOp::Eq => loose_eq(&l, &r),
+                BinOp::Ne => !loose_eq(&l, &r),
+                BinOp::Lt => ord.is_some_and(|o| o.is_lt()),
+                BinOp::Le => ord.is_some_and(|o| o.is_le()),
+                BinOp::Gt => ord.is_some_and(|o| o.is_gt()),
+                BinOp::Ge => ord.is_some_and(|o| o.is_ge()),
+                BinOp::And | BinOp::Or => false,
+            };
+            Val::Plain(Value::Bool(res))
+        }
+        Ast::Call(f, args) => {
+            let args = args
+                .iter()
+                .map(|a| eval(a, ctx, status))
+                .collect::<Result<Vec<_>, _>>()?;
+            Val::Plain(f.call(&args, status)?)
+        }
+    })
+}

@@ -1,0 +1,29 @@
+//! The workflow model: a GitHub Actions workflow file parsed, validated and
+//! expanded into a [`Plan`], a DAG of jobs (matrix legs are jobs of their own).
+//!
+//! This crate owns everything that can be decided from the file alone: syntax,
+//! the keys kiln accepts, expressions (`${{ }}`), matrix expansion, the job
+//! graph and its cycles, and the Kahn scheduler state machine that the engine
+//! drives. It does no I/O at all, so every entry point can be fuzzed and
+//! property-tested; the engine owns time, processes and sandboxes.
+//!
+//! Errors carry the file, line and column of the node they are about
+//! ([`Diagnostic`]); the engine prints them and exits with status 2 before any
+//! sandbox starts.
+
+mod checks;
+mod diagnostic;
+pub mod expr;
+mod matrix;
+mod model;
+mod parse;
+mod plan;
+mod scheduler;
+mod yaml;
+
+pub use diagnostic::{Diagnostic, Diagnostics, Location};
+pub use expr::{Contexts, Expr, ExprError, StatusFns, Template, Value};
+pub use model::*;
+pub use parse::{check_relative_path, parse_size};
+pub use plan::{load, MatrixGroup, Plan, PlannedJob};
+pub use scheduler::{JobResult, Scheduler};

@@ -1,0 +1,155 @@
+//! The typed workflow: what a file says, after validation, before expansion.
+
+use std::collections::BTreeMap;
+
+use crate::diagnostic::Location;
+use crate::expr::{Expr, Template};
+
+/// A workflow file as kiln understands it.
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    pub name: Option<String>,
+    /// Top-level `env`, in file order.
+    pub env: Vec<(String, Template)>,
+    pub defaults: RunDefaults,
+    /// Jobs in file order.
+    pub jobs: Vec<JobSpec>,
+}
+
+/// `defaults.run` at workflow or job level.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunDefaults {
+    pub shell: Option<Shell>,
+    pub working_directory: Option<String>,
+}
+
+/// The shells a `run` step may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shell {
+    /// `bash --noprofile --norc -eo pipefail {0}` (GitHub's default when bash exists).
+    Bash,
+    /// `sh -e {0}`.
+    Sh,
+    /// `python3 {0}`.
+    Python,
+}
+
+impl Shell {
+    /// The argv that runs a script file at `script` (a path inside the sandbox).
+    pub fn argv(self, script: &str) -> Vec<String> {
+        let v: &[&str] = match self {
+            Shell::Bash => &["bash", "--noprofile", "--norc", "-eo", "pipefail"],
+            Shell::Sh => &["sh", "-e"],
+            Shell::Python => &["python3"],
+        };
+        v.iter()
+            .map(|s| s.to_string())
+            .chain([script.to_string()])
+            .collect()
+    }
+
+    /// The file extension GitHub gives the script for this shell.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Shell::Bash | Shell::Sh => "sh",
+            Shell::Python => "py",
+        }
+    }
+}
+
+/// `continue-on-error`: a literal or an expression (GitHub allows
+/// `${{ matrix.experimental }}`).
+#[derive(Debug, Clone)]
+pub enum BoolOrExpr {
+    Literal(bool),
+    Expr(Template),
+}
+
+/// The isolation tier a job asks for (`kiln.isolation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsolationTier {
+    /// gVisor (`runsc`), the default.
+    Gvisor,
+    /// A plain container runtime (`runc`): shared kernel, faster.
+    Container,
+}
+
+/// kiln's own per-job settings, under the `kiln:` key (GitHub does not use it).
+/// `None` means "the engine's default".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KilnJobSettings {
+    pub isolation: Option<IsolationTier>,
+    /// Memory limit in bytes (`memory: 512Mi`, `2G`, `1073741824`).
+    pub memory_bytes: Option<u64>,
+    /// Process/thread count limit.
+    pub pids: Option<u64>,
+    /// CPU quota in cores (`cpus: 1.5`).
+    pub cpus: Option<f64>,
+    /// Workspace disk quota in bytes.
+    pub disk_bytes: Option<u64>,
+    /// Size of the `/tmp` tmpfs in bytes.
+    pub tmp_bytes: Option<u64>,
+    /// Log bytes a step may print before it is stopped.
+    pub log_bytes: Option<u64>,
+}
+
+/// One job of the file (before matrix expansion).
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// The key under `jobs:`.
+    pub key: String,
+    pub location: Location,
+    /// `name:`; may reference `matrix`.
+    pub name: Option<Template>,
+    /// Keys of the jobs this one needs, as written.
+    pub needs: Vec<String>,
+    /// `runs-on`, rendered to text (names the builder); informational for now.
+    pub runs_on: Option<Template>,
+    pub condition: Option<Expr>,
+    pub env: Vec<(String, Template)>,
+    pub defaults: RunDefaults,
+    pub timeout_minutes: Option<f64>,
+    pub continue_on_error: BoolOrExpr,
+    /// `outputs:` name -> template evaluated after the job's steps.
+    pub outputs: Vec<(String, Template)>,
+    pub strategy: Option<Strategy>,
+    pub steps: Vec<StepSpec>,
+    pub kiln: KilnJobSettings,
+}
+
+/// `strategy:` of a job.
+#[derive(Debug, Clone)]
+pub struct Strategy {
+    /// The static matrix: axes in file order, then include, then exclude.
+    pub axes: Vec<(String, Vec<serde_json::Value>)>,
+    pub include: Vec<BTreeMap<String, serde_json::Value>>,
+    pub exclude: Vec<BTreeMap<String, serde_json::Value>>,
+    pub fail_fast: bool,
+    pub max_parallel: Option<u32>,
+}
+
+/// What a step does.
+#[derive(Debug, Clone)]
+pub enum StepAction {
+    /// `run:` a script with a shell.
+    Run {
+        script: Template,
+        shell: Option<Shell>,
+    },
+    /// `uses: actions/checkout@<any>`: the job's workspace gets the source.
+    Checkout,
+}
+
+/// One step of a job.
+#[derive(Debug, Clone)]
+pub struct StepSpec {
+    pub location: Location,
+    pub id: Option<String>,
+    pub name: Option<Template>,
+    pub action: StepAction,
+    pub env: Vec<(String, Template)>,
+    pub working_directory: Option<Template>,
+    pub condition: Option<Expr>,
+    pub timeout_minutes: Option<f64>,
+    pub continue_on_error: BoolOrExpr,
+}

@@ -1,0 +1,749 @@
+//! YAML tree -> [`Workflow`], with GitHub's semantics and kiln's refusals.
+
+use std::collections::HashSet;
+
+use crate::diagnostic::{Diagnostic, Location};
+use crate::expr::{Expr, Template};
+use crate::model::*;
+use crate::yaml::{Node, NodeKind};
+
+pub(crate) use crate::checks::did_you_mean;
+pub use crate::checks::{check_relative_path, parse_size};
+use crate::checks::{is_env_name, is_identifier};
+
+/// Side information the plan needs for its diagnostics.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct JobExtra {
+    pub needs_locs: Vec<Location>,
+    pub matrix_loc: Location,
+}
+
+#[derive(Debug)]
+pub(crate) struct Parsed {
+    pub workflow: Workflow,
+    pub extras: Vec<JobExtra>,
+    pub notices: Vec<Diagnostic>,
+    pub errors: Vec<Diagnostic>,
+}
+
+#[derive(Clone, Copy)]
+enum KeyKind {
+    Known,
+    /// GitHub's, accepted, no effect locally.
+    Notice,
+    /// GitHub's, kiln cannot honour it: the reason.
+    Refuse(&'static str),
+}
+
+const TOP_KEYS: &[(&str, KeyKind)] = &[
+    ("name", KeyKind::Known),
+    ("on", KeyKind::Known),
+    ("env", KeyKind::Known),
+    ("defaults", KeyKind::Known),
+    ("jobs", KeyKind::Known),
+    ("run-name", KeyKind::Notice),
+    ("permissions", KeyKind::Notice),
+    ("concurrency", KeyKind::Notice),
+    ("environment", KeyKind::Notice),
+];
+
+const REUSABLE: &str = "reusable workflows are not supported; kiln runs the jobs of one file";
+
+const JOB_KEYS: &[(&str, KeyKind)] = &[
+    ("name", KeyKind::Known),
+    ("needs", KeyKind::Known),
+    ("runs-on", KeyKind::Known),
+    ("if", KeyKind::Known),
+    ("env", KeyKind::Known),
+    ("defaults", KeyKind::Known),
+    ("timeout-minutes", KeyKind::Known),
+    ("continue-on-error", KeyKind::Known),
+    ("outputs", KeyKind::Known),
+    ("strategy", KeyKind::Known),
+    ("steps", KeyKind::Known),
+    ("kiln", KeyKind::Known),
+    ("permissions", KeyKind::Notice),
+    ("concurrency", KeyKind::Notice),
+    ("environment", KeyKind::Notice),
+    (
+        "container",
+        KeyKind::Refuse("kiln runs every job in its own sandbox from its builder image, so it cannot run the job inside another container"),
+    ),
+    (
+        "services",
+        KeyKind::Refuse("kiln does not start service containers: sandboxes have no network to reach them"),
+    ),
+    ("uses", KeyKind::Refuse(REUSABLE)),
+    ("with", KeyKind::Refuse(REUSABLE)),
+    ("secrets", KeyKind::Refuse(REUSABLE)),
+];
+
+const STEP_KEYS: &[&str] = &[
+    "id",
+    "name",
+    "run",
+    "shell",
+    "env",
+    "working-directory",
+    "if",
+    "timeout-minutes",
+    "continue-on-error",
+    "uses",
+    "with",
+];
+
+const KILN_KEYS: &[&str] = &["isolation", "memory", "pids", "cpus", "disk", "tmp", "log"];
+
+pub(crate) struct Cx<'a> {
+    file: &'a str,
+    pub(crate) errors: Vec<Diagnostic>,
+    notices: Vec<Diagnostic>,
+}
+
+impl Cx<'_> {
+    pub(crate) fn err(&mut self, location: Location, message: impl Into<String>) {
+        self.errors.push(Diagnostic {
+            file: self.file.to_string(),
+            location,
+            message: message.into(),
+        });
+    }
+
+    fn diag(&mut self, d: Diagnostic) {
+        self.errors.push(d);
+    }
+
+    pub(crate) fn map<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n [(Node, Node)]> {
+        match &node.kind {
+            NodeKind::Map(pairs) => Some(pairs),
+            _ if node.is_null() => Some(&[]),
+            _ => {
+                self.err(
+                    node.loc,
+                    format!("{what} must be a mapping, not {}", node.kind_name()),
+                );
+                None
+            }
+        }
+    }
+
+    /// The text of a scalar (a plain null is empty).
+    pub(crate) fn text(&mut self, node: &Node, what: &str) -> Option<String> {
+        if node.is_null() {
+            return Some(String::new());
+        }
+        match node.as_scalar() {
+            Some(s) => Some(s.to_string()),
+            None => {
+                self.err(
+                    node.loc,
+                    format!("{what} must be a string, not {}", node.kind_name()),
+                );
+                None
+            }
+        }
+    }
+
+    fn template(&mut self, node: &Node, what: &str) -> Option<Template> {
+        let text = self.text(node, what)?;
+        match Template::parse_mapped(&text, &|off| node.location_at(off), self.file) {
+            Ok(t) => Some(t),
+            Err(d) => {
+                self.diag(d);
+                None
+            }
+        }
+    }
+
+    fn condition(&mut self, node: &Node) -> Option<Expr> {
+        let text = match node.as_bool() {
+            Some(b) => b.to_string(),
+            None => self.text(node, "`if`")?,
+        };
+        if text.trim().is_empty() {
+            self.err(node.loc, "`if` is empty");
+            return None;
+        }
+        match Expr::parse_condition_mapped(&text, &|off| node.location_at(off), self.file) {
+            Ok(e) => Some(e),
+            Err(d) => {
+                self.diag(d);
+                None
+            }
+        }
+    }
+
+    /// Checks a key against a table; returns the key's kind if usable.
+    fn key_kind(
+        &mut self,
+        key: &Node,
+        table: &[(&str, KeyKind)],
+        place: &str,
+    ) -> Option<(String, KeyKind)> {
+        let name = self.text(key, "a key")?;
+        match table.iter().find(|(k, _)| *k == name) {
+            Some((_, KeyKind::Notice)) => {
+                self.notices.push(Diagnostic {
+                    file: self.file.to_string(),
+                    location: key.loc,
+                    message: format!("`{name}` is accepted but has no effect in a local run"),
+                });
+                None
+            }
+            Some((_, KeyKind::Refuse(why))) => {
+                self.err(
+                    key.loc,
+                    format!("`{name}` {place} cannot be honoured by kiln: {why}"),
+                );
+                None
+            }
+            Some((_, kind)) => Some((name, *kind)),
+            None => {
+                self.unknown_key(key.loc, &name, table.iter().map(|(k, _)| *k), place);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn unknown_key<'k>(
+        &mut self,
+        loc: Location,
+        name: &str,
+        known: impl Iterator<Item = &'k str> + Clone,
+        place: &str,
+    ) {
+        if name == "<<" {
+            self.err(loc, "YAML merge keys (`<<`) are not supported; repeat the keys, or use an alias as a whole value");
+            return;
+        }
+        let mut msg = format!("unknown key `{name}` {place}");
+        match did_you_mean(name, known.clone()) {
+            Some(s) => msg.push_str(&format!("; did you mean `{s}`?")),
+            None => msg.push_str(&format!(
+                " (expected one of: {})",
+                known.collect::<Vec<_>>().join(", ")
+            )),
+        }
+        self.err(loc, msg);
+    }
+
+    fn env(&mut self, node: &Node, place: &str) -> Vec<(String, Template)> {
+        let mut out = Vec::new();
+        let Some(pairs) = self.map(node, &format!("`env` {place}")) else {
+            return out;
+        };
+        for (k, v) in pairs {
+            let Some(name) = self.text(k, "an env name") else {
+                continue;
+            };
+            if !is_env_name(&name) {
+                self.err(
+                    k.loc,
+                    format!("invalid environment variable name `{name}` (letters, digits and `_`; not starting with a digit)"),
+                );
+                continue;
+            }
+            if let Some(t) = self.template(v, &format!("env `{name}`")) {
+                out.push((name, t));
+            }
+        }
+        out
+    }
+
+    pub(crate) fn positive_number(&mut self, node: &Node, what: &str) -> Option<f64> {
+        match node.as_number() {
+            Some(n) if n > 0.0 => Some(n),
+            _ => {
+                self.err(
+                    node.loc,
+                    format!(
+                        "{what} must be a positive number, not `{}`",
+                        node.as_scalar().unwrap_or("…")
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    pub(crate) fn positive_int(&mut self, node: &Node, what: &str) -> Option<u64> {
+        match node.as_number() {
+            Some(n) if n >= 1.0 && n.fract() == 0.0 && n < 1e18 => Some(n as u64),
+            _ => {
+                self.err(
+                    node.loc,
+                    format!(
+                        "{what} must be a positive whole number, not `{}`",
+                        node.as_scalar().unwrap_or("…")
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn bool_or_expr(&mut self, node: &Node, what: &str) -> BoolOrExpr {
+        if let Some(b) = node.as_bool() {
+            return BoolOrExpr::Literal(b);
+        }
+        if let Some(s) = node.as_scalar() {
+            if s.contains("${{") {
+                if let Some(t) = self.template(node, what) {
+                    return BoolOrExpr::Expr(t);
+                }
+                return BoolOrExpr::Literal(false);
+            }
+        }
+        self.err(
+            node.loc,
+            format!("{what} must be `true`, `false` or a `${{{{ }}}}` expression"),
+        );
+        BoolOrExpr::Literal(false)
+    }
+
+    fn working_directory(&mut self, node: &Node, what: &str) -> Option<Template> {
+        let t = self.template(node, what)?;
+        if t.is_literal() {
+            if let Err(e) = check_relative_path(t.source()) {
+                self.err(node.loc, format!("{what}: {e}"));
+                return None;
+            }
+        }
+        Some(t)
+    }
+
+    fn shell(&mut self, node: &Node) -> Option<Shell> {
+        let s = self.text(node, "`shell`")?;
+        match s.trim() {
+            "bash" => Some(Shell::Bash),
+            "sh" => Some(Shell::Sh),
+            "python" => Some(Shell::Python),
+            other if other.contains("{0}") => {
+                self.err(
+                    node.loc,
+                    format!("custom shell command `{other}` is not supported; use one of: bash, sh, python"),
+                );
+                None
+            }
+            other => {
+                self.err(
+                    node.loc,
+                    format!("unsupported shell `{other}`; supported shells: bash, sh, python"),
+                );
+                None
+            }
+        }
+    }
+
+    fn defaults(&mut self, node: &Node, place: &str) -> RunDefaults {
+        let mut out = RunDefaults::default();
+        let Some(pairs) = self.map(node, &format!("`defaults` {place}")) else {
+            return out;
+        };
+        for (k, v) in pairs {
+            let Some(name) = self.text(k, "a key") else {
+                continue;
+            };
+            if name != "run" {
+                self.unknown_key(k.loc, &name, ["run"].into_iter(), "in `defaults`");
+                continue;
+            }
+            let Some(run) = self.map(v, "`defaults.run`") else {
+                continue;
+            };
+            for (k, v) in run {
+                let Some(name) = self.text(k, "a key") else {
+                    continue;
+                };
+                match name.as_str() {
+                    "shell" => out.shell = self.shell(v),
+                    "working-directory" => {
+                        let Some(t) = self.working_directory(v, "`working-directory`") else {
+                            continue;
+                        };
+                        out.working_directory = Some(t.source().to_string());
+                    }
+                    _ => self.unknown_key(
+                        k.loc,
+                        &name,
+                        ["shell", "working-directory"].into_iter(),
+                        "in `defaults.run`",
+                    ),
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Parses the YAML tree of a workflow file.
+pub(crate) fn workflow(file: &str, root: &Node) -> Parsed {
+    let mut cx = Cx {
+        file,
+        errors: Vec::new(),
+        notices: Vec::new(),
+    };
+    let mut wf = Workflow {
+        name: None,
+        env: Vec::new(),
+        defaults: RunDefaults::default(),
+        jobs: Vec::new(),
+    };
+    let mut extras = Vec::new();
+    let NodeKind::Map(pairs) = &root.kind else {
+        cx.err(
+            root.loc,
+            format!(
+                "a workflow must be a mapping with `jobs`, not {}",
+                root.kind_name()
+            ),
+        );
+        return finish(cx, wf, extras);
+    };
+    let mut saw_jobs = false;
+    for (k, v) in pairs {
+        let Some((name, _)) = cx.key_kind(k, TOP_KEYS, "at the top level") else {
+            continue;
+        };
+        match name.as_str() {
+            "name" => wf.name = cx.text(v, "`name`"),
+            "env" => wf.env = cx.env(v, "at the top level"),
+            "defaults" => wf.defaults = cx.defaults(v, "at the top level"),
+            "jobs" => {
+                saw_jobs = true;
+                let Some(jobs) = cx.map(v, "`jobs`") else {
+                    continue;
+                };
+                if jobs.is_empty() {
+                    cx.err(v.loc, "`jobs` is empty: a workflow needs at least one job");
+                }
+                for (jk, jv) in jobs {
+                    if let Some((job, extra)) = job(&mut cx, jk, jv) {
+                        wf.jobs.push(job);
+                        extras.push(extra);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if !saw_jobs {
+        cx.err(root.loc, "the workflow has no `jobs`");
+    }
+    finish(cx, wf, extras)
+}
+
+fn finish(cx: Cx<'_>, workflow: Workflow, extras: Vec<JobExtra>) -> Parsed {
+    Parsed {
+        workflow,
+        extras,
+        notices: cx.notices,
+        errors: cx.errors,
+    }
+}
+
+fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExtra)> {
+    let key = cx.text(key_node, "a job key")?;
+    if !is_identifier(&key) {
+        cx.err(
+            key_node.loc,
+            format!("invalid job key `{key}`: use letters, digits, `-` and `_`, starting with a letter or `_`"),
+        );
+    }
+    let place = format!("in job `{key}`");
+    let pairs = cx.map(node, &format!("job `{key}`"))?;
+    let mut spec = JobSpec {
+        key: key.clone(),
+        location: key_node.loc,
+        name: None,
+        needs: Vec::new(),
+        runs_on: None,
+        condition: None,
+        env: Vec::new(),
+        defaults: RunDefaults::default(),
+        timeout_minutes: None,
+        continue_on_error: BoolOrExpr::Literal(false),
+        outputs: Vec::new(),
+        strategy: None,
+        steps: Vec::new(),
+        kiln: KilnJobSettings::default(),
+    };
+    let mut extra = JobExtra {
+        matrix_loc: key_node.loc,
+        ..JobExtra::default()
+    };
+    let mut steps_node = None;
+    for (k, v) in pairs {
+        let Some((name, _)) = cx.key_kind(k, JOB_KEYS, &place) else {
+            continue;
+        };
+        match name.as_str() {
+            "name" => spec.name = cx.template(v, "`name`"),
+            "needs" => {
+                let items: Vec<&Node> = match &v.kind {
+                    NodeKind::Seq(items) => items.iter().collect(),
+                    _ => vec![v],
+                };
+                for item in items {
+                    if let Some(n) = cx.text(item, "`needs`") {
+                        spec.needs.push(n);
+                        extra.needs_locs.push(item.loc);
+                    }
+                }
+            }
+            "runs-on" => {
+                spec.runs_on = match &v.kind {
+                    NodeKind::Scalar { .. } => cx.template(v, "`runs-on`"),
+                    NodeKind::Seq(items) => {
+                        let texts: Option<Vec<String>> =
+                            items.iter().map(|i| cx.text(i, "`runs-on`")).collect();
+                        texts.and_then(|t| match Template::parse(&t.join(", "), v.loc, cx.file) {
+                            Ok(t) => Some(t),
+                            Err(d) => {
+                                cx.diag(d);
+                                None
+                            }
+                        })
+                    }
+                    NodeKind::Map(_) => Some(Template::literal(&v.to_json().to_string())),
+                }
+            }
+            "if" => spec.condition = cx.condition(v),
+            "env" => spec.env = cx.env(v, &place),
+            "defaults" => spec.defaults = cx.defaults(v, &place),
+            "timeout-minutes" => spec.timeout_minutes = cx.positive_number(v, "`timeout-minutes`"),
+            "continue-on-error" => {
+                spec.continue_on_error = cx.bool_or_expr(v, "`continue-on-error`")
+            }
+            "outputs" => {
+                if let Some(outs) = cx.map(v, "`outputs`") {
+                    for (ok, ov) in outs {
+                        let Some(oname) = cx.text(ok, "an output name") else {
+                            continue;
+                        };
+                        if !is_identifier(&oname) {
+                            cx.err(ok.loc, format!("invalid output name `{oname}`"));
+                            continue;
+                        }
+                        if let Some(t) = cx.template(ov, &format!("output `{oname}`")) {
+                            spec.outputs.push((oname, t));
+                        }
+                    }
+                }
+            }
+            "strategy" => {
+                if let Some((s, loc)) = crate::matrix::parse_strategy(cx, v) {
+                    spec.strategy = Some(s);
+                    extra.matrix_loc = loc;
+                }
+            }
+            "steps" => steps_node = Some(v),
+            "kiln" => spec.kiln = kiln(cx, v),
+            _ => {}
+        }
+    }
+    match steps_node {
+        None => cx.err(key_node.loc, format!("job `{key}` has no `steps`")),
+        Some(v) => match &v.kind {
+            NodeKind::Seq(items) if !items.is_empty() => {
+                let mut ids = HashSet::new();
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(step) = step(cx, &key, i + 1, item, &mut ids) {
+                        spec.steps.push(step);
+                    }
+                }
+            }
+            _ => cx.err(
+                v.loc,
+                format!("`steps` of job `{key}` must be a non-empty list of steps"),
+            ),
+        },
+    }
+    Some((spec, extra))
+}
+
+fn kiln(cx: &mut Cx<'_>, node: &Node) -> KilnJobSettings {
+    let mut out = KilnJobSettings::default();
+    let Some(pairs) = cx.map(node, "`kiln`") else {
+        return out;
+    };
+    for (k, v) in pairs {
+        let Some(name) = cx.text(k, "a key") else {
+            continue;
+        };
+        let size = |cx: &mut Cx<'_>| -> Option<u64> {
+            let text = cx.text(v, &format!("`kiln.{name}`"))?;
+            match parse_size(&text) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    cx.err(v.loc, format!("`kiln.{name}`: {e}"));
+                    None
+                }
+            }
+        };
+        match name.as_str() {
+            "isolation" => {
+                out.isolation = match cx.text(v, "`kiln.isolation`").as_deref() {
+                    Some("gvisor") => Some(IsolationTier::Gvisor),
+                    Some("container") => Some(IsolationTier::Container),
+                    Some(other) => {
+                        cx.err(
+                            v.loc,
+                            format!(
+                                "unknown isolation `{other}`; expected `gvisor` or `container`"
+                            ),
+                        );
+                        None
+                    }
+                    None => None,
+                }
+            }
+            "memory" => out.memory_bytes = size(cx),
+            "disk" => out.disk_bytes = size(cx),
+            "tmp" => out.tmp_bytes = size(cx),
+            "log" => out.log_bytes = size(cx),
+            "pids" => out.pids = cx.positive_int(v, "`kiln.pids`"),
+            "cpus" => out.cpus = cx.positive_number(v, "`kiln.cpus`"),
+            _ => cx.unknown_key(k.loc, &name, KILN_KEYS.iter().copied(), "in `kiln`"),
+        }
+    }
+    out
+}
+
+fn step(
+    cx: &mut Cx<'_>,
+    job: &str,
+    index: usize,
+    node: &Node,
+    ids: &mut HashSet<String>,
+) -> Option<StepSpec> {
+    let pairs = cx.map(node, &format!("step {index} of job `{job}`"))?;
+    let get = |key: &str| pairs.iter().find(|(k, _)| k.as_scalar() == Some(key));
+    let name = get("name").and_then(|(_, v)| cx.template(v, "`name`"));
+    let label = match &name {
+        Some(n) => format!("step {index} (`{}`) of job `{job}`", n.source()),
+        None => format!("step {index} of job `{job}`"),
+    };
+    let mut spec = StepSpec {
+        location: node.loc,
+        id: None,
+        name,
+        action: StepAction::Checkout,
+        env: Vec::new(),
+        working_directory: None,
+        condition: None,
+        timeout_minutes: None,
+        continue_on_error: BoolOrExpr::Literal(false),
+    };
+    let mut run = None;
+    let mut uses = None;
+    let mut shell = None;
+    let mut shell_loc = None;
+    let mut with_loc = None;
+    let errors_before = cx.errors.len();
+    for (k, v) in pairs {
+        let Some(key) = cx.text(k, "a key") else {
+            continue;
+        };
+        match key.as_str() {
+            "name" => {}
+            "id" => {
+                let Some(id) = cx.text(v, "`id`") else {
+                    continue;
+                };
+                if !is_identifier(&id) {
+                    cx.err(
+                        v.loc,
+                        format!("{label}: invalid step id `{id}`: use letters, digits, `-` and `_`, starting with a letter or `_`"),
+                    );
+                } else if !ids.insert(id.to_lowercase()) {
+                    cx.err(
+                        v.loc,
+                        format!("{label}: duplicate step id `{id}` in job `{job}`"),
+                    );
+                } else {
+                    spec.id = Some(id);
+                }
+            }
+            "run" => run = cx.template(v, "`run`").map(|t| (t, v.loc)),
+            "uses" => uses = cx.text(v, "`uses`").map(|u| (u, v.loc)),
+            "shell" => {
+                shell = cx.shell(v);
+                shell_loc = Some(k.loc);
+            }
+            "with" => with_loc = Some(k.loc),
+            "env" => spec.env = cx.env(v, &format!("in {label}")),
+            "working-directory" => {
+                spec.working_directory = cx.working_directory(v, "`working-directory`")
+            }
+            "if" => spec.condition = cx.condition(v),
+            "timeout-minutes" => spec.timeout_minutes = cx.positive_number(v, "`timeout-minutes`"),
+            "continue-on-error" => {
+                spec.continue_on_error = cx.bool_or_expr(v, "`continue-on-error`")
+            }
+            _ => cx.unknown_key(
+                k.loc,
+                &key,
+                STEP_KEYS.iter().copied(),
+                &format!("in {label}"),
+            ),
+        }
+    }
+    match (run, uses) {
+        (Some((script, _)), None) => {
+            if let Some(loc) = with_loc {
+                cx.err(loc, format!("{label}: `with` only applies to `uses` steps"));
+            }
+            spec.action = StepAction::Run { script, shell };
+        }
+        (None, Some((u, loc))) => {
+            let is_checkout = u
+                .split_once('@')
+                .is_some_and(|(a, r)| a.eq_ignore_ascii_case("actions/checkout") && !r.is_empty());
+            if !is_checkout {
+                cx.err(
+                    loc,
+                    format!(
+                        "{label}: `uses: {u}` is not supported; only actions/checkout is built in"
+                    ),
+                );
+            }
+            if let Some(loc) = shell_loc {
+                cx.err(loc, format!("{label}: `shell` only applies to `run` steps"));
+            }
+            spec.action = StepAction::Checkout;
+        }
+        (Some(_), Some((_, loc))) => cx.err(
+            loc,
+            format!("{label}: a step has either `run` or `uses`, not both"),
+        ),
+        (None, None) => {
+            if cx.errors.len() == errors_before {
+                cx.err(node.loc, format!("{label}: a step needs `run` or `uses`"));
+            }
+        }
+    }
+    (cx.errors.len() == errors_before).then_some(spec)
+}
+
+/// Converts a matrix value; refuses expressions (dynamic matrices).
+pub(crate) fn matrix_value(cx: &mut Cx<'_>, node: &Node) -> Option<serde_json::Value> {
+    if let Some(loc) = find_expression(node) {
+        cx.err(
+            loc,
+            "dynamic matrices are not supported: matrix values must be written in the file, not computed with `${{ }}`",
+        );
+        return None;
+    }
+    Some(node.to_json())
+}
+
+fn find_expression(node: &Node) -> Option<Location> {
+    match &node.kind {
+        NodeKind::Scalar { value, .. } => value.contains("${{").then_some(node.loc),
+        NodeKind::Seq(items) => items.iter().find_map(find_expression),
+        NodeKind::Map(pairs) => pairs
+            .iter()
+            .find_map(|(k, v)| find_expression(k).or_else(|| find_expression(v))),
+    }
+}

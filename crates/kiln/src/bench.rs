@@ -1,0 +1,371 @@
+//! `kiln bench`: step start latency per tier against the raw runtime, and
+//! the scheduler's own overhead per job.
+//!
+//! Step start latency is measured from the moment the build loop decides to
+//! run a step (its `StepStarted` event) to the moment the first byte of the
+//! step's output reaches the front end, through the real engine and a real
+//! sandbox. The raw runtime is measured on an equivalent bundle (same spec,
+//! written by the same code) from `runsc run`/`runc run` being spawned to its
+//! first byte of output. The two are interleaved one for one so that machine
+//! noise falls on both alike; the table reports medians, p99s and the ratio.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context};
+use kiln_engine::runner::sandbox::{
+    SandboxRunner, SandboxRunnerConfig, TierKey, STEP_GID, STEP_UID,
+};
+use kiln_engine::runner::{Emitter, JobOutcome, JobRequest, JobRunner};
+use kiln_engine::{BuildOptions, Event, Stream};
+use kiln_sandbox::{Isolation, Runtime, Sandbox, SandboxSpec, Workspace};
+use kiln_workflow::JobResult;
+use tokio::sync::{mpsc, watch};
+
+use crate::cli::BenchArgs;
+use crate::run::isolation;
+
+/// One measured tier.
+#[derive(Debug)]
+struct TierResult {
+    tier: &'static str,
+    kiln: Vec<f64>,
+    raw: Vec<f64>,
+}
+
+pub fn bench(args: BenchArgs) -> u8 {
+    match bench_inner(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            crate::run::EXIT_INFRA
+        }
+    }
+}
+
+fn bench_inner(args: BenchArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.state.state_dir)?;
+    let state_dir = std::fs::canonicalize(&args.state.state_dir)?.join("bench");
+    std::fs::create_dir_all(&state_dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut tiers = Vec::new();
+    for t in &args.tiers {
+        let iso = isolation(*t);
+        let name = match iso {
+            Isolation::Gvisor => "gvisor (runsc)",
+            Isolation::Container => "container (runc)",
+        };
+        eprintln!(
+            "measuring {name}: {} steps through kiln, {} raw runs ...",
+            args.steps, args.steps
+        );
+        let runtime = Runtime::locate(iso).map_err(|e| anyhow!("{e}"))?;
+        runtime
+            .verify(&state_dir.join("probe"))
+            .map_err(|e| anyhow!("{e}"))?;
+        tiers.push(measure_tier(
+            &rt, name, iso, &runtime, args.steps, &state_dir,
+        )?);
+    }
+    eprintln!("measuring the scheduler on a {}-job graph ...", args.jobs);
+    let sched = rt.block_on(scheduler_overhead(args.jobs))?;
+    let _ = std::fs::remove_dir_all(&state_dir);
+
+    let table = render(&tiers, &sched, &args);
+    print!("{table}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &table).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn measure_tier(
+    rt: &tokio::runtime::Runtime,
+    name: &'static str,
+    iso: Isolation,
+    runtime: &Runtime,
+    steps: usize,
+    dir: &std::path::Path,
+) -> anyhow::Result<TierResult> {
+    let ws = Workspace::create(&dir.join("raw-ws"), 64 << 20, STEP_UID, STEP_GID)
+        .map_err(|e| anyhow!("{e}"))?;
+    let plan = Arc::new(
+        kiln_workflow::load(
+            "bench.yml",
+            "jobs:\n  bench:\n    steps:\n      - run: echo ready\n        shell: sh\n",
+        )
+        .map_err(|e| anyhow!("{e}"))?,
+    );
+    let mut result = TierResult {
+        tier: name,
+        kiln: Vec::new(),
+        raw: Vec::new(),
+    };
+    // One warm-up of each, not counted (page cache, runtime binaries).
+    for i in 0..=steps {
+        let raw = raw_start(runtime, &ws, dir, i)?;
+        let kiln = rt.block_on(kiln_start(plan.clone(), iso, runtime.clone(), dir, i))?;
+        if i > 0 {
+            result.raw.push(raw);
+            result.kiln.push(kiln);
+        }
+    }
+    ws.destroy().map_err(|e| anyhow!("{e}"))?;
+    Ok(result)
+}
+
+/// Seconds from spawning the runtime on a ready bundle to its first byte.
+fn raw_start(
+    runtime: &Runtime,
+    ws: &Workspace,
+    dir: &std::path::Path,
+    i: usize,
+) -> anyhow::Result<f64> {
+    let spec = SandboxSpec {
+        id: format!("kiln-bench-raw-{}-{i}", std::process::id()),
+        argv: vec!["sh".into(), "-c".into(), "echo ready".into()],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        cwd: "/workspace".into(),
+        workspace: ws.path().to_path_buf(),
+        binds: vec![],
+        limits: kiln_engine::limits::StepLimits::default().sandbox_limits(),
+        uid: STEP_UID,
+        gid: STEP_GID,
+    };
+    let bundle = dir.join(format!("raw-{i}"));
+    std::fs::create_dir_all(&bundle)?;
+    let sb = Sandbox::prepare(runtime, &spec, &bundle).map_err(|e| anyhow!("{e}"))?;
+    let mut cmd = sb.command();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let t0 = Instant::now();
+    let mut child = cmd.spawn()?;
+    let mut byte = [0u8; 1];
+    let mut stdout = child.stdout.take().expect("piped");
+    let n = stdout.read(&mut byte)?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let mut rest = Vec::new();
+    let _ = stdout.read_to_end(&mut rest);
+    let status = child.wait()?;
+    sb.finish(status).map_err(|e| anyhow!("{e}"))?;
+    let _ = std::fs::remove_dir_all(&bundle);
+    if n == 0 {
+        return Err(anyhow!("the raw runtime printed nothing"));
+    }
+    Ok(elapsed)
+}
+
+/// Seconds from the engine's step decision to the step's first output line.
+async fn kiln_start(
+    plan: Arc<kiln_workflow::Plan>,
+    iso: Isolation,
+    runtime: Runtime,
+    dir: &std::path::Path,
+    i: usize,
+) -> anyhow::Result<f64> {
+    let build = format!("bench-{}-{i}", std::process::id());
+    let mut runtimes = HashMap::new();
+    runtimes.insert(TierKey::of(iso), runtime);
+    let limits = kiln_engine::limits::StepLimits { disk_bytes: 64 << 20, ..Default::default() };
+    let cfg = SandboxRunnerConfig {
+        build_dir: dir.join(&build),
+        source: None,
+        source_skip: vec![],
+        isolation: iso,
+        runtimes,
+        limits,
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let emitter = Emitter::new(&build, Some(tx), None);
+    let (_cancel_tx, cancel_rx) = watch::channel(false);
+    let opts = BuildOptions {
+        build: build.clone(),
+        max_parallel: 1,
+        github: serde_json::json!({}),
+        runner: serde_json::json!({}),
+    };
+    let watcher = tokio::spawn(async move {
+        let mut started = None;
+        let mut first = None;
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::StepStarted { .. } => started = Some(Instant::now()),
+                Event::Log(e) if e.stream == Stream::Stdout && first.is_none() => {
+                    first = Some(Instant::now())
+                }
+                _ => {}
+            }
+        }
+        match (started, first) {
+            (Some(a), Some(b)) => Some(b.duration_since(a).as_secs_f64()),
+            _ => None,
+        }
+    });
+    let summary = kiln_engine::run_build(
+        plan,
+        Arc::new(SandboxRunner::new(cfg)),
+        opts,
+        emitter,
+        cancel_rx,
+    )
+    .await;
+    let latency = watcher.await?;
+    if summary.status != "succeeded" {
+        return Err(anyhow!(
+            "bench step failed: {:?}",
+            summary.jobs.first().and_then(|j| j.reason.clone())
+        ));
+    }
+    latency.ok_or_else(|| anyhow!("no output seen from the bench step"))
+}
+
+/// A runner that does nothing: the loop's own cost.
+#[derive(Debug)]
+struct NoopRunner;
+
+impl JobRunner for NoopRunner {
+    async fn run_job(&self, _req: JobRequest) -> JobOutcome {
+        JobOutcome::new(JobResult::Success)
+    }
+}
+
+#[derive(Debug)]
+struct SchedResult {
+    jobs: usize,
+    edges: usize,
+    load_secs: f64,
+    run_secs: f64,
+}
+
+/// A layered graph: 100 jobs a layer, each needing two of the layer before.
+pub fn layered_workflow(jobs: usize) -> (String, usize) {
+    let width = 100.min(jobs.max(1));
+    let mut y = String::from("name: scheduler-bench\njobs:\n");
+    let mut edges = 0;
+    for j in 0..jobs {
+        y.push_str(&format!("  j{j}:\n"));
+        if j >= width {
+            let layer_start = (j / width - 1) * width;
+            let a = layer_start + (j % width);
+            let b = layer_start + ((j + 1) % width);
+            y.push_str(&format!("    needs: [j{a}, j{b}]\n"));
+            edges += 2;
+        }
+        y.push_str("    steps:\n      - run: \"true\"\n");
+    }
+    (y, edges)
+}
+
+async fn scheduler_overhead(jobs: usize) -> anyhow::Result<SchedResult> {
+    let (yaml, edges) = layered_workflow(jobs);
+    let t0 = Instant::now();
+    let plan = Arc::new(kiln_workflow::load("bench.yml", &yaml).map_err(|e| anyhow!("{e}"))?);
+    let load_secs = t0.elapsed().as_secs_f64();
+    let emitter = Emitter::new("bench", None, None);
+    let (_tx, rx) = watch::channel(false);
+    let opts = BuildOptions {
+        build: "bench".into(),
+        max_parallel: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+        github: serde_json::json!({}),
+        runner: serde_json::json!({}),
+    };
+    let t1 = Instant::now();
+    let summary = kiln_engine::run_build(plan, Arc::new(NoopRunner), opts, emitter, rx).await;
+    let run_secs = t1.elapsed().as_secs_f64();
+    if summary.status != "succeeded" || summary.jobs.len() != jobs {
+        return Err(anyhow!(
+            "scheduler bench: {} of {jobs} jobs, status {}",
+            summary.jobs.len(),
+            summary.status
+        ));
+    }
+    Ok(SchedResult {
+        jobs,
+        edges,
+        load_secs,
+        run_secs,
+    })
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if s.is_empty() {
+        return 0.0;
+    }
+    let idx = ((p * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
+    s[idx]
+}
+
+fn ms(s: f64) -> String {
+    format!("{:.1} ms", s * 1000.0)
+}
+
+fn render(tiers: &[TierResult], s: &SchedResult, args: &BenchArgs) -> String {
+    let mut t = String::new();
+    t.push_str(&format!(
+        "Step start latency ({} steps per tier; scheduler decision -> first output byte)\n\n",
+        args.steps
+    ));
+    t.push_str("| tier | kiln median | kiln p99 | raw runtime median | raw runtime p99 | median ratio | kiln adds |\n");
+    t.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for r in tiers {
+        let (km, kp) = (percentile(&r.kiln, 0.5), percentile(&r.kiln, 0.99));
+        let (rm, rp) = (percentile(&r.raw, 0.5), percentile(&r.raw, 0.99));
+        let ratio = if rm > 0.0 { km / rm } else { 0.0 };
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {:.2}x | {:+.0}% |\n",
+            r.tier,
+            ms(km),
+            ms(kp),
+            ms(rm),
+            ms(rp),
+            ratio,
+            (ratio - 1.0) * 100.0
+        ));
+    }
+    t.push_str(&format!(
+        "\nScheduler overhead ({} jobs, {} edges, a runner that does nothing)\n\n",
+        s.jobs, s.edges
+    ));
+    t.push_str("| measure | total | per job |\n| --- | ---: | ---: |\n");
+    let per = |x: f64| format!("{:.1} µs", x * 1e6 / s.jobs as f64);
+    t.push_str(&format!(
+        "| parse + validate + plan | {} | {} |\n",
+        ms(s.load_secs),
+        per(s.load_secs)
+    ));
+    t.push_str(&format!(
+        "| Kahn loop (schedule, start, finish) | {} | {} |\n",
+        ms(s.run_secs),
+        per(s.run_secs)
+    ));
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_ranks() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&[3.0], 0.99), 3.0);
+    }
+
+    #[test]
+    fn layered_graph_has_expected_edges() {
+        let (_, edges) = layered_workflow(300);
+        assert_eq!(edges, 400);
+    }
+}

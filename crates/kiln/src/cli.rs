@@ -1,0 +1,112 @@
+//! Flags (raw, as typed); `run.rs` turns them into validated settings.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Build and CI engine for code nobody trusts: every step in a fresh sandbox."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a workflow file: every job in Kahn order, every step in a sandbox.
+    Run(RunArgs),
+    /// Check a workflow file without running anything.
+    Validate(ValidateArgs),
+    /// List recorded builds.
+    Builds(BuildsArgs),
+    /// Print a recorded build's log.
+    Logs(LogsArgs),
+    /// Measure step start latency per tier and the scheduler's overhead.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IsolationArg {
+    /// gVisor (runsc): a user-space kernel between steps and the host.
+    Gvisor,
+    /// runc: namespaces, seccomp and cgroups on the shared host kernel.
+    Container,
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// Where builds are recorded (SQLite) and workspaces live.
+    #[arg(long, env = "KILN_STATE_DIR", default_value = ".kiln")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The workflow file (default: the only file in .github/workflows/).
+    pub workflow: Option<PathBuf>,
+    /// Directory `actions/checkout` copies into the workspace (default: the
+    /// repository the workflow file is in).
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// Isolation tier for every job; a job may ask for a stronger one.
+    #[arg(long, value_enum, default_value = "gvisor", env = "KILN_ISOLATION")]
+    pub isolation: IsolationArg,
+    /// Jobs running at once (default: number of CPUs).
+    #[arg(long)]
+    pub max_parallel: Option<usize>,
+    /// JSON lines on stdout: every log entry, then a summary object.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    pub workflow: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildsArgs {
+    #[arg(long)]
+    pub json: bool,
+    /// How many builds to list.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Build id, a unique prefix of one, or `latest`.
+    pub build: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Steps measured per tier.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Jobs in the scheduler-overhead graph.
+    #[arg(long, default_value_t = 10_000)]
+    pub jobs: usize,
+    /// Tiers to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["gvisor", "container"])]
+    pub tiers: Vec<IsolationArg>,
+    /// Write the results as Markdown to this file as well.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    #[command(flatten)]
+    pub state: StateArgs,
+}

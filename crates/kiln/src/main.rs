@@ -1,0 +1,31 @@
+//! `kiln`: the command-line front end. Thin: it parses flags, loads the
+//! workflow, sets up the engine and renders its events.
+//!
+//! Exit status: 0 all jobs succeeded, 1 a job failed, 2 invalid input,
+//! 3 kiln itself could not run (missing runtime, unusable state store),
+//! 130 cancelled.
+
+mod bench;
+mod cli;
+mod render;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("KILN_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match cli.command {
+        cli::Command::Run(args) => run::run(args),
+        cli::Command::Validate(args) => run::validate(args),
+        cli::Command::Builds(args) => run::builds(args),
+        cli::Command::Logs(args) => run::logs(args),
+        cli::Command::Bench(args) => bench::bench(args),
+    };
+    ExitCode::from(code)
+}

@@ -1,0 +1,344 @@
+//! `kiln run`, `validate`, `builds`, `logs`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use kiln_engine::runner::sandbox::{
+    effective_isolation, SandboxRunner, SandboxRunnerConfig, TierKey,
+};
+use kiln_engine::runner::Emitter;
+use kiln_engine::store::{Store, StoreWriter};
+use kiln_engine::{BuildOptions, Event};
+use kiln_sandbox::{Isolation, Runtime};
+use kiln_workflow::{Diagnostics, Plan};
+use tokio::sync::{mpsc, watch};
+
+use crate::cli::{BuildsArgs, IsolationArg, LogsArgs, RunArgs, ValidateArgs};
+use crate::render::Renderer;
+
+pub const EXIT_INVALID: u8 = 2;
+pub const EXIT_INFRA: u8 = 3;
+
+pub fn isolation(a: IsolationArg) -> Isolation {
+    match a {
+        IsolationArg::Gvisor => Isolation::Gvisor,
+        IsolationArg::Container => Isolation::Container,
+    }
+}
+
+/// Finds the workflow file when none is named.
+fn default_workflow() -> anyhow::Result<PathBuf> {
+    let dir = Path::new(".github/workflows");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(anyhow!(
+            "no workflow file given and none found in .github/workflows/"
+        )),
+        _ => Err(anyhow!(
+            "several workflow files in .github/workflows/; name one: {}",
+            found
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// Reads and loads a workflow, printing diagnostics on failure.
+fn load_plan(path: &Path, json: bool) -> Result<Plan, u8> {
+    let source = match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", path.display());
+            return Err(EXIT_INVALID);
+        }
+    };
+    let name = path.display().to_string();
+    match kiln_workflow::load(&name, &source) {
+        Ok(plan) => {
+            for n in &plan.notices {
+                eprintln!("notice: {n}");
+            }
+            Ok(plan)
+        }
+        Err(diags) => {
+            print_diagnostics(&diags, json);
+            Err(EXIT_INVALID)
+        }
+    }
+}
+
+fn print_diagnostics(diags: &Diagnostics, json: bool) {
+    if json {
+        let list: Vec<_> = diags
+            .0
+            .iter()
+            .map(|d| serde_json::json!({"file": d.file, "line": d.location.line, "column": d.location.column, "message": d.message}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"type": "error", "kind": "invalid-workflow", "diagnostics": list})
+        );
+    }
+    for d in &diags.0 {
+        eprintln!("error: {d}");
+    }
+}
+
+pub fn validate(args: ValidateArgs) -> u8 {
+    match load_plan(&args.workflow, args.json) {
+        Ok(plan) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"type": "valid", "jobs": plan.jobs.iter().map(|j| &j.id).collect::<Vec<_>>()})
+                );
+            } else {
+                println!(
+                    "{}: valid, {} jobs",
+                    args.workflow.display(),
+                    plan.jobs.len()
+                );
+            }
+            0
+        }
+        Err(code) => code,
+    }
+}
+
+/// The source directory: the git work tree the workflow is in, or its directory.
+fn default_source(workflow: &Path) -> PathBuf {
+    let abs = std::fs::canonicalize(workflow).unwrap_or_else(|_| workflow.to_path_buf());
+    let dir = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
+    // `<src>/.github/workflows/x.yml` -> `<src>`.
+    if dir.ends_with(".github/workflows") {
+        if let Some(src) = dir.parent().and_then(Path::parent) {
+            return src.to_path_buf();
+        }
+    }
+    dir
+}
+
+pub fn run(args: RunArgs) -> u8 {
+    match run_inner(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}
+
+fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
+    let workflow = match args.workflow.clone() {
+        Some(w) => w,
+        None => match default_workflow() {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(EXIT_INVALID);
+            }
+        },
+    };
+    let plan = match load_plan(&workflow, args.json) {
+        Ok(p) => Arc::new(p),
+        Err(code) => return Ok(code),
+    };
+    let source = match &args.source {
+        Some(s) => {
+            std::fs::canonicalize(s).with_context(|| format!("source directory {}", s.display()))?
+        }
+        None => default_source(&workflow),
+    };
+    std::fs::create_dir_all(&args.state.state_dir)
+        .with_context(|| format!("creating state dir {}", args.state.state_dir.display()))?;
+    let state_dir = std::fs::canonicalize(&args.state.state_dir)?;
+
+    // The runtimes this plan needs, found and proven before the first step.
+    let operator = isolation(args.isolation);
+    let mut tiers = vec![operator];
+    for job in &plan.jobs {
+        let (t, _) = effective_isolation(operator, job.spec.kiln.isolation);
+        if !tiers.contains(&t) {
+            tiers.push(t);
+        }
+    }
+    let scratch = state_dir.join("probe");
+    let mut runtimes = HashMap::new();
+    for tier in tiers {
+        let rt = Runtime::locate(tier).map_err(|e| anyhow!("{e}"))?;
+        rt.verify(&scratch).map_err(|e| anyhow!("{e}"))?;
+        runtimes.insert(TierKey::of(tier), rt);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    let store = Store::open(&state_dir).context("opening the state store")?;
+    // Sandboxes, mounts and directories of builds whose process died.
+    let leftovers = kiln_engine::runner::sandbox::leftover_builds(&state_dir, &store);
+    kiln_engine::runner::sandbox::cleanup_interrupted(&state_dir, &leftovers);
+    let build = kiln_engine::time::new_build_id();
+    let src_info = kiln_engine::git::source_info(&source);
+    let jobs: Vec<(String, String)> = plan
+        .jobs
+        .iter()
+        .map(|j| (j.id.clone(), j.id.clone()))
+        .collect();
+    store.insert_build(&build, &plan.name, &source.display().to_string(), &jobs)?;
+    let writer = StoreWriter::spawn(store, build.clone());
+
+    let build_dir = state_dir.join("builds").join(&build);
+    let cfg = SandboxRunnerConfig {
+        build_dir: build_dir.clone(),
+        source: Some(source.clone()),
+        source_skip: vec![state_dir.clone()],
+        isolation: operator,
+        runtimes,
+        limits: Default::default(),
+    };
+    let opts = BuildOptions {
+        build: build.clone(),
+        max_parallel: args.max_parallel.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        github: kiln_engine::contexts::github(&build, &plan.name, &src_info),
+        runner: kiln_engine::contexts::runner(match operator {
+            Isolation::Gvisor => "gvisor",
+            Isolation::Container => "container",
+        }),
+    };
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let summary = rt.block_on(async {
+        let (ui_tx, ui_rx) = mpsc::unbounded_channel::<Event>();
+        let emitter = Emitter::new(&build, Some(ui_tx), Some(writer.sender()));
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        tokio::spawn(watch_signals(cancel_tx));
+        let renderer = Renderer::new(args.json, plan.clone());
+        let ui = tokio::spawn(renderer.run(ui_rx));
+        let runner = Arc::new(SandboxRunner::new(cfg));
+        let summary = kiln_engine::run_build(plan.clone(), runner, opts, emitter, cancel_rx).await;
+        let _ = ui.await;
+        summary
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    let _ = std::fs::remove_dir_all(&build_dir);
+    if let Err(e) = writer.close() {
+        eprintln!("warning: the state store may be missing the last log lines: {e}");
+    }
+    Ok(summary.exit_code() as u8)
+}
+
+async fn watch_signals(cancel: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let mut int = match signal(SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    let _ = cancel.send(true);
+    // Further signals are ignored: kiln is tearing sandboxes down.
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+}
+
+pub fn builds(args: BuildsArgs) -> u8 {
+    let result = (|| -> anyhow::Result<()> {
+        let store = Store::open(&args.state.state_dir)?;
+        let rows = store.builds(args.limit)?;
+        let mut out = std::io::stdout().lock();
+        if args.json {
+            for b in rows {
+                writeln!(out, "{}", serde_json::to_string(&b)?)?;
+            }
+        } else {
+            writeln!(
+                out,
+                "{:<30} {:<12} {:<26} PIPELINE",
+                "BUILD", "STATUS", "CREATED"
+            )?;
+            for b in rows {
+                writeln!(
+                    out,
+                    "{:<30} {:<12} {:<26} {}",
+                    b.id, b.status, b.created_at, b.pipeline
+                )?;
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}
+
+pub fn logs(args: LogsArgs) -> u8 {
+    let result = (|| -> anyhow::Result<u8> {
+        let store = Store::open(&args.state.state_dir)?;
+        let build = match store.resolve_build(&args.build) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(EXIT_INVALID);
+            }
+        };
+        let entries = store.logs(&build.id)?;
+        let mut out = std::io::stdout().lock();
+        for e in &entries {
+            if args.json {
+                writeln!(out, "{}", serde_json::to_string(e)?)?;
+            } else {
+                writeln!(out, "{}", crate::render::plain_line(e))?;
+            }
+        }
+        if args.json {
+            let jobs = store.jobs(&build.id)?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"type": "summary", "build": build.id, "status": build.status, "jobs": jobs})
+            )?;
+        } else {
+            writeln!(out, "build {} {}", build.id, build.status)?;
+        }
+        Ok(0)
+    })();
+    match result {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}

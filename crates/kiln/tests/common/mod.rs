@@ -1,0 +1,210 @@
+//! Helpers for tests that run the real `kiln` binary against real sandboxes.
+//!
+//! These tests need root and both runtimes. When either is missing they fail
+//! with the reason: they never skip silently.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The two isolation tiers every behaviour is checked on.
+pub const TIERS: [&str; 2] = ["gvisor", "container"];
+
+/// Panics with the reason when this machine cannot run sandboxes.
+pub fn require_sandboxes() {
+    // SAFETY-free check: uid from /proc.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?")
+        .to_string();
+    assert_eq!(
+        uid, "0",
+        "these tests run real sandboxes and need root (uid is {uid}); run scripts/test.sh as root"
+    );
+    for bin in ["runsc", "runc"] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {bin}"))
+            .output()
+            .map(|o| o.status.success());
+        assert!(
+            found.unwrap_or(false),
+            "`{bin}` is not installed: run scripts/install.sh (runsc comes from bookworm-backports)"
+        );
+    }
+}
+
+/// A scratch project: a directory with a workflow file and a state dir.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new(workflow: &str) -> Project {
+        require_sandboxes();
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-test-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::write(dir.path().join("ci.yml"), workflow).expect("write workflow");
+        Project { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join(".kiln")
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    /// `kiln <args>` in the project dir with its own state dir.
+    pub fn kiln(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.current_dir(self.dir.path())
+            .env("KILN_STATE_DIR", self.state_dir())
+            .env("NO_COLOR", "1");
+        cmd
+    }
+
+    /// `kiln run ci.yml --json --isolation <tier>`, parsed.
+    pub fn run(&self, tier: &str, extra: &[&str]) -> Run {
+        let out = self
+            .kiln()
+            .args(["run", "ci.yml", "--json", "--isolation", tier])
+            .args(extra)
+            .output()
+            .expect("run kiln");
+        Run::parse(out)
+    }
+}
+
+/// The parsed result of `kiln run --json`.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub entries: Vec<Value>,
+    pub summary: Value,
+    pub stderr: String,
+    pub stdout: String,
+}
+
+impl Run {
+    pub fn parse(out: Output) -> Run {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let mut entries = Vec::new();
+        let mut summary = Value::Null;
+        for line in stdout.lines() {
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| {
+                panic!("stdout line is not JSON ({e}): {line}\nstderr: {stderr}")
+            });
+            if v["type"] == "summary" {
+                summary = v;
+            } else {
+                entries.push(v);
+            }
+        }
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            entries,
+            summary,
+            stderr,
+            stdout,
+        }
+    }
+
+    pub fn job(&self, id: &str) -> &Value {
+        self.summary["jobs"]
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["id"] == id))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no job `{id}` in summary: {}\nstderr: {}",
+                    self.summary, self.stderr
+                )
+            })
+    }
+
+    pub fn status(&self, id: &str) -> String {
+        self.job(id)["status"].as_str().unwrap_or("").to_string()
+    }
+
+    /// Output lines (stdout+stderr streams) of one job.
+    pub fn lines(&self, job: &str) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|e| e["job"] == job && e["stream"] != "system")
+            .map(|e| e["text"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    pub fn system_lines(&self, job: &str) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|e| e["job"] == job && e["stream"] == "system")
+            .map(|e| e["text"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    pub fn all_text(&self) -> String {
+        self.entries
+            .iter()
+            .map(|e| e["text"].as_str().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Asserts the exit code, printing the whole run when it differs.
+    pub fn expect_code(&self, code: i32) -> &Run {
+        assert_eq!(
+            self.code,
+            code,
+            "exit code\nsummary: {}\nlog:\n{}\nstderr: {}",
+            self.summary,
+            self.all_text(),
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Parses an RFC 3339 timestamp into milliseconds since the epoch.
+pub fn ms(ts: &Value) -> i64 {
+    let s = ts
+        .as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {ts}"));
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("bad timestamp {s}: {e}"));
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Generates one test per tier from a body taking the tier name.
+#[macro_export]
+macro_rules! per_tier {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[test]
+            fn gvisor() {
+                ($body)("gvisor");
+            }
+            #[test]
+            fn container() {
+                ($body)("container");
+            }
+        }
+    };
+}

@@ -1,0 +1,233 @@
+//! Cancellation, the state store, and recovery after `kill -9`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Project, Run};
+
+const LONG: &str = r#"
+jobs:
+  long:
+    steps:
+      - run: |
+          echo sleeping
+          setsid sleep 617 &
+          sleep 617
+  after:
+    needs: long
+    steps:
+      - run: echo never
+"#;
+
+/// Starts `kiln run --json` and waits until the long step printed `sleeping`.
+fn start_long(p: &Project, tier: &str) -> (std::process::Child, Vec<String>) {
+    let mut child = p
+        .kiln()
+        .args(["run", "ci.yml", "--json", "--isolation", tier])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 || Instant::now() > deadline {
+            panic!("the step never started: {seen:?}");
+        }
+        let started = line.contains("\"text\":\"sleeping\"");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    // Keep draining stdout in the background so kiln never blocks on it.
+    let rest = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        for l in reader.lines() {
+            out.push(l.unwrap_or_default());
+        }
+        out
+    });
+    std::mem::forget(rest);
+    (child, seen)
+}
+
+fn leftovers(p: &Project) -> Vec<String> {
+    let mut found = Vec::new();
+    let state = p.state_dir().canonicalize().unwrap_or(p.state_dir());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    for m in mounts.lines() {
+        if m.contains(state.to_str().unwrap()) {
+            found.push(format!("mount: {m}"));
+        }
+    }
+    let procs = Command::new("pgrep")
+        .args(["-f", "sleep 617"])
+        .output()
+        .unwrap();
+    if !procs.stdout.is_empty() {
+        found.push(format!(
+            "processes: {}",
+            String::from_utf8_lossy(&procs.stdout)
+        ));
+    }
+    let builds = state.join("builds");
+    if let Ok(rd) = std::fs::read_dir(&builds) {
+        for e in rd.flatten() {
+            found.push(format!("build dir: {}", e.path().display()));
+        }
+    }
+    found
+}
+
+fn sandbox_cgroups(build: &str) -> Vec<String> {
+    let out = Command::new("find")
+        .args([
+            "/sys/fs/cgroup",
+            "-maxdepth",
+            "6",
+            "-type",
+            "d",
+            "-name",
+            &format!("*{build}*"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn wait_clean(p: &Project) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = leftovers(p);
+        if l.is_empty() || Instant::now() > deadline {
+            return l;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+per_tier!(sigint_cancels_and_leaves_nothing, |tier| {
+    let p = Project::new(LONG);
+    let (child, _) = start_long(&p, tier);
+    let pid = child.id();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = p.kiln().args(["builds", "--json"]).output().unwrap();
+    let b: serde_json::Value =
+        serde_json::from_slice(list.stdout.split(|&c| c == b'\n').next().unwrap()).unwrap();
+    assert_eq!(b["status"], "cancelled");
+    let logs = Run::parse(
+        p.kiln()
+            .args(["logs", b["id"].as_str().unwrap(), "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(logs.status("long"), "cancelled");
+    assert_eq!(logs.status("after"), "cancelled");
+    assert_eq!(wait_clean(&p), Vec::<String>::new());
+    assert_eq!(
+        sandbox_cgroups(b["id"].as_str().unwrap()),
+        Vec::<String>::new()
+    );
+});
+
+per_tier!(
+    sigkill_leaves_a_readable_store_and_an_interrupted_build,
+    |tier| {
+        let p = Project::new(LONG);
+        let (mut child, _) = start_long(&p, tier);
+        child.kill().unwrap();
+        let _ = child.wait();
+        // The store is readable and the build is marked interrupted.
+        let list = p.kiln().args(["builds", "--json"]).output().unwrap();
+        assert!(
+            list.status.success(),
+            "{}",
+            String::from_utf8_lossy(&list.stderr)
+        );
+        let b: serde_json::Value =
+            serde_json::from_slice(list.stdout.split(|&c| c == b'\n').next().unwrap()).unwrap();
+        assert_eq!(b["status"], "interrupted");
+        let logs = p.kiln().args(["logs", "latest"]).output().unwrap();
+        assert!(String::from_utf8_lossy(&logs.stdout).contains("sleeping"));
+        // The next run cleans up what the dead one left.
+        p.write(
+            "ci.yml",
+            "jobs:\n  quick:\n    steps:\n      - run: echo quick\n",
+        );
+        let run = p.run(tier, &[]);
+        run.expect_code(0);
+        assert_eq!(wait_clean(&p), Vec::<String>::new());
+    }
+);
+
+#[test]
+fn builds_and_logs_read_back() {
+    let p = Project::new("name: readback\njobs:\n  one:\n    steps:\n      - run: echo first line; echo second line >&2\n");
+    let run = p.run("container", &[]);
+    run.expect_code(0);
+    let build = run.summary["build"].as_str().unwrap().to_string();
+    let list = p.kiln().args(["builds"]).output().unwrap();
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains(&build) && text.contains("succeeded") && text.contains("readback"),
+        "{text}"
+    );
+    let logs = p.kiln().args(["logs", &build[..12]]).output().unwrap();
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        text.contains("first line") && text.contains("second line"),
+        "{text}"
+    );
+    let json = Run::parse(p.kiln().args(["logs", &build, "--json"]).output().unwrap());
+    let seqs: Vec<u64> = json
+        .entries
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "log sequence has gaps: {seqs:?}"
+    );
+    assert_eq!(
+        json.entries.len(),
+        run.entries.len(),
+        "stored log differs from the live one"
+    );
+    let missing = p.kiln().args(["logs", "nope"]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+}
+
+#[test]
+fn missing_runtime_is_named_with_the_fix() {
+    let p = Project::new("jobs:\n  a:\n    steps: [{run: echo}]\n");
+    let out = p
+        .kiln()
+        .env("KILN_RUNSC", "/nonexistent/runsc")
+        .args(["run", "ci.yml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("runsc") && err.contains("apt-get"), "{err}");
+}

@@ -1,0 +1,3 @@
+"""A tiny shop: carts, prices and discounts (the example project kiln builds)."""
+
+__version__ = "1.4.0"
