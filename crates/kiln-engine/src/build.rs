@@ -96,11 +96,7 @@ pub async fn run_build<R: JobRunner>(
     emitter.emit(Event::BuildStarted {
         build: opts.build.clone(),
         pipeline: plan.name.clone(),
-        jobs: plan
-            .jobs
-            .iter()
-            .map(|j| (j.id.clone(), j.id.clone()))
-            .collect(),
+        jobs: plan.jobs.iter().map(|j| (j.id.clone(), j.id.clone())).collect(),
     });
     let mut sched = Scheduler::new(&plan);
     let mut slots: Vec<Slot> = (0..n)
@@ -115,8 +111,7 @@ pub async fn run_build<R: JobRunner>(
     let mut group_tripped = vec![false; plan.groups.len()];
     let mut pending: VecDeque<usize> = VecDeque::new();
     let mut running: JoinSet<(usize, JobOutcome, String)> = JoinSet::new();
-    let mut task_jobs: std::collections::HashMap<tokio::task::Id, (usize, String)> =
-        Default::default();
+    let mut task_jobs: std::collections::HashMap<tokio::task::Id, (usize, String)> = Default::default();
     let mut cancelled = *cancel.borrow();
     let max_parallel = opts.max_parallel.max(1);
     let workflow_env = workflow_env(&plan, &opts);
@@ -132,15 +127,8 @@ pub async fn run_build<R: JobRunner>(
             let decision = if cancelled || group_cancelled {
                 Err((JobResult::Cancelled, None))
             } else {
-                let all_needs_ok = job
-                    .needs
-                    .iter()
-                    .all(|&d| slots[d].result == Some(JobResult::Success));
-                let status = StatusFns {
-                    success: all_needs_ok,
-                    failure: failed_lineage,
-                    cancelled: false,
-                };
+                let all_needs_ok = job.needs.iter().all(|&d| slots[d].result == Some(JobResult::Success));
+                let status = StatusFns { success: all_needs_ok, failure: failed_lineage, cancelled: false };
                 match &job.spec.condition {
                     None if all_needs_ok => Ok(()),
                     None => Err((JobResult::Skipped, None)),
@@ -155,13 +143,7 @@ pub async fn run_build<R: JobRunner>(
                 Err((result, reason)) => {
                     pending.pop_front();
                     if let Some(reason) = &reason {
-                        emitter.log(
-                            &job.id,
-                            "",
-                            "",
-                            Stream::System,
-                            format!("job failed: {reason}"),
-                        );
+                        emitter.log(&job.id, "", "", Stream::System, format!("job failed: {reason}"));
                     }
                     let mut outcome = JobOutcome::new(result);
                     outcome.reason = reason;
@@ -198,8 +180,7 @@ pub async fn run_build<R: JobRunner>(
                     };
                     let runner = runner.clone();
                     let started = started_at.clone();
-                    let handle =
-                        running.spawn(async move { (j, runner.run_job(req).await, started) });
+                    let handle = running.spawn(async move { (j, runner.run_job(req).await, started) });
                     task_jobs.insert(handle.id(), (j, started_at));
                 }
                 Ok(()) => break,
@@ -262,12 +243,8 @@ pub async fn run_build<R: JobRunner>(
     } else {
         "succeeded"
     };
-    let summary = BuildSummary {
-        kind: "summary",
-        build: opts.build.clone(),
-        status: status.to_string(),
-        jobs,
-    };
+    let summary =
+        BuildSummary { kind: "summary", build: opts.build.clone(), status: status.to_string(), jobs };
     emitter.emit(Event::BuildFinished(summary.clone()));
     summary
 }
@@ -291,10 +268,7 @@ fn finish_job(
         let allowed = continue_on_error(plan, j);
         if allowed {
             visible = JobResult::Success;
-            reason = Some(format!(
-                "{} (continue-on-error)",
-                reason.unwrap_or_else(|| "failed".into())
-            ));
+            reason = Some(format!("{} (continue-on-error)", reason.unwrap_or_else(|| "failed".into())));
         } else {
             slots[j].failed_lineage = true;
             if let Some(g) = job.group {
@@ -316,10 +290,7 @@ fn finish_job(
         cpu_seconds: outcome.cpu_seconds,
         peak_memory_bytes: outcome.peak_memory_bytes,
     };
-    emitter.emit(Event::JobFinished {
-        job: j,
-        summary: summary.clone(),
-    });
+    emitter.emit(Event::JobFinished { job: j, summary: summary.clone() });
     slots[j].summary = Some(summary);
     slots[j].result = Some(visible);
     slots[j].outputs = outcome.outputs;
@@ -332,15 +303,8 @@ fn continue_on_error(plan: &Plan, j: usize) -> bool {
     match &job.spec.continue_on_error {
         BoolOrExpr::Literal(b) => *b,
         BoolOrExpr::Expr(t) => {
-            let ctx = Contexts {
-                matrix: job.matrix.clone(),
-                ..Default::default()
-            };
-            let status = StatusFns {
-                success: true,
-                failure: false,
-                cancelled: false,
-            };
+            let ctx = Contexts { matrix: job.matrix.clone(), ..Default::default() };
+            let status = StatusFns { success: true, failure: false, cancelled: false };
             t.eval(&ctx, status).map(|v| truthy(&v)).unwrap_or(false)
         }
     }
@@ -359,11 +323,7 @@ fn truthy(v: &Value) -> bool {
 /// The workflow-level `env`, rendered once (it may use `github`).
 fn workflow_env(plan: &Plan, opts: &BuildOptions) -> Value {
     let mut env = Map::new();
-    let status = StatusFns {
-        success: true,
-        failure: false,
-        cancelled: false,
-    };
+    let status = StatusFns { success: true, failure: false, cancelled: false };
     for (k, t) in &plan.workflow.env {
         let ctx = Contexts {
             github: opts.github.clone(),
@@ -378,22 +338,11 @@ fn workflow_env(plan: &Plan, opts: &BuildOptions) -> Value {
 }
 
 /// Contexts a job's `if` and its runner see.
-fn job_contexts(
-    plan: &Plan,
-    j: usize,
-    slots: &[Slot],
-    opts: &BuildOptions,
-    env: &Value,
-) -> Contexts {
+fn job_contexts(plan: &Plan, j: usize, slots: &[Slot], opts: &BuildOptions, env: &Value) -> Contexts {
     let job = &plan.jobs[j];
     let mut needs = Map::new();
     for key in &job.spec.needs {
-        let legs: Vec<usize> = job
-            .needs
-            .iter()
-            .copied()
-            .filter(|&d| &plan.jobs[d].key == key)
-            .collect();
+        let legs: Vec<usize> = job.needs.iter().copied().filter(|&d| &plan.jobs[d].key == key).collect();
         let results: Vec<Option<JobResult>> = legs.iter().map(|&d| slots[d].result).collect();
         let result = aggregate(&results);
         let mut outputs = Map::new();

@@ -28,10 +28,6 @@ pub enum EngineError {
 
 impl EngineError {
     pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        EngineError::Io {
-            what,
-            path: path.into(),
-            source,
-        }
+        EngineError::Io { what, path: path.into(), source }
     }
 }

@@ -16,14 +16,7 @@ pub fn hardened_git(dir: &Path) -> Command {
     let mut cmd = Command::new("git");
     cmd.arg("-C")
         .arg(dir)
-        .args([
-            "-c",
-            "core.fsmonitor=false",
-            "-c",
-            "core.hooksPath=/dev/null",
-            "-c",
-            "core.pager=cat",
-        ])
+        .args(["-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null", "-c", "core.pager=cat"])
         .args(["-c", "protocol.allow=never", "-c", "safe.directory="])
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -47,14 +40,6 @@ pub fn source_info(dir: &Path) -> SourceInfo {
     let git_ref = git_out(dir, &["symbolic-ref", "-q", "HEAD"]).unwrap_or_default();
     let top = git_out(dir, &["rev-parse", "--show-toplevel"]).map(std::path::PathBuf::from);
     let base = top.as_deref().unwrap_or(dir);
-    let name = base
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "local".into());
-    SourceInfo {
-        repository: format!("local/{name}"),
-        sha,
-        git_ref,
-        event_name: "push".into(),
-    }
+    let name = base.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "local".into());
+    SourceInfo { repository: format!("local/{name}"), sha, git_ref, event_name: "push".into() }
 }

@@ -25,9 +25,7 @@ pub struct StepLimits {
 impl Default for StepLimits {
     /// Documented in `docs/workflows.md`.
     fn default() -> Self {
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1) as f64;
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
         StepLimits {
             memory_bytes: 2 * GIB,
             pids: 512,
@@ -145,34 +143,13 @@ mod tests {
     #[test]
     fn reasons_read_as_documented() {
         assert_eq!(
-            StopReason::Memory {
-                limit_bytes: 512 * MIB
-            }
-            .to_string(),
+            StopReason::Memory { limit_bytes: 512 * MIB }.to_string(),
             "memory limit exceeded (512 MiB)"
         );
-        assert_eq!(
-            StopReason::Pids { limit: 256 }.to_string(),
-            "process limit exceeded (256)"
-        );
-        assert_eq!(
-            StopReason::Timeout {
-                after: Duration::from_secs(30)
-            }
-            .to_string(),
-            "timed out after 30s"
-        );
-        assert_eq!(
-            StopReason::Disk { limit_bytes: GIB }.to_string(),
-            "disk quota exceeded (1 GiB)"
-        );
-        assert_eq!(
-            StopReason::Log {
-                limit_bytes: 64 * MIB
-            }
-            .to_string(),
-            "log limit exceeded (64 MiB)"
-        );
+        assert_eq!(StopReason::Pids { limit: 256 }.to_string(), "process limit exceeded (256)");
+        assert_eq!(StopReason::Timeout { after: Duration::from_secs(30) }.to_string(), "timed out after 30s");
+        assert_eq!(StopReason::Disk { limit_bytes: GIB }.to_string(), "disk quota exceeded (1 GiB)");
+        assert_eq!(StopReason::Log { limit_bytes: 64 * MIB }.to_string(), "log limit exceeded (64 MiB)");
         assert_eq!(human_secs(Duration::from_secs(90)), "1m30s");
         assert_eq!(human_secs(Duration::from_millis(1500)), "1.5s");
     }
@@ -180,10 +157,7 @@ mod tests {
     #[test]
     fn overrides_apply_only_where_given() {
         let base = StepLimits::default();
-        let k = KilnJobSettings {
-            memory_bytes: Some(MIB),
-            ..Default::default()
-        };
+        let k = KilnJobSettings { memory_bytes: Some(MIB), ..Default::default() };
         let l = base.with_overrides(&k);
         assert_eq!(l.memory_bytes, MIB);
         assert_eq!(l.pids, base.pids);

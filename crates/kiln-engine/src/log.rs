@@ -115,8 +115,7 @@ pub fn sanitize(bytes: &[u8]) -> String {
                             break;
                         }
                     }
-                    let sgr =
-                        fin == Some('m') && params.chars().all(|c| c.is_ascii_digit() || c == ';');
+                    let sgr = fin == Some('m') && params.chars().all(|c| c.is_ascii_digit() || c == ';');
                     if sgr {
                         out.push_str("\u{1b}[");
                         out.push_str(&params);
@@ -176,10 +175,7 @@ mod tests {
         assert_eq!(sanitize(b"\x1b[31mred\x1b[0m"), "\x1b[31mred\x1b[0m");
         assert_eq!(sanitize(b"a\x1b[2Jb\x1b[Hc"), "abc");
         assert_eq!(sanitize(b"\x1b]0;pwned title\x07ok"), "ok");
-        assert_eq!(
-            sanitize(b"\x1b]8;;http://evil\x1b\\link\x1b]8;;\x1b\\"),
-            "link"
-        );
+        assert_eq!(sanitize(b"\x1b]8;;http://evil\x1b\\link\x1b]8;;\x1b\\"), "link");
         assert_eq!(sanitize(b"over\rwrite"), "overwrite");
         assert_eq!(sanitize(b"bell\x07 nul\x00 del\x7f"), "bell nul del");
         assert_eq!(sanitize("\u{9b}2J c1".as_bytes()), "2J c1");

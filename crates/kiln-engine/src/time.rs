@@ -25,9 +25,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 /// A new build id: sortable by time and readable (`20261123T144512Z-3fa9c1`).
 pub fn new_build_id() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let dt = OffsetDateTime::from(SystemTime::now());
     let rand = uuid::Uuid::new_v4().simple().to_string();
     format!(

@@ -74,10 +74,7 @@ pub(crate) struct StepCgroups {
 }
 
 fn cg_err(path: &Path) -> impl FnOnce(io::Error) -> SandboxError + '_ {
-    move |source| SandboxError::Cgroup {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| SandboxError::Cgroup { path: path.to_path_buf(), source }
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {
@@ -116,10 +113,7 @@ fn hierarchies() -> Vec<PathBuf> {
     let Ok(rd) = fs::read_dir(CGROUP_ROOT) else {
         return Vec::new();
     };
-    rd.filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.join("cgroup.procs").exists())
-        .collect()
+    rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("cgroup.procs").exists()).collect()
 }
 
 /// All cgroup directories at and below `dir`, deepest first.
@@ -138,10 +132,7 @@ fn subtree(dir: &Path, out: &mut Vec<PathBuf>) {
 
 impl StepCgroups {
     pub(crate) fn new(id: &str) -> Self {
-        StepCgroups {
-            id: id.to_string(),
-            oom_events: None,
-        }
+        StepCgroups { id: id.to_string(), oom_events: None }
     }
 
     /// `linux.cgroupsPath` for the runtime.
@@ -151,10 +142,7 @@ impl StepCgroups {
 
     /// kiln's parent directory in one hierarchy.
     pub(crate) fn dir(&self, hierarchy: &str) -> PathBuf {
-        Path::new(CGROUP_ROOT)
-            .join(hierarchy)
-            .join("kiln")
-            .join(&self.id)
+        Path::new(CGROUP_ROOT).join(hierarchy).join("kiln").join(&self.id)
     }
 
     /// Creates the parents in memory, pids, cpu, cpuacct and writes the limits.
@@ -165,10 +153,7 @@ impl StepCgroups {
             fs::create_dir_all(&dir).map_err(cg_err(&dir))?;
         }
         let mem = self.dir("memory");
-        write(
-            &mem.join("memory.limit_in_bytes"),
-            &limits.memory_bytes.to_string(),
-        )?;
+        write(&mem.join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
         let memsw = mem.join("memory.memsw.limit_in_bytes");
         if memsw.exists() {
             // No swap: memory+swap limit equals the memory limit.
@@ -251,10 +236,7 @@ fn register_oom_eventfd(mem: &Path) -> Result<fs::File> {
     let efd = sys::eventfd().map_err(cg_err(&ctl))?;
     let oom = mem.join("memory.oom_control");
     let oom_file = fs::File::open(&oom).map_err(cg_err(&oom))?;
-    write(
-        &ctl,
-        &format!("{} {}", efd.as_raw_fd(), oom_file.as_raw_fd()),
-    )?;
+    write(&ctl, &format!("{} {}", efd.as_raw_fd(), oom_file.as_raw_fd()))?;
     Ok(fs::File::from(efd))
 }
 

@@ -8,11 +8,7 @@ use crate::Isolation;
 pub enum SandboxError {
     /// The OCI runtime binary of the requested tier is not installed.
     #[error("isolation tier {tier:?} needs `{binary}`, which was not found on PATH, /usr/sbin or /usr/bin; install it with: {hint}")]
-    RuntimeMissing {
-        tier: Isolation,
-        binary: &'static str,
-        hint: &'static str,
-    },
+    RuntimeMissing { tier: Isolation, binary: &'static str, hint: &'static str },
     /// A runtime (or helper) command failed.
     #[error("command `{command}` failed: {stderr}")]
     Runtime { command: String, stderr: String },
@@ -58,9 +54,5 @@ pub(crate) fn io_err(
     path: impl Into<PathBuf>,
 ) -> impl FnOnce(io::Error) -> SandboxError {
     let path = path.into();
-    move |source| SandboxError::Io {
-        action,
-        path,
-        source,
-    }
+    move |source| SandboxError::Io { action, path, source }
 }

@@ -26,9 +26,7 @@ mod workspace;
 
 pub use error::{Result, SandboxError};
 pub use runtime::{Runtime, RuntimeInfo, STATE_BASE};
-pub use sandbox::{
-    cleanup_stale, host_pids_max, CleanupReport, Killer, Sandbox, GVISOR_MEMORY_OVERHEAD,
-};
+pub use sandbox::{cleanup_stale, host_pids_max, CleanupReport, Killer, Sandbox, GVISOR_MEMORY_OVERHEAD};
 pub use workspace::{Workspace, WorkspaceUsage, FULL_THRESHOLD};
 
 /// Which OCI runtime runs the sandbox.

@@ -70,9 +70,7 @@ fn find_binary(name: &str) -> Option<PathBuf> {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// Runs a command to completion, mapping failure to [`SandboxError::Runtime`].
@@ -81,20 +79,13 @@ pub(crate) fn run_checked(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| SandboxError::Runtime {
-            command: desc.clone(),
-            stderr: e.to_string(),
-        })?;
+        .map_err(|e| SandboxError::Runtime { command: desc.clone(), stderr: e.to_string() })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(SandboxError::Runtime {
             command: desc,
-            stderr: format!(
-                "{} ({})",
-                String::from_utf8_lossy(&out.stderr).trim(),
-                out.status
-            ),
+            stderr: format!("{} ({})", String::from_utf8_lossy(&out.stderr).trim(), out.status),
         })
     }
 }
@@ -113,11 +104,7 @@ impl Runtime {
 
     /// A runtime with an explicit binary (no lookup).
     pub fn with_binary(isolation: Isolation, binary: PathBuf) -> Runtime {
-        Runtime {
-            isolation,
-            binary,
-            state_root: Path::new(STATE_BASE).join(isolation.binary_name()),
-        }
+        Runtime { isolation, binary, state_root: Path::new(STATE_BASE).join(isolation.binary_name()) }
     }
 
     pub fn isolation(&self) -> Isolation {
@@ -141,9 +128,7 @@ impl Runtime {
             // Loopback only (runsc refuses to run in the host netns otherwise),
             // and no rootfs overlay: the read-only root must really be read-only.
             // --oci-seccomp: enforce the spec's seccomp profile inside the sentry.
-            cmd.arg("--network=none")
-                .arg("--overlay2=none")
-                .arg("--oci-seccomp");
+            cmd.arg("--network=none").arg("--overlay2=none").arg("--oci-seccomp");
         }
         cmd
     }
@@ -160,12 +145,7 @@ impl Runtime {
             return Ok(Vec::new());
         }
         let out = run_checked(self.base_command().arg("list"))?;
-        Ok(out
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().next())
-            .map(str::to_string)
-            .collect())
+        Ok(out.lines().skip(1).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect())
     }
 
     /// Runs a tiny probe sandbox and checks that the tier is what it claims.
@@ -189,32 +169,18 @@ impl Runtime {
             cwd: "/".into(),
             workspace: ws.clone(),
             binds: vec![],
-            limits: Limits {
-                memory_bytes: 256 << 20,
-                pids: 64,
-                cpus: 1.0,
-                tmp_bytes: 1 << 20,
-            },
+            limits: Limits { memory_bytes: 256 << 20, pids: 64, cpus: 1.0, tmp_bytes: 1 << 20 },
             uid: 0,
             gid: 0,
         };
         let sb = Sandbox::prepare_with(self, &spec, scratch, false)?;
-        let out = sb
-            .command()
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| SandboxError::Runtime {
-                command: format!("{:?}", sb.command()),
-                stderr: e.to_string(),
-            })?;
+        let out = sb.command().stdout(Stdio::piped()).stderr(Stdio::piped()).output().map_err(|e| {
+            SandboxError::Runtime { command: format!("{:?}", sb.command()), stderr: e.to_string() }
+        })?;
         let _ = sb.finish(out.status);
         let _ = std::fs::remove_dir_all(&ws);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let fail = |reason: String| SandboxError::Verify {
-            tier: self.isolation,
-            reason,
-        };
+        let fail = |reason: String| SandboxError::Verify { tier: self.isolation, reason };
         if !out.status.success() || !stdout.contains("kiln-probe-ok") {
             return Err(fail(format!(
                 "probe sandbox failed ({}): stdout={stdout:?} stderr={:?}",
@@ -226,9 +192,7 @@ impl Runtime {
         let kernel = stdout.lines().next().unwrap_or("").to_string();
         match self.isolation {
             Isolation::Gvisor if !gvisor => {
-                return Err(fail(format!(
-                    "sandbox kernel does not identify as gVisor: {stdout:?}"
-                )))
+                return Err(fail(format!("sandbox kernel does not identify as gVisor: {stdout:?}")))
             }
             Isolation::Container => {
                 let host = std::fs::read_to_string("/proc/version").unwrap_or_default();
@@ -244,12 +208,7 @@ impl Runtime {
             }
             Isolation::Gvisor => {}
         }
-        Ok(RuntimeInfo {
-            isolation: self.isolation,
-            binary: self.binary.clone(),
-            version,
-            kernel,
-        })
+        Ok(RuntimeInfo { isolation: self.isolation, binary: self.binary.clone(), version, kernel })
     }
 }
 

@@ -47,16 +47,12 @@ pub fn host_pids_max(isolation: Isolation, pids: u64) -> u64 {
 fn check_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         && !id.starts_with('.');
     if ok {
         Ok(())
     } else {
-        Err(SandboxError::Invalid(format!(
-            "sandbox id {id:?} must be 1-128 chars of [A-Za-z0-9_.-]"
-        )))
+        Err(SandboxError::Invalid(format!("sandbox id {id:?} must be 1-128 chars of [A-Za-z0-9_.-]")))
     }
 }
 
@@ -68,6 +64,9 @@ struct Inner {
     bundle: PathBuf,
     cgroups: StepCgroups,
     memory_limit: u64,
+    /// The step's memory limit as asked for (what a hit is reported as;
+    /// `memory_limit` may include the gVisor sentry's headroom).
+    memory_requested: u64,
     pids_limit: u64,
     started: OnceLock<Instant>,
     /// Serializes kill/teardown; true once torn down.
@@ -167,12 +166,7 @@ pub struct Killer {
 impl Killer {
     /// Kills every process of the sandbox now (see [`Sandbox::kill`]).
     pub fn kill(&self) -> Result<()> {
-        if *self
-            .inner
-            .torn_down
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-        {
+        if *self.inner.torn_down.lock().unwrap_or_else(|e| e.into_inner()) {
             return Ok(());
         }
         self.inner.kill()
@@ -195,9 +189,7 @@ impl Sandbox {
     ) -> Result<Sandbox> {
         check_id(&spec.id)?;
         if sys::euid() != 0 {
-            return Err(SandboxError::Host(
-                "kiln-sandbox must run as root (OCI runtimes + cgroups)".into(),
-            ));
+            return Err(SandboxError::Host("kiln-sandbox must run as root (OCI runtimes + cgroups)".into()));
         }
         cgroup::check_host()?;
         let mut cgroups = StepCgroups::new(&spec.id);
@@ -216,31 +208,22 @@ impl Sandbox {
         }
         let memory_limit = match runtime.isolation() {
             Isolation::Container => spec.limits.memory_bytes,
-            Isolation::Gvisor => spec
-                .limits
-                .memory_bytes
-                .saturating_add(GVISOR_MEMORY_OVERHEAD),
+            Isolation::Gvisor => spec.limits.memory_bytes.saturating_add(GVISOR_MEMORY_OVERHEAD),
         };
         let pids_limit = host_pids_max(runtime.isolation(), spec.limits.pids);
         let cpu = (spec.limits.cpus > 0.0).then(|| {
             let period = 100_000u64;
-            (
-                ((spec.limits.cpus * period as f64) as u64).max(1000),
-                period,
-            )
+            (((spec.limits.cpus * period as f64) as u64).max(1000), period)
         });
         // Create the cgroups first (and tear them down on any later error).
-        let created = cgroups.create(&CgroupLimits {
-            memory_bytes: memory_limit,
-            pids_max: pids_limit,
-            cpu,
-        });
+        let created = cgroups.create(&CgroupLimits { memory_bytes: memory_limit, pids_max: pids_limit, cpu });
         let inner = Arc::new(Inner {
             id: spec.id.clone(),
             runtime: runtime.clone(),
             bundle: bundle.clone(),
             cgroups,
             memory_limit,
+            memory_requested: spec.limits.memory_bytes,
             pids_limit: spec.limits.pids,
             started: OnceLock::new(),
             torn_down: Mutex::new(false),
@@ -275,19 +258,14 @@ impl Sandbox {
     pub fn command(&self) -> Command {
         let _ = self.inner.started.get_or_init(Instant::now);
         let mut cmd = self.inner.runtime.base_command();
-        cmd.arg("run")
-            .arg("--bundle")
-            .arg(&self.inner.bundle)
-            .arg(&self.inner.id);
+        cmd.arg("run").arg("--bundle").arg(&self.inner.bundle).arg(&self.inner.id);
         cmd.stdin(Stdio::null());
         cmd
     }
 
     /// A cloneable handle to [`Sandbox::kill`] usable from other threads/tasks.
     pub fn killer(&self) -> Killer {
-        Killer {
-            inner: Arc::clone(&self.inner),
-        }
+        Killer { inner: Arc::clone(&self.inner) }
     }
 
     /// Kills every process of the sandbox now: `<rt> kill --all <id> KILL`,
@@ -299,29 +277,18 @@ impl Sandbox {
 
     /// Reads accounting, classifies limit hits and tears everything down.
     pub fn finish(self, status: ExitStatus) -> Result<Outcome> {
-        let wall = self
-            .inner
-            .started
-            .get()
-            .map_or(Duration::ZERO, |t| t.elapsed());
+        let wall = self.inner.started.get().map_or(Duration::ZERO, |t| t.elapsed());
         // Make sure nothing is still running before the counters are final.
         let _ = self.inner.kill();
         let acct = self.inner.cgroups.accounting();
         let exit_code = status.code();
-        let signal = status.signal().or_else(|| {
-            exit_code
-                .filter(|c| (129..=128 + 64).contains(c))
-                .map(|c| c - 128)
-        });
+        let signal =
+            status.signal().or_else(|| exit_code.filter(|c| (129..=128 + 64).contains(c)).map(|c| c - 128));
         let killed = signal == Some(libc::SIGKILL);
         let limit = if acct.oom_kills > 0 || (acct.mem_failcnt > 0 && killed) {
-            Some(LimitHit::Memory {
-                limit_bytes: self.inner.memory_limit,
-            })
+            Some(LimitHit::Memory { limit_bytes: self.inner.memory_requested })
         } else if acct.pids_max_events > 0 || acct.pids_max.is_some_and(|m| acct.pids_peak >= m) {
-            Some(LimitHit::Pids {
-                limit: self.inner.pids_limit,
-            })
+            Some(LimitHit::Pids { limit: self.inner.pids_limit })
         } else {
             None
         };
@@ -340,12 +307,7 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         // Unfinished (engine error, panic...): kill + delete best-effort.
-        if *self
-            .inner
-            .torn_down
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-        {
+        if *self.inner.torn_down.lock().unwrap_or_else(|e| e.into_inner()) {
             return;
         }
         let _ = self.inner.kill();

@@ -5,10 +5,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxCapabilities, LinuxDeviceCgroupBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxBuilder, LinuxCapabilities, LinuxDeviceCgroupBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::error::{io_err, Result, SandboxError};
@@ -36,13 +35,8 @@ pub const MASKED_PATHS: [&str; 11] = [
 ];
 
 /// Docker's default read-only paths.
-pub const READONLY_PATHS: [&str; 5] = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
+pub const READONLY_PATHS: [&str; 5] =
+    ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
 /// Default PATH when the step's env has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -96,42 +90,16 @@ pub fn build_spec(isolation: Isolation, spec: &SandboxSpec, cgroups_path: &str) 
 
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
-        mount(
-            "/dev",
-            "tmpfs",
-            "tmpfs",
-            &["nosuid", "strictatime", "mode=755", "size=65536k"],
-        )?,
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
         mount(
             "/dev/pts",
             "devpts",
             "devpts",
-            &[
-                "nosuid",
-                "noexec",
-                "newinstance",
-                "ptmxmode=0666",
-                "mode=0620",
-            ],
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
         )?,
-        mount(
-            "/dev/shm",
-            "tmpfs",
-            "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        )?,
-        mount(
-            "/dev/mqueue",
-            "mqueue",
-            "mqueue",
-            &["nosuid", "noexec", "nodev"],
-        )?,
-        mount(
-            "/sys",
-            "sysfs",
-            "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
-        )?,
+        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
+        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
         bind("/usr", Path::new("/usr"), false)?,
     ];
     for etc in ETC_BINDS {
@@ -140,12 +108,7 @@ pub fn build_spec(isolation: Isolation, spec: &SandboxSpec, cgroups_path: &str) 
         }
     }
     let tmp_size = format!("size={}", spec.limits.tmp_bytes.max(4096));
-    mounts.push(mount(
-        "/tmp",
-        "tmpfs",
-        "tmpfs",
-        &["nosuid", "nodev", "mode=1777", &tmp_size],
-    )?);
+    mounts.push(mount("/tmp", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=1777", &tmp_size])?);
     mounts.push(bind("/workspace", &spec.workspace, true)?);
     for b in &spec.binds {
         check_dest(&b.destination)?;
@@ -174,30 +137,15 @@ pub fn build_spec(isolation: Isolation, spec: &SandboxSpec, cgroups_path: &str) 
     caps.set_permitted(no_caps());
     caps.set_ambient(no_caps());
 
-    let rlimit = |typ, v: u64| {
-        PosixRlimitBuilder::default()
-            .typ(typ)
-            .hard(v)
-            .soft(v)
-            .build()
-    };
+    let rlimit = |typ, v: u64| PosixRlimitBuilder::default().typ(typ).hard(v).soft(v).build();
     let process = ProcessBuilder::default()
         .terminal(false)
-        .user(
-            UserBuilder::default()
-                .uid(spec.uid)
-                .gid(spec.gid)
-                .additional_gids(Vec::<u32>::new())
-                .build()?,
-        )
+        .user(UserBuilder::default().uid(spec.uid).gid(spec.gid).additional_gids(Vec::<u32>::new()).build()?)
         .args(spec.argv.clone())
         .env(env)
         .cwd(&spec.cwd)
         .capabilities(caps)
-        .rlimits(vec![
-            rlimit(PosixRlimitType::RlimitNofile, 1024)?,
-            rlimit(PosixRlimitType::RlimitCore, 0)?,
-        ])
+        .rlimits(vec![rlimit(PosixRlimitType::RlimitNofile, 1024)?, rlimit(PosixRlimitType::RlimitCore, 0)?])
         .no_new_privileges(true)
         .oom_score_adj(1000)
         .build()?;
@@ -214,27 +162,14 @@ pub fn build_spec(isolation: Isolation, spec: &SandboxSpec, cgroups_path: &str) 
     // Limits live in kiln's parent cgroup; the runtime only gets a device
     // allow-list (deny all; runc adds its default null/zero/tty/... nodes).
     let resources = LinuxResourcesBuilder::default()
-        .devices(vec![LinuxDeviceCgroupBuilder::default()
-            .allow(false)
-            .access("rwm")
-            .build()?])
+        .devices(vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build()?])
         .build()?;
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources)
         .cgroups_path(PathBuf::from(cgroups_path))
-        .masked_paths(
-            MASKED_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .readonly_paths(
-            READONLY_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
+        .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .build()?;
     // Both tiers get the profile: runc installs it in the host kernel; runsc
     // (started with --oci-seccomp) enforces it inside the sentry, which e.g.
@@ -244,12 +179,7 @@ pub fn build_spec(isolation: Isolation, spec: &SandboxSpec, cgroups_path: &str) 
 
     Ok(SpecBuilder::default()
         .version("1.0.2")
-        .root(
-            RootBuilder::default()
-                .path("rootfs")
-                .readonly(true)
-                .build()?,
-        )
+        .root(RootBuilder::default().path("rootfs").readonly(true).build()?)
         .hostname("kiln")
         .mounts(mounts)
         .process(process)
@@ -274,10 +204,7 @@ pub fn write_rootfs(rootfs: &Path, spec: &SandboxSpec, oci: &Spec) -> Result<()>
         ("lib32", "usr/lib32"),
         ("libx32", "usr/libx32"),
     ] {
-        if Path::new("/usr")
-            .join(target.trim_start_matches("usr/"))
-            .exists()
-        {
+        if Path::new("/usr").join(target.trim_start_matches("usr/")).exists() {
             let l = rootfs.join(link);
             std::os::unix::fs::symlink(target, &l).map_err(io_err("symlink", &l))?;
         }
@@ -286,17 +213,13 @@ pub fn write_rootfs(rootfs: &Path, spec: &SandboxSpec, oci: &Spec) -> Result<()>
     {
         use std::os::unix::fs::PermissionsExt;
         let tmp = rootfs.join("tmp");
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777))
-            .map_err(io_err("chmod", &tmp))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777)).map_err(io_err("chmod", &tmp))?;
     }
     let etc = rootfs.join("etc");
     let mut passwd = String::from("root:x:0:0:root:/root:/usr/sbin/nologin\n");
     let mut group = String::from("root:x:0:\n");
     if spec.uid != 0 {
-        passwd.push_str(&format!(
-            "kiln:x:{}:{}:kiln:/tmp:/bin/sh\n",
-            spec.uid, spec.gid
-        ));
+        passwd.push_str(&format!("kiln:x:{}:{}:kiln:/tmp:/bin/sh\n", spec.uid, spec.gid));
     }
     if spec.gid != 0 {
         group.push_str(&format!("kiln:x:{}:\n", spec.gid));
@@ -305,10 +228,7 @@ pub fn write_rootfs(rootfs: &Path, spec: &SandboxSpec, oci: &Spec) -> Result<()>
     group.push_str("nogroup:x:65534:\n");
     write(&etc.join("passwd"), &passwd)?;
     write(&etc.join("group"), &group)?;
-    write(
-        &etc.join("hosts"),
-        "127.0.0.1\tlocalhost kiln\n::1\tlocalhost ip6-localhost\n",
-    )?;
+    write(&etc.join("hosts"), "127.0.0.1\tlocalhost kiln\n::1\tlocalhost ip6-localhost\n")?;
     write(&etc.join("hostname"), "kiln\n")?;
     write(
         &etc.join("nsswitch.conf"),
@@ -321,8 +241,8 @@ pub fn write_rootfs(rootfs: &Path, spec: &SandboxSpec, oci: &Spec) -> Result<()>
         if target.exists() || target.symlink_metadata().is_ok() {
             continue;
         }
-        let src_is_file = m.typ().as_deref() == Some("bind")
-            && m.source().as_ref().map(|s| s.is_file()).unwrap_or(false);
+        let src_is_file =
+            m.typ().as_deref() == Some("bind") && m.source().as_ref().map(|s| s.is_file()).unwrap_or(false);
         if src_is_file {
             if let Some(parent) = target.parent() {
                 mkdir(parent)?;
@@ -353,22 +273,14 @@ mod tests {
                 destination: "/cache".into(),
                 writable: false,
             }],
-            limits: Limits {
-                memory_bytes: 512 << 20,
-                pids: 256,
-                cpus: 2.0,
-                tmp_bytes: 64 << 20,
-            },
+            limits: Limits { memory_bytes: 512 << 20, pids: 256, cpus: 2.0, tmp_bytes: 64 << 20 },
             uid: 1000,
             gid: 1001,
         }
     }
 
     fn find<'a>(spec: &'a Spec, dest: &str) -> Option<&'a Mount> {
-        spec.mounts()
-            .iter()
-            .flatten()
-            .find(|m| m.destination() == Path::new(dest))
+        spec.mounts().iter().flatten().find(|m| m.destination() == Path::new(dest))
     }
 
     fn opts(m: &Mount) -> Vec<String> {
@@ -389,13 +301,9 @@ mod tests {
             assert_eq!(p.oom_score_adj(), Some(1000));
             assert_eq!(p.terminal(), Some(false));
             let caps = p.capabilities().as_ref().unwrap();
-            for set in [
-                caps.bounding(),
-                caps.effective(),
-                caps.inheritable(),
-                caps.permitted(),
-                caps.ambient(),
-            ] {
+            for set in
+                [caps.bounding(), caps.effective(), caps.inheritable(), caps.permitted(), caps.ambient()]
+            {
                 assert_eq!(set.as_ref().map(|s| s.len()), Some(0));
             }
             let env = p.env().clone().unwrap();
@@ -404,18 +312,14 @@ mod tests {
             assert_eq!(env.len(), 3, "{env:?}");
             assert_eq!(p.cwd(), Path::new("/workspace/src"));
             let rl = p.rlimits().clone().unwrap();
-            assert!(rl
-                .iter()
-                .any(|r| r.typ() == PosixRlimitType::RlimitCore && r.hard() == 0));
+            assert!(rl.iter().any(|r| r.typ() == PosixRlimitType::RlimitCore && r.hard() == 0));
             assert!(rl.iter().any(|r| r.typ() == PosixRlimitType::RlimitNofile));
 
             let ws = find(&s, "/workspace").unwrap();
             assert_eq!(ws.source().as_deref(), Some(Path::new("/srv/kiln/ws/job1")));
             assert!(opts(ws).contains(&"rw".into()));
             let usr = find(&s, "/usr").unwrap();
-            assert!(["ro", "nosuid", "nodev"]
-                .iter()
-                .all(|o| opts(usr).contains(&o.to_string())));
+            assert!(["ro", "nosuid", "nodev"].iter().all(|o| opts(usr).contains(&o.to_string())));
             let cache = find(&s, "/cache").unwrap();
             assert!(opts(cache).contains(&"ro".into()));
             let tmp = find(&s, "/tmp").unwrap();
@@ -432,32 +336,15 @@ mod tests {
                     assert!(!src.starts_with(bad), "host path {bad} mounted: {m:?}");
                 }
                 if m.typ().as_deref() == Some("bind") {
-                    let allowed = [
-                        "/usr",
-                        "/etc/alternatives",
-                        "/etc/ssl/certs",
-                        "/etc/ld.so.cache",
-                        "/srv/kiln",
-                    ];
-                    assert!(
-                        allowed.iter().any(|a| src.starts_with(a)),
-                        "unexpected bind {m:?}"
-                    );
+                    let allowed =
+                        ["/usr", "/etc/alternatives", "/etc/ssl/certs", "/etc/ld.so.cache", "/srv/kiln"];
+                    assert!(allowed.iter().any(|a| src.starts_with(a)), "unexpected bind {m:?}");
                 }
             }
 
             let linux = s.linux().as_ref().unwrap();
-            assert_eq!(
-                linux.cgroups_path().as_deref(),
-                Some(Path::new("/kiln/kiln-unit-1/step"))
-            );
-            let ns: Vec<_> = linux
-                .namespaces()
-                .clone()
-                .unwrap()
-                .iter()
-                .map(|n| n.typ())
-                .collect();
+            assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/kiln/kiln-unit-1/step")));
+            let ns: Vec<_> = linux.namespaces().clone().unwrap().iter().map(|n| n.typ()).collect();
             for t in [
                 LinuxNamespaceType::Pid,
                 LinuxNamespaceType::Ipc,
@@ -469,12 +356,7 @@ mod tests {
                 assert!(ns.contains(&t), "{t:?} missing");
             }
             assert!(!ns.contains(&LinuxNamespaceType::User));
-            assert!(linux
-                .namespaces()
-                .clone()
-                .unwrap()
-                .iter()
-                .all(|n| n.path().is_none()));
+            assert!(linux.namespaces().clone().unwrap().iter().all(|n| n.path().is_none()));
             let masked = linux.masked_paths().clone().unwrap();
             for m in [
                 "/proc/kcore",
@@ -488,13 +370,7 @@ mod tests {
                 assert!(masked.contains(&m.to_string()), "{m} not masked");
             }
             let ro = linux.readonly_paths().clone().unwrap();
-            for m in [
-                "/proc/bus",
-                "/proc/fs",
-                "/proc/irq",
-                "/proc/sys",
-                "/proc/sysrq-trigger",
-            ] {
+            for m in ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"] {
                 assert!(ro.contains(&m.to_string()), "{m} not read-only");
             }
             assert!(linux.seccomp().is_some());
@@ -556,8 +432,7 @@ mod tests {
         let conditional: Vec<_> = rules.iter().filter(|r| r.args().is_some()).collect();
         assert!(conditional
             .iter()
-            .any(|r| r.names() == &["socket".to_string()]
-                && r.args().as_ref().unwrap()[0].value() == 17));
+            .any(|r| r.names() == &["socket".to_string()] && r.args().as_ref().unwrap()[0].value() == 17));
         assert!(conditional
             .iter()
             .any(|r| r.names() == &["clone".to_string()]
@@ -586,18 +461,11 @@ mod tests {
         write_rootfs(&dir, &s, &oci).unwrap();
         let passwd = fs::read_to_string(dir.join("etc/passwd")).unwrap();
         assert!(passwd.contains("kiln:x:1000:1001:kiln:/tmp:/bin/sh"));
-        assert!(fs::read_to_string(dir.join("etc/group"))
-            .unwrap()
-            .contains("kiln:x:1001:"));
-        assert!(fs::read_to_string(dir.join("etc/hosts"))
-            .unwrap()
-            .contains("localhost"));
+        assert!(fs::read_to_string(dir.join("etc/group")).unwrap().contains("kiln:x:1001:"));
+        assert!(fs::read_to_string(dir.join("etc/hosts")).unwrap().contains("localhost"));
         assert!(dir.join("etc/nsswitch.conf").exists());
         assert!(!dir.join("etc/shadow").exists());
-        assert_eq!(
-            fs::read_link(dir.join("bin")).unwrap(),
-            Path::new("usr/bin")
-        );
+        assert_eq!(fs::read_link(dir.join("bin")).unwrap(), Path::new("usr/bin"));
         assert!(dir.join("workspace").is_dir() && dir.join("cache").is_dir());
         fs::remove_dir_all(&dir).unwrap();
     }

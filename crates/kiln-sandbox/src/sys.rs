@@ -15,10 +15,7 @@ pub(crate) fn euid() -> u32 {
 /// Sends SIGKILL to one host pid. ESRCH (already gone) is not an error.
 pub(crate) fn sigkill(pid: i32) -> io::Result<()> {
     if pid <= 1 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "refusing to kill pid <= 1",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "refusing to kill pid <= 1"));
     }
     // SAFETY: kill takes plain integers; pid > 1 so it never targets a process group or -1.
     let rc = unsafe { libc::kill(pid, libc::SIGKILL) };

@@ -18,8 +18,10 @@ pub struct WorkspaceUsage {
     pub free_bytes: u64,
 }
 
-/// Below this many free bytes the workspace counts as full.
-pub const FULL_THRESHOLD: u64 = 512 << 10;
+/// Below this many free bytes (or 1% of the size, if more) the workspace
+/// counts as full. ext4 keeps room back for delayed-allocation metadata, so a
+/// writer sees ENOSPC while statvfs still reports a few hundred KiB free.
+pub const FULL_THRESHOLD: u64 = 2 << 20;
 
 /// A quota'd workspace directory (ext4 image `<dir>.img` loop-mounted at `<dir>`).
 /// Dropping it unmounts and deletes the image best-effort.
@@ -38,27 +40,19 @@ fn is_mountpoint(dir: &Path) -> bool {
         return false;
     };
     let want = canon.to_string_lossy().replace(' ', "\\040");
-    text.lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|m| m == want))
+    text.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| m == want))
 }
 
 impl Workspace {
     /// Creates `host_dir` backed by a `disk_bytes` sparse ext4 image at
     /// `host_dir.img`, mounted nosuid,nodev, root dir owned by `uid:gid`.
     pub fn create(host_dir: &Path, disk_bytes: u64, uid: u32, gid: u32) -> Result<Workspace> {
-        let ws_err = |reason: String| SandboxError::Workspace {
-            path: host_dir.to_path_buf(),
-            reason,
-        };
+        let ws_err = |reason: String| SandboxError::Workspace { path: host_dir.to_path_buf(), reason };
         if sys::euid() != 0 {
-            return Err(ws_err(
-                "creating a loop-mounted workspace needs root".into(),
-            ));
+            return Err(ws_err("creating a loop-mounted workspace needs root".into()));
         }
         if disk_bytes < (2 << 20) {
-            return Err(ws_err(format!(
-                "disk quota {disk_bytes} bytes is below 2 MiB"
-            )));
+            return Err(ws_err(format!("disk quota {disk_bytes} bytes is below 2 MiB")));
         }
         if is_mountpoint(host_dir) {
             return Err(ws_err("already a mount point".into()));
@@ -67,11 +61,8 @@ impl Workspace {
         image.push(".img");
         let image = PathBuf::from(image);
         fs::create_dir_all(host_dir).map_err(io_err("create", host_dir))?;
-        let ws = Workspace {
-            dir: host_dir.to_path_buf(),
-            image: image.clone(),
-            destroyed: Mutex::new(false),
-        };
+        let ws =
+            Workspace { dir: host_dir.to_path_buf(), image: image.clone(), destroyed: Mutex::new(false) };
         // From here, Drop of `ws` cleans up on error.
         let f = fs::File::create(&image).map_err(io_err("create", &image))?;
         f.set_len(disk_bytes).map_err(io_err("truncate", &image))?;
@@ -79,9 +70,7 @@ impl Workspace {
         run_checked(
             Command::new("mkfs.ext4")
                 .args(["-q", "-F", "-m", "0", "-E"])
-                .arg(format!(
-                    "root_owner={uid}:{gid},lazy_itable_init=1,nodiscard"
-                ))
+                .arg(format!("root_owner={uid}:{gid},lazy_itable_init=1,nodiscard"))
                 .arg(&image),
         )?;
         run_checked(
@@ -108,17 +97,13 @@ impl Workspace {
     /// Current usage of the workspace filesystem.
     pub fn usage(&self) -> Result<WorkspaceUsage> {
         let (total, used, free) = sys::fs_usage(&self.dir).map_err(io_err("statvfs", &self.dir))?;
-        Ok(WorkspaceUsage {
-            total_bytes: total,
-            used_bytes: used,
-            free_bytes: free,
-        })
+        Ok(WorkspaceUsage { total_bytes: total, used_bytes: used, free_bytes: free })
     }
 
     /// True when (almost) no space is left: use it to classify a failed step's
     /// ENOSPC as "disk quota exceeded".
     pub fn is_full(&self) -> bool {
-        self.usage().is_ok_and(|u| u.free_bytes < FULL_THRESHOLD)
+        self.usage().is_ok_and(|u| u.free_bytes < FULL_THRESHOLD.max(u.total_bytes / 100))
     }
 
     /// Unmounts and deletes the image. Idempotent.

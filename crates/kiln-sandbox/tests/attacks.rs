@@ -14,41 +14,21 @@ fn attacks(tier: Isolation, extra: &[&str]) {
     let r = run_spec(tier, &spec, tmp.path(), std::time::Duration::from_secs(120));
     assert_clean(tier, &spec.id);
     eprintln!("{}\n{}", r.stdout, r.stderr);
-    assert!(
-        r.stdout.contains("attacks-done"),
-        "script did not finish: {r:?}"
-    );
+    assert!(r.stdout.contains("attacks-done"), "script did not finish: {r:?}");
     let failed: Vec<&str> = r.stdout.lines().filter(|l| l.contains(": FAIL")).collect();
-    assert!(
-        failed.is_empty(),
-        "{tier:?}: attacks that succeeded: {failed:#?}"
-    );
+    assert!(failed.is_empty(), "{tier:?}: attacks that succeeded: {failed:#?}");
     for name in extra {
-        assert!(
-            r.stdout.contains(&format!("{name}: PASS")),
-            "{name} missing"
-        );
+        assert!(r.stdout.contains(&format!("{name}: PASS")), "{name} missing");
     }
     assert_eq!(std::fs::read_to_string(ws.join("ok")).unwrap(), "ok");
 }
 
 #[test]
 fn attacks_fail_gvisor() {
-    attacks(
-        Isolation::Gvisor,
-        &["read_shadow", "tmp_enospc", "raw_socket"],
-    );
+    attacks(Isolation::Gvisor, &["read_shadow", "tmp_enospc", "raw_socket"]);
 }
 
 #[test]
 fn attacks_fail_container() {
-    attacks(
-        Isolation::Container,
-        &[
-            "read_shadow",
-            "tmp_enospc",
-            "raw_socket",
-            "ptrace_attach_child",
-        ],
-    );
+    attacks(Isolation::Container, &["read_shadow", "tmp_enospc", "raw_socket", "ptrace_attach_child"]);
 }

@@ -3,11 +3,7 @@ use common::*;
 use kiln_sandbox::Isolation;
 
 fn stdout_and_exit(tier: Isolation) {
-    let r = run(
-        "echo",
-        tier,
-        "echo hello from $(id -un); echo err >&2; exit 7",
-    );
+    let r = run("echo", tier, "echo hello from $(id -un); echo err >&2; exit 7");
     assert_eq!(r.stdout.trim(), "hello from kiln", "{r:?}");
     assert_eq!(r.stderr.trim(), "err", "{r:?}");
     assert_eq!(r.outcome.exit_code, Some(7));

@@ -33,10 +33,7 @@ fn verify(tier: Isolation) {
         Isolation::Container => Isolation::Gvisor,
     };
     let liar = Runtime::with_binary(other, rt.binary().to_path_buf());
-    assert!(
-        liar.verify(tmp.path()).is_err(),
-        "{tier:?} binary passed as {other:?}"
-    );
+    assert!(liar.verify(tmp.path()).is_err(), "{tier:?} binary passed as {other:?}");
 }
 
 fn tier_bin(tier: Isolation) -> &'static str {
@@ -47,22 +44,14 @@ fn tier_bin(tier: Isolation) -> &'static str {
 }
 
 fn cpu_seconds(tier: Isolation) {
-    let r = run(
-        "cpu",
-        tier,
-        "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; echo done",
-    );
+    let r = run("cpu", tier, "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; echo done");
     assert_eq!(r.outcome.exit_code, Some(0), "{r:?}");
     assert!(r.outcome.cpu_seconds > 0.2, "{r:?}");
     assert!(r.outcome.wall > Duration::ZERO);
 }
 
 fn peak_memory(tier: Isolation) {
-    let r = run(
-        "peak",
-        tier,
-        "python3 -c 'b = b\"x\" * (100 << 20); print(len(b))'",
-    );
+    let r = run("peak", tier, "python3 -c 'b = b\"x\" * (100 << 20); print(len(b))'");
     assert_eq!(r.outcome.exit_code, Some(0), "{r:?}");
     assert!(r.outcome.peak_memory_bytes >= 100 << 20, "{r:?}");
     assert_eq!(r.outcome.limit, None);
@@ -82,10 +71,7 @@ fn memory_limit(tier: Isolation) {
     assert_clean(tier, &spec.id);
     assert!(!r.stdout.contains("survived"), "{r:?}");
     assert_ne!(r.outcome.exit_code, Some(0), "{r:?}");
-    assert!(
-        matches!(r.outcome.limit, Some(LimitHit::Memory { .. })),
-        "not classified as memory: {r:?}"
-    );
+    assert!(matches!(r.outcome.limit, Some(LimitHit::Memory { .. })), "not classified as memory: {r:?}");
 }
 
 fn fork_bomb(tier: Isolation) {
@@ -97,11 +83,7 @@ fn fork_bomb(tier: Isolation) {
     let r = run_spec(tier, &spec, tmp.path(), Duration::from_secs(8));
     assert!(start.elapsed() < Duration::from_secs(30), "{r:?}");
     assert_clean(tier, &spec.id);
-    assert_eq!(
-        r.outcome.limit,
-        Some(LimitHit::Pids { limit: 64 }),
-        "not classified as pids: {r:?}"
-    );
+    assert_eq!(r.outcome.limit, Some(LimitHit::Pids { limit: 64 }), "not classified as pids: {r:?}");
     assert_ne!(r.outcome.exit_code, Some(0));
 }
 
@@ -111,15 +93,13 @@ fn background_processes_gone(tier: Isolation) {
         Isolation::Gvisor => (60011, 60012),
         Isolation::Container => (60021, 60022),
     };
-    let script =
-        format!("setsid sleep {a} >/dev/null 2>&1 & ( ( sleep {b} >/dev/null 2>&1 & ) & ); sleep 0.5; echo started");
+    let script = format!(
+        "setsid sleep {a} >/dev/null 2>&1 & ( ( sleep {b} >/dev/null 2>&1 & ) & ); sleep 0.5; echo started"
+    );
     let r = run("bg", tier, &script);
     assert!(r.stdout.contains("started"), "{r:?}");
     for n in [a, b] {
-        let left = std::process::Command::new("pgrep")
-            .args(["-f", &format!("sleep {n}")])
-            .output()
-            .unwrap();
+        let left = std::process::Command::new("pgrep").args(["-f", &format!("sleep {n}")]).output().unwrap();
         assert!(
             !left.status.success(),
             "`sleep {n}` survived the sandbox: {}",
@@ -134,11 +114,7 @@ fn kill_from_thread(tier: Isolation) {
     let spec = spec("kill", tier, "sleep 600 & sleep 600; echo not-killed", &ws);
     let start = Instant::now();
     let r = run_spec(tier, &spec, tmp.path(), Duration::from_secs(1));
-    assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "kill took {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(10), "kill took {:?}", start.elapsed());
     assert!(!r.stdout.contains("not-killed"));
     assert_ne!(r.outcome.exit_code, Some(0), "{r:?}");
     assert_eq!(r.outcome.limit, None, "{r:?}");

@@ -76,10 +76,7 @@ fn drop_and_cleanup_stale() {
         spec.id = format!("kiln-stale-{}-{}", tag(tier), std::process::id());
         let sb = Sandbox::prepare(&rt, &spec, tmp.path()).unwrap();
         let mut child = sb.command().spawn().unwrap();
-        assert!(wait_until(Duration::from_secs(10), || rt
-            .list()
-            .unwrap()
-            .contains(&spec.id)));
+        assert!(wait_until(Duration::from_secs(10), || rt.list().unwrap().contains(&spec.id)));
         drop(sb);
         let _ = child.wait();
         assert_clean(tier, &spec.id);
@@ -88,13 +85,9 @@ fn drop_and_cleanup_stale() {
         // Simulate a crash: prepare + start, then forget the Sandbox.
         let sb = Sandbox::prepare(&rt, &spec, tmp.path()).unwrap();
         let mut child = sb.command().spawn().unwrap();
-        assert!(wait_until(Duration::from_secs(10), || rt
-            .list()
-            .unwrap()
-            .contains(&spec.id)));
+        assert!(wait_until(Duration::from_secs(10), || rt.list().unwrap().contains(&spec.id)));
         std::mem::forget(sb);
-        let report =
-            cleanup_stale(&format!("kiln-stale-{}-", tag(tier)), Some(tmp.path())).unwrap();
+        let report = cleanup_stale(&format!("kiln-stale-{}-", tag(tier)), Some(tmp.path())).unwrap();
         let _ = child.wait();
         assert!(report.containers.contains(&spec.id), "{report:?}");
         assert!(report.cgroups.contains(&spec.id), "{report:?}");

@@ -2,10 +2,7 @@
 //! paths, and "did you mean" suggestions.
 
 /// The closest of `candidates` to `word`, if it is close enough to be a typo.
-pub(crate) fn did_you_mean<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let w = word.to_lowercase();
     let limit = match w.chars().count() {
         0..=2 => 1,
@@ -39,17 +36,13 @@ fn levenshtein(a: &str, b: &str) -> usize {
 /// `^[A-Za-z_][A-Za-z0-9_-]*$`: job keys, step ids, output names.
 pub(crate) fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 pub(crate) fn is_env_name(s: &str) -> bool {
     let mut chars = s.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -60,9 +53,7 @@ pub fn check_relative_path(path: &str) -> Result<(), String> {
         return Err(format!("`{path}` contains a NUL byte"));
     }
     if path.starts_with('/') || path.starts_with('~') || path.starts_with('\\') {
-        return Err(format!(
-            "`{path}` is not inside the workspace: use a path relative to the workspace"
-        ));
+        return Err(format!("`{path}` is not inside the workspace: use a path relative to the workspace"));
     }
     let mut depth: i64 = 0;
     for comp in path.split(['/', '\\']) {
@@ -71,9 +62,7 @@ pub fn check_relative_path(path: &str) -> Result<(), String> {
             ".." => {
                 depth -= 1;
                 if depth < 0 {
-                    return Err(format!(
-                        "`{path}` escapes the workspace (`..` climbs out of it)"
-                    ));
+                    return Err(format!("`{path}` escapes the workspace (`..` climbs out of it)"));
                 }
             }
             _ => depth += 1,
@@ -86,9 +75,7 @@ pub fn check_relative_path(path: &str) -> Result<(), String> {
 /// 1000) or `Ki`/`Mi`/`Gi`/`Ti` (powers of 1024), e.g. `512Mi`, `2G`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, suffix) = t.split_at(split);
     let mult: u64 = match suffix.trim() {
         "" | "B" => 1,
@@ -106,9 +93,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             ))
         }
     };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid size `{text}`: expected a number like 512Mi or 2G"))?;
+    let value: f64 =
+        num.parse().map_err(|_| format!("invalid size `{text}`: expected a number like 512Mi or 2G"))?;
     let bytes = value * mult as f64;
     if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
         return Err(format!("invalid size `{text}`: must be at least one byte"));

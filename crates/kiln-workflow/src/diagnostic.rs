@@ -19,11 +19,7 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.location.line, self.location.column, self.message
-        )
+        write!(f, "{}:{}:{}: {}", self.file, self.location.line, self.location.column, self.message)
     }
 }
 

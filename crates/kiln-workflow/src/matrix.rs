@@ -13,7 +13,8 @@ use crate::yaml::{Node, NodeKind};
 /// GitHub's limit on the legs of one matrix.
 pub(crate) const MAX_LEGS: usize = 256;
 
-const DYNAMIC: &str = "dynamic matrices are not supported: the matrix must be written in the file, not computed with `${{ }}`";
+const DYNAMIC: &str =
+    "dynamic matrices are not supported: the matrix must be written in the file, not computed with `${{ }}`";
 
 /// Parses `strategy:`; returns it with the location of its matrix.
 pub(crate) fn parse_strategy(cx: &mut Cx<'_>, node: &Node) -> Option<(Strategy, Location)> {
@@ -41,9 +42,8 @@ pub(crate) fn parse_strategy(cx: &mut Cx<'_>, node: &Node) -> Option<(Strategy, 
                 None => cx.err(v.loc, "`fail-fast` must be `true` or `false`"),
             },
             "max-parallel" => {
-                strategy.max_parallel = cx
-                    .positive_int(v, "`max-parallel`")
-                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+                strategy.max_parallel =
+                    cx.positive_int(v, "`max-parallel`").map(|n| u32::try_from(n).unwrap_or(u32::MAX));
             }
             _ => cx.unknown_key(
                 k.loc,
@@ -61,10 +61,7 @@ pub(crate) fn parse_strategy(cx: &mut Cx<'_>, node: &Node) -> Option<(Strategy, 
         return None;
     }
     if strategy.axes.is_empty() && strategy.include.is_empty() {
-        cx.err(
-            loc,
-            "the matrix is empty: give it at least one axis or `include` entry",
-        );
+        cx.err(loc, "the matrix is empty: give it at least one axis or `include` entry");
         return None;
     }
     match expand(&strategy) {
@@ -108,17 +105,13 @@ fn parse_matrix(cx: &mut Cx<'_>, node: &Node, strategy: &mut Strategy) {
                     cx.err(v.loc, format!("matrix axis `{key}` has no values"));
                 }
                 NodeKind::Seq(items) => {
-                    let values: Option<Vec<Value>> =
-                        items.iter().map(|i| matrix_value(cx, i)).collect();
+                    let values: Option<Vec<Value>> = items.iter().map(|i| matrix_value(cx, i)).collect();
                     if let Some(values) = values {
                         strategy.axes.push((key, values));
                     }
                 }
                 _ if v.as_scalar().is_some_and(|s| s.contains("${{")) => cx.err(v.loc, DYNAMIC),
-                _ => cx.err(
-                    v.loc,
-                    format!("matrix axis `{key}` must be a list of values"),
-                ),
+                _ => cx.err(v.loc, format!("matrix axis `{key}` must be a list of values")),
             },
         }
     }
@@ -130,19 +123,13 @@ fn entry_list(cx: &mut Cx<'_>, key: &str, node: &Node) -> Option<Vec<BTreeMap<St
         return None;
     }
     let NodeKind::Seq(items) = &node.kind else {
-        cx.err(
-            node.loc,
-            format!("matrix `{key}` must be a list of mappings"),
-        );
+        cx.err(node.loc, format!("matrix `{key}` must be a list of mappings"));
         return None;
     };
     let mut out = Vec::new();
     for item in items {
         let NodeKind::Map(_) = &item.kind else {
-            cx.err(
-                item.loc,
-                format!("each matrix `{key}` entry must be a mapping"),
-            );
+            cx.err(item.loc, format!("each matrix `{key}` entry must be a mapping"));
             return None;
         };
         let Value::Object(m) = matrix_value(cx, item)? else {
@@ -167,11 +154,8 @@ pub(crate) fn expand(strategy: &Strategy) -> Result<Vec<Map<String, Value>>, Str
     if raw > MAX_LEGS * 64 {
         return Err(too_many(raw));
     }
-    let mut combos: Vec<Map<String, Value>> = if strategy.axes.is_empty() {
-        Vec::new()
-    } else {
-        vec![Map::new()]
-    };
+    let mut combos: Vec<Map<String, Value>> =
+        if strategy.axes.is_empty() { Vec::new() } else { vec![Map::new()] };
     for (axis, values) in &strategy.axes {
         let mut next = Vec::with_capacity(combos.len() * values.len());
         for c in &combos {
@@ -183,12 +167,7 @@ pub(crate) fn expand(strategy: &Strategy) -> Result<Vec<Map<String, Value>>, Str
         }
         combos = next;
     }
-    combos.retain(|c| {
-        !strategy
-            .exclude
-            .iter()
-            .any(|ex| ex.iter().all(|(k, v)| c.get(k) == Some(v)))
-    });
+    combos.retain(|c| !strategy.exclude.iter().any(|ex| ex.iter().all(|(k, v)| c.get(k) == Some(v))));
     let original = combos.len();
     let is_axis = |k: &str| strategy.axes.iter().any(|(a, _)| a == k);
     for inc in &strategy.include {
@@ -228,13 +207,7 @@ mod tests {
             v.as_array()
                 .unwrap()
                 .iter()
-                .map(|e| {
-                    e.as_object()
-                        .unwrap()
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect()
-                })
+                .map(|e| e.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                 .collect()
         };
         Strategy {
@@ -314,10 +287,7 @@ mod tests {
         let s = strategy(json!({ "n": many }), json!([]), json!([]));
         assert!(expand(&s).unwrap_err().contains("257"));
         let ok: Vec<i32> = (0..256).collect();
-        assert_eq!(
-            legs(&strategy(json!({ "n": ok }), json!([]), json!([]))).len(),
-            256
-        );
+        assert_eq!(legs(&strategy(json!({ "n": ok }), json!([]), json!([]))).len(), 256);
         let s = strategy(
             json!({"a": (0..100).collect::<Vec<_>>(), "b": (0..100).collect::<Vec<_>>(), "c": (0..100).collect::<Vec<_>>()}),
             json!([]),

@@ -42,10 +42,7 @@ impl Shell {
             Shell::Sh => &["sh", "-e"],
             Shell::Python => &["python3"],
         };
-        v.iter()
-            .map(|s| s.to_string())
-            .chain([script.to_string()])
-            .collect()
+        v.iter().map(|s| s.to_string()).chain([script.to_string()]).collect()
     }
 
     /// The file extension GitHub gives the script for this shell.
@@ -132,10 +129,7 @@ pub struct Strategy {
 #[derive(Debug, Clone)]
 pub enum StepAction {
     /// `run:` a script with a shell.
-    Run {
-        script: Template,
-        shell: Option<Shell>,
-    },
+    Run { script: Template, shell: Option<Shell> },
     /// `uses: actions/checkout@<any>`: the job's workspace gets the source.
     Checkout,
 }

@@ -102,11 +102,7 @@ pub(crate) struct Cx<'a> {
 
 impl Cx<'_> {
     pub(crate) fn err(&mut self, location: Location, message: impl Into<String>) {
-        self.errors.push(Diagnostic {
-            file: self.file.to_string(),
-            location,
-            message: message.into(),
-        });
+        self.errors.push(Diagnostic { file: self.file.to_string(), location, message: message.into() });
     }
 
     fn diag(&mut self, d: Diagnostic) {
@@ -118,10 +114,7 @@ impl Cx<'_> {
             NodeKind::Map(pairs) => Some(pairs),
             _ if node.is_null() => Some(&[]),
             _ => {
-                self.err(
-                    node.loc,
-                    format!("{what} must be a mapping, not {}", node.kind_name()),
-                );
+                self.err(node.loc, format!("{what} must be a mapping, not {}", node.kind_name()));
                 None
             }
         }
@@ -135,10 +128,7 @@ impl Cx<'_> {
         match node.as_scalar() {
             Some(s) => Some(s.to_string()),
             None => {
-                self.err(
-                    node.loc,
-                    format!("{what} must be a string, not {}", node.kind_name()),
-                );
+                self.err(node.loc, format!("{what} must be a string, not {}", node.kind_name()));
                 None
             }
         }
@@ -174,12 +164,7 @@ impl Cx<'_> {
     }
 
     /// Checks a key against a table; returns the key's kind if usable.
-    fn key_kind(
-        &mut self,
-        key: &Node,
-        table: &[(&str, KeyKind)],
-        place: &str,
-    ) -> Option<(String, KeyKind)> {
+    fn key_kind(&mut self, key: &Node, table: &[(&str, KeyKind)], place: &str) -> Option<(String, KeyKind)> {
         let name = self.text(key, "a key")?;
         match table.iter().find(|(k, _)| *k == name) {
             Some((_, KeyKind::Notice)) => {
@@ -191,10 +176,7 @@ impl Cx<'_> {
                 None
             }
             Some((_, KeyKind::Refuse(why))) => {
-                self.err(
-                    key.loc,
-                    format!("`{name}` {place} cannot be honoured by kiln: {why}"),
-                );
+                self.err(key.loc, format!("`{name}` {place} cannot be honoured by kiln: {why}"));
                 None
             }
             Some((_, kind)) => Some((name, *kind)),
@@ -213,16 +195,16 @@ impl Cx<'_> {
         place: &str,
     ) {
         if name == "<<" {
-            self.err(loc, "YAML merge keys (`<<`) are not supported; repeat the keys, or use an alias as a whole value");
+            self.err(
+                loc,
+                "YAML merge keys (`<<`) are not supported; repeat the keys, or use an alias as a whole value",
+            );
             return;
         }
         let mut msg = format!("unknown key `{name}` {place}");
         match did_you_mean(name, known.clone()) {
             Some(s) => msg.push_str(&format!("; did you mean `{s}`?")),
-            None => msg.push_str(&format!(
-                " (expected one of: {})",
-                known.collect::<Vec<_>>().join(", ")
-            )),
+            None => msg.push_str(&format!(" (expected one of: {})", known.collect::<Vec<_>>().join(", "))),
         }
         self.err(loc, msg);
     }
@@ -256,10 +238,7 @@ impl Cx<'_> {
             _ => {
                 self.err(
                     node.loc,
-                    format!(
-                        "{what} must be a positive number, not `{}`",
-                        node.as_scalar().unwrap_or("…")
-                    ),
+                    format!("{what} must be a positive number, not `{}`", node.as_scalar().unwrap_or("…")),
                 );
                 None
             }
@@ -294,10 +273,7 @@ impl Cx<'_> {
                 return BoolOrExpr::Literal(false);
             }
         }
-        self.err(
-            node.loc,
-            format!("{what} must be `true`, `false` or a `${{{{ }}}}` expression"),
-        );
+        self.err(node.loc, format!("{what} must be `true`, `false` or a `${{{{ }}}}` expression"));
         BoolOrExpr::Literal(false)
     }
 
@@ -378,26 +354,11 @@ impl Cx<'_> {
 
 /// Parses the YAML tree of a workflow file.
 pub(crate) fn workflow(file: &str, root: &Node) -> Parsed {
-    let mut cx = Cx {
-        file,
-        errors: Vec::new(),
-        notices: Vec::new(),
-    };
-    let mut wf = Workflow {
-        name: None,
-        env: Vec::new(),
-        defaults: RunDefaults::default(),
-        jobs: Vec::new(),
-    };
+    let mut cx = Cx { file, errors: Vec::new(), notices: Vec::new() };
+    let mut wf = Workflow { name: None, env: Vec::new(), defaults: RunDefaults::default(), jobs: Vec::new() };
     let mut extras = Vec::new();
     let NodeKind::Map(pairs) = &root.kind else {
-        cx.err(
-            root.loc,
-            format!(
-                "a workflow must be a mapping with `jobs`, not {}",
-                root.kind_name()
-            ),
-        );
+        cx.err(root.loc, format!("a workflow must be a mapping with `jobs`, not {}", root.kind_name()));
         return finish(cx, wf, extras);
     };
     let mut saw_jobs = false;
@@ -434,12 +395,7 @@ pub(crate) fn workflow(file: &str, root: &Node) -> Parsed {
 }
 
 fn finish(cx: Cx<'_>, workflow: Workflow, extras: Vec<JobExtra>) -> Parsed {
-    Parsed {
-        workflow,
-        extras,
-        notices: cx.notices,
-        errors: cx.errors,
-    }
+    Parsed { workflow, extras, notices: cx.notices, errors: cx.errors }
 }
 
 fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExtra)> {
@@ -447,7 +403,9 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
     if !is_identifier(&key) {
         cx.err(
             key_node.loc,
-            format!("invalid job key `{key}`: use letters, digits, `-` and `_`, starting with a letter or `_`"),
+            format!(
+                "invalid job key `{key}`: use letters, digits, `-` and `_`, starting with a letter or `_`"
+            ),
         );
     }
     let place = format!("in job `{key}`");
@@ -468,10 +426,7 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
         steps: Vec::new(),
         kiln: KilnJobSettings::default(),
     };
-    let mut extra = JobExtra {
-        matrix_loc: key_node.loc,
-        ..JobExtra::default()
-    };
+    let mut extra = JobExtra { matrix_loc: key_node.loc, ..JobExtra::default() };
     let mut steps_node = None;
     for (k, v) in pairs {
         let Some((name, _)) = cx.key_kind(k, JOB_KEYS, &place) else {
@@ -512,9 +467,7 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
             "env" => spec.env = cx.env(v, &place),
             "defaults" => spec.defaults = cx.defaults(v, &place),
             "timeout-minutes" => spec.timeout_minutes = cx.positive_number(v, "`timeout-minutes`"),
-            "continue-on-error" => {
-                spec.continue_on_error = cx.bool_or_expr(v, "`continue-on-error`")
-            }
+            "continue-on-error" => spec.continue_on_error = cx.bool_or_expr(v, "`continue-on-error`"),
             "outputs" => {
                 if let Some(outs) = cx.map(v, "`outputs`") {
                     for (ok, ov) in outs {
@@ -553,10 +506,7 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
                     }
                 }
             }
-            _ => cx.err(
-                v.loc,
-                format!("`steps` of job `{key}` must be a non-empty list of steps"),
-            ),
+            _ => cx.err(v.loc, format!("`steps` of job `{key}` must be a non-empty list of steps")),
         },
     }
     Some((spec, extra))
@@ -589,9 +539,7 @@ fn kiln(cx: &mut Cx<'_>, node: &Node) -> KilnJobSettings {
                     Some(other) => {
                         cx.err(
                             v.loc,
-                            format!(
-                                "unknown isolation `{other}`; expected `gvisor` or `container`"
-                            ),
+                            format!("unknown isolation `{other}`; expected `gvisor` or `container`"),
                         );
                         None
                     }
@@ -657,10 +605,7 @@ fn step(
                         format!("{label}: invalid step id `{id}`: use letters, digits, `-` and `_`, starting with a letter or `_`"),
                     );
                 } else if !ids.insert(id.to_lowercase()) {
-                    cx.err(
-                        v.loc,
-                        format!("{label}: duplicate step id `{id}` in job `{job}`"),
-                    );
+                    cx.err(v.loc, format!("{label}: duplicate step id `{id}` in job `{job}`"));
                 } else {
                     spec.id = Some(id);
                 }
@@ -673,20 +618,11 @@ fn step(
             }
             "with" => with_loc = Some(k.loc),
             "env" => spec.env = cx.env(v, &format!("in {label}")),
-            "working-directory" => {
-                spec.working_directory = cx.working_directory(v, "`working-directory`")
-            }
+            "working-directory" => spec.working_directory = cx.working_directory(v, "`working-directory`"),
             "if" => spec.condition = cx.condition(v),
             "timeout-minutes" => spec.timeout_minutes = cx.positive_number(v, "`timeout-minutes`"),
-            "continue-on-error" => {
-                spec.continue_on_error = cx.bool_or_expr(v, "`continue-on-error`")
-            }
-            _ => cx.unknown_key(
-                k.loc,
-                &key,
-                STEP_KEYS.iter().copied(),
-                &format!("in {label}"),
-            ),
+            "continue-on-error" => spec.continue_on_error = cx.bool_or_expr(v, "`continue-on-error`"),
+            _ => cx.unknown_key(k.loc, &key, STEP_KEYS.iter().copied(), &format!("in {label}")),
         }
     }
     match (run, uses) {
@@ -703,9 +639,7 @@ fn step(
             if !is_checkout {
                 cx.err(
                     loc,
-                    format!(
-                        "{label}: `uses: {u}` is not supported; only actions/checkout is built in"
-                    ),
+                    format!("{label}: `uses: {u}` is not supported; only actions/checkout is built in"),
                 );
             }
             if let Some(loc) = shell_loc {
@@ -713,10 +647,9 @@ fn step(
             }
             spec.action = StepAction::Checkout;
         }
-        (Some(_), Some((_, loc))) => cx.err(
-            loc,
-            format!("{label}: a step has either `run` or `uses`, not both"),
-        ),
+        (Some(_), Some((_, loc))) => {
+            cx.err(loc, format!("{label}: a step has either `run` or `uses`, not both"))
+        }
         (None, None) => {
             if cx.errors.len() == errors_before {
                 cx.err(node.loc, format!("{label}: a step needs `run` or `uses`"));
@@ -742,8 +675,8 @@ fn find_expression(node: &Node) -> Option<Location> {
     match &node.kind {
         NodeKind::Scalar { value, .. } => value.contains("${{").then_some(node.loc),
         NodeKind::Seq(items) => items.iter().find_map(find_expression),
-        NodeKind::Map(pairs) => pairs
-            .iter()
-            .find_map(|(k, v)| find_expression(k).or_else(|| find_expression(v))),
+        NodeKind::Map(pairs) => {
+            pairs.iter().find_map(|(k, v)| find_expression(k).or_else(|| find_expression(v)))
+        }
     }
 }

@@ -133,21 +133,11 @@ pub fn load(file: &str, source: &str) -> Result<Plan, Diagnostics> {
         needs.dedup();
         job.needs = needs;
     }
-    Ok(Plan {
-        name,
-        workflow: workflow.clone(),
-        jobs,
-        groups,
-        notices: parsed.notices,
-    })
+    Ok(Plan { name, workflow: workflow.clone(), jobs, groups, notices: parsed.notices })
 }
 
 fn diag(file: &str, location: Location, message: impl Into<String>) -> Diagnostic {
-    Diagnostic {
-        file: file.to_string(),
-        location,
-        message: message.into(),
-    }
+    Diagnostic { file: file.to_string(), location, message: message.into() }
 }
 
 /// `key (axis: value, ...)`: strings bare, other values as JSON.
@@ -170,10 +160,8 @@ fn check_needs(file: &str, wf: &Workflow, extras: &[JobExtra], errors: &mut Vec<
             if *need == job.key {
                 errors.push(diag(file, loc, format!("job `{}` needs itself", job.key)));
             } else if !keys.contains(need.as_str()) {
-                let mut msg = format!(
-                    "job `{}` needs `{need}`, which is not a job of this workflow",
-                    job.key
-                );
+                let mut msg =
+                    format!("job `{}` needs `{need}`, which is not a job of this workflow", job.key);
                 if let Some(s) = did_you_mean(need, wf.jobs.iter().map(|j| j.key.as_str())) {
                     msg.push_str(&format!("; did you mean `{s}`?"));
                 }
@@ -185,21 +173,11 @@ fn check_needs(file: &str, wf: &Workflow, extras: &[JobExtra], errors: &mut Vec<
 
 /// Reports each dependency cycle as `a -> b -> c -> a` (`a` needs `b`...).
 fn check_cycles(file: &str, wf: &Workflow, errors: &mut Vec<Diagnostic>) {
-    let index: HashMap<&str, usize> = wf
-        .jobs
-        .iter()
-        .enumerate()
-        .map(|(i, j)| (j.key.as_str(), i))
-        .collect();
+    let index: HashMap<&str, usize> = wf.jobs.iter().enumerate().map(|(i, j)| (j.key.as_str(), i)).collect();
     let edges: Vec<Vec<usize>> = wf
         .jobs
         .iter()
-        .map(|j| {
-            j.needs
-                .iter()
-                .filter_map(|n| index.get(n.as_str()).copied())
-                .collect()
-        })
+        .map(|j| j.needs.iter().filter_map(|n| index.get(n.as_str()).copied()).collect())
         .collect();
     // 0 = unvisited, 1 = on the current path, 2 = done.
     let mut state = vec![0u8; wf.jobs.len()];
@@ -220,10 +198,8 @@ fn check_cycles(file: &str, wf: &Workflow, errors: &mut Vec<Diagnostic>) {
                     }
                     1 => {
                         let start = stack.iter().position(|(n, _)| *n == to).unwrap_or(0);
-                        let mut path: Vec<&str> = stack[start..]
-                            .iter()
-                            .map(|(n, _)| wf.jobs[*n].key.as_str())
-                            .collect();
+                        let mut path: Vec<&str> =
+                            stack[start..].iter().map(|(n, _)| wf.jobs[*n].key.as_str()).collect();
                         path.push(wf.jobs[to].key.as_str());
                         errors.push(diag(
                             file,

@@ -88,13 +88,7 @@ impl Scheduler {
             results: vec![None; n],
             taken: vec![false; n],
             group_of: (0..n)
-                .map(|j| {
-                    group_of
-                        .get(j)
-                        .copied()
-                        .flatten()
-                        .filter(|g| *g < max_parallel.len())
-                })
+                .map(|j| group_of.get(j).copied().flatten().filter(|g| *g < max_parallel.len()))
                 .collect(),
             ready: VecDeque::new(),
             groups: max_parallel
@@ -209,8 +203,6 @@ impl Scheduler {
 
     /// Jobs with no result yet (taken or not), in index order.
     pub fn unfinished(&self) -> Vec<usize> {
-        (0..self.results.len())
-            .filter(|j| self.results[*j].is_none())
-            .collect()
+        (0..self.results.len()).filter(|j| self.results[*j].is_none()).collect()
     }
 }

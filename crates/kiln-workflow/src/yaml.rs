@@ -47,10 +47,7 @@ impl Node {
     /// A plain `true`/`false`.
     pub fn as_bool(&self) -> Option<bool> {
         match &self.kind {
-            NodeKind::Scalar {
-                value,
-                style: Style::Plain,
-            } => match value.as_str() {
+            NodeKind::Scalar { value, style: Style::Plain } => match value.as_str() {
                 "true" | "True" | "TRUE" => Some(true),
                 "false" | "False" | "FALSE" => Some(false),
                 _ => None,
@@ -62,10 +59,7 @@ impl Node {
     /// A plain number.
     pub fn as_number(&self) -> Option<f64> {
         match &self.kind {
-            NodeKind::Scalar {
-                value,
-                style: Style::Plain,
-            } => parse_yaml_number(value),
+            NodeKind::Scalar { value, style: Style::Plain } => parse_yaml_number(value),
             _ => None,
         }
     }
@@ -98,15 +92,8 @@ impl Node {
         let after_last = before.rsplit('\n').next().unwrap_or("");
         // Continuation lines: a block's lines share its indentation; a
         // flow scalar's indentation is unknown (approximate).
-        let indent = if style == Style::Block {
-            self.loc.column - 1
-        } else {
-            0
-        };
-        Location {
-            line: self.loc.line + newlines,
-            column: indent + after_last.chars().count() + 1,
-        }
+        let indent = if style == Style::Block { self.loc.column - 1 } else { 0 };
+        Location { line: self.loc.line + newlines, column: indent + after_last.chars().count() + 1 }
     }
 
     /// Converts to JSON: plain scalars become null/bool/number, quoted or
@@ -159,9 +146,7 @@ fn parse_yaml_number(s: &str) -> Option<f64> {
         ".inf" | ".Inf" | ".INF" | "+.inf" | "-.inf" | ".nan" | ".NaN" | ".NAN" => return None,
         _ => {}
     }
-    let ok = t
-        .chars()
-        .all(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E'));
+    let ok = t.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E'));
     if !ok || !t.chars().any(|c| c.is_ascii_digit()) {
         return None;
     }
@@ -169,10 +154,7 @@ fn parse_yaml_number(s: &str) -> Option<f64> {
 }
 
 fn loc_of(mark: &Marker) -> Location {
-    Location {
-        line: mark.line(),
-        column: mark.col() + 1,
-    }
+    Location { line: mark.line(), column: mark.col() + 1 }
 }
 
 enum Frame {
@@ -204,11 +186,7 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn error(&mut self, loc: Location, message: String) {
-        self.errors.push(Diagnostic {
-            file: self.file.to_string(),
-            location: loc,
-            message,
-        });
+        self.errors.push(Diagnostic { file: self.file.to_string(), location: loc, message });
     }
 
     fn push_node(&mut self, node: Node, anchor: usize) {
@@ -219,23 +197,16 @@ impl Builder<'_> {
         match self.stack.last_mut() {
             None => self.docs.push(node),
             Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map {
-                pairs,
-                pending_key,
-                seen,
-                ..
-            }) => match pending_key.take() {
+            Some(Frame::Map { pairs, pending_key, seen, .. }) => match pending_key.take() {
                 None => *pending_key = Some(node),
                 Some(key) => {
-                    let dup = key
-                        .as_scalar()
-                        .and_then(|k| match seen.entry(k.to_string()) {
-                            Entry::Occupied(first) => Some((k.to_string(), *first.get())),
-                            Entry::Vacant(slot) => {
-                                slot.insert(key.loc);
-                                None
-                            }
-                        });
+                    let dup = key.as_scalar().and_then(|k| match seen.entry(k.to_string()) {
+                        Entry::Occupied(first) => Some((k.to_string(), *first.get())),
+                        Entry::Vacant(slot) => {
+                            slot.insert(key.loc);
+                            None
+                        }
+                    });
                     let key_loc = key.loc;
                     pairs.push((key, node));
                     if let Some((k, first)) = dup {
@@ -280,19 +251,9 @@ impl MarkedEventReceiver for Builder<'_> {
                     TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted => Style::Quoted,
                     _ => Style::Block,
                 };
-                self.push_node(
-                    Node {
-                        kind: NodeKind::Scalar { value, style },
-                        loc,
-                    },
-                    anchor,
-                );
+                self.push_node(Node { kind: NodeKind::Scalar { value, style }, loc }, anchor);
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
-                loc,
-                anchor,
-                items: Vec::new(),
-            }),
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq { loc, anchor, items: Vec::new() }),
             Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
                 loc,
                 anchor,
@@ -302,25 +263,15 @@ impl MarkedEventReceiver for Builder<'_> {
             }),
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match self.stack.pop() {
-                    Some(Frame::Seq { loc, anchor, items }) => (
-                        Node {
-                            kind: NodeKind::Seq(items),
-                            loc,
-                        },
-                        anchor,
-                    ),
-                    Some(Frame::Map {
-                        loc, anchor, pairs, ..
-                    }) => (
+                    Some(Frame::Seq { loc, anchor, items }) => {
+                        (Node { kind: NodeKind::Seq(items), loc }, anchor)
+                    }
+                    Some(Frame::Map { loc, anchor, pairs, .. }) => (
                         Node {
                             // A block mapping's start mark is its first `:`;
                             // its first key is where it really starts.
                             loc: match pairs.first() {
-                                Some((k, _))
-                                    if k.loc.line > loc.line || k.loc.column < loc.column =>
-                                {
-                                    k.loc
-                                }
+                                Some((k, _)) if k.loc.line > loc.line || k.loc.column < loc.column => k.loc,
                                 _ => loc,
                             },
                             kind: NodeKind::Map(pairs),
@@ -345,13 +296,7 @@ impl MarkedEventReceiver for Builder<'_> {
                     };
                     self.error(loc, message.to_string());
                     self.push_node(
-                        Node {
-                            kind: NodeKind::Scalar {
-                                value: String::new(),
-                                style: Style::Plain,
-                            },
-                            loc,
-                        },
+                        Node { kind: NodeKind::Scalar { value: String::new(), style: Style::Plain }, loc },
                         0,
                     );
                 }
@@ -373,12 +318,7 @@ fn node_count(node: &Node) -> usize {
     match &node.kind {
         NodeKind::Scalar { .. } => 1,
         NodeKind::Seq(items) => 1 + items.iter().map(node_count).sum::<usize>(),
-        NodeKind::Map(pairs) => {
-            1 + pairs
-                .iter()
-                .map(|(k, v)| node_count(k) + node_count(v))
-                .sum::<usize>()
-        }
+        NodeKind::Map(pairs) => 1 + pairs.iter().map(|(k, v)| node_count(k) + node_count(v)).sum::<usize>(),
     }
 }
 
@@ -441,14 +381,10 @@ mod tests {
     #[test]
     fn locations_and_styles() {
         let n = parse("f", "a: 1\nb:\n  - 'x'\n  - y\n").unwrap();
-        let NodeKind::Map(pairs) = &n.kind else {
-            panic!()
-        };
+        let NodeKind::Map(pairs) = &n.kind else { panic!() };
         assert_eq!(pairs[0].0.loc, Location { line: 1, column: 1 });
         assert_eq!(pairs[0].1.to_json(), serde_json::json!(1));
-        let NodeKind::Seq(items) = &pairs[1].1.kind else {
-            panic!()
-        };
+        let NodeKind::Seq(items) = &pairs[1].1.kind else { panic!() };
         assert_eq!(items[0].loc, Location { line: 3, column: 5 });
         assert_eq!(items[0].to_json(), serde_json::json!("x"));
         assert_eq!(items[1].loc, Location { line: 4, column: 5 });
@@ -458,11 +394,7 @@ mod tests {
     fn duplicate_keys() {
         let e = parse("f", "a: 1\nb: 2\na: 3\n").unwrap_err();
         assert_eq!(e[0].location, Location { line: 3, column: 1 });
-        assert!(
-            e[0].message.contains("duplicate key `a`"),
-            "{}",
-            e[0].message
-        );
+        assert!(e[0].message.contains("duplicate key `a`"), "{}", e[0].message);
     }
 
     #[test]
@@ -479,15 +411,8 @@ mod tests {
         assert!(e[0].message.contains("nesting deeper"), "{}", e[0].message);
         let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 0..10 {
-            let prev = if i == 0 {
-                "a".to_string()
-            } else {
-                format!("b{}", i - 1)
-            };
-            bomb.push_str(&format!(
-                "b{i}: &b{i} [{}]\n",
-                vec![format!("*{prev}"); 10].join(", ")
-            ));
+            let prev = if i == 0 { "a".to_string() } else { format!("b{}", i - 1) };
+            bomb.push_str(&format!("b{i}: &b{i} [{}]\n", vec![format!("*{prev}"); 10].join(", ")));
         }
         let e = parse("f", &bomb).unwrap_err();
         assert!(e[0].message.contains("too many nodes"), "{}", e[0].message);
@@ -496,18 +421,12 @@ mod tests {
     #[test]
     fn aliases_resolve() {
         let n = parse("f", "a: &x {k: v}\nb: *x\n").unwrap();
-        assert_eq!(
-            n.to_json(),
-            serde_json::json!({"a": {"k": "v"}, "b": {"k": "v"}})
-        );
+        assert_eq!(n.to_json(), serde_json::json!({"a": {"k": "v"}, "b": {"k": "v"}}));
     }
 
     #[test]
     fn quoted_scalars_are_strings() {
         let n = parse("f", "a: 'true'\nb: true\nc: \"12\"\nd: 12.5\n").unwrap();
-        assert_eq!(
-            n.to_json(),
-            serde_json::json!({"a": "true", "b": true, "c": "12", "d": 12.5})
-        );
+        assert_eq!(n.to_json(), serde_json::json!({"a": "true", "b": true, "c": "12", "d": 12.5}));
     }
 }

@@ -93,8 +93,7 @@ fn errors(src: &str) -> Vec<Diagnostic> {
 fn assert_error(src: &str, line: usize, column: usize, text: &str) {
     let ds = errors(src);
     assert!(
-        ds.iter()
-            .any(|d| d.message.contains(text) && d.location == Location { line, column }),
+        ds.iter().any(|d| d.message.contains(text) && d.location == Location { line, column }),
         "no `{text}` at {line}:{column} in:\n{}",
         Diagnostics(ds.clone())
     );
@@ -139,13 +138,7 @@ fn realistic_workflow() {
     assert_eq!(w.env[1].1.source(), "3");
     assert_eq!(w.defaults.shell, Some(Shell::Bash));
     let build = &w.jobs[0];
-    assert_eq!(
-        build.location,
-        Location {
-            line: 12,
-            column: 3
-        }
-    );
+    assert_eq!(build.location, Location { line: 12, column: 3 });
     assert_eq!(
         build.kiln,
         KilnJobSettings {
@@ -160,23 +153,11 @@ fn realistic_workflow() {
     );
     assert_eq!(build.outputs[0].0, "version");
     assert!(matches!(build.steps[0].action, StepAction::Checkout));
-    assert_eq!(
-        build.steps[0].location,
-        Location {
-            line: 25,
-            column: 9
-        }
-    );
+    assert_eq!(build.steps[0].location, Location { line: 25, column: 9 });
     assert_eq!(build.steps[1].id.as_deref(), Some("ver"));
     assert_eq!(build.steps[2].timeout_minutes, Some(30.0));
-    assert_eq!(
-        build.steps[2].working_directory.as_ref().unwrap().source(),
-        "./src/.."
-    );
-    assert!(matches!(
-        w.jobs[1].steps[0].continue_on_error,
-        BoolOrExpr::Literal(true)
-    ));
+    assert_eq!(build.steps[2].working_directory.as_ref().unwrap().source(), "./src/..");
+    assert!(matches!(w.jobs[1].steps[0].continue_on_error, BoolOrExpr::Literal(true)));
     let test = &w.jobs[2];
     assert!(matches!(test.continue_on_error, BoolOrExpr::Expr(_)));
     assert_eq!(test.runs_on.as_ref().unwrap().source(), "${{ matrix.os }}");
@@ -187,14 +168,8 @@ fn realistic_workflow() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        w.jobs[3].condition.as_ref().unwrap().source(),
-        "github.ref == 'refs/heads/main'"
-    );
-    assert_eq!(
-        w.jobs[4].condition.as_ref().unwrap().source(),
-        "success() && github.event_name == 'push'"
-    );
+    assert_eq!(w.jobs[3].condition.as_ref().unwrap().source(), "github.ref == 'refs/heads/main'");
+    assert_eq!(w.jobs[4].condition.as_ref().unwrap().source(), "success() && github.event_name == 'push'");
     assert_eq!(w.jobs[4].timeout_minutes, Some(10.0));
     match &w.jobs[4].steps[0].action {
         StepAction::Run { script, shell } => {
@@ -228,12 +203,7 @@ fn unknown_keys_suggest() {
         5,
         "unknown key `neds` in job `b`; did you mean `needs`?",
     );
-    assert_error(
-        "on: push\njbos:\n  a:\n    steps: [{run: x}]\n",
-        2,
-        1,
-        "did you mean `jobs`?",
-    );
+    assert_error("on: push\njbos:\n  a:\n    steps: [{run: x}]\n", 2, 1, "did you mean `jobs`?");
     assert_error(
         &wf("  a:\n    steps:\n      - run: x\n        shel: sh\n"),
         6,
@@ -251,19 +221,12 @@ fn unknown_keys_suggest() {
 #[test]
 fn needs_errors() {
     assert_error(
-        &wf(
-            "  build:\n    steps: [{run: x}]\n  test:\n    needs: [biuld]\n    steps: [{run: x}]\n",
-        ),
+        &wf("  build:\n    steps: [{run: x}]\n  test:\n    needs: [biuld]\n    steps: [{run: x}]\n"),
         6,
         13,
         "job `test` needs `biuld`, which is not a job of this workflow; did you mean `build`?",
     );
-    assert_error(
-        &wf("  a:\n    needs: a\n    steps: [{run: x}]\n"),
-        4,
-        12,
-        "job `a` needs itself",
-    );
+    assert_error(&wf("  a:\n    needs: a\n    steps: [{run: x}]\n"), 4, 12, "job `a` needs itself");
 }
 
 #[test]
@@ -350,25 +313,10 @@ fn step_errors() {
         13,
         "duplicate step id `x`",
     );
-    assert_error(
-        &wf("  a:\n    steps:\n      - id: 1x\n        run: a\n"),
-        5,
-        13,
-        "invalid step id `1x`",
-    );
+    assert_error(&wf("  a:\n    steps:\n      - id: 1x\n        run: a\n"), 5, 13, "invalid step id `1x`");
     assert_error(&wf("  a:\n    steps: []\n"), 4, 12, "non-empty list");
-    assert_error(
-        &wf("  a:\n    runs-on: x\n"),
-        3,
-        3,
-        "job `a` has no `steps`",
-    );
-    assert_error(
-        &wf("  9a:\n    steps: [{run: x}]\n"),
-        3,
-        3,
-        "invalid job key `9a`",
-    );
+    assert_error(&wf("  a:\n    runs-on: x\n"), 3, 3, "job `a` has no `steps`");
+    assert_error(&wf("  9a:\n    steps: [{run: x}]\n"), 3, 3, "invalid job key `9a`");
 }
 
 #[test]
@@ -425,18 +373,8 @@ fn expression_errors_in_the_file() {
         23,
         "unknown context `matirx`; did you mean `matrix`?",
     );
-    assert_error(
-        &wf("  a:\n    steps:\n      - run: 'echo ${{ matrix.os'\n"),
-        5,
-        20,
-        "unterminated `${{`",
-    );
-    assert_error(
-        &wf("  a:\n    if: github.ref ==\n    steps: [{run: x}]\n"),
-        4,
-        22,
-        "expected a value",
-    );
+    assert_error(&wf("  a:\n    steps:\n      - run: 'echo ${{ matrix.os'\n"), 5, 20, "unterminated `${{`");
+    assert_error(&wf("  a:\n    if: github.ref ==\n    steps: [{run: x}]\n"), 4, 22, "expected a value");
 }
 
 #[test]
@@ -448,7 +386,9 @@ fn matrix_errors() {
         "dynamic matrices are not supported",
     );
     assert_error(
-        &wf("  a:\n    strategy:\n      matrix:\n        os: ${{ fromJSON('[1]') }}\n    steps: [{run: x}]\n"),
+        &wf(
+            "  a:\n    strategy:\n      matrix:\n        os: ${{ fromJSON('[1]') }}\n    steps: [{run: x}]\n",
+        ),
         6,
         13,
         "dynamic matrices are not supported",
@@ -499,10 +439,7 @@ fn matrix_ids() {
     let ids: Vec<&str> = plan.jobs.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(
         ids,
-        [
-            "test (shard: 1, cfg: {\"a\":1}, name: x y)",
-            "test (shard: 2, cfg: {\"a\":1}, name: x y)"
-        ]
+        ["test (shard: 1, cfg: {\"a\":1}, name: x y)", "test (shard: 2, cfg: {\"a\":1}, name: x y)"]
     );
 }
 
@@ -544,10 +481,5 @@ fn yaml_anchors_and_merge_keys() {
     )
     .unwrap();
     assert_eq!(plan.workflow.jobs[1].env[0].0, "A");
-    assert_error(
-        &wf("  a: &j\n    steps: [{run: x}]\n  b:\n    <<: *j\n"),
-        6,
-        5,
-        "merge keys",
-    );
+    assert_error(&wf("  a: &j\n    steps: [{run: x}]\n  b:\n    <<: *j\n"), 6, 5, "merge keys");
 }

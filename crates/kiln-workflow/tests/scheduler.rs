@@ -12,11 +12,9 @@ type Graph = (Vec<Vec<usize>>, Vec<Option<usize>>, Vec<Option<u32>>);
 
 fn graph() -> impl Strategy<Value = Graph> {
     (1usize..40, 0usize..4).prop_flat_map(|(n, groups)| {
-        let needs = (0..n)
-            .map(|j| proptest::collection::vec(0..j.max(1), 0..(j.min(4) + 1)))
-            .collect::<Vec<_>>();
-        let group_of =
-            proptest::collection::vec(proptest::option::weighted(0.6, 0..groups.max(1)), n);
+        let needs =
+            (0..n).map(|j| proptest::collection::vec(0..j.max(1), 0..(j.min(4) + 1))).collect::<Vec<_>>();
+        let group_of = proptest::collection::vec(proptest::option::weighted(0.6, 0..groups.max(1)), n);
         let limits = proptest::collection::vec(proptest::option::of(1u32..4), groups.max(1));
         (needs, group_of, limits).prop_map(move |(needs, group_of, limits)| {
             // job 0 may have drawn "needs 0": drop self-needs
@@ -140,13 +138,7 @@ fn plan_driven() {
 fn large_graphs_are_fast() {
     let n = 10_000;
     let needs: Vec<Vec<usize>> = (0..n)
-        .map(|j| {
-            if j < 100 {
-                vec![]
-            } else {
-                ((j / 100 - 1) * 100..(j / 100) * 100).collect()
-            }
-        })
+        .map(|j| if j < 100 { vec![] } else { ((j / 100 - 1) * 100..(j / 100) * 100).collect() })
         .collect();
     let start = Instant::now();
     let mut s = Scheduler::from_graph(&needs, &vec![None; n], &[]);

@@ -16,9 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context};
-use kiln_engine::runner::sandbox::{
-    SandboxRunner, SandboxRunnerConfig, TierKey, STEP_GID, STEP_UID,
-};
+use kiln_engine::runner::sandbox::{SandboxRunner, SandboxRunnerConfig, TierKey, STEP_GID, STEP_UID};
 use kiln_engine::runner::{Emitter, JobOutcome, JobRequest, JobRunner};
 use kiln_engine::{BuildOptions, Event, Stream};
 use kiln_sandbox::{Isolation, Runtime, Sandbox, SandboxSpec, Workspace};
@@ -50,9 +48,7 @@ fn bench_inner(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.state.state_dir)?;
     let state_dir = std::fs::canonicalize(&args.state.state_dir)?.join("bench");
     std::fs::create_dir_all(&state_dir)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut tiers = Vec::new();
     for t in &args.tiers {
         let iso = isolation(*t);
@@ -60,17 +56,10 @@ fn bench_inner(args: BenchArgs) -> anyhow::Result<()> {
             Isolation::Gvisor => "gvisor (runsc)",
             Isolation::Container => "container (runc)",
         };
-        eprintln!(
-            "measuring {name}: {} steps through kiln, {} raw runs ...",
-            args.steps, args.steps
-        );
+        eprintln!("measuring {name}: {} steps through kiln, {} raw runs ...", args.steps, args.steps);
         let runtime = Runtime::locate(iso).map_err(|e| anyhow!("{e}"))?;
-        runtime
-            .verify(&state_dir.join("probe"))
-            .map_err(|e| anyhow!("{e}"))?;
-        tiers.push(measure_tier(
-            &rt, name, iso, &runtime, args.steps, &state_dir,
-        )?);
+        runtime.verify(&state_dir.join("probe")).map_err(|e| anyhow!("{e}"))?;
+        tiers.push(measure_tier(&rt, name, iso, &runtime, args.steps, &state_dir)?);
     }
     eprintln!("measuring the scheduler on a {}-job graph ...", args.jobs);
     let sched = rt.block_on(scheduler_overhead(args.jobs))?;
@@ -92,8 +81,8 @@ fn measure_tier(
     steps: usize,
     dir: &std::path::Path,
 ) -> anyhow::Result<TierResult> {
-    let ws = Workspace::create(&dir.join("raw-ws"), 64 << 20, STEP_UID, STEP_GID)
-        .map_err(|e| anyhow!("{e}"))?;
+    let ws =
+        Workspace::create(&dir.join("raw-ws"), 64 << 20, STEP_UID, STEP_GID).map_err(|e| anyhow!("{e}"))?;
     let plan = Arc::new(
         kiln_workflow::load(
             "bench.yml",
@@ -101,11 +90,7 @@ fn measure_tier(
         )
         .map_err(|e| anyhow!("{e}"))?,
     );
-    let mut result = TierResult {
-        tier: name,
-        kiln: Vec::new(),
-        raw: Vec::new(),
-    };
+    let mut result = TierResult { tier: name, kiln: Vec::new(), raw: Vec::new() };
     // One warm-up of each, not counted (page cache, runtime binaries).
     for i in 0..=steps {
         let raw = raw_start(runtime, &ws, dir, i)?;
@@ -120,12 +105,7 @@ fn measure_tier(
 }
 
 /// Seconds from spawning the runtime on a ready bundle to its first byte.
-fn raw_start(
-    runtime: &Runtime,
-    ws: &Workspace,
-    dir: &std::path::Path,
-    i: usize,
-) -> anyhow::Result<f64> {
+fn raw_start(runtime: &Runtime, ws: &Workspace, dir: &std::path::Path, i: usize) -> anyhow::Result<f64> {
     let spec = SandboxSpec {
         id: format!("kiln-bench-raw-{}-{i}", std::process::id()),
         argv: vec!["sh".into(), "-c".into(), "echo ready".into()],
@@ -141,9 +121,7 @@ fn raw_start(
     std::fs::create_dir_all(&bundle)?;
     let sb = Sandbox::prepare(runtime, &spec, &bundle).map_err(|e| anyhow!("{e}"))?;
     let mut cmd = sb.command();
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
     let t0 = Instant::now();
     let mut child = cmd.spawn()?;
     let mut byte = [0u8; 1];
@@ -207,20 +185,11 @@ async fn kiln_start(
             _ => None,
         }
     });
-    let summary = kiln_engine::run_build(
-        plan,
-        Arc::new(SandboxRunner::new(cfg)),
-        opts,
-        emitter,
-        cancel_rx,
-    )
-    .await;
+    let summary =
+        kiln_engine::run_build(plan, Arc::new(SandboxRunner::new(cfg)), opts, emitter, cancel_rx).await;
     let latency = watcher.await?;
     if summary.status != "succeeded" {
-        return Err(anyhow!(
-            "bench step failed: {:?}",
-            summary.jobs.first().and_then(|j| j.reason.clone())
-        ));
+        return Err(anyhow!("bench step failed: {:?}", summary.jobs.first().and_then(|j| j.reason.clone())));
     }
     latency.ok_or_else(|| anyhow!("no output seen from the bench step"))
 }
@@ -271,9 +240,7 @@ async fn scheduler_overhead(jobs: usize) -> anyhow::Result<SchedResult> {
     let (_tx, rx) = watch::channel(false);
     let opts = BuildOptions {
         build: "bench".into(),
-        max_parallel: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2),
+        max_parallel: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         github: serde_json::json!({}),
         runner: serde_json::json!({}),
     };
@@ -287,12 +254,7 @@ async fn scheduler_overhead(jobs: usize) -> anyhow::Result<SchedResult> {
             summary.status
         ));
     }
-    Ok(SchedResult {
-        jobs,
-        edges,
-        load_secs,
-        run_secs,
-    })
+    Ok(SchedResult { jobs, edges, load_secs, run_secs })
 }
 
 fn percentile(v: &[f64], p: f64) -> f64 {
@@ -338,11 +300,7 @@ fn render(tiers: &[TierResult], s: &SchedResult, args: &BenchArgs) -> String {
     ));
     t.push_str("| measure | total | per job |\n| --- | ---: | ---: |\n");
     let per = |x: f64| format!("{:.1} µs", x * 1e6 / s.jobs as f64);
-    t.push_str(&format!(
-        "| parse + validate + plan | {} | {} |\n",
-        ms(s.load_secs),
-        per(s.load_secs)
-    ));
+    t.push_str(&format!("| parse + validate + plan | {} | {} |\n", ms(s.load_secs), per(s.load_secs)));
     t.push_str(&format!(
         "| Kahn loop (schedule, start, finish) | {} | {} |\n",
         ms(s.run_secs),

@@ -34,13 +34,7 @@ impl Renderer {
     pub fn new(json: bool, plan: Arc<Plan>) -> Renderer {
         let tty = std::io::stdout().is_terminal();
         let colour = tty && std::env::var_os("NO_COLOR").is_none();
-        let width = plan
-            .jobs
-            .iter()
-            .map(|j| j.id.chars().count())
-            .max()
-            .unwrap_or(4)
-            .min(28);
+        let width = plan.jobs.iter().map(|j| j.id.chars().count()).max().unwrap_or(4).min(28);
         Renderer {
             json,
             colour,
@@ -102,25 +96,15 @@ impl Renderer {
             }
             Event::BuildFinished(summary) => {
                 if self.json {
-                    let _ = writeln!(
-                        out,
-                        "{}",
-                        serde_json::to_string(&summary).unwrap_or_default()
-                    );
+                    let _ = writeln!(out, "{}", serde_json::to_string(&summary).unwrap_or_default());
                 } else {
                     self.clear(&mut out);
                     let _ = write!(out, "{}", self.table(&summary));
                 }
             }
-            Event::BuildStarted {
-                build, pipeline, ..
-            } => {
+            Event::BuildStarted { build, pipeline, .. } => {
                 if !self.json {
-                    let _ = writeln!(
-                        out,
-                        "{} {pipeline} (build {build})",
-                        self.paint("1", "kiln run")
-                    );
+                    let _ = writeln!(out, "{} {pipeline} (build {build})", self.paint("1", "kiln run"));
                 }
             }
             Event::StepStarted { .. } | Event::StepFinished { .. } => {}
@@ -146,22 +130,9 @@ impl Renderer {
     }
 
     fn human_line(&self, e: &LogEntry) -> String {
-        let job = self
-            .running
-            .iter()
-            .find(|(_, (id, _))| *id == e.job)
-            .map(|(j, _)| *j)
-            .unwrap_or(0);
-        let prefix = if e.job.is_empty() {
-            self.paint("1", "kiln")
-        } else {
-            self.prefix(job, &e.job)
-        };
-        let text = if self.colour {
-            format!("{}\x1b[0m", e.text)
-        } else {
-            strip_sgr(&e.text)
-        };
+        let job = self.running.iter().find(|(_, (id, _))| *id == e.job).map(|(j, _)| *j).unwrap_or(0);
+        let prefix = if e.job.is_empty() { self.paint("1", "kiln") } else { self.prefix(job, &e.job) };
+        let text = if self.colour { format!("{}\x1b[0m", e.text) } else { strip_sgr(&e.text) };
         match e.stream {
             Stream::System if e.step.is_empty() => {
                 format!("{prefix} {}", self.paint("2", &format!("▸ {text}")))
@@ -185,39 +156,22 @@ impl Renderer {
         if !self.status_line || self.running.is_empty() {
             return;
         }
-        let names: Vec<String> = self
-            .running
-            .values()
-            .map(|(id, t)| format!("{id} {}s", t.elapsed().as_secs()))
-            .collect();
-        let line = format!(
-            "[{}/{}] running: {}",
-            self.done,
-            self.total,
-            names.join(", ")
-        );
+        let names: Vec<String> =
+            self.running.values().map(|(id, t)| format!("{id} {}s", t.elapsed().as_secs())).collect();
+        let line = format!("[{}/{}] running: {}", self.done, self.total, names.join(", "));
         let line: String = line.chars().take(160).collect();
         let _ = write!(out, "{}", self.paint("2", &line));
         self.drawn = true;
     }
 
     fn table(&self, s: &BuildSummary) -> String {
-        let w = s
-            .jobs
-            .iter()
-            .map(|j| j.id.chars().count())
-            .max()
-            .unwrap_or(3)
-            .max(3);
-        let mut t = format!(
-            "\n{:<w$}  {:<10}  {:>9}  REASON\n",
-            "JOB", "STATUS", "DURATION"
-        );
+        let w = s.jobs.iter().map(|j| j.id.chars().count()).max().unwrap_or(3).max(3);
+        let mut t = format!("\n{:<w$}  {:<10}  {:>9}  REASON\n", "JOB", "STATUS", "DURATION");
         for j in &s.jobs {
             let dur = match (&j.started_at, &j.finished_at) {
-                (Some(a), Some(b)) => duration_between(a, b)
-                    .map(kiln_engine::time::human_duration)
-                    .unwrap_or_default(),
+                (Some(a), Some(b)) => {
+                    duration_between(a, b).map(kiln_engine::time::human_duration).unwrap_or_default()
+                }
                 _ => "-".into(),
             };
             t.push_str(&format!(
@@ -252,10 +206,6 @@ pub fn plain_line(e: &LogEntry) -> String {
         (false, true) => e.job.clone(),
         (false, false) => format!("{} / {}", e.job, e.step),
     };
-    let mark = if e.stream == Stream::System {
-        "▸ "
-    } else {
-        ""
-    };
+    let mark = if e.stream == Stream::System { "▸ " } else { "" };
     format!("{} [{who}] {mark}{}", e.ts, strip_sgr(&e.text))
 }

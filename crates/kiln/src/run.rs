@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
-use kiln_engine::runner::sandbox::{
-    effective_isolation, SandboxRunner, SandboxRunnerConfig, TierKey,
-};
+use kiln_engine::runner::sandbox::{effective_isolation, SandboxRunner, SandboxRunnerConfig, TierKey};
 use kiln_engine::runner::Emitter;
 use kiln_engine::store::{Store, StoreWriter};
 use kiln_engine::{BuildOptions, Event};
@@ -43,16 +41,10 @@ fn default_workflow() -> anyhow::Result<PathBuf> {
     found.sort();
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => Err(anyhow!(
-            "no workflow file given and none found in .github/workflows/"
-        )),
+        0 => Err(anyhow!("no workflow file given and none found in .github/workflows/")),
         _ => Err(anyhow!(
             "several workflow files in .github/workflows/; name one: {}",
-            found
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         )),
     }
 }
@@ -88,10 +80,7 @@ fn print_diagnostics(diags: &Diagnostics, json: bool) {
             .iter()
             .map(|d| serde_json::json!({"file": d.file, "line": d.location.line, "column": d.location.column, "message": d.message}))
             .collect();
-        println!(
-            "{}",
-            serde_json::json!({"type": "error", "kind": "invalid-workflow", "diagnostics": list})
-        );
+        println!("{}", serde_json::json!({"type": "error", "kind": "invalid-workflow", "diagnostics": list}));
     }
     for d in &diags.0 {
         eprintln!("error: {d}");
@@ -107,11 +96,7 @@ pub fn validate(args: ValidateArgs) -> u8 {
                     serde_json::json!({"type": "valid", "jobs": plan.jobs.iter().map(|j| &j.id).collect::<Vec<_>>()})
                 );
             } else {
-                println!(
-                    "{}: valid, {} jobs",
-                    args.workflow.display(),
-                    plan.jobs.len()
-                );
+                println!("{}: valid, {} jobs", args.workflow.display(), plan.jobs.len());
             }
             0
         }
@@ -158,9 +143,7 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
         Err(code) => return Ok(code),
     };
     let source = match &args.source {
-        Some(s) => {
-            std::fs::canonicalize(s).with_context(|| format!("source directory {}", s.display()))?
-        }
+        Some(s) => std::fs::canonicalize(s).with_context(|| format!("source directory {}", s.display()))?,
         None => default_source(&workflow),
     };
     std::fs::create_dir_all(&args.state.state_dir)
@@ -191,11 +174,7 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
     kiln_engine::runner::sandbox::cleanup_interrupted(&state_dir, &leftovers);
     let build = kiln_engine::time::new_build_id();
     let src_info = kiln_engine::git::source_info(&source);
-    let jobs: Vec<(String, String)> = plan
-        .jobs
-        .iter()
-        .map(|j| (j.id.clone(), j.id.clone()))
-        .collect();
+    let jobs: Vec<(String, String)> = plan.jobs.iter().map(|j| (j.id.clone(), j.id.clone())).collect();
     store.insert_build(&build, &plan.name, &source.display().to_string(), &jobs)?;
     let writer = StoreWriter::spawn(store, build.clone());
 
@@ -210,11 +189,9 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
     };
     let opts = BuildOptions {
         build: build.clone(),
-        max_parallel: args.max_parallel.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        }),
+        max_parallel: args
+            .max_parallel
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         github: kiln_engine::contexts::github(&build, &plan.name, &src_info),
         runner: kiln_engine::contexts::runner(match operator {
             Isolation::Gvisor => "gvisor",
@@ -222,9 +199,7 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
         }),
     };
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let summary = rt.block_on(async {
         let (ui_tx, ui_rx) = mpsc::unbounded_channel::<Event>();
         let emitter = Emitter::new(&build, Some(ui_tx), Some(writer.sender()));
@@ -279,17 +254,9 @@ pub fn builds(args: BuildsArgs) -> u8 {
                 writeln!(out, "{}", serde_json::to_string(&b)?)?;
             }
         } else {
-            writeln!(
-                out,
-                "{:<30} {:<12} {:<26} PIPELINE",
-                "BUILD", "STATUS", "CREATED"
-            )?;
+            writeln!(out, "{:<30} {:<12} {:<26} PIPELINE", "BUILD", "STATUS", "CREATED")?;
             for b in rows {
-                writeln!(
-                    out,
-                    "{:<30} {:<12} {:<26} {}",
-                    b.id, b.status, b.created_at, b.pipeline
-                )?;
+                writeln!(out, "{:<30} {:<12} {:<26} {}", b.id, b.status, b.created_at, b.pipeline)?;
             }
         }
         Ok(())

@@ -8,19 +8,17 @@ use std::time::{Duration, Instant};
 
 use common::{Project, Run};
 
-const LONG: &str = r#"
-jobs:
-  long:
-    steps:
-      - run: |
-          echo sleeping
-          setsid sleep 617 &
-          sleep 617
-  after:
-    needs: long
-    steps:
-      - run: echo never
-"#;
+/// A long job whose processes are recognisable by `marker` (a sleep length
+/// unique to each test, since tests of both tiers run side by side).
+fn long(marker: u32) -> String {
+    format!(
+        "jobs:\n  long:\n    steps:\n      - run: |\n          echo sleeping\n          setsid sleep {marker} &\n          sleep {marker}\n  after:\n    needs: long\n    steps:\n      - run: echo never\n"
+    )
+}
+
+fn marker(test: u32, tier: &str) -> u32 {
+    6100 + test * 10 + u32::from(tier == "gvisor")
+}
 
 /// Starts `kiln run --json` and waits until the long step printed `sleeping`.
 fn start_long(p: &Project, tier: &str) -> (std::process::Child, Vec<String>) {
@@ -58,7 +56,7 @@ fn start_long(p: &Project, tier: &str) -> (std::process::Child, Vec<String>) {
     (child, seen)
 }
 
-fn leftovers(p: &Project) -> Vec<String> {
+fn leftovers(p: &Project, marker: u32) -> Vec<String> {
     let mut found = Vec::new();
     let state = p.state_dir().canonicalize().unwrap_or(p.state_dir());
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
@@ -67,15 +65,9 @@ fn leftovers(p: &Project) -> Vec<String> {
             found.push(format!("mount: {m}"));
         }
     }
-    let procs = Command::new("pgrep")
-        .args(["-f", "sleep 617"])
-        .output()
-        .unwrap();
+    let procs = Command::new("pgrep").args(["-f", &format!("sleep {marker}")]).output().unwrap();
     if !procs.stdout.is_empty() {
-        found.push(format!(
-            "processes: {}",
-            String::from_utf8_lossy(&procs.stdout)
-        ));
+        found.push(format!("processes: {}", String::from_utf8_lossy(&procs.stdout)));
     }
     let builds = state.join("builds");
     if let Ok(rd) = std::fs::read_dir(&builds) {
@@ -88,27 +80,16 @@ fn leftovers(p: &Project) -> Vec<String> {
 
 fn sandbox_cgroups(build: &str) -> Vec<String> {
     let out = Command::new("find")
-        .args([
-            "/sys/fs/cgroup",
-            "-maxdepth",
-            "6",
-            "-type",
-            "d",
-            "-name",
-            &format!("*{build}*"),
-        ])
+        .args(["/sys/fs/cgroup", "-maxdepth", "6", "-type", "d", "-name", &format!("*{build}*")])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
 }
 
-fn wait_clean(p: &Project) -> Vec<String> {
+fn wait_clean(p: &Project, marker: u32) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let l = leftovers(p);
+        let l = leftovers(p, marker);
         if l.is_empty() || Instant::now() > deadline {
             return l;
         }
@@ -117,103 +98,65 @@ fn wait_clean(p: &Project) -> Vec<String> {
 }
 
 per_tier!(sigint_cancels_and_leaves_nothing, |tier| {
-    let p = Project::new(LONG);
+    let m = marker(1, tier);
+    let p = Project::new(&long(m));
     let (child, _) = start_long(&p, tier);
     let pid = child.id();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    assert!(Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(130), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let list = p.kiln().args(["builds", "--json"]).output().unwrap();
     let b: serde_json::Value =
         serde_json::from_slice(list.stdout.split(|&c| c == b'\n').next().unwrap()).unwrap();
     assert_eq!(b["status"], "cancelled");
-    let logs = Run::parse(
-        p.kiln()
-            .args(["logs", b["id"].as_str().unwrap(), "--json"])
-            .output()
-            .unwrap(),
-    );
+    let logs = Run::parse(p.kiln().args(["logs", b["id"].as_str().unwrap(), "--json"]).output().unwrap());
     assert_eq!(logs.status("long"), "cancelled");
     assert_eq!(logs.status("after"), "cancelled");
-    assert_eq!(wait_clean(&p), Vec::<String>::new());
-    assert_eq!(
-        sandbox_cgroups(b["id"].as_str().unwrap()),
-        Vec::<String>::new()
-    );
+    assert_eq!(wait_clean(&p, m), Vec::<String>::new());
+    assert_eq!(sandbox_cgroups(b["id"].as_str().unwrap()), Vec::<String>::new());
 });
 
-per_tier!(
-    sigkill_leaves_a_readable_store_and_an_interrupted_build,
-    |tier| {
-        let p = Project::new(LONG);
-        let (mut child, _) = start_long(&p, tier);
-        child.kill().unwrap();
-        let _ = child.wait();
-        // The store is readable and the build is marked interrupted.
-        let list = p.kiln().args(["builds", "--json"]).output().unwrap();
-        assert!(
-            list.status.success(),
-            "{}",
-            String::from_utf8_lossy(&list.stderr)
-        );
-        let b: serde_json::Value =
-            serde_json::from_slice(list.stdout.split(|&c| c == b'\n').next().unwrap()).unwrap();
-        assert_eq!(b["status"], "interrupted");
-        let logs = p.kiln().args(["logs", "latest"]).output().unwrap();
-        assert!(String::from_utf8_lossy(&logs.stdout).contains("sleeping"));
-        // The next run cleans up what the dead one left.
-        p.write(
-            "ci.yml",
-            "jobs:\n  quick:\n    steps:\n      - run: echo quick\n",
-        );
-        let run = p.run(tier, &[]);
-        run.expect_code(0);
-        assert_eq!(wait_clean(&p), Vec::<String>::new());
-    }
-);
+per_tier!(sigkill_leaves_a_readable_store_and_an_interrupted_build, |tier| {
+    let m = marker(2, tier);
+    let p = Project::new(&long(m));
+    let (mut child, _) = start_long(&p, tier);
+    // The store commits every 100 ms: what is older than that survives kill -9.
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    let _ = child.wait();
+    // The store is readable and the build is marked interrupted.
+    let list = p.kiln().args(["builds", "--json"]).output().unwrap();
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let b: serde_json::Value =
+        serde_json::from_slice(list.stdout.split(|&c| c == b'\n').next().unwrap()).unwrap();
+    assert_eq!(b["status"], "interrupted");
+    let logs = p.kiln().args(["logs", "latest"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("sleeping"));
+    // The next run cleans up what the dead one left.
+    p.write("ci.yml", "jobs:\n  quick:\n    steps:\n      - run: echo quick\n");
+    let run = p.run(tier, &[]);
+    run.expect_code(0);
+    assert_eq!(wait_clean(&p, m), Vec::<String>::new());
+});
 
 #[test]
 fn builds_and_logs_read_back() {
-    let p = Project::new("name: readback\njobs:\n  one:\n    steps:\n      - run: echo first line; echo second line >&2\n");
+    let p = Project::new(
+        "name: readback\njobs:\n  one:\n    steps:\n      - run: echo first line; echo second line >&2\n",
+    );
     let run = p.run("container", &[]);
     run.expect_code(0);
     let build = run.summary["build"].as_str().unwrap().to_string();
     let list = p.kiln().args(["builds"]).output().unwrap();
     let text = String::from_utf8_lossy(&list.stdout);
-    assert!(
-        text.contains(&build) && text.contains("succeeded") && text.contains("readback"),
-        "{text}"
-    );
+    assert!(text.contains(&build) && text.contains("succeeded") && text.contains("readback"), "{text}");
     let logs = p.kiln().args(["logs", &build[..12]]).output().unwrap();
     let text = String::from_utf8_lossy(&logs.stdout);
-    assert!(
-        text.contains("first line") && text.contains("second line"),
-        "{text}"
-    );
+    assert!(text.contains("first line") && text.contains("second line"), "{text}");
     let json = Run::parse(p.kiln().args(["logs", &build, "--json"]).output().unwrap());
-    let seqs: Vec<u64> = json
-        .entries
-        .iter()
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect();
-    assert!(
-        seqs.windows(2).all(|w| w[1] == w[0] + 1),
-        "log sequence has gaps: {seqs:?}"
-    );
-    assert_eq!(
-        json.entries.len(),
-        run.entries.len(),
-        "stored log differs from the live one"
-    );
+    let seqs: Vec<u64> = json.entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "log sequence has gaps: {seqs:?}");
+    assert_eq!(json.entries.len(), run.entries.len(), "stored log differs from the live one");
     let missing = p.kiln().args(["logs", "nope"]).output().unwrap();
     assert_eq!(missing.status.code(), Some(2));
 }
@@ -221,12 +164,7 @@ fn builds_and_logs_read_back() {
 #[test]
 fn missing_runtime_is_named_with_the_fix() {
     let p = Project::new("jobs:\n  a:\n    steps: [{run: echo}]\n");
-    let out = p
-        .kiln()
-        .env("KILN_RUNSC", "/nonexistent/runsc")
-        .args(["run", "ci.yml"])
-        .output()
-        .unwrap();
+    let out = p.kiln().env("KILN_RUNSC", "/nonexistent/runsc").args(["run", "ci.yml"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("runsc") && err.contains("apt-get"), "{err}");

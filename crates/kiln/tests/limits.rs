@@ -6,18 +6,16 @@ mod common;
 use common::Project;
 
 fn hits(tier: &str, kiln: &str, script: &str, reason: &str) {
-    let wf = format!("jobs:\n  hog:\n    kiln: {{ {kiln} }}\n    steps:\n      - shell: bash\n        run: |\n{}\n", indent(script));
+    let wf = format!(
+        "jobs:\n  hog:\n    kiln: {{ {kiln} }}\n    steps:\n      - shell: bash\n        run: |\n{}\n",
+        indent(script)
+    );
     let p = Project::new(&wf);
     let run = p.run(tier, &[]);
     run.expect_code(1);
     let job = run.job("hog");
     assert_eq!(job["status"], "failed");
-    assert_eq!(
-        job["reason"].as_str(),
-        Some(reason),
-        "summary: {job}\nlog:\n{}",
-        run.all_text()
-    );
+    assert_eq!(job["reason"].as_str(), Some(reason), "summary: {job}\nlog:\n{}", run.all_text());
     assert!(
         run.system_lines("hog").iter().any(|l| l.contains(reason)),
         "the log does not say `{reason}`: {:?}",
@@ -26,10 +24,7 @@ fn hits(tier: &str, kiln: &str, script: &str, reason: &str) {
 }
 
 fn indent(s: &str) -> String {
-    s.lines()
-        .map(|l| format!("          {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    s.lines().map(|l| format!("          {l}")).collect::<Vec<_>>().join("\n")
 }
 
 per_tier!(memory, |tier| hits(

@@ -39,20 +39,9 @@ per_tier!(order_parallelism_and_outputs, |tier| {
     for j in ["a", "b", "c", "d"] {
         assert_eq!(run.status(j), "succeeded", "{j}");
     }
-    assert!(
-        run.lines("a")
-            .contains(&"env is set-by-env-file".to_string()),
-        "{:?}",
-        run.lines("a")
-    );
-    assert!(
-        run.lines("b").contains(&"b got hello".to_string()),
-        "{:?}",
-        run.lines("b")
-    );
-    assert!(run
-        .lines("c")
-        .contains(&"c sees result success".to_string()));
+    assert!(run.lines("a").contains(&"env is set-by-env-file".to_string()), "{:?}", run.lines("a"));
+    assert!(run.lines("b").contains(&"b got hello".to_string()), "{:?}", run.lines("b"));
+    assert!(run.lines("c").contains(&"c sees result success".to_string()));
     let (a, b, c, d) = (run.job("a"), run.job("b"), run.job("c"), run.job("d"));
     // Dependents start after their needs finish.
     assert!(ms(&b["started_at"]) >= ms(&a["finished_at"]));
@@ -60,8 +49,7 @@ per_tier!(order_parallelism_and_outputs, |tier| {
     assert!(ms(&d["started_at"]) >= ms(&b["finished_at"]).max(ms(&c["finished_at"])));
     // Independent jobs overlap.
     assert!(
-        ms(&b["started_at"]) < ms(&c["finished_at"])
-            && ms(&c["started_at"]) < ms(&b["finished_at"]),
+        ms(&b["started_at"]) < ms(&c["finished_at"]) && ms(&c["started_at"]) < ms(&b["finished_at"]),
         "b and c did not overlap: {b} {c}"
     );
     // Accounting is kept per job.
@@ -74,10 +62,7 @@ per_tier!(max_parallel_one_serialises, |tier| {
     let run = p.run(tier, &["--max-parallel", "1"]);
     run.expect_code(0);
     let (b, c) = (run.job("b"), run.job("c"));
-    assert!(
-        ms(&b["finished_at"]) <= ms(&c["started_at"])
-            || ms(&c["finished_at"]) <= ms(&b["started_at"])
-    );
+    assert!(ms(&b["finished_at"]) <= ms(&c["started_at"]) || ms(&c["finished_at"]) <= ms(&b["started_at"]));
 });
 
 const FAILURES: &str = r#"
@@ -132,20 +117,14 @@ per_tier!(failure_skips_dependents_unless_if_says_otherwise, |tier| {
     assert!(lines.contains(&"failure handler ran".to_string()));
     assert_eq!(run.status("dependent"), "skipped");
     assert_eq!(run.status("reporter"), "succeeded");
-    assert!(run
-        .lines("reporter")
-        .contains(&"broken was failure".to_string()));
+    assert!(run.lines("reporter").contains(&"broken was failure".to_string()));
     assert_eq!(run.status("on-fail"), "succeeded");
     // continue-on-error: the job failed but its dependents ran.
     assert_eq!(run.status("flaky"), "failed");
-    assert!(run.job("flaky")["reason"]
-        .as_str()
-        .unwrap_or("")
-        .contains("continue-on-error"));
+    assert!(run.job("flaky")["reason"].as_str().unwrap_or("").contains("continue-on-error"));
     assert_eq!(run.status("after-flaky"), "succeeded");
     assert!(
-        run.lines("after-flaky")
-            .contains(&"soft outcome=failure conclusion=success".to_string()),
+        run.lines("after-flaky").contains(&"soft outcome=failure conclusion=success".to_string()),
         "{:?}",
         run.lines("after-flaky")
     );
@@ -185,25 +164,17 @@ per_tier!(matrix_legs_have_stable_ids_and_fail_fast_cancels, |tier| {
     let run = p.run(tier, &["--max-parallel", "4"]);
     run.expect_code(1);
     assert_eq!(run.status("test (shard: 1)"), "succeeded");
-    assert!(
-        run.lines("test (shard: 2)")
-            .contains(&"shard 2 of 3 slow=true".to_string()),
-        "{:?}",
-        run.lines("test (shard: 2)")
-    );
+    // `include` merged `slow` into the shard-2 leg, so it is part of the leg's id.
+    let leg2 = "test (shard: 2, slow: true)";
+    assert!(run.lines(leg2).contains(&"shard 2 of 3 slow=true".to_string()), "{:?}", run.lines(leg2));
     assert_eq!(run.status("test (shard: 3)"), "failed");
-    assert!(run
-        .lines("summary")
-        .contains(&"test result failure".to_string()));
+    assert!(run.lines("summary").contains(&"test result failure".to_string()));
     assert_eq!(run.status("fast-fail (n: 1)"), "failed");
     // fail-fast (the default) stopped the other leg long before its 30 s sleep ended.
     assert_eq!(run.status("fast-fail (n: 2)"), "cancelled");
     let leg = run.job("fast-fail (n: 2)");
     if leg["started_at"].is_string() {
-        assert!(
-            ms(&leg["finished_at"]) - ms(&leg["started_at"]) < 25_000,
-            "{leg}"
-        );
+        assert!(ms(&leg["finished_at"]) - ms(&leg["started_at"]) < 25_000, "{leg}");
     }
 });
 
@@ -249,10 +220,7 @@ jobs:
         "python sees hello",
         "in /workspace/bin",
     ] {
-        assert!(
-            lines.contains(&want.to_string()),
-            "missing `{want}` in {lines:?}"
-        );
+        assert!(lines.contains(&want.to_string()), "missing `{want}` in {lines:?}");
     }
     assert!(lines.iter().any(|l| l.starts_with("a-b true")), "{lines:?}");
 });

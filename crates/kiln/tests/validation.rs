@@ -7,11 +7,7 @@ use common::Project;
 
 fn invalid(workflow: &str, expect: &[&str]) {
     let p = Project::new(workflow);
-    let out = p
-        .kiln()
-        .args(["run", "ci.yml", "--isolation", "container"])
-        .output()
-        .unwrap();
+    let out = p.kiln().args(["run", "ci.yml", "--isolation", "container"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     for e in expect {
@@ -21,20 +17,13 @@ fn invalid(workflow: &str, expect: &[&str]) {
     let db = p.state_dir().join("state.db");
     if db.exists() {
         let list = p.kiln().args(["builds", "--json"]).output().unwrap();
-        assert!(
-            list.stdout.is_empty(),
-            "a build was recorded: {}",
-            String::from_utf8_lossy(&list.stdout)
-        );
+        assert!(list.stdout.is_empty(), "a build was recorded: {}", String::from_utf8_lossy(&list.stdout));
     }
 }
 
 #[test]
 fn yaml_syntax_error_names_line() {
-    invalid(
-        "jobs:\n  a:\n    steps:\n      - run: [unclosed\n",
-        &["ci.yml:"],
-    );
+    invalid("jobs:\n  a:\n    steps:\n      - run: [unclosed\n", &["ci.yml:"]);
 }
 
 #[test]
@@ -47,10 +36,7 @@ fn unknown_key_has_did_you_mean() {
 
 #[test]
 fn needs_naming_no_job() {
-    invalid(
-        "jobs:\n  a:\n    needs: nope\n    steps:\n      - run: echo\n",
-        &["ci.yml:3:", "nope"],
-    );
+    invalid("jobs:\n  a:\n    needs: nope\n    steps:\n      - run: echo\n", &["ci.yml:3:", "nope"]);
 }
 
 #[test]
@@ -71,10 +57,7 @@ fn unsupported_uses_names_the_step() {
 
 #[test]
 fn container_and_services_are_refused() {
-    invalid(
-        "jobs:\n  a:\n    container: node:20\n    steps: [{run: echo}]\n",
-        &["ci.yml:3:", "container"],
-    );
+    invalid("jobs:\n  a:\n    container: node:20\n    steps: [{run: echo}]\n", &["ci.yml:3:", "container"]);
     invalid(
         "jobs:\n  a:\n    services:\n      db: {image: postgres}\n    steps: [{run: echo}]\n",
         &["services"],
@@ -83,10 +66,7 @@ fn container_and_services_are_refused() {
 
 #[test]
 fn bad_expression() {
-    invalid(
-        "jobs:\n  a:\n    steps:\n      - run: echo ${{ matirx.os }}\n",
-        &["ci.yml:4:", "matirx"],
-    );
+    invalid("jobs:\n  a:\n    steps:\n      - run: echo ${{ matirx.os }}\n", &["ci.yml:4:", "matirx"]);
 }
 
 #[test]

@@ -120,10 +120,7 @@ impl Emitter {
         ui: Option<mpsc::UnboundedSender<Event>>,
         store: Option<std::sync::mpsc::Sender<Event>>,
     ) -> Emitter {
-        Emitter {
-            inner: Arc::new(Mutex::new(EmitterInner { seq: 0, ui, store })),
-            build: build.into(),
-        }
+        Emitter { inner: Arc::new(Mutex::new(EmitterInner { seq: 0, ui, store })), build: build.into() }
     }
 
     pub fn build(&self) -> &str {

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use kiln_sandbox::{Bind, Isolation, Runtime, Sandbox, SandboxSpec, Workspace};
 use kiln_workflow::{
-    BoolOrExpr, Contexts, IsolationTier, JobResult, PlannedJob, Shell, StatusFns, StepAction,
-    StepSpec, Template,
+    BoolOrExpr, Contexts, IsolationTier, JobResult, PlannedJob, Shell, StatusFns, StepAction, StepSpec,
+    Template,
 };
 use serde_json::{json, Map, Value};
 use tokio::io::AsyncReadExt;
@@ -95,10 +95,7 @@ pub struct SandboxRunner {
 
 impl SandboxRunner {
     pub fn new(cfg: SandboxRunnerConfig) -> SandboxRunner {
-        SandboxRunner {
-            cfg,
-            next_id: AtomicU64::new(0),
-        }
+        SandboxRunner { cfg, next_id: AtomicU64::new(0) }
     }
 }
 
@@ -138,11 +135,8 @@ impl<'a> JobRun<'a> {
     fn new(runner: &'a SandboxRunner, req: &'a JobRequest) -> JobRun<'a> {
         let job = &req.plan.jobs[req.job];
         let limits = runner.cfg.limits.with_overrides(&job.spec.kiln);
-        let job_timeout = job
-            .spec
-            .timeout_minutes
-            .map(|m| Duration::from_secs_f64(m * 60.0))
-            .unwrap_or(limits.job_timeout);
+        let job_timeout =
+            job.spec.timeout_minutes.map(|m| Duration::from_secs_f64(m * 60.0)).unwrap_or(limits.job_timeout);
         let (isolation, _) = effective_isolation(runner.cfg.isolation, job.spec.kiln.isolation);
         JobRun {
             runner,
@@ -166,9 +160,7 @@ impl<'a> JobRun<'a> {
 
     fn sys(&self, step: &str, text: String) {
         let job = &self.req.plan.jobs[self.req.job];
-        self.req
-            .emitter
-            .log(&job.id, step, "", Stream::System, text);
+        self.req.emitter.log(&job.id, step, "", Stream::System, text);
     }
 
     fn contexts(&self) -> Contexts {
@@ -183,11 +175,7 @@ impl<'a> JobRun<'a> {
     }
 
     fn status_fns(&self) -> StatusFns {
-        StatusFns {
-            success: !self.failed,
-            failure: self.failed,
-            cancelled: *self.req.cancel.borrow(),
-        }
+        StatusFns { success: !self.failed, failure: self.failed, cancelled: *self.req.cancel.borrow() }
     }
 
     async fn run(&mut self, job: &PlannedJob) -> JobOutcome {
@@ -224,39 +212,24 @@ impl<'a> JobRun<'a> {
             }
         }
         outcome.exit_code = self.exit_code;
-        outcome.reason = if cancelled {
-            Some("cancelled".into())
-        } else {
-            self.reason.clone()
-        };
+        outcome.reason = if cancelled { Some("cancelled".into()) } else { self.reason.clone() };
         outcome.cpu_seconds = self.cpu_seconds;
         outcome.peak_memory_bytes = self.peak_memory;
         outcome
     }
 
     async fn setup(&mut self, job: &PlannedJob) -> Result<(), crate::EngineError> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| crate::EngineError::io("creating", &self.dir, e))?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| crate::EngineError::io("creating", &self.dir, e))?;
         let ws_dir = self.dir.join("workspace");
         let disk = self.limits.disk_bytes;
-        let ws = tokio::task::spawn_blocking(move || {
-            Workspace::create(&ws_dir, disk, STEP_UID, STEP_GID)
-        })
-        .await
-        .map_err(|e| {
-            crate::EngineError::io(
-                "creating workspace",
-                PathBuf::new(),
-                std::io::Error::other(e),
-            )
-        })??;
+        let ws = tokio::task::spawn_blocking(move || Workspace::create(&ws_dir, disk, STEP_UID, STEP_GID))
+            .await
+            .map_err(|e| {
+                crate::EngineError::io("creating workspace", PathBuf::new(), std::io::Error::other(e))
+            })??;
         self.workspace = Some(ws);
         // The job's env: rendered once, in order, each value seeing the ones before.
-        let status = StatusFns {
-            success: true,
-            failure: false,
-            cancelled: false,
-        };
+        let status = StatusFns { success: true, failure: false, cancelled: false };
         for (k, t) in &job.spec.env {
             let v = self.render(t, status).unwrap_or_default();
             self.env.insert(k.clone(), Value::String(v));
@@ -265,8 +238,7 @@ impl<'a> JobRun<'a> {
     }
 
     fn render(&self, t: &Template, status: StatusFns) -> Result<String, String> {
-        t.render(&self.contexts(), status)
-            .map_err(|e| e.to_string())
+        t.render(&self.contexts(), status).map_err(|e| e.to_string())
     }
 
     async fn teardown(&mut self) {
@@ -289,12 +261,7 @@ impl<'a> JobRun<'a> {
         match &step.action {
             StepAction::Checkout => "Checkout".to_string(),
             StepAction::Run { script, .. } => {
-                let first = script
-                    .source()
-                    .lines()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("")
-                    .trim();
+                let first = script.source().lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
                 let first: String = first.chars().take(60).collect();
                 format!("Run {first}")
             }
@@ -319,42 +286,23 @@ impl<'a> JobRun<'a> {
             },
         };
         let record_skip = |s: &mut Self| {
-            s.record_step(
-                k,
-                step,
-                &name,
-                StepStatus::Skipped,
-                None,
-                None,
-                None,
-                0.0,
-                0,
-                None,
-            );
+            s.record_step(k, step, &name, StepStatus::Skipped, None, None, None, 0.0, 0, None);
         };
         if !run {
             record_skip(self);
             return;
         }
-        self.req.emitter.emit(Event::StepStarted {
-            job: self.req.job,
-            step: k,
-            name: name.clone(),
-        });
+        self.req.emitter.emit(Event::StepStarted { job: self.req.job, step: k, name: name.clone() });
         let started_at = crate::time::now_rfc3339();
         let t0 = Instant::now();
         let phase = match step.action {
             StepAction::Checkout => "source-fetch",
             StepAction::Run { .. } => "build",
         };
-        self.req
-            .emitter
-            .log(&job.id, &name, phase, Stream::System, "step started".into());
+        self.req.emitter.log(&job.id, &name, phase, Stream::System, "step started".into());
         let result = match &step.action {
             StepAction::Checkout => self.checkout().await,
-            StepAction::Run { script, shell } => {
-                self.run_script(job, k, step, &name, script, *shell).await
-            }
+            StepAction::Run { script, shell } => self.run_script(job, k, step, &name, script, *shell).await,
         };
         let secs = t0.elapsed().as_secs_f64();
         let (outcome, exit, reason, cpu, mem, summary) = match result {
@@ -367,9 +315,7 @@ impl<'a> JobRun<'a> {
             (Some(c), None) => line.push_str(&format!(" (exit {c})")),
             (None, None) => {}
         }
-        self.req
-            .emitter
-            .log(&job.id, &name, phase, Stream::System, line);
+        self.req.emitter.log(&job.id, &name, phase, Stream::System, line);
         let conclusion = if outcome == StepStatus::Failure && self.step_continue_on_error(step) {
             StepStatus::Success
         } else {
@@ -411,11 +357,7 @@ impl<'a> JobRun<'a> {
             BoolOrExpr::Literal(b) => *b,
             BoolOrExpr::Expr(t) => t
                 .eval(&self.contexts(), self.status_fns())
-                .map(|v| {
-                    !matches!(v, Value::Null | Value::Bool(false))
-                        && v != json!("")
-                        && v != json!(0)
-                })
+                .map(|v| !matches!(v, Value::Null | Value::Bool(false)) && v != json!("") && v != json!(0))
                 .unwrap_or(false),
         }
     }
@@ -451,34 +393,20 @@ impl<'a> JobRun<'a> {
 
     fn finish_step(&mut self, k: usize, step: &StepSpec, record: StepRecord) {
         if let Some(id) = &step.id {
-            let outputs = self
-                .steps_ctx
-                .get(id)
-                .and_then(|s| s.get("outputs"))
-                .cloned()
-                .unwrap_or(json!({}));
+            let outputs = self.steps_ctx.get(id).and_then(|s| s.get("outputs")).cloned().unwrap_or(json!({}));
             self.steps_ctx.insert(
                 id.clone(),
                 json!({ "outputs": outputs, "outcome": record.outcome.as_str(), "conclusion": record.conclusion.as_str() }),
             );
         }
-        self.req.emitter.emit(Event::StepFinished {
-            job: self.req.job,
-            step: k,
-            record,
-        });
+        self.req.emitter.emit(Event::StepFinished { job: self.req.job, step: k, record });
     }
 
     async fn checkout(&mut self) -> Result<StepResult, String> {
         let Some(src) = self.runner.cfg.source.clone() else {
             return Err("actions/checkout: this build has no source directory".into());
         };
-        let ws = self
-            .workspace
-            .as_ref()
-            .ok_or("no workspace")?
-            .path()
-            .to_path_buf();
+        let ws = self.workspace.as_ref().ok_or("no workspace")?.path().to_path_buf();
         let skip = self.runner.cfg.source_skip.clone();
         let n = tokio::task::spawn_blocking(move || {
             super::workspace_copy::copy_source(&src, &ws, STEP_UID, STEP_GID, &skip)
@@ -512,31 +440,18 @@ impl<'a> JobRun<'a> {
         for (key, t) in &step.env {
             let mut ctx = self.contexts();
             ctx.env = Value::Object(env.clone());
-            let v = t
-                .render(&ctx, status)
-                .map_err(|e| format!("env {key}: {e}"))?;
+            let v = t.render(&ctx, status).map_err(|e| format!("env {key}: {e}"))?;
             env.insert(key.clone(), Value::String(v));
         }
         let mut ctx = self.contexts();
         ctx.env = Value::Object(env.clone());
-        let body = script
-            .render(&ctx, status)
-            .map_err(|e| format!("run: {e}"))?;
+        let body = script.render(&ctx, status).map_err(|e| format!("run: {e}"))?;
         let defaults = &job.spec.defaults;
         let wf_defaults = &self.req.plan.workflow.defaults;
-        let shell = shell
-            .or(defaults.shell)
-            .or(wf_defaults.shell)
-            .unwrap_or(Shell::Bash);
+        let shell = shell.or(defaults.shell).or(wf_defaults.shell).unwrap_or(Shell::Bash);
         let wd = match &step.working_directory {
-            Some(t) => Some(
-                t.render(&ctx, status)
-                    .map_err(|e| format!("working-directory: {e}"))?,
-            ),
-            None => defaults
-                .working_directory
-                .clone()
-                .or_else(|| wf_defaults.working_directory.clone()),
+            Some(t) => Some(t.render(&ctx, status).map_err(|e| format!("working-directory: {e}"))?),
+            None => defaults.working_directory.clone().or_else(|| wf_defaults.working_directory.clone()),
         };
         let cwd = match wd {
             Some(wd) => {
@@ -544,9 +459,7 @@ impl<'a> JobRun<'a> {
                     .map_err(|e| format!("working-directory `{wd}`: {e}"))?;
                 let host = self.workspace.as_ref().map(|w| w.path().join(&wd));
                 if !host.as_ref().map(|h| h.is_dir()).unwrap_or(false) {
-                    return Err(format!(
-                        "working-directory `{wd}` does not exist in the workspace"
-                    ));
+                    return Err(format!("working-directory `{wd}` does not exist in the workspace"));
                 }
                 format!("{WORKSPACE}/{}", wd.trim_start_matches("./"))
             }
@@ -559,54 +472,26 @@ impl<'a> JobRun<'a> {
         let script_dir = step_dir.join("script");
         let files_dir = step_dir.join("files");
         let bundle_dir = step_dir.join("bundle");
-        prepare_step_dirs(&script_dir, &files_dir, &bundle_dir, &body, shell)
-            .map_err(|e| e.to_string())?;
+        prepare_step_dirs(&script_dir, &files_dir, &bundle_dir, &body, shell).map_err(|e| e.to_string())?;
         let script_path = format!("{STEP_DIR}/script.{}", shell.extension());
 
-        let full_env = step_env(
-            &self.req.contexts.github,
-            job,
-            step,
-            k,
-            env,
-            &self.path_prefix,
-        );
-        let id = format!(
-            "kiln-{}-{}-{}",
-            sanitize_id(&self.req.build),
-            self.req.job,
-            n
-        );
+        let full_env = step_env(&self.req.contexts.github, job, step, k, env, &self.path_prefix);
+        let id = format!("kiln-{}-{}-{}", sanitize_id(&self.req.build), self.req.job, n);
         let spec = SandboxSpec {
             id,
             argv: shell.argv(&script_path),
             env: full_env,
             cwd,
-            workspace: self
-                .workspace
-                .as_ref()
-                .ok_or("no workspace")?
-                .path()
-                .to_path_buf(),
+            workspace: self.workspace.as_ref().ok_or("no workspace")?.path().to_path_buf(),
             binds: vec![
-                Bind {
-                    source: script_dir.clone(),
-                    destination: STEP_DIR.into(),
-                    writable: false,
-                },
-                Bind {
-                    source: files_dir.clone(),
-                    destination: FILES_DIR.into(),
-                    writable: true,
-                },
+                Bind { source: script_dir.clone(), destination: STEP_DIR.into(), writable: false },
+                Bind { source: files_dir.clone(), destination: FILES_DIR.into(), writable: true },
             ],
             limits: self.limits.sandbox_limits(),
             uid: STEP_UID,
             gid: STEP_GID,
         };
-        let step_timeout = step
-            .timeout_minutes
-            .map(|m| Duration::from_secs_f64(m * 60.0));
+        let step_timeout = step.timeout_minutes.map(|m| Duration::from_secs_f64(m * 60.0));
         let (deadline, timeout_len) = match step_timeout {
             Some(t) if Instant::now() + t < self.deadline => (Instant::now() + t, t),
             _ => (self.deadline, self.job_timeout),
@@ -627,15 +512,8 @@ impl<'a> JobRun<'a> {
             over: Arc::new(Notify::new()),
             tripped: Arc::new(AtomicBool::new(false)),
         };
-        let run = run_sandbox(
-            runtime,
-            spec,
-            bundle_dir,
-            logger.clone(),
-            deadline,
-            self.req.cancel.clone(),
-        )
-        .await;
+        let run =
+            run_sandbox(runtime, spec, bundle_dir, logger.clone(), deadline, self.req.cancel.clone()).await;
         let (outcome, stopped) = match run {
             Ok(v) => v,
             Err(e) => return Err(StopReason::Infrastructure(e).to_string()),
@@ -645,9 +523,7 @@ impl<'a> JobRun<'a> {
         // enforced (a fork bomb that also ran out the clock is a process-limit
         // problem), then kiln's own stops.
         let limit = match outcome.limit {
-            Some(kiln_sandbox::LimitHit::Memory { limit_bytes }) => {
-                Some(StopReason::Memory { limit_bytes })
-            }
+            Some(kiln_sandbox::LimitHit::Memory { limit_bytes }) => Some(StopReason::Memory { limit_bytes }),
             Some(kiln_sandbox::LimitHit::Pids { limit }) => Some(StopReason::Pids { limit }),
             None => None,
         };
@@ -655,30 +531,20 @@ impl<'a> JobRun<'a> {
             Some(Stop::Cancelled) => Some(StopReason::Cancelled),
             _ if limit.is_some() => limit,
             Some(Stop::Timeout) => Some(StopReason::Timeout { after: timeout_len }),
-            Some(Stop::Log) => Some(StopReason::Log {
-                limit_bytes: self.limits.log_bytes,
-            }),
+            Some(Stop::Log) => Some(StopReason::Log { limit_bytes: self.limits.log_bytes }),
             None => None,
         };
         let exit = outcome.exit_code.or(outcome.signal.map(|s| 128 + s));
         if reason.is_none() && exit != Some(0) {
             if let Some(ws) = &self.workspace {
                 if ws.is_full() {
-                    reason = Some(StopReason::Disk {
-                        limit_bytes: self.limits.disk_bytes,
-                    });
+                    reason = Some(StopReason::Disk { limit_bytes: self.limits.disk_bytes });
                 }
             }
         }
         if let Some(r) = &reason {
             if !matches!(r, StopReason::Cancelled) {
-                self.req.emitter.log(
-                    &job.id,
-                    name,
-                    "build",
-                    Stream::System,
-                    format!("step stopped: {r}"),
-                );
+                self.req.emitter.log(&job.id, name, "build", Stream::System, format!("step stopped: {r}"));
             }
         }
         let status = match (&reason, exit) {
@@ -712,8 +578,7 @@ impl<'a> JobRun<'a> {
         dir: &Path,
         summary: &mut Option<String>,
     ) {
-        let warn =
-            |s: &Self, m: String| s.req.emitter.log(&job.id, name, "build", Stream::System, m);
+        let warn = |s: &Self, m: String| s.req.emitter.log(&job.id, name, "build", Stream::System, m);
         match read_bounded(&dir.join("output"), "GITHUB_OUTPUT")
             .and_then(|t| parse_assignments(&t, "GITHUB_OUTPUT"))
         {
@@ -723,15 +588,12 @@ impl<'a> JobRun<'a> {
                     for (k, v) in pairs {
                         outputs.insert(k, Value::String(v));
                     }
-                    self.steps_ctx
-                        .insert(id.clone(), json!({ "outputs": outputs }));
+                    self.steps_ctx.insert(id.clone(), json!({ "outputs": outputs }));
                 }
             }
             Err(e) => warn(self, format!("ignored {e}")),
         }
-        match read_bounded(&dir.join("env"), "GITHUB_ENV")
-            .and_then(|t| parse_assignments(&t, "GITHUB_ENV"))
-        {
+        match read_bounded(&dir.join("env"), "GITHUB_ENV").and_then(|t| parse_assignments(&t, "GITHUB_ENV")) {
             Ok(pairs) => {
                 for (k, v) in pairs {
                     if protected_env(&k) {
@@ -749,9 +611,7 @@ impl<'a> JobRun<'a> {
                     if line.contains(':') || !line.starts_with('/') {
                         warn(
                             self,
-                            format!(
-                                "GITHUB_PATH: ignored `{line}` (absolute paths without `:` only)"
-                            ),
+                            format!("GITHUB_PATH: ignored `{line}` (absolute paths without `:` only)"),
                         );
                         continue;
                     }
@@ -769,14 +629,7 @@ impl<'a> JobRun<'a> {
 }
 
 /// (outcome, exit code, reason, cpu seconds, peak memory, summary)
-type StepResult = (
-    StepStatus,
-    Option<i32>,
-    Option<String>,
-    f64,
-    u64,
-    Option<String>,
-);
+type StepResult = (StepStatus, Option<i32>, Option<String>, f64, u64, Option<String>);
 
 /// Variables a step may not change through `$GITHUB_ENV`.
 fn protected_env(name: &str) -> bool {
@@ -822,23 +675,12 @@ fn unmount_below(dir: &Path) {
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in points {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&p)
-            .status();
+        let _ = std::process::Command::new("umount").arg("-l").arg(&p).status();
     }
 }
 
 fn sanitize_id(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect()
 }
 
 fn prepare_step_dirs(
@@ -875,13 +717,7 @@ fn step_env(
     user: Map<String, Value>,
     path_prefix: &[String],
 ) -> Vec<(String, String)> {
-    let g = |k: &str| {
-        github
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
+    let g = |k: &str| github.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let mut path = path_prefix.to_vec();
     path.push(DEFAULT_PATH.to_string());
     let mut env: Vec<(String, String)> = Vec::new();
@@ -917,24 +753,13 @@ fn step_env(
         ("GITHUB_WORKFLOW", g("workflow")),
         ("GITHUB_ACTOR", g("actor")),
         ("GITHUB_JOB", job.key.clone()),
-        (
-            "GITHUB_ACTION",
-            step.id.clone().unwrap_or_else(|| format!("__run_{k}")),
-        ),
+        ("GITHUB_ACTION", step.id.clone().unwrap_or_else(|| format!("__run_{k}"))),
         ("GITHUB_OUTPUT", format!("{FILES_DIR}/output")),
         ("GITHUB_ENV", format!("{FILES_DIR}/env")),
         ("GITHUB_PATH", format!("{FILES_DIR}/path")),
         ("GITHUB_STEP_SUMMARY", format!("{FILES_DIR}/summary")),
         ("RUNNER_OS", "Linux".to_string()),
-        (
-            "RUNNER_ARCH",
-            if cfg!(target_arch = "aarch64") {
-                "ARM64"
-            } else {
-                "X64"
-            }
-            .to_string(),
-        ),
+        ("RUNNER_ARCH", if cfg!(target_arch = "aarch64") { "ARM64" } else { "X64" }.to_string()),
         ("RUNNER_NAME", "kiln".to_string()),
         ("RUNNER_TEMP", "/tmp".to_string()),
         ("RUNNER_TOOL_CACHE", "/tmp/toolcache".to_string()),
@@ -981,8 +806,7 @@ impl StepLogger {
 
     fn line(&self, stream: Stream, text: String) {
         // The secrets scrubber goes here: nothing upstream of this is stored.
-        self.emitter
-            .log(&self.job, &self.step, "build", stream, text);
+        self.emitter.log(&self.job, &self.step, "build", stream, text);
     }
 }
 
@@ -1019,17 +843,13 @@ async fn run_sandbox(
     deadline: Instant,
     mut cancel: watch::Receiver<bool>,
 ) -> Result<(kiln_sandbox::Outcome, Option<Stop>), String> {
-    let sandbox =
-        tokio::task::spawn_blocking(move || Sandbox::prepare(&runtime, &spec, &bundle_dir))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+    let sandbox = tokio::task::spawn_blocking(move || Sandbox::prepare(&runtime, &spec, &bundle_dir))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     let sandbox = Arc::new(sandbox);
     let mut cmd = tokio::process::Command::from(sandbox.command());
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -1038,16 +858,8 @@ async fn run_sandbox(
             return Err(format!("starting the sandbox runtime: {e}"));
         }
     };
-    let out = tokio::spawn(pump(
-        child.stdout.take().expect("piped"),
-        Stream::Stdout,
-        logger.clone(),
-    ));
-    let err = tokio::spawn(pump(
-        child.stderr.take().expect("piped"),
-        Stream::Stderr,
-        logger.clone(),
-    ));
+    let out = tokio::spawn(pump(child.stdout.take().expect("piped"), Stream::Stdout, logger.clone()));
+    let err = tokio::spawn(pump(child.stderr.take().expect("piped"), Stream::Stderr, logger.clone()));
     let over = logger.over.clone();
     let (status, stopped) = tokio::select! {
         s = child.wait() => (Some(s), None),
@@ -1108,10 +920,7 @@ mod tests {
             effective_isolation(Isolation::Container, Some(IsolationTier::Gvisor)),
             (Isolation::Gvisor, false)
         );
-        assert_eq!(
-            effective_isolation(Isolation::Container, None),
-            (Isolation::Container, false)
-        );
+        assert_eq!(effective_isolation(Isolation::Container, None), (Isolation::Container, false));
     }
 
     #[test]

@@ -24,19 +24,12 @@ pub enum StepFileError {
     #[error("{name}: {message}")]
     Io { name: String, message: String },
     #[error("{name} line {line}: {message}")]
-    Syntax {
-        name: String,
-        line: usize,
-        message: String,
-    },
+    Syntax { name: String, line: usize, message: String },
 }
 
 /// Reads a step file safely; a missing file reads as empty.
 pub fn read_bounded(path: &Path, name: &str) -> Result<String, StepFileError> {
-    let io = |e: std::io::Error| StepFileError::Io {
-        name: name.to_string(),
-        message: e.to_string(),
-    };
+    let io = |e: std::io::Error| StepFileError::Io { name: name.to_string(), message: e.to_string() };
     let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -45,33 +38,21 @@ pub fn read_bounded(path: &Path, name: &str) -> Result<String, StepFileError> {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(StepFileError::NotRegular {
-                name: name.to_string(),
-            })
+            return Err(StepFileError::NotRegular { name: name.to_string() })
         }
         Err(e) => return Err(io(e)),
     };
     let meta = file.metadata().map_err(io)?;
     if !meta.file_type().is_file() {
-        return Err(StepFileError::NotRegular {
-            name: name.to_string(),
-        });
+        return Err(StepFileError::NotRegular { name: name.to_string() });
     }
     if meta.len() > MAX_STEP_FILE_BYTES {
-        return Err(StepFileError::TooLarge {
-            name: name.to_string(),
-            max: MAX_STEP_FILE_BYTES,
-        });
+        return Err(StepFileError::TooLarge { name: name.to_string(), max: MAX_STEP_FILE_BYTES });
     }
     let mut buf = Vec::new();
-    file.take(MAX_STEP_FILE_BYTES + 1)
-        .read_to_end(&mut buf)
-        .map_err(io)?;
+    file.take(MAX_STEP_FILE_BYTES + 1).read_to_end(&mut buf).map_err(io)?;
     if buf.len() as u64 > MAX_STEP_FILE_BYTES {
-        return Err(StepFileError::TooLarge {
-            name: name.to_string(),
-            max: MAX_STEP_FILE_BYTES,
-        });
+        return Err(StepFileError::TooLarge { name: name.to_string(), max: MAX_STEP_FILE_BYTES });
     }
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
@@ -79,11 +60,7 @@ pub fn read_bounded(path: &Path, name: &str) -> Result<String, StepFileError> {
 /// Parses the `NAME=value` / `NAME<<DELIM ... DELIM` format of
 /// `$GITHUB_OUTPUT` and `$GITHUB_ENV`.
 pub fn parse_assignments(text: &str, name: &str) -> Result<Vec<(String, String)>, StepFileError> {
-    let err = |line: usize, message: String| StepFileError::Syntax {
-        name: name.to_string(),
-        line,
-        message,
-    };
+    let err = |line: usize, message: String| StepFileError::Syntax { name: name.to_string(), line, message };
     let mut out = Vec::new();
     let mut lines = text.lines().enumerate();
     while let Some((i, line)) = lines.next() {
@@ -128,16 +105,11 @@ pub fn parse_assignments(text: &str, name: &str) -> Result<Vec<(String, String)>
 fn check_name(key: &str) -> Result<(), String> {
     let ok = !key.is_empty()
         && key.len() <= 256
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "invalid name `{}`",
-            key.chars().take(64).collect::<String>()
-        ))
+        Err(format!("invalid name `{}`", key.chars().take(64).collect::<String>()))
     }
 }
 
@@ -174,29 +146,17 @@ mod tests {
         std::fs::write(&secret, "host secret").unwrap();
         let link = dir.path().join("out");
         std::os::unix::fs::symlink(&secret, &link).unwrap();
-        assert!(matches!(
-            read_bounded(&link, "out"),
-            Err(StepFileError::NotRegular { .. })
-        ));
+        assert!(matches!(read_bounded(&link, "out"), Err(StepFileError::NotRegular { .. })));
 
         let fifo = dir.path().join("fifo");
-        let status = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
+        let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
         assert!(status.success());
-        assert!(matches!(
-            read_bounded(&fifo, "fifo"),
-            Err(StepFileError::NotRegular { .. })
-        ));
+        assert!(matches!(read_bounded(&fifo, "fifo"), Err(StepFileError::NotRegular { .. })));
 
         let big = dir.path().join("big");
         let f = std::fs::File::create(&big).unwrap();
         f.set_len(MAX_STEP_FILE_BYTES + 1).unwrap();
-        assert!(matches!(
-            read_bounded(&big, "big"),
-            Err(StepFileError::TooLarge { .. })
-        ));
+        assert!(matches!(read_bounded(&big, "big"), Err(StepFileError::TooLarge { .. })));
 
         assert_eq!(read_bounded(&dir.path().join("missing"), "m").unwrap(), "");
     }

@@ -15,25 +15,10 @@ use crate::error::EngineError;
 
 /// Copies `src` into `dst` (which exists), owned by `uid:gid`. Returns the
 /// number of files copied.
-pub fn copy_source(
-    src: &Path,
-    dst: &Path,
-    uid: u32,
-    gid: u32,
-    skip: &[PathBuf],
-) -> Result<u64, EngineError> {
+pub fn copy_source(src: &Path, dst: &Path, uid: u32, gid: u32, skip: &[PathBuf]) -> Result<u64, EngineError> {
     let listed = git_listed_files(src);
     let mut count = 0;
-    copy_dir(
-        src,
-        dst,
-        Path::new(""),
-        uid,
-        gid,
-        skip,
-        listed.as_ref(),
-        &mut count,
-    )?;
+    copy_dir(src, dst, Path::new(""), uid, gid, skip, listed.as_ref(), &mut count)?;
     Ok(count)
 }
 
@@ -49,8 +34,7 @@ fn copy_dir(
     count: &mut u64,
 ) -> Result<(), EngineError> {
     let dir = src.join(rel);
-    let entries =
-        std::fs::read_dir(&dir).map_err(|e| EngineError::io("reading source dir", &dir, e))?;
+    let entries = std::fs::read_dir(&dir).map_err(|e| EngineError::io("reading source dir", &dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| EngineError::io("reading source dir", &dir, e))?;
         let rel_path = rel.join(entry.file_name());
@@ -58,14 +42,9 @@ fn copy_dir(
         if skip.iter().any(|s| s == &from) {
             continue;
         }
-        let in_git_dir = rel_path
-            .components()
-            .next()
-            .map(|c| c.as_os_str() == ".git")
-            .unwrap_or(false);
+        let in_git_dir = rel_path.components().next().map(|c| c.as_os_str() == ".git").unwrap_or(false);
         let to = dst.join(&rel_path);
-        let meta =
-            std::fs::symlink_metadata(&from).map_err(|e| EngineError::io("reading", &from, e))?;
+        let meta = std::fs::symlink_metadata(&from).map_err(|e| EngineError::io("reading", &from, e))?;
         let ft = meta.file_type();
         if ft.is_dir() {
             if let Some(listed) = listed {
@@ -74,11 +53,8 @@ fn copy_dir(
                 }
             }
             std::fs::create_dir(&to).map_err(|e| EngineError::io("creating", &to, e))?;
-            std::fs::set_permissions(
-                &to,
-                std::fs::Permissions::from_mode(meta.permissions().mode() & 0o777),
-            )
-            .map_err(|e| EngineError::io("chmod", &to, e))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(meta.permissions().mode() & 0o777))
+                .map_err(|e| EngineError::io("chmod", &to, e))?;
             copy_dir(src, dst, &rel_path, uid, gid, skip, listed, count)?;
         } else if ft.is_file() || ft.is_symlink() {
             if let Some(listed) = listed {
@@ -94,8 +70,8 @@ fn copy_dir(
                 )
                 .map_err(|e| EngineError::io("chmod", &to, e))?;
             } else {
-                let target = std::fs::read_link(&from)
-                    .map_err(|e| EngineError::io("reading link", &from, e))?;
+                let target =
+                    std::fs::read_link(&from).map_err(|e| EngineError::io("reading link", &from, e))?;
                 std::os::unix::fs::symlink(&target, &to)
                     .map_err(|e| EngineError::io("creating link", &to, e))?;
             }
@@ -112,13 +88,7 @@ fn copy_dir(
 /// is not in a git work tree. git runs with every hook and fsmonitor off.
 fn git_listed_files(src: &Path) -> Option<BTreeSet<PathBuf>> {
     let out = crate::git::hardened_git(src)
-        .args([
-            "ls-files",
-            "-z",
-            "--cached",
-            "--others",
-            "--exclude-standard",
-        ])
+        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
         .output()
         .ok()?;
     if !out.status.success() {
@@ -146,23 +116,10 @@ mod tests {
         std::fs::write(src.path().join(".kiln/state.db"), "x").unwrap();
         let (uid, gid) = (std::fs::metadata(src.path()).unwrap().uid(), 0);
         use std::os::unix::fs::MetadataExt;
-        let n = copy_source(
-            src.path(),
-            dst.path(),
-            uid,
-            gid,
-            &[src.path().join(".kiln")],
-        )
-        .unwrap();
+        let n = copy_source(src.path(), dst.path(), uid, gid, &[src.path().join(".kiln")]).unwrap();
         assert_eq!(n, 2);
-        assert_eq!(
-            std::fs::read_to_string(dst.path().join("sub/a.txt")).unwrap(),
-            "a"
-        );
-        assert!(std::fs::symlink_metadata(dst.path().join("evil"))
-            .unwrap()
-            .file_type()
-            .is_symlink());
+        assert_eq!(std::fs::read_to_string(dst.path().join("sub/a.txt")).unwrap(), "a");
+        assert!(std::fs::symlink_metadata(dst.path().join("evil")).unwrap().file_type().is_symlink());
         assert!(!dst.path().join(".kiln").exists());
     }
 }

@@ -114,20 +114,12 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, EngineError> {
         std::fs::create_dir_all(dir).map_err(|e| EngineError::io("creating state dir", dir, e))?;
         let path = dir.join("state.db");
-        let wrap = |source| EngineError::Store {
-            path: path.clone(),
-            source,
-        };
+        let wrap = |source| EngineError::Store { path: path.clone(), source };
         let conn = Connection::open(&path).map_err(wrap)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(wrap)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(wrap)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(wrap)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(wrap)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(wrap)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(wrap)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(wrap)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(wrap)?;
         if version > SCHEMA_VERSION {
             return Err(EngineError::Store {
                 path: path.clone(),
@@ -137,13 +129,8 @@ impl Store {
             });
         }
         conn.execute_batch(SCHEMA).map_err(wrap)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(wrap)?;
-        let mut store = Store {
-            conn,
-            path,
-            interrupted: Vec::new(),
-        };
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(wrap)?;
+        let mut store = Store { conn, path, interrupted: Vec::new() };
         store.interrupted = store.mark_interrupted()?;
         Ok(store)
     }
@@ -159,12 +146,9 @@ impl Store {
 
     /// Builds (and their jobs) still `running` whose process no longer exists.
     fn mark_interrupted(&self) -> Result<Vec<String>, EngineError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, pid FROM builds WHERE status = 'running'")?;
-        let rows: Vec<(String, i64)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
+        let mut stmt = self.conn.prepare("SELECT id, pid FROM builds WHERE status = 'running'")?;
+        let rows: Vec<(String, i64)> =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
         let mut marked = Vec::new();
         for (id, pid) in rows {
             if Path::new(&format!("/proc/{pid}")).exists() && pid as u32 != std::process::id() {
@@ -228,14 +212,8 @@ impl Store {
 
     /// Resolves a build id or a unique prefix of one (`latest` is the newest).
     pub fn resolve_build(&self, id: &str) -> Result<BuildRow, EngineError> {
-        let all = if id == "latest" {
-            self.builds(1)?
-        } else {
-            self.builds(usize::MAX >> 1)?
-        };
-        let mut found = all
-            .into_iter()
-            .filter(|b| id == "latest" || b.id == id || b.id.starts_with(id));
+        let all = if id == "latest" { self.builds(1)? } else { self.builds(usize::MAX >> 1)? };
+        let mut found = all.into_iter().filter(|b| id == "latest" || b.id == id || b.id.starts_with(id));
         match (found.next(), found.next()) {
             (Some(b), None) => Ok(b),
             _ => Err(EngineError::UnknownBuild(id.to_string())),
@@ -290,9 +268,7 @@ impl Store {
     pub fn build_status(&self, build: &str) -> Result<Option<String>, EngineError> {
         Ok(self
             .conn
-            .query_row("SELECT status FROM builds WHERE id = ?1", [build], |r| {
-                r.get(0)
-            })
+            .query_row("SELECT status FROM builds WHERE id = ?1", [build], |r| r.get(0))
             .optional()?)
     }
 
@@ -309,24 +285,13 @@ mod tests {
     fn a_running_build_of_a_dead_process_is_interrupted_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store
-            .insert_build("b1", "ci", "/src", &[("build".into(), "build".into())])
-            .unwrap();
+        store.insert_build("b1", "ci", "/src", &[("build".into(), "build".into())]).unwrap();
         // Pretend the build belongs to a process that is gone.
-        store
-            .conn
-            .execute("UPDATE builds SET pid = 999999999", [])
-            .unwrap();
-        store
-            .conn
-            .execute("UPDATE jobs SET status = 'running'", [])
-            .unwrap();
+        store.conn.execute("UPDATE builds SET pid = 999999999", []).unwrap();
+        store.conn.execute("UPDATE jobs SET status = 'running'", []).unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            store.build_status("b1").unwrap().as_deref(),
-            Some("interrupted")
-        );
+        assert_eq!(store.build_status("b1").unwrap().as_deref(), Some("interrupted"));
         assert_eq!(store.jobs("b1").unwrap()[0].status, "interrupted");
     }
 

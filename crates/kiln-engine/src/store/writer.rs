@@ -27,10 +27,7 @@ impl StoreWriter {
             .name("kiln-store-writer".into())
             .spawn(move || run(store, build, rx))
             .expect("spawning the store writer thread");
-        StoreWriter {
-            tx: Some(tx),
-            handle: Some(handle),
-        }
+        StoreWriter { tx: Some(tx), handle: Some(handle) }
     }
 
     pub fn sender(&self) -> mpsc::Sender<Event> {
@@ -80,9 +77,7 @@ fn apply(store: &Store, build: &str, events: &[Event]) -> Result<(), crate::Engi
                     params![build, l.seq as i64, l.ts, l.job, l.step, l.phase, l.stream.as_str(), l.text],
                 )?;
             }
-            Event::JobStarted {
-                job, started_at, ..
-            } => {
+            Event::JobStarted { job, started_at, .. } => {
                 tx.execute(
                     "UPDATE jobs SET status = 'running', started_at = ?3 WHERE build_id = ?1 AND idx = ?2",
                     params![build, *job as i64, started_at],

@@ -15,11 +15,8 @@ pub const STEP_GID: u32 = 1000;
 
 pub fn require_root() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let uid = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap();
+    let uid =
+        status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).unwrap();
     assert_eq!(
         uid, "0",
         "these integration tests run real sandboxes and need root (euid 0); run them as root"
@@ -43,12 +40,7 @@ pub fn id(name: &str, tier: Isolation) -> String {
 }
 
 pub fn limits() -> Limits {
-    Limits {
-        memory_bytes: 256 << 20,
-        pids: 128,
-        cpus: 1.0,
-        tmp_bytes: 8 << 20,
-    }
+    Limits { memory_bytes: 256 << 20, pids: 128, cpus: 1.0, tmp_bytes: 8 << 20 }
 }
 
 /// A plain workspace directory owned by the step user.
@@ -85,12 +77,7 @@ pub struct Run {
 pub fn run_spec(tier: Isolation, spec: &SandboxSpec, scratch: &Path, timeout: Duration) -> Run {
     let rt = runtime(tier);
     let sb = Sandbox::prepare(&rt, spec, scratch).expect("prepare");
-    let child = sb
-        .command()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn runtime");
+    let child = sb.command().stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn runtime");
     let killer = sb.killer();
     let (tx, rx) = mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
@@ -123,14 +110,10 @@ pub fn run(name: &str, tier: Isolation, script: &str) -> Run {
 pub fn assert_clean(tier: Isolation, id: &str) {
     let rt = runtime(tier);
     let list = rt.list().expect("list");
-    assert!(
-        !list.iter().any(|c| c == id),
-        "container {id} still listed: {list:?}"
-    );
-    for c in [
-        "memory", "pids", "cpu", "cpuacct", "freezer", "devices", "cpuset", "blkio", "systemd",
-        "unified",
-    ] {
+    assert!(!list.iter().any(|c| c == id), "container {id} still listed: {list:?}");
+    for c in
+        ["memory", "pids", "cpu", "cpuacct", "freezer", "devices", "cpuset", "blkio", "systemd", "unified"]
+    {
         let p = Path::new("/sys/fs/cgroup").join(c).join("kiln").join(id);
         assert!(!p.exists(), "cgroup {} left behind", p.display());
     }

@@ -62,13 +62,9 @@ fn eval_val(ast: &Ast, ctx: &Contexts, status: StatusFns) -> Result<Val, String>
             let i = eval(i, ctx, status)?;
             match eval_val(base, ctx, status)? {
                 Val::Plain(v) => Val::Plain(index(&v, &i)),
-                Val::Filtered(items) => Val::Filtered(
-                    items
-                        .iter()
-                        .map(|v| index(v, &i))
-                        .filter(|v| !v.is_null())
-                        .collect(),
-                ),
+                Val::Filtered(items) => {
+                    Val::Filtered(items.iter().map(|v| index(v, &i)).filter(|v| !v.is_null()).collect())
+                }
             }
         }
         Ast::Star(base) => match eval_val(base, ctx, status)? {
@@ -108,10 +104,7 @@ fn eval_val(ast: &Ast, ctx: &Contexts, status: StatusFns) -> Result<Val, String>
             Val::Plain(Value::Bool(res))
         }
         Ast::Call(f, args) => {
-            let args = args
-                .iter()
-                .map(|a| eval(a, ctx, status))
-                .collect::<Result<Vec<_>, _>>()?;
+            let args = args.iter().map(|a| eval(a, ctx, status)).collect::<Result<Vec<_>, _>>()?;
             Val::Plain(f.call(&args, status)?)
         }
     })

@@ -51,10 +51,7 @@ impl Func {
 
     /// Function names are case-insensitive.
     pub fn lookup(name: &str) -> Option<Func> {
-        Func::NAMES
-            .iter()
-            .position(|n| n.eq_ignore_ascii_case(name))
-            .map(|i| Func::ALL[i])
+        Func::NAMES.iter().position(|n| n.eq_ignore_ascii_case(name)).map(|i| Func::ALL[i])
     }
 
     pub fn name(self) -> &'static str {
@@ -62,10 +59,7 @@ impl Func {
     }
 
     pub fn is_status(self) -> bool {
-        matches!(
-            self,
-            Func::Success | Func::Failure | Func::Always | Func::Cancelled
-        )
+        matches!(self, Func::Success | Func::Failure | Func::Always | Func::Cancelled)
     }
 
     pub fn arity(self) -> (usize, usize) {
@@ -91,11 +85,7 @@ impl Func {
             Func::EndsWith => Value::Bool(fold(&arg(0)).ends_with(&fold(&arg(1)))),
             Func::Format => Value::String(format(&to_text(&arg(0)), &args[1..])?),
             Func::Join => {
-                let sep = if args.len() > 1 {
-                    to_text(&arg(1))
-                } else {
-                    ",".to_string()
-                };
+                let sep = if args.len() > 1 { to_text(&arg(1)) } else { ",".to_string() };
                 match arg(0) {
                     Value::Array(items) => {
                         Value::String(items.iter().map(to_text).collect::<Vec<_>>().join(&sep))
@@ -148,14 +138,10 @@ fn format(fmt: &str, args: &[Value]) -> Result<String, String> {
                         _ => return Err(format!("format: invalid format string `{fmt}`")),
                     }
                 }
-                let i: usize = digits
-                    .parse()
-                    .map_err(|_| format!("format: invalid format string `{fmt}`"))?;
+                let i: usize =
+                    digits.parse().map_err(|_| format!("format: invalid format string `{fmt}`"))?;
                 let v = args.get(i).ok_or_else(|| {
-                    format!(
-                        "format: `{{{i}}}` refers to a missing argument ({} given)",
-                        args.len()
-                    )
+                    format!("format: `{{{i}}}` refers to a missing argument ({} given)", args.len())
                 })?;
                 out.push_str(&to_text(v));
             }

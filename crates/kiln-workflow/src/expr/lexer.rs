@@ -84,10 +84,7 @@ pub(crate) fn lex(src: &str) -> Result<Vec<Spanned>, LexError> {
             b'>' => Tok::Gt,
             b'!' => Tok::Not,
             b'.' if !bytes.get(i + 1).is_some_and(u8::is_ascii_digit)
-                || matches!(
-                    out.last(),
-                    Some((Tok::Ident(_) | Tok::RBracket | Tok::RParen, _))
-                ) =>
+                || matches!(out.last(), Some((Tok::Ident(_) | Tok::RBracket | Tok::RParen, _))) =>
             {
                 Tok::Dot
             }
@@ -98,9 +95,7 @@ pub(crate) fn lex(src: &str) -> Result<Vec<Spanned>, LexError> {
                 continue;
             }
             b'0'..=b'9' | b'-' | b'+' | b'.' => {
-                let end = scan_while(bytes, i + 1, |b| {
-                    b.is_ascii_alphanumeric() || b == b'.' || b == b'_'
-                });
+                let end = scan_while(bytes, i + 1, |b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_');
                 // exponent sign: 1e-5
                 let mut end = end;
                 while end < bytes.len()
@@ -121,20 +116,14 @@ pub(crate) fn lex(src: &str) -> Result<Vec<Spanned>, LexError> {
                 }
             }
             _ if c.is_ascii_alphabetic() || c == b'_' => {
-                let end = scan_while(bytes, i + 1, |b| {
-                    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
-                });
+                let end = scan_while(bytes, i + 1, |b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
                 out.push((Tok::Ident(src[start..end].to_string()), start));
                 i = end;
                 continue;
             }
             _ => {
                 let ch = src[i..].chars().next().unwrap_or('?');
-                let hint = if ch == '"' {
-                    " (strings use single quotes: 'text')"
-                } else {
-                    ""
-                };
+                let hint = if ch == '"' { " (strings use single quotes: 'text')" } else { "" };
                 return Err((format!("unexpected character `{ch}`{hint}"), start));
             }
         };
@@ -186,13 +175,8 @@ pub(crate) fn parse_number(text: &str) -> Option<f64> {
         u64::from_str_radix(oct, 8).ok()? as f64
     } else {
         if body.is_empty()
-            || !body
-                .bytes()
-                .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
-            || !body
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_digit() || b == b'.')
+            || !body.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
+            || !body.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'.')
         {
             return None;
         }
@@ -207,11 +191,8 @@ mod tests {
 
     #[test]
     fn tokens() {
-        let t: Vec<Tok> = lex("a.b['c'] == 'it''s' && !x || 0xff >= -1.5e2")
-            .unwrap()
-            .into_iter()
-            .map(|(t, _)| t)
-            .collect();
+        let t: Vec<Tok> =
+            lex("a.b['c'] == 'it''s' && !x || 0xff >= -1.5e2").unwrap().into_iter().map(|(t, _)| t).collect();
         assert_eq!(
             t,
             vec![

@@ -86,11 +86,7 @@ impl Expr {
         }
     }
     /// Parses an `if:` value: a bare expression, or one whole `${{ }}`.
-    pub fn parse_condition(
-        source: &str,
-        location: Location,
-        file: &str,
-    ) -> Result<Expr, Diagnostic> {
+    pub fn parse_condition(source: &str, location: Location, file: &str) -> Result<Expr, Diagnostic> {
         Expr::parse_condition_mapped(source, &|off| advance(location, source, off), file)
     }
     pub(crate) fn parse_condition_mapped(
@@ -122,10 +118,8 @@ impl Expr {
         &self.source
     }
     pub fn eval(&self, ctx: &Contexts, status: StatusFns) -> Result<Value, ExprError> {
-        eval::eval(&self.ast, ctx, status).map_err(|message| ExprError {
-            expression: self.source.clone(),
-            message,
-        })
+        eval::eval(&self.ast, ctx, status)
+            .map_err(|message| ExprError { expression: self.source.clone(), message })
     }
     /// Evaluates as an `if:` condition: truthiness, with an implicit
     /// `success() && (...)` unless the expression calls a status function.
@@ -147,10 +141,7 @@ pub(crate) fn advance(start: Location, text: &str, offset: usize) -> Location {
     }
     let before = &text[..offset];
     match before.rfind('\n') {
-        None => Location {
-            line: start.line,
-            column: start.column + before.chars().count(),
-        },
+        None => Location { line: start.line, column: start.column + before.chars().count() },
         Some(nl) => Location {
             line: start.line + before.matches('\n').count(),
             column: before[nl + 1..].chars().count() + 1,

@@ -5,10 +5,8 @@ use super::lexer::{lex, Tok};
 use super::Value;
 
 /// The contexts an expression may name.
-pub(crate) const CONTEXTS: &[&str] = &[
-    "github", "env", "matrix", "needs", "steps", "job", "runner", "strategy", "secrets", "inputs",
-    "vars",
-];
+pub(crate) const CONTEXTS: &[&str] =
+    &["github", "env", "matrix", "needs", "steps", "job", "runner", "strategy", "secrets", "inputs", "vars"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BinOp {
@@ -69,18 +67,10 @@ pub(crate) fn parse(src: &str) -> Result<Ast, ParseError> {
     if toks.len() > MAX_TOKENS {
         return Err(("expression is too long".to_string(), toks[MAX_TOKENS].1));
     }
-    let mut p = Parser {
-        toks,
-        pos: 0,
-        end: src.len(),
-        depth: 0,
-    };
+    let mut p = Parser { toks, pos: 0, end: src.len(), depth: 0 };
     let ast = p.or()?;
     if let Some((t, off)) = p.toks.get(p.pos) {
-        return Err((
-            format!("unexpected {} after the expression", t.describe()),
-            *off,
-        ));
+        return Err((format!("unexpected {} after the expression", t.describe()), *off));
     }
     Ok(ast)
 }
@@ -151,20 +141,12 @@ impl Parser {
     }
 
     fn equality(&mut self) -> Result<Ast, ParseError> {
-        self.binary(
-            &[(Tok::Eq, BinOp::Eq), (Tok::Ne, BinOp::Ne)],
-            Parser::comparison,
-        )
+        self.binary(&[(Tok::Eq, BinOp::Eq), (Tok::Ne, BinOp::Ne)], Parser::comparison)
     }
 
     fn comparison(&mut self) -> Result<Ast, ParseError> {
         self.binary(
-            &[
-                (Tok::Le, BinOp::Le),
-                (Tok::Ge, BinOp::Ge),
-                (Tok::Lt, BinOp::Lt),
-                (Tok::Gt, BinOp::Gt),
-            ],
+            &[(Tok::Le, BinOp::Le), (Tok::Ge, BinOp::Ge), (Tok::Lt, BinOp::Lt), (Tok::Gt, BinOp::Gt)],
             Parser::unary,
         )
     }
@@ -283,11 +265,7 @@ impl Parser {
                 format!("{min} to {max}")
             };
             return Err((
-                format!(
-                    "`{}` takes {expected} argument(s), got {}",
-                    func.name(),
-                    args.len()
-                ),
+                format!("`{}` takes {expected} argument(s), got {}", func.name(), args.len()),
                 offset,
             ));
         }

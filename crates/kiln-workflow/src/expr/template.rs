@@ -69,18 +69,12 @@ impl Template {
         if rest_start < source.len() {
             parts.push(Part::Text(source[rest_start..].to_string()));
         }
-        Ok(Template {
-            source: source.to_string(),
-            parts,
-        })
+        Ok(Template { source: source.to_string(), parts })
     }
 
     /// A template with no expression in it.
     pub fn literal(source: &str) -> Template {
-        Template {
-            source: source.to_string(),
-            parts: vec![Part::Text(source.to_string())],
-        }
+        Template { source: source.to_string(), parts: vec![Part::Text(source.to_string())] }
     }
 
     pub fn source(&self) -> &str {

@@ -4,22 +4,11 @@ use serde_json::json;
 
 use super::*;
 
-const OK: StatusFns = StatusFns {
-    success: true,
-    failure: false,
-    cancelled: false,
-};
-const FAILED: StatusFns = StatusFns {
-    success: false,
-    failure: true,
-    cancelled: false,
-};
+const OK: StatusFns = StatusFns { success: true, failure: false, cancelled: false };
+const FAILED: StatusFns = StatusFns { success: false, failure: true, cancelled: false };
 
 fn loc() -> Location {
-    Location {
-        line: 3,
-        column: 10,
-    }
+    Location { line: 3, column: 10 }
 }
 
 fn ctx() -> Contexts {
@@ -125,10 +114,7 @@ fn functions() {
         ("join(fromJSON('[1, \"b\", true]'))", json!("1,b,true")),
         ("join(fromJSON('[1, 2]'), ' + ')", json!("1 + 2")),
         ("join('abc', '-')", json!("abc")),
-        (
-            "toJSON(matrix)",
-            json!("{\n  \"os\": \"linux\",\n  \"node\": 20,\n  \"exp\": true\n}"),
-        ),
+        ("toJSON(matrix)", json!("{\n  \"os\": \"linux\",\n  \"node\": 20,\n  \"exp\": true\n}")),
         ("toJSON('x')", json!("\"x\"")),
         ("fromJSON('{\"a\": {\"b\": 2}}').a.b", json!(2)),
         ("fromJSON(' 12 ')", json!(12)),
@@ -143,18 +129,12 @@ fn functions() {
 fn evaluation_errors() {
     let cases = [
         ("fromJSON('{nope')", "fromJSON"),
-        (
-            "hashFiles('**/Cargo.lock')",
-            "hashFiles is not supported yet",
-        ),
+        ("hashFiles('**/Cargo.lock')", "hashFiles is not supported yet"),
         ("format('{1}', 'a')", "missing argument"),
         ("format('{x}', 'a')", "invalid format string"),
     ];
     for (src, want) in cases {
-        let e = Expr::parse(src, loc(), "f")
-            .unwrap()
-            .eval(&ctx(), OK)
-            .unwrap_err();
+        let e = Expr::parse(src, loc(), "f").unwrap().eval(&ctx(), OK).unwrap_err();
         assert!(e.message.contains(want), "{src}: {e}");
         assert_eq!(e.expression, src);
     }
@@ -163,12 +143,8 @@ fn evaluation_errors() {
 #[test]
 fn status_functions_and_conditions() {
     let c = ctx();
-    let cond = |src: &str, st: StatusFns| {
-        Expr::parse(src, loc(), "f")
-            .unwrap()
-            .eval_condition(&c, st)
-            .unwrap()
-    };
+    let cond =
+        |src: &str, st: StatusFns| Expr::parse(src, loc(), "f").unwrap().eval_condition(&c, st).unwrap();
     assert!(cond("success()", OK));
     assert!(!cond("success()", FAILED));
     assert!(cond("failure()", FAILED));
@@ -189,11 +165,7 @@ fn status_functions_and_conditions() {
 #[test]
 fn parse_errors_have_locations() {
     let cases = [
-        (
-            "matirx.os",
-            10,
-            "unknown context `matirx`; did you mean `matrix`?",
-        ),
+        ("matirx.os", 10, "unknown context `matirx`; did you mean `matrix`?"),
         ("matrix.os == \"x\"", 23, "strings use single quotes"),
         ("1 ==", 14, "expected a value"),
         ("(1", 12, "expected `)`"),
@@ -209,14 +181,7 @@ fn parse_errors_have_locations() {
     for (src, col, want) in cases {
         let d = Expr::parse(src, loc(), "f").unwrap_err();
         assert!(d.message.contains(want), "{src}: {}", d.message);
-        assert_eq!(
-            d.location,
-            Location {
-                line: 3,
-                column: col
-            },
-            "{src}"
-        );
+        assert_eq!(d.location, Location { line: 3, column: col }, "{src}");
         assert_eq!(d.file, "f");
     }
     assert!(Expr::parse(&"(".repeat(500), loc(), "f").is_err());
@@ -226,17 +191,9 @@ fn parse_errors_have_locations() {
 #[test]
 fn templates() {
     let c = ctx();
-    let r = |src: &str| {
-        Template::parse(src, loc(), "f")
-            .unwrap()
-            .render(&c, OK)
-            .unwrap()
-    };
+    let r = |src: &str| Template::parse(src, loc(), "f").unwrap().render(&c, OK).unwrap();
     assert_eq!(r("plain text"), "plain text");
-    assert_eq!(
-        r("os=${{ matrix.os }} node=${{matrix.node}}"),
-        "os=linux node=20"
-    );
+    assert_eq!(r("os=${{ matrix.os }} node=${{matrix.node}}"), "os=linux node=20");
     assert_eq!(r("${{ 1.0 }} ${{ true }} [${{ null }}]"), "1 true []");
     assert_eq!(r("${{ format('}}{0}', 'x') }}!"), "}x!");
     assert_eq!(r("${{ fromJSON('[1]') }}"), "[\n  1\n]");
@@ -247,23 +204,14 @@ fn templates() {
     let t = Template::parse("v${{ matrix.node }}", loc(), "f").unwrap();
     assert_eq!(t.eval(&c, OK).unwrap(), json!("v20"));
     assert!(Template::literal("${{ x }}").is_literal());
-    assert_eq!(
-        Template::literal("${{ x }}").render(&c, OK).unwrap(),
-        "${{ x }}"
-    );
+    assert_eq!(Template::literal("${{ x }}").render(&c, OK).unwrap(), "${{ x }}");
 }
 
 #[test]
 fn template_errors() {
     let d = Template::parse("echo ${{ matrix.os", loc(), "f").unwrap_err();
     assert!(d.message.contains("unterminated `${{`"), "{}", d.message);
-    assert_eq!(
-        d.location,
-        Location {
-            line: 3,
-            column: 15
-        }
-    );
+    assert_eq!(d.location, Location { line: 3, column: 15 });
     let d = Template::parse("a\nb ${{ matirx.os }}", loc(), "f").unwrap_err();
     assert_eq!(d.location, Location { line: 4, column: 7 });
     assert!(d.message.contains("did you mean `matrix`"));
@@ -276,11 +224,5 @@ fn conditions_strip_outer_braces() {
     assert!(e.eval_condition(&ctx(), OK).unwrap());
     assert!(Expr::parse_condition("${{ true }} && ${{ false }}", loc(), "f").is_err());
     let d = Expr::parse_condition("  ${{ matirx.os }}", loc(), "f").unwrap_err();
-    assert_eq!(
-        d.location,
-        Location {
-            line: 3,
-            column: 16
-        }
-    );
+    assert_eq!(d.location, Location { line: 3, column: 16 });
 }

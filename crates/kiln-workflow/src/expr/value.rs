@@ -13,9 +13,7 @@ pub fn num_value(n: f64) -> Value {
         }
         return Value::from(n as i64);
     }
-    serde_json::Number::from_f64(n)
-        .map(Value::Number)
-        .unwrap_or(Value::Null)
+    serde_json::Number::from_f64(n).map(Value::Number).unwrap_or(Value::Null)
 }
 
 /// Formats a number as GitHub does (`1`, `1.5`, `NaN`, `Infinity`).

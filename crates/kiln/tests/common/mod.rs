@@ -47,10 +47,7 @@ pub struct Project {
 impl Project {
     pub fn new(workflow: &str) -> Project {
         require_sandboxes();
-        let dir = tempfile::Builder::new()
-            .prefix("kiln-test-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("kiln-test-").tempdir().expect("tempdir");
         std::fs::write(dir.path().join("ci.yml"), workflow).expect("write workflow");
         Project { dir }
     }
@@ -72,9 +69,7 @@ impl Project {
     /// `kiln <args>` in the project dir with its own state dir.
     pub fn kiln(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
-        cmd.current_dir(self.dir.path())
-            .env("KILN_STATE_DIR", self.state_dir())
-            .env("NO_COLOR", "1");
+        cmd.current_dir(self.dir.path()).env("KILN_STATE_DIR", self.state_dir()).env("NO_COLOR", "1");
         cmd
     }
 
@@ -107,34 +102,22 @@ impl Run {
         let mut entries = Vec::new();
         let mut summary = Value::Null;
         for line in stdout.lines() {
-            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| {
-                panic!("stdout line is not JSON ({e}): {line}\nstderr: {stderr}")
-            });
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}\nstderr: {stderr}"));
             if v["type"] == "summary" {
                 summary = v;
             } else {
                 entries.push(v);
             }
         }
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            entries,
-            summary,
-            stderr,
-            stdout,
-        }
+        Run { code: out.status.code().unwrap_or(-1), entries, summary, stderr, stdout }
     }
 
     pub fn job(&self, id: &str) -> &Value {
         self.summary["jobs"]
             .as_array()
             .and_then(|a| a.iter().find(|j| j["id"] == id))
-            .unwrap_or_else(|| {
-                panic!(
-                    "no job `{id}` in summary: {}\nstderr: {}",
-                    self.summary, self.stderr
-                )
-            })
+            .unwrap_or_else(|| panic!("no job `{id}` in summary: {}\nstderr: {}", self.summary, self.stderr))
     }
 
     pub fn status(&self, id: &str) -> String {
@@ -159,11 +142,7 @@ impl Run {
     }
 
     pub fn all_text(&self) -> String {
-        self.entries
-            .iter()
-            .map(|e| e["text"].as_str().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join("\n")
+        self.entries.iter().map(|e| e["text"].as_str().unwrap_or("")).collect::<Vec<_>>().join("\n")
     }
 
     /// Asserts the exit code, printing the whole run when it differs.
@@ -182,9 +161,7 @@ impl Run {
 
 /// Parses an RFC 3339 timestamp into milliseconds since the epoch.
 pub fn ms(ts: &Value) -> i64 {
-    let s = ts
-        .as_str()
-        .unwrap_or_else(|| panic!("not a timestamp: {ts}"));
+    let s = ts.as_str().unwrap_or_else(|| panic!("not a timestamp: {ts}"));
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|e| panic!("bad timestamp {s}: {e}"));
     (t.unix_timestamp_nanos() / 1_000_000) as i64
