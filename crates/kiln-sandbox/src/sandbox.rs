@@ -63,9 +63,8 @@ struct Inner {
     runtime: Runtime,
     bundle: PathBuf,
     cgroups: StepCgroups,
-    memory_limit: u64,
-    /// The step's memory limit as asked for (what a hit is reported as;
-    /// `memory_limit` may include the gVisor sentry's headroom).
+    /// The step's memory limit as asked for: what a hit is reported as (the
+    /// cgroup's limit also holds the gVisor sentry's headroom).
     memory_requested: u64,
     pids_limit: u64,
     started: OnceLock<Instant>,
@@ -222,7 +221,6 @@ impl Sandbox {
             runtime: runtime.clone(),
             bundle: bundle.clone(),
             cgroups,
-            memory_limit,
             memory_requested: spec.limits.memory_bytes,
             pids_limit: spec.limits.pids,
             started: OnceLock::new(),

@@ -224,3 +224,49 @@ jobs:
     }
     assert!(lines.iter().any(|l| l.starts_with("a-b true")), "{lines:?}");
 });
+
+per_tier!(logs_stream_while_the_step_runs, |tier| {
+    use std::io::{BufRead, BufReader};
+    // The first line must reach kiln's stdout while the step is still running
+    // (it waits for a file that the test creates only after seeing the line).
+    let p = Project::new(
+        "jobs:\n  live:\n    steps:\n      - run: |\n          echo first\n          for i in $(seq 600); do [ -e /workspace/go ] && break; sleep 0.1; done\n          echo second\n",
+    );
+    let mut child = p
+        .kiln()
+        .args(["run", "ci.yml", "--json", "--isolation", tier])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let mut saw_first = false;
+    while reader.read_line(&mut line).unwrap() > 0 {
+        if line.contains("\"text\":\"first\"") {
+            saw_first = true;
+            break;
+        }
+        assert!(!line.contains("\"type\":\"summary\""), "the build ended before `first` was shown");
+        line.clear();
+    }
+    assert!(saw_first, "`first` never arrived");
+    // The step is still waiting: nothing but `first` has been printed yet.
+    // Let it finish by creating the file in its workspace.
+    let build_dir = p.state_dir().join("builds");
+    let ws = std::fs::read_dir(&build_dir).unwrap().next().unwrap().unwrap().path().join("job-0/workspace");
+    std::fs::write(ws.join("go"), "").unwrap();
+    let rest: Vec<String> = reader.lines().map(|l| l.unwrap()).collect();
+    assert!(child.wait().unwrap().success());
+    assert!(rest.iter().any(|l| l.contains("\"text\":\"second\"")), "{rest:?}");
+});
+
+per_tier!(working_directory_through_a_planted_symlink_is_refused, |tier| {
+    let p = Project::new(
+        "jobs:\n  wd:\n    steps:\n      - run: ln -s /etc escape\n      - run: echo inside\n        working-directory: escape\n",
+    );
+    let run = p.run(tier, &[]);
+    run.expect_code(1);
+    let reason = run.job("wd")["reason"].as_str().unwrap_or("").to_string();
+    assert!(reason.contains("symbolic link"), "{reason}");
+    assert!(!run.lines("wd").contains(&"inside".to_string()));
+});

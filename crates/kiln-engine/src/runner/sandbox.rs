@@ -457,10 +457,8 @@ impl<'a> JobRun<'a> {
             Some(wd) => {
                 kiln_workflow::check_relative_path(&wd)
                     .map_err(|e| format!("working-directory `{wd}`: {e}"))?;
-                let host = self.workspace.as_ref().map(|w| w.path().join(&wd));
-                if !host.as_ref().map(|h| h.is_dir()).unwrap_or(false) {
-                    return Err(format!("working-directory `{wd}` does not exist in the workspace"));
-                }
+                let ws = self.workspace.as_ref().ok_or("no workspace")?.path().to_path_buf();
+                check_dir_beneath(&ws, &wd).map_err(|e| format!("working-directory `{wd}`: {e}"))?;
                 format!("{WORKSPACE}/{}", wd.trim_start_matches("./"))
             }
             None => WORKSPACE.to_string(),
@@ -630,6 +628,32 @@ impl<'a> JobRun<'a> {
 
 /// (outcome, exit code, reason, cpu seconds, peak memory, summary)
 type StepResult = (StepStatus, Option<i32>, Option<String>, f64, u64, Option<String>);
+
+/// Checks that `rel` names a directory beneath `root` without passing
+/// through a symlink: earlier steps wrote the workspace, so a component may be
+/// a link to anywhere on the host, and kiln must not even look through it.
+fn check_dir_beneath(root: &Path, rel: &str) -> Result<(), String> {
+    let mut here = root.to_path_buf();
+    for part in Path::new(rel).components() {
+        match part {
+            std::path::Component::Normal(name) => here.push(name),
+            std::path::Component::CurDir => continue,
+            _ => return Err("must stay inside the workspace".into()),
+        }
+        let meta =
+            std::fs::symlink_metadata(&here).map_err(|_| "does not exist in the workspace".to_string())?;
+        if meta.file_type().is_symlink() {
+            return Err(format!(
+                "`{}` is a symbolic link",
+                here.strip_prefix(root).unwrap_or(&here).display()
+            ));
+        }
+        if !meta.is_dir() {
+            return Err("is not a directory".into());
+        }
+    }
+    Ok(())
+}
 
 /// Variables a step may not change through `$GITHUB_ENV`.
 fn protected_env(name: &str) -> bool {
@@ -921,6 +945,19 @@ mod tests {
             (Isolation::Gvisor, false)
         );
         assert_eq!(effective_isolation(Isolation::Container, None), (Isolation::Container, false));
+    }
+
+    #[test]
+    fn working_directories_never_pass_through_symlinks() {
+        let ws = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(ws.path().join("a/b")).unwrap();
+        std::os::unix::fs::symlink("/etc", ws.path().join("a/escape")).unwrap();
+        assert!(check_dir_beneath(ws.path(), "a/b").is_ok());
+        assert!(check_dir_beneath(ws.path(), "./a").is_ok());
+        assert!(check_dir_beneath(ws.path(), "a/escape").unwrap_err().contains("symbolic link"));
+        assert!(check_dir_beneath(ws.path(), "a/escape/ssl").is_err());
+        assert!(check_dir_beneath(ws.path(), "../a").is_err());
+        assert!(check_dir_beneath(ws.path(), "missing").is_err());
     }
 
     #[test]
