@@ -96,7 +96,7 @@ pub async fn run_build<R: JobRunner>(
     emitter.emit(Event::BuildStarted {
         build: opts.build.clone(),
         pipeline: plan.name.clone(),
-        jobs: plan.jobs.iter().map(|j| (j.id.clone(), j.id.clone())).collect(),
+        jobs: (0..n).map(|j| (plan.jobs[j].id.clone(), display_name(&plan, j, &opts))).collect(),
     });
     let mut sched = Scheduler::new(&plan);
     let mut slots: Vec<Slot> = (0..n)
@@ -147,7 +147,7 @@ pub async fn run_build<R: JobRunner>(
                     }
                     let mut outcome = JobOutcome::new(result);
                     outcome.reason = reason;
-                    let name = job.id.clone();
+                    let name = display_name(&plan, j, &opts);
                     finish_job(
                         &plan,
                         j,
@@ -206,7 +206,7 @@ pub async fn run_build<R: JobRunner>(
                         (j, outcome, started_at)
                     }
                 };
-                let name = plan.jobs[j].id.clone();
+                let name = display_name(&plan, j, &opts);
                 finish_job(&plan, j, outcome, name, Some(started_at), &mut slots, &mut sched, &mut group_tripped, &emitter);
                 // Fail-fast: stop the other legs of a tripped group.
                 if let Some(g) = plan.jobs[j].group {
@@ -296,6 +296,18 @@ fn finish_job(
     slots[j].outputs = outcome.outputs;
     slots[j].cancel = None;
     sched.finish(j, visible);
+}
+
+/// A job's `name:` rendered with its matrix (GitHub's display name), or its id.
+pub fn display_name(plan: &Plan, j: usize, opts: &BuildOptions) -> String {
+    let job = &plan.jobs[j];
+    let Some(t) = &job.spec.name else { return job.id.clone() };
+    let ctx = Contexts { matrix: job.matrix.clone(), github: opts.github.clone(), ..Default::default() };
+    let status = StatusFns { success: true, failure: false, cancelled: false };
+    match t.render(&ctx, status) {
+        Ok(s) if !s.trim().is_empty() => s,
+        _ => job.id.clone(),
+    }
 }
 
 fn continue_on_error(plan: &Plan, j: usize) -> bool {

@@ -50,6 +50,7 @@ fn bench_inner(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&state_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut tiers = Vec::new();
+    let mut versions = Vec::new();
     for t in &args.tiers {
         let iso = isolation(*t);
         let name = match iso {
@@ -58,7 +59,8 @@ fn bench_inner(args: BenchArgs) -> anyhow::Result<()> {
         };
         eprintln!("measuring {name}: {} steps through kiln, {} raw runs ...", args.steps, args.steps);
         let runtime = Runtime::locate(iso).map_err(|e| anyhow!("{e}"))?;
-        runtime.verify(&state_dir.join("probe")).map_err(|e| anyhow!("{e}"))?;
+        let info = runtime.verify(&state_dir.join("probe")).map_err(|e| anyhow!("{e}"))?;
+        versions.push(format!("{name}: {}", info.version.lines().next().unwrap_or("").trim()));
         tiers.push(measure_tier(&rt, name, iso, &runtime, args.steps, &state_dir)?);
     }
     eprintln!("measuring the scheduler on a {}-job graph ...", args.jobs);
@@ -68,7 +70,8 @@ fn bench_inner(args: BenchArgs) -> anyhow::Result<()> {
     let table = render(&tiers, &sched, &args);
     print!("{table}");
     if let Some(path) = &args.markdown {
-        std::fs::write(path, &table).with_context(|| format!("writing {}", path.display()))?;
+        let section = markdown_section(&table, &versions, &args);
+        write_section(path, "engine", &section)?;
     }
     Ok(())
 }
@@ -257,6 +260,56 @@ async fn scheduler_overhead(jobs: usize) -> anyhow::Result<SchedResult> {
     Ok(SchedResult { jobs, edges, load_secs, run_secs })
 }
 
+/// Replaces the `name` section of a Markdown results page (between
+/// `<!-- bench:name -->` markers), creating the page or the section if needed,
+/// so each benchmark updates its own part of `docs/benchmarks.md`.
+pub fn write_section(path: &std::path::Path, name: &str, body: &str) -> anyhow::Result<()> {
+    let (open, close) = (format!("<!-- bench:{name} -->"), format!("<!-- /bench:{name} -->"));
+    let block = format!("{open}\n{}\n{close}", body.trim_end());
+    let page = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".to_string());
+    let page = match (page.find(&open), page.find(&close)) {
+        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &page[..a], &page[b + close.len()..]),
+        _ => format!("{}\n{block}\n", page.trim_end()),
+    };
+    std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The engine's results: how they were produced, on what, and the tables.
+fn markdown_section(table: &str, versions: &[String], args: &BenchArgs) -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let tiers: Vec<&str> = args
+        .tiers
+        .iter()
+        .map(|t| match t {
+            crate::cli::IsolationArg::Gvisor => "gvisor",
+            crate::cli::IsolationArg::Container => "container",
+        })
+        .collect();
+    format!(
+        "## Engine: step start latency and scheduler overhead\n\nProduced by (as root, from the repository root, after `scripts/install.sh`):\n\n\
+         ```sh\n./target/release/kiln bench --steps {} --jobs {} --tiers {} --markdown docs/benchmarks.md\n```\n\n\
+         Machine: {cpus} CPUs, {:.0} GiB memory, Linux {}; {}; kiln {} (release build).\n\n\
+         Each tier's kiln and raw-runtime measurements alternate one for one in the same run, so the \
+         ratio compares numbers taken under the same load. The scheduler figure uses a runner that \
+         does nothing, so it is the build loop's own cost per job (ready-set upkeep, `if` evaluation, \
+         contexts, events).\n\n{table}",
+        args.steps,
+        args.jobs,
+        tiers.join(","),
+        mem_kib as f64 / (1024.0 * 1024.0),
+        kernel.trim(),
+        versions.join("; "),
+        env!("CARGO_PKG_VERSION"),
+    )
+}
+
 fn percentile(v: &[f64], p: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -319,6 +372,19 @@ mod tests {
         assert_eq!(percentile(&v, 0.5), 50.0);
         assert_eq!(percentile(&v, 0.99), 99.0);
         assert_eq!(percentile(&[3.0], 0.99), 3.0);
+    }
+
+    #[test]
+    fn sections_are_replaced_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.md");
+        write_section(&p, "a", "first").unwrap();
+        write_section(&p, "b", "other").unwrap();
+        write_section(&p, "a", "second").unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with("# Benchmarks"));
+        assert!(text.contains("second") && text.contains("other") && !text.contains("first"));
+        assert!(text.find("second").unwrap() < text.find("other").unwrap());
     }
 
     #[test]

@@ -174,7 +174,15 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
     kiln_engine::runner::sandbox::cleanup_interrupted(&state_dir, &leftovers);
     let build = kiln_engine::time::new_build_id();
     let src_info = kiln_engine::git::source_info(&source);
-    let jobs: Vec<(String, String)> = plan.jobs.iter().map(|j| (j.id.clone(), j.id.clone())).collect();
+    let names_opts = BuildOptions {
+        build: build.clone(),
+        max_parallel: 1,
+        github: kiln_engine::contexts::github(&build, &plan.name, &src_info),
+        runner: serde_json::Value::Null,
+    };
+    let jobs: Vec<(String, String)> = (0..plan.jobs.len())
+        .map(|j| (plan.jobs[j].id.clone(), kiln_engine::build::display_name(&plan, j, &names_opts)))
+        .collect();
     store.insert_build(&build, &plan.name, &source.display().to_string(), &jobs)?;
     let writer = StoreWriter::spawn(store, build.clone());
 

@@ -133,6 +133,7 @@ per_tier!(failure_skips_dependents_unless_if_says_otherwise, |tier| {
 const MATRIX: &str = r#"
 jobs:
   test:
+    name: Unit tests ${{ matrix.shard }}
     strategy:
       fail-fast: false
       matrix:
@@ -164,6 +165,7 @@ per_tier!(matrix_legs_have_stable_ids_and_fail_fast_cancels, |tier| {
     let run = p.run(tier, &["--max-parallel", "4"]);
     run.expect_code(1);
     assert_eq!(run.status("test (shard: 1)"), "succeeded");
+    assert_eq!(run.job("test (shard: 1)")["name"], "Unit tests 1");
     // `include` merged `slow` into the shard-2 leg, so it is part of the leg's id.
     let leg2 = "test (shard: 2, slow: true)";
     assert!(run.lines(leg2).contains(&"shard 2 of 3 slow=true".to_string()), "{:?}", run.lines(leg2));
