@@ -18,6 +18,7 @@ use std::time::Duration;
 
 mod cgroup;
 mod error;
+pub mod init;
 mod runtime;
 mod sandbox;
 pub mod spec;
@@ -70,6 +71,21 @@ pub struct SandboxSpec {
     pub limits: Limits,
     pub uid: u32,
     pub gid: u32,
+    /// Run `argv` under kiln's init (PID 1: secrets, egress relay, reaping).
+    pub init: Option<InitSpec>,
+}
+
+/// How kiln's init wraps the step's command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitSpec {
+    /// Host path of the `kiln-init` binary, mounted read-only at `/kiln/init`.
+    pub binary: PathBuf,
+    /// The caller writes the step's secrets to the runtime's stdin (see
+    /// [`init::encode_secrets`]); a private tmpfs is mounted at `/run/secrets`.
+    pub secrets: bool,
+    /// Egress relay: the host directory holding the proxy's Unix socket
+    /// (mounted at `/kiln/egress`) and the port the relay listens on.
+    pub egress: Option<(PathBuf, u16)>,
 }
 
 /// A resource limit the step ran into.

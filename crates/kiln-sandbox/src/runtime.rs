@@ -172,6 +172,7 @@ impl Runtime {
             limits: Limits { memory_bytes: 256 << 20, pids: 64, cpus: 1.0, tmp_bytes: 1 << 20 },
             uid: 0,
             gid: 0,
+            init: None,
         };
         let sb = Sandbox::prepare_with(self, &spec, scratch, false)?;
         let out = sb.command().stdout(Stdio::piped()).stderr(Stdio::piped()).output().map_err(|e| {

@@ -66,6 +66,8 @@ struct Inner {
     /// The step's memory limit as asked for: what a hit is reported as (the
     /// cgroup's limit also holds the gVisor sentry's headroom).
     memory_requested: u64,
+    /// The sandbox connects to a host Unix socket (egress relay).
+    host_uds: bool,
     pids_limit: u64,
     started: OnceLock<Instant>,
     /// Serializes kill/teardown; true once torn down.
@@ -222,6 +224,7 @@ impl Sandbox {
             bundle: bundle.clone(),
             cgroups,
             memory_requested: spec.limits.memory_bytes,
+            host_uds: spec.init.as_ref().is_some_and(|i| i.egress.is_some()),
             pids_limit: spec.limits.pids,
             started: OnceLock::new(),
             torn_down: Mutex::new(false),
@@ -256,6 +259,10 @@ impl Sandbox {
     pub fn command(&self) -> Command {
         let _ = self.inner.started.get_or_init(Instant::now);
         let mut cmd = self.inner.runtime.base_command();
+        if self.inner.host_uds && self.inner.runtime.isolation() == Isolation::Gvisor {
+            // The egress relay connects to the proxy's socket on the host.
+            cmd.arg("--host-uds=open");
+        }
         cmd.arg("run").arg("--bundle").arg(&self.inner.bundle).arg(&self.inner.id);
         cmd.stdin(Stdio::null());
         cmd
@@ -319,6 +326,8 @@ pub struct CleanupReport {
     pub containers: Vec<String>,
     pub cgroups: Vec<String>,
     pub bundles: Vec<PathBuf>,
+    /// What could not be removed (cleanup goes on past each failure).
+    pub errors: Vec<String>,
 }
 
 /// Removes leftovers of a crashed engine whose id starts with `prefix`:
@@ -335,15 +344,31 @@ pub fn cleanup_stale(prefix: &str, scratch_dir: Option<&Path>) -> Result<Cleanup
         };
         for id in rt.list().unwrap_or_default() {
             if id.starts_with(prefix) {
-                let _ = cgroup_kill_via_runtime(&rt, &id);
-                delete_container(&rt, &id)?;
-                report.containers.push(id);
+                // A container caught mid-creation may refuse a first delete.
+                let mut last = None;
+                for attempt in 0..5 {
+                    let _ = cgroup_kill_via_runtime(&rt, &id);
+                    match delete_container(&rt, &id) {
+                        Ok(()) => {
+                            last = None;
+                            break;
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                    std::thread::sleep(Duration::from_millis(100 * (attempt + 1)));
+                }
+                match last {
+                    None => report.containers.push(id),
+                    Some(e) => report.errors.push(format!("container {id}: {e}")),
+                }
             }
         }
     }
     for name in cgroup::stale(prefix) {
-        cgroup::remove_tree(&name, Duration::from_secs(5))?;
-        report.cgroups.push(name);
+        match cgroup::remove_tree(&name, Duration::from_secs(5)) {
+            Ok(()) => report.cgroups.push(name),
+            Err(e) => report.errors.push(format!("cgroup {name}: {e}")),
+        }
     }
     if let Some(dir) = scratch_dir {
         if let Ok(rd) = fs::read_dir(dir) {
@@ -351,8 +376,10 @@ pub fn cleanup_stale(prefix: &str, scratch_dir: Option<&Path>) -> Result<Cleanup
                 if e.file_name().to_string_lossy().starts_with(prefix)
                     && e.path().join("config.json").exists()
                 {
-                    fs::remove_dir_all(e.path()).map_err(io_err("remove bundle", e.path()))?;
-                    report.bundles.push(e.path());
+                    match fs::remove_dir_all(e.path()) {
+                        Ok(()) => report.bundles.push(e.path()),
+                        Err(err) => report.errors.push(format!("bundle {}: {err}", e.path().display())),
+                    }
                 }
             }
         }

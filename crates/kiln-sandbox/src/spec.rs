@@ -121,6 +121,30 @@ pub fn build_spec(isolation: Isolation, spec: &SandboxSpec, cgroups_path: &str) 
         mounts.push(bind(&b.destination, &b.source, b.writable)?);
     }
 
+    let mut argv = spec.argv.clone();
+    if let Some(init) = &spec.init {
+        if !init.binary.is_absolute() {
+            return Err(SandboxError::Invalid(format!(
+                "init binary {} must be absolute",
+                init.binary.display()
+            )));
+        }
+        mounts.push(bind(crate::init::INIT_PATH, &init.binary, false)?);
+        if init.secrets {
+            let owner = format!("uid={},gid={}", spec.uid, spec.gid);
+            mounts.push(mount(
+                crate::init::SECRETS_DIR,
+                "tmpfs",
+                "tmpfs",
+                &["nosuid", "nodev", "noexec", "mode=0700", "size=4m", &owner],
+            )?);
+        }
+        if let Some((dir, _)) = &init.egress {
+            mounts.push(bind(crate::init::EGRESS_DIR, dir, true)?);
+        }
+        argv = crate::init::wrap_argv(init.egress.as_ref().map(|(_, p)| *p), init.secrets, &spec.argv);
+    }
+
     let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if !spec.env.iter().any(|(k, _)| k == "PATH") {
         env.push(format!("PATH={DEFAULT_PATH}"));
@@ -141,7 +165,7 @@ pub fn build_spec(isolation: Isolation, spec: &SandboxSpec, cgroups_path: &str) 
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(UserBuilder::default().uid(spec.uid).gid(spec.gid).additional_gids(Vec::<u32>::new()).build()?)
-        .args(spec.argv.clone())
+        .args(argv)
         .env(env)
         .cwd(&spec.cwd)
         .capabilities(caps)
@@ -174,8 +198,20 @@ pub fn build_spec(isolation: Isolation, spec: &SandboxSpec, cgroups_path: &str) 
     // Both tiers get the profile: runc installs it in the host kernel; runsc
     // (started with --oci-seccomp) enforces it inside the sentry, which e.g.
     // makes ptrace fail inside gVisor too.
-    let _ = isolation;
-    linux.set_seccomp(Some(seccomp_profile()?));
+    let mut profile = seccomp_profile()?;
+    if isolation == Isolation::Gvisor {
+        // The profile answers clone3 with ENOSYS so that libc falls back to
+        // clone, whose flags the filter can see (CLONE_NEWUSER). runsc's
+        // seccomp ignores `errnoRet` and answers EPERM, on which glibc's
+        // posix_spawn gives up instead of falling back, so every program that
+        // spawns with it fails. Inside gVisor clone3 is served by the sentry
+        // and a user namespace there is the sentry's, not the host kernel's.
+        if let Some(rules) = profile.syscalls().clone() {
+            let kept = rules.into_iter().filter(|r| !r.names().iter().any(|n| n == "clone3")).collect();
+            profile.set_syscalls(Some(kept));
+        }
+    }
+    linux.set_seccomp(Some(profile));
 
     Ok(SpecBuilder::default()
         .version("1.0.2")
@@ -193,7 +229,7 @@ pub fn write_rootfs(rootfs: &Path, spec: &SandboxSpec, oci: &Spec) -> Result<()>
     let mkdir = |p: &Path| fs::create_dir_all(p).map_err(io_err("create", p));
     let write = |p: &Path, s: &str| fs::write(p, s).map_err(io_err("write", p));
     mkdir(rootfs)?;
-    for d in ["usr", "etc", "proc", "sys", "dev", "tmp", "workspace"] {
+    for d in ["usr", "etc", "proc", "sys", "dev", "tmp", "workspace", "run", "kiln"] {
         mkdir(&rootfs.join(d))?;
     }
     for (link, target) in [
@@ -276,6 +312,7 @@ mod tests {
             limits: Limits { memory_bytes: 512 << 20, pids: 256, cpus: 2.0, tmp_bytes: 64 << 20 },
             uid: 1000,
             gid: 1001,
+            init: None,
         }
     }
 

@@ -89,6 +89,7 @@ fn drop_and_cleanup_stale() {
         std::mem::forget(sb);
         let report = cleanup_stale(&format!("kiln-stale-{}-", tag(tier)), Some(tmp.path())).unwrap();
         let _ = child.wait();
+        assert!(report.errors.is_empty(), "{report:?}");
         assert!(report.containers.contains(&spec.id), "{report:?}");
         assert!(report.cgroups.contains(&spec.id), "{report:?}");
         assert_clean(tier, &spec.id);

@@ -19,6 +19,7 @@ mod model;
 mod parse;
 mod plan;
 mod scheduler;
+mod secrets_check;
 mod yaml;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Location};

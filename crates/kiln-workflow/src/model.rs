@@ -14,6 +14,8 @@ pub struct Workflow {
     pub defaults: RunDefaults,
     /// Jobs in file order.
     pub jobs: Vec<JobSpec>,
+    /// Top-level `kiln:` (network and secret bindings for every job).
+    pub kiln: KilnStepSettings,
 }
 
 /// `defaults.run` at workflow or job level.
@@ -71,6 +73,63 @@ pub enum IsolationTier {
     Container,
 }
 
+/// What a step is for: decides which secrets it may see (and, for zero-config
+/// builds, which network it gets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Phase {
+    SourceFetch,
+    DependencyInstall,
+    Build,
+    ArtifactUpload,
+    Deploy,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] =
+        [Phase::SourceFetch, Phase::DependencyInstall, Phase::Build, Phase::ArtifactUpload, Phase::Deploy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::SourceFetch => "source-fetch",
+            Phase::DependencyInstall => "dependency-install",
+            Phase::Build => "build",
+            Phase::ArtifactUpload => "artifact-upload",
+            Phase::Deploy => "deploy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// A step's network: none (loopback only), or egress through kiln's proxy to
+/// the listed hosts (`registry.npmjs.org`, `*.pythonhosted.org:443`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkSpec {
+    None,
+    Allow(Vec<String>),
+}
+
+/// How a secret reaches a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretAs {
+    /// Only through `${{ secrets.NAME }}` in the step's `env:` values.
+    Env,
+    /// As `/run/secrets/NAME` (mode 0400) on a tmpfs.
+    File,
+}
+
+/// A secret bound to phases (workflow/job level) or to one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretBinding {
+    pub name: String,
+    /// Phases whose steps may see it; empty for a step-level binding.
+    pub phases: Vec<Phase>,
+    pub delivery: SecretAs,
+    pub location: Location,
+}
+
 /// kiln's own per-job settings, under the `kiln:` key (GitHub does not use it).
 /// `None` means "the engine's default".
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -88,6 +147,18 @@ pub struct KilnJobSettings {
     pub tmp_bytes: Option<u64>,
     /// Log bytes a step may print before it is stopped.
     pub log_bytes: Option<u64>,
+    /// Phase of the job's steps (default: `build`; checkout: `source-fetch`).
+    pub phase: Option<Phase>,
+    pub network: Option<NetworkSpec>,
+    pub secrets: Vec<SecretBinding>,
+}
+
+/// kiln's settings of one step (`kiln:` under a step).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KilnStepSettings {
+    pub phase: Option<Phase>,
+    pub network: Option<NetworkSpec>,
+    pub secrets: Vec<SecretBinding>,
 }
 
 /// One job of the file (before matrix expansion).
@@ -146,4 +217,38 @@ pub struct StepSpec {
     pub condition: Option<Expr>,
     pub timeout_minutes: Option<f64>,
     pub continue_on_error: BoolOrExpr,
+    pub kiln: KilnStepSettings,
+}
+
+impl StepSpec {
+    /// The step's phase: its own, its job's, or by what it does.
+    pub fn phase(&self, job: &JobSpec) -> Phase {
+        self.kiln.phase.or(job.kiln.phase).unwrap_or(match self.action {
+            StepAction::Checkout => Phase::SourceFetch,
+            StepAction::Run { .. } => Phase::Build,
+        })
+    }
+
+    /// The step's network: its own, its job's, the workflow's, or none.
+    pub fn network<'a>(&'a self, job: &'a JobSpec, workflow: &'a Workflow) -> &'a NetworkSpec {
+        const NONE: &NetworkSpec = &NetworkSpec::None;
+        self.kiln
+            .network
+            .as_ref()
+            .or(job.kiln.network.as_ref())
+            .or(workflow.kiln.network.as_ref())
+            .unwrap_or(NONE)
+    }
+
+    /// The secret bindings that let this step see a secret, by name.
+    pub fn allowed_secrets<'a>(&'a self, job: &'a JobSpec, workflow: &'a Workflow) -> Vec<&'a SecretBinding> {
+        let phase = self.phase(job);
+        let mut out: Vec<&SecretBinding> = self.kiln.secrets.iter().collect();
+        for b in job.kiln.secrets.iter().chain(workflow.kiln.secrets.iter()) {
+            if b.phases.contains(&phase) && !out.iter().any(|o| o.name == b.name) {
+                out.push(b);
+            }
+        }
+        out
+    }
 }

@@ -45,6 +45,7 @@ const TOP_KEYS: &[(&str, KeyKind)] = &[
     ("permissions", KeyKind::Notice),
     ("concurrency", KeyKind::Notice),
     ("environment", KeyKind::Notice),
+    ("kiln", KeyKind::Known),
 ];
 
 const REUSABLE: &str = "reusable workflows are not supported; kiln runs the jobs of one file";
@@ -90,9 +91,22 @@ const STEP_KEYS: &[&str] = &[
     "continue-on-error",
     "uses",
     "with",
+    "kiln",
 ];
 
-const KILN_KEYS: &[&str] = &["isolation", "memory", "pids", "cpus", "disk", "tmp", "log"];
+const KILN_KEYS: &[&str] =
+    &["isolation", "memory", "pids", "cpus", "disk", "tmp", "log", "phase", "network", "secrets"];
+const KILN_WORKFLOW_KEYS: &[&str] = &["network", "secrets"];
+const KILN_STEP_KEYS: &[&str] = &["phase", "network", "secrets"];
+const SECRET_KEYS: &[&str] = &["phases", "as"];
+
+/// Where a `kiln:` block is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KilnLevel {
+    Workflow,
+    Job,
+    Step,
+}
 
 pub(crate) struct Cx<'a> {
     file: &'a str,
@@ -355,7 +369,13 @@ impl Cx<'_> {
 /// Parses the YAML tree of a workflow file.
 pub(crate) fn workflow(file: &str, root: &Node) -> Parsed {
     let mut cx = Cx { file, errors: Vec::new(), notices: Vec::new() };
-    let mut wf = Workflow { name: None, env: Vec::new(), defaults: RunDefaults::default(), jobs: Vec::new() };
+    let mut wf = Workflow {
+        name: None,
+        env: Vec::new(),
+        defaults: RunDefaults::default(),
+        jobs: Vec::new(),
+        kiln: KilnStepSettings::default(),
+    };
     let mut extras = Vec::new();
     let NodeKind::Map(pairs) = &root.kind else {
         cx.err(root.loc, format!("a workflow must be a mapping with `jobs`, not {}", root.kind_name()));
@@ -370,6 +390,22 @@ pub(crate) fn workflow(file: &str, root: &Node) -> Parsed {
             "name" => wf.name = cx.text(v, "`name`"),
             "env" => wf.env = cx.env(v, "at the top level"),
             "defaults" => wf.defaults = cx.defaults(v, "at the top level"),
+            "kiln" => {
+                if let Some(pairs) = cx.map(v, "`kiln`") {
+                    for (k, v) in pairs {
+                        if let Some(name) = cx.text(k, "a key") {
+                            if !kiln_shared(&mut cx, k, v, &name, KilnLevel::Workflow, &mut wf.kiln) {
+                                cx.unknown_key(
+                                    k.loc,
+                                    &name,
+                                    KILN_WORKFLOW_KEYS.iter().copied(),
+                                    "in top-level `kiln`",
+                                );
+                            }
+                        }
+                    }
+                }
+            }
             "jobs" => {
                 saw_jobs = true;
                 let Some(jobs) = cx.map(v, "`jobs`") else {
@@ -552,8 +588,182 @@ fn kiln(cx: &mut Cx<'_>, node: &Node) -> KilnJobSettings {
             "log" => out.log_bytes = size(cx),
             "pids" => out.pids = cx.positive_int(v, "`kiln.pids`"),
             "cpus" => out.cpus = cx.positive_number(v, "`kiln.cpus`"),
-            _ => cx.unknown_key(k.loc, &name, KILN_KEYS.iter().copied(), "in `kiln`"),
+            _ => {
+                let mut shared = KilnStepSettings {
+                    phase: out.phase,
+                    network: out.network.take(),
+                    secrets: std::mem::take(&mut out.secrets),
+                };
+                let known = kiln_shared(cx, k, v, &name, KilnLevel::Job, &mut shared);
+                out.phase = shared.phase;
+                out.network = shared.network;
+                out.secrets = shared.secrets;
+                if !known {
+                    cx.unknown_key(k.loc, &name, KILN_KEYS.iter().copied(), "in `kiln`");
+                }
+            }
         }
+    }
+    out
+}
+
+/// `phase`, `network` and `secrets`, which several levels share. Returns
+/// false for a key it does not know.
+fn kiln_shared(
+    cx: &mut Cx<'_>,
+    k: &Node,
+    v: &Node,
+    name: &str,
+    level: KilnLevel,
+    out: &mut KilnStepSettings,
+) -> bool {
+    match name {
+        "phase" if level != KilnLevel::Workflow => {
+            out.phase = match cx.text(v, "`kiln.phase`") {
+                Some(p) => match Phase::parse(&p) {
+                    Some(p) => Some(p),
+                    None => {
+                        let all: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
+                        cx.err(v.loc, format!("unknown phase `{p}`; expected one of {}", all.join(", ")));
+                        None
+                    }
+                },
+                None => None,
+            }
+        }
+        "network" => out.network = network(cx, v),
+        "secrets" => out.secrets = secret_bindings(cx, v, level),
+        _ => {
+            let _ = k;
+            return false;
+        }
+    }
+    true
+}
+
+/// `network: none` or `network: { allow: [host, "*.host:443"] }`.
+fn network(cx: &mut Cx<'_>, v: &Node) -> Option<NetworkSpec> {
+    if let Some(text) = v.as_scalar() {
+        if text == "none" {
+            return Some(NetworkSpec::None);
+        }
+        cx.err(v.loc, format!("`kiln.network` must be `none` or `{{ allow: [hosts] }}`, not `{text}`"));
+        return None;
+    }
+    let pairs = cx.map(v, "`kiln.network`")?;
+    let mut allow = Vec::new();
+    for (k, val) in pairs {
+        match k.as_scalar() {
+            Some("allow") => {
+                let NodeKind::Seq(items) = &val.kind else {
+                    cx.err(val.loc, "`kiln.network.allow` must be a list of host names");
+                    continue;
+                };
+                for item in items {
+                    let Some(host) = cx.text(item, "a host") else { continue };
+                    if let Err(e) = check_host_rule(&host) {
+                        cx.err(item.loc, format!("`kiln.network.allow`: `{host}`: {e}"));
+                    } else {
+                        allow.push(host);
+                    }
+                }
+            }
+            Some(other) => cx.unknown_key(k.loc, other, ["allow"].into_iter(), "in `kiln.network`"),
+            None => cx.err(k.loc, "expected a key"),
+        }
+    }
+    Some(NetworkSpec::Allow(allow))
+}
+
+/// A host rule's syntax: `name`, `*.name`, optionally `:port`.
+fn check_host_rule(rule: &str) -> Result<(), String> {
+    if rule.contains("://") || rule.contains('/') || rule.contains('@') {
+        return Err("a host name (optionally `*.` and `:port`), not a URL".into());
+    }
+    let (host, port) = match rule.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (rule, None),
+    };
+    if let Some(p) = port {
+        if p.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
+            return Err(format!("bad port `{p}`"));
+        }
+    }
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let ok = !name.is_empty()
+        && name.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err("not a host name".into())
+    }
+}
+
+/// `secrets: { NAME: { phases: [deploy], as: env|file } }`; a step-level
+/// binding names no phases (`NAME: {}` or `NAME: { as: file }`).
+fn secret_bindings(cx: &mut Cx<'_>, v: &Node, level: KilnLevel) -> Vec<SecretBinding> {
+    let mut out = Vec::new();
+    let Some(pairs) = cx.map(v, "`kiln.secrets`") else { return out };
+    for (k, val) in pairs {
+        let Some(name) = cx.text(k, "a secret name") else { continue };
+        if !is_env_name(&name) {
+            cx.err(k.loc, format!("`{name}` is not a valid secret name"));
+            continue;
+        }
+        let mut b = SecretBinding {
+            name: name.clone(),
+            phases: Vec::new(),
+            delivery: SecretAs::Env,
+            location: k.loc,
+        };
+        if !val.is_null() {
+            let Some(fields) = cx.map(val, &format!("secret `{name}`")) else { continue };
+            for (fk, fv) in fields {
+                match fk.as_scalar() {
+                    Some("phases") if level == KilnLevel::Step => {
+                        cx.err(fk.loc, format!("secret `{name}`: a step-level binding takes no `phases` (it binds this step)"));
+                    }
+                    Some("phases") => {
+                        let items: Vec<&Node> = match &fv.kind {
+                            NodeKind::Seq(items) => items.iter().collect(),
+                            _ => vec![fv],
+                        };
+                        for item in items {
+                            let Some(p) = cx.text(item, "a phase") else { continue };
+                            match Phase::parse(&p) {
+                                Some(p) => b.phases.push(p),
+                                None => cx.err(item.loc, format!("secret `{name}`: unknown phase `{p}`")),
+                            }
+                        }
+                    }
+                    Some("as") => match cx.text(fv, "`as`").as_deref() {
+                        Some("env") => b.delivery = SecretAs::Env,
+                        Some("file") => b.delivery = SecretAs::File,
+                        Some(other) => cx.err(
+                            fv.loc,
+                            format!("secret `{name}`: `as` must be `env` or `file`, not `{other}`"),
+                        ),
+                        None => {}
+                    },
+                    Some(other) => cx.unknown_key(
+                        fk.loc,
+                        other,
+                        SECRET_KEYS.iter().copied(),
+                        &format!("in secret `{name}`"),
+                    ),
+                    None => cx.err(fk.loc, "expected a key"),
+                }
+            }
+        }
+        if level != KilnLevel::Step && b.phases.is_empty() {
+            cx.err(
+                k.loc,
+                format!(
+                    "secret `{name}` is bound to no phase: add `phases: [deploy]` (or bind it on a step)"
+                ),
+            );
+        }
+        out.push(b);
     }
     out
 }
@@ -582,6 +792,7 @@ fn step(
         condition: None,
         timeout_minutes: None,
         continue_on_error: BoolOrExpr::Literal(false),
+        kiln: KilnStepSettings::default(),
     };
     let mut run = None;
     let mut uses = None;
@@ -622,6 +833,22 @@ fn step(
             "if" => spec.condition = cx.condition(v),
             "timeout-minutes" => spec.timeout_minutes = cx.positive_number(v, "`timeout-minutes`"),
             "continue-on-error" => spec.continue_on_error = cx.bool_or_expr(v, "`continue-on-error`"),
+            "kiln" => {
+                if let Some(kp) = cx.map(v, "`kiln`") {
+                    for (kk, kv) in kp {
+                        if let Some(n) = cx.text(kk, "a key") {
+                            if !kiln_shared(cx, kk, kv, &n, KilnLevel::Step, &mut spec.kiln) {
+                                cx.unknown_key(
+                                    kk.loc,
+                                    &n,
+                                    KILN_STEP_KEYS.iter().copied(),
+                                    "in a step's `kiln`",
+                                );
+                            }
+                        }
+                    }
+                }
+            }
             _ => cx.unknown_key(k.loc, &key, STEP_KEYS.iter().copied(), &format!("in {label}")),
         }
     }

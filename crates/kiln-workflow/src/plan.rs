@@ -55,6 +55,7 @@ pub fn load(file: &str, source: &str) -> Result<Plan, Diagnostics> {
     let mut errors = parsed.errors;
     let workflow = parsed.workflow;
     check_needs(file, &workflow, &parsed.extras, &mut errors);
+    crate::secrets_check::check(file, &workflow, &mut errors);
     if errors.is_empty() {
         check_cycles(file, &workflow, &mut errors);
     }

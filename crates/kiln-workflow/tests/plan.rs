@@ -149,6 +149,7 @@ fn realistic_workflow() {
             disk_bytes: Some(10_000_000_000),
             tmp_bytes: Some(512 << 20),
             log_bytes: Some(1_024_000),
+            ..Default::default()
         }
     );
     assert_eq!(build.outputs[0].0, "version");
@@ -482,4 +483,37 @@ fn yaml_anchors_and_merge_keys() {
     .unwrap();
     assert_eq!(plan.workflow.jobs[1].env[0].0, "A");
     assert_error(&wf("  a: &j\n    steps: [{run: x}]\n  b:\n    <<: *j\n"), 6, 5, "merge keys");
+}
+
+#[test]
+fn secrets_are_bound_to_phases_and_only_read_in_step_env() {
+    let ok = "kiln:\n  secrets:\n    DEPLOY_TOKEN: { phases: [deploy] }\njobs:\n  ship:\n    kiln: { phase: deploy }\n    steps:\n      - run: ./deploy\n        env:\n          TOKEN: ${{ secrets.DEPLOY_TOKEN }}\n      - run: cat /run/secrets/KEY\n        kiln:\n          secrets:\n            KEY: { as: file }\n";
+    let plan = kiln_workflow::load("w.yml", ok).unwrap();
+    let job = &plan.workflow.jobs[0];
+    assert_eq!(job.steps[0].phase(job), kiln_workflow::Phase::Deploy);
+    assert_eq!(job.steps[1].allowed_secrets(job, &plan.workflow).len(), 2);
+
+    let wrong_phase = "kiln:\n  secrets:\n    DEPLOY_TOKEN: { phases: [deploy] }\njobs:\n  build:\n    steps:\n      - run: make\n        env:\n          TOKEN: ${{ secrets.DEPLOY_TOKEN }}\n";
+    let e = kiln_workflow::load("w.yml", wrong_phase).unwrap_err().to_string();
+    assert!(
+        e.contains("w.yml:7:9")
+            && e.contains("DEPLOY_TOKEN")
+            && e.contains("`build` is not among its phases [deploy]"),
+        "{e}"
+    );
+
+    let unbound = "jobs:\n  build:\n    steps:\n      - run: make\n        env:\n          TOKEN: ${{ secrets.NPM_TOKEN }}\n";
+    let e = kiln_workflow::load("w.yml", unbound).unwrap_err().to_string();
+    assert!(e.contains("not bound to any phase"), "{e}");
+
+    let in_script = "kiln:\n  secrets:\n    T: { phases: [build] }\njobs:\n  build:\n    steps:\n      - run: echo ${{ secrets.T }}\n";
+    let e = kiln_workflow::load("w.yml", in_script).unwrap_err().to_string();
+    assert!(e.contains("`run:` script") && e.contains("only be used in a step's `env:`"), "{e}");
+
+    let no_phases = "kiln:\n  secrets:\n    T: { as: env }\njobs:\n  a:\n    steps: [{run: x}]\n";
+    assert!(kiln_workflow::load("w.yml", no_phases).unwrap_err().to_string().contains("bound to no phase"));
+
+    let bad_net =
+        "jobs:\n  a:\n    kiln: { network: { allow: [\"https://evil/x\"] } }\n    steps: [{run: x}]\n";
+    assert!(kiln_workflow::load("w.yml", bad_net).unwrap_err().to_string().contains("not a URL"));
 }

@@ -119,6 +119,7 @@ fn raw_start(runtime: &Runtime, ws: &Workspace, dir: &std::path::Path, i: usize)
         limits: kiln_engine::limits::StepLimits::default().sandbox_limits(),
         uid: STEP_UID,
         gid: STEP_GID,
+        init: None,
     };
     let bundle = dir.join(format!("raw-{i}"));
     std::fs::create_dir_all(&bundle)?;
@@ -161,6 +162,7 @@ async fn kiln_start(
         isolation: iso,
         runtimes,
         limits,
+        init: kiln_engine::runner::sandbox::locate_init().map_err(|e| anyhow!(e))?,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let emitter = Emitter::new(&build, Some(tx), None);

@@ -159,6 +159,7 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
             tiers.push(t);
         }
     }
+    let init = kiln_engine::runner::sandbox::locate_init().map_err(|e| anyhow!(e))?;
     let scratch = state_dir.join("probe");
     let mut runtimes = HashMap::new();
     for tier in tiers {
@@ -194,6 +195,7 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
         isolation: operator,
         runtimes,
         limits: Default::default(),
+        init,
     };
     let opts = BuildOptions {
         build: build.clone(),

@@ -59,6 +59,25 @@ pub struct SandboxRunnerConfig {
     /// Verified runtimes by tier.
     pub runtimes: HashMap<TierKey, Runtime>,
     pub limits: StepLimits,
+    /// Host path of `kiln-init`, PID 1 of every sandbox.
+    pub init: PathBuf,
+}
+
+/// Finds `kiln-init` next to the running binary (or at `$KILN_INIT`).
+pub fn locate_init() -> Result<PathBuf, String> {
+    let path = match std::env::var_os("KILN_INIT") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()
+            .map_err(|e| format!("locating kiln's own binary: {e}"))?
+            .with_file_name("kiln-init"),
+    };
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => Ok(path),
+        _ => Err(format!(
+            "kiln-init not found at {} (it is built with kiln: `cargo build -p kiln`; or set KILN_INIT)",
+            path.display()
+        )),
+    }
 }
 
 /// A hashable tier.
@@ -488,6 +507,11 @@ impl<'a> JobRun<'a> {
             limits: self.limits.sandbox_limits(),
             uid: STEP_UID,
             gid: STEP_GID,
+            init: Some(kiln_sandbox::InitSpec {
+                binary: self.runner.cfg.init.clone(),
+                secrets: false,
+                egress: None,
+            }),
         };
         let step_timeout = step.timeout_minutes.map(|m| Duration::from_secs_f64(m * 60.0));
         let (deadline, timeout_len) = match step_timeout {

@@ -62,6 +62,7 @@ pub fn spec(name: &str, tier: Isolation, script: &str, workspace: &Path) -> Sand
         limits: limits(),
         uid: STEP_UID,
         gid: STEP_GID,
+        init: None,
     }
 }
 

@@ -62,6 +62,14 @@ pub struct Expr {
 }
 
 impl Expr {
+    /// Secrets this expression reads: `Some(name)`, or `None` for a use whose
+    /// name is not a literal (refused by validation).
+    pub fn secret_refs(&self) -> Vec<Option<String>> {
+        let mut out = Vec::new();
+        self.ast.secret_refs(&mut out);
+        out
+    }
+
     /// Parses an expression; `location` is where it starts in the file.
     pub fn parse(source: &str, location: Location, file: &str) -> Result<Expr, Diagnostic> {
         Expr::parse_mapped(source, &|off| advance(location, source, off), file)

@@ -35,6 +35,31 @@ pub(crate) enum Ast {
 }
 
 impl Ast {
+    /// Every use of the `secrets` context: `Some(name)` for `secrets.NAME` or
+    /// `secrets['NAME']`, `None` for a use whose name is not literal.
+    pub fn secret_refs(&self, out: &mut Vec<Option<String>>) {
+        match self {
+            Ast::Prop(inner, name) if matches!(&**inner, Ast::Context(c) if c == "secrets") => {
+                out.push(Some(name.clone()))
+            }
+            Ast::Index(inner, key) if matches!(&**inner, Ast::Context(c) if c == "secrets") => match &**key {
+                Ast::Lit(Value::String(name)) => out.push(Some(name.clone())),
+                other => {
+                    out.push(None);
+                    other.secret_refs(out);
+                }
+            },
+            Ast::Context(c) if c == "secrets" => out.push(None),
+            Ast::Lit(_) | Ast::Context(_) => {}
+            Ast::Prop(a, _) | Ast::Star(a) | Ast::Not(a) => a.secret_refs(out),
+            Ast::Index(a, b) | Ast::Bin(_, a, b) => {
+                a.secret_refs(out);
+                b.secret_refs(out);
+            }
+            Ast::Call(_, args) => args.iter().for_each(|a| a.secret_refs(out)),
+        }
+    }
+
     pub fn uses_status(&self) -> bool {
         match self {
             Ast::Lit(_) | Ast::Context(_) => false,

@@ -87,6 +87,11 @@ impl Template {
     }
 
     /// The expressions in the template, in order.
+    /// Secrets this template reads (see [`Expr::secret_refs`]).
+    pub fn secret_refs(&self) -> Vec<Option<String>> {
+        self.expressions().flat_map(|e| e.secret_refs()).collect()
+    }
+
     pub fn expressions(&self) -> impl Iterator<Item = &Expr> {
         self.parts.iter().filter_map(|p| match p {
             Part::Expr(e) => Some(e),

@@ -1,0 +1,120 @@
+//! Where secrets may appear, and which steps may see them.
+//!
+//! A secret may be read only through `${{ secrets.NAME }}` in a step's `env:`
+//! values: kiln expands those inside the sandbox's environment and never into
+//! a file on disk (a `run:` script is a file), a record or a log. And a step
+//! may read only the secrets bound to its phase (workflow or job `kiln.secrets`
+//! with `phases:`) or to the step itself (a step's `kiln.secrets`).
+
+use crate::diagnostic::{Diagnostic, Location};
+use crate::expr::Template;
+use crate::model::{JobSpec, StepAction, Workflow};
+
+fn diag(file: &str, location: Location, message: String) -> Diagnostic {
+    Diagnostic { file: file.to_string(), location, message }
+}
+
+/// Checks every use of `secrets` in the workflow.
+pub(crate) fn check(file: &str, wf: &Workflow, errors: &mut Vec<Diagnostic>) {
+    let elsewhere = "secrets may only be used in a step's `env:` values (kiln never writes them into a script, a record or a log)";
+    let mut forbid = |t: &Template, loc: Location, what: &str, errors: &mut Vec<Diagnostic>| {
+        if !t.secret_refs().is_empty() {
+            errors.push(diag(file, loc, format!("{what} uses a secret: {elsewhere}")));
+        }
+    };
+    for (k, t) in &wf.env {
+        forbid(t, Location::default(), &format!("workflow `env.{k}`"), errors);
+    }
+    for job in &wf.jobs {
+        for (k, t) in &job.env {
+            forbid(t, job.location, &format!("`env.{k}` of job `{}`", job.key), errors);
+        }
+        for (k, t) in &job.outputs {
+            forbid(t, job.location, &format!("output `{k}` of job `{}`", job.key), errors);
+        }
+        if let Some(t) = &job.name {
+            forbid(t, job.location, &format!("the name of job `{}`", job.key), errors);
+        }
+        if job.condition.as_ref().is_some_and(|c| !c.secret_refs().is_empty()) {
+            errors.push(diag(
+                file,
+                job.location,
+                format!("the `if` of job `{}` uses a secret: {elsewhere}", job.key),
+            ));
+        }
+        for (i, step) in job.steps.iter().enumerate() {
+            check_step(file, wf, job, i + 1, step, errors, &mut forbid);
+        }
+    }
+}
+
+fn check_step(
+    file: &str,
+    wf: &Workflow,
+    job: &JobSpec,
+    index: usize,
+    step: &crate::model::StepSpec,
+    errors: &mut Vec<Diagnostic>,
+    forbid: &mut impl FnMut(&Template, Location, &str, &mut Vec<Diagnostic>),
+) {
+    let label = match &step.name {
+        Some(n) => format!("step {index} (`{}`) of job `{}`", n.source(), job.key),
+        None => format!("step {index} of job `{}`", job.key),
+    };
+    if let StepAction::Run { script, .. } = &step.action {
+        forbid(script, step.location, &format!("the `run:` script of {label}"), errors);
+    }
+    if let Some(t) = &step.name {
+        forbid(t, step.location, &format!("the name of {label}"), errors);
+    }
+    if let Some(t) = &step.working_directory {
+        forbid(t, step.location, &format!("the working-directory of {label}"), errors);
+    }
+    if step.condition.as_ref().is_some_and(|c| !c.secret_refs().is_empty()) {
+        errors.push(diag(file, step.location, format!("the `if` of {label} uses a secret")));
+    }
+    let phase = step.phase(job);
+    let allowed = step.allowed_secrets(job, wf);
+    for (var, t) in &step.env {
+        for r in t.secret_refs() {
+            let Some(name) = r else {
+                errors.push(diag(
+                    file,
+                    step.location,
+                    format!(
+                        "`env.{var}` of {label} reads `secrets` without a literal name (use `secrets.NAME`)"
+                    ),
+                ));
+                continue;
+            };
+            if allowed.iter().any(|b| b.name == name) {
+                continue;
+            }
+            let bound: Vec<String> = job
+                .kiln
+                .secrets
+                .iter()
+                .chain(wf.kiln.secrets.iter())
+                .filter(|b| b.name == name)
+                .flat_map(|b| b.phases.iter().map(|p| p.as_str().to_string()))
+                .collect();
+            let why = if bound.is_empty() {
+                format!(
+                    "it is not bound to any phase (bind it under `kiln.secrets` with `phases: [{}]`)",
+                    phase.as_str()
+                )
+            } else {
+                format!(
+                    "the step's phase `{}` is not among its phases [{}]",
+                    phase.as_str(),
+                    bound.join(", ")
+                )
+            };
+            errors.push(diag(
+                file,
+                step.location,
+                format!("{label} reads secret `{name}` in `env.{var}`, but {why}"),
+            ));
+        }
+    }
+}
