@@ -39,6 +39,8 @@ pub struct JobSummary {
     pub reason: Option<String>,
     pub cpu_seconds: f64,
     pub peak_memory_bytes: u64,
+    /// Secret values and token patterns scrubbed from the job's output.
+    pub redactions: u64,
 }
 
 /// The end of a build.
@@ -289,6 +291,7 @@ fn finish_job(
         reason,
         cpu_seconds: outcome.cpu_seconds,
         peak_memory_bytes: outcome.peak_memory_bytes,
+        redactions: outcome.redactions,
     };
     emitter.emit(Event::JobFinished { job: j, summary: summary.clone() });
     slots[j].summary = Some(summary);

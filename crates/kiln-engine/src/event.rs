@@ -32,5 +32,13 @@ pub enum Event {
         summary: JobSummary,
     },
     Log(LogEntry),
+    /// Security-relevant, kept apart from the log: a secret handed to a
+    /// step, egress blocked, a quota hit. Never carries a secret value.
+    Audit {
+        kind: String,
+        job: String,
+        step: String,
+        detail: String,
+    },
     BuildFinished(BuildSummary),
 }

@@ -131,12 +131,12 @@ pub fn build_spec(isolation: Isolation, spec: &SandboxSpec, cgroups_path: &str) 
         }
         mounts.push(bind(crate::init::INIT_PATH, &init.binary, false)?);
         if init.secrets {
-            let owner = format!("uid={},gid={}", spec.uid, spec.gid);
+            let (uid, gid) = (format!("uid={}", spec.uid), format!("gid={}", spec.gid));
             mounts.push(mount(
                 crate::init::SECRETS_DIR,
                 "tmpfs",
                 "tmpfs",
-                &["nosuid", "nodev", "noexec", "mode=0700", "size=4m", &owner],
+                &["nosuid", "nodev", "noexec", "mode=0700", "size=4m", &uid, &gid],
             )?);
         }
         if let Some((dir, _)) = &init.egress {

@@ -163,6 +163,8 @@ async fn kiln_start(
         runtimes,
         limits,
         init: kiln_engine::runner::sandbox::locate_init().map_err(|e| anyhow!(e))?,
+        secrets: Arc::new(Vec::new()),
+        scrubber: Arc::new(kiln_secrets::Scrubber::new(&[], &kiln_secrets::PatternSet::builtin())),
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let emitter = Emitter::new(&build, Some(tx), None);

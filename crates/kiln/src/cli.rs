@@ -61,6 +61,13 @@ pub struct RunArgs {
     /// JSON lines on stdout: every log entry, then a summary object.
     #[arg(long)]
     pub json: bool,
+    /// A secret: `NAME=VALUE`, or `NAME` to take the value from the
+    /// environment. Repeatable. Steps see it only where a binding allows.
+    #[arg(long = "secret", value_name = "NAME[=VALUE]")]
+    pub secrets: Vec<String>,
+    /// Secrets from a dotenv file (`NAME=value`, quotes, multi-line values).
+    #[arg(long, value_name = "FILE")]
+    pub secrets_file: Option<PathBuf>,
     #[command(flatten)]
     pub state: StateArgs,
 }

@@ -107,7 +107,7 @@ impl Renderer {
                     let _ = writeln!(out, "{} {pipeline} (build {build})", self.paint("1", "kiln run"));
                 }
             }
-            Event::StepStarted { .. } | Event::StepFinished { .. } => {}
+            Event::StepStarted { .. } | Event::StepFinished { .. } | Event::Audit { .. } => {}
         }
         let _ = out.flush();
     }
@@ -166,7 +166,8 @@ impl Renderer {
 
     fn table(&self, s: &BuildSummary) -> String {
         let w = s.jobs.iter().map(|j| j.id.chars().count()).max().unwrap_or(3).max(3);
-        let mut t = format!("\n{:<w$}  {:<10}  {:>9}  REASON\n", "JOB", "STATUS", "DURATION");
+        let mut t =
+            format!("\n{:<w$}  {:<10}  {:>9}  {:>8}  REASON\n", "JOB", "STATUS", "DURATION", "REDACTED");
         for j in &s.jobs {
             let dur = match (&j.started_at, &j.finished_at) {
                 (Some(a), Some(b)) => {

@@ -142,6 +142,14 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
         Ok(p) => Arc::new(p),
         Err(code) => return Ok(code),
     };
+    let secrets = match load_secrets(&args) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let scrubber = Arc::new(kiln_secrets::Scrubber::new(&secrets, &kiln_secrets::PatternSet::builtin()));
     let source = match &args.source {
         Some(s) => std::fs::canonicalize(s).with_context(|| format!("source directory {}", s.display()))?,
         None => default_source(&workflow),
@@ -196,6 +204,8 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
         runtimes,
         limits: Default::default(),
         init,
+        secrets,
+        scrubber,
     };
     let opts = BuildOptions {
         build: build.clone(),
@@ -228,6 +238,40 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
         eprintln!("warning: the state store may be missing the last log lines: {e}");
     }
     Ok(summary.exit_code() as u8)
+}
+
+/// The build's secrets from `--secret` and `--secrets-file`. Errors name the
+/// secret, never its value.
+fn load_secrets(args: &RunArgs) -> Result<Vec<kiln_secrets::Secret>, String> {
+    let mut out: Vec<kiln_secrets::Secret> = Vec::new();
+    let mut add = |name: String, value: Vec<u8>| -> Result<(), String> {
+        kiln_secrets::validate(&name, &value).map_err(|e| e.to_string())?;
+        out.retain(|s| s.name != name);
+        out.push(kiln_secrets::Secret::new(name, value));
+        Ok(())
+    };
+    if let Some(file) = &args.secrets_file {
+        let text =
+            std::fs::read_to_string(file).map_err(|e| format!("--secrets-file {}: {e}", file.display()))?;
+        for (name, value) in kiln_secrets::parse_dotenv(&text)
+            .map_err(|e| format!("--secrets-file {}: {e}", file.display()))?
+        {
+            add(name, value.expose().to_vec())?;
+        }
+    }
+    for spec in &args.secrets {
+        match spec.split_once('=') {
+            Some((name, value)) => add(name.to_string(), value.as_bytes().to_vec())?,
+            None => {
+                let value = std::env::var_os(spec).ok_or_else(|| {
+                    format!("--secret {spec}: no environment variable `{spec}` to read it from")
+                })?;
+                use std::os::unix::ffi::OsStringExt;
+                add(spec.clone(), value.into_vec())?
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn watch_signals(cancel: watch::Sender<bool>) {

@@ -41,6 +41,8 @@ pub struct JobOutcome {
     pub reason: Option<String>,
     pub cpu_seconds: f64,
     pub peak_memory_bytes: u64,
+    /// Secret values and token patterns scrubbed from the job's output.
+    pub redactions: u64,
 }
 
 impl JobOutcome {
@@ -52,6 +54,7 @@ impl JobOutcome {
             reason: None,
             cpu_seconds: 0.0,
             peak_memory_bytes: 0,
+            redactions: 0,
         }
     }
 }
@@ -94,8 +97,10 @@ pub struct StepRecord {
     pub reason: Option<String>,
     pub cpu_seconds: f64,
     pub peak_memory_bytes: u64,
-    /// `$GITHUB_STEP_SUMMARY`, if the step wrote one.
+    /// `$GITHUB_STEP_SUMMARY`, if the step wrote one (scrubbed).
     pub summary: Option<String>,
+    /// Secret values and token patterns scrubbed from the step's output.
+    pub redactions: u64,
 }
 
 /// Sends a build's events, numbering log entries.

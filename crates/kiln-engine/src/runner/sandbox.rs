@@ -61,6 +61,10 @@ pub struct SandboxRunnerConfig {
     pub limits: StepLimits,
     /// Host path of `kiln-init`, PID 1 of every sandbox.
     pub init: PathBuf,
+    /// The build's secrets, by name (handed only to steps bound to them).
+    pub secrets: Arc<Vec<kiln_secrets::Secret>>,
+    /// Scrubs every secret of the build (and known token shapes) from output.
+    pub scrubber: Arc<kiln_secrets::Scrubber>,
 }
 
 /// Finds `kiln-init` next to the running binary (or at `$KILN_INIT`).
@@ -148,6 +152,9 @@ struct JobRun<'a> {
     peak_memory: u64,
     deadline: Instant,
     job_timeout: Duration,
+    /// Redactions in this job's output so far, and in its last step's.
+    redactions: u64,
+    last_redactions: u64,
 }
 
 impl<'a> JobRun<'a> {
@@ -174,6 +181,8 @@ impl<'a> JobRun<'a> {
             peak_memory: 0,
             deadline: Instant::now() + job_timeout,
             job_timeout,
+            redactions: 0,
+            last_redactions: 0,
         }
     }
 
@@ -234,6 +243,7 @@ impl<'a> JobRun<'a> {
         outcome.reason = if cancelled { Some("cancelled".into()) } else { self.reason.clone() };
         outcome.cpu_seconds = self.cpu_seconds;
         outcome.peak_memory_bytes = self.peak_memory;
+        outcome.redactions = self.redactions;
         outcome
     }
 
@@ -359,6 +369,7 @@ impl<'a> JobRun<'a> {
             cpu_seconds: cpu,
             peak_memory_bytes: mem,
             summary,
+            redactions: std::mem::take(&mut self.last_redactions),
         };
         self.finish_step(k, step, record);
     }
@@ -406,6 +417,7 @@ impl<'a> JobRun<'a> {
             cpu_seconds: cpu,
             peak_memory_bytes: mem,
             summary,
+            redactions: 0,
         };
         self.finish_step(k, step, record);
     }
@@ -454,11 +466,36 @@ impl<'a> JobRun<'a> {
         shell: Option<Shell>,
     ) -> Result<StepResult, String> {
         let status = self.status_fns();
+        // The secrets this step is bound to (validation already refused reads
+        // of any other): visible to its `env:` expressions only.
+        let workflow = &self.req.plan.workflow;
+        let bindings = step.allowed_secrets(&job.spec, workflow);
+        let mut secret_ctx = Map::new();
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        for b in &bindings {
+            match self.runner.cfg.secrets.iter().find(|s| s.name == b.name) {
+                Some(secret) => {
+                    let value = secret.value.expose();
+                    secret_ctx
+                        .insert(b.name.clone(), Value::String(String::from_utf8_lossy(value).into_owned()));
+                    if b.delivery == kiln_workflow::SecretAs::File {
+                        files.push((b.name.clone(), value.to_vec()));
+                    }
+                }
+                None => self.sys(name, format!("secret `{}` is not set for this build", b.name)),
+            }
+        }
         // Environment: workflow < job < $GITHUB_ENV < step.
         let mut env = self.contexts().env.as_object().cloned().unwrap_or_default();
+        let mut secret_keys = std::collections::HashSet::new();
         for (key, t) in &step.env {
             let mut ctx = self.contexts();
             ctx.env = Value::Object(env.clone());
+            let refs = t.secret_refs();
+            if !refs.is_empty() {
+                ctx.secrets = Value::Object(secret_ctx.clone());
+                secret_keys.insert(key.clone());
+            }
             let v = t.render(&ctx, status).map_err(|e| format!("env {key}: {e}"))?;
             env.insert(key.clone(), Value::String(v));
         }
@@ -493,6 +530,32 @@ impl<'a> JobRun<'a> {
         let script_path = format!("{STEP_DIR}/script.{}", shell.extension());
 
         let full_env = step_env(&self.req.contexts.github, job, step, k, env, &self.path_prefix);
+        // Anything secret goes to kiln-init on stdin, never into the spec on
+        // disk: env values that read a secret, or that contain one (e.g. one
+        // a step put into $GITHUB_ENV), and file secrets.
+        let scrubber = self.runner.cfg.scrubber.clone();
+        let (secret_env, full_env): (Vec<_>, Vec<_>) = full_env
+            .into_iter()
+            .partition(|(k, v)| secret_keys.contains(k) || scrubber.contains_secret(v.as_bytes()).is_some());
+        let mut handed: Vec<String> = secret_env.iter().map(|(k, _)| k.clone()).collect();
+        handed.extend(files.iter().map(|(n, _)| format!("/run/secrets/{n}")));
+        let mut records: Vec<(String, kiln_sandbox::init::SecretMode, &[u8])> = secret_env
+            .iter()
+            .map(|(k, v)| (k.clone(), kiln_sandbox::init::SecretMode::Env, v.as_bytes()))
+            .collect();
+        records.extend(
+            files.iter().map(|(n, v)| (n.clone(), kiln_sandbox::init::SecretMode::File, v.as_slice())),
+        );
+        let stdin_secrets = (!records.is_empty()).then(|| kiln_sandbox::init::encode_secrets(&records));
+        drop(records);
+        for what in &handed {
+            self.req.emitter.emit(Event::Audit {
+                kind: "secret-handed".into(),
+                job: job.id.clone(),
+                step: name.to_string(),
+                detail: format!("{what} (phase {})", step.phase(&job.spec).as_str()),
+            });
+        }
         let id = format!("kiln-{}-{}-{}", sanitize_id(&self.req.build), self.req.job, n);
         let spec = SandboxSpec {
             id,
@@ -509,7 +572,7 @@ impl<'a> JobRun<'a> {
             gid: STEP_GID,
             init: Some(kiln_sandbox::InitSpec {
                 binary: self.runner.cfg.init.clone(),
-                secrets: false,
+                secrets: stdin_secrets.is_some(),
                 egress: None,
             }),
         };
@@ -533,11 +596,34 @@ impl<'a> JobRun<'a> {
             limit: self.limits.log_bytes,
             over: Arc::new(Notify::new()),
             tripped: Arc::new(AtomicBool::new(false)),
+            phase: step.phase(&job.spec).as_str().to_string(),
+            scrubber: self.runner.cfg.scrubber.clone(),
         };
-        let run =
-            run_sandbox(runtime, spec, bundle_dir, logger.clone(), deadline, self.req.cancel.clone()).await;
+        let run = run_sandbox(
+            runtime,
+            spec,
+            bundle_dir,
+            logger.clone(),
+            deadline,
+            self.req.cancel.clone(),
+            stdin_secrets,
+        )
+        .await;
         let (outcome, stopped) = match run {
-            Ok(v) => v,
+            Ok((o, s, r)) => {
+                if r > 0 {
+                    self.req.emitter.log(
+                        &job.id,
+                        name,
+                        step.phase(&job.spec).as_str(),
+                        Stream::System,
+                        format!("{r} secret value(s) redacted from this step's output"),
+                    );
+                }
+                self.last_redactions = r;
+                self.redactions += r;
+                (o, s)
+            }
             Err(e) => return Err(StopReason::Infrastructure(e).to_string()),
         };
 
@@ -608,6 +694,10 @@ impl<'a> JobRun<'a> {
                 if let Some(id) = &step.id {
                     let mut outputs = Map::new();
                     for (k, v) in pairs {
+                        if self.runner.cfg.scrubber.contains_secret(v.as_bytes()).is_some() {
+                            warn(self, format!("output `{k}` dropped: it contains a secret"));
+                            continue;
+                        }
                         outputs.insert(k, Value::String(v));
                     }
                     self.steps_ctx.insert(id.clone(), json!({ "outputs": outputs }));
@@ -643,7 +733,7 @@ impl<'a> JobRun<'a> {
             Err(e) => warn(self, format!("ignored {e}")),
         }
         match read_bounded(&dir.join("summary"), "GITHUB_STEP_SUMMARY") {
-            Ok(t) if !t.is_empty() => *summary = Some(t),
+            Ok(t) if !t.is_empty() => *summary = Some(self.runner.cfg.scrubber.scrub_str(&t)),
             Ok(_) => {}
             Err(e) => warn(self, format!("ignored {e}")),
         }
@@ -837,6 +927,8 @@ struct StepLogger {
     limit: u64,
     over: Arc<Notify>,
     tripped: Arc<AtomicBool>,
+    phase: String,
+    scrubber: Arc<kiln_secrets::Scrubber>,
 }
 
 impl StepLogger {
@@ -853,13 +945,14 @@ impl StepLogger {
     }
 
     fn line(&self, stream: Stream, text: String) {
-        // The secrets scrubber goes here: nothing upstream of this is stored.
-        self.emitter.log(&self.job, &self.step, "build", stream, text);
+        self.emitter.log(&self.job, &self.step, &self.phase, stream, text);
     }
 }
 
-async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, stream: Stream, logger: StepLogger) {
+async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, stream: Stream, logger: StepLogger) -> u64 {
     let mut framer = LineFramer::default();
+    // The scrubber is the boundary: nothing upstream of it is stored or shown.
+    let mut scrub = logger.scrubber.stream();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match pipe.read(&mut buf).await {
@@ -870,15 +963,20 @@ async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, stream: Stream, logge
             // Keep draining so the sandbox never blocks on a full pipe, but drop the bytes.
             continue;
         }
-        for line in framer.push(&buf[..n]) {
+        for line in framer.push(&scrub.push(&buf[..n])) {
             logger.line(stream, line);
         }
     }
-    if let Some(rest) = framer.finish() {
-        if !logger.tripped.load(Ordering::Relaxed) {
+    let tail = scrub.finish();
+    if !logger.tripped.load(Ordering::Relaxed) {
+        for line in framer.push(&tail) {
+            logger.line(stream, line);
+        }
+        if let Some(rest) = framer.finish() {
             logger.line(stream, rest);
         }
     }
+    scrub.counts().total()
 }
 
 /// Starts the sandbox, streams its output, enforces the deadline, the log
@@ -890,14 +988,16 @@ async fn run_sandbox(
     logger: StepLogger,
     deadline: Instant,
     mut cancel: watch::Receiver<bool>,
-) -> Result<(kiln_sandbox::Outcome, Option<Stop>), String> {
+    stdin_secrets: Option<Vec<u8>>,
+) -> Result<(kiln_sandbox::Outcome, Option<Stop>, u64), String> {
     let sandbox = tokio::task::spawn_blocking(move || Sandbox::prepare(&runtime, &spec, &bundle_dir))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let sandbox = Arc::new(sandbox);
     let mut cmd = tokio::process::Command::from(sandbox.command());
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let stdin = if stdin_secrets.is_some() { Stdio::piped() } else { Stdio::null() };
+    cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -906,6 +1006,16 @@ async fn run_sandbox(
             return Err(format!("starting the sandbox runtime: {e}"));
         }
     };
+    if let (Some(mut secrets), Some(mut stdin)) = (stdin_secrets, child.stdin.take()) {
+        // kiln-init reads to EOF, then starts the step; the pipe is closed here.
+        use tokio::io::AsyncWriteExt;
+        let written = stdin.write_all(&secrets).await;
+        secrets.fill(0);
+        drop(stdin);
+        if let Err(e) = written {
+            tracing::warn!("handing secrets to the sandbox: {e}");
+        }
+    }
     let out = tokio::spawn(pump(child.stdout.take().expect("piped"), Stream::Stdout, logger.clone()));
     let err = tokio::spawn(pump(child.stderr.take().expect("piped"), Stream::Stderr, logger.clone()));
     let over = logger.over.clone();
@@ -930,17 +1040,17 @@ async fn run_sandbox(
         }
     };
     // The pipes close when the sandbox is gone; don't wait forever if not.
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let _ = out.await;
-        let _ = err.await;
+    let redactions = tokio::time::timeout(Duration::from_secs(5), async {
+        out.await.unwrap_or(0) + err.await.unwrap_or(0)
     })
-    .await;
+    .await
+    .unwrap_or(0);
     let sandbox = Arc::try_unwrap(sandbox).map_err(|_| "sandbox still shared".to_string())?;
     let outcome = tokio::task::spawn_blocking(move || sandbox.finish(status))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    Ok((outcome, stopped))
+    Ok((outcome, stopped, redactions))
 }
 
 async fn wait_cancel(cancel: &mut watch::Receiver<bool>) {

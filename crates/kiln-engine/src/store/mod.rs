@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     reason      TEXT,
     cpu_seconds REAL,
     peak_memory_bytes INTEGER,
+    redactions INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (build_id, idx)
 );
 CREATE TABLE IF NOT EXISTS steps (
@@ -59,7 +60,16 @@ CREATE TABLE IF NOT EXISTS steps (
     cpu_seconds REAL,
     peak_memory_bytes INTEGER,
     summary     TEXT,
+    redactions  INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (build_id, job_idx, idx)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    build_id TEXT NOT NULL,
+    ts       TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    job      TEXT NOT NULL,
+    step     TEXT NOT NULL,
+    detail   TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS logs (
     build_id TEXT NOT NULL,
@@ -97,6 +107,17 @@ pub struct JobRow {
     pub reason: Option<String>,
     pub cpu_seconds: Option<f64>,
     pub peak_memory_bytes: Option<i64>,
+    pub redactions: i64,
+}
+
+/// An audit event of a stored build.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRow {
+    pub ts: String,
+    pub kind: String,
+    pub job: String,
+    pub step: String,
+    pub detail: String,
 }
 
 /// A connection to the state store.
@@ -222,8 +243,8 @@ impl Store {
 
     pub fn jobs(&self, build: &str) -> Result<Vec<JobRow>, EngineError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, name, status, started_at, finished_at, exit_code, reason, cpu_seconds, peak_memory_bytes \
-             FROM jobs WHERE build_id = ?1 ORDER BY idx",
+            "SELECT id, name, status, started_at, finished_at, exit_code, reason, cpu_seconds, peak_memory_bytes, \
+             redactions FROM jobs WHERE build_id = ?1 ORDER BY idx",
         )?;
         let rows = stmt
             .query_map([build], |r| {
@@ -237,6 +258,7 @@ impl Store {
                     reason: r.get(6)?,
                     cpu_seconds: r.get(7)?,
                     peak_memory_bytes: r.get(8)?,
+                    redactions: r.get(9)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -258,6 +280,24 @@ impl Store {
                     stream: Stream::parse(&r.get::<_, String>(4)?),
                     seq: r.get::<_, i64>(5)? as u64,
                     text: r.get(6)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn audit(&self, build: &str) -> Result<Vec<AuditRow>, EngineError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT ts, kind, job, step, detail FROM audit WHERE build_id = ?1 ORDER BY rowid")?;
+        let rows = stmt
+            .query_map([build], |r| {
+                Ok(AuditRow {
+                    ts: r.get(0)?,
+                    kind: r.get(1)?,
+                    job: r.get(2)?,
+                    step: r.get(3)?,
+                    detail: r.get(4)?,
                 })
             })?
             .collect::<Result<_, _>>()?;

@@ -86,8 +86,8 @@ fn apply(store: &Store, build: &str, events: &[Event]) -> Result<(), crate::Engi
             Event::StepFinished { job, step, record } => {
                 tx.execute(
                     "INSERT OR REPLACE INTO steps (build_id, job_idx, idx, name, outcome, conclusion, started_at, \
-                     finished_at, exit_code, reason, cpu_seconds, peak_memory_bytes, summary) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                     finished_at, exit_code, reason, cpu_seconds, peak_memory_bytes, summary, redactions) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                     params![
                         build,
                         *job as i64,
@@ -102,13 +102,15 @@ fn apply(store: &Store, build: &str, events: &[Event]) -> Result<(), crate::Engi
                         record.cpu_seconds,
                         record.peak_memory_bytes as i64,
                         record.summary,
+                        record.redactions as i64,
                     ],
                 )?;
             }
             Event::JobFinished { job, summary } => {
                 tx.execute(
                     "UPDATE jobs SET status = ?3, name = ?4, started_at = ?5, finished_at = ?6, exit_code = ?7, \
-                     reason = ?8, cpu_seconds = ?9, peak_memory_bytes = ?10 WHERE build_id = ?1 AND idx = ?2",
+                     reason = ?8, cpu_seconds = ?9, peak_memory_bytes = ?10, redactions = ?11 \
+                     WHERE build_id = ?1 AND idx = ?2",
                     params![
                         build,
                         *job as i64,
@@ -120,6 +122,7 @@ fn apply(store: &Store, build: &str, events: &[Event]) -> Result<(), crate::Engi
                         summary.reason,
                         summary.cpu_seconds,
                         summary.peak_memory_bytes as i64,
+                        summary.redactions as i64,
                     ],
                 )?;
             }
@@ -127,6 +130,12 @@ fn apply(store: &Store, build: &str, events: &[Event]) -> Result<(), crate::Engi
                 tx.execute(
                     "UPDATE builds SET status = ?2, finished_at = ?3 WHERE id = ?1",
                     params![build, s.status, crate::time::now_rfc3339()],
+                )?;
+            }
+            Event::Audit { kind, job, step, detail } => {
+                tx.execute(
+                    "INSERT INTO audit (build_id, ts, kind, job, step, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![build, crate::time::now_rfc3339(), kind, job, step, detail],
                 )?;
             }
             Event::BuildStarted { .. } | Event::StepStarted { .. } => {}
