@@ -203,6 +203,14 @@ mod tests {
     }
 
     #[test]
+    fn shareable() {
+        fn ok<T: Send + Sync + 'static>() {}
+        ok::<Scrubber>();
+        ok::<StreamScrubber>();
+        ok::<PatternSet>();
+    }
+
+    #[test]
     fn validate_rules() {
         assert!(validate("A_b9", b"12345678").is_ok());
         assert!(validate("_x", b"12345678").is_ok());
