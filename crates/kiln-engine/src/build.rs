@@ -24,6 +24,8 @@ pub struct BuildOptions {
     pub github: Value,
     /// The `runner` context.
     pub runner: Value,
+    /// The build's egress counters, for the usage figures of the summary.
+    pub egress: Option<Arc<kiln_egress::BuildCounters>>,
 }
 
 /// One job in the final summary (and in `--json`).
@@ -52,6 +54,9 @@ pub struct BuildSummary {
     /// `succeeded`, `failed` or `cancelled`.
     pub status: String,
     pub jobs: Vec<JobSummary>,
+    /// Bytes the build received and sent through the egress proxy.
+    pub egress_bytes_in: u64,
+    pub egress_bytes_out: u64,
 }
 
 impl BuildSummary {
@@ -245,8 +250,22 @@ pub async fn run_build<R: JobRunner>(
     } else {
         "succeeded"
     };
-    let summary =
-        BuildSummary { kind: "summary", build: opts.build.clone(), status: status.to_string(), jobs };
+    let (egress_bytes_in, egress_bytes_out) = opts
+        .egress
+        .as_ref()
+        .map(|c| {
+            use std::sync::atomic::Ordering::Relaxed;
+            (c.bytes_in.load(Relaxed), c.bytes_out.load(Relaxed))
+        })
+        .unwrap_or((0, 0));
+    let summary = BuildSummary {
+        kind: "summary",
+        build: opts.build.clone(),
+        status: status.to_string(),
+        jobs,
+        egress_bytes_in,
+        egress_bytes_out,
+    };
     emitter.emit(Event::BuildFinished(summary.clone()));
     summary
 }

@@ -165,6 +165,7 @@ async fn kiln_start(
         init: kiln_engine::runner::sandbox::locate_init().map_err(|e| anyhow!(e))?,
         secrets: Arc::new(Vec::new()),
         scrubber: Arc::new(kiln_secrets::Scrubber::new(&[], &kiln_secrets::PatternSet::builtin())),
+        egress: kiln_engine::runner::sandbox::EgressConfig::new(Vec::new(), 1 << 30),
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let emitter = Emitter::new(&build, Some(tx), None);
@@ -174,6 +175,7 @@ async fn kiln_start(
         max_parallel: 1,
         github: serde_json::json!({}),
         runner: serde_json::json!({}),
+        egress: None,
     };
     let watcher = tokio::spawn(async move {
         let mut started = None;
@@ -250,6 +252,7 @@ async fn scheduler_overhead(jobs: usize) -> anyhow::Result<SchedResult> {
         max_parallel: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         github: serde_json::json!({}),
         runner: serde_json::json!({}),
+        egress: None,
     };
     let t1 = Instant::now();
     let summary = kiln_engine::run_build(plan, Arc::new(NoopRunner), opts, emitter, rx).await;

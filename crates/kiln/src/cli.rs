@@ -65,6 +65,13 @@ pub struct RunArgs {
     /// environment. Repeatable. Steps see it only where a binding allows.
     #[arg(long = "secret", value_name = "NAME[=VALUE]")]
     pub secrets: Vec<String>,
+    /// Open a private `IP:PORT` to steps that have network (a registry mirror
+    /// on this network). Everything private stays refused otherwise.
+    #[arg(long = "allow-private", value_name = "IP:PORT")]
+    pub allow_private: Vec<std::net::SocketAddr>,
+    /// Egress bytes (in + out) a build may move through the proxy.
+    #[arg(long, value_name = "BYTES", default_value = "2Gi")]
+    pub egress_cap: String,
     /// Secrets from a dotenv file (`NAME=value`, quotes, multi-line values).
     #[arg(long, value_name = "FILE")]
     pub secrets_file: Option<PathBuf>,

@@ -150,6 +150,14 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
         }
     };
     let scrubber = Arc::new(kiln_secrets::Scrubber::new(&secrets, &kiln_secrets::PatternSet::builtin()));
+    let egress_cap = match kiln_workflow::parse_size(&args.egress_cap) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: --egress-cap: {e}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let egress = kiln_engine::runner::sandbox::EgressConfig::new(args.allow_private.clone(), egress_cap);
     let source = match &args.source {
         Some(s) => std::fs::canonicalize(s).with_context(|| format!("source directory {}", s.display()))?,
         None => default_source(&workflow),
@@ -188,6 +196,7 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
         max_parallel: 1,
         github: kiln_engine::contexts::github(&build, &plan.name, &src_info),
         runner: serde_json::Value::Null,
+        egress: None,
     };
     let jobs: Vec<(String, String)> = (0..plan.jobs.len())
         .map(|j| (plan.jobs[j].id.clone(), kiln_engine::build::display_name(&plan, j, &names_opts)))
@@ -206,6 +215,7 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
         init,
         secrets,
         scrubber,
+        egress: egress.clone(),
     };
     let opts = BuildOptions {
         build: build.clone(),
@@ -213,6 +223,7 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
             .max_parallel
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         github: kiln_engine::contexts::github(&build, &plan.name, &src_info),
+        egress: Some(egress.counters.clone()),
         runner: kiln_engine::contexts::runner(match operator {
             Isolation::Gvisor => "gvisor",
             Isolation::Container => "container",

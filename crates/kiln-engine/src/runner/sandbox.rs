@@ -65,6 +65,56 @@ pub struct SandboxRunnerConfig {
     pub secrets: Arc<Vec<kiln_secrets::Secret>>,
     /// Scrubs every secret of the build (and known token shapes) from output.
     pub scrubber: Arc<kiln_secrets::Scrubber>,
+    /// Egress through kiln's proxy for steps whose `network` allows hosts.
+    pub egress: EgressConfig,
+}
+
+/// What the egress proxy of every step of a build shares.
+#[derive(Clone)]
+pub struct EgressConfig {
+    /// Private `ip:port` the operator opened explicitly (a registry mirror).
+    pub open: Vec<std::net::SocketAddr>,
+    /// Bytes in and out, capped per build.
+    pub counters: Arc<kiln_egress::BuildCounters>,
+    pub resolver: Arc<dyn kiln_egress::Resolver>,
+}
+
+impl std::fmt::Debug for EgressConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressConfig").field("open", &self.open).field("counters", &self.counters).finish()
+    }
+}
+
+impl EgressConfig {
+    /// No operator openings, the system resolver, a 2 GiB cap.
+    pub fn new(open: Vec<std::net::SocketAddr>, cap_bytes: u64) -> EgressConfig {
+        EgressConfig {
+            open,
+            counters: kiln_egress::BuildCounters::new(cap_bytes),
+            resolver: Arc::new(kiln_egress::SystemResolver),
+        }
+    }
+}
+
+/// The port kiln-init's egress relay listens on inside the sandbox.
+pub const EGRESS_PORT: u16 = 3128;
+
+/// A step's running egress proxy.
+struct StepProxy {
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    serve: tokio::task::JoinHandle<()>,
+    events: tokio::task::JoinHandle<()>,
+}
+
+impl StepProxy {
+    async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.serve).await;
+        self.serve.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.events).await;
+    }
 }
 
 /// Finds `kiln-init` next to the running binary (or at `$KILN_INIT`).
@@ -529,7 +579,23 @@ impl<'a> JobRun<'a> {
         prepare_step_dirs(&script_dir, &files_dir, &bundle_dir, &body, shell).map_err(|e| e.to_string())?;
         let script_path = format!("{STEP_DIR}/script.{}", shell.extension());
 
-        let full_env = step_env(&self.req.contexts.github, job, step, k, env, &self.path_prefix);
+        let mut full_env = step_env(&self.req.contexts.github, job, step, k, env, &self.path_prefix);
+        // Network: loopback only, or kiln's proxy through kiln-init's relay.
+        let phase = step.phase(&job.spec);
+        let egress_dir = step_dir.join("egress");
+        let proxy = match step.network(&job.spec, &self.req.plan.workflow) {
+            kiln_workflow::NetworkSpec::None => None,
+            kiln_workflow::NetworkSpec::Allow(hosts) => {
+                let proxy = self.start_proxy(job, name, phase, hosts, &egress_dir).await?;
+                let url = format!("http://127.0.0.1:{EGRESS_PORT}");
+                for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                    full_env.push((var.to_string(), url.clone()));
+                }
+                full_env.push(("NO_PROXY".into(), "localhost,127.0.0.1".into()));
+                full_env.push(("no_proxy".into(), "localhost,127.0.0.1".into()));
+                Some(proxy)
+            }
+        };
         // Anything secret goes to kiln-init on stdin, never into the spec on
         // disk: env values that read a secret, or that contain one (e.g. one
         // a step put into $GITHUB_ENV), and file secrets.
@@ -573,7 +639,7 @@ impl<'a> JobRun<'a> {
             init: Some(kiln_sandbox::InitSpec {
                 binary: self.runner.cfg.init.clone(),
                 secrets: stdin_secrets.is_some(),
-                egress: None,
+                egress: proxy.as_ref().map(|_| (egress_dir.clone(), EGRESS_PORT)),
             }),
         };
         let step_timeout = step.timeout_minutes.map(|m| Duration::from_secs_f64(m * 60.0));
@@ -609,6 +675,9 @@ impl<'a> JobRun<'a> {
             stdin_secrets,
         )
         .await;
+        if let Some(proxy) = proxy {
+            proxy.stop().await;
+        }
         let (outcome, stopped) = match run {
             Ok((o, s, r)) => {
                 if r > 0 {
@@ -678,6 +747,74 @@ impl<'a> JobRun<'a> {
         ))
     }
 
+    /// Starts this step's egress proxy on a Unix socket in `dir` (bound into
+    /// the sandbox at `/kiln/egress`); refusals and cap hits become log
+    /// lines the user sees and audit events.
+    async fn start_proxy(
+        &self,
+        job: &PlannedJob,
+        name: &str,
+        phase: kiln_workflow::Phase,
+        hosts: &[String],
+        dir: &Path,
+    ) -> Result<StepProxy, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let cfg = &self.runner.cfg.egress;
+        let mut policy = kiln_egress::Policy::allowing(hosts).map_err(|e| format!("kiln.network: {e}"))?;
+        for addr in &cfg.open {
+            policy = policy.with_open(*addr);
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("egress dir: {e}"))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        let sock = dir.join(kiln_sandbox::init::EGRESS_SOCKET);
+        let listener = tokio::net::UnixListener::bind(&sock).map_err(|e| format!("egress socket: {e}"))?;
+        // The step's uid connects; the directory stays root's, so it can
+        // neither replace the socket nor add files.
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).map_err(|e| e.to_string())?;
+        let scope = kiln_egress::StepScope {
+            build: self.req.build.clone(),
+            job: job.id.clone(),
+            step: name.to_string(),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = tokio::spawn(kiln_egress::serve_unix(
+            listener,
+            scope,
+            Arc::new(policy),
+            cfg.resolver.clone(),
+            cfg.counters.clone(),
+            tx,
+            async move {
+                let _ = shutdown_rx.await;
+            },
+        ));
+        let emitter = self.req.emitter.clone();
+        let (job_id, step_name, phase) = (job.id.clone(), name.to_string(), phase.as_str().to_string());
+        let events = tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let (kind, text) = match event {
+                    kiln_egress::EgressEvent::Blocked { dest, rule, .. } => {
+                        ("egress-blocked", format!("egress blocked: {dest} ({rule})"))
+                    }
+                    kiln_egress::EgressEvent::CapExceeded { which, limit, .. } => (
+                        "egress-cap",
+                        format!("egress stopped: {which} limit reached ({})", cap_text(which, limit)),
+                    ),
+                    _ => continue,
+                };
+                emitter.log(&job_id, &step_name, &phase, Stream::System, text.clone());
+                emitter.emit(Event::Audit {
+                    kind: kind.into(),
+                    job: job_id.clone(),
+                    step: step_name.clone(),
+                    detail: text,
+                });
+            }
+        });
+        Ok(StepProxy { shutdown: Some(shutdown), serve, events })
+    }
+
     fn read_step_files(
         &mut self,
         job: &PlannedJob,
@@ -737,6 +874,14 @@ impl<'a> JobRun<'a> {
             Ok(_) => {}
             Err(e) => warn(self, format!("ignored {e}")),
         }
+    }
+}
+
+fn cap_text(which: &str, limit: u64) -> String {
+    if which == kiln_egress::CAP_BYTES_PER_BUILD {
+        crate::limits::human_bytes(limit)
+    } else {
+        limit.to_string()
     }
 }
 

@@ -1,0 +1,168 @@
+//! Egress through kiln's proxy, with real clients inside real sandboxes on
+//! both tiers. Origins are this test's own servers on 127.0.0.2, which the
+//! operator opens with `--allow-private` (a private registry mirror's role);
+//! nothing here sends a packet anywhere but loopback.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+use common::Project;
+
+/// A static file server on 127.0.0.2 (dumb HTTP, enough for curl and git).
+struct Origin {
+    port: u16,
+    root: tempfile::TempDir,
+}
+
+impl Origin {
+    fn start() -> Origin {
+        let listener = TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+        let port = listener.local_addr().unwrap().port();
+        let root = tempfile::tempdir().unwrap();
+        let dir: PathBuf = root.path().to_path_buf();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut first = String::new();
+                    if reader.read_line(&mut first).is_err() {
+                        return;
+                    }
+                    loop {
+                        let mut l = String::new();
+                        if reader.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                            break;
+                        }
+                    }
+                    let path =
+                        first.split_whitespace().nth(1).unwrap_or("/").split('?').next().unwrap_or("/");
+                    let file = dir.join(path.trim_start_matches('/'));
+                    let mut conn = conn;
+                    match std::fs::read(&file) {
+                        Ok(body) if !path.contains("..") => {
+                            let _ = write!(
+                                conn,
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = conn.write_all(&body);
+                        }
+                        _ => {
+                            let _ = conn.write_all(
+                                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                            );
+                        }
+                    }
+                });
+            }
+        });
+        Origin { port, root }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.2:{}", self.port)
+    }
+
+    fn put(&self, rel: &str, body: &[u8]) {
+        let p = self.root.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+}
+
+per_tier!(allowed_refused_and_bypass, |tier| {
+    let origin = Origin::start();
+    origin.put("index.txt", b"hello from the mirror\n");
+    // A git repository served over dumb HTTP.
+    let repo = origin.root.path().join("repo.git");
+    let git = |args: &[&str], dir: &std::path::Path| {
+        let ok = std::process::Command::new("git").args(args).current_dir(dir).status().unwrap().success();
+        assert!(ok, "git {args:?}");
+    };
+    let work = tempfile::tempdir().unwrap();
+    git(&["init", "-q", "-b", "main", "."], work.path());
+    std::fs::write(work.path().join("README"), "cloned through the proxy\n").unwrap();
+    git(&["-c", "user.name=t", "-c", "user.email=t@t", "add", "README"], work.path());
+    git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], work.path());
+    git(&["clone", "-q", "--bare", work.path().to_str().unwrap(), repo.to_str().unwrap()], work.path());
+    git(&["update-server-info"], &repo);
+
+    let a = origin.addr();
+    let wf = format!(
+        r#"
+jobs:
+  net:
+    kiln:
+      network: {{ allow: ["registry.npmjs.org"] }}
+    steps:
+      - run: |
+          curl -fsS --max-time 20 http://{a}/index.txt
+          git clone -q http://{a}/repo.git cloned && cat cloned/README
+      - name: refused destinations
+        run: |
+          for url in http://169.254.169.254/latest/meta-data/ http://2852039166/ http://0xA9FEA9FE/ \
+                     http://0251.0376.0251.0376/ http://169.254.43518/ 'http://[::ffff:169.254.169.254]/' \
+                     http://127.0.0.3:{port}/ http://10.1.2.3/ http://192.168.0.1/ http://100.64.0.1/ \
+                     'http://[fd00::1]/' http://ip6-localhost:{port}/ http://metadata.google.internal/ \
+                     http://example.com/ https://example.com/; do
+            if curl -fsS --max-time 10 -o /dev/null "$url" 2>/dev/null; then echo "BROKEN: reached $url"; exit 1; fi
+          done
+          echo refused all
+      - name: bypassing the proxy
+        run: |
+          if curl -fsS --noproxy '*' --max-time 5 http://{a}/index.txt; then echo "BROKEN: direct"; exit 1; fi
+          echo direct failed
+  offline:
+    steps:
+      - run: |
+          env | grep -i _proxy || echo "no proxy variables"
+          if curl -fsS --max-time 5 http://{a}/index.txt; then echo "BROKEN: offline step reached the mirror"; exit 1; fi
+"#,
+        port = origin.port
+    );
+    let p = Project::new(&wf);
+    let run = p.run(tier, &["--allow-private", &a]);
+    run.expect_code(0);
+    let lines = run.lines("net");
+    assert!(lines.contains(&"hello from the mirror".to_string()), "{lines:?}");
+    assert!(lines.contains(&"cloned through the proxy".to_string()), "{lines:?}");
+    assert!(lines.contains(&"refused all".to_string()), "{lines:?}");
+    assert!(lines.contains(&"direct failed".to_string()), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.contains("BROKEN")), "{lines:?}");
+    let sys = run.system_lines("net");
+    for want in [
+        "egress blocked: 169.254.169.254:80 (link-local)",
+        "egress blocked: example.com:80 (not on the allow-list)",
+        "egress blocked: 10.1.2.3:80",
+    ] {
+        assert!(sys.iter().any(|l| l.starts_with(want)), "missing `{want}` in {sys:?}");
+    }
+    assert!(run.lines("offline").contains(&"no proxy variables".to_string()));
+    assert!(run.summary["egress_bytes_in"].as_u64().unwrap_or(0) > 0, "{}", run.summary);
+    // Every refusal is an audit event in the store.
+    let blocked = sys.iter().filter(|l| l.starts_with("egress blocked")).count();
+    assert!(blocked >= 14, "{sys:?}");
+});
+
+per_tier!(byte_cap_stops_a_large_download, |tier| {
+    let origin = Origin::start();
+    origin.put("big.bin", &vec![b'x'; 4 << 20]);
+    let a = origin.addr();
+    let wf = format!(
+        "jobs:\n  dl:\n    kiln:\n      network: {{ allow: [\"registry.npmjs.org\"] }}\n    steps:\n      - run: |\n          curl -fsS --max-time 20 -o big.bin http://{a}/big.bin || echo \"download cut\"\n          stat -c %s big.bin 2>/dev/null || echo 0\n"
+    );
+    let p = Project::new(&wf);
+    let run = p.run(tier, &["--allow-private", &a, "--egress-cap", "256Ki"]);
+    run.expect_code(0);
+    assert!(run.lines("dl").contains(&"download cut".to_string()), "{:?}", run.lines("dl"));
+    assert!(
+        run.system_lines("dl").iter().any(|l| l.contains("bytes per build limit reached (256 KiB)")),
+        "{:?}",
+        run.system_lines("dl")
+    );
+    assert!(run.summary["egress_bytes_in"].as_u64().unwrap() < 2 << 20, "{}", run.summary);
+});
