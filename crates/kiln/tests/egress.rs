@@ -40,7 +40,10 @@ impl Origin {
                     }
                     let path =
                         first.split_whitespace().nth(1).unwrap_or("/").split('?').next().unwrap_or("/");
-                    let file = dir.join(path.trim_start_matches('/'));
+                    let mut file = dir.join(path.trim_start_matches('/'));
+                    if file.is_dir() {
+                        file = file.join("index.json");
+                    }
                     let mut conn = conn;
                     match std::fs::read(&file) {
                         Ok(body) if !path.contains("..") => {
@@ -165,4 +168,46 @@ per_tier!(byte_cap_stops_a_large_download, |tier| {
         run.system_lines("dl")
     );
     assert!(run.summary["egress_bytes_in"].as_u64().unwrap() < 2 << 20, "{}", run.summary);
+});
+
+per_tier!(npm_installs_from_an_opened_registry, |tier| {
+    let origin = Origin::start();
+    let a = origin.addr();
+    // A one-package registry: packument + tarball.
+    let pkg = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(pkg.path().join("package")).unwrap();
+    std::fs::write(
+        pkg.path().join("package/package.json"),
+        r#"{"name":"is-kiln","version":"1.0.0","main":"index.js"}"#,
+    )
+    .unwrap();
+    std::fs::write(pkg.path().join("package/index.js"), "module.exports = () => 'fired';\n").unwrap();
+    let tgz = origin.root.path().join("is-kiln/-/is-kiln-1.0.0.tgz");
+    std::fs::create_dir_all(tgz.parent().unwrap()).unwrap();
+    let ok = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(pkg.path())
+        .arg("package")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let sha = std::process::Command::new("sha1sum").arg(&tgz).output().unwrap();
+    let sha = String::from_utf8_lossy(&sha.stdout).split_whitespace().next().unwrap().to_string();
+    origin.put(
+        "is-kiln/index.json",
+        format!(
+            r#"{{"name":"is-kiln","dist-tags":{{"latest":"1.0.0"}},"versions":{{"1.0.0":{{"name":"is-kiln","version":"1.0.0","main":"index.js","dist":{{"tarball":"http://{a}/is-kiln/-/is-kiln-1.0.0.tgz","shasum":"{sha}"}}}}}}}}"#
+        )
+        .as_bytes(),
+    );
+    let wf = format!(
+        "jobs:\n  npm:\n    kiln:\n      network: {{ allow: [\"registry.npmjs.org\"] }}\n    steps:\n      - run: |\n          echo '{{\"name\":\"app\",\"version\":\"1.0.0\"}}' > package.json\n          npm install --no-audit --no-fund --registry http://{a}/ is-kiln\n          node -e 'console.log(require(\"is-kiln\")())'\n"
+    );
+    let p = Project::new(&wf);
+    let run = p.run(tier, &["--allow-private", &a]);
+    run.expect_code(0);
+    assert!(run.lines("npm").contains(&"fired".to_string()), "{:?}", run.lines("npm"));
 });
