@@ -25,6 +25,8 @@ pub enum Command {
     Builds(BuildsArgs),
     /// Print a recorded build's log.
     Logs(LogsArgs),
+    /// Print a recorded build's audit events (secrets handed out, egress refused).
+    Audit(LogsArgs),
     /// Measure step start latency per tier and the scheduler's overhead.
     Bench(BenchArgs),
 }

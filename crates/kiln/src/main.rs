@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         cli::Command::Validate(args) => run::validate(args),
         cli::Command::Builds(args) => run::builds(args),
         cli::Command::Logs(args) => run::logs(args),
+        cli::Command::Audit(args) => run::audit(args),
         cli::Command::Bench(args) => bench::bench(args),
     };
     ExitCode::from(code)

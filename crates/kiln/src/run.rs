@@ -374,3 +374,32 @@ pub fn logs(args: LogsArgs) -> u8 {
         }
     }
 }
+
+pub fn audit(args: LogsArgs) -> u8 {
+    let result = (|| -> anyhow::Result<u8> {
+        let store = Store::open(&args.state.state_dir)?;
+        let build = match store.resolve_build(&args.build) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(EXIT_INVALID);
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        for a in store.audit(&build.id)? {
+            if args.json {
+                writeln!(out, "{}", serde_json::to_string(&a)?)?;
+            } else {
+                writeln!(out, "{} {:<16} [{} / {}] {}", a.ts, a.kind, a.job, a.step, a.detail)?;
+            }
+        }
+        Ok(0)
+    })();
+    match result {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}

@@ -83,6 +83,11 @@ per_tier!(no_output_path_leaks_a_secret, |tier| {
 
     // The stored log and the human-readable views are clean too.
     let id = run.summary["build"].as_str().unwrap().to_string();
+    // Each hand-over is an audit event that names the secret, never its value.
+    let audit = p.kiln().args(["audit", &id]).output().unwrap();
+    let audit = String::from_utf8_lossy(&audit.stdout).to_string();
+    assert!(audit.contains("secret-handed") && audit.contains("TOKEN (phase deploy)"), "{audit}");
+    assert_clean("kiln audit", &audit);
     for args in [vec!["logs", id.as_str()], vec!["logs", id.as_str(), "--json"]] {
         let out = p.kiln().args(&args).output().unwrap();
         assert_clean("kiln logs", &String::from_utf8_lossy(&out.stdout));
