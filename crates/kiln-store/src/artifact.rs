@@ -1,0 +1,238 @@
+//! Artifact records and their index.
+//!
+//! Layout (per tenant):
+//! * the record itself: canonical JSON stored as a blob (immutable, digest-verified);
+//! * `<tenant>/artifacts/<tree-hex>.json`: mutable index object
+//!   [`ArtifactIndex`] `{record, name, branch, created_at, pinned}`;
+//! * `<tenant>/refs/branches/<branch>/latest.json`: `{id}` of the newest artifact of a branch.
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Digest, TreeDigest};
+use crate::error::{Result, StoreError, TreeError};
+use crate::store::{check_name, Store};
+
+/// What kind of deployable the artifact is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputType {
+    /// Static files.
+    Static,
+    /// Long-running server.
+    Server,
+    /// Function (serverless).
+    Function,
+    /// OCI container image.
+    ContainerImage,
+}
+
+/// Where the source came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// Repository URL or id.
+    pub repository: String,
+    /// Commit id.
+    pub commit: String,
+    /// Git ref (e.g. `refs/heads/main`).
+    pub git_ref: String,
+}
+
+/// How it was built.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildInfo {
+    /// Build id (invocation id).
+    pub build_id: String,
+    /// Commands run.
+    pub commands: Vec<String>,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339.
+    pub finished_at: String,
+    /// Exit code of the build.
+    pub exit_code: i32,
+    /// kiln version that built it.
+    pub builder_version: String,
+    /// Digest of the build environment (image/toolchain).
+    pub environment_digest: String,
+}
+
+/// One file of the artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactFile {
+    /// Relative path.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Content digest.
+    pub digest: Digest,
+}
+
+/// An artifact: a tree plus metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    /// The tree digest (artifact id).
+    pub id: TreeDigest,
+    /// Human name.
+    pub name: String,
+    /// Output type.
+    pub output_type: OutputType,
+    /// Source.
+    pub source: SourceInfo,
+    /// Build.
+    pub build: BuildInfo,
+    /// Files (filled from the manifest when empty on [`Store::put_artifact`]).
+    pub files: Vec<ArtifactFile>,
+    /// RFC 3339, UTC (`YYYY-MM-DDTHH:MM:SS.fffffffffZ` sorts chronologically).
+    pub created_at: String,
+    /// Pinned artifacts are never garbage-collected (the index value is authoritative).
+    pub pinned: bool,
+    /// Branch it was built from.
+    pub branch: String,
+}
+
+/// Mutable index object for one artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactIndex {
+    /// Digest of the record blob.
+    pub record: Digest,
+    /// Name.
+    pub name: String,
+    /// Branch.
+    pub branch: String,
+    /// Creation time.
+    pub created_at: String,
+    /// Pinned.
+    pub pinned: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BranchRef {
+    id: TreeDigest,
+}
+
+/// Current time as RFC 3339 UTC with nanoseconds.
+pub fn now_rfc3339() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.nanosecond()
+    )
+}
+
+impl Store {
+    /// Store an artifact record for an existing tree. The tree manifest is loaded
+    /// (verified); `files` is filled from it if empty, else must match it exactly.
+    /// Returns the record blob's digest.
+    pub async fn put_artifact(&self, record: &ArtifactRecord) -> Result<Digest> {
+        check_name(&record.branch, true)?;
+        let m = self.get_manifest(&record.id).await?;
+        let files: Vec<ArtifactFile> = m
+            .files()
+            .map(|(path, size, digest)| ArtifactFile { path: path.to_string(), size, digest })
+            .collect();
+        let mut rec = record.clone();
+        if rec.files.is_empty() {
+            rec.files = files;
+        } else if rec.files != files {
+            return Err(TreeError::BadManifest {
+                reason: format!("artifact {} file list does not match its tree", rec.id),
+            }
+            .into());
+        }
+        let data = serde_json::to_vec(&rec)
+            .map_err(|source| StoreError::Json { what: "artifact record".into(), source })?;
+        let d = self.put_bytes(data).await?.digest;
+        let idx = ArtifactIndex {
+            record: d,
+            name: rec.name.clone(),
+            branch: rec.branch.clone(),
+            created_at: rec.created_at.clone(),
+            pinned: rec.pinned,
+        };
+        self.put_json(&format!("artifacts/{}.json", rec.id.hex()), &idx).await?;
+        let latest = format!("refs/branches/{}/latest.json", rec.branch);
+        let newer = match self.get_json::<BranchRef>(&latest).await? {
+            Some(r) => match self.artifact_index(&r.id).await? {
+                Some(old) => old.created_at <= rec.created_at,
+                None => true,
+            },
+            None => true,
+        };
+        if newer {
+            self.put_json(&latest, &BranchRef { id: rec.id }).await?;
+        }
+        Ok(d)
+    }
+
+    /// Index object of an artifact, if present.
+    pub async fn artifact_index(&self, id: &TreeDigest) -> Result<Option<ArtifactIndex>> {
+        self.get_json(&format!("artifacts/{}.json", id.hex())).await
+    }
+
+    /// Load an artifact record (verified blob; `pinned` from the index).
+    pub async fn get_artifact(&self, id: &TreeDigest) -> Result<ArtifactRecord> {
+        let idx =
+            self.artifact_index(id).await?.ok_or_else(|| StoreError::NotFound(format!("artifact {id}")))?;
+        let data = self.get_bytes(&idx.record, None).await?;
+        let mut rec: ArtifactRecord = serde_json::from_slice(&data)
+            .map_err(|source| StoreError::Json { what: format!("artifact record {}", idx.record), source })?;
+        if rec.id != *id {
+            return Err(StoreError::NotFound(format!(
+                "artifact {id} (index points to record of {})",
+                rec.id
+            )));
+        }
+        rec.pinned = idx.pinned;
+        Ok(rec)
+    }
+
+    /// Pin or unpin an artifact.
+    pub async fn set_pinned(&self, id: &TreeDigest, pinned: bool) -> Result<()> {
+        let rel = format!("artifacts/{}.json", id.hex());
+        let mut idx: ArtifactIndex =
+            self.get_json(&rel).await?.ok_or_else(|| StoreError::NotFound(format!("artifact {id}")))?;
+        idx.pinned = pinned;
+        self.put_json(&rel, &idx).await
+    }
+
+    /// Newest artifact of a branch.
+    pub async fn latest_artifact(&self, branch: &str) -> Result<Option<TreeDigest>> {
+        check_name(branch, true)?;
+        Ok(self.get_json::<BranchRef>(&format!("refs/branches/{branch}/latest.json")).await?.map(|r| r.id))
+    }
+
+    /// All artifacts `(id, index)` of this tenant, newest first.
+    pub async fn list_artifacts(&self) -> Result<Vec<(TreeDigest, ArtifactIndex)>> {
+        let mut out = Vec::new();
+        for (rel, _) in self.list_rel("artifacts").await? {
+            let Some(name) = rel.strip_prefix("artifacts/").and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            let Ok(id) = Digest::from_hex(name) else {
+                continue;
+            };
+            if let Some(idx) = self.get_json::<ArtifactIndex>(&rel).await? {
+                out.push((id, idx));
+            }
+        }
+        out.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at));
+        Ok(out)
+    }
+
+    pub(crate) async fn delete_artifact_index(&self, id: &TreeDigest, branch: &str) -> Result<()> {
+        self.delete_rel(&format!("artifacts/{}.json", id.hex())).await?;
+        let latest = format!("refs/branches/{branch}/latest.json");
+        if let Some(r) = self.get_json::<BranchRef>(&latest).await? {
+            if r.id == *id {
+                self.delete_rel(&latest).await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,76 @@
+//! # kiln-store
+//!
+//! Content-addressed store for kiln artifacts and the build cache, with safe tree restore,
+//! a strict tar reader for uploads, and signed SLSA provenance.
+//!
+//! ## Layout (per tenant, inside any `object_store` backend)
+//! ```text
+//! <tenant>/blobs/sha256/<aa>/<hex>          content blobs (files, manifests, records)
+//! <tenant>/tmp/<random>                     in-flight large uploads (never read as blobs)
+//! <tenant>/quarantine/sha256/<hex>          blobs that failed verification
+//! <tenant>/artifacts/<tree-hex>.json        artifact index {record, name, branch, created_at, pinned}
+//! <tenant>/refs/branches/<branch>/latest.json   {id} of the newest artifact of a branch
+//! <tenant>/cache/<trusted|untrusted>/<ref>/<sha256(key)>.json   cache entries (LRU time inside)
+//! ```
+//!
+//! ## Guarantees
+//! * **Writes**: blobs are addressed by `sha256:<hex>` computed while streaming. Small blobs
+//!   (≤ [`SMALL_BLOB`]) are written with `PutMode::Create` (an existing identical blob is
+//!   not rewritten); large ones stream to `tmp/` and are renamed with
+//!   `rename_if_not_exists` only after the whole input was hashed. A reader error or crash
+//!   leaves at most a `tmp/` object, which is never listed or read as a blob; gc removes it.
+//! * **Reads**: every read re-hashes the content and checks the size. A mismatch is
+//!   [`StoreError::Corrupt`], the object is moved to `quarantine/` and a
+//!   [`StoreEvent::Quarantined`] is logged ([`Store::events`], [`Store::set_event_hook`]).
+//!   Streamed reads (restore) write before the digest is known; restore then deletes
+//!   everything it wrote, so corrupt content is never left materialised.
+//! * **Trees**: manifest = canonical JSON `{"version":1,"entries":[...]}`, entries sorted by
+//!   path bytes, one of `{"type":"file",path,size,mode,digest}`, `{"type":"dir",path,mode}`,
+//!   `{"type":"symlink",path,symlink}`. Directories are explicit (empty dirs and modes kept),
+//!   but missing parents are created (0o755) on restore. Modes are `& 0o777`. The tree id is
+//!   the manifest blob digest. [`Store::put_tree`] never follows symlinks and refuses
+//!   devices/FIFOs/sockets and non-UTF-8 names; it validates the manifest too, so a tree
+//!   that could not be restored (e.g. absolute symlink) is refused at store time.
+//! * **Restore** ([`Store::restore_tree`]): [`validate_manifest`] rejects absolute paths,
+//!   `..`, empty/`.` components, NUL, duplicates, entries under a symlink or a file, over-long
+//!   or over-deep paths, symlinks that are absolute or whose resolution (through other
+//!   symlinks of the tree) climbs above the root, and entry/byte limits ([`RestoreLimits`]).
+//!   Then files are created with `openat(O_CREAT|O_EXCL|O_NOFOLLOW)` under directory fds
+//!   opened component by component with `O_NOFOLLOW|O_DIRECTORY`.
+//! * **Tar**: own strict ustar+PAX reader ([`tar`] module docs), not the `tar` crate
+//!   (RUSTSEC-2025-0111). Archives become manifests and go through the same validation.
+//! * **Cache scopes**: [`read_scopes`] = own scope, then the trusted default-branch scope;
+//!   [`write_scope`] = own scope. Trusted builds therefore never read untrusted entries.
+//!
+//! ## Known limits
+//! * The API is async but local file reads/writes during `put_tree`/`restore_tree` are
+//!   blocking calls made on the calling task (run on a multi-thread runtime).
+//! * Non-UTF-8 file names, hard links inside `put_tree` sources (stored as separate files,
+//!   deduplicated by content), xattrs/ACLs, ownership and timestamps are not recorded.
+//! * `cache_get` checks manifest integrity and blob presence/size only; full content
+//!   verification happens in `cache_restore`/`restore_tree`.
+//! * gc is per tenant, not coordinated with concurrent writers except via `grace`; the cache
+//!   size cap counts shared blobs once per entry.
+//! * Index objects (`artifacts/`, `refs/`, `cache/`) are plain last-writer-wins JSON.
+//! * Cloud backends need the corresponding `object_store` features (not enabled here).
+
+pub mod artifact;
+pub mod cache;
+pub mod digest;
+pub mod error;
+pub mod gc;
+pub mod provenance;
+pub mod store;
+pub mod tar;
+pub mod tree;
+
+pub use artifact::{
+    now_rfc3339, ArtifactFile, ArtifactIndex, ArtifactRecord, BuildInfo, OutputType, SourceInfo,
+};
+pub use cache::{read_scopes, write_scope, CacheEntry, CacheLookup, Scope, Trust};
+pub use digest::{Digest, TreeDigest};
+pub use error::{ArchiveError, Result, StoreError, StoreEvent, TreeError};
+pub use gc::{GcPolicy, GcReport};
+pub use provenance::{statement_for, verify, Envelope, Keys, Statement, VerifyError};
+pub use store::{PutOutcome, Store, SMALL_BLOB};
+pub use tree::{validate_manifest, Entry, Manifest, RestoreLimits, TreeStats};

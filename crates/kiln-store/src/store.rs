@@ -1,0 +1,492 @@
+//! The blob layer: content-addressed, verified on every read, per tenant.
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+
+use crate::digest::{Digest, Hasher};
+use crate::error::{Result, StoreError, StoreEvent};
+
+/// Blobs up to this size are hashed in memory and written with one conditional put.
+/// Larger ones stream through a temporary object that is renamed into place.
+pub const SMALL_BLOB: usize = 8 << 20;
+const CHUNK: usize = 1 << 20;
+
+type Hook = Arc<dyn Fn(&StoreEvent) + Send + Sync>;
+
+struct Inner {
+    os: Arc<dyn ObjectStore>,
+    prefix: String,
+    events: Mutex<Vec<StoreEvent>>,
+    hook: Mutex<Option<Hook>>,
+}
+
+/// A handle on the store, bound to one tenant namespace. Cheap to clone;
+/// clones and [`Store::tenant`] handles share the backend and the event log.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+    tenant: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.inner.os.to_string())
+            .field("prefix", &self.inner.prefix)
+            .field("tenant", &self.tenant)
+            .finish()
+    }
+}
+
+/// Outcome of storing one blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// Content digest.
+    pub digest: Digest,
+    /// Size in bytes.
+    pub size: u64,
+    /// False when identical content was already present (nothing rewritten).
+    pub new: bool,
+}
+
+/// Checks a tenant / branch-ish name: 1..=128 bytes of `[A-Za-z0-9._-]`, not `.`/`..`.
+pub(crate) fn check_name(name: &str, allow_slash: bool) -> Result<()> {
+    let bad = |reason| Err(StoreError::InvalidName { name: name.to_string(), reason });
+    if name.is_empty() || name.len() > 200 {
+        return bad("must be 1..=200 bytes");
+    }
+    for comp in name.split('/') {
+        if !allow_slash && comp.len() != name.len() {
+            return bad("must not contain `/`");
+        }
+        if comp.is_empty() || comp == "." || comp == ".." {
+            return bad("empty, `.` or `..` component");
+        }
+        if !comp.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+' | b'@')) {
+            return bad("only [A-Za-z0-9._+@-] (and `/` between components for refs) allowed");
+        }
+    }
+    Ok(())
+}
+
+fn is_exists(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::AlreadyExists { .. })
+}
+fn is_unsupported(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotSupported { .. } | object_store::Error::NotImplemented { .. })
+}
+pub(crate) fn is_not_found(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. })
+}
+
+impl Store {
+    /// Open (creating if needed) a store on the local filesystem at `dir`, tenant `default`.
+    pub fn open_local(dir: impl AsRef<std::path::Path>) -> Result<Self> {
+        Self::open_local_with_fsync(dir, false)
+    }
+
+    /// Like [`Store::open_local`], optionally fsyncing every write (durable, slower).
+    pub fn open_local_with_fsync(dir: impl AsRef<std::path::Path>, fsync: bool) -> Result<Self> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir.display(), e))?;
+        let fs = LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true).with_fsync(fsync);
+        Ok(Self::from_object_store(Arc::new(fs), ""))
+    }
+
+    /// Open any `object_store` URL (`file:///...`, `memory:///`, and cloud schemes
+    /// only if those `object_store` features are compiled in; they are not by default).
+    pub fn open_url(url: &str) -> Result<Self> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| StoreError::BadUrl { url: url.to_string(), reason: e.to_string() })?;
+        if parsed.scheme() == "file" {
+            let p = parsed.to_file_path().map_err(|_| StoreError::BadUrl {
+                url: url.to_string(),
+                reason: "not a local path".into(),
+            })?;
+            return Self::open_local(p);
+        }
+        let (os, path) = object_store::parse_url(&parsed)
+            .map_err(|e| StoreError::BadUrl { url: url.to_string(), reason: e.to_string() })?;
+        Ok(Self::from_object_store(Arc::from(os), path.as_ref()))
+    }
+
+    /// Wrap an existing backend; all keys go under `prefix` (may be empty).
+    pub fn from_object_store(os: Arc<dyn ObjectStore>, prefix: &str) -> Self {
+        Store {
+            inner: Arc::new(Inner {
+                os,
+                prefix: prefix.trim_matches('/').to_string(),
+                events: Mutex::new(Vec::new()),
+                hook: Mutex::new(None),
+            }),
+            tenant: "default".into(),
+        }
+    }
+
+    /// The same store, namespaced to `name` (`[A-Za-z0-9._+@-]`, no `/`).
+    pub fn tenant(&self, name: &str) -> Result<Self> {
+        check_name(name, false)?;
+        Ok(Store { inner: self.inner.clone(), tenant: name.to_string() })
+    }
+
+    /// Current tenant name.
+    pub fn tenant_name(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The underlying backend.
+    pub fn backend(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.os
+    }
+
+    /// Install a callback invoked for every [`StoreEvent`] (in addition to the log).
+    pub fn set_event_hook(&self, hook: impl Fn(&StoreEvent) + Send + Sync + 'static) {
+        *self.inner.hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(hook));
+    }
+
+    /// All events so far.
+    pub fn events(&self) -> Vec<StoreEvent> {
+        self.inner.events.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Drain the event log.
+    pub fn take_events(&self) -> Vec<StoreEvent> {
+        std::mem::take(&mut *self.inner.events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn emit(&self, ev: StoreEvent) {
+        let hook = self.inner.hook.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(h) = hook {
+            h(&ev);
+        }
+        self.inner.events.lock().unwrap_or_else(|e| e.into_inner()).push(ev);
+    }
+
+    /// Object key `<prefix>/<tenant>/<rest>`.
+    pub(crate) fn key(&self, rest: &str) -> Path {
+        if self.inner.prefix.is_empty() {
+            Path::from(format!("{}/{}", self.tenant, rest))
+        } else {
+            Path::from(format!("{}/{}/{}", self.inner.prefix, self.tenant, rest))
+        }
+    }
+
+    /// Object key of a blob: `<tenant>/blobs/sha256/<aa>/<hex>`.
+    pub fn blob_path(&self, d: &Digest) -> Path {
+        let h = d.hex();
+        self.key(&format!("blobs/sha256/{}/{}", &h[..2], h))
+    }
+
+    fn tmp_path(&self) -> Path {
+        let mut r = [0u8; 16];
+        let _ = getrandom::fill(&mut r);
+        self.key(&format!("tmp/{}", hex::encode(r)))
+    }
+
+    // ---------- writes ----------
+
+    /// Store bytes. Dedups: identical content already present is not rewritten.
+    pub async fn put_bytes(&self, data: impl Into<Bytes>) -> Result<PutOutcome> {
+        let data: Bytes = data.into();
+        let digest = Digest::of(&data);
+        let size = data.len() as u64;
+        let path = self.blob_path(&digest);
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.inner.os.put_opts(&path, PutPayload::from_bytes(data.clone()), opts).await {
+            Ok(_) => Ok(PutOutcome { digest, size, new: true }),
+            Err(e) if is_exists(&e) => Ok(PutOutcome { digest, size, new: false }),
+            Err(e) if is_unsupported(&e) => {
+                if self.blob_size(&digest).await?.is_some() {
+                    return Ok(PutOutcome { digest, size, new: false });
+                }
+                // Content-addressed: an overwrite race can only write identical bytes.
+                self.inner.os.put(&path, PutPayload::from_bytes(data)).await?;
+                Ok(PutOutcome { digest, size, new: true })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Store the contents of a reader, hashing while streaming. Small inputs go
+    /// through [`Store::put_bytes`]; large ones are written to `<tenant>/tmp/<random>`
+    /// and renamed to the blob path only after the whole input was read and hashed, so a
+    /// reader error (or a crash) never leaves anything under a real digest.
+    pub async fn put_reader<R: Read>(&self, mut r: R) -> Result<PutOutcome> {
+        let mut buf = Vec::with_capacity(64 << 10);
+        let mut chunk = vec![0u8; CHUNK];
+        loop {
+            let n = read_some(&mut r, &mut chunk)?;
+            if n == 0 {
+                return self.put_bytes(buf).await;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > SMALL_BLOB {
+                break;
+            }
+        }
+        // Large: stream to a temporary object.
+        let tmp = self.tmp_path();
+        let upload = self.inner.os.put_multipart(&tmp).await?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, 8 << 20);
+        let mut hasher = Hasher::new();
+        hasher.update(&buf);
+        w.put(Bytes::from(buf));
+        let res: Result<()> = async {
+            loop {
+                let n = read_some(&mut r, &mut chunk)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                hasher.update(&chunk[..n]);
+                w.wait_for_capacity(4).await?;
+                w.write(&chunk[..n]);
+            }
+        }
+        .await;
+        if let Err(e) = res {
+            let _ = w.abort().await;
+            let _ = self.inner.os.delete(&tmp).await;
+            return Err(e);
+        }
+        if let Err(e) = w.finish().await {
+            let _ = self.inner.os.delete(&tmp).await;
+            return Err(e.into());
+        }
+        let size = hasher.len();
+        let digest = hasher.finish();
+        let new = self.publish_tmp(&tmp, &digest).await?;
+        Ok(PutOutcome { digest, size, new })
+    }
+
+    /// Move a fully written temporary object to its blob path without clobbering.
+    async fn publish_tmp(&self, tmp: &Path, digest: &Digest) -> Result<bool> {
+        let dst = self.blob_path(digest);
+        let r = match self.inner.os.rename_if_not_exists(tmp, &dst).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_exists(&e) => Ok(false),
+            Err(e) if is_unsupported(&e) => {
+                if self.inner.os.head(&dst).await.is_ok() {
+                    Ok(false)
+                } else {
+                    self.inner.os.copy(tmp, &dst).await?;
+                    Ok(true)
+                }
+            }
+            Err(e) => Err(e.into()),
+        };
+        // rename_if_not_exists may be copy+delete; make sure tmp is gone either way.
+        let _ = self.inner.os.delete(tmp).await;
+        r
+    }
+
+    /// Store a local file (read with `O_NOFOLLOW`). Large files are hashed first so
+    /// already-present content costs no write.
+    pub async fn put_file(&self, path: &std::path::Path) -> Result<PutOutcome> {
+        let open = || open_nofollow(path);
+        let f = open()?;
+        let len = f.metadata().map_err(|e| StoreError::io(path.display(), e))?.len();
+        if len as usize <= SMALL_BLOB {
+            let mut data = Vec::with_capacity(len as usize);
+            (&f).read_to_end(&mut data).map_err(|e| StoreError::io(path.display(), e))?;
+            return self.put_bytes(data).await;
+        }
+        let mut h = Hasher::new();
+        let mut chunk = vec![0u8; CHUNK];
+        let mut rf = &f;
+        loop {
+            let n = rf.read(&mut chunk).map_err(|e| StoreError::io(path.display(), e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&chunk[..n]);
+        }
+        let size = h.len();
+        let digest = h.finish();
+        if self.blob_size(&digest).await? == Some(size) {
+            return Ok(PutOutcome { digest, size, new: false });
+        }
+        drop(f);
+        self.put_reader(open()?).await
+    }
+
+    // ---------- reads ----------
+
+    /// Size of a stored blob, if present (not verified).
+    pub async fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
+        match self.inner.os.head(&self.blob_path(d)).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Quarantine a blob that failed verification and report it.
+    pub(crate) async fn quarantine(&self, d: &Digest) -> StoreError {
+        let src = self.blob_path(d);
+        let dst = self.key(&format!("quarantine/sha256/{}", d.hex()));
+        let _ = self.inner.os.rename(&src, &dst).await;
+        self.emit(StoreEvent::Quarantined { tenant: self.tenant.clone(), digest: *d, path: src.to_string() });
+        StoreError::Corrupt { digest: *d, path: src.to_string() }
+    }
+
+    /// Read a blob fully, verifying digest (and `expected_size` if given).
+    pub async fn get_bytes(&self, d: &Digest, expected_size: Option<u64>) -> Result<Bytes> {
+        let mut out = Vec::new();
+        self.read_verified(d, expected_size, |b| {
+            out.extend_from_slice(b);
+            Ok(())
+        })
+        .await?;
+        Ok(Bytes::from(out))
+    }
+
+    /// Stream a blob into `w`, verifying at the end. On `Err`, whatever was written must be
+    /// discarded by the caller (restore does this).
+    pub async fn copy_blob_to<W: Write>(
+        &self,
+        d: &Digest,
+        expected_size: Option<u64>,
+        w: &mut W,
+    ) -> Result<u64> {
+        self.read_verified(d, expected_size, |b| w.write_all(b).map_err(|e| StoreError::io(d, e))).await
+    }
+
+    /// Read and hash a blob without keeping it.
+    pub async fn verify_blob(&self, d: &Digest, expected_size: Option<u64>) -> Result<u64> {
+        self.read_verified(d, expected_size, |_| Ok(())).await
+    }
+
+    async fn read_verified(
+        &self,
+        d: &Digest,
+        expected_size: Option<u64>,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<u64> {
+        let path = self.blob_path(d);
+        let got = match self.inner.os.get(&path).await {
+            Ok(g) => g,
+            Err(e) if is_not_found(&e) => return Err(StoreError::NotFound(format!("blob {d}"))),
+            Err(e) => return Err(e.into()),
+        };
+        let actual = got.meta.size;
+        // If the referenced size is wrong we still hash the content (without handing it
+        // out) to tell a corrupt blob from a wrong reference.
+        let size_bad = expected_size.is_some_and(|e| e != actual);
+        let mut h = Hasher::new();
+        let mut stream = got.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            h.update(&chunk);
+            if !size_bad {
+                sink(&chunk)?;
+            }
+        }
+        let n = h.len();
+        if h.finish() != *d || n != actual {
+            return Err(self.quarantine(d).await);
+        }
+        if let (true, Some(expected)) = (size_bad, expected_size) {
+            return Err(StoreError::SizeMismatch { digest: *d, expected, actual });
+        }
+        Ok(n)
+    }
+
+    /// Delete a blob (used by gc).
+    pub(crate) async fn delete_key(&self, p: &Path) -> Result<()> {
+        match self.inner.os.delete(p).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// List `(digest, size)` of every blob in this tenant. Objects whose name is not a
+    /// well-formed digest in the right fan-out directory (e.g. stray temp files) are ignored.
+    pub async fn list_blobs(&self) -> Result<Vec<(Digest, u64)>> {
+        let prefix = self.key("blobs/sha256");
+        let mut out = Vec::new();
+        let mut s = self.inner.os.list(Some(&prefix));
+        while let Some(m) = s.next().await {
+            let m = m?;
+            let parts: Vec<_> = m.location.parts().collect();
+            let n = parts.len();
+            if n < 2 {
+                continue;
+            }
+            let (fan, name) = (parts[n - 2].as_ref(), parts[n - 1].as_ref());
+            if let Ok(d) = Digest::from_hex(name) {
+                if fan == &name[..2] {
+                    out.push((d, m.size));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// List `(key-relative-to-tenant, size, last_modified)` of objects under `rel`.
+    pub(crate) async fn list_rel(&self, rel: &str) -> Result<Vec<(String, u64)>> {
+        let base = self.key("");
+        let base = base.as_ref().trim_end_matches('/').to_string();
+        let prefix = self.key(rel);
+        let mut out = Vec::new();
+        let mut s = self.inner.os.list(Some(&prefix));
+        while let Some(m) = s.next().await {
+            let m = m?;
+            let full = m.location.as_ref();
+            if let Some(r) = full.strip_prefix(&base) {
+                out.push((r.trim_start_matches('/').to_string(), m.size));
+            }
+        }
+        Ok(out)
+    }
+
+    // ---------- small JSON records (index objects, not content-addressed) ----------
+
+    pub(crate) async fn put_json<T: serde::Serialize>(&self, rel: &str, v: &T) -> Result<()> {
+        let data =
+            serde_json::to_vec(v).map_err(|source| StoreError::Json { what: rel.to_string(), source })?;
+        self.inner.os.put(&self.key(rel), PutPayload::from(data)).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(&self, rel: &str) -> Result<Option<T>> {
+        let data = match self.inner.os.get(&self.key(rel)).await {
+            Ok(g) => g.bytes().await?,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::from_slice(&data)
+            .map(Some)
+            .map_err(|source| StoreError::Json { what: rel.to_string(), source })
+    }
+
+    pub(crate) async fn delete_rel(&self, rel: &str) -> Result<()> {
+        self.delete_key(&self.key(rel)).await
+    }
+}
+
+fn read_some<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize> {
+    loop {
+        match r.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(StoreError::io("<reader>", e)),
+        }
+    }
+}
+
+/// Open a file for reading without following a final symlink.
+pub(crate) fn open_nofollow(path: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|e| StoreError::io(path.display(), e))
+}
