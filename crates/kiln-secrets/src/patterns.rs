@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use regex::bytes::Regex;
 use serde_json::Value;
 
@@ -162,7 +162,11 @@ pub(crate) type LineState = Option<usize>;
 pub(crate) struct Compiled {
     patterns: Vec<Pattern>,
     markers: Vec<Vec<u8>>,
+    /// The literals, leftmost-first (finds the leftmost literal occurrence).
     prefilter: Option<AhoCorasick>,
+    /// The literal strings, and their indexes by first byte.
+    lits: Vec<Vec<u8>>,
+    lit_by_first: Vec<Vec<usize>>,
     /// The same literals in a SIMD (Teddy) searcher, to find the next line with a hit fast.
     packed: Option<aho_corasick::packed::Searcher>,
     /// literal index -> pattern index
@@ -190,7 +194,8 @@ impl Compiled {
         } else {
             Some(
                 AhoCorasickBuilder::new()
-                    .match_kind(MatchKind::Standard)
+                    .kind(Some(AhoCorasickKind::DFA))
+                    .match_kind(MatchKind::LeftmostFirst)
                     .build(&lits)
                     .expect("literal automaton builds"),
             )
@@ -200,11 +205,18 @@ impl Compiled {
         } else {
             aho_corasick::packed::Config::new()
                 .match_kind(aho_corasick::packed::MatchKind::LeftmostFirst)
+                .only_teddy_fat(Some(true))
                 .builder()
                 .extend(&lits)
                 .build()
         };
+        let mut lit_by_first = vec![Vec::new(); 256];
+        for (i, l) in lits.iter().enumerate() {
+            lit_by_first[l[0] as usize].push(i);
+        }
         Compiled {
+            lits,
+            lit_by_first,
             packed,
             markers: set.patterns.iter().map(|p| format!("[redacted:{}]", p.name).into_bytes()).collect(),
             patterns: set.patterns.clone(),
@@ -225,44 +237,73 @@ impl Compiled {
             return None;
         }
         let gated = !self.all_lines;
-        if st.is_none() && gated {
-            self.next_hit(text)?;
-        }
-        let mut out = Vec::with_capacity(text.len() + 64);
+        // Changed lines: (start, end, replacement). Lines that a literal hits but no pattern
+        // changes (the common case: `https://host/path`) cost no copy of the text.
+        let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+        let mut hit = Hits::new(self.patterns.len());
+        // `next`: the first literal occurrence at or after `pos`.
+        let mut next = self.find_from(text, 0);
         let mut pos = 0;
         while pos < text.len() {
             let ls = if st.is_none() && gated {
-                match self.next_hit(&text[pos..]) {
-                    None => {
-                        out.extend_from_slice(&text[pos..]);
-                        break;
-                    }
-                    Some(m) => {
-                        let hit = pos + m;
-                        memchr::memrchr(b'\n', &text[pos..hit]).map_or(pos, |p| pos + p + 1)
-                    }
-                }
+                let Some(h) = next else { break };
+                memchr::memrchr(b'\n', &text[pos..h]).map_or(pos, |p| pos + p + 1)
             } else {
                 pos
             };
             let le = memchr::memchr(b'\n', &text[ls..]).map_or(text.len(), |p| ls + p + 1);
-            out.extend_from_slice(&text[pos..ls]);
-            self.line(&text[ls..le], st, counts, &mut out);
+            // Every literal that occurs inside the line: each start position in turn, and
+            // every literal at it (they may overlap).
+            hit.clear();
+            while let Some(h) = next {
+                if h >= le {
+                    break;
+                }
+                for &li in &self.lit_by_first[text[h] as usize] {
+                    if text[h..le].starts_with(&self.lits[li]) {
+                        hit.set(self.lit_owner[li]);
+                    }
+                }
+                next = self.find_from(text, h + 1);
+            }
+            if let Some(new) = self.line(&text[ls..le], st, counts, &mut hit) {
+                edits.push((ls, le, new));
+            }
             pos = le;
         }
+        if edits.is_empty() {
+            return None;
+        }
+        let extra: usize = edits.iter().map(|e| e.2.len()).sum();
+        let mut out = Vec::with_capacity(text.len() + extra);
+        let mut pos = 0;
+        for (ls, le, new) in edits {
+            out.extend_from_slice(&text[pos..ls]);
+            out.extend_from_slice(&new);
+            pos = le;
+        }
+        out.extend_from_slice(&text[pos..]);
         Some(out)
     }
 
-    /// Offset of the first literal in `hay`.
+    /// Start of the leftmost literal occurrence in `text[from..]` (absolute offset).
     #[inline]
-    fn next_hit(&self, hay: &[u8]) -> Option<usize> {
+    fn find_from(&self, text: &[u8], from: usize) -> Option<usize> {
+        if from >= text.len() {
+            return None;
+        }
+        let span = aho_corasick::Span { start: from, end: text.len() };
         match &self.packed {
-            Some(p) => p.find(hay).map(|m| m.start()),
-            None => self.prefilter.as_ref()?.find(hay).map(|m| m.start()),
+            Some(p) => p.find_in(text, span).map(|m| m.start()),
+            None => {
+                let input = aho_corasick::Input::new(text).span(span);
+                self.prefilter.as_ref()?.find(input).map(|m| m.start())
+            }
         }
     }
 
-    fn line(&self, full: &[u8], st: &mut LineState, counts: &mut Counts, out: &mut Vec<u8>) {
+    /// Scrubs one line (with its terminator); `None` when it is unchanged.
+    fn line(&self, full: &[u8], st: &mut LineState, counts: &mut Counts, hit: &mut Hits) -> Option<Vec<u8>> {
         let mut ce = full.len();
         if ce > 0 && full[ce - 1] == b'\n' {
             ce -= 1;
@@ -272,41 +313,50 @@ impl Compiled {
         }
         let (content, term) = full.split_at(ce);
         let mut rest = content;
+        let mut head: &[u8] = &[];
         if let Some(bi) = *st {
             if let Kind::Block { end, body, .. } = &self.patterns[bi].kind {
                 if let Some(m) = end.find(content) {
-                    out.extend_from_slice(&self.markers[bi]);
+                    head = &self.markers[bi];
                     rest = &content[m.end()..];
                     *st = None;
                 } else if body.is_match(content) {
-                    out.extend_from_slice(&self.markers[bi]);
+                    let mut out = self.markers[bi].clone();
                     out.extend_from_slice(term);
-                    return;
+                    return Some(out);
                 } else {
                     *st = None;
                 }
             }
         }
-        let scrubbed = self.scrub_line(rest, st, counts);
+        let scrubbed = self.scrub_line(rest, st, counts, hit);
+        if head.is_empty() && matches!(scrubbed, Cow::Borrowed(_)) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(head.len() + scrubbed.len() + term.len());
+        out.extend_from_slice(head);
         out.extend_from_slice(&scrubbed);
         out.extend_from_slice(term);
+        Some(out)
     }
 
-    fn scrub_line<'a>(&self, line: &'a [u8], st: &mut LineState, counts: &mut Counts) -> Cow<'a, [u8]> {
-        let mut hit = vec![false; self.patterns.len()];
-        if let Some(pf) = &self.prefilter {
-            for m in pf.find_overlapping_iter(line) {
-                hit[self.lit_owner[m.pattern().as_usize()]] = true;
-            }
-        }
-        for (i, p) in self.patterns.iter().enumerate() {
-            if p.literals.is_empty() {
-                hit[i] = true;
+    fn scrub_line<'a>(
+        &self,
+        line: &'a [u8],
+        st: &mut LineState,
+        counts: &mut Counts,
+        hit: &mut Hits,
+    ) -> Cow<'a, [u8]> {
+        if self.all_lines {
+            for (i, p) in self.patterns.iter().enumerate() {
+                if p.literals.is_empty() {
+                    hit.set(i);
+                }
             }
         }
         let mut cur: Cow<'a, [u8]> = Cow::Borrowed(line);
         for (i, p) in self.patterns.iter().enumerate() {
-            if !hit[i] {
+            if !hit.get(i) {
                 continue;
             }
             let marker = &self.markers[i];
@@ -315,15 +365,26 @@ impl Compiled {
             match &p.kind {
                 Kind::Regex { re, group } => {
                     let mut last = 0;
-                    for caps in re.captures_iter(&cur) {
-                        let Some(m) = caps.get(*group) else { continue };
-                        if m.start() < last {
-                            continue;
+                    if *group == 0 {
+                        for m in re.find_iter(&cur) {
+                            new.extend_from_slice(&cur[last..m.start()]);
+                            new.extend_from_slice(marker);
+                            last = m.end();
+                            n += 1;
                         }
-                        new.extend_from_slice(&cur[last..m.start()]);
-                        new.extend_from_slice(marker);
-                        last = m.end();
-                        n += 1;
+                    } else if re.is_match(&cur) {
+                        // (The gate keeps the common literal-but-no-match line, such as a plain
+                        // `https://host/path`, from allocating capture slots.)
+                        for caps in re.captures_iter(&cur) {
+                            let Some(m) = caps.get(*group) else { continue };
+                            if m.start() < last {
+                                continue;
+                            }
+                            new.extend_from_slice(&cur[last..m.start()]);
+                            new.extend_from_slice(marker);
+                            last = m.end();
+                            n += 1;
+                        }
                     }
                     if n > 0 {
                         new.extend_from_slice(&cur[last..]);
@@ -347,6 +408,28 @@ impl Compiled {
             }
         }
         cur
+    }
+}
+
+/// Which patterns a line's literals hit (a reusable bit set).
+#[derive(Debug)]
+struct Hits(Vec<u64>);
+
+impl Hits {
+    fn new(n: usize) -> Hits {
+        Hits(vec![0; n.div_ceil(64)])
+    }
+    #[inline]
+    fn clear(&mut self) {
+        self.0.iter_mut().for_each(|w| *w = 0);
+    }
+    #[inline]
+    fn set(&mut self, i: usize) {
+        self.0[i >> 6] |= 1 << (i & 63);
+    }
+    #[inline]
+    fn get(&self, i: usize) -> bool {
+        self.0[i >> 6] & (1 << (i & 63)) != 0
     }
 }
 

@@ -10,7 +10,7 @@ use aho_corasick::{AhoCorasick, MatchKind};
 
 use crate::encode;
 use crate::patterns::{Compiled, LineState, PatternSet};
-use crate::shadow::{is_skip, Shadow};
+use crate::shadow::{gram_mask, gram_raw, is_skip, Shadow};
 use crate::{Secret, MIN_SECRET_LEN};
 
 /// Lines longer than this are released in pieces (each piece scrubbed).
@@ -22,87 +22,142 @@ const HOLD_MIN: usize = 4;
 /// Bits in the 4-byte-prefix filter used by the hold-back check.
 const BLOOM_BITS: u32 = 20;
 
-/// Sampled q-gram prefilter for large value sets: every pattern is at least
-/// `MIN_SECRET_LEN` (8) bytes long, so every occurrence contains a `GRAM`-byte gram that starts
-/// at a multiple of `STRIDE` (8 - 6 + 1 = 3) in the text, at offset 0, 1 or 2 of the pattern.
-const GRAM: usize = 6;
-const STRIDE: usize = MIN_SECRET_LEN - GRAM + 1;
-const GRAM_BITS: u32 = 22;
-/// Use the sampled prefilter above this many patterns (measured: always better).
-const SAMPLED_ABOVE: usize = 0;
-
-#[inline(always)]
-fn gram_at(b: &[u8], x: usize) -> u64 {
-    let k = if x + 8 <= b.len() {
-        u64::from_le_bytes(b[x..x + 8].try_into().expect("8 bytes"))
-    } else {
-        let mut a = [0u8; 8];
-        a[..GRAM].copy_from_slice(&b[x..x + GRAM]);
-        u64::from_le_bytes(a)
-    };
-    k & ((1u64 << (8 * GRAM)) - 1)
+/// A set of `g`-byte grams (as `u64`, first byte lowest): a blocked Bloom filter (three bits
+/// in one 64-bit word per gram, so a probe is one memory access) in front of the exact sorted
+/// list. Build logs repeat themselves, so a Bloom false positive on a common gram would
+/// cost a verification on every line that carries it; the exact check keeps windows to true
+/// gram hits.
+#[derive(Debug)]
+struct Bloom {
+    words: Vec<u64>,
+    shift: u32,
+    exact: Vec<u64>,
 }
 
-#[inline(always)]
-fn gram_hashes(k: u64) -> (usize, usize) {
-    (
-        (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - GRAM_BITS)) as usize,
-        (k.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) >> (64 - GRAM_BITS)) as usize,
-    )
+impl Bloom {
+    /// `grams` sorted and deduplicated.
+    fn new(grams: Vec<u64>) -> Bloom {
+        // One to two grams per word: a false positive rate below (6/64)^3 per probe, with tables
+        // small enough to stay in L2 (100 secrets: 64 + 128 KiB).
+        let words = (grams.len() / 2).next_power_of_two().clamp(1 << 10, 1 << 18);
+        let mut bloom =
+            Bloom { words: vec![0u64; words], shift: 64 - words.trailing_zeros(), exact: Vec::new() };
+        for &k in &grams {
+            let (i, m) = bloom.slot(k);
+            bloom.words[i] |= m;
+        }
+        bloom.exact = grams;
+        bloom
+    }
+
+    #[inline(always)]
+    fn slot(&self, k: u64) -> (usize, u64) {
+        let h1 = k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let h2 = (k ^ (k >> 29)).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        let m = (1u64 << (h2 >> 58)) | (1u64 << ((h2 >> 52) & 63)) | (1u64 << ((h2 >> 46) & 63));
+        ((h1 >> self.shift) as usize, m)
+    }
+
+    #[inline(always)]
+    fn test(&self, k: u64) -> bool {
+        let (i, m) = self.slot(k);
+        self.words[i] & m == m && self.exact.binary_search(&k).is_ok()
+    }
 }
 
+/// The candidate filter: a sampled q-gram filter over the shadow view, read in place. Every
+/// value pattern is at least `min_len` (>= `MIN_SECRET_LEN`) shadow bytes long; with grams of
+/// `g = min(8, ceil(min_len / 2))` bytes and a stride of `min_len - g + 1`, every occurrence
+/// contains a gram that starts at a shadow offset that is a multiple of the stride, at pattern
+/// offset `0..stride`. Those grams are probed run by run: inside a run they are read straight
+/// from the real bytes, and the (at most one) grid gram that straddles the junction after a
+/// run (a line break, an escape sequence) is assembled from both sides. The shadow view itself
+/// is never built; each probe hit gives a shadow window that contains every occurrence it may
+/// stand for, and the automaton runs only on the (merged) windows.
 #[derive(Debug)]
 struct GramFilter {
-    bits: Vec<u64>,
+    g: usize,
+    stride: usize,
+    sampled: Bloom,
 }
 
 impl GramFilter {
     fn new(pats: &[Vec<u8>]) -> GramFilter {
-        let mut bits = vec![0u64; 1 << (GRAM_BITS - 6)];
-        for p in pats {
-            for j in 0..STRIDE {
-                let (h1, h2) = gram_hashes(gram_at(p, j));
-                bits[h1 >> 6] |= 1 << (h1 & 63);
-                bits[h2 >> 6] |= 1 << (h2 & 63);
-            }
-        }
-        GramFilter { bits }
+        let min_len = pats.iter().map(Vec::len).min().unwrap_or(MIN_SECRET_LEN);
+        debug_assert!(min_len >= MIN_SECRET_LEN);
+        let g = min_len.div_ceil(2).min(8);
+        let stride = min_len - g + 1;
+        let mut sampled: Vec<u64> =
+            pats.iter().flat_map(|p| (0..stride).map(move |o| gram_raw(p, o, g))).collect();
+        sampled.sort_unstable();
+        sampled.dedup();
+        GramFilter { g, stride, sampled: Bloom::new(sampled) }
     }
 
-    #[inline(always)]
-    fn test(&self, h: usize) -> bool {
-        self.bits[h >> 6] & (1 << (h & 63)) != 0
-    }
-
-    /// Calls `f` with disjoint, ascending ranges of `hay` that contain every occurrence of
-    /// every pattern (patterns are between 8 and `max_len` bytes long).
-    fn candidates(&self, hay: &[u8], max_len: usize, mut f: impl FnMut(usize, usize)) {
-        if hay.len() < MIN_SECRET_LEN {
+    /// Pushes shadow windows of `buf` that together contain every occurrence of every
+    /// pattern (between `min_len` and `max_len` bytes long) to `wins`, sorted and merged.
+    fn windows(&self, buf: &[u8], sh: &Shadow, max_len: usize, wins: &mut Vec<(usize, usize)>) {
+        wins.clear();
+        let (g, stride, len) = (self.g, self.stride, sh.len());
+        if len < MIN_SECRET_LEN {
             return;
         }
-        let mut cur: Option<(usize, usize)> = None;
-        let mut x = 0;
-        let last = hay.len() - GRAM;
-        while x <= last {
-            let (h1, h2) = gram_hashes(gram_at(hay, x));
-            if self.test(h1) && self.test(h2) {
-                let s = x.saturating_sub(STRIDE - 1);
-                let e = (s + max_len + STRIDE).min(hay.len());
-                cur = match cur {
-                    Some((cs, ce)) if s <= ce => Some((cs, ce.max(e))),
-                    Some((cs, ce)) => {
-                        f(cs, ce);
-                        Some((s, e))
-                    }
-                    None => Some((s, e)),
-                };
+        let mask = gram_mask(g);
+        let runs = sh.runs();
+        let mut push = |x: usize| {
+            let w = (x.saturating_sub(stride - 1), (x + max_len).min(len));
+            match wins.last_mut() {
+                Some(last) if w.0 <= last.1 => last.1 = last.1.max(w.1),
+                _ => wins.push(w),
             }
-            x += STRIDE;
-        }
-        if let Some((cs, ce)) = cur {
-            f(cs, ce);
+        };
+        // `x`: the next grid offset (shadow); runs are contiguous in the shadow.
+        let mut x = 0;
+        for k in 0..runs.len() {
+            let (ss, rs) = runs[k];
+            let se = runs.get(k + 1).map_or(len, |r| r.0);
+            while x + g <= se {
+                let r = rs + (x - ss);
+                let key = match buf.get(r..r + 8) {
+                    Some(w) => u64::from_le_bytes(w.try_into().expect("8 bytes")) & mask,
+                    None => gram_raw(buf, r, g),
+                };
+                if self.sampled.test(key) {
+                    push(x);
+                }
+                x += stride;
+            }
+            if x < se {
+                // The grid gram straddles the end of this run.
+                if x + g <= len {
+                    let p = se - x;
+                    let r = rs + (x - ss);
+                    let r1 = runs[k + 1].1;
+                    let fast =
+                        (se + g - p <= sh.run_end(k + 1)).then(|| (buf.get(r..r + 8), buf.get(r1..r1 + 8)));
+                    let key = match fast {
+                        Some((Some(lo), Some(hi))) => {
+                            let lo = u64::from_le_bytes(lo.try_into().expect("8 bytes"));
+                            let hi = u64::from_le_bytes(hi.try_into().expect("8 bytes"));
+                            ((lo & ((1u64 << (8 * p)) - 1)) | (hi << (8 * p))) & mask
+                        }
+                        _ => sh.gram(buf, x, g),
+                    };
+                    if self.sampled.test(key) {
+                        push(x);
+                    }
+                }
+                x += stride;
+            }
         }
     }
+}
+
+/// Reusable buffers for the value matcher.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    wins: Vec<(usize, usize)>,
+    bytes: Vec<u8>,
 }
 
 /// Redactions so far.
@@ -132,7 +187,7 @@ pub(crate) struct ValueMatcher {
     /// Filter over the first 4 bytes of every pattern.
     bloom: Vec<u64>,
     max_len: usize,
-    grams: Option<GramFilter>,
+    grams: GramFilter,
 }
 
 #[inline]
@@ -188,7 +243,7 @@ impl ValueMatcher {
             bloom[i >> 6] |= 1 << (i & 63);
         }
         let max_len = pats.iter().map(Vec::len).max().unwrap_or(0);
-        let grams = (pats.len() > SAMPLED_ABOVE).then(|| GramFilter::new(&pats));
+        let grams = GramFilter::new(&pats);
         let mut sorted = pats;
         sorted.sort_unstable();
         Some(ValueMatcher {
@@ -217,32 +272,33 @@ impl ValueMatcher {
 
     /// Earliest shadow offset `s` such that `shadow[s..]` (at least `HOLD_MIN` bytes) is a
     /// proper prefix of some pattern: a match that may still be in progress.
-    fn in_progress(&self, shadow: &[u8]) -> Option<usize> {
-        let n = shadow.len();
+    fn in_progress(&self, buf: &[u8], sh: &Shadow, scratch: &mut Scratch) -> Option<usize> {
+        let n = sh.len();
         if n < HOLD_MIN {
             return None;
         }
         let lo = n.saturating_sub(self.max_len - 1);
-        (lo..=n - HOLD_MIN).find(|&s| {
-            let i = bloom_index(&shadow[s..]);
-            self.bloom[i >> 6] & (1 << (i & 63)) != 0 && self.is_proper_prefix(&shadow[s..])
-        })
+        let tail = &mut scratch.bytes;
+        tail.clear();
+        sh.copy_range(buf, lo, n, tail);
+        (0..=tail.len() - HOLD_MIN)
+            .find(|&s| {
+                let i = bloom_index(&tail[s..]);
+                self.bloom[i >> 6] & (1 << (i & 63)) != 0 && self.is_proper_prefix(&tail[s..])
+            })
+            .map(|s| lo + s)
     }
 
-    /// All matches in `buf` (whose shadow is `sh`) as sorted, disjoint real ranges.
-    fn find_all(&self, buf: &[u8], sh: &Shadow, out: &mut Vec<(usize, usize)>) {
+    /// All matches in `buf` (whose shadow map is `sh`) as sorted, disjoint real ranges.
+    fn find_all(&self, buf: &[u8], sh: &Shadow, out: &mut Vec<(usize, usize)>, scratch: &mut Scratch) {
         out.clear();
-        match &self.grams {
-            None => {
-                for m in self.ac.find_iter(&sh.bytes) {
-                    out.push(sh.range_to_real(m.start(), m.end()));
-                }
+        self.grams.windows(buf, sh, self.max_len, &mut scratch.wins);
+        for &(a, b) in &scratch.wins {
+            scratch.bytes.clear();
+            sh.copy_range(buf, a, b, &mut scratch.bytes);
+            for m in self.ac.find_iter(&scratch.bytes) {
+                out.push(sh.range_to_real(a + m.start(), a + m.end()));
             }
-            Some(g) => g.candidates(&sh.bytes, self.max_len, |s, e| {
-                for m in self.ac.find_iter(&sh.bytes[s..e]) {
-                    out.push(sh.range_to_real(s + m.start(), s + m.end()));
-                }
-            }),
         }
         if !sh.bodies.is_empty() {
             for &(s, e) in &sh.bodies {
@@ -263,23 +319,13 @@ impl ValueMatcher {
     }
 
     /// First secret (pattern id) in `buf`.
-    fn first(&self, buf: &[u8], sh: &Shadow) -> Option<usize> {
-        match &self.grams {
-            None => {
-                if let Some(m) = self.ac.find(&sh.bytes) {
-                    return Some(m.pattern().as_usize());
-                }
-            }
-            Some(g) => {
-                let mut found = None;
-                g.candidates(&sh.bytes, self.max_len, |s, e| {
-                    if found.is_none() {
-                        found = self.ac.find(&sh.bytes[s..e]).map(|m| m.pattern().as_usize());
-                    }
-                });
-                if found.is_some() {
-                    return found;
-                }
+    fn first(&self, buf: &[u8], sh: &Shadow, scratch: &mut Scratch) -> Option<usize> {
+        self.grams.windows(buf, sh, self.max_len, &mut scratch.wins);
+        for &(a, b) in &scratch.wins {
+            scratch.bytes.clear();
+            sh.copy_range(buf, a, b, &mut scratch.bytes);
+            if let Some(m) = self.ac.find(&scratch.bytes) {
+                return Some(m.pattern().as_usize());
             }
         }
         sh.bodies.iter().find_map(|&(s, e)| self.ac.find(&buf[s..e])).map(|m| m.pattern().as_usize())
@@ -292,6 +338,7 @@ impl ValueMatcher {
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK * 2);
         let mut chunk = vec![0u8; CHUNK];
         let mut sh = Shadow::default();
+        let mut scratch = Scratch::default();
         loop {
             let n = match r.read(&mut chunk) {
                 Ok(n) => n,
@@ -300,8 +347,8 @@ impl ValueMatcher {
             };
             let eof = n == 0;
             buf.extend_from_slice(&chunk[..n]);
-            sh.build(&buf, eof);
-            if let Some(pid) = self.first(&buf, &sh) {
+            sh.build_map(&buf, eof);
+            if let Some(pid) = self.first(&buf, &sh, &mut scratch) {
                 return Ok(Some(self.name(pid)));
             }
             if eof {
@@ -310,7 +357,7 @@ impl ValueMatcher {
             // Keep what a match in progress could still need: the last max_len - 1 shadow
             // bytes (and what lies between them), bounded.
             let keep = self.max_len - 1;
-            let mut cut = if sh.bytes.len() > keep { sh.to_real(sh.bytes.len() - keep) } else { 0 };
+            let mut cut = if sh.len() > keep { sh.to_real(sh.len() - keep) } else { 0 };
             cut = cut.max(buf.len().saturating_sub(MAX_CARRY));
             buf.drain(..cut);
         }
@@ -356,8 +403,8 @@ impl Scrubber {
     pub fn contains_secret(&self, bytes: &[u8]) -> Option<&str> {
         let vm = self.values.as_ref()?;
         let mut sh = Shadow::default();
-        sh.build(bytes, true);
-        vm.first(bytes, &sh).map(|pid| vm.name(pid))
+        sh.build_map(bytes, true);
+        vm.first(bytes, &sh, &mut Scratch::default()).map(|pid| vm.name(pid))
     }
 
     /// Scrubs a complete string (error messages, summaries, step outputs): values and
@@ -401,6 +448,7 @@ struct Core {
     /// Bytes received but not released.
     buf: Vec<u8>,
     shadow: Shadow,
+    scratch: Scratch,
     matches: Vec<(usize, usize)>,
     line: LineState,
     counts: Counts,
@@ -444,8 +492,8 @@ impl Core {
         }
         let vm = sc.values.as_ref();
         if let Some(vm) = vm {
-            self.shadow.build(data, eof);
-            vm.find_all(data, &self.shadow, &mut self.matches);
+            self.shadow.build_map(data, eof);
+            vm.find_all(data, &self.shadow, &mut self.matches, &mut self.scratch);
         } else {
             self.matches.clear();
         }
@@ -476,7 +524,7 @@ impl Core {
                 }
             };
             if let Some(vm) = vm {
-                if let Some(s) = vm.in_progress(&self.shadow.bytes) {
+                if let Some(s) = vm.in_progress(data, &self.shadow, &mut self.scratch) {
                     let r = self.shadow.to_real(s);
                     if r < l {
                         l = cut(r);
@@ -588,5 +636,115 @@ impl StreamScrubber {
     /// Number of bytes currently held back.
     pub fn held(&self) -> usize {
         self.core.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The reference: the automaton over the whole shadow view (plus bodies), as the scrubber
+    /// did before the windowed filter.
+    fn reference(vm: &ValueMatcher, buf: &[u8], eof: bool) -> Vec<(usize, usize)> {
+        let mut sh = Shadow::default();
+        sh.build(buf, eof);
+        let mut out: Vec<(usize, usize)> =
+            vm.ac.find_iter(&sh.bytes).map(|m| sh.range_to_real(m.start(), m.end())).collect();
+        for &(s, e) in &sh.bodies {
+            out.extend(vm.ac.find_iter(&buf[s..e]).map(|m| (s + m.start(), s + m.end())));
+        }
+        out.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::new();
+        for (a, b) in out {
+            match merged.last_mut() {
+                Some(last) if a < last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        merged
+    }
+
+    fn windowed(vm: &ValueMatcher, buf: &[u8], eof: bool) -> Vec<(usize, usize)> {
+        let mut sh = Shadow::default();
+        sh.build_map(buf, eof);
+        let mut out = Vec::new();
+        vm.find_all(buf, &sh, &mut out, &mut Scratch::default());
+        out
+    }
+
+    const VALUES: [&str; 4] = ["abcdefgh", "Tr0ub4dor&3-horse-battery", "p@ss w0rd/\"q'\\x", "zz9plural"];
+
+    fn piece() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => "[a-z0-9 .:=/-]{0,20}".prop_map(String::into_bytes),
+            2 => Just(b"\n".to_vec()),
+            1 => Just(b"\r\n".to_vec()),
+            1 => Just(b"\x1b[1;31m".to_vec()),
+            1 => Just(b"\x1b]0;".to_vec()),
+            1 => Just(b"\x07".to_vec()),
+            1 => Just(b"\x00\x7f\t".to_vec()),
+            // Secrets, their prefixes and suffixes, and their encodings.
+            3 => (0usize..4, 0usize..40, 0usize..40).prop_map(|(i, a, b)| {
+                let v = VALUES[i].as_bytes();
+                let (a, b) = (a.min(v.len()), b.min(v.len()));
+                v[a.min(b)..a.max(b)].to_vec()
+            }),
+            // A secret split by a line break or an escape sequence.
+            3 => (0usize..4, 0usize..40, 0usize..4).prop_map(|(i, cut, sep)| {
+                let v = VALUES[i].as_bytes();
+                let cut = cut.min(v.len());
+                let sep: &[u8] = [&b"\n"[..], b"\r\n", b"\x1b[0m", b"\n\x1b[1m"][sep];
+                [&v[..cut], sep, &v[cut..]].concat()
+            }),
+            3 => (0usize..4, 0usize..20).prop_map(|(i, k)| {
+                let vars = encode::variants(VALUES[i].as_bytes());
+                vars[k % vars.len()].clone()
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The windowed matcher finds exactly what the automaton over the full shadow finds.
+        #[test]
+        fn windowed_equals_full_shadow(
+            pieces in prop::collection::vec(piece(), 1..40),
+            eof in any::<bool>(),
+            set in 1usize..16,
+        ) {
+            let secrets: Vec<Secret> = VALUES
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| set & (1 << i) != 0)
+                .map(|(i, v)| Secret::new(format!("S{i}"), v.as_bytes()))
+                .collect();
+            let vm = ValueMatcher::new(&secrets).expect("patterns");
+            let buf = pieces.concat();
+            prop_assert_eq!(windowed(&vm, &buf, eof), reference(&vm, &buf, eof));
+        }
+    }
+
+    #[test]
+    fn gram_sizes_follow_the_shortest_pattern() {
+        let vm = ValueMatcher::new(&[Secret::new("A", "abcdefgh")]).expect("patterns");
+        assert_eq!((vm.grams.g, vm.grams.stride), (4, 5));
+        let vm = ValueMatcher::new(&[Secret::new("A", "abcdefghijklmnopqrstuvwx")]).expect("patterns");
+        assert_eq!((vm.grams.g, vm.grams.stride), (8, 17));
+        // Split by line breaks and escapes at every point, in long text.
+        let v = "abcdefghijklmnopqrstuvwx";
+        for cut in 1..v.len() {
+            for sep in ["\n", "\r\n", "\x1b[0m", "\n\x1b[1m\x1b[32m", "\x01"] {
+                let text =
+                    format!("{}{}{}{}{} tail\n", "x".repeat(100), &v[..cut], sep, &v[cut..], "y".repeat(3));
+                assert_eq!(
+                    windowed(&vm, text.as_bytes(), true),
+                    reference(&vm, text.as_bytes(), true),
+                    "{text:?}"
+                );
+                assert_eq!(windowed(&vm, text.as_bytes(), true).len(), 1, "{text:?}");
+            }
+        }
     }
 }
