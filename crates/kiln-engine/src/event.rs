@@ -32,6 +32,14 @@ pub enum Event {
         summary: JobSummary,
     },
     Log(LogEntry),
+    /// An artifact was stored.
+    Artifact {
+        job: String,
+        name: String,
+        id: String,
+        files: u64,
+        bytes: u64,
+    },
     /// Security-relevant, kept apart from the log: a secret handed to a
     /// step, egress blocked, a quota hit. Never carries a secret value.
     Audit {

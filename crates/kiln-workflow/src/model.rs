@@ -203,6 +203,19 @@ pub enum StepAction {
     Run { script: Template, shell: Option<Shell> },
     /// `uses: actions/checkout@<any>`: the job's workspace gets the source.
     Checkout,
+    /// `uses: actions/upload-artifact@<any>`: files of the workspace become an
+    /// artifact in the store.
+    UploadArtifact {
+        name: Template,
+        /// One workspace-relative file or directory per line.
+        path: Template,
+        /// `warn` (default), `error` or `ignore`.
+        if_no_files_found: String,
+        retention_days: Option<u32>,
+    },
+    /// `uses: actions/download-artifact@<any>`: an artifact of this build
+    /// restored into the workspace.
+    DownloadArtifact { name: Template, path: Option<Template> },
 }
 
 /// One step of a job.
@@ -225,7 +238,8 @@ impl StepSpec {
     pub fn phase(&self, job: &JobSpec) -> Phase {
         self.kiln.phase.or(job.kiln.phase).unwrap_or(match self.action {
             StepAction::Checkout => Phase::SourceFetch,
-            StepAction::Run { .. } => Phase::Build,
+            StepAction::UploadArtifact { .. } => Phase::ArtifactUpload,
+            StepAction::Run { .. } | StepAction::DownloadArtifact { .. } => Phase::Build,
         })
     }
 

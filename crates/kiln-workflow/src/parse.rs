@@ -799,6 +799,7 @@ fn step(
     let mut shell = None;
     let mut shell_loc = None;
     let mut with_loc = None;
+    let mut with_node: Option<&Node> = None;
     let errors_before = cx.errors.len();
     for (k, v) in pairs {
         let Some(key) = cx.text(k, "a key") else {
@@ -827,7 +828,10 @@ fn step(
                 shell = cx.shell(v);
                 shell_loc = Some(k.loc);
             }
-            "with" => with_loc = Some(k.loc),
+            "with" => {
+                with_loc = Some(k.loc);
+                with_node = Some(v);
+            }
             "env" => spec.env = cx.env(v, &format!("in {label}")),
             "working-directory" => spec.working_directory = cx.working_directory(v, "`working-directory`"),
             "if" => spec.condition = cx.condition(v),
@@ -860,19 +864,55 @@ fn step(
             spec.action = StepAction::Run { script, shell };
         }
         (None, Some((u, loc))) => {
-            let is_checkout = u
-                .split_once('@')
-                .is_some_and(|(a, r)| a.eq_ignore_ascii_case("actions/checkout") && !r.is_empty());
-            if !is_checkout {
-                cx.err(
-                    loc,
-                    format!("{label}: `uses: {u}` is not supported; only actions/checkout is built in"),
-                );
-            }
             if let Some(loc) = shell_loc {
                 cx.err(loc, format!("{label}: `shell` only applies to `run` steps"));
             }
-            spec.action = StepAction::Checkout;
+            let action =
+                u.split_once('@').filter(|(_, r)| !r.is_empty()).map(|(a, _)| a.to_ascii_lowercase());
+            let mut with = builtin_with(cx, with_node, &label);
+            match action.as_deref() {
+                Some("actions/checkout") => spec.action = StepAction::Checkout,
+                Some("actions/upload-artifact") => {
+                    check_inputs(cx, &with, &label, UPLOAD_INPUTS, loc);
+                    let name = with.remove("name").map(|(t, _)| t).unwrap_or_else(|| Template::literal("artifact"));
+                    let Some((path, _)) = with.remove("path") else {
+                        cx.err(loc, format!("{label}: actions/upload-artifact needs `with.path`"));
+                        return None;
+                    };
+                    let if_no_files_found = match with.remove("if-no-files-found") {
+                        Some((t, l)) => match t.source() {
+                            v @ ("warn" | "error" | "ignore") => v.to_string(),
+                            other => {
+                                cx.err(l, format!("{label}: `if-no-files-found` must be warn, error or ignore, not `{other}`"));
+                                "warn".into()
+                            }
+                        },
+                        None => "warn".into(),
+                    };
+                    let retention_days = with.remove("retention-days").and_then(|(t, l)| match t.source().parse() {
+                        Ok(n) => Some(n),
+                        Err(_) => {
+                            cx.err(l, format!("{label}: `retention-days` must be a whole number"));
+                            None
+                        }
+                    });
+                    spec.action = StepAction::UploadArtifact { name, path, if_no_files_found, retention_days };
+                }
+                Some("actions/download-artifact") => {
+                    check_inputs(cx, &with, &label, DOWNLOAD_INPUTS, loc);
+                    let Some((name, _)) = with.remove("name") else {
+                        cx.err(loc, format!("{label}: actions/download-artifact needs `with.name` (downloading every artifact is not supported)"));
+                        return None;
+                    };
+                    spec.action = StepAction::DownloadArtifact { name, path: with.remove("path").map(|(t, _)| t) };
+                }
+                _ => cx.err(
+                    loc,
+                    format!(
+                        "{label}: `uses: {u}` is not supported; built in are actions/checkout, actions/upload-artifact and actions/download-artifact"
+                    ),
+                ),
+            }
         }
         (Some(_), Some((_, loc))) => {
             cx.err(loc, format!("{label}: a step has either `run` or `uses`, not both"))
@@ -884,6 +924,51 @@ fn step(
         }
     }
     (cx.errors.len() == errors_before).then_some(spec)
+}
+
+const UPLOAD_INPUTS: &[&str] = &[
+    "name",
+    "path",
+    "if-no-files-found",
+    "retention-days",
+    "compression-level",
+    "overwrite",
+    "include-hidden-files",
+];
+const DOWNLOAD_INPUTS: &[&str] = &["name", "path"];
+
+/// A built-in action's `with:` inputs as templates, by name.
+fn builtin_with(
+    cx: &mut Cx<'_>,
+    node: Option<&Node>,
+    label: &str,
+) -> std::collections::BTreeMap<String, (Template, Location)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Some(node) = node else { return out };
+    let Some(pairs) = cx.map(node, &format!("`with` of {label}")) else { return out };
+    for (k, v) in pairs {
+        let Some(key) = cx.text(k, "an input name") else { continue };
+        if let Some(t) = cx.template(v, &format!("`with.{key}`")) {
+            out.insert(key, (t, k.loc));
+        }
+    }
+    out
+}
+
+/// Refuses inputs an action does not have (accepted-but-ignored ones are
+/// listed too).
+fn check_inputs(
+    cx: &mut Cx<'_>,
+    with: &std::collections::BTreeMap<String, (Template, Location)>,
+    label: &str,
+    known: &[&str],
+    _loc: Location,
+) {
+    for (k, (_, l)) in with {
+        if !known.contains(&k.as_str()) {
+            cx.unknown_key(*l, k, known.iter().copied(), &format!("in the `with` of {label}"));
+        }
+    }
 }
 
 /// Converts a matrix value; refuses expressions (dynamic matrices).

@@ -61,8 +61,21 @@ fn check_step(
         Some(n) => format!("step {index} (`{}`) of job `{}`", n.source(), job.key),
         None => format!("step {index} of job `{}`", job.key),
     };
-    if let StepAction::Run { script, .. } = &step.action {
-        forbid(script, step.location, &format!("the `run:` script of {label}"), errors);
+    match &step.action {
+        StepAction::Run { script, .. } => {
+            forbid(script, step.location, &format!("the `run:` script of {label}"), errors)
+        }
+        StepAction::UploadArtifact { name, path, .. } => {
+            forbid(name, step.location, &format!("the artifact name of {label}"), errors);
+            forbid(path, step.location, &format!("the artifact path of {label}"), errors);
+        }
+        StepAction::DownloadArtifact { name, path } => {
+            forbid(name, step.location, &format!("the artifact name of {label}"), errors);
+            if let Some(p) = path {
+                forbid(p, step.location, &format!("the artifact path of {label}"), errors);
+            }
+        }
+        StepAction::Checkout => {}
     }
     if let Some(t) = &step.name {
         forbid(t, step.location, &format!("the name of {label}"), errors);

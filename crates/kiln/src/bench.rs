@@ -166,6 +166,7 @@ async fn kiln_start(
         secrets: Arc::new(Vec::new()),
         scrubber: Arc::new(kiln_secrets::Scrubber::new(&[], &kiln_secrets::PatternSet::builtin())),
         egress: kiln_engine::runner::sandbox::EgressConfig::new(Vec::new(), 1 << 30),
+        artifacts: None,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let emitter = Emitter::new(&build, Some(tx), None);

@@ -27,6 +27,11 @@ pub enum Command {
     Logs(LogsArgs),
     /// Print a recorded build's audit events (secrets handed out, egress refused).
     Audit(LogsArgs),
+    /// List the artifacts a build stored.
+    Artifacts(LogsArgs),
+    /// Work with one stored artifact.
+    #[command(subcommand)]
+    Artifact(ArtifactCommand),
     /// Measure step start latency per tier and the scheduler's overhead.
     Bench(BenchArgs),
 }
@@ -125,4 +130,18 @@ pub struct BenchArgs {
     pub markdown: Option<PathBuf>,
     #[command(flatten)]
     pub state: StateArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArtifactCommand {
+    /// Restore an artifact's files (verified against their digests) into DIR.
+    Get {
+        /// The artifact id (`sha256:...`).
+        id: String,
+        /// A directory that does not exist yet.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
+    },
 }

@@ -26,6 +26,8 @@ fn main() -> ExitCode {
         cli::Command::Builds(args) => run::builds(args),
         cli::Command::Logs(args) => run::logs(args),
         cli::Command::Audit(args) => run::audit(args),
+        cli::Command::Artifacts(args) => run::artifacts(args),
+        cli::Command::Artifact(cmd) => run::artifact(cmd),
         cli::Command::Bench(args) => bench::bench(args),
     };
     ExitCode::from(code)

@@ -107,7 +107,10 @@ impl Renderer {
                     let _ = writeln!(out, "{} {pipeline} (build {build})", self.paint("1", "kiln run"));
                 }
             }
-            Event::StepStarted { .. } | Event::StepFinished { .. } | Event::Audit { .. } => {}
+            Event::StepStarted { .. }
+            | Event::StepFinished { .. }
+            | Event::Audit { .. }
+            | Event::Artifact { .. } => {}
         }
         let _ = out.flush();
     }

@@ -158,6 +158,7 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
         }
     };
     let egress = kiln_engine::runner::sandbox::EgressConfig::new(args.allow_private.clone(), egress_cap);
+    let blob_store = open_store(&args.state.state_dir)?;
     let source = match &args.source {
         Some(s) => std::fs::canonicalize(s).with_context(|| format!("source directory {}", s.display()))?,
         None => default_source(&workflow),
@@ -216,6 +217,19 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
         secrets,
         scrubber,
         egress: egress.clone(),
+        artifacts: Some(Arc::new(kiln_engine::runner::artifacts::ArtifactSink::new(
+            blob_store,
+            kiln_store::SourceInfo {
+                repository: src_info.repository.clone(),
+                commit: src_info.sha.clone(),
+                git_ref: src_info.git_ref.clone(),
+            },
+            // A source outside git has no branch: its artifacts are `local`'s.
+            Some(src_info.git_ref.rsplit('/').next().unwrap_or(""))
+                .filter(|b| !b.is_empty())
+                .unwrap_or("local")
+                .to_string(),
+        ))),
     };
     let opts = BuildOptions {
         build: build.clone(),
@@ -397,6 +411,84 @@ pub fn audit(args: LogsArgs) -> u8 {
     })();
     match result {
         Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}
+
+/// The local content-addressed store under the state dir (one tenant).
+fn open_store(state_dir: &Path) -> anyhow::Result<kiln_store::Store> {
+    let dir = state_dir.join("store");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let store = kiln_store::Store::open_local(&dir).map_err(|e| anyhow!("opening the store: {e}"))?;
+    store.tenant("local").map_err(|e| anyhow!("opening the store: {e}"))
+}
+
+pub fn artifacts(args: LogsArgs) -> u8 {
+    let result = (|| -> anyhow::Result<u8> {
+        let store = Store::open(&args.state.state_dir)?;
+        let build = match store.resolve_build(&args.build) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(EXIT_INVALID);
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        for a in store.artifacts(&build.id)? {
+            if args.json {
+                writeln!(out, "{}", serde_json::to_string(&a)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{}  {:<20} {:>6} files {:>12} bytes  ({})",
+                    a.id, a.name, a.files, a.bytes, a.job
+                )?;
+            }
+        }
+        Ok(0)
+    })();
+    match result {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}
+
+pub fn artifact(cmd: crate::cli::ArtifactCommand) -> u8 {
+    let crate::cli::ArtifactCommand::Get { id, out, state } = cmd;
+    let digest: kiln_store::TreeDigest = match id.parse() {
+        Ok(d) => d,
+        Err(_) => {
+            eprintln!("error: `{id}` is not an artifact id (expected sha256:<64 hex digits>)");
+            return EXIT_INVALID;
+        }
+    };
+    if std::fs::symlink_metadata(&out).is_ok() {
+        eprintln!("error: {} already exists; name a new directory", out.display());
+        return EXIT_INVALID;
+    }
+    let result = (|| -> anyhow::Result<kiln_store::TreeStats> {
+        let store = open_store(&state.state_dir)?;
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        rt.block_on(store.restore_tree(&digest, &out, &kiln_store::RestoreLimits::default()))
+            .map_err(|e| anyhow!("{e}"))
+    })();
+    match result {
+        Ok(stats) => {
+            println!(
+                "restored {} ({} files, {} bytes) into {}",
+                digest,
+                stats.files,
+                stats.bytes,
+                out.display()
+            );
+            0
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             EXIT_INFRA

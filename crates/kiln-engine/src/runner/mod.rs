@@ -4,6 +4,7 @@
 //! [`JobOutcome`] back. [`sandbox::SandboxRunner`] is the real runner; the
 //! benchmark's no-op runner measures the loop alone.
 
+pub mod artifacts;
 pub mod sandbox;
 mod stepfiles;
 mod workspace_copy;

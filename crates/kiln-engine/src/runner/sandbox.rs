@@ -67,6 +67,9 @@ pub struct SandboxRunnerConfig {
     pub scrubber: Arc<kiln_secrets::Scrubber>,
     /// Egress through kiln's proxy for steps whose `network` allows hosts.
     pub egress: EgressConfig,
+    /// The content-addressed store for `actions/upload-artifact` and
+    /// `actions/download-artifact` (none: those steps fail with a reason).
+    pub artifacts: Option<Arc<super::artifacts::ArtifactSink>>,
 }
 
 /// What the egress proxy of every step of a build shares.
@@ -339,6 +342,8 @@ impl<'a> JobRun<'a> {
         let _ = job;
         match &step.action {
             StepAction::Checkout => "Checkout".to_string(),
+            StepAction::UploadArtifact { name, .. } => format!("Upload artifact {}", name.source()),
+            StepAction::DownloadArtifact { name, .. } => format!("Download artifact {}", name.source()),
             StepAction::Run { script, .. } => {
                 let first = script.source().lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
                 let first: String = first.chars().take(60).collect();
@@ -374,14 +379,17 @@ impl<'a> JobRun<'a> {
         self.req.emitter.emit(Event::StepStarted { job: self.req.job, step: k, name: name.clone() });
         let started_at = crate::time::now_rfc3339();
         let t0 = Instant::now();
-        let phase = match step.action {
-            StepAction::Checkout => "source-fetch",
-            StepAction::Run { .. } => "build",
-        };
+        let phase = step.phase(&job.spec).as_str();
         self.req.emitter.log(&job.id, &name, phase, Stream::System, "step started".into());
         let result = match &step.action {
             StepAction::Checkout => self.checkout().await,
             StepAction::Run { script, shell } => self.run_script(job, k, step, &name, script, *shell).await,
+            StepAction::UploadArtifact { name: art, path, if_no_files_found, .. } => {
+                self.upload_artifact(job, k, &name, art, path, if_no_files_found, &started_at).await
+            }
+            StepAction::DownloadArtifact { name: art, path } => {
+                self.download_artifact(job, &name, art, path.as_ref()).await
+            }
         };
         let secs = t0.elapsed().as_secs_f64();
         let (outcome, exit, reason, cpu, mem, summary) = match result {
@@ -481,6 +489,130 @@ impl<'a> JobRun<'a> {
             );
         }
         self.req.emitter.emit(Event::StepFinished { job: self.req.job, step: k, record });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_artifact(
+        &mut self,
+        job: &PlannedJob,
+        k: usize,
+        step_name: &str,
+        name: &Template,
+        path: &Template,
+        if_no_files_found: &str,
+        started_at: &str,
+    ) -> Result<StepResult, String> {
+        let sink = self.runner.cfg.artifacts.clone().ok_or("this build has no artifact store")?;
+        let ctx = self.contexts();
+        let name = name.render(&ctx, self.status_fns()).map_err(|e| e.to_string())?;
+        let paths = path.render(&ctx, self.status_fns()).map_err(|e| e.to_string())?;
+        let ws = self.workspace.as_ref().ok_or("no workspace")?.path().to_path_buf();
+        let staging = self.dir.join(format!("upload-{k}"));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(|e| e.to_string())?;
+        let mut found = 0u64;
+        let mut present = Vec::new();
+        for rel in paths.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let rel = rel.trim_start_matches("./").trim_end_matches('/');
+            match super::artifacts::resolve_beneath(&ws, rel) {
+                Ok(src) => present.push((rel.to_string(), src)),
+                Err(e) if e.ends_with("does not exist") => {}
+                Err(e) => return Err(format!("path {e}")),
+            }
+        }
+        // As on GitHub: paths are stored relative to their least common
+        // ancestor (a single directory uploads its contents).
+        let base = super::artifacts::common_ancestor(&present);
+        for (rel, src) in &present {
+            let stored = Path::new(rel).strip_prefix(&base).unwrap_or(Path::new(rel));
+            let dst = if stored.as_os_str().is_empty() { staging.clone() } else { staging.join(stored) };
+            found += super::workspace_copy::copy_path(src, &dst).map_err(|e| e.to_string())?;
+        }
+        let say =
+            |s: &Self, m: String| s.req.emitter.log(&job.id, step_name, "artifact-upload", Stream::System, m);
+        if found == 0 {
+            let msg =
+                format!("no files found for artifact `{name}` (path: {})", paths.trim().replace('\n', ", "));
+            return match if_no_files_found {
+                "error" => Err(msg),
+                "ignore" => Ok((StepStatus::Success, Some(0), None, 0.0, 0, None)),
+                _ => {
+                    say(self, format!("warning: {msg}"));
+                    Ok((StepStatus::Success, Some(0), None, 0.0, 0, None))
+                }
+            };
+        }
+        // A tree holding a secret value never reaches the store.
+        if let Err(e) = kiln_secrets::check_tree(&staging, &self.runner.cfg.scrubber) {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(format!("artifact `{name}` refused: {e}"));
+        }
+        let up = sink.upload(&self.req.build, &name, &staging, started_at).await;
+        let _ = std::fs::remove_dir_all(&staging);
+        let up = up?;
+        say(
+            self,
+            format!(
+                "artifact `{name}` stored: {} ({} files, {})",
+                up.id,
+                up.files,
+                crate::limits::human_bytes(up.bytes)
+            ),
+        );
+        self.req.emitter.emit(Event::Artifact {
+            job: job.id.clone(),
+            name: name.clone(),
+            id: up.id.to_string(),
+            files: up.files,
+            bytes: up.bytes,
+        });
+        Ok((StepStatus::Success, Some(0), None, 0.0, 0, None))
+    }
+
+    async fn download_artifact(
+        &mut self,
+        job: &PlannedJob,
+        step_name: &str,
+        name: &Template,
+        path: Option<&Template>,
+    ) -> Result<StepResult, String> {
+        let sink = self.runner.cfg.artifacts.clone().ok_or("this build has no artifact store")?;
+        let ctx = self.contexts();
+        let name = name.render(&ctx, self.status_fns()).map_err(|e| e.to_string())?;
+        let rel = match path {
+            Some(t) => t.render(&ctx, self.status_fns()).map_err(|e| e.to_string())?,
+            None => String::new(),
+        };
+        let ws = self.workspace.as_ref().ok_or("no workspace")?.path().to_path_buf();
+        let target = if rel.trim().is_empty() || rel.trim() == "." {
+            ws.clone()
+        } else {
+            let rel = rel.trim().trim_start_matches("./");
+            kiln_workflow::check_relative_path(rel).map_err(|e| format!("path: {e}"))?;
+            // The parent must already be a real directory (no planted links).
+            if let Some(parent) = Path::new(rel).parent().filter(|p| !p.as_os_str().is_empty()) {
+                check_dir_beneath(&ws, &parent.to_string_lossy()).map_err(|e| format!("path: {e}"))?;
+            }
+            let t = ws.join(rel);
+            if std::fs::symlink_metadata(&t).is_ok() {
+                return Err(format!("path `{rel}` already exists in the workspace"));
+            }
+            t
+        };
+        let got = sink.download(&name, &target, STEP_UID, STEP_GID).await?;
+        self.req.emitter.log(
+            &job.id,
+            step_name,
+            "build",
+            Stream::System,
+            format!(
+                "artifact `{name}` restored: {} ({} files, {})",
+                got.id,
+                got.files,
+                crate::limits::human_bytes(got.bytes)
+            ),
+        );
+        Ok((StepStatus::Success, Some(0), None, 0.0, 0, None))
     }
 
     async fn checkout(&mut self) -> Result<StepResult, String> {

@@ -84,6 +84,27 @@ fn copy_dir(
     Ok(())
 }
 
+/// Copies a file or a directory tree (links as links, nothing followed) to
+/// `dst`, owned by root: the staging copy of an upload. Never consults git,
+/// since `src` is a workspace a step has written.
+pub fn copy_path(src: &Path, dst: &Path) -> Result<u64, EngineError> {
+    let meta = std::fs::symlink_metadata(src).map_err(|e| EngineError::io("reading", src, e))?;
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| EngineError::io("creating", parent, e))?;
+    }
+    if meta.is_dir() {
+        std::fs::create_dir_all(dst).map_err(|e| EngineError::io("creating", dst, e))?;
+        let mut count = 0;
+        copy_dir(src, dst, Path::new(""), 0, 0, &[], None, &mut count)?;
+        Ok(count)
+    } else if meta.is_file() {
+        std::fs::copy(src, dst).map_err(|e| EngineError::io("copying", src, e))?;
+        Ok(1)
+    } else {
+        Ok(0)
+    }
+}
+
 /// The files git would show under `src`, relative to it, or `None` when `src`
 /// is not in a git work tree. git runs with every hook and fsmonitor off.
 fn git_listed_files(src: &Path) -> Option<BTreeSet<PathBuf>> {

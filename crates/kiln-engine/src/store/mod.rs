@@ -63,6 +63,15 @@ CREATE TABLE IF NOT EXISTS steps (
     redactions  INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (build_id, job_idx, idx)
 );
+CREATE TABLE IF NOT EXISTS artifacts (
+    build_id   TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    job        TEXT NOT NULL,
+    files      INTEGER NOT NULL,
+    bytes      INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     build_id TEXT NOT NULL,
     ts       TEXT NOT NULL,
@@ -108,6 +117,17 @@ pub struct JobRow {
     pub cpu_seconds: Option<f64>,
     pub peak_memory_bytes: Option<i64>,
     pub redactions: i64,
+}
+
+/// An artifact a build stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArtifactRow {
+    pub name: String,
+    pub id: String,
+    pub job: String,
+    pub files: i64,
+    pub bytes: i64,
+    pub created_at: String,
 }
 
 /// An audit event of a stored build.
@@ -280,6 +300,25 @@ impl Store {
                     stream: Stream::parse(&r.get::<_, String>(4)?),
                     seq: r.get::<_, i64>(5)? as u64,
                     text: r.get(6)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn artifacts(&self, build: &str) -> Result<Vec<ArtifactRow>, EngineError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, id, job, files, bytes, created_at FROM artifacts WHERE build_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt
+            .query_map([build], |r| {
+                Ok(ArtifactRow {
+                    name: r.get(0)?,
+                    id: r.get(1)?,
+                    job: r.get(2)?,
+                    files: r.get(3)?,
+                    bytes: r.get(4)?,
+                    created_at: r.get(5)?,
                 })
             })?
             .collect::<Result<_, _>>()?;

@@ -1,0 +1,167 @@
+//! `actions/upload-artifact` and `actions/download-artifact`: files kept
+//! between the jobs of a build, in the content-addressed store.
+//!
+//! Both run on the host over a workspace that steps have written, so every
+//! path is resolved beneath the workspace without following links, uploads
+//! are staged by copying (links stay links, nothing is followed), a tree that
+//! holds a secret value is refused with the file named, and downloads are
+//! restored by the store's safe restore (manifest + verified blobs, never an
+//! archive) and handed to the step user.
+
+use std::collections::HashMap;
+use std::os::unix::fs::lchown;
+use std::path::Path;
+
+use tokio::sync::Mutex;
+
+/// The store and what this build has put in it.
+#[derive(Debug)]
+pub struct ArtifactSink {
+    pub store: kiln_store::Store,
+    pub source: kiln_store::SourceInfo,
+    pub branch: String,
+    /// Artifacts of this build by name.
+    pub by_name: Mutex<HashMap<String, kiln_store::TreeDigest>>,
+}
+
+/// What an upload stored.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    pub id: kiln_store::TreeDigest,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+impl ArtifactSink {
+    pub fn new(store: kiln_store::Store, source: kiln_store::SourceInfo, branch: String) -> ArtifactSink {
+        ArtifactSink { store, source, branch, by_name: Mutex::new(HashMap::new()) }
+    }
+
+    /// Stores `staging` as artifact `name` of `build`.
+    pub async fn upload(
+        &self,
+        build: &str,
+        name: &str,
+        staging: &Path,
+        started_at: &str,
+    ) -> Result<Uploaded, String> {
+        let stats = self.store.put_tree_stats(staging).await.map_err(|e| e.to_string())?;
+        let record = kiln_store::ArtifactRecord {
+            id: stats.digest,
+            name: name.to_string(),
+            output_type: kiln_store::OutputType::Static,
+            source: self.source.clone(),
+            build: kiln_store::BuildInfo {
+                build_id: build.to_string(),
+                commands: Vec::new(),
+                started_at: started_at.to_string(),
+                finished_at: crate::time::now_rfc3339(),
+                exit_code: 0,
+                builder_version: env!("CARGO_PKG_VERSION").to_string(),
+                environment_digest: String::new(),
+            },
+            files: Vec::new(),
+            created_at: kiln_store::now_rfc3339(),
+            pinned: false,
+            branch: self.branch.clone(),
+        };
+        self.store.put_artifact(&record).await.map_err(|e| e.to_string())?;
+        self.by_name.lock().await.insert(name.to_string(), stats.digest);
+        Ok(Uploaded { id: stats.digest, files: stats.files, bytes: stats.bytes })
+    }
+
+    /// Restores artifact `name` of this build into `target` (created), owned
+    /// by `uid:gid`.
+    pub async fn download(&self, name: &str, target: &Path, uid: u32, gid: u32) -> Result<Uploaded, String> {
+        let id = {
+            let map = self.by_name.lock().await;
+            match map.get(name) {
+                Some(id) => *id,
+                None => {
+                    let mut known: Vec<&String> = map.keys().collect();
+                    known.sort();
+                    return Err(format!("no artifact `{name}` in this build (uploaded so far: {known:?})"));
+                }
+            }
+        };
+        let stats = self
+            .store
+            .restore_tree(&id, target, &kiln_store::RestoreLimits::default())
+            .await
+            .map_err(|e| format!("restoring `{name}`: {e}"))?;
+        chown_tree(target, uid, gid).map_err(|e| format!("restoring `{name}`: {e}"))?;
+        Ok(Uploaded { id, files: stats.files, bytes: stats.bytes })
+    }
+}
+
+/// Gives a freshly restored tree (no step has run over it yet) to the step user.
+fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    lchown(dir, Some(uid), Some(gid))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        lchown(entry.path(), Some(uid), Some(gid))?;
+        if ft.is_dir() {
+            chown_tree(&entry.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// The deepest directory containing every path (a directory counts as
+/// containing itself; a file, its parent).
+pub fn common_ancestor(paths: &[(String, std::path::PathBuf)]) -> std::path::PathBuf {
+    let mut common: Option<Vec<String>> = None;
+    for (rel, abs) in paths {
+        let mut parts: Vec<String> =
+            Path::new(rel).iter().map(|c| c.to_string_lossy().into_owned()).collect();
+        if !abs.is_dir() {
+            parts.pop();
+        }
+        common = Some(match common {
+            None => parts,
+            Some(c) => c.into_iter().zip(parts).take_while(|(a, b)| a == b).map(|(a, _)| a).collect(),
+        });
+    }
+    common.unwrap_or_default().iter().collect()
+}
+
+/// Resolves `rel` beneath `root` without passing through a symlink; the
+/// last component may be a file or a directory, never a link.
+pub fn resolve_beneath(root: &Path, rel: &str) -> Result<std::path::PathBuf, String> {
+    kiln_workflow::check_relative_path(rel)?;
+    if rel.contains(['*', '?', '[']) {
+        return Err(format!("`{rel}`: glob patterns are not supported yet; name files or directories"));
+    }
+    let mut here = root.to_path_buf();
+    for part in Path::new(rel).components() {
+        match part {
+            std::path::Component::Normal(name) => here.push(name),
+            std::path::Component::CurDir => continue,
+            _ => return Err(format!("`{rel}` must stay inside the workspace")),
+        }
+        let meta = std::fs::symlink_metadata(&here).map_err(|_| format!("`{rel}` does not exist"))?;
+        if meta.file_type().is_symlink() {
+            return Err(format!("`{rel}` passes through a symbolic link"));
+        }
+    }
+    Ok(here)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn least_common_ancestor_like_github() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("dist/a")).unwrap();
+        std::fs::write(d.path().join("dist/a/x"), "").unwrap();
+        std::fs::write(d.path().join("top"), "").unwrap();
+        let p = |r: &str| (r.to_string(), d.path().join(r));
+        assert_eq!(common_ancestor(&[p("dist")]), Path::new("dist"));
+        assert_eq!(common_ancestor(&[p("dist/a/x")]), Path::new("dist/a"));
+        assert_eq!(common_ancestor(&[p("dist"), p("top")]), Path::new(""));
+        assert_eq!(common_ancestor(&[p("dist/a"), p("dist/a/x")]), Path::new("dist/a"));
+    }
+}
