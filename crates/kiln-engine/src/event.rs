@@ -39,6 +39,8 @@ pub enum Event {
         id: String,
         files: u64,
         bytes: u64,
+        /// Digest of the signed provenance envelope, when signed.
+        provenance: Option<String>,
     },
     /// Security-relevant, kept apart from the log: a secret handed to a
     /// step, egress blocked, a quota hit. Never carries a secret value.

@@ -32,6 +32,11 @@ pub enum Command {
     /// Work with one stored artifact.
     #[command(subcommand)]
     Artifact(ArtifactCommand),
+    /// Check an artifact's signed provenance: signature, subject digest and
+    /// every file's digest.
+    Verify(VerifyArgs),
+    /// Print the public key that signs this state dir's provenance.
+    Key(StateOnly),
     /// Measure step start latency per tier and the scheduler's overhead.
     Bench(BenchArgs),
 }
@@ -132,8 +137,34 @@ pub struct BenchArgs {
     pub state: StateArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct StateOnly {
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The artifact id (`sha256:...`).
+    pub id: String,
+    /// Public key (hex) to verify with (default: this state dir's key).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// A provenance envelope file (default: the one recorded with the artifact).
+    #[arg(long)]
+    pub provenance: Option<PathBuf>,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ArtifactCommand {
+    /// Print an artifact's signed provenance (a DSSE envelope, JSON).
+    Provenance {
+        id: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
     /// Restore an artifact's files (verified against their digests) into DIR.
     Get {
         /// The artifact id (`sha256:...`).

@@ -28,6 +28,8 @@ fn main() -> ExitCode {
         cli::Command::Audit(args) => run::audit(args),
         cli::Command::Artifacts(args) => run::artifacts(args),
         cli::Command::Artifact(cmd) => run::artifact(cmd),
+        cli::Command::Verify(args) => run::verify(args),
+        cli::Command::Key(args) => run::key(args),
         cli::Command::Bench(args) => bench::bench(args),
     };
     ExitCode::from(code)

@@ -159,6 +159,10 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
     };
     let egress = kiln_engine::runner::sandbox::EgressConfig::new(args.allow_private.clone(), egress_cap);
     let blob_store = open_store(&args.state.state_dir)?;
+    let keys = Arc::new(
+        kiln_store::Keys::load_or_create(&args.state.state_dir)
+            .map_err(|e| anyhow!("provenance key: {e}"))?,
+    );
     let source = match &args.source {
         Some(s) => std::fs::canonicalize(s).with_context(|| format!("source directory {}", s.display()))?,
         None => default_source(&workflow),
@@ -217,19 +221,22 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
         secrets,
         scrubber,
         egress: egress.clone(),
-        artifacts: Some(Arc::new(kiln_engine::runner::artifacts::ArtifactSink::new(
-            blob_store,
-            kiln_store::SourceInfo {
-                repository: src_info.repository.clone(),
-                commit: src_info.sha.clone(),
-                git_ref: src_info.git_ref.clone(),
-            },
-            // A source outside git has no branch: its artifacts are `local`'s.
-            Some(src_info.git_ref.rsplit('/').next().unwrap_or(""))
-                .filter(|b| !b.is_empty())
-                .unwrap_or("local")
-                .to_string(),
-        ))),
+        artifacts: Some(Arc::new(kiln_engine::runner::artifacts::ArtifactSink {
+            keys: Some(keys),
+            ..kiln_engine::runner::artifacts::ArtifactSink::new(
+                blob_store,
+                kiln_store::SourceInfo {
+                    repository: src_info.repository.clone(),
+                    commit: src_info.sha.clone(),
+                    git_ref: src_info.git_ref.clone(),
+                },
+                // A source outside git has no branch: its artifacts are `local`'s.
+                Some(src_info.git_ref.rsplit('/').next().unwrap_or(""))
+                    .filter(|b| !b.is_empty())
+                    .unwrap_or("local")
+                    .to_string(),
+            )
+        })),
     };
     let opts = BuildOptions {
         build: build.clone(),
@@ -459,8 +466,100 @@ pub fn artifacts(args: LogsArgs) -> u8 {
     }
 }
 
+fn parse_artifact_id(id: &str) -> Option<kiln_store::TreeDigest> {
+    match id.parse() {
+        Ok(d) => Some(d),
+        Err(_) => {
+            eprintln!("error: `{id}` is not an artifact id (expected sha256:<64 hex digits>)");
+            None
+        }
+    }
+}
+
+/// The recorded provenance envelope of an artifact, as JSON bytes.
+fn recorded_provenance(state_dir: &Path, store: &kiln_store::Store, id: &str) -> anyhow::Result<Vec<u8>> {
+    let db = Store::open(state_dir)?;
+    let digest = db.provenance_of(id)?.ok_or_else(|| anyhow!("no provenance recorded for {id}"))?;
+    let digest: kiln_store::Digest = digest.parse().map_err(|_| anyhow!("bad provenance digest {digest}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let bytes = rt.block_on(store.get_bytes(&digest, None)).map_err(|e| anyhow!("{e}"))?;
+    Ok(bytes.to_vec())
+}
+
+pub fn key(args: crate::cli::StateOnly) -> u8 {
+    match kiln_store::Keys::load_or_create(&args.state.state_dir) {
+        Ok(k) => {
+            println!("{}", k.public_key_hex());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_INFRA
+        }
+    }
+}
+
+pub fn verify(args: crate::cli::VerifyArgs) -> u8 {
+    let Some(digest) = parse_artifact_id(&args.id) else { return EXIT_INVALID };
+    let result = (|| -> anyhow::Result<Result<kiln_store::Statement, kiln_store::VerifyError>> {
+        let store = open_store(&args.state.state_dir)?;
+        let envelope = match &args.provenance {
+            Some(f) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+            None => recorded_provenance(&args.state.state_dir, &store, &args.id)?,
+        };
+        let envelope: kiln_store::Envelope = serde_json::from_slice(&envelope)
+            .map_err(|e| anyhow!("the provenance is not a DSSE envelope: {e}"))?;
+        let key = match &args.key {
+            Some(hex) => kiln_store::provenance::parse_public_key(hex)
+                .ok_or_else(|| anyhow!("--key: not an Ed25519 public key in hex"))?,
+            None => kiln_store::Keys::load_or_create(&args.state.state_dir)
+                .map_err(|e| anyhow!("{e}"))?
+                .public_key(),
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        Ok(rt.block_on(kiln_store::verify(&envelope, &key, &store, &digest)))
+    })();
+    match result {
+        Ok(Ok(st)) => {
+            let hermetic = st.predicate.hermetic;
+            println!(
+                "verified: {} (signature, subject and every file digest); build {}, hermetic: {hermetic}",
+                args.id, st.predicate.run_details.metadata.invocation_id
+            );
+            0
+        }
+        Ok(Err(e)) => {
+            eprintln!("verification failed: {e}");
+            1
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}
+
 pub fn artifact(cmd: crate::cli::ArtifactCommand) -> u8 {
-    let crate::cli::ArtifactCommand::Get { id, out, state } = cmd;
+    let (id, out, state) = match cmd {
+        crate::cli::ArtifactCommand::Get { id, out, state } => (id, out, state),
+        crate::cli::ArtifactCommand::Provenance { id, state } => {
+            if parse_artifact_id(&id).is_none() {
+                return EXIT_INVALID;
+            }
+            return match open_store(&state.state_dir)
+                .and_then(|s| recorded_provenance(&state.state_dir, &s, &id))
+            {
+                Ok(bytes) => {
+                    println!("{}", String::from_utf8_lossy(&bytes));
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    EXIT_INFRA
+                }
+            };
+        }
+    };
     let digest: kiln_store::TreeDigest = match id.parse() {
         Ok(d) => d,
         Err(_) => {

@@ -85,3 +85,99 @@ fn hostile_uploads_are_refused() {
     let list = p.kiln().args(["artifacts", run.summary["build"].as_str().unwrap()]).output().unwrap();
     assert!(list.stdout.is_empty(), "{}", String::from_utf8_lossy(&list.stdout));
 }
+
+#[test]
+fn provenance_is_signed_and_verified() {
+    let p = Project::new(
+        "jobs:\n  build:\n    steps:\n      - run: mkdir -p dist && echo hello > dist/app.js && echo world > dist/b.txt\n      - uses: actions/upload-artifact@v4\n        with:\n          name: app\n          path: dist\n",
+    );
+    let run = p.run("container", &[]);
+    run.expect_code(0);
+    let list =
+        p.kiln().args(["artifacts", run.summary["build"].as_str().unwrap(), "--json"]).output().unwrap();
+    let row: serde_json::Value =
+        serde_json::from_slice(list.stdout.split(|&c| c == b'\n').next().unwrap()).unwrap();
+    let id = row["id"].as_str().unwrap().to_string();
+    assert!(row["provenance"].as_str().unwrap_or("").starts_with("sha256:"), "{row}");
+
+    // Good artifact: verified with this state dir's key, and with the key given explicitly.
+    let ok = p.kiln().args(["verify", &id]).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("hermetic: true"));
+    let key = String::from_utf8_lossy(&p.kiln().args(["key"]).output().unwrap().stdout).trim().to_string();
+    assert!(p.kiln().args(["verify", &id, "--key", &key]).status().unwrap().success());
+
+    // The envelope is an in-toto statement about exactly this tree.
+    let env = p.kiln().args(["artifact", "provenance", &id]).output().unwrap();
+    let env: serde_json::Value = serde_json::from_slice(&env.stdout).unwrap();
+    assert_eq!(env["payloadType"], "application/vnd.in-toto+json");
+    let payload = std::process::Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(env["payload"].as_str().unwrap().as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let statement: serde_json::Value = serde_json::from_slice(&payload.stdout).unwrap();
+    assert_eq!(statement["subject"][0]["digest"]["sha256"], id.trim_start_matches("sha256:"));
+    assert_eq!(statement["predicateType"], "https://slsa.dev/provenance/v1");
+
+    // A wrong key.
+    let other = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+    let wrong = p.kiln().args(["verify", &id, "--key", other]).output().unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("wrong key"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+
+    // A modified statement: same envelope, payload changed.
+    let mut forged: serde_json::Value = env.clone();
+    let mut st = statement.clone();
+    st["predicate"]["hermetic"] = serde_json::Value::Bool(false);
+    let enc = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(st.to_string().as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    forged["payload"] = serde_json::Value::String(String::from_utf8(enc.stdout).unwrap());
+    let forged_path = p.path().join("forged.json");
+    std::fs::write(&forged_path, forged.to_string()).unwrap();
+    let bad = p.kiln().args(["verify", &id, "--provenance"]).arg(&forged_path).output().unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("bad signature"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    // A modified file: tamper with the blob of dist/app.js on disk.
+    let sum =
+        std::process::Command::new("sh").arg("-c").arg("printf 'hello\\n' | sha256sum").output().unwrap();
+    let hex = String::from_utf8_lossy(&sum.stdout).split_whitespace().next().unwrap().to_string();
+    let blob = p.state_dir().join("store/local/blobs/sha256").join(&hex[..2]).join(&hex);
+    assert!(blob.exists(), "no blob at {}", blob.display());
+    std::fs::write(&blob, "HELLO\n").unwrap();
+    let tampered = p.kiln().args(["verify", &id]).output().unwrap();
+    let err = String::from_utf8_lossy(&tampered.stderr).to_string();
+    assert_ne!(tampered.status.code(), Some(0));
+    assert!(err.contains("app.js") || err.contains(&hex), "{err}");
+    // And a restore refuses the tampered blob instead of handing it out.
+    let out = p.path().join("restored");
+    let got = p.kiln().args(["artifact", "get", &id, "--out"]).arg(&out).output().unwrap();
+    assert!(!got.status.success());
+    assert!(
+        !out.join("app.js").exists() || std::fs::read_to_string(out.join("app.js")).unwrap() != "HELLO\n"
+    );
+}

@@ -22,7 +22,12 @@ pub struct ArtifactSink {
     pub branch: String,
     /// Artifacts of this build by name.
     pub by_name: Mutex<HashMap<String, kiln_store::TreeDigest>>,
+    /// Signs each artifact's provenance (none: unsigned).
+    pub keys: Option<std::sync::Arc<kiln_store::Keys>>,
 }
+
+/// The builder id written into provenance.
+pub const BUILDER_ID: &str = "kiln://builder/local";
 
 /// What an upload stored.
 #[derive(Debug, Clone)]
@@ -30,11 +35,13 @@ pub struct Uploaded {
     pub id: kiln_store::TreeDigest,
     pub files: u64,
     pub bytes: u64,
+    /// Digest of the signed provenance envelope, when signed.
+    pub provenance: Option<kiln_store::Digest>,
 }
 
 impl ArtifactSink {
     pub fn new(store: kiln_store::Store, source: kiln_store::SourceInfo, branch: String) -> ArtifactSink {
-        ArtifactSink { store, source, branch, by_name: Mutex::new(HashMap::new()) }
+        ArtifactSink { store, source, branch, by_name: Mutex::new(HashMap::new()), keys: None }
     }
 
     /// Stores `staging` as artifact `name` of `build`.
@@ -44,6 +51,7 @@ impl ArtifactSink {
         name: &str,
         staging: &Path,
         started_at: &str,
+        hermetic: bool,
     ) -> Result<Uploaded, String> {
         let stats = self.store.put_tree_stats(staging).await.map_err(|e| e.to_string())?;
         let record = kiln_store::ArtifactRecord {
@@ -66,8 +74,19 @@ impl ArtifactSink {
             branch: self.branch.clone(),
         };
         self.store.put_artifact(&record).await.map_err(|e| e.to_string())?;
+        // An in-toto statement about exactly this tree, signed (DSSE) and
+        // stored as a blob next to it.
+        let provenance = match &self.keys {
+            Some(keys) => {
+                let statement = kiln_store::statement_for(&record, BUILDER_ID, hermetic, Vec::new());
+                let envelope = keys.sign(&statement);
+                let json = serde_json::to_vec(&envelope).map_err(|e| e.to_string())?;
+                Some(self.store.put_bytes(json).await.map_err(|e| e.to_string())?.digest)
+            }
+            None => None,
+        };
         self.by_name.lock().await.insert(name.to_string(), stats.digest);
-        Ok(Uploaded { id: stats.digest, files: stats.files, bytes: stats.bytes })
+        Ok(Uploaded { id: stats.digest, files: stats.files, bytes: stats.bytes, provenance })
     }
 
     /// Restores artifact `name` of this build into `target` (created), owned
@@ -90,7 +109,7 @@ impl ArtifactSink {
             .await
             .map_err(|e| format!("restoring `{name}`: {e}"))?;
         chown_tree(target, uid, gid).map_err(|e| format!("restoring `{name}`: {e}"))?;
-        Ok(Uploaded { id, files: stats.files, bytes: stats.bytes })
+        Ok(Uploaded { id, files: stats.files, bytes: stats.bytes, provenance: None })
     }
 }
 

@@ -547,7 +547,14 @@ impl<'a> JobRun<'a> {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(format!("artifact `{name}` refused: {e}"));
         }
-        let up = sink.upload(&self.req.build, &name, &staging, started_at).await;
+        // Hermetic: no step of this job had a network.
+        let wf = &self.req.plan.workflow;
+        let hermetic = job
+            .spec
+            .steps
+            .iter()
+            .all(|s| matches!(s.network(&job.spec, wf), kiln_workflow::NetworkSpec::None));
+        let up = sink.upload(&self.req.build, &name, &staging, started_at, hermetic).await;
         let _ = std::fs::remove_dir_all(&staging);
         let up = up?;
         say(
@@ -565,6 +572,7 @@ impl<'a> JobRun<'a> {
             id: up.id.to_string(),
             files: up.files,
             bytes: up.bytes,
+            provenance: up.provenance.map(|d| d.to_string()),
         });
         Ok((StepStatus::Success, Some(0), None, 0.0, 0, None))
     }

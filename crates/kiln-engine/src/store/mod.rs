@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS artifacts (
     job        TEXT NOT NULL,
     files      INTEGER NOT NULL,
     bytes      INTEGER NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    provenance TEXT
 );
 CREATE TABLE IF NOT EXISTS audit (
     build_id TEXT NOT NULL,
@@ -128,6 +129,8 @@ pub struct ArtifactRow {
     pub files: i64,
     pub bytes: i64,
     pub created_at: String,
+    /// Digest of the signed provenance envelope in the blob store.
+    pub provenance: Option<String>,
 }
 
 /// An audit event of a stored build.
@@ -308,7 +311,8 @@ impl Store {
 
     pub fn artifacts(&self, build: &str) -> Result<Vec<ArtifactRow>, EngineError> {
         let mut stmt = self.conn.prepare(
-            "SELECT name, id, job, files, bytes, created_at FROM artifacts WHERE build_id = ?1 ORDER BY rowid",
+            "SELECT name, id, job, files, bytes, created_at, provenance FROM artifacts WHERE build_id = ?1 \
+             ORDER BY rowid",
         )?;
         let rows = stmt
             .query_map([build], |r| {
@@ -319,10 +323,23 @@ impl Store {
                     files: r.get(3)?,
                     bytes: r.get(4)?,
                     created_at: r.get(5)?,
+                    provenance: r.get(6)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
+    }
+
+    /// The newest provenance envelope digest recorded for an artifact id.
+    pub fn provenance_of(&self, artifact: &str) -> Result<Option<String>, EngineError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT provenance FROM artifacts WHERE id = ?1 AND provenance IS NOT NULL ORDER BY rowid DESC LIMIT 1",
+                [artifact],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     pub fn audit(&self, build: &str) -> Result<Vec<AuditRow>, EngineError> {

@@ -138,11 +138,20 @@ fn apply(store: &Store, build: &str, events: &[Event]) -> Result<(), crate::Engi
                     params![build, crate::time::now_rfc3339(), kind, job, step, detail],
                 )?;
             }
-            Event::Artifact { job, name, id, files, bytes } => {
+            Event::Artifact { job, name, id, files, bytes, provenance } => {
                 tx.execute(
-                    "INSERT INTO artifacts (build_id, name, id, job, files, bytes, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![build, name, id, job, *files as i64, *bytes as i64, crate::time::now_rfc3339()],
+                    "INSERT INTO artifacts (build_id, name, id, job, files, bytes, created_at, provenance) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        build,
+                        name,
+                        id,
+                        job,
+                        *files as i64,
+                        *bytes as i64,
+                        crate::time::now_rfc3339(),
+                        provenance
+                    ],
                 )?;
             }
             Event::BuildStarted { .. } | Event::StepStarted { .. } => {}
