@@ -216,6 +216,15 @@ pub enum StepAction {
     /// `uses: actions/download-artifact@<any>`: an artifact of this build
     /// restored into the workspace.
     DownloadArtifact { name: Template, path: Option<Template> },
+    /// `uses: actions/cache@<any>`: restore `path` from the build cache by
+    /// `key` (then `restore-keys` prefixes); saved when the job succeeds.
+    Cache {
+        key: Template,
+        path: Template,
+        restore_keys: Option<Template>,
+        lookup_only: bool,
+        fail_on_miss: bool,
+    },
 }
 
 /// One step of a job.
@@ -239,7 +248,9 @@ impl StepSpec {
         self.kiln.phase.or(job.kiln.phase).unwrap_or(match self.action {
             StepAction::Checkout => Phase::SourceFetch,
             StepAction::UploadArtifact { .. } => Phase::ArtifactUpload,
-            StepAction::Run { .. } | StepAction::DownloadArtifact { .. } => Phase::Build,
+            StepAction::Run { .. } | StepAction::DownloadArtifact { .. } | StepAction::Cache { .. } => {
+                Phase::Build
+            }
         })
     }
 

@@ -906,10 +906,37 @@ fn step(
                     };
                     spec.action = StepAction::DownloadArtifact { name, path: with.remove("path").map(|(t, _)| t) };
                 }
+                Some("actions/cache") => {
+                    check_inputs(cx, &with, &label, CACHE_INPUTS, loc);
+                    let (Some((key, _)), Some((path, _))) = (with.remove("key"), with.remove("path")) else {
+                        cx.err(loc, format!("{label}: actions/cache needs `with.key` and `with.path`"));
+                        return None;
+                    };
+                    let flag = |cx: &mut Cx<'_>, v: Option<(Template, Location)>, what: &str| match v {
+                        None => false,
+                        Some((t, l)) => match t.source() {
+                            "true" => true,
+                            "false" => false,
+                            other => {
+                                cx.err(l, format!("{label}: `{what}` must be true or false, not `{other}`"));
+                                false
+                            }
+                        },
+                    };
+                    let lookup_only = flag(cx, with.remove("lookup-only"), "lookup-only");
+                    let fail_on_miss = flag(cx, with.remove("fail-on-cache-miss"), "fail-on-cache-miss");
+                    spec.action = StepAction::Cache {
+                        key,
+                        path,
+                        restore_keys: with.remove("restore-keys").map(|(t, _)| t),
+                        lookup_only,
+                        fail_on_miss,
+                    };
+                }
                 _ => cx.err(
                     loc,
                     format!(
-                        "{label}: `uses: {u}` is not supported; built in are actions/checkout, actions/upload-artifact and actions/download-artifact"
+                        "{label}: `uses: {u}` is not supported; built in are actions/checkout, actions/upload-artifact, actions/download-artifact and actions/cache"
                     ),
                 ),
             }
@@ -936,6 +963,15 @@ const UPLOAD_INPUTS: &[&str] = &[
     "include-hidden-files",
 ];
 const DOWNLOAD_INPUTS: &[&str] = &["name", "path"];
+const CACHE_INPUTS: &[&str] = &[
+    "key",
+    "path",
+    "restore-keys",
+    "lookup-only",
+    "fail-on-cache-miss",
+    "enableCrossOsArchive",
+    "upload-chunk-size",
+];
 
 /// A built-in action's `with:` inputs as templates, by name.
 fn builtin_with(

@@ -75,6 +75,11 @@ fn check_step(
                 forbid(p, step.location, &format!("the artifact path of {label}"), errors);
             }
         }
+        StepAction::Cache { key, path, restore_keys, .. } => {
+            for t in [Some(key), Some(path), restore_keys.as_ref()].into_iter().flatten() {
+                forbid(t, step.location, &format!("the cache settings of {label}"), errors);
+            }
+        }
         StepAction::Checkout => {}
     }
     if let Some(t) = &step.name {

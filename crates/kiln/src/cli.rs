@@ -81,6 +81,14 @@ pub struct RunArgs {
     /// on this network). Everything private stays refused otherwise.
     #[arg(long = "allow-private", value_name = "IP:PORT")]
     pub allow_private: Vec<std::net::SocketAddr>,
+    /// Mark the build untrusted (e.g. a pull request from a fork): it reads
+    /// the trusted default branch's cache but writes only its own scope,
+    /// which trusted builds never read.
+    #[arg(long)]
+    pub untrusted: bool,
+    /// The branch whose (trusted) cache every build may read.
+    #[arg(long, default_value = "main")]
+    pub default_branch: String,
     /// Egress bytes (in + out) a build may move through the proxy.
     #[arg(long, value_name = "BYTES", default_value = "2Gi")]
     pub egress_cap: String,

@@ -221,21 +221,27 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
         secrets,
         scrubber,
         egress: egress.clone(),
-        artifacts: Some(Arc::new(kiln_engine::runner::artifacts::ArtifactSink {
-            keys: Some(keys),
-            ..kiln_engine::runner::artifacts::ArtifactSink::new(
+        artifacts: Some(Arc::new({
+            // A source outside git has no branch: its artifacts are `local`'s.
+            let branch = Some(src_info.git_ref.rsplit('/').next().unwrap_or(""))
+                .filter(|b| !b.is_empty())
+                .unwrap_or("local")
+                .to_string();
+            let mut sink = kiln_engine::runner::artifacts::ArtifactSink::new(
                 blob_store,
                 kiln_store::SourceInfo {
                     repository: src_info.repository.clone(),
                     commit: src_info.sha.clone(),
                     git_ref: src_info.git_ref.clone(),
                 },
-                // A source outside git has no branch: its artifacts are `local`'s.
-                Some(src_info.git_ref.rsplit('/').next().unwrap_or(""))
-                    .filter(|b| !b.is_empty())
-                    .unwrap_or("local")
-                    .to_string(),
-            )
+                branch,
+            );
+            sink.keys = Some(keys);
+            sink.default_branch = args.default_branch.clone();
+            if args.untrusted {
+                sink.cache_scope.trust = kiln_store::Trust::Untrusted;
+            }
+            sink
         })),
     };
     let opts = BuildOptions {

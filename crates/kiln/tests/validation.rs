@@ -50,8 +50,8 @@ fn cycle_is_printed() {
 #[test]
 fn unsupported_uses_names_the_step() {
     invalid(
-        "jobs:\n  build:\n    steps:\n      - uses: actions/checkout@v4\n      - name: Cache\n        uses: actions/cache@v4\n",
-        &["ci.yml:6:", "actions/cache@v4"],
+        "jobs:\n  build:\n    steps:\n      - uses: actions/checkout@v4\n      - name: Cache\n        uses: actions/setup-node@v4\n",
+        &["ci.yml:6:", "actions/setup-node@v4"],
     );
 }
 

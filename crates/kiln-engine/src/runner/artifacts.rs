@@ -24,6 +24,10 @@ pub struct ArtifactSink {
     pub by_name: Mutex<HashMap<String, kiln_store::TreeDigest>>,
     /// Signs each artifact's provenance (none: unsigned).
     pub keys: Option<std::sync::Arc<kiln_store::Keys>>,
+    /// This build's cache scope (tenant, trust, ref): it reads its own and the
+    /// trusted default branch's, and writes only its own.
+    pub cache_scope: kiln_store::Scope,
+    pub default_branch: String,
 }
 
 /// The builder id written into provenance.
@@ -41,7 +45,20 @@ pub struct Uploaded {
 
 impl ArtifactSink {
     pub fn new(store: kiln_store::Store, source: kiln_store::SourceInfo, branch: String) -> ArtifactSink {
-        ArtifactSink { store, source, branch, by_name: Mutex::new(HashMap::new()), keys: None }
+        let cache_scope = kiln_store::Scope {
+            tenant: "local".into(),
+            trust: kiln_store::Trust::Trusted,
+            ref_name: branch.clone(),
+        };
+        ArtifactSink {
+            store,
+            source,
+            branch,
+            by_name: Mutex::new(HashMap::new()),
+            keys: None,
+            cache_scope,
+            default_branch: "main".into(),
+        }
     }
 
     /// Stores `staging` as artifact `name` of `build`.
@@ -113,8 +130,78 @@ impl ArtifactSink {
     }
 }
 
+/// How a cache lookup ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheResult {
+    /// The exact key.
+    Hit {
+        files: u64,
+        bytes: u64,
+    },
+    /// A restore-key prefix matched this key.
+    Partial {
+        key: String,
+        files: u64,
+        bytes: u64,
+    },
+    Miss,
+    /// An entry failed verification: treated as a miss, never restored.
+    Tampered(String),
+}
+
+impl ArtifactSink {
+    /// Restores `key` (or the newest entry matching a restore-key prefix)
+    /// into `staging` (a new directory), verifying every blob.
+    pub async fn cache_restore(
+        &self,
+        key: &str,
+        restore_keys: &[String],
+        staging: &Path,
+        lookup_only: bool,
+    ) -> Result<CacheResult, String> {
+        let scopes = kiln_store::read_scopes(&self.cache_scope, &self.default_branch);
+        let rks: Vec<&str> = restore_keys.iter().map(String::as_str).collect();
+        let _ = self.store.take_events();
+        let found = if lookup_only {
+            self.store.cache_get(&scopes, key, &rks).await
+        } else {
+            self.store.cache_restore(&scopes, key, &rks, staging, &kiln_store::RestoreLimits::default()).await
+        }
+        .map_err(|e| e.to_string())?;
+        let tampered: Vec<String> = self.store.take_events().iter().map(|e| format!("{e:?}")).collect();
+        if !tampered.is_empty() {
+            return Ok(CacheResult::Tampered(tampered.join("; ")));
+        }
+        Ok(match found {
+            kiln_store::CacheLookup::Miss => CacheResult::Miss,
+            kiln_store::CacheLookup::Hit { key: got, tree, .. } => {
+                let (files, bytes) = match self.store.get_manifest(&tree).await {
+                    Ok(m) => m.entries.iter().fold((0, 0), |(f, b), e| match e {
+                        kiln_store::Entry::File { size, .. } => (f + 1, b + size),
+                        _ => (f, b),
+                    }),
+                    Err(_) => (0, 0),
+                };
+                if got == key {
+                    CacheResult::Hit { files, bytes }
+                } else {
+                    CacheResult::Partial { key: got, files, bytes }
+                }
+            }
+        })
+    }
+
+    /// Stores `staging` under `key` in this build's own cache scope.
+    pub async fn cache_save(&self, key: &str, staging: &Path) -> Result<Uploaded, String> {
+        let stats = self.store.put_tree_stats(staging).await.map_err(|e| e.to_string())?;
+        let scope = kiln_store::write_scope(&self.cache_scope);
+        self.store.cache_put(&scope, key, &stats.digest).await.map_err(|e| e.to_string())?;
+        Ok(Uploaded { id: stats.digest, files: stats.files, bytes: stats.bytes, provenance: None })
+    }
+}
+
 /// Gives a freshly restored tree (no step has run over it yet) to the step user.
-fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+pub fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     lchown(dir, Some(uid), Some(gid))?;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -143,6 +230,15 @@ pub fn common_ancestor(paths: &[(String, std::path::PathBuf)]) -> std::path::Pat
         });
     }
     common.unwrap_or_default().iter().collect()
+}
+
+/// [`chown_tree`] for a path that may be a single file.
+pub fn chown_tree_or_file(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        chown_tree(path, uid, gid)
+    } else {
+        lchown(path, Some(uid), Some(gid))
+    }
 }
 
 /// Resolves `rel` beneath `root` without passing through a symlink; the

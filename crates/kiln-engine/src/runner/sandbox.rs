@@ -208,6 +208,8 @@ struct JobRun<'a> {
     /// Redactions in this job's output so far, and in its last step's.
     redactions: u64,
     last_redactions: u64,
+    /// Caches to save when the job succeeds: (key, paths).
+    cache_saves: Vec<(String, Vec<String>)>,
 }
 
 impl<'a> JobRun<'a> {
@@ -236,6 +238,7 @@ impl<'a> JobRun<'a> {
             job_timeout,
             redactions: 0,
             last_redactions: 0,
+            cache_saves: Vec::new(),
         }
     }
 
@@ -275,6 +278,9 @@ impl<'a> JobRun<'a> {
             self.run_step(job, k, step).await;
         }
         let cancelled = *self.req.cancel.borrow();
+        if !cancelled && !self.failed {
+            self.save_caches(job).await;
+        }
         let mut outcome = JobOutcome::new(if cancelled {
             JobResult::Cancelled
         } else if self.failed {
@@ -343,6 +349,7 @@ impl<'a> JobRun<'a> {
         match &step.action {
             StepAction::Checkout => "Checkout".to_string(),
             StepAction::UploadArtifact { name, .. } => format!("Upload artifact {}", name.source()),
+            StepAction::Cache { key, .. } => format!("Cache {}", key.source()),
             StepAction::DownloadArtifact { name, .. } => format!("Download artifact {}", name.source()),
             StepAction::Run { script, .. } => {
                 let first = script.source().lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
@@ -389,6 +396,20 @@ impl<'a> JobRun<'a> {
             }
             StepAction::DownloadArtifact { name: art, path } => {
                 self.download_artifact(job, &name, art, path.as_ref()).await
+            }
+            StepAction::Cache { key, path, restore_keys, lookup_only, fail_on_miss } => {
+                self.cache_step(
+                    job,
+                    k,
+                    step,
+                    &name,
+                    key,
+                    path,
+                    restore_keys.as_ref(),
+                    *lookup_only,
+                    *fail_on_miss,
+                )
+                .await
             }
         };
         let secs = t0.elapsed().as_secs_f64();
@@ -621,6 +642,163 @@ impl<'a> JobRun<'a> {
             ),
         );
         Ok((StepStatus::Success, Some(0), None, 0.0, 0, None))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn cache_step(
+        &mut self,
+        job: &PlannedJob,
+        k: usize,
+        step: &StepSpec,
+        step_name: &str,
+        key: &Template,
+        path: &Template,
+        restore_keys: Option<&Template>,
+        lookup_only: bool,
+        fail_on_miss: bool,
+    ) -> Result<StepResult, String> {
+        use super::artifacts::CacheResult;
+        let sink = self.runner.cfg.artifacts.clone().ok_or("this build has no cache store")?;
+        let ctx = self.contexts();
+        let status = self.status_fns();
+        let key = key.render(&ctx, status).map_err(|e| e.to_string())?.trim().to_string();
+        if key.is_empty() {
+            return Err("actions/cache: the key is empty".into());
+        }
+        let paths: Vec<String> = path
+            .render(&ctx, status)
+            .map_err(|e| e.to_string())?
+            .lines()
+            .map(|l| l.trim().trim_start_matches("./").trim_end_matches('/').to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        for p in &paths {
+            kiln_workflow::check_relative_path(p).map_err(|e| format!("path: {e}"))?;
+        }
+        let rks: Vec<String> = match restore_keys {
+            Some(t) => t
+                .render(&ctx, status)
+                .map_err(|e| e.to_string())?
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect(),
+            None => Vec::new(),
+        };
+        let ws = self.workspace.as_ref().ok_or("no workspace")?.path().to_path_buf();
+        let staging = self.dir.join(format!("cache-{k}"));
+        let _ = std::fs::remove_dir_all(&staging);
+        let t0 = Instant::now();
+        let found = sink.cache_restore(&key, &rks, &staging, lookup_only).await?;
+        let say = |s: &Self, m: String| s.req.emitter.log(&job.id, step_name, "build", Stream::System, m);
+        let ms = t0.elapsed().as_millis();
+        let mut exact = false;
+        match &found {
+            CacheResult::Hit { files, bytes } => {
+                exact = true;
+                say(
+                    self,
+                    format!(
+                        "cache hit: {key} ({files} files, {}, {ms} ms)",
+                        crate::limits::human_bytes(*bytes)
+                    ),
+                );
+            }
+            CacheResult::Partial { key: got, files, bytes } => say(
+                self,
+                format!(
+                    "cache restored from restore-key: {got} ({files} files, {}, {ms} ms)",
+                    crate::limits::human_bytes(*bytes)
+                ),
+            ),
+            CacheResult::Miss => say(self, format!("cache miss: {key}")),
+            CacheResult::Tampered(what) => {
+                say(self, format!("cache miss: {key} (an entry failed verification and was not restored)"));
+                self.req.emitter.emit(Event::Audit {
+                    kind: "cache-quarantined".into(),
+                    job: job.id.clone(),
+                    step: step_name.to_string(),
+                    detail: what.clone(),
+                });
+            }
+        }
+        if !lookup_only && matches!(found, CacheResult::Hit { .. } | CacheResult::Partial { .. }) {
+            // Into the workspace: each cached path not already there.
+            for p in &paths {
+                let from = staging.join(p);
+                if std::fs::symlink_metadata(&from).is_err() {
+                    continue;
+                }
+                if let Some(parent) = Path::new(p).parent().filter(|x| !x.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(ws.join(parent)).map_err(|e| e.to_string())?;
+                    check_dir_beneath(&ws, &parent.to_string_lossy()).map_err(|e| format!("path: {e}"))?;
+                }
+                let to = ws.join(p);
+                if std::fs::symlink_metadata(&to).is_ok() {
+                    say(self, format!("cache: `{p}` already exists in the workspace; kept as is"));
+                    continue;
+                }
+                // The workspace is its own filesystem: copy (links stay links).
+                super::workspace_copy::copy_path(&from, &to).map_err(|e| format!("restoring `{p}`: {e}"))?;
+                super::artifacts::chown_tree_or_file(&to, STEP_UID, STEP_GID).map_err(|e| e.to_string())?;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&staging);
+        if !exact && !lookup_only {
+            self.cache_saves.push((key.clone(), paths.clone()));
+        }
+        if let Some(id) = &step.id {
+            self.steps_ctx.insert(
+                id.clone(),
+                json!({ "outputs": { "cache-hit": if exact { "true" } else { "false" } } }),
+            );
+        }
+        if fail_on_miss && matches!(found, CacheResult::Miss | CacheResult::Tampered(_)) {
+            return Err(format!("cache miss for `{key}` and fail-on-cache-miss is set"));
+        }
+        Ok((StepStatus::Success, Some(0), None, 0.0, 0, None))
+    }
+
+    /// After a successful job: saves each cache that missed (from the build
+    /// that produced the files, into its own scope only).
+    async fn save_caches(&mut self, job: &PlannedJob) {
+        let Some(sink) = self.runner.cfg.artifacts.clone() else { return };
+        let Some(ws) = self.workspace.as_ref().map(|w| w.path().to_path_buf()) else { return };
+        for (i, (key, paths)) in std::mem::take(&mut self.cache_saves).into_iter().enumerate() {
+            let staging = self.dir.join(format!("cache-save-{i}"));
+            let _ = std::fs::remove_dir_all(&staging);
+            let _ = std::fs::create_dir_all(&staging);
+            let mut found = 0;
+            let mut refused = None;
+            for p in &paths {
+                match super::artifacts::resolve_beneath(&ws, p) {
+                    Ok(src) => match super::workspace_copy::copy_path(&src, &staging.join(p)) {
+                        Ok(n) => found += n,
+                        Err(e) => refused = Some(e.to_string()),
+                    },
+                    Err(e) if e.ends_with("does not exist") => {}
+                    Err(e) => refused = Some(format!("path {e}")),
+                }
+            }
+            let msg = if let Some(r) = refused {
+                format!("cache not saved: {key}: {r}")
+            } else if found == 0 {
+                format!("cache not saved: {key}: no files at {}", paths.join(", "))
+            } else if let Err(e) = kiln_secrets::check_tree(&staging, &self.runner.cfg.scrubber) {
+                format!("cache not saved: {key}: {e}")
+            } else {
+                match sink.cache_save(&key, &staging).await {
+                    Ok(up) => format!(
+                        "cache saved: {key} ({} files, {})",
+                        up.files,
+                        crate::limits::human_bytes(up.bytes)
+                    ),
+                    Err(e) => format!("cache not saved: {key}: {e}"),
+                }
+            };
+            let _ = std::fs::remove_dir_all(&staging);
+            self.req.emitter.log(&job.id, "Post cache", "build", Stream::System, msg);
+        }
     }
 
     async fn checkout(&mut self) -> Result<StepResult, String> {
