@@ -37,6 +37,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Print the public key that signs this state dir's provenance.
     Key(StateOnly),
+    /// Delete what the retention policy does not keep (see --dry-run).
+    Gc(GcArgs),
     /// Measure step start latency per tier and the scheduler's overhead.
     Bench(BenchArgs),
 }
@@ -147,6 +149,25 @@ pub struct BenchArgs {
 
 #[derive(Debug, Args)]
 pub struct StateOnly {
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Show what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Artifacts kept per branch (newest first; pinned ones always).
+    #[arg(long, default_value_t = 10)]
+    pub keep: usize,
+    /// Cache entries kept, most recently used first, within this size.
+    #[arg(long, default_value = "10Gi")]
+    pub cache_max: String,
+    /// Blobs younger than this many seconds are kept whatever refers to them
+    /// (they may belong to a write still in flight).
+    #[arg(long, default_value_t = 3600)]
+    pub grace: u64,
     #[command(flatten)]
     pub state: StateArgs,
 }

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         cli::Command::Artifact(cmd) => run::artifact(cmd),
         cli::Command::Verify(args) => run::verify(args),
         cli::Command::Key(args) => run::key(args),
+        cli::Command::Gc(args) => run::gc(args),
         cli::Command::Bench(args) => bench::bench(args),
     };
     ExitCode::from(code)

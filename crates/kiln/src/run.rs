@@ -600,3 +600,47 @@ pub fn artifact(cmd: crate::cli::ArtifactCommand) -> u8 {
         }
     }
 }
+
+pub fn gc(args: crate::cli::GcArgs) -> u8 {
+    let cache_max = match kiln_workflow::parse_size(&args.cache_max) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: --cache-max: {e}");
+            return EXIT_INVALID;
+        }
+    };
+    let result = (|| -> anyhow::Result<kiln_store::GcReport> {
+        let store = open_store(&args.state.state_dir)?;
+        let policy = kiln_store::GcPolicy {
+            keep_last_per_branch: args.keep,
+            cache_max_bytes: cache_max,
+            grace: std::time::Duration::from_secs(args.grace),
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        rt.block_on(store.gc(&policy, args.dry_run)).map_err(|e| anyhow!("{e}"))
+    })();
+    match result {
+        Ok(r) => {
+            let verb = if r.dry_run { "would delete" } else { "deleted" };
+            for a in &r.deleted_artifacts {
+                println!("{verb} artifact {a}");
+            }
+            for (scope, key) in &r.deleted_cache_entries {
+                println!("{verb} cache entry {key} ({scope})");
+            }
+            println!(
+                "{verb} {} artifacts, {} cache entries, {} blobs ({} bytes), {} leftover temporary objects",
+                r.deleted_artifacts.len(),
+                r.deleted_cache_entries.len(),
+                r.deleted_blobs.len(),
+                r.deleted_bytes,
+                r.deleted_temp
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}

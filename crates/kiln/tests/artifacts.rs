@@ -181,3 +181,49 @@ fn provenance_is_signed_and_verified() {
         !out.join("app.js").exists() || std::fs::read_to_string(out.join("app.js")).unwrap() != "HELLO\n"
     );
 }
+
+#[test]
+fn gc_keeps_the_newest_artifacts_and_dry_runs_change_nothing() {
+    let p = Project::new(
+        "jobs:\n  build:\n    steps:\n      - run: mkdir -p dist && date +%s%N > dist/stamp\n      - uses: actions/upload-artifact@v4\n        with:\n          name: app\n          path: dist\n",
+    );
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let run = p.run("container", &[]);
+        run.expect_code(0);
+        let list =
+            p.kiln().args(["artifacts", run.summary["build"].as_str().unwrap(), "--json"]).output().unwrap();
+        let row: serde_json::Value =
+            serde_json::from_slice(list.stdout.split(|&c| c == b'\n').next().unwrap()).unwrap();
+        ids.push(row["id"].as_str().unwrap().to_string());
+    }
+    let dry = p.kiln().args(["gc", "--dry-run", "--keep", "1", "--grace", "0"]).output().unwrap();
+    let text = String::from_utf8_lossy(&dry.stdout).to_string();
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    assert!(text.contains("would delete 2 artifacts"), "{text}");
+    assert!(text.contains(&ids[0]) && text.contains(&ids[1]) && !text.contains(&ids[2]), "{text}");
+    // Nothing went: the oldest still restores.
+    assert!(p
+        .kiln()
+        .args(["artifact", "get", &ids[0], "--out"])
+        .arg(p.path().join("a"))
+        .status()
+        .unwrap()
+        .success());
+    let real = p.kiln().args(["gc", "--keep", "1", "--grace", "0"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&real.stdout).contains("deleted 2 artifacts"));
+    assert!(!p
+        .kiln()
+        .args(["artifact", "get", &ids[0], "--out"])
+        .arg(p.path().join("b"))
+        .status()
+        .unwrap()
+        .success());
+    assert!(p
+        .kiln()
+        .args(["artifact", "get", &ids[2], "--out"])
+        .arg(p.path().join("c"))
+        .status()
+        .unwrap()
+        .success());
+}
