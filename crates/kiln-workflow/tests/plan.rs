@@ -275,10 +275,10 @@ fn refusals() {
         "reusable workflows are not supported",
     );
     assert_error(
-        &wf("  build:\n    steps:\n      - uses: actions/checkout@v4\n      - run: make\n      - name: Upload\n        uses: actions/cache@v4\n"),
+        &wf("  build:\n    steps:\n      - uses: actions/checkout@v4\n      - run: make\n      - name: Upload\n        uses: actions/setup-node@v4\n"),
         8,
         15,
-        "step 3 (`Upload`) of job `build`: `uses: actions/cache@v4` is not supported; only actions/checkout is built in",
+        "step 3 (`Upload`) of job `build`: `uses: actions/setup-node@v4` is not supported; built in are actions/checkout, actions/upload-artifact, actions/download-artifact and actions/cache",
     );
     assert_error(
         &wf("  a:\n    steps:\n      - run: x\n        shell: pwsh\n"),
