@@ -150,26 +150,4 @@ impl Store {
             Err(e) => Err(e),
         }
     }
-
-    async fn list_blobs_with_time(&self) -> Result<Vec<(Digest, u64, u64)>> {
-        let prefix = self.key("blobs/sha256");
-        let mut out = Vec::new();
-        let mut s = self.backend().list(Some(&prefix));
-        while let Some(m) = s.next().await {
-            let m = m?;
-            let parts: Vec<_> = m.location.parts().collect();
-            let n = parts.len();
-            if n < 2 {
-                continue;
-            }
-            let (fan, name) = (parts[n - 2].as_ref(), parts[n - 1].as_ref());
-            if let Ok(d) = Digest::from_hex(name) {
-                if fan == &name[..2] {
-                    let t = m.last_modified.timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
-                    out.push((d, m.size, t));
-                }
-            }
-        }
-        Ok(out)
-    }
 }

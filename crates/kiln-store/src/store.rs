@@ -409,6 +409,12 @@ impl Store {
     /// List `(digest, size)` of every blob in this tenant. Objects whose name is not a
     /// well-formed digest in the right fan-out directory (e.g. stray temp files) are ignored.
     pub async fn list_blobs(&self) -> Result<Vec<(Digest, u64)>> {
+        Ok(self.list_blobs_with_time().await?.into_iter().map(|(d, size, _)| (d, size)).collect())
+    }
+
+    /// Every blob of the tenant with its size and last-modified time (ns):
+    /// objects under `blobs/sha256/<aa>/<hex>` only, anything else ignored.
+    pub(crate) async fn list_blobs_with_time(&self) -> Result<Vec<(Digest, u64, u64)>> {
         let prefix = self.key("blobs/sha256");
         let mut out = Vec::new();
         let mut s = self.inner.os.list(Some(&prefix));
@@ -422,7 +428,8 @@ impl Store {
             let (fan, name) = (parts[n - 2].as_ref(), parts[n - 1].as_ref());
             if let Ok(d) = Digest::from_hex(name) {
                 if fan == &name[..2] {
-                    out.push((d, m.size));
+                    let t = m.last_modified.timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
+                    out.push((d, m.size, t));
                 }
             }
         }

@@ -362,7 +362,13 @@ pub fn builds(args: BuildsArgs) -> u8 {
     }
 }
 
-pub fn logs(args: LogsArgs) -> u8 {
+/// The frame of the commands that read one recorded build: open the state
+/// store, resolve the build id (or prefix, or `latest`; unknown: exit 2),
+/// print, and map kiln's own errors to exit 3.
+fn with_build(
+    args: &LogsArgs,
+    print: impl FnOnce(&Store, &kiln_engine::store::BuildRow, &mut std::io::StdoutLock<'_>) -> anyhow::Result<()>,
+) -> u8 {
     let result = (|| -> anyhow::Result<u8> {
         let store = Store::open(&args.state.state_dir)?;
         let build = match store.resolve_build(&args.build) {
@@ -372,8 +378,22 @@ pub fn logs(args: LogsArgs) -> u8 {
                 return Ok(EXIT_INVALID);
             }
         };
-        let entries = store.logs(&build.id)?;
         let mut out = std::io::stdout().lock();
+        print(&store, &build, &mut out)?;
+        Ok(0)
+    })();
+    match result {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}
+
+pub fn logs(args: LogsArgs) -> u8 {
+    with_build(&args, |store, build, out| {
+        let entries = store.logs(&build.id)?;
         for e in &entries {
             if args.json {
                 writeln!(out, "{}", serde_json::to_string(e)?)?;
@@ -391,28 +411,12 @@ pub fn logs(args: LogsArgs) -> u8 {
         } else {
             writeln!(out, "build {} {}", build.id, build.status)?;
         }
-        Ok(0)
-    })();
-    match result {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            EXIT_INFRA
-        }
-    }
+        Ok(())
+    })
 }
 
 pub fn audit(args: LogsArgs) -> u8 {
-    let result = (|| -> anyhow::Result<u8> {
-        let store = Store::open(&args.state.state_dir)?;
-        let build = match store.resolve_build(&args.build) {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return Ok(EXIT_INVALID);
-            }
-        };
-        let mut out = std::io::stdout().lock();
+    with_build(&args, |store, build, out| {
         for a in store.audit(&build.id)? {
             if args.json {
                 writeln!(out, "{}", serde_json::to_string(&a)?)?;
@@ -420,36 +424,12 @@ pub fn audit(args: LogsArgs) -> u8 {
                 writeln!(out, "{} {:<16} [{} / {}] {}", a.ts, a.kind, a.job, a.step, a.detail)?;
             }
         }
-        Ok(0)
-    })();
-    match result {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            EXIT_INFRA
-        }
-    }
-}
-
-/// The local content-addressed store under the state dir (one tenant).
-fn open_store(state_dir: &Path) -> anyhow::Result<kiln_store::Store> {
-    let dir = state_dir.join("store");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let store = kiln_store::Store::open_local(&dir).map_err(|e| anyhow!("opening the store: {e}"))?;
-    store.tenant("local").map_err(|e| anyhow!("opening the store: {e}"))
+        Ok(())
+    })
 }
 
 pub fn artifacts(args: LogsArgs) -> u8 {
-    let result = (|| -> anyhow::Result<u8> {
-        let store = Store::open(&args.state.state_dir)?;
-        let build = match store.resolve_build(&args.build) {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return Ok(EXIT_INVALID);
-            }
-        };
-        let mut out = std::io::stdout().lock();
+    with_build(&args, |store, build, out| {
         for a in store.artifacts(&build.id)? {
             if args.json {
                 writeln!(out, "{}", serde_json::to_string(&a)?)?;
@@ -461,15 +441,16 @@ pub fn artifacts(args: LogsArgs) -> u8 {
                 )?;
             }
         }
-        Ok(0)
-    })();
-    match result {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            EXIT_INFRA
-        }
-    }
+        Ok(())
+    })
+}
+
+/// The local content-addressed store under the state dir (one tenant).
+fn open_store(state_dir: &Path) -> anyhow::Result<kiln_store::Store> {
+    let dir = state_dir.join("store");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let store = kiln_store::Store::open_local(&dir).map_err(|e| anyhow!("opening the store: {e}"))?;
+    store.tenant("local").map_err(|e| anyhow!("opening the store: {e}"))
 }
 
 fn parse_artifact_id(id: &str) -> Option<kiln_store::TreeDigest> {
