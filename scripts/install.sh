@@ -6,7 +6,8 @@
 #   bookworm breaks coreutils' ls/stat with EINVAL, so it is never used);
 # - runc for the `container` tier;
 # - e2fsprogs/util-linux for per-job workspace quotas (loop-mounted ext4);
-# - git and python3 for the example pipeline and the tests.
+# - git and python3 for the example pipeline; curl, xxd, node/npm for the
+#   tests that run real clients inside sandboxes.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -14,7 +15,6 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-need_update=0
 if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
     echo "install.sh: adding Debian bookworm-backports to apt's sources"
     cat > /etc/apt/sources.list.d/kiln-backports.sources <<'SRC'
@@ -24,7 +24,6 @@ Suites: bookworm-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
-    need_update=1
 fi
 
 runsc_ok=0
@@ -33,20 +32,27 @@ if command -v runsc >/dev/null 2>&1; then
     v=$(runsc --version 2>/dev/null | sed -n 's/^runsc version 0.0~\([0-9]*\).*/\1/p')
     if [ -n "$v" ] && [ "$v" -ge 20240101 ]; then runsc_ok=1; fi
 fi
+# binary -> the Debian package(s) that provide it
+declare -A pkg=(
+    [runc]=runc [mkfs.ext4]=e2fsprogs [losetup]=util-linux [git]=git [python3]=python3
+    [bash]=bash [pgrep]=procps [curl]=curl [xxd]=xxd [npm]="nodejs npm"
+)
 missing=()
-for bin in runc mkfs.ext4 losetup git python3 bash; do
-    command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
+for bin in "${!pkg[@]}"; do
+    command -v "$bin" >/dev/null 2>&1 || missing+=(${pkg[$bin]})
 done
 
 if [ "$runsc_ok" -eq 0 ] || [ "${#missing[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
-    if [ "$need_update" -eq 1 ] || [ ! -d /var/lib/apt/lists ] || [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] || [ "$runsc_ok" -eq 0 ]; then
-        apt-get update -qq
-    fi
+    # Something must be installed: refresh the lists first (a new machine may
+    # have none, or old ones without the backports suite).
+    apt-get update -qq
     if [ "$runsc_ok" -eq 0 ]; then
         apt-get install -y -qq -t bookworm-backports runsc
     fi
-    apt-get install -y -qq runc e2fsprogs util-linux git python3 bash procps
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt-get install -y -qq "${missing[@]}"
+    fi
 fi
 
 echo "install.sh: $(runsc --version | head -1); $(runc --version | head -1)"
