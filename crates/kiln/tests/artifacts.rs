@@ -55,9 +55,7 @@ per_tier!(artifacts_flow_between_jobs, |tier| {
 
     // Listed after the build, and restorable (verified) by id.
     let build = run.summary["build"].as_str().unwrap();
-    let list = p.kiln().args(["artifacts", build, "--json"]).output().unwrap();
-    let row: serde_json::Value =
-        serde_json::from_slice(list.stdout.split(|&c| c == b'\n').next().unwrap()).expect("an artifact row");
+    let row = p.first_json_row(&["artifacts", build, "--json"]);
     assert_eq!(row["name"], "site");
     assert_eq!(row["files"], 3, "{row}"); // regular files; the symlink is an entry of its own
     let id = row["id"].as_str().unwrap().to_string();
@@ -93,10 +91,7 @@ fn provenance_is_signed_and_verified() {
     );
     let run = p.run("container", &[]);
     run.expect_code(0);
-    let list =
-        p.kiln().args(["artifacts", run.summary["build"].as_str().unwrap(), "--json"]).output().unwrap();
-    let row: serde_json::Value =
-        serde_json::from_slice(list.stdout.split(|&c| c == b'\n').next().unwrap()).unwrap();
+    let row = p.first_json_row(&["artifacts", run.summary["build"].as_str().unwrap(), "--json"]);
     let id = row["id"].as_str().unwrap().to_string();
     assert!(row["provenance"].as_str().unwrap_or("").starts_with("sha256:"), "{row}");
 
@@ -111,18 +106,8 @@ fn provenance_is_signed_and_verified() {
     let env = p.kiln().args(["artifact", "provenance", &id]).output().unwrap();
     let env: serde_json::Value = serde_json::from_slice(&env.stdout).unwrap();
     assert_eq!(env["payloadType"], "application/vnd.in-toto+json");
-    let payload = std::process::Command::new("base64")
-        .arg("-d")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(env["payload"].as_str().unwrap().as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    let statement: serde_json::Value = serde_json::from_slice(&payload.stdout).unwrap();
+    let payload = common::pipe("base64", &["-d"], env["payload"].as_str().unwrap().as_bytes());
+    let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
     assert_eq!(statement["subject"][0]["digest"]["sha256"], id.trim_start_matches("sha256:"));
     assert_eq!(statement["predicateType"], "https://slsa.dev/provenance/v1");
 
@@ -140,18 +125,8 @@ fn provenance_is_signed_and_verified() {
     let mut forged: serde_json::Value = env.clone();
     let mut st = statement.clone();
     st["predicate"]["hermetic"] = serde_json::Value::Bool(false);
-    let enc = std::process::Command::new("base64")
-        .arg("-w0")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(st.to_string().as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    forged["payload"] = serde_json::Value::String(String::from_utf8(enc.stdout).unwrap());
+    let enc = common::pipe("base64", &["-w0"], st.to_string().as_bytes());
+    forged["payload"] = serde_json::Value::String(String::from_utf8(enc).unwrap());
     let forged_path = p.path().join("forged.json");
     std::fs::write(&forged_path, forged.to_string()).unwrap();
     let bad = p.kiln().args(["verify", &id, "--provenance"]).arg(&forged_path).output().unwrap();
@@ -191,10 +166,7 @@ fn gc_keeps_the_newest_artifacts_and_dry_runs_change_nothing() {
     for _ in 0..3 {
         let run = p.run("container", &[]);
         run.expect_code(0);
-        let list =
-            p.kiln().args(["artifacts", run.summary["build"].as_str().unwrap(), "--json"]).output().unwrap();
-        let row: serde_json::Value =
-            serde_json::from_slice(list.stdout.split(|&c| c == b'\n').next().unwrap()).unwrap();
+        let row = p.first_json_row(&["artifacts", run.summary["build"].as_str().unwrap(), "--json"]);
         ids.push(row["id"].as_str().unwrap().to_string());
     }
     let dry = p.kiln().args(["gc", "--dry-run", "--keep", "1", "--grace", "0"]).output().unwrap();
@@ -203,27 +175,9 @@ fn gc_keeps_the_newest_artifacts_and_dry_runs_change_nothing() {
     assert!(text.contains("would delete 2 artifacts"), "{text}");
     assert!(text.contains(&ids[0]) && text.contains(&ids[1]) && !text.contains(&ids[2]), "{text}");
     // Nothing went: the oldest still restores.
-    assert!(p
-        .kiln()
-        .args(["artifact", "get", &ids[0], "--out"])
-        .arg(p.path().join("a"))
-        .status()
-        .unwrap()
-        .success());
+    assert!(p.restores(&ids[0], "a"));
     let real = p.kiln().args(["gc", "--keep", "1", "--grace", "0"]).output().unwrap();
     assert!(String::from_utf8_lossy(&real.stdout).contains("deleted 2 artifacts"));
-    assert!(!p
-        .kiln()
-        .args(["artifact", "get", &ids[0], "--out"])
-        .arg(p.path().join("b"))
-        .status()
-        .unwrap()
-        .success());
-    assert!(p
-        .kiln()
-        .args(["artifact", "get", &ids[2], "--out"])
-        .arg(p.path().join("c"))
-        .status()
-        .unwrap()
-        .success());
+    assert!(!p.restores(&ids[0], "b"));
+    assert!(p.restores(&ids[2], "c"));
 }

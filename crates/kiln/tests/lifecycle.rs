@@ -105,9 +105,7 @@ per_tier!(sigint_cancels_and_leaves_nothing, |tier| {
     assert!(Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    let list = p.kiln().args(["builds", "--json"]).output().unwrap();
-    let b: serde_json::Value =
-        serde_json::from_slice(list.stdout.split(|&c| c == b'\n').next().unwrap()).unwrap();
+    let b = p.first_json_row(&["builds", "--json"]);
     assert_eq!(b["status"], "cancelled");
     let logs = Run::parse(p.kiln().args(["logs", b["id"].as_str().unwrap(), "--json"]).output().unwrap());
     assert_eq!(logs.status("long"), "cancelled");

@@ -73,6 +73,26 @@ impl Project {
         cmd
     }
 
+    /// The first JSON line `kiln <args>` prints (e.g. the newest build, the
+    /// first artifact).
+    pub fn first_json_row(&self, args: &[&str]) -> Value {
+        let out = self.kiln().args(args).output().expect("run kiln");
+        let line = out.stdout.split(|&c| c == b'\n').next().unwrap_or_default();
+        serde_json::from_slice(line).unwrap_or_else(|e| {
+            panic!("`kiln {args:?}` printed no JSON row ({e}): {}", String::from_utf8_lossy(&out.stderr))
+        })
+    }
+
+    /// Whether `kiln artifact get ID --out <project>/<dir>` succeeds.
+    pub fn restores(&self, id: &str, dir: &str) -> bool {
+        self.kiln()
+            .args(["artifact", "get", id, "--out"])
+            .arg(self.path().join(dir))
+            .status()
+            .unwrap()
+            .success()
+    }
+
     /// `kiln run ci.yml --json --isolation <tier>`, parsed.
     pub fn run(&self, tier: &str, extra: &[&str]) -> Run {
         let out = self
@@ -157,6 +177,19 @@ impl Run {
         );
         self
     }
+}
+
+/// Runs `cmd args` with `input` on stdin and returns its stdout.
+pub fn pipe(cmd: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap().stdout
 }
 
 /// Parses an RFC 3339 timestamp into milliseconds since the epoch.
