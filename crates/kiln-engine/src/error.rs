@@ -22,6 +22,9 @@ pub enum EngineError {
     },
     #[error(transparent)]
     Sandbox(#[from] kiln_sandbox::SandboxError),
+    /// The build could not be set up (runtime, init, key, store).
+    #[error("{0}")]
+    Setup(String),
     #[error("no build `{0}` in the state store")]
     UnknownBuild(String),
 }

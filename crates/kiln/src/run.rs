@@ -1,16 +1,13 @@
 //! `kiln run`, `validate`, `builds`, `logs`.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
-use kiln_engine::runner::sandbox::{effective_isolation, SandboxRunner, SandboxRunnerConfig, TierKey};
-use kiln_engine::runner::Emitter;
-use kiln_engine::store::{Store, StoreWriter};
-use kiln_engine::{BuildOptions, Event};
-use kiln_sandbox::{Isolation, Runtime};
+use kiln_engine::store::Store;
+use kiln_engine::{BuildRequest, Event, Executor, ExecutorConfig};
+use kiln_sandbox::Isolation;
 use kiln_workflow::{Diagnostics, Plan};
 use tokio::sync::{mpsc, watch};
 
@@ -19,6 +16,8 @@ use crate::render::Renderer;
 
 pub const EXIT_INVALID: u8 = 2;
 pub const EXIT_INFRA: u8 = 3;
+/// The store namespace of the local CLI.
+pub const LOCAL_TENANT: &str = "local";
 
 pub fn isolation(a: IsolationArg) -> Isolation {
     match a {
@@ -149,7 +148,6 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
             return Ok(EXIT_INVALID);
         }
     };
-    let scrubber = Arc::new(kiln_secrets::Scrubber::new(&secrets, &kiln_secrets::PatternSet::builtin()));
     let egress_cap = match kiln_workflow::parse_size(&args.egress_cap) {
         Ok(n) => n,
         Err(e) => {
@@ -157,125 +155,44 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
             return Ok(EXIT_INVALID);
         }
     };
-    let egress = kiln_engine::runner::sandbox::EgressConfig::new(args.allow_private.clone(), egress_cap);
-    let blob_store = open_store(&args.state.state_dir)?;
-    let keys = Arc::new(
-        kiln_store::Keys::load_or_create(&args.state.state_dir)
-            .map_err(|e| anyhow!("provenance key: {e}"))?,
-    );
     let source = match &args.source {
         Some(s) => std::fs::canonicalize(s).with_context(|| format!("source directory {}", s.display()))?,
         None => default_source(&workflow),
     };
-    std::fs::create_dir_all(&args.state.state_dir)
-        .with_context(|| format!("creating state dir {}", args.state.state_dir.display()))?;
-    let state_dir = std::fs::canonicalize(&args.state.state_dir)?;
-
-    // The runtimes this plan needs, found and proven before the first step.
     let operator = isolation(args.isolation);
-    let mut tiers = vec![operator];
-    for job in &plan.jobs {
-        let (t, _) = effective_isolation(operator, job.spec.kiln.isolation);
-        if !tiers.contains(&t) {
-            tiers.push(t);
-        }
-    }
-    let init = kiln_engine::runner::sandbox::locate_init().map_err(|e| anyhow!(e))?;
-    let scratch = state_dir.join("probe");
-    let mut runtimes = HashMap::new();
-    for tier in tiers {
-        let rt = Runtime::locate(tier).map_err(|e| anyhow!("{e}"))?;
-        rt.verify(&scratch).map_err(|e| anyhow!("{e}"))?;
-        runtimes.insert(TierKey::of(tier), rt);
-    }
-    let _ = std::fs::remove_dir_all(&scratch);
-
-    let store = Store::open(&state_dir).context("opening the state store")?;
-    // Sandboxes, mounts and directories of builds whose process died.
-    let leftovers = kiln_engine::runner::sandbox::leftover_builds(&state_dir, &store);
-    kiln_engine::runner::sandbox::cleanup_interrupted(&state_dir, &leftovers);
-    let build = kiln_engine::time::new_build_id();
-    let src_info = kiln_engine::git::source_info(&source);
-    let names_opts = BuildOptions {
-        build: build.clone(),
-        max_parallel: 1,
-        github: kiln_engine::contexts::github(&build, &plan.name, &src_info),
-        runner: serde_json::Value::Null,
-        egress: None,
-    };
-    let jobs: Vec<(String, String)> = (0..plan.jobs.len())
-        .map(|j| (plan.jobs[j].id.clone(), kiln_engine::build::display_name(&plan, j, &names_opts)))
-        .collect();
-    store.insert_build(&build, &plan.name, &source.display().to_string(), &jobs)?;
-    let writer = StoreWriter::spawn(store, build.clone());
-
-    let build_dir = state_dir.join("builds").join(&build);
-    let cfg = SandboxRunnerConfig {
-        build_dir: build_dir.clone(),
-        source: Some(source.clone()),
-        source_skip: vec![state_dir.clone()],
+    let executor = Executor::new(ExecutorConfig {
+        state_dir: args.state.state_dir.clone(),
         isolation: operator,
-        runtimes,
-        limits: Default::default(),
-        init,
-        secrets,
-        scrubber,
-        egress: egress.clone(),
-        artifacts: Some(Arc::new({
-            // A source outside git has no branch: its artifacts are `local`'s.
-            let branch = Some(src_info.git_ref.rsplit('/').next().unwrap_or(""))
-                .filter(|b| !b.is_empty())
-                .unwrap_or("local")
-                .to_string();
-            let mut sink = kiln_engine::runner::artifacts::ArtifactSink::new(
-                blob_store,
-                kiln_store::SourceInfo {
-                    repository: src_info.repository.clone(),
-                    commit: src_info.sha.clone(),
-                    git_ref: src_info.git_ref.clone(),
-                },
-                branch,
-            );
-            sink.keys = Some(keys);
-            sink.default_branch = args.default_branch.clone();
-            if args.untrusted {
-                sink.cache_scope.trust = kiln_store::Trust::Untrusted;
-            }
-            sink
-        })),
-    };
-    let opts = BuildOptions {
-        build: build.clone(),
         max_parallel: args
             .max_parallel
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
-        github: kiln_engine::contexts::github(&build, &plan.name, &src_info),
-        egress: Some(egress.counters.clone()),
-        runner: kiln_engine::contexts::runner(match operator {
-            Isolation::Gvisor => "gvisor",
-            Isolation::Container => "container",
-        }),
+        allow_private: args.allow_private.clone(),
+        egress_cap,
+        default_branch: args.default_branch.clone(),
+    })?;
+    let request = BuildRequest {
+        build: kiln_engine::time::new_build_id(),
+        tenant: LOCAL_TENANT.into(),
+        plan: plan.clone(),
+        source_info: kiln_engine::git::source_info(&source),
+        source,
+        secrets,
+        untrusted: args.untrusted,
     };
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let summary = rt.block_on(async {
         let (ui_tx, ui_rx) = mpsc::unbounded_channel::<Event>();
-        let emitter = Emitter::new(&build, Some(ui_tx), Some(writer.sender()));
         let (cancel_tx, cancel_rx) = watch::channel(false);
         tokio::spawn(watch_signals(cancel_tx));
         let renderer = Renderer::new(args.json, plan.clone());
         let ui = tokio::spawn(renderer.run(ui_rx));
-        let runner = Arc::new(SandboxRunner::new(cfg));
-        let summary = kiln_engine::run_build(plan.clone(), runner, opts, emitter, cancel_rx).await;
+        let summary = executor.execute(request, Some(ui_tx), cancel_rx).await;
         let _ = ui.await;
         summary
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
-    let _ = std::fs::remove_dir_all(&build_dir);
-    if let Err(e) = writer.close() {
-        eprintln!("warning: the state store may be missing the last log lines: {e}");
-    }
-    Ok(summary.exit_code() as u8)
+    Ok(summary?.exit_code() as u8)
 }
 
 /// The build's secrets from `--secret` and `--secrets-file`. Errors name the
@@ -450,7 +367,7 @@ fn open_store(state_dir: &Path) -> anyhow::Result<kiln_store::Store> {
     let dir = state_dir.join("store");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let store = kiln_store::Store::open_local(&dir).map_err(|e| anyhow!("opening the store: {e}"))?;
-    store.tenant("local").map_err(|e| anyhow!("opening the store: {e}"))
+    store.tenant(LOCAL_TENANT).map_err(|e| anyhow!("opening the store: {e}"))
 }
 
 fn parse_artifact_id(id: &str) -> Option<kiln_store::TreeDigest> {

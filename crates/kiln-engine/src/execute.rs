@@ -1,0 +1,234 @@
+//! One build from a plan and a source directory to a summary, with every part
+//! the build needs wired together: the runtimes (found and proven once per
+//! process), the state store rows and their writer, the sandbox runner with
+//! its egress, secrets, scrubber and artifact sink, and the cleanup after.
+//!
+//! `kiln run`, `kiln build` and the workers of `kiln serve` all go through
+//! [`Executor::execute`], so a build runs the same whichever front end asked
+//! for it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiln_sandbox::{Isolation, Runtime};
+use kiln_workflow::Plan;
+use tokio::sync::{mpsc, watch};
+
+use crate::build::{display_name, run_build, BuildOptions, BuildSummary};
+use crate::contexts::SourceInfo;
+use crate::error::EngineError;
+use crate::event::Event;
+use crate::runner::artifacts::ArtifactSink;
+use crate::runner::sandbox::{
+    effective_isolation, locate_init, EgressConfig, SandboxRunner, SandboxRunnerConfig, TierKey,
+};
+use crate::runner::Emitter;
+use crate::store::{Store, StoreWriter};
+
+/// What stays the same across the builds of one process.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// The state directory (created if missing): `state.db`, `store/`,
+    /// `builds/`, the signing key.
+    pub state_dir: PathBuf,
+    /// The operator's isolation tier.
+    pub isolation: Isolation,
+    /// Jobs of one build running at once, at most.
+    pub max_parallel: usize,
+    /// Private `ip:port` the operator opened for egress (a registry mirror).
+    pub allow_private: Vec<std::net::SocketAddr>,
+    /// Egress bytes per build, in and out.
+    pub egress_cap: u64,
+    /// The trusted branch whose cache entries every build may read.
+    pub default_branch: String,
+}
+
+/// One build to run.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// The build id (see [`crate::time::new_build_id`]).
+    pub build: String,
+    /// The store namespace the build's artifacts and caches live in.
+    pub tenant: String,
+    pub plan: Arc<Plan>,
+    /// The directory copied into each job's workspace.
+    pub source: PathBuf,
+    /// Where the source came from (repository, commit, ref).
+    pub source_info: SourceInfo,
+    pub secrets: Arc<Vec<kiln_secrets::Secret>>,
+    /// Untrusted builds (a fork's pull request) never write caches that
+    /// trusted builds read.
+    pub untrusted: bool,
+}
+
+/// Runs builds: owns the proven runtimes and the signing key.
+#[derive(Debug)]
+pub struct Executor {
+    cfg: ExecutorConfig,
+    state_dir: PathBuf,
+    runtimes: std::sync::Mutex<HashMap<TierKey, Runtime>>,
+    init: PathBuf,
+    keys: Arc<kiln_store::Keys>,
+    blob_root: kiln_store::Store,
+}
+
+impl Executor {
+    /// Prepares the state directory, cleans up what interrupted builds left
+    /// behind, finds `kiln-init` and proves the operator's runtime works.
+    pub fn new(cfg: ExecutorConfig) -> Result<Executor, EngineError> {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|e| EngineError::io("creating the state dir", &cfg.state_dir, e))?;
+        let state_dir = std::fs::canonicalize(&cfg.state_dir)
+            .map_err(|e| EngineError::io("resolving the state dir", &cfg.state_dir, e))?;
+        let init = locate_init().map_err(EngineError::Setup)?;
+        let keys = kiln_store::Keys::load_or_create(&state_dir)
+            .map_err(|e| EngineError::Setup(format!("provenance key: {e}")))?;
+        let store_dir = state_dir.join("store");
+        std::fs::create_dir_all(&store_dir).map_err(|e| EngineError::io("creating", &store_dir, e))?;
+        let blob_root = kiln_store::Store::open_local(&store_dir)
+            .map_err(|e| EngineError::Setup(format!("opening the store: {e}")))?;
+        {
+            // Sandboxes, mounts and directories of builds whose process died.
+            let store = Store::open(&state_dir)?;
+            let leftovers = crate::runner::sandbox::leftover_builds(&state_dir, &store);
+            crate::runner::sandbox::cleanup_interrupted(&state_dir, &leftovers);
+        }
+        let exec = Executor {
+            cfg: cfg.clone(),
+            state_dir,
+            runtimes: Default::default(),
+            init,
+            keys: Arc::new(keys),
+            blob_root,
+        };
+        exec.ensure_tier(cfg.isolation)?;
+        Ok(exec)
+    }
+
+    /// The canonical state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn config(&self) -> &ExecutorConfig {
+        &self.cfg
+    }
+
+    /// The signing key pair of this state directory.
+    pub fn keys(&self) -> &Arc<kiln_store::Keys> {
+        &self.keys
+    }
+
+    /// The content store's namespace for `tenant`.
+    pub fn blob_store(&self, tenant: &str) -> Result<kiln_store::Store, EngineError> {
+        self.blob_root.tenant(tenant).map_err(|e| EngineError::Setup(format!("opening the store: {e}")))
+    }
+
+    /// Finds and proves the runtime of `tier`, once per process.
+    pub fn ensure_tier(&self, tier: Isolation) -> Result<(), EngineError> {
+        let key = TierKey::of(tier);
+        if self.runtimes.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&key) {
+            return Ok(());
+        }
+        let rt = Runtime::locate(tier).map_err(|e| EngineError::Setup(e.to_string()))?;
+        let scratch = self.state_dir.join(format!("probe-{}", std::process::id()));
+        let verified = rt.verify(&scratch).map_err(|e| EngineError::Setup(e.to_string()));
+        let _ = std::fs::remove_dir_all(&scratch);
+        verified?;
+        self.runtimes.lock().unwrap_or_else(|e| e.into_inner()).insert(key, rt);
+        Ok(())
+    }
+
+    /// Runs one build to its end and returns the summary. The build's rows
+    /// are in the state store before the first step starts; every event also
+    /// goes to `tap` (the terminal, a live log stream). Setting `cancel`
+    /// cancels the build.
+    pub async fn execute(
+        &self,
+        req: BuildRequest,
+        tap: Option<mpsc::UnboundedSender<Event>>,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<BuildSummary, EngineError> {
+        let plan = req.plan.clone();
+        // The runtimes this plan needs, proven before the first step.
+        for job in &plan.jobs {
+            let (tier, _) = effective_isolation(self.cfg.isolation, job.spec.kiln.isolation);
+            self.ensure_tier(tier)?;
+        }
+        let github = crate::contexts::github(&req.build, &plan.name, &req.source_info);
+        let names = BuildOptions {
+            build: req.build.clone(),
+            max_parallel: 1,
+            github: github.clone(),
+            runner: serde_json::Value::Null,
+            egress: None,
+        };
+        let jobs: Vec<(String, String)> =
+            (0..plan.jobs.len()).map(|j| (plan.jobs[j].id.clone(), display_name(&plan, j, &names))).collect();
+        let store = Store::open(&self.state_dir)?;
+        store.insert_build(&req.build, &plan.name, &req.source.display().to_string(), &jobs)?;
+        let writer = StoreWriter::spawn(store, req.build.clone());
+
+        let egress = EgressConfig::new(self.cfg.allow_private.clone(), self.cfg.egress_cap);
+        let scrubber =
+            Arc::new(kiln_secrets::Scrubber::new(&req.secrets, &kiln_secrets::PatternSet::builtin()));
+        let sink = {
+            // A source outside git has no branch: its artifacts are `local`'s.
+            let branch = Some(req.source_info.git_ref.rsplit('/').next().unwrap_or(""))
+                .filter(|b| !b.is_empty())
+                .unwrap_or("local")
+                .to_string();
+            let mut sink = ArtifactSink::new(
+                self.blob_store(&req.tenant)?,
+                kiln_store::SourceInfo {
+                    repository: req.source_info.repository.clone(),
+                    commit: req.source_info.sha.clone(),
+                    git_ref: req.source_info.git_ref.clone(),
+                },
+                branch,
+            );
+            sink.keys = Some(self.keys.clone());
+            sink.default_branch = self.cfg.default_branch.clone();
+            sink.cache_scope.tenant = req.tenant.clone();
+            if req.untrusted {
+                sink.cache_scope.trust = kiln_store::Trust::Untrusted;
+            }
+            sink
+        };
+        let build_dir = self.state_dir.join("builds").join(&req.build);
+        let runtimes = self.runtimes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let cfg = SandboxRunnerConfig {
+            build_dir: build_dir.clone(),
+            source: Some(req.source.clone()),
+            source_skip: vec![self.state_dir.clone()],
+            isolation: self.cfg.isolation,
+            runtimes,
+            limits: Default::default(),
+            init: self.init.clone(),
+            secrets: req.secrets.clone(),
+            scrubber,
+            egress: egress.clone(),
+            artifacts: Some(Arc::new(sink)),
+        };
+        let opts = BuildOptions {
+            build: req.build.clone(),
+            max_parallel: self.cfg.max_parallel.max(1),
+            github,
+            egress: Some(egress.counters.clone()),
+            runner: crate::contexts::runner(match self.cfg.isolation {
+                Isolation::Gvisor => "gvisor",
+                Isolation::Container => "container",
+            }),
+        };
+        let emitter = Emitter::new(&req.build, tap, Some(writer.sender()));
+        let runner = Arc::new(SandboxRunner::new(cfg));
+        let summary = run_build(plan, runner, opts, emitter, cancel).await;
+        let _ = std::fs::remove_dir_all(&build_dir);
+        // The writer's last batch is on disk before the caller reads the rows.
+        tokio::task::spawn_blocking(move || writer.close())
+            .await
+            .map_err(|e| EngineError::Setup(format!("state store writer: {e}")))??;
+        Ok(summary)
+    }
+}
