@@ -135,7 +135,7 @@ pub async fn run_build<R: JobRunner>(
                 Err((JobResult::Cancelled, None))
             } else {
                 let all_needs_ok = job.needs.iter().all(|&d| slots[d].result == Some(JobResult::Success));
-                let status = StatusFns { success: all_needs_ok, failure: failed_lineage, cancelled: false };
+                let status = StatusFns::new(all_needs_ok, failed_lineage, false);
                 match &job.spec.condition {
                     None if all_needs_ok => Ok(()),
                     None => Err((JobResult::Skipped, None)),
@@ -325,7 +325,7 @@ pub fn display_name(plan: &Plan, j: usize, opts: &BuildOptions) -> String {
     let job = &plan.jobs[j];
     let Some(t) = &job.spec.name else { return job.id.clone() };
     let ctx = Contexts { matrix: job.matrix.clone(), github: opts.github.clone(), ..Default::default() };
-    let status = StatusFns { success: true, failure: false, cancelled: false };
+    let status = StatusFns::new(true, false, false);
     match t.render(&ctx, status) {
         Ok(s) if !s.trim().is_empty() => s,
         _ => job.id.clone(),
@@ -338,7 +338,7 @@ fn continue_on_error(plan: &Plan, j: usize) -> bool {
         BoolOrExpr::Literal(b) => *b,
         BoolOrExpr::Expr(t) => {
             let ctx = Contexts { matrix: job.matrix.clone(), ..Default::default() };
-            let status = StatusFns { success: true, failure: false, cancelled: false };
+            let status = StatusFns::new(true, false, false);
             t.eval(&ctx, status).map(|v| truthy(&v)).unwrap_or(false)
         }
     }
@@ -357,7 +357,7 @@ fn truthy(v: &Value) -> bool {
 /// The workflow-level `env`, rendered once (it may use `github`).
 fn workflow_env(plan: &Plan, opts: &BuildOptions) -> Value {
     let mut env = Map::new();
-    let status = StatusFns { success: true, failure: false, cancelled: false };
+    let status = StatusFns::new(true, false, false);
     for (k, t) in &plan.workflow.env {
         let ctx = Contexts {
             github: opts.github.clone(),

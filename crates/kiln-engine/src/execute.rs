@@ -42,6 +42,9 @@ pub struct ExecutorConfig {
     pub egress_cap: u64,
     /// The trusted branch whose cache entries every build may read.
     pub default_branch: String,
+    /// The content store as an `object_store` URL; `None`: `store/` under
+    /// the state dir.
+    pub store_url: Option<String>,
 }
 
 /// One build to run.
@@ -84,10 +87,16 @@ impl Executor {
         let init = locate_init().map_err(EngineError::Setup)?;
         let keys = kiln_store::Keys::load_or_create(&state_dir)
             .map_err(|e| EngineError::Setup(format!("provenance key: {e}")))?;
-        let store_dir = state_dir.join("store");
-        std::fs::create_dir_all(&store_dir).map_err(|e| EngineError::io("creating", &store_dir, e))?;
-        let blob_root = kiln_store::Store::open_local(&store_dir)
-            .map_err(|e| EngineError::Setup(format!("opening the store: {e}")))?;
+        let blob_root = match &cfg.store_url {
+            Some(url) => kiln_store::Store::open_url(url),
+            None => {
+                let store_dir = state_dir.join("store");
+                std::fs::create_dir_all(&store_dir)
+                    .map_err(|e| EngineError::io("creating", &store_dir, e))?;
+                kiln_store::Store::open_local(&store_dir)
+            }
+        }
+        .map_err(|e| EngineError::Setup(format!("opening the store: {e}")))?;
         {
             // Sandboxes, mounts and directories of builds whose process died.
             let store = Store::open(&state_dir)?;

@@ -88,6 +88,10 @@ pub struct ArtifactRecord {
     pub pinned: bool,
     /// Branch it was built from.
     pub branch: String,
+    /// When `kiln gc` may delete it regardless of the per-branch count
+    /// (`retention-days`); pinned artifacts are kept anyway. RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 /// Mutable index object for one artifact.
@@ -103,6 +107,9 @@ pub struct ArtifactIndex {
     pub created_at: String,
     /// Pinned.
     pub pinned: bool,
+    /// Expiry (see [`ArtifactRecord::expires_at`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,7 +119,15 @@ struct BranchRef {
 
 /// Current time as RFC 3339 UTC with nanoseconds.
 pub fn now_rfc3339() -> String {
-    let t = time::OffsetDateTime::now_utc();
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// The time `days` days from now, formatted like [`now_rfc3339`].
+pub fn days_from_now(days: u32) -> String {
+    rfc3339(time::OffsetDateTime::now_utc() + time::Duration::days(days.into()))
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
         t.year(),
@@ -154,6 +169,7 @@ impl Store {
             branch: rec.branch.clone(),
             created_at: rec.created_at.clone(),
             pinned: rec.pinned,
+            expires_at: rec.expires_at.clone(),
         };
         self.put_json(&format!("artifacts/{}.json", rec.id.hex()), &idx).await?;
         let latest = format!("refs/branches/{}/latest.json", rec.branch);

@@ -8,7 +8,7 @@ use std::path::Path as FsPath;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, TreeDigest};
-use crate::error::{Result, StoreError};
+use crate::error::{Result, StoreError, StoreEvent};
 use crate::store::{check_name, Store};
 use crate::tree::RestoreLimits;
 
@@ -159,8 +159,22 @@ impl Store {
             Err(e) => return Err(e),
         };
         for (_, size, d) in m.files() {
-            if s.blob_size(&d).await? != Some(size) {
-                return Ok(false);
+            match s.blob_size(&d).await? {
+                Some(n) if n == size => {}
+                // A blob under a digest cannot change size unless someone
+                // wrote to the store behind kiln's back: quarantine and report.
+                Some(_) => {
+                    let _ = s.quarantine(&d).await;
+                    return Ok(false);
+                }
+                None => {
+                    self.emit(StoreEvent::Unrestorable {
+                        tenant: s.tenant_name().to_string(),
+                        tree: tree.to_string(),
+                        reason: format!("blob {d} is missing"),
+                    });
+                    return Ok(false);
+                }
             }
         }
         Ok(true)
@@ -213,7 +227,14 @@ impl Store {
         let s = self.for_scope(scope)?;
         match s.restore_tree(tree, target, limits).await {
             Ok(_) => Ok(hit),
-            Err(StoreError::Corrupt { .. } | StoreError::NotFound(_) | StoreError::SizeMismatch { .. }) => {
+            // Quarantine already reported the corrupt blob.
+            Err(StoreError::Corrupt { .. }) => Ok(CacheLookup::Miss),
+            Err(e @ (StoreError::NotFound(_) | StoreError::SizeMismatch { .. })) => {
+                self.emit(StoreEvent::Unrestorable {
+                    tenant: scope.tenant.clone(),
+                    tree: tree.to_string(),
+                    reason: e.to_string(),
+                });
                 Ok(CacheLookup::Miss)
             }
             Err(e) => Err(e),

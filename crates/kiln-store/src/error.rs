@@ -16,6 +16,30 @@ pub enum StoreEvent {
         /// Object path the blob was found at.
         path: String,
     },
+    /// A tree named by a cache entry could not be restored although nothing
+    /// failed verification (a blob it lists is gone, or a size disagrees):
+    /// the entry is treated as a miss, and reported.
+    Unrestorable {
+        /// Tenant namespace of the entry.
+        tenant: String,
+        /// The tree that failed.
+        tree: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for StoreEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreEvent::Quarantined { tenant, digest, .. } => {
+                write!(f, "blob {digest} of tenant `{tenant}` failed verification and was quarantined")
+            }
+            StoreEvent::Unrestorable { tenant, tree, reason } => {
+                write!(f, "tree {tree} of tenant `{tenant}` cannot be restored: {reason}")
+            }
+        }
+    }
 }
 
 /// Why a tree (manifest or archive) was refused. Every variant names the offending path.

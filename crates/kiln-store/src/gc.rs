@@ -59,11 +59,17 @@ impl Store {
 
         // Artifacts.
         let arts = self.list_artifacts().await?; // newest first
+        let now = crate::artifact::now_rfc3339();
         let mut per_branch: HashMap<String, usize> = HashMap::new();
         for (id, idx) in arts {
+            // Expired artifacts (`retention-days`) do not count toward the
+            // branch's kept ones.
+            let expired = idx.expires_at.as_deref().is_some_and(|t| t <= now.as_str());
             let n = per_branch.entry(idx.branch.clone()).or_default();
-            *n += 1;
-            if idx.pinned || *n <= policy.keep_last_per_branch {
+            if !expired {
+                *n += 1;
+            }
+            if idx.pinned || (!expired && *n <= policy.keep_last_per_branch) {
                 live.insert(idx.record);
                 self.mark_tree(&id, &mut live).await?;
             } else {

@@ -65,7 +65,8 @@ pub mod tar;
 pub mod tree;
 
 pub use artifact::{
-    now_rfc3339, ArtifactFile, ArtifactIndex, ArtifactRecord, BuildInfo, OutputType, SourceInfo,
+    days_from_now, now_rfc3339, ArtifactFile, ArtifactIndex, ArtifactRecord, BuildInfo, OutputType,
+    SourceInfo,
 };
 pub use cache::{read_scopes, write_scope, CacheEntry, CacheLookup, Scope, Trust};
 pub use digest::{Digest, TreeDigest};

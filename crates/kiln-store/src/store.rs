@@ -160,7 +160,7 @@ impl Store {
         std::mem::take(&mut *self.inner.events.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn emit(&self, ev: StoreEvent) {
+    pub(crate) fn emit(&self, ev: StoreEvent) {
         let hook = self.inner.hook.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(h) = hook {
             h(&ev);

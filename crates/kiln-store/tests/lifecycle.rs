@@ -85,6 +85,7 @@ async fn tampered_cache_blob_is_a_miss() {
     assert!(matches!(&root.take_events()[..], [StoreEvent::Quarantined { tenant, .. }] if tenant == "acme"));
     // Now the blob is quarantined: even the cheap lookup misses.
     assert_eq!(root.cache_get(std::slice::from_ref(&main), "k", &[]).await.unwrap(), CacheLookup::Miss);
+    assert!(matches!(&root.take_events()[..], [StoreEvent::Unrestorable { .. }]));
     // A tampered manifest is a miss too.
     let t2 = tree_of(&s, &td, "n", &[("z", b"zzz")]).await;
     root.cache_put(&main, "k2", &t2).await.unwrap();
@@ -92,8 +93,22 @@ async fn tampered_cache_blob_is_a_miss() {
     let mut m = std::fs::read(&mf).unwrap();
     m[5] ^= 1;
     std::fs::write(&mf, m).unwrap();
-    assert_eq!(root.cache_get(&[main], "k2", &[]).await.unwrap(), CacheLookup::Miss);
+    assert_eq!(root.cache_get(std::slice::from_ref(&main), "k2", &[]).await.unwrap(), CacheLookup::Miss);
     assert_eq!(root.take_events().len(), 1);
+    // A blob that changed size is caught by the cheap lookup: quarantined, reported.
+    let t3 = tree_of(&s, &td, "o", &[("big", b"twelve bytes")]).await;
+    root.cache_put(&main, "k3", &t3).await.unwrap();
+    std::fs::write(blob_file(&td, "acme", &Digest::of(b"twelve bytes")), b"longer than twelve").unwrap();
+    assert_eq!(root.cache_get(std::slice::from_ref(&main), "k3", &[]).await.unwrap(), CacheLookup::Miss);
+    assert!(matches!(&root.take_events()[..], [StoreEvent::Quarantined { .. }]));
+    // A blob that vanished is a reported miss too.
+    let t4 = tree_of(&s, &td, "p", &[("gone", b"soon gone")]).await;
+    root.cache_put(&main, "k4", &t4).await.unwrap();
+    std::fs::remove_file(blob_file(&td, "acme", &Digest::of(b"soon gone"))).unwrap();
+    assert_eq!(root.cache_get(&[main], "k4", &[]).await.unwrap(), CacheLookup::Miss);
+    let ev = root.take_events();
+    assert!(matches!(&ev[..], [StoreEvent::Unrestorable { .. }]), "{ev:?}");
+    assert!(ev[0].to_string().contains("missing"), "{}", ev[0]);
 }
 
 fn record(id: TreeDigest, branch: &str, created: &str, pinned: bool) -> ArtifactRecord {
@@ -119,7 +134,32 @@ fn record(id: TreeDigest, branch: &str, created: &str, pinned: bool) -> Artifact
         created_at: created.into(),
         pinned,
         branch: branch.into(),
+        expires_at: None,
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_artifacts_go_first() {
+    let (td, s) = new_store();
+    let t1 = tree_of(&s, &td, "1", &[("a", b"one")]).await;
+    let t2 = tree_of(&s, &td, "2", &[("a", b"two")]).await;
+    let t3 = tree_of(&s, &td, "3", &[("a", b"three")]).await;
+    let mut expired = record(t2, "main", "2025-01-02T00:00:00.000000000Z", false);
+    expired.expires_at = Some("2025-01-03T00:00:00.000000000Z".into());
+    let mut pinned_expired = record(t3, "main", "2025-01-03T00:00:00.000000000Z", true);
+    pinned_expired.expires_at = Some("2025-01-04T00:00:00.000000000Z".into());
+    let mut future = record(t1, "main", "2025-01-01T00:00:00.000000000Z", false);
+    future.expires_at = Some(days_from_now(30));
+    for r in [&future, &expired, &pinned_expired] {
+        s.put_artifact(r).await.unwrap();
+    }
+    let policy = GcPolicy { keep_last_per_branch: 5, cache_max_bytes: 0, grace: Duration::ZERO };
+    let report = s.gc(&policy, false).await.unwrap();
+    // The expired one goes although the branch keeps five; a pinned one stays.
+    assert_eq!(report.deleted_artifacts, vec![t2]);
+    assert!(s.get_artifact(&t1).await.is_ok());
+    assert!(s.get_artifact(&t3).await.is_ok());
+    assert!(s.get_artifact(&t2).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread")]

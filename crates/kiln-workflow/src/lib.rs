@@ -23,7 +23,7 @@ mod secrets_check;
 mod yaml;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Location};
-pub use expr::{Contexts, Expr, ExprError, StatusFns, Template, Value};
+pub use expr::{Contexts, Expr, ExprError, FileHasher, StatusFns, Template, Value};
 pub use model::*;
 pub use parse::{check_relative_path, parse_size};
 pub use plan::{load, MatrixGroup, Plan, PlannedJob};

@@ -65,7 +65,7 @@ proptest! {
     fn arbitrary_expressions(s in "[ -~]{0,60}") {
         let loc = kiln_workflow::Location { line: 1, column: 1 };
         if let Ok(e) = kiln_workflow::Expr::parse(&s, loc, "f") {
-            let st = kiln_workflow::StatusFns { success: true, failure: false, cancelled: false };
+            let st = kiln_workflow::StatusFns::new(true, false, false);
             let _ = e.eval(&kiln_workflow::Contexts::default(), st);
         }
         let _ = kiln_workflow::Template::parse(&s, loc, "f");

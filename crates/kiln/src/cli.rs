@@ -56,6 +56,12 @@ pub struct StateArgs {
     /// Where builds are recorded (SQLite) and workspaces live.
     #[arg(long, env = "KILN_STATE_DIR", default_value = ".kiln")]
     pub state_dir: PathBuf,
+    /// The content store (artifacts, caches) as an object_store URL:
+    /// `file:///path`, or `s3://`, `gs://`, `az://` in a build with the
+    /// `cloud` feature (credentials from the usual environment variables).
+    /// Default: `store/` under the state dir.
+    #[arg(long, env = "KILN_STORE")]
+    pub store: Option<String>,
 }
 
 #[derive(Debug, Args)]

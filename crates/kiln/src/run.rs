@@ -169,6 +169,7 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
         allow_private: args.allow_private.clone(),
         egress_cap,
         default_branch: args.default_branch.clone(),
+        store_url: args.state.store.clone(),
     })?;
     let request = BuildRequest {
         build: kiln_engine::time::new_build_id(),
@@ -362,11 +363,17 @@ pub fn artifacts(args: LogsArgs) -> u8 {
     })
 }
 
-/// The local content-addressed store under the state dir (one tenant).
-fn open_store(state_dir: &Path) -> anyhow::Result<kiln_store::Store> {
-    let dir = state_dir.join("store");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let store = kiln_store::Store::open_local(&dir).map_err(|e| anyhow!("opening the store: {e}"))?;
+/// The content-addressed store of the local CLI (one tenant): `--store`, or
+/// `store/` under the state dir.
+fn open_store(state: &crate::cli::StateArgs) -> anyhow::Result<kiln_store::Store> {
+    let store = match &state.store {
+        Some(url) => kiln_store::Store::open_url(url).map_err(|e| anyhow!("opening the store: {e}"))?,
+        None => {
+            let dir = state.state_dir.join("store");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            kiln_store::Store::open_local(&dir).map_err(|e| anyhow!("opening the store: {e}"))?
+        }
+    };
     store.tenant(LOCAL_TENANT).map_err(|e| anyhow!("opening the store: {e}"))
 }
 
@@ -406,7 +413,7 @@ pub fn key(args: crate::cli::StateOnly) -> u8 {
 pub fn verify(args: crate::cli::VerifyArgs) -> u8 {
     let Some(digest) = parse_artifact_id(&args.id) else { return EXIT_INVALID };
     let result = (|| -> anyhow::Result<Result<kiln_store::Statement, kiln_store::VerifyError>> {
-        let store = open_store(&args.state.state_dir)?;
+        let store = open_store(&args.state)?;
         let envelope = match &args.provenance {
             Some(f) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
             None => recorded_provenance(&args.state.state_dir, &store, &args.id)?,
@@ -450,9 +457,7 @@ pub fn artifact(cmd: crate::cli::ArtifactCommand) -> u8 {
             if parse_artifact_id(&id).is_none() {
                 return EXIT_INVALID;
             }
-            return match open_store(&state.state_dir)
-                .and_then(|s| recorded_provenance(&state.state_dir, &s, &id))
-            {
+            return match open_store(&state).and_then(|s| recorded_provenance(&state.state_dir, &s, &id)) {
                 Ok(bytes) => {
                     println!("{}", String::from_utf8_lossy(&bytes));
                     0
@@ -476,7 +481,7 @@ pub fn artifact(cmd: crate::cli::ArtifactCommand) -> u8 {
         return EXIT_INVALID;
     }
     let result = (|| -> anyhow::Result<kiln_store::TreeStats> {
-        let store = open_store(&state.state_dir)?;
+        let store = open_store(&state)?;
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         rt.block_on(store.restore_tree(&digest, &out, &kiln_store::RestoreLimits::default()))
             .map_err(|e| anyhow!("{e}"))
@@ -508,7 +513,7 @@ pub fn gc(args: crate::cli::GcArgs) -> u8 {
         }
     };
     let result = (|| -> anyhow::Result<kiln_store::GcReport> {
-        let store = open_store(&args.state.state_dir)?;
+        let store = open_store(&args.state)?;
         let policy = kiln_store::GcPolicy {
             keep_last_per_branch: args.keep,
             cache_max_bytes: cache_max,

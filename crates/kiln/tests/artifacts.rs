@@ -181,3 +181,56 @@ fn gc_keeps_the_newest_artifacts_and_dry_runs_change_nothing() {
     assert!(!p.restores(&ids[0], "b"));
     assert!(p.restores(&ids[2], "c"));
 }
+
+const GLOBS: &str = r#"
+jobs:
+  build:
+    steps:
+      - run: |
+          mkdir -p app/dist/js app/dist/maps deps
+          echo one > app/dist/js/a.js
+          echo two > app/dist/js/b.js
+          echo map > app/dist/maps/a.js.map
+          echo css > app/dist/site.css
+          echo v1 > deps/lock.txt
+      - run: echo "key=${{ hashFiles('**/lock.txt') }} none=[${{ hashFiles('nothing/**') }}]"
+      - uses: actions/upload-artifact@v4
+        with:
+          name: js
+          retention-days: 3
+          path: |
+            app/dist/**/*.js
+            app/dist/*.css
+            !app/dist/js/b.js
+  use:
+    needs: build
+    steps:
+      - uses: actions/download-artifact@v4
+        with:
+          name: js
+          path: got
+      - run: cd got && find . -type f | sort
+"#;
+
+#[test]
+fn upload_globs_exclusions_and_hash_files() {
+    let p = Project::new(GLOBS);
+    let run = p.run("container", &[]);
+    run.expect_code(0);
+    let out = run.lines("build");
+    let key = out.iter().find(|l| l.starts_with("key=")).expect("hashFiles line");
+    let want = {
+        let inner = common::pipe("sha256sum", &[], b"v1\n");
+        let raw = hex_decode(std::str::from_utf8(&inner).unwrap().split_whitespace().next().unwrap());
+        let outer = common::pipe("sha256sum", &[], &raw);
+        String::from_utf8(outer).unwrap().split_whitespace().next().unwrap().to_string()
+    };
+    assert_eq!(key, &format!("key={want} none=[]"), "{out:?}");
+    // Stored relative to the patterns' common directory (app/dist); the
+    // excluded file and the unmatched map are not there.
+    assert_eq!(run.lines("use"), ["./js/a.js", "./site.css"], "{:?}", run.system_lines("use"));
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}

@@ -33,6 +33,22 @@ pub struct ArtifactSink {
 /// The builder id written into provenance.
 pub const BUILDER_ID: &str = "kiln://builder/local";
 
+/// What a build says about an artifact it uploads (the record's fields a
+/// deployment system reads).
+#[derive(Debug, Clone)]
+pub struct UploadMeta {
+    pub started_at: String,
+    /// No step of the producing job had a network.
+    pub hermetic: bool,
+    pub output_type: kiln_store::OutputType,
+    /// The producing job's commands, as written (secrets unexpanded).
+    pub commands: Vec<String>,
+    /// Digest of the job's environment as written (never expanded values).
+    pub environment_digest: String,
+    /// `retention-days`: `kiln gc` deletes the artifact after that.
+    pub retention_days: Option<u32>,
+}
+
 /// What an upload stored.
 #[derive(Debug, Clone)]
 pub struct Uploaded {
@@ -67,35 +83,35 @@ impl ArtifactSink {
         build: &str,
         name: &str,
         staging: &Path,
-        started_at: &str,
-        hermetic: bool,
+        meta: &UploadMeta,
     ) -> Result<Uploaded, String> {
         let stats = self.store.put_tree_stats(staging).await.map_err(|e| e.to_string())?;
         let record = kiln_store::ArtifactRecord {
             id: stats.digest,
             name: name.to_string(),
-            output_type: kiln_store::OutputType::Static,
+            output_type: meta.output_type,
             source: self.source.clone(),
             build: kiln_store::BuildInfo {
                 build_id: build.to_string(),
-                commands: Vec::new(),
-                started_at: started_at.to_string(),
+                commands: meta.commands.clone(),
+                started_at: meta.started_at.clone(),
                 finished_at: crate::time::now_rfc3339(),
                 exit_code: 0,
                 builder_version: env!("CARGO_PKG_VERSION").to_string(),
-                environment_digest: String::new(),
+                environment_digest: meta.environment_digest.clone(),
             },
             files: Vec::new(),
             created_at: kiln_store::now_rfc3339(),
             pinned: false,
             branch: self.branch.clone(),
+            expires_at: meta.retention_days.map(kiln_store::days_from_now),
         };
         self.store.put_artifact(&record).await.map_err(|e| e.to_string())?;
         // An in-toto statement about exactly this tree, signed (DSSE) and
         // stored as a blob next to it.
         let provenance = match &self.keys {
             Some(keys) => {
-                let statement = kiln_store::statement_for(&record, BUILDER_ID, hermetic, Vec::new());
+                let statement = kiln_store::statement_for(&record, BUILDER_ID, meta.hermetic, Vec::new());
                 let envelope = keys.sign(&statement);
                 let json = serde_json::to_vec(&envelope).map_err(|e| e.to_string())?;
                 Some(self.store.put_bytes(json).await.map_err(|e| e.to_string())?.digest)
@@ -168,7 +184,7 @@ impl ArtifactSink {
             self.store.cache_restore(&scopes, key, &rks, staging, &kiln_store::RestoreLimits::default()).await
         }
         .map_err(|e| e.to_string())?;
-        let tampered: Vec<String> = self.store.take_events().iter().map(|e| format!("{e:?}")).collect();
+        let tampered: Vec<String> = self.store.take_events().iter().map(|e| e.to_string()).collect();
         if !tampered.is_empty() {
             return Ok(CacheResult::Tampered(tampered.join("; ")));
         }
@@ -245,9 +261,6 @@ pub fn chown_tree_or_file(path: &Path, uid: u32, gid: u32) -> std::io::Result<()
 /// last component may be a file or a directory, never a link.
 pub fn resolve_beneath(root: &Path, rel: &str) -> Result<std::path::PathBuf, String> {
     kiln_workflow::check_relative_path(rel)?;
-    if rel.contains(['*', '?', '[']) {
-        return Err(format!("`{rel}`: glob patterns are not supported yet; name files or directories"));
-    }
     let mut here = root.to_path_buf();
     for part in Path::new(rel).components() {
         match part {

@@ -5,6 +5,7 @@
 //! benchmark's no-op runner measures the loop alone.
 
 pub mod artifacts;
+pub mod globs;
 pub mod sandbox;
 mod stepfiles;
 mod workspace_copy;

@@ -191,6 +191,8 @@ struct JobRun<'a> {
     req: &'a JobRequest,
     dir: PathBuf,
     workspace: Option<Workspace>,
+    /// `hashFiles()` over the workspace.
+    hasher: Option<super::globs::WorkspaceHasher>,
     limits: StepLimits,
     isolation: Isolation,
     /// The job's `env` plus everything `$GITHUB_ENV` added.
@@ -224,6 +226,7 @@ impl<'a> JobRun<'a> {
             req,
             dir: runner.cfg.build_dir.join(format!("job-{}", req.job)),
             workspace: None,
+            hasher: None,
             limits,
             isolation,
             env: Map::new(),
@@ -258,8 +261,11 @@ impl<'a> JobRun<'a> {
         c
     }
 
-    fn status_fns(&self) -> StatusFns {
-        StatusFns { success: !self.failed, failure: self.failed, cancelled: *self.req.cancel.borrow() }
+    fn status_fns(&self) -> StatusFns<'_> {
+        StatusFns {
+            files: self.hasher.as_ref().map(|h| h as &dyn kiln_workflow::FileHasher),
+            ..StatusFns::new(!self.failed, self.failed, *self.req.cancel.borrow())
+        }
     }
 
     async fn run(&mut self, job: &PlannedJob) -> JobOutcome {
@@ -315,9 +321,10 @@ impl<'a> JobRun<'a> {
             .map_err(|e| {
                 crate::EngineError::io("creating workspace", PathBuf::new(), std::io::Error::other(e))
             })??;
+        self.hasher = Some(super::globs::WorkspaceHasher { ws: ws.path().to_path_buf() });
         self.workspace = Some(ws);
         // The job's env: rendered once, in order, each value seeing the ones before.
-        let status = StatusFns { success: true, failure: false, cancelled: false };
+        let status = StatusFns::new(true, false, false);
         for (k, t) in &job.spec.env {
             let v = self.render(t, status).unwrap_or_default();
             self.env.insert(k.clone(), Value::String(v));
@@ -391,8 +398,18 @@ impl<'a> JobRun<'a> {
         let result = match &step.action {
             StepAction::Checkout => self.checkout().await,
             StepAction::Run { script, shell } => self.run_script(job, k, step, &name, script, *shell).await,
-            StepAction::UploadArtifact { name: art, path, if_no_files_found, .. } => {
-                self.upload_artifact(job, k, &name, art, path, if_no_files_found, &started_at).await
+            StepAction::UploadArtifact { name: art, path, if_no_files_found, retention_days } => {
+                self.upload_artifact(
+                    job,
+                    k,
+                    &name,
+                    art,
+                    path,
+                    if_no_files_found,
+                    *retention_days,
+                    &started_at,
+                )
+                .await
             }
             StepAction::DownloadArtifact { name: art, path } => {
                 self.download_artifact(job, &name, art, path.as_ref()).await
@@ -521,6 +538,7 @@ impl<'a> JobRun<'a> {
         name: &Template,
         path: &Template,
         if_no_files_found: &str,
+        retention_days: Option<u32>,
         started_at: &str,
     ) -> Result<StepResult, String> {
         let sink = self.runner.cfg.artifacts.clone().ok_or("this build has no artifact store")?;
@@ -532,22 +550,37 @@ impl<'a> JobRun<'a> {
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(|e| e.to_string())?;
         let mut found = 0u64;
-        let mut present = Vec::new();
-        for rel in paths.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let rel = rel.trim_start_matches("./").trim_end_matches('/');
-            match super::artifacts::resolve_beneath(&ws, rel) {
-                Ok(src) => present.push((rel.to_string(), src)),
-                Err(e) if e.ends_with("does not exist") => {}
-                Err(e) => return Err(format!("path {e}")),
+        let patterns = super::globs::Patterns::parse(paths.lines()).map_err(|e| format!("path: {e}"))?;
+        if patterns.has_globs {
+            // As on GitHub: files are stored relative to the least common
+            // ancestor of the patterns' literal directories.
+            let roots: Vec<(String, PathBuf)> =
+                patterns.roots.iter().map(|r| (r.clone(), ws.join(r))).collect();
+            let base = super::artifacts::common_ancestor(&roots);
+            let selected = patterns.select(&ws).map_err(|e| format!("path {e}"))?;
+            for (rel, src) in &selected {
+                let stored = Path::new(rel).strip_prefix(&base).unwrap_or(Path::new(rel));
+                found += super::workspace_copy::copy_path(src, &staging.join(stored))
+                    .map_err(|e| e.to_string())?;
             }
-        }
-        // As on GitHub: paths are stored relative to their least common
-        // ancestor (a single directory uploads its contents).
-        let base = super::artifacts::common_ancestor(&present);
-        for (rel, src) in &present {
-            let stored = Path::new(rel).strip_prefix(&base).unwrap_or(Path::new(rel));
-            let dst = if stored.as_os_str().is_empty() { staging.clone() } else { staging.join(stored) };
-            found += super::workspace_copy::copy_path(src, &dst).map_err(|e| e.to_string())?;
+        } else {
+            let mut present = Vec::new();
+            for rel in paths.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                let rel = rel.trim_start_matches("./").trim_end_matches('/');
+                match super::artifacts::resolve_beneath(&ws, rel) {
+                    Ok(src) => present.push((rel.to_string(), src)),
+                    Err(e) if e.ends_with("does not exist") => {}
+                    Err(e) => return Err(format!("path {e}")),
+                }
+            }
+            // As on GitHub: paths are stored relative to their least common
+            // ancestor (a single directory uploads its contents).
+            let base = super::artifacts::common_ancestor(&present);
+            for (rel, src) in &present {
+                let stored = Path::new(rel).strip_prefix(&base).unwrap_or(Path::new(rel));
+                let dst = if stored.as_os_str().is_empty() { staging.clone() } else { staging.join(stored) };
+                found += super::workspace_copy::copy_path(src, &dst).map_err(|e| e.to_string())?;
+            }
         }
         let say =
             |s: &Self, m: String| s.req.emitter.log(&job.id, step_name, "artifact-upload", Stream::System, m);
@@ -575,7 +608,23 @@ impl<'a> JobRun<'a> {
             .steps
             .iter()
             .all(|s| matches!(s.network(&job.spec, wf), kiln_workflow::NetworkSpec::None));
-        let up = sink.upload(&self.req.build, &name, &staging, started_at, hermetic).await;
+        let meta = super::artifacts::UploadMeta {
+            started_at: started_at.to_string(),
+            hermetic,
+            output_type: kiln_store::OutputType::Static,
+            commands: job
+                .spec
+                .steps
+                .iter()
+                .filter_map(|s| match &s.action {
+                    StepAction::Run { script, .. } => Some(script.source().to_string()),
+                    _ => None,
+                })
+                .collect(),
+            environment_digest: environment_digest(wf, &job.spec),
+            retention_days,
+        };
+        let up = sink.upload(&self.req.build, &name, &staging, &meta).await;
         let _ = std::fs::remove_dir_all(&staging);
         let up = up?;
         say(
@@ -713,7 +762,10 @@ impl<'a> JobRun<'a> {
             ),
             CacheResult::Miss => say(self, format!("cache miss: {key}")),
             CacheResult::Tampered(what) => {
-                say(self, format!("cache miss: {key} (an entry failed verification and was not restored)"));
+                say(
+                    self,
+                    format!("cache miss: {key} (an entry failed verification and was not restored: {what})"),
+                );
                 self.req.emitter.emit(Event::Audit {
                     kind: "cache-quarantined".into(),
                     job: job.id.clone(),
@@ -1254,6 +1306,19 @@ pub fn leftover_builds(state_dir: &Path, store: &crate::store::Store) -> Vec<Str
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|id| !matches!(store.build_status(id), Ok(Some(s)) if s == "running"))
         .collect()
+}
+
+/// Digest of the environment a job declares, as written: names and the
+/// unexpanded templates, so no secret value can enter it.
+fn environment_digest(wf: &kiln_workflow::Workflow, job: &kiln_workflow::JobSpec) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    for (scope, env) in [("workflow", &wf.env), ("job", &job.env)] {
+        for (k, v) in env {
+            lines.push(format!("{scope}\t{k}\t{}", v.source()));
+        }
+    }
+    lines.sort();
+    kiln_store::Digest::of(lines.join("\n").as_bytes()).to_string()
 }
 
 /// Removes what interrupted builds left behind: their sandboxes, the

@@ -99,7 +99,13 @@ impl Func {
                 serde_json::from_str(text.trim())
                     .map_err(|e| format!("fromJSON: invalid JSON `{text}`: {e}"))?
             }
-            Func::HashFiles => return Err("hashFiles is not supported yet".to_string()),
+            Func::HashFiles => {
+                let files = status
+                    .files
+                    .ok_or("hashFiles() is only available in a step (it reads the job's workspace)")?;
+                let patterns: Vec<String> = args.iter().map(to_text).collect();
+                Value::String(files.hash_files(&patterns)?)
+            }
         })
     }
 }

@@ -37,12 +37,40 @@ pub struct Contexts {
 }
 
 /// The answers of `success()`, `failure()` and `cancelled()` at the place
-/// of evaluation (computed by the engine; `always()` is always true).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatusFns {
+/// of evaluation (computed by the engine; `always()` is always true), and
+/// what `hashFiles()` reads, where there is a workspace.
+#[derive(Clone, Copy)]
+pub struct StatusFns<'a> {
     pub success: bool,
     pub failure: bool,
     pub cancelled: bool,
+    /// The job's workspace, for `hashFiles()`; `None` outside a step.
+    pub files: Option<&'a dyn FileHasher>,
+}
+
+impl std::fmt::Debug for StatusFns<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusFns")
+            .field("success", &self.success)
+            .field("failure", &self.failure)
+            .field("cancelled", &self.cancelled)
+            .field("files", &self.files.is_some())
+            .finish()
+    }
+}
+
+impl StatusFns<'static> {
+    /// Status answers only (no workspace: `hashFiles()` is an error).
+    pub const fn new(success: bool, failure: bool, cancelled: bool) -> StatusFns<'static> {
+        StatusFns { success, failure, cancelled, files: None }
+    }
+}
+
+/// `hashFiles(patterns...)`: implemented by the engine, which owns the
+/// workspace (this crate does no I/O). Returns the hex digest, or `""` when
+/// no file matches, as GitHub does.
+pub trait FileHasher {
+    fn hash_files(&self, patterns: &[String]) -> Result<String, String>;
 }
 
 /// An error while evaluating (never while parsing: those are diagnostics).

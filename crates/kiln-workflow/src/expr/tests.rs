@@ -4,8 +4,8 @@ use serde_json::json;
 
 use super::*;
 
-const OK: StatusFns = StatusFns { success: true, failure: false, cancelled: false };
-const FAILED: StatusFns = StatusFns { success: false, failure: true, cancelled: false };
+const OK: StatusFns<'static> = StatusFns::new(true, false, false);
+const FAILED: StatusFns<'static> = StatusFns::new(false, true, false);
 
 fn loc() -> Location {
     Location { line: 3, column: 10 }
@@ -129,7 +129,7 @@ fn functions() {
 fn evaluation_errors() {
     let cases = [
         ("fromJSON('{nope')", "fromJSON"),
-        ("hashFiles('**/Cargo.lock')", "hashFiles is not supported yet"),
+        ("hashFiles('**/Cargo.lock')", "only available in a step"),
         ("format('{1}', 'a')", "missing argument"),
         ("format('{x}', 'a')", "invalid format string"),
     ];
@@ -225,4 +225,20 @@ fn conditions_strip_outer_braces() {
     assert!(Expr::parse_condition("${{ true }} && ${{ false }}", loc(), "f").is_err());
     let d = Expr::parse_condition("  ${{ matirx.os }}", loc(), "f").unwrap_err();
     assert_eq!(d.location, Location { line: 3, column: 16 });
+}
+
+#[test]
+fn hash_files_gets_every_pattern() {
+    struct Echo;
+    impl crate::FileHasher for Echo {
+        fn hash_files(&self, patterns: &[String]) -> Result<String, String> {
+            Ok(patterns.join("|"))
+        }
+    }
+    let st = StatusFns { files: Some(&Echo), ..OK };
+    let v = Expr::parse("hashFiles('**/package-lock.json', format('{0}.txt', 'x'))", loc(), "f")
+        .unwrap()
+        .eval(&ctx(), st)
+        .unwrap();
+    assert_eq!(v, json!("**/package-lock.json|x.txt"));
 }

@@ -1,0 +1,263 @@
+//! Path patterns over a job's workspace: `upload-artifact`'s `path` (one
+//! pattern per line, `!` excludes) and `hashFiles()`.
+//!
+//! The workspace was written by the build's own steps, so it is hostile: the
+//! walk never follows a symbolic link, a pattern's literal prefix must not
+//! pass through one, and the number of entries walked is capped.
+
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use sha2::{Digest as _, Sha256};
+
+/// Entries one selection may walk, at most.
+pub const MAX_WALK: usize = 1_000_000;
+
+/// Parsed patterns: what to include, what to exclude, and where to look.
+#[derive(Debug)]
+pub struct Patterns {
+    include: GlobSet,
+    exclude: GlobSet,
+    /// The literal leading directories of the include patterns (GitHub's
+    /// "search paths"): only these are walked.
+    pub roots: Vec<String>,
+    /// Whether any pattern has a wildcard or an exclusion.
+    pub has_globs: bool,
+}
+
+fn is_glob(s: &str) -> bool {
+    s.contains(['*', '?', '[', '{'])
+}
+
+impl Patterns {
+    /// Parses one pattern per entry; blank entries are ignored.
+    pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Result<Patterns, String> {
+        let mut include = GlobSetBuilder::new();
+        let mut exclude = GlobSetBuilder::new();
+        let mut roots = Vec::new();
+        let mut has_globs = false;
+        let mut any = false;
+        for line in lines {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (negated, pat) = match line.strip_prefix('!') {
+                Some(p) => (true, p.trim()),
+                None => (false, line),
+            };
+            let pat = pat.trim_start_matches("./").trim_end_matches('/');
+            let pat = if pat.is_empty() { "." } else { pat };
+            kiln_workflow::check_relative_path(pat)?;
+            has_globs |= negated || is_glob(pat);
+            let builder = if negated { &mut exclude } else { &mut include };
+            if pat == "." {
+                builder.add(glob("**")?);
+            } else {
+                builder.add(glob(pat)?);
+                // A matched directory brings everything beneath it.
+                builder.add(glob(&format!("{pat}/**"))?);
+            }
+            if !negated {
+                any = true;
+                let literal: Vec<&str> = pat.split('/').take_while(|c| !is_glob(c)).collect();
+                let root = if literal.is_empty() || pat == "." { String::new() } else { literal.join("/") };
+                if !roots.contains(&root) {
+                    roots.push(root);
+                }
+            }
+        }
+        if !any {
+            return Err("no path to include (only exclusions)".into());
+        }
+        let build = |b: GlobSetBuilder| b.build().map_err(|e| e.to_string());
+        Ok(Patterns { include: build(include)?, exclude: build(exclude)?, roots, has_globs })
+    }
+
+    fn matches(&self, rel: &str) -> bool {
+        self.include.is_match(rel) && !self.exclude.is_match(rel)
+    }
+
+    /// The files (regular files and symbolic links, which are never
+    /// followed) under `ws` that the patterns select, sorted by path.
+    pub fn select(&self, ws: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+        let mut out = Vec::new();
+        let mut walked = 0usize;
+        let mut roots = self.roots.clone();
+        roots.sort();
+        // A root beneath another root is walked with it.
+        roots.dedup_by(|b, a| a.is_empty() || b.starts_with(&format!("{a}/")) || a == b);
+        for root in &roots {
+            let start = if root.is_empty() {
+                ws.to_path_buf()
+            } else {
+                match super::artifacts::resolve_beneath(ws, root) {
+                    Ok(p) => p,
+                    Err(e) if e.ends_with("does not exist") => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            let meta = std::fs::symlink_metadata(&start).map_err(|e| format!("`{root}`: {e}"))?;
+            if !meta.is_dir() {
+                if self.matches(root) {
+                    out.push((root.clone(), start));
+                }
+                continue;
+            }
+            self.walk(&start, root, &mut out, &mut walked)?;
+        }
+        out.sort();
+        out.dedup_by(|a, b| a.0 == b.0);
+        Ok(out)
+    }
+
+    fn walk(
+        &self,
+        dir: &Path,
+        rel: &str,
+        out: &mut Vec<(String, PathBuf)>,
+        walked: &mut usize,
+    ) -> Result<(), String> {
+        let rd = std::fs::read_dir(dir).map_err(|e| format!("reading `{rel}`: {e}"))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| format!("reading `{rel}`: {e}"))?;
+            *walked += 1;
+            if *walked > MAX_WALK {
+                return Err(format!("more than {MAX_WALK} entries under the workspace; narrow the pattern"));
+            }
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let child = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
+            let ft = entry.file_type().map_err(|e| format!("`{child}`: {e}"))?;
+            if ft.is_dir() {
+                self.walk(&entry.path(), &child, out, walked)?;
+            } else if (ft.is_file() || ft.is_symlink()) && self.matches(&child) {
+                out.push((child, entry.path()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `*` stays within one path component; `**` crosses them.
+fn glob(p: &str) -> Result<Glob, String> {
+    globset::GlobBuilder::new(p)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| format!("bad pattern `{p}`: {e}"))
+}
+
+/// `hashFiles()` over one workspace.
+#[derive(Debug)]
+pub struct WorkspaceHasher {
+    pub ws: PathBuf,
+}
+
+impl kiln_workflow::FileHasher for WorkspaceHasher {
+    /// SHA-256 over the SHA-256 of each selected regular file, in path
+    /// order; `""` when nothing matches. Links are not followed (a link
+    /// planted by a step must not make kiln read a host file).
+    fn hash_files(&self, patterns: &[String]) -> Result<String, String> {
+        let pats =
+            Patterns::parse(patterns.iter().map(String::as_str)).map_err(|e| format!("hashFiles: {e}"))?;
+        let files = pats.select(&self.ws).map_err(|e| format!("hashFiles: {e}"))?;
+        let mut all = Sha256::new();
+        let mut any = false;
+        for (rel, path) in files {
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| format!("hashFiles: `{rel}`: {e}"))?;
+            if !meta.is_file() {
+                continue;
+            }
+            use std::io::Read;
+            let mut f = std::fs::File::open(&path).map_err(|e| format!("hashFiles: `{rel}`: {e}"))?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = f.read(&mut buf).map_err(|e| format!("hashFiles: `{rel}`: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            all.update(h.finalize());
+            any = true;
+        }
+        Ok(if any { hex::encode(all.finalize()) } else { String::new() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_workflow::FileHasher;
+
+    fn tree() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for f in [
+            "dist/a.js",
+            "dist/b.css",
+            "dist/sub/c.js",
+            "dist/sub/skip.map",
+            "top.txt",
+            "pkg/x/package-lock.json",
+        ] {
+            let p = d.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, f).unwrap();
+        }
+        std::os::unix::fs::symlink("/etc", d.path().join("dist/etc-link")).unwrap();
+        std::os::unix::fs::symlink("/etc", d.path().join("escape")).unwrap();
+        d
+    }
+
+    fn names(d: &Path, pats: &[&str]) -> Vec<String> {
+        Patterns::parse(pats.iter().copied())
+            .unwrap()
+            .select(d)
+            .unwrap()
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect()
+    }
+
+    #[test]
+    fn globs_exclusions_and_directories() {
+        let d = tree();
+        assert_eq!(names(d.path(), &["dist/**/*.js"]), ["dist/a.js", "dist/sub/c.js"]);
+        assert_eq!(
+            names(d.path(), &["dist", "!dist/**/*.map", "!dist/etc-link"]),
+            ["dist/a.js", "dist/b.css", "dist/sub/c.js"]
+        );
+        assert_eq!(names(d.path(), &["**/package-lock.json"]), ["pkg/x/package-lock.json"]);
+        assert_eq!(names(d.path(), &["*.txt"]), ["top.txt"]);
+        // A link is selected as a link, never walked into.
+        assert!(names(d.path(), &["**"])
+            .iter()
+            .all(|n| !n.starts_with("escape/") && !n.starts_with("dist/etc-link/")));
+        assert!(Patterns::parse(["!dist"]).is_err());
+        assert!(Patterns::parse(["../x/*"]).is_err());
+        assert!(Patterns::parse(["/etc/*"]).is_err());
+    }
+
+    #[test]
+    fn a_root_through_a_link_is_refused() {
+        let d = tree();
+        let e = Patterns::parse(["escape/**"]).unwrap().select(d.path()).unwrap_err();
+        assert!(e.contains("symbolic link"), "{e}");
+    }
+
+    #[test]
+    fn hash_files_is_stable_and_content_based() {
+        let d = tree();
+        let h = WorkspaceHasher { ws: d.path().to_path_buf() };
+        let a = h.hash_files(&["**/*.js".into()]).unwrap();
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, h.hash_files(&["dist/**/*.js".into()]).unwrap());
+        assert_eq!(h.hash_files(&["nothing/*".into()]).unwrap(), "");
+        std::fs::write(d.path().join("dist/a.js"), "changed").unwrap();
+        assert_ne!(a, h.hash_files(&["**/*.js".into()]).unwrap());
+        // Links are not read.
+        assert!(h.hash_files(&["escape".into()]).unwrap_err().contains("symbolic link"));
+        assert!(h.hash_files(&["dist/etc-link".into()]).unwrap_err().contains("symbolic link"));
+    }
+}
