@@ -35,14 +35,24 @@ fi
 # binary -> the Debian package(s) that provide it
 declare -A pkg=(
     [runc]=runc [mkfs.ext4]=e2fsprogs [losetup]=util-linux [git]=git [python3]=python3
-    [bash]=bash [pgrep]=procps [curl]=curl [xxd]=xxd [npm]="nodejs npm"
+    [bash]=bash [pgrep]=procps [curl]=curl [xxd]=xxd [npm]="nodejs npm" [openssl]=openssl
 )
 missing=()
 for bin in "${!pkg[@]}"; do
     command -v "$bin" >/dev/null 2>&1 || missing+=(${pkg[$bin]})
 done
+# What builds use inside sandboxes, which see the host's /usr only: the
+# Debian toolchains (not a user's rustup or pyenv), and ClamAV's daemon for
+# the optional scan (its signature updates are not needed: tests bring their
+# own signatures).
+[ -x /usr/bin/cargo ] || missing+=(cargo)
+/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+/usr/bin/python3 -c 'import setuptools, wheel' 2>/dev/null || missing+=(python3-setuptools python3-wheel)
+/usr/bin/python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+clamd_missing=0
+[ -x /usr/sbin/clamd ] || clamd_missing=1
 
-if [ "$runsc_ok" -eq 0 ] || [ "${#missing[@]}" -gt 0 ]; then
+if [ "$runsc_ok" -eq 0 ] || [ "${#missing[@]}" -gt 0 ] || [ "$clamd_missing" -eq 1 ]; then
     export DEBIAN_FRONTEND=noninteractive
     # Something must be installed: refresh the lists first (a new machine may
     # have none, or old ones without the backports suite).
@@ -52,6 +62,15 @@ if [ "$runsc_ok" -eq 0 ] || [ "${#missing[@]}" -gt 0 ]; then
     fi
     if [ "${#missing[@]}" -gt 0 ]; then
         apt-get install -y -qq "${missing[@]}"
+    fi
+fi
+if [ "$clamd_missing" -eq 1 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends clamav-daemon
+    # kiln runs clamd itself when it is asked to; the distribution's
+    # services would only try to download signatures.
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now clamav-daemon clamav-freshclam >/dev/null 2>&1 || true
     fi
 fi
 

@@ -41,6 +41,11 @@ pub enum Event {
         bytes: u64,
         /// Digest of the signed provenance envelope, when signed.
         provenance: Option<String>,
+        output_type: String,
+        /// `ready`, `flagged` or `quarantined` (see the scan).
+        status: String,
+        /// The scan's findings, one per line.
+        scan: Option<String>,
     },
     /// Security-relevant, kept apart from the log: a secret handed to a
     /// step, egress blocked, a quota hit. Never carries a secret value.

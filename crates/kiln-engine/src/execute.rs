@@ -45,6 +45,13 @@ pub struct ExecutorConfig {
     /// The content store as an `object_store` URL; `None`: `store/` under
     /// the state dir.
     pub store_url: Option<String>,
+    /// Registry mirrors the operator named (URLs): `network: registries`
+    /// reaches them besides the public registries, and lockfiles may point
+    /// at them.
+    pub registries: Vec<String>,
+    /// The scanning gate of every artifact (none: artifacts are recorded
+    /// `ready` unscanned).
+    pub scanner: Option<Arc<kiln_scan::Scanner>>,
 }
 
 /// One build to run.
@@ -179,7 +186,8 @@ impl Executor {
         store.insert_build(&req.build, &plan.name, &req.source.display().to_string(), &jobs)?;
         let writer = StoreWriter::spawn(store, req.build.clone());
 
-        let egress = EgressConfig::new(self.cfg.allow_private.clone(), self.cfg.egress_cap);
+        let mut egress = EgressConfig::new(self.cfg.allow_private.clone(), self.cfg.egress_cap);
+        egress.registries = self.cfg.registries.clone();
         let scrubber =
             Arc::new(kiln_secrets::Scrubber::new(&req.secrets, &kiln_secrets::PatternSet::builtin()));
         let sink = {
@@ -198,6 +206,7 @@ impl Executor {
                 branch,
             );
             sink.keys = Some(self.keys.clone());
+            sink.scanner = self.cfg.scanner.clone();
             sink.default_branch = self.cfg.default_branch.clone();
             sink.cache_scope.tenant = req.tenant.clone();
             if req.untrusted {

@@ -20,6 +20,9 @@ pub fn hardened_git(dir: &Path) -> Command {
         .args(["-c", "protocol.allow=never", "-c", "safe.directory="])
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
+        // The operator's own config can define filter drivers or a hooks
+        // path that a repository's `.gitattributes` would then trigger.
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_OPTIONAL_LOCKS", "0")
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());

@@ -25,6 +25,6 @@ mod yaml;
 pub use diagnostic::{Diagnostic, Diagnostics, Location};
 pub use expr::{Contexts, Expr, ExprError, FileHasher, StatusFns, Template, Value};
 pub use model::*;
-pub use parse::{check_relative_path, parse_size};
+pub use parse::{check_relative_path, parse_size, OUTPUT_TYPES};
 pub use plan::{load, MatrixGroup, Plan, PlannedJob};
 pub use scheduler::{JobResult, Scheduler};

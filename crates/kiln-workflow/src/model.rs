@@ -109,6 +109,9 @@ impl Phase {
 pub enum NetworkSpec {
     None,
     Allow(Vec<String>),
+    /// The package registries (the egress proxy's registry list, plus the
+    /// registries the operator added), and these hosts.
+    Registries(Vec<String>),
 }
 
 /// How a secret reaches a step.
@@ -212,6 +215,9 @@ pub enum StepAction {
         /// `warn` (default), `error` or `ignore`.
         if_no_files_found: String,
         retention_days: Option<u32>,
+        /// kiln's `output-type`: `static` (default), `server`, `function`,
+        /// `container-image`.
+        output_type: Option<String>,
     },
     /// `uses: actions/download-artifact@<any>`: an artifact of this build
     /// restored into the workspace.
@@ -224,6 +230,25 @@ pub enum StepAction {
         restore_keys: Option<Template>,
         lookup_only: bool,
         fail_on_miss: bool,
+    },
+    /// `uses: kiln/detect@v1`: reads the workspace (never runs it) and sets
+    /// outputs for the zero-config build: the package manager, its clean
+    /// install command, the build command, the dependency cache key and
+    /// paths, whether the build is hermetic; refuses lockfiles and
+    /// repository configuration that would widen the policy.
+    Detect {
+        /// Install without lifecycle scripts.
+        ignore_scripts: bool,
+    },
+    /// `uses: kiln/package@v1`: finds the build output (or takes `path`),
+    /// stores it as an artifact with its output type, scans and signs it.
+    Package {
+        name: Template,
+        path: Option<Template>,
+        output_type: Option<Template>,
+        retention_days: Option<u32>,
+        /// The source commit, when a step fetched the source.
+        commit: Option<Template>,
     },
 }
 
@@ -246,8 +271,8 @@ impl StepSpec {
     /// The step's phase: its own, its job's, or by what it does.
     pub fn phase(&self, job: &JobSpec) -> Phase {
         self.kiln.phase.or(job.kiln.phase).unwrap_or(match self.action {
-            StepAction::Checkout => Phase::SourceFetch,
-            StepAction::UploadArtifact { .. } => Phase::ArtifactUpload,
+            StepAction::Checkout | StepAction::Detect { .. } => Phase::SourceFetch,
+            StepAction::UploadArtifact { .. } | StepAction::Package { .. } => Phase::ArtifactUpload,
             StepAction::Run { .. } | StepAction::DownloadArtifact { .. } | StepAction::Cache { .. } => {
                 Phase::Build
             }

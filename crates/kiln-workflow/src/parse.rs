@@ -644,10 +644,15 @@ fn kiln_shared(
 /// `network: none` or `network: { allow: [host, "*.host:443"] }`.
 fn network(cx: &mut Cx<'_>, v: &Node) -> Option<NetworkSpec> {
     if let Some(text) = v.as_scalar() {
-        if text == "none" {
-            return Some(NetworkSpec::None);
+        match text {
+            "none" => return Some(NetworkSpec::None),
+            "registries" => return Some(NetworkSpec::Registries(Vec::new())),
+            _ => {}
         }
-        cx.err(v.loc, format!("`kiln.network` must be `none` or `{{ allow: [hosts] }}`, not `{text}`"));
+        cx.err(
+            v.loc,
+            format!("`kiln.network` must be `none`, `registries` or `{{ allow: [hosts] }}`, not `{text}`"),
+        );
         return None;
     }
     let pairs = cx.map(v, "`kiln.network`")?;
@@ -896,7 +901,15 @@ fn step(
                             None
                         }
                     });
-                    spec.action = StepAction::UploadArtifact { name, path, if_no_files_found, retention_days };
+                    let output_type = with.remove("output-type").map(|(t, l)| {
+                        let v = t.source().to_string();
+                        if !OUTPUT_TYPES.contains(&v.as_str()) {
+                            cx.err(l, format!("{label}: `output-type` must be one of {}, not `{v}`", OUTPUT_TYPES.join(", ")));
+                        }
+                        v
+                    });
+                    spec.action =
+                        StepAction::UploadArtifact { name, path, if_no_files_found, retention_days, output_type };
                 }
                 Some("actions/download-artifact") => {
                     check_inputs(cx, &with, &label, DOWNLOAD_INPUTS, loc);
@@ -933,10 +946,43 @@ fn step(
                         fail_on_miss,
                     };
                 }
+                Some("kiln/detect") => {
+                    check_inputs(cx, &with, &label, &["ignore-scripts"], loc);
+                    let ignore_scripts = match with.remove("ignore-scripts") {
+                        None => false,
+                        Some((t, l)) => match t.source() {
+                            "true" => true,
+                            "false" => false,
+                            other => {
+                                cx.err(l, format!("{label}: `ignore-scripts` must be true or false, not `{other}`"));
+                                false
+                            }
+                        },
+                    };
+                    spec.action = StepAction::Detect { ignore_scripts };
+                }
+                Some("kiln/package") => {
+                    check_inputs(cx, &with, &label, &["name", "path", "output-type", "retention-days", "commit"], loc);
+                    let name = with.remove("name").map(|(t, _)| t).unwrap_or_else(|| Template::literal("output"));
+                    let retention_days = with.remove("retention-days").and_then(|(t, l)| match t.source().parse() {
+                        Ok(n) => Some(n),
+                        Err(_) => {
+                            cx.err(l, format!("{label}: `retention-days` must be a whole number"));
+                            None
+                        }
+                    });
+                    spec.action = StepAction::Package {
+                        name,
+                        path: with.remove("path").map(|(t, _)| t),
+                        output_type: with.remove("output-type").map(|(t, _)| t),
+                        retention_days,
+                        commit: with.remove("commit").map(|(t, _)| t),
+                    };
+                }
                 _ => cx.err(
                     loc,
                     format!(
-                        "{label}: `uses: {u}` is not supported; built in are actions/checkout, actions/upload-artifact, actions/download-artifact and actions/cache"
+                        "{label}: `uses: {u}` is not supported; built in are actions/checkout, actions/upload-artifact, actions/download-artifact, actions/cache, kiln/detect and kiln/package"
                     ),
                 ),
             }
@@ -953,7 +999,11 @@ fn step(
     (cx.errors.len() == errors_before).then_some(spec)
 }
 
+/// What an artifact is, for the deployment system that picks it up.
+pub const OUTPUT_TYPES: &[&str] = &["static", "server", "function", "container-image"];
+
 const UPLOAD_INPUTS: &[&str] = &[
+    "output-type",
     "name",
     "path",
     "if-no-files-found",

@@ -80,7 +80,13 @@ fn check_step(
                 forbid(t, step.location, &format!("the cache settings of {label}"), errors);
             }
         }
-        StepAction::Checkout => {}
+        StepAction::Package { name, path, output_type, commit, .. } => {
+            for t in [Some(name), path.as_ref(), output_type.as_ref(), commit.as_ref()].into_iter().flatten()
+            {
+                forbid(t, step.location, &format!("the package settings of {label}"), errors);
+            }
+        }
+        StepAction::Checkout | StepAction::Detect { .. } => {}
     }
     if let Some(t) = &step.name {
         forbid(t, step.location, &format!("the name of {label}"), errors);

@@ -278,7 +278,7 @@ fn refusals() {
         &wf("  build:\n    steps:\n      - uses: actions/checkout@v4\n      - run: make\n      - name: Upload\n        uses: actions/setup-node@v4\n"),
         8,
         15,
-        "step 3 (`Upload`) of job `build`: `uses: actions/setup-node@v4` is not supported; built in are actions/checkout, actions/upload-artifact, actions/download-artifact and actions/cache",
+        "step 3 (`Upload`) of job `build`: `uses: actions/setup-node@v4` is not supported; built in are actions/checkout, actions/upload-artifact, actions/download-artifact, actions/cache, kiln/detect and kiln/package",
     );
     assert_error(
         &wf("  a:\n    steps:\n      - run: x\n        shell: pwsh\n"),

@@ -19,6 +19,11 @@ pub struct Cli {
 pub enum Command {
     /// Run a workflow file: every job in Kahn order, every step in a sandbox.
     Run(RunArgs),
+    /// Build a repository with no configuration: fetch, install, build,
+    /// package; the output is stored, scanned and signed.
+    Build(BuildArgs),
+    /// Print what it takes to rebuild a recorded build by hand.
+    Reproduce(LogsArgs),
     /// Check a workflow file without running anything.
     Validate(ValidateArgs),
     /// List recorded builds.
@@ -72,6 +77,13 @@ pub struct RunArgs {
     /// repository the workflow file is in).
     #[arg(long)]
     pub source: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// How builds run, for `kiln run` and `kiln build`.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
     /// Isolation tier for every job; a job may ask for a stronger one.
     #[arg(long, value_enum, default_value = "gvisor", env = "KILN_ISOLATION")]
     pub isolation: IsolationArg,
@@ -105,6 +117,72 @@ pub struct RunArgs {
     pub secrets_file: Option<PathBuf>,
     #[command(flatten)]
     pub state: StateArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SubmodulesArg {
+    None,
+    Shallow,
+    Recursive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LfsArg {
+    Skip,
+    Fetch,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// An https git URL, or a local directory (a git repository is cloned
+    /// without hard links; any other directory is copied).
+    pub source: String,
+    /// Branch, tag or commit to build (default: the remote's HEAD).
+    #[arg(long = "ref", value_name = "REF")]
+    pub git_ref: Option<String>,
+    /// History depth to fetch.
+    #[arg(long, default_value_t = 1, conflicts_with = "full")]
+    pub depth: u32,
+    /// Fetch the whole history.
+    #[arg(long)]
+    pub full: bool,
+    /// Check out only these paths (cone mode). Repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub sparse: Vec<String>,
+    #[arg(long, value_enum, default_value = "none")]
+    pub submodules: SubmodulesArg,
+    /// Git LFS objects: left as pointers (skip) or fetched with git-lfs.
+    #[arg(long, value_enum, default_value = "skip")]
+    pub lfs: LfsArg,
+    /// Install dependencies without their lifecycle scripts.
+    #[arg(long)]
+    pub ignore_scripts: bool,
+    /// A package registry (mirror) the install may use besides the public
+    /// ones, as a URL (`http://10.0.0.5:4873/`). Private addresses also need
+    /// --allow-private. Repeatable.
+    #[arg(long = "registry", value_name = "URL")]
+    pub registries: Vec<String>,
+    /// POST the result to this deployment webhook (signed, retried).
+    #[arg(long, value_name = "URL")]
+    pub notify: Option<String>,
+    /// The webhook's HMAC key (default: `notify.key` in the state dir, made
+    /// on first use).
+    #[arg(long, value_name = "FILE", env = "KILN_NOTIFY_KEY_FILE")]
+    pub notify_key_file: Option<PathBuf>,
+    /// A ClamAV daemon socket every artifact is also scanned with.
+    #[arg(long, value_name = "SOCKET")]
+    pub clamd: Option<PathBuf>,
+    /// How long to wait for an unreachable scanner before failing.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub scan_wait: u64,
+    /// Retries after an infrastructure failure (never after a user failure).
+    #[arg(long, default_value_t = 2)]
+    pub retries: u32,
+    /// Print the pipeline kiln would run, as a workflow file, and exit.
+    #[arg(long)]
+    pub print_workflow: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ mod bench;
 mod cli;
 mod render;
 mod run;
+mod zero;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,8 @@ fn main() -> ExitCode {
         .init();
     let code = match cli.command {
         cli::Command::Run(args) => run::run(args),
+        cli::Command::Build(args) => zero::build(args),
+        cli::Command::Reproduce(args) => zero::reproduce(args),
         cli::Command::Validate(args) => run::validate(args),
         cli::Command::Builds(args) => run::builds(args),
         cli::Command::Logs(args) => run::logs(args),

@@ -137,68 +137,99 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
             }
         },
     };
-    let plan = match load_plan(&workflow, args.json) {
+    let plan = match load_plan(&workflow, args.engine.json) {
         Ok(p) => Arc::new(p),
         Err(code) => return Ok(code),
     };
-    let secrets = match load_secrets(&args) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(EXIT_INVALID);
-        }
-    };
-    let egress_cap = match kiln_workflow::parse_size(&args.egress_cap) {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("error: --egress-cap: {e}");
-            return Ok(EXIT_INVALID);
-        }
+    let setup = match EngineSetup::from_args(&args.engine) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
     };
     let source = match &args.source {
         Some(s) => std::fs::canonicalize(s).with_context(|| format!("source directory {}", s.display()))?,
         None => default_source(&workflow),
     };
-    let operator = isolation(args.isolation);
-    let executor = Executor::new(ExecutorConfig {
-        state_dir: args.state.state_dir.clone(),
-        isolation: operator,
-        max_parallel: args
-            .max_parallel
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
-        allow_private: args.allow_private.clone(),
-        egress_cap,
-        default_branch: args.default_branch.clone(),
-        store_url: args.state.store.clone(),
-    })?;
+    let executor = Executor::new(setup.config)?;
     let request = BuildRequest {
         build: kiln_engine::time::new_build_id(),
         tenant: LOCAL_TENANT.into(),
         plan: plan.clone(),
         source_info: kiln_engine::git::source_info(&source),
         source,
-        secrets,
-        untrusted: args.untrusted,
+        secrets: setup.secrets,
+        untrusted: args.engine.untrusted,
     };
+    let summary = execute_with_terminal(&executor, request, args.engine.json)?;
+    Ok(summary.exit_code() as u8)
+}
 
+/// The validated settings of [`EngineArgs`].
+pub struct EngineSetup {
+    pub config: ExecutorConfig,
+    pub secrets: Arc<Vec<kiln_secrets::Secret>>,
+}
+
+impl EngineSetup {
+    /// Reads secrets and limits; a bad flag is reported and gives the exit
+    /// code for invalid input.
+    pub fn from_args(args: &crate::cli::EngineArgs) -> Result<EngineSetup, u8> {
+        let secrets = match load_secrets(args) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Err(EXIT_INVALID);
+            }
+        };
+        let egress_cap = match kiln_workflow::parse_size(&args.egress_cap) {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("error: --egress-cap: {e}");
+                return Err(EXIT_INVALID);
+            }
+        };
+        let config = ExecutorConfig {
+            state_dir: args.state.state_dir.clone(),
+            isolation: isolation(args.isolation),
+            max_parallel: args
+                .max_parallel
+                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+            allow_private: args.allow_private.clone(),
+            egress_cap,
+            default_branch: args.default_branch.clone(),
+            store_url: args.state.store.clone(),
+            registries: Vec::new(),
+            scanner: None,
+        };
+        Ok(EngineSetup { config, secrets })
+    }
+}
+
+/// Runs one build with the terminal (or `--json`) rendering its events;
+/// Ctrl-C cancels it.
+pub fn execute_with_terminal(
+    executor: &Executor,
+    request: BuildRequest,
+    json: bool,
+) -> anyhow::Result<kiln_engine::BuildSummary> {
+    let plan = request.plan.clone();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let summary = rt.block_on(async {
         let (ui_tx, ui_rx) = mpsc::unbounded_channel::<Event>();
         let (cancel_tx, cancel_rx) = watch::channel(false);
         tokio::spawn(watch_signals(cancel_tx));
-        let renderer = Renderer::new(args.json, plan.clone());
+        let renderer = Renderer::new(json, plan);
         let ui = tokio::spawn(renderer.run(ui_rx));
         let summary = executor.execute(request, Some(ui_tx), cancel_rx).await;
         let _ = ui.await;
         summary
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
-    Ok(summary?.exit_code() as u8)
+    Ok(summary?)
 }
 
 /// The build's secrets from `--secret` and `--secrets-file`. Errors name the
 /// secret, never its value.
-fn load_secrets(args: &RunArgs) -> Result<Vec<kiln_secrets::Secret>, String> {
+fn load_secrets(args: &crate::cli::EngineArgs) -> Result<Vec<kiln_secrets::Secret>, String> {
     let mut out: Vec<kiln_secrets::Secret> = Vec::new();
     let mut add = |name: String, value: Vec<u8>| -> Result<(), String> {
         kiln_secrets::validate(&name, &value).map_err(|e| e.to_string())?;
@@ -365,7 +396,7 @@ pub fn artifacts(args: LogsArgs) -> u8 {
 
 /// The content-addressed store of the local CLI (one tenant): `--store`, or
 /// `store/` under the state dir.
-fn open_store(state: &crate::cli::StateArgs) -> anyhow::Result<kiln_store::Store> {
+pub fn open_store(state: &crate::cli::StateArgs) -> anyhow::Result<kiln_store::Store> {
     let store = match &state.store {
         Some(url) => kiln_store::Store::open_url(url).map_err(|e| anyhow!("opening the store: {e}"))?,
         None => {

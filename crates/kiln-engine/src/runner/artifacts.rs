@@ -28,6 +28,9 @@ pub struct ArtifactSink {
     /// trusted default branch's, and writes only its own.
     pub cache_scope: kiln_store::Scope,
     pub default_branch: String,
+    /// The scanning gate every artifact passes before it is recorded
+    /// (none: recorded `ready` unscanned).
+    pub scanner: Option<std::sync::Arc<kiln_scan::Scanner>>,
 }
 
 /// The builder id written into provenance.
@@ -47,6 +50,9 @@ pub struct UploadMeta {
     pub environment_digest: String,
     /// `retention-days`: `kiln gc` deletes the artifact after that.
     pub retention_days: Option<u32>,
+    /// The source commit, when the build learnt it after it started (a
+    /// fetch step); else the sink's.
+    pub commit: Option<String>,
 }
 
 /// What an upload stored.
@@ -57,6 +63,10 @@ pub struct Uploaded {
     pub bytes: u64,
     /// Digest of the signed provenance envelope, when signed.
     pub provenance: Option<kiln_store::Digest>,
+    /// `ready`, `flagged` or `quarantined`.
+    pub status: String,
+    /// The scan's findings, one line each.
+    pub findings: Vec<String>,
 }
 
 impl ArtifactSink {
@@ -74,6 +84,7 @@ impl ArtifactSink {
             keys: None,
             cache_scope,
             default_branch: "main".into(),
+            scanner: None,
         }
     }
 
@@ -85,12 +96,38 @@ impl ArtifactSink {
         staging: &Path,
         meta: &UploadMeta,
     ) -> Result<Uploaded, String> {
+        // The gate runs before anything is stored as this artifact.
+        let (status, findings) = match &self.scanner {
+            Some(scanner) => {
+                let scanner = scanner.clone();
+                let dir = staging.to_path_buf();
+                let kind = match meta.output_type {
+                    kiln_store::OutputType::Static => kiln_scan::OutputKind::Static,
+                    kiln_store::OutputType::Function => kiln_scan::OutputKind::Function,
+                    _ => kiln_scan::OutputKind::Server,
+                };
+                let report = tokio::task::spawn_blocking(move || scan_dir(&scanner, kind, &dir))
+                    .await
+                    .map_err(|e| format!("scan: {e}"))??;
+                let status = match report.verdict {
+                    kiln_scan::Verdict::Clean => "ready",
+                    kiln_scan::Verdict::Flagged => "flagged",
+                    kiln_scan::Verdict::Quarantined => "quarantined",
+                };
+                (status.to_string(), report.findings.iter().map(|f| f.to_string()).collect())
+            }
+            None => ("ready".to_string(), Vec::new()),
+        };
         let stats = self.store.put_tree_stats(staging).await.map_err(|e| e.to_string())?;
+        let mut source = self.source.clone();
+        if let Some(c) = &meta.commit {
+            source.commit = c.clone();
+        }
         let record = kiln_store::ArtifactRecord {
             id: stats.digest,
             name: name.to_string(),
             output_type: meta.output_type,
-            source: self.source.clone(),
+            source,
             build: kiln_store::BuildInfo {
                 build_id: build.to_string(),
                 commands: meta.commands.clone(),
@@ -119,7 +156,14 @@ impl ArtifactSink {
             None => None,
         };
         self.by_name.lock().await.insert(name.to_string(), stats.digest);
-        Ok(Uploaded { id: stats.digest, files: stats.files, bytes: stats.bytes, provenance })
+        Ok(Uploaded {
+            id: stats.digest,
+            files: stats.files,
+            bytes: stats.bytes,
+            provenance,
+            status,
+            findings,
+        })
     }
 
     /// Restores artifact `name` of this build into `target` (created), owned
@@ -142,7 +186,14 @@ impl ArtifactSink {
             .await
             .map_err(|e| format!("restoring `{name}`: {e}"))?;
         chown_tree(target, uid, gid).map_err(|e| format!("restoring `{name}`: {e}"))?;
-        Ok(Uploaded { id, files: stats.files, bytes: stats.bytes, provenance: None })
+        Ok(Uploaded {
+            id,
+            files: stats.files,
+            bytes: stats.bytes,
+            provenance: None,
+            status: "ready".into(),
+            findings: Vec::new(),
+        })
     }
 }
 
@@ -212,8 +263,85 @@ impl ArtifactSink {
         let stats = self.store.put_tree_stats(staging).await.map_err(|e| e.to_string())?;
         let scope = kiln_store::write_scope(&self.cache_scope);
         self.store.cache_put(&scope, key, &stats.digest).await.map_err(|e| e.to_string())?;
-        Ok(Uploaded { id: stats.digest, files: stats.files, bytes: stats.bytes, provenance: None })
+        Ok(Uploaded {
+            id: stats.digest,
+            files: stats.files,
+            bytes: stats.bytes,
+            provenance: None,
+            status: "ready".into(),
+            findings: Vec::new(),
+        })
     }
+}
+
+/// Largest file the scanner reads whole; bigger files are scanned by their
+/// first and last halves of this (signatures sit at either end).
+const SCAN_FILE_CAP: u64 = 64 << 20;
+
+/// Scans a staged tree (kiln's own copy: links are links, never followed).
+/// Files are read one at a time, as the scanner asks for them.
+fn scan_dir(
+    scanner: &kiln_scan::Scanner,
+    kind: kiln_scan::OutputKind,
+    dir: &Path,
+) -> Result<kiln_scan::ScanReport, String> {
+    let mut entries = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((abs, rel)) = stack.pop() {
+        for entry in std::fs::read_dir(&abs).map_err(|e| format!("scan: {e}"))? {
+            let entry = entry.map_err(|e| format!("scan: {e}"))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let meta = entry.path().symlink_metadata().map_err(|e| format!("scan: {child}: {e}"))?;
+            if meta.is_dir() {
+                stack.push((entry.path(), child));
+            } else if meta.is_file() || meta.file_type().is_symlink() {
+                entries.push((child, entry.path(), meta));
+            }
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut failed = None;
+    let mut inputs =
+        entries.into_iter().map_while(|(child, abs, meta)| match scan_input(child, &abs, &meta) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        });
+    let report = scanner.scan(kind, &mut inputs);
+    drop(inputs);
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    report.map_err(|e| format!("scan: {e}"))
+}
+
+fn scan_input(path: String, abs: &Path, meta: &std::fs::Metadata) -> Result<kiln_scan::ScanInput, String> {
+    use std::io::{Read, Seek};
+    use std::os::unix::fs::MetadataExt;
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(abs).map_err(|e| format!("scan: {path}: {e}"))?;
+        return Ok(kiln_scan::ScanInput {
+            path,
+            mode: meta.mode(),
+            symlink_target: Some(target.to_string_lossy().into_owned()),
+            data: Vec::new(),
+        });
+    }
+    let fail = |e: std::io::Error| format!("scan: {}: {e}", abs.display());
+    let mut f = std::fs::File::open(abs).map_err(fail)?;
+    let mut data = Vec::new();
+    if meta.len() <= SCAN_FILE_CAP {
+        f.read_to_end(&mut data).map_err(fail)?;
+    } else {
+        let half = SCAN_FILE_CAP / 2;
+        (&mut f).take(half).read_to_end(&mut data).map_err(fail)?;
+        f.seek(std::io::SeekFrom::End(-(half as i64))).map_err(fail)?;
+        f.read_to_end(&mut data).map_err(fail)?;
+    }
+    Ok(kiln_scan::ScanInput { path, mode: meta.mode(), symlink_target: None, data })
 }
 
 /// Gives a freshly restored tree (no step has run over it yet) to the step user.

@@ -9,6 +9,7 @@ pub mod globs;
 pub mod sandbox;
 mod stepfiles;
 mod workspace_copy;
+pub mod zeroconfig;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};

@@ -80,6 +80,8 @@ pub struct EgressConfig {
     /// Bytes in and out, capped per build.
     pub counters: Arc<kiln_egress::BuildCounters>,
     pub resolver: Arc<dyn kiln_egress::Resolver>,
+    /// Host rules the operator added to `network: registries` (a mirror).
+    pub registries: Vec<String>,
 }
 
 impl std::fmt::Debug for EgressConfig {
@@ -95,6 +97,7 @@ impl EgressConfig {
             open,
             counters: kiln_egress::BuildCounters::new(cap_bytes),
             resolver: Arc::new(kiln_egress::SystemResolver),
+            registries: Vec::new(),
         }
     }
 }
@@ -193,6 +196,10 @@ struct JobRun<'a> {
     workspace: Option<Workspace>,
     /// `hashFiles()` over the workspace.
     hasher: Option<super::globs::WorkspaceHasher>,
+    /// The commands `kiln/detect` chose, for the provenance of the package.
+    detected_commands: Option<Vec<String>>,
+    /// A build-phase step of this job ran with a network.
+    network_in_build: bool,
     limits: StepLimits,
     isolation: Isolation,
     /// The job's `env` plus everything `$GITHUB_ENV` added.
@@ -227,6 +234,8 @@ impl<'a> JobRun<'a> {
             dir: runner.cfg.build_dir.join(format!("job-{}", req.job)),
             workspace: None,
             hasher: None,
+            detected_commands: None,
+            network_in_build: false,
             limits,
             isolation,
             env: Map::new(),
@@ -358,6 +367,8 @@ impl<'a> JobRun<'a> {
             StepAction::UploadArtifact { name, .. } => format!("Upload artifact {}", name.source()),
             StepAction::Cache { key, .. } => format!("Cache {}", key.source()),
             StepAction::DownloadArtifact { name, .. } => format!("Download artifact {}", name.source()),
+            StepAction::Detect { .. } => "Detect".to_string(),
+            StepAction::Package { name, .. } => format!("Package {}", name.source()),
             StepAction::Run { script, .. } => {
                 let first = script.source().lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
                 let first: String = first.chars().take(60).collect();
@@ -398,18 +409,34 @@ impl<'a> JobRun<'a> {
         let result = match &step.action {
             StepAction::Checkout => self.checkout().await,
             StepAction::Run { script, shell } => self.run_script(job, k, step, &name, script, *shell).await,
-            StepAction::UploadArtifact { name: art, path, if_no_files_found, retention_days } => {
-                self.upload_artifact(
-                    job,
-                    k,
-                    &name,
-                    art,
-                    path,
-                    if_no_files_found,
-                    *retention_days,
-                    &started_at,
-                )
-                .await
+            StepAction::UploadArtifact {
+                name: art,
+                path,
+                if_no_files_found,
+                retention_days,
+                output_type,
+            } => {
+                let keep = ArtifactKeep {
+                    output_type: output_type
+                        .as_deref()
+                        .map(output_type_of)
+                        .unwrap_or(kiln_store::OutputType::Static),
+                    retention_days: *retention_days,
+                    commands: None,
+                    commit: None,
+                };
+                self.upload_artifact(job, k, &name, art, path, if_no_files_found, keep, &started_at).await
+            }
+            StepAction::Detect { ignore_scripts } => self.detect(job, step, &name, *ignore_scripts).await,
+            StepAction::Package { name: art, path, output_type, retention_days, commit } => {
+                let pkg = PackageStep {
+                    name: art,
+                    path: path.as_ref(),
+                    output_type: output_type.as_ref(),
+                    retention_days: *retention_days,
+                    commit: commit.as_ref(),
+                };
+                self.package(job, k, &name, pkg, &started_at).await
             }
             StepAction::DownloadArtifact { name: art, path } => {
                 self.download_artifact(job, &name, art, path.as_ref()).await
@@ -538,10 +565,9 @@ impl<'a> JobRun<'a> {
         name: &Template,
         path: &Template,
         if_no_files_found: &str,
-        retention_days: Option<u32>,
+        keep: ArtifactKeep,
         started_at: &str,
     ) -> Result<StepResult, String> {
-        let sink = self.runner.cfg.artifacts.clone().ok_or("this build has no artifact store")?;
         let ctx = self.contexts();
         let name = name.render(&ctx, self.status_fns()).map_err(|e| e.to_string())?;
         let paths = path.render(&ctx, self.status_fns()).map_err(|e| e.to_string())?;
@@ -596,55 +622,214 @@ impl<'a> JobRun<'a> {
                 }
             };
         }
+        let stored = self.store_staged(job, step_name, &name, &staging, keep, started_at).await;
+        let _ = std::fs::remove_dir_all(&staging);
+        stored
+    }
+
+    /// Stores a staged tree as artifact `name`: refused if it holds a
+    /// secret value; scanned; signed; recorded with its verdict.
+    async fn store_staged(
+        &mut self,
+        job: &PlannedJob,
+        step_name: &str,
+        name: &str,
+        staging: &Path,
+        keep: ArtifactKeep,
+        started_at: &str,
+    ) -> Result<StepResult, String> {
+        let sink = self.runner.cfg.artifacts.clone().ok_or("this build has no artifact store")?;
         // A tree holding a secret value never reaches the store.
-        if let Err(e) = kiln_secrets::check_tree(&staging, &self.runner.cfg.scrubber) {
-            let _ = std::fs::remove_dir_all(&staging);
+        if let Err(e) = kiln_secrets::check_tree(staging, &self.runner.cfg.scrubber) {
             return Err(format!("artifact `{name}` refused: {e}"));
         }
-        // Hermetic: no step of this job had a network.
+        // Hermetic: no step of the build phase that ran had a network (the
+        // install may fetch; the build itself works from what is there).
         let wf = &self.req.plan.workflow;
-        let hermetic = job
-            .spec
-            .steps
-            .iter()
-            .all(|s| matches!(s.network(&job.spec, wf), kiln_workflow::NetworkSpec::None));
+        let hermetic = !self.network_in_build;
         let meta = super::artifacts::UploadMeta {
             started_at: started_at.to_string(),
             hermetic,
-            output_type: kiln_store::OutputType::Static,
-            commands: job
-                .spec
-                .steps
-                .iter()
-                .filter_map(|s| match &s.action {
-                    StepAction::Run { script, .. } => Some(script.source().to_string()),
-                    _ => None,
-                })
-                .collect(),
+            output_type: keep.output_type,
+            commands: keep.commands.unwrap_or_else(|| {
+                job.spec
+                    .steps
+                    .iter()
+                    .filter_map(|s| match &s.action {
+                        StepAction::Run { script, .. } => Some(script.source().to_string()),
+                        _ => None,
+                    })
+                    .collect()
+            }),
             environment_digest: environment_digest(wf, &job.spec),
-            retention_days,
+            retention_days: keep.retention_days,
+            commit: keep.commit,
         };
-        let up = sink.upload(&self.req.build, &name, &staging, &meta).await;
-        let _ = std::fs::remove_dir_all(&staging);
-        let up = up?;
+        let up = sink.upload(&self.req.build, name, staging, &meta).await?;
+        let say =
+            |s: &Self, m: String| s.req.emitter.log(&job.id, step_name, "artifact-upload", Stream::System, m);
+        for f in &up.findings {
+            say(self, format!("scan: {f}"));
+        }
         say(
             self,
             format!(
-                "artifact `{name}` stored: {} ({} files, {})",
+                "artifact `{name}` stored: {} ({}, {} files, {}): {}",
                 up.id,
+                output_type_name(keep.output_type),
                 up.files,
-                crate::limits::human_bytes(up.bytes)
+                crate::limits::human_bytes(up.bytes),
+                up.status
             ),
         );
+        if up.status == "quarantined" {
+            self.req.emitter.emit(Event::Audit {
+                kind: "artifact-quarantined".into(),
+                job: job.id.clone(),
+                step: step_name.to_string(),
+                detail: format!("{name} {}: {}", up.id, up.findings.join("; ")),
+            });
+        }
         self.req.emitter.emit(Event::Artifact {
             job: job.id.clone(),
-            name: name.clone(),
+            name: name.to_string(),
             id: up.id.to_string(),
             files: up.files,
             bytes: up.bytes,
             provenance: up.provenance.map(|d| d.to_string()),
+            output_type: output_type_name(keep.output_type).to_string(),
+            status: up.status.clone(),
+            scan: (!up.findings.is_empty()).then(|| up.findings.join("\n")),
         });
+        if up.status == "quarantined" {
+            // Kept in the store for inspection, never handed on.
+            return Err(format!("artifact `{name}` quarantined by the scan"));
+        }
         Ok((StepStatus::Success, Some(0), None, 0.0, 0, None))
+    }
+
+    /// `kiln/detect`: reads the workspace on the host (nothing runs) and
+    /// sets the outputs the zero-config build's next steps use.
+    async fn detect(
+        &mut self,
+        job: &PlannedJob,
+        step: &StepSpec,
+        step_name: &str,
+        ignore_scripts: bool,
+    ) -> Result<StepResult, String> {
+        let ws = self.workspace.as_ref().ok_or("no workspace")?.path().to_path_buf();
+        let registries = self.runner.cfg.egress.registries.clone();
+        let d =
+            tokio::task::spawn_blocking(move || super::zeroconfig::detect(&ws, ignore_scripts, &registries))
+                .await
+                .map_err(|e| e.to_string())??;
+        let say =
+            |s: &Self, m: String| s.req.emitter.log(&job.id, step_name, "source-fetch", Stream::System, m);
+        for n in &d.notes {
+            say(self, n.clone());
+        }
+        for (k, v) in &d.outputs {
+            if let Value::String(v) = v {
+                if !v.is_empty() && !v.contains('\n') {
+                    say(self, format!("{k}: {v}"));
+                }
+            }
+        }
+        if !d.violations.is_empty() {
+            for v in &d.violations {
+                say(self, format!("refused: {v}"));
+            }
+            return Err(format!(
+                "{} entr{} would reach outside the allowed registries or widen the policy (first: {})",
+                d.violations.len(),
+                if d.violations.len() == 1 { "y" } else { "ies" },
+                d.violations[0]
+            ));
+        }
+        for (k, v) in d.env {
+            self.env.insert(k, Value::String(v));
+        }
+        self.detected_commands = Some(d.commands);
+        if let Some(id) = &step.id {
+            self.steps_ctx.insert(id.clone(), json!({ "outputs": Value::Object(d.outputs) }));
+        }
+        Ok((StepStatus::Success, Some(0), None, 0.0, 0, None))
+    }
+
+    /// `kiln/package`: the build output (found, or `path`) stored as an
+    /// artifact with its output type, scanned and signed.
+    async fn package(
+        &mut self,
+        job: &PlannedJob,
+        k: usize,
+        step_name: &str,
+        pkg: PackageStep<'_>,
+        started_at: &str,
+    ) -> Result<StepResult, String> {
+        let ctx = self.contexts();
+        let render = |t: Option<&Template>| -> Result<Option<String>, String> {
+            t.map(|t| t.render(&ctx, self.status_fns()).map_err(|e| e.to_string()))
+                .transpose()
+                .map(|v| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
+        };
+        let name = render(Some(pkg.name))?.unwrap_or_else(|| "output".into());
+        let path = render(pkg.path)?;
+        let declared = render(pkg.output_type)?;
+        let commit = render(pkg.commit)?;
+        let ws = self.workspace.as_ref().ok_or("no workspace")?.path().to_path_buf();
+        let (rel, found_type) = match path {
+            Some(p) => {
+                (p.trim_start_matches("./").trim_end_matches('/').to_string(), kiln_store::OutputType::Static)
+            }
+            None => {
+                let ws = ws.clone();
+                tokio::task::spawn_blocking(move || super::zeroconfig::locate(&ws))
+                    .await
+                    .map_err(|e| e.to_string())??
+            }
+        };
+        let output_type = match declared {
+            Some(t) if kiln_workflow::OUTPUT_TYPES.contains(&t.as_str()) => output_type_of(&t),
+            Some(t) => {
+                return Err(format!(
+                    "output-type must be one of {}, not `{t}`",
+                    kiln_workflow::OUTPUT_TYPES.join(", ")
+                ))
+            }
+            None => found_type,
+        };
+        let src = super::artifacts::resolve_beneath(&ws, &rel).map_err(|e| format!("output {e}"))?;
+        self.req.emitter.log(
+            &job.id,
+            step_name,
+            "artifact-upload",
+            Stream::System,
+            format!("output: {rel} ({})", output_type_name(output_type)),
+        );
+        let staging = self.dir.join(format!("upload-{k}"));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(|e| e.to_string())?;
+        let dst = if src.is_dir() {
+            staging.clone()
+        } else {
+            staging.join(Path::new(&rel).file_name().unwrap_or_default())
+        };
+        let copied = super::workspace_copy::copy_path(&src, &dst).map_err(|e| e.to_string());
+        let stored = match copied {
+            Ok(0) => Err(format!("output `{rel}` has no files")),
+            Ok(_) => {
+                let keep = ArtifactKeep {
+                    output_type,
+                    retention_days: pkg.retention_days,
+                    commands: self.detected_commands.clone(),
+                    commit,
+                };
+                self.store_staged(job, step_name, &name, &staging, keep, started_at).await
+            }
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_dir_all(&staging);
+        stored
     }
 
     async fn download_artifact(
@@ -953,10 +1138,14 @@ impl<'a> JobRun<'a> {
         // Network: loopback only, or kiln's proxy through kiln-init's relay.
         let phase = step.phase(&job.spec);
         let egress_dir = step_dir.join("egress");
-        let proxy = match step.network(&job.spec, &self.req.plan.workflow) {
+        let network = step.network(&job.spec, &self.req.plan.workflow);
+        if phase == kiln_workflow::Phase::Build && !matches!(network, kiln_workflow::NetworkSpec::None) {
+            self.network_in_build = true;
+        }
+        let proxy = match network {
             kiln_workflow::NetworkSpec::None => None,
-            kiln_workflow::NetworkSpec::Allow(hosts) => {
-                let proxy = self.start_proxy(job, name, phase, hosts, &egress_dir).await?;
+            spec @ (kiln_workflow::NetworkSpec::Allow(_) | kiln_workflow::NetworkSpec::Registries(_)) => {
+                let proxy = self.start_proxy(job, name, phase, spec, &egress_dir).await?;
                 let url = format!("http://127.0.0.1:{EGRESS_PORT}");
                 for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
                     full_env.push((var.to_string(), url.clone()));
@@ -1129,12 +1318,30 @@ impl<'a> JobRun<'a> {
         job: &PlannedJob,
         name: &str,
         phase: kiln_workflow::Phase,
-        hosts: &[String],
+        network: &kiln_workflow::NetworkSpec,
         dir: &Path,
     ) -> Result<StepProxy, String> {
         use std::os::unix::fs::PermissionsExt;
         let cfg = &self.runner.cfg.egress;
-        let mut policy = kiln_egress::Policy::allowing(hosts).map_err(|e| format!("kiln.network: {e}"))?;
+        let mut policy = match network {
+            kiln_workflow::NetworkSpec::Registries(extra) => {
+                // Operator mirrors are URLs: their `host:port` is let through.
+                // (A mirror on an IP address is reached through the
+                // operator's opened addresses instead.)
+                let mirrors = cfg.registries.iter().filter_map(|r| {
+                    let u = url::Url::parse(r).ok()?;
+                    let url::Host::Domain(host) = u.host()? else { return None };
+                    Some(format!("{host}:{}", u.port_or_known_default()?))
+                });
+                let hosts: Vec<String> = extra.iter().cloned().chain(mirrors).collect();
+                kiln_egress::Policy::registries()
+                    .merge(&kiln_egress::Policy::allowing(&hosts).map_err(|e| format!("kiln.network: {e}"))?)
+            }
+            kiln_workflow::NetworkSpec::Allow(hosts) => {
+                kiln_egress::Policy::allowing(hosts).map_err(|e| format!("kiln.network: {e}"))?
+            }
+            kiln_workflow::NetworkSpec::None => kiln_egress::Policy::none(),
+        };
         for addr in &cfg.open {
             policy = policy.with_open(*addr);
         }
@@ -1306,6 +1513,47 @@ pub fn leftover_builds(state_dir: &Path, store: &crate::store::Store) -> Vec<Str
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|id| !matches!(store.build_status(id), Ok(Some(s)) if s == "running"))
         .collect()
+}
+
+/// A `kiln/package` step's inputs.
+#[derive(Debug, Clone, Copy)]
+struct PackageStep<'a> {
+    name: &'a Template,
+    path: Option<&'a Template>,
+    output_type: Option<&'a Template>,
+    retention_days: Option<u32>,
+    commit: Option<&'a Template>,
+}
+
+/// How an artifact is kept: what the record says beyond its files.
+#[derive(Debug, Clone)]
+struct ArtifactKeep {
+    output_type: kiln_store::OutputType,
+    retention_days: Option<u32>,
+    /// The commands that made it, when the job's `run:` scripts are not
+    /// them (the zero-config build's detected commands).
+    commands: Option<Vec<String>>,
+    /// The source commit, when known only after the fetch.
+    commit: Option<String>,
+}
+
+/// `static`, `server`, ... (validated when the workflow was loaded).
+fn output_type_of(s: &str) -> kiln_store::OutputType {
+    match s {
+        "server" => kiln_store::OutputType::Server,
+        "function" => kiln_store::OutputType::Function,
+        "container-image" => kiln_store::OutputType::ContainerImage,
+        _ => kiln_store::OutputType::Static,
+    }
+}
+
+fn output_type_name(t: kiln_store::OutputType) -> &'static str {
+    match t {
+        kiln_store::OutputType::Static => "static",
+        kiln_store::OutputType::Server => "server",
+        kiln_store::OutputType::Function => "function",
+        kiln_store::OutputType::ContainerImage => "container-image",
+    }
 }
 
 /// Digest of the environment a job declares, as written: names and the

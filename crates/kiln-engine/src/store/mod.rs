@@ -19,7 +19,7 @@ pub use writer::StoreWriter;
 use crate::error::EngineError;
 use crate::log::{LogEntry, Stream};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS builds (
@@ -71,7 +71,10 @@ CREATE TABLE IF NOT EXISTS artifacts (
     files      INTEGER NOT NULL,
     bytes      INTEGER NOT NULL,
     created_at TEXT NOT NULL,
-    provenance TEXT
+    provenance TEXT,
+    output_type TEXT NOT NULL DEFAULT 'static',
+    status     TEXT NOT NULL DEFAULT 'ready',
+    scan       TEXT
 );
 CREATE TABLE IF NOT EXISTS audit (
     build_id TEXT NOT NULL,
@@ -80,6 +83,14 @@ CREATE TABLE IF NOT EXISTS audit (
     job      TEXT NOT NULL,
     step     TEXT NOT NULL,
     detail   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    build_id  TEXT NOT NULL,
+    url       TEXT NOT NULL,
+    artifact  TEXT NOT NULL,
+    delivered INTEGER NOT NULL,
+    attempts  TEXT NOT NULL,
+    at        TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS logs (
     build_id TEXT NOT NULL,
@@ -131,6 +142,24 @@ pub struct ArtifactRow {
     pub created_at: String,
     /// Digest of the signed provenance envelope in the blob store.
     pub provenance: Option<String>,
+    /// `static`, `server`, `function` or `container-image`.
+    pub output_type: String,
+    /// `ready` (deployable), `flagged` (deployable, a low-confidence scan
+    /// finding) or `quarantined` (kept, not deployable).
+    pub status: String,
+    /// The scan's findings, one per line.
+    pub scan: Option<String>,
+}
+
+/// A deployment webhook delivery of a build.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryRow {
+    pub url: String,
+    pub artifact: String,
+    pub delivered: bool,
+    /// JSON list of attempts.
+    pub attempts: String,
+    pub at: String,
 }
 
 /// An audit event of a stored build.
@@ -171,6 +200,15 @@ impl Store {
                     "schema version {version} is newer than this kiln understands ({SCHEMA_VERSION})"
                 )),
             });
+        }
+        if version == 1 {
+            // v2: artifacts carry their output type and scan verdict.
+            conn.execute_batch(
+                "ALTER TABLE artifacts ADD COLUMN output_type TEXT NOT NULL DEFAULT 'static';
+                 ALTER TABLE artifacts ADD COLUMN status TEXT NOT NULL DEFAULT 'ready';
+                 ALTER TABLE artifacts ADD COLUMN scan TEXT;",
+            )
+            .map_err(wrap)?;
         }
         conn.execute_batch(SCHEMA).map_err(wrap)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(wrap)?;
@@ -311,7 +349,7 @@ impl Store {
 
     pub fn artifacts(&self, build: &str) -> Result<Vec<ArtifactRow>, EngineError> {
         let mut stmt = self.conn.prepare(
-            "SELECT name, id, job, files, bytes, created_at, provenance FROM artifacts WHERE build_id = ?1 \
+            "SELECT name, id, job, files, bytes, created_at, provenance, output_type, status, scan FROM artifacts WHERE build_id = ?1 \
              ORDER BY rowid",
         )?;
         let rows = stmt
@@ -324,6 +362,36 @@ impl Store {
                     bytes: r.get(4)?,
                     created_at: r.get(5)?,
                     provenance: r.get(6)?,
+                    output_type: r.get(7)?,
+                    status: r.get(8)?,
+                    scan: r.get(9)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Records a deployment webhook delivery.
+    pub fn insert_delivery(&self, build: &str, d: &DeliveryRow) -> Result<(), EngineError> {
+        self.conn.execute(
+            "INSERT INTO deliveries (build_id, url, artifact, delivered, attempts, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![build, d.url, d.artifact, d.delivered, d.attempts, d.at],
+        )?;
+        Ok(())
+    }
+
+    pub fn deliveries(&self, build: &str) -> Result<Vec<DeliveryRow>, EngineError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT url, artifact, delivered, attempts, at FROM deliveries WHERE build_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt
+            .query_map([build], |r| {
+                Ok(DeliveryRow {
+                    url: r.get(0)?,
+                    artifact: r.get(1)?,
+                    delivered: r.get(2)?,
+                    attempts: r.get(3)?,
+                    at: r.get(4)?,
                 })
             })?
             .collect::<Result<_, _>>()?;

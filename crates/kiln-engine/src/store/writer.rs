@@ -138,10 +138,10 @@ fn apply(store: &Store, build: &str, events: &[Event]) -> Result<(), crate::Engi
                     params![build, crate::time::now_rfc3339(), kind, job, step, detail],
                 )?;
             }
-            Event::Artifact { job, name, id, files, bytes, provenance } => {
+            Event::Artifact { job, name, id, files, bytes, provenance, output_type, status, scan } => {
                 tx.execute(
-                    "INSERT INTO artifacts (build_id, name, id, job, files, bytes, created_at, provenance) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT INTO artifacts (build_id, name, id, job, files, bytes, created_at, provenance, output_type, status, scan) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                     params![
                         build,
                         name,
@@ -150,7 +150,10 @@ fn apply(store: &Store, build: &str, events: &[Event]) -> Result<(), crate::Engi
                         *files as i64,
                         *bytes as i64,
                         crate::time::now_rfc3339(),
-                        provenance
+                        provenance,
+                        output_type,
+                        status,
+                        scan
                     ],
                 )?;
             }

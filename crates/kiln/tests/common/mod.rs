@@ -4,6 +4,8 @@
 //! with the reason: they never skip silently.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -217,4 +219,70 @@ macro_rules! per_tier {
             }
         }
     };
+}
+
+/// A static file server on 127.0.0.2 (dumb HTTP, enough for curl and git).
+pub struct Origin {
+    pub port: u16,
+    pub root: tempfile::TempDir,
+}
+
+impl Origin {
+    pub fn start() -> Origin {
+        let listener = TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+        let port = listener.local_addr().unwrap().port();
+        let root = tempfile::tempdir().unwrap();
+        let dir: PathBuf = root.path().to_path_buf();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut first = String::new();
+                    if reader.read_line(&mut first).is_err() {
+                        return;
+                    }
+                    loop {
+                        let mut l = String::new();
+                        if reader.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                            break;
+                        }
+                    }
+                    let path =
+                        first.split_whitespace().nth(1).unwrap_or("/").split('?').next().unwrap_or("/");
+                    let mut file = dir.join(path.trim_start_matches('/'));
+                    if file.is_dir() {
+                        file = file.join("index.json");
+                    }
+                    let mut conn = conn;
+                    match std::fs::read(&file) {
+                        Ok(body) if !path.contains("..") => {
+                            let _ = write!(
+                                conn,
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = conn.write_all(&body);
+                        }
+                        _ => {
+                            let _ = conn.write_all(
+                                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                            );
+                        }
+                    }
+                });
+            }
+        });
+        Origin { port, root }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.2:{}", self.port)
+    }
+
+    pub fn put(&self, rel: &str, body: &[u8]) {
+        let p = self.root.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
 }

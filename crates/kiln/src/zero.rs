@@ -1,0 +1,763 @@
+//! `kiln build`: the zero-config pipeline. It is an ordinary workflow that
+//! kiln writes (print it with `--print-workflow`): fetch → detect → the
+//! dependency cache → install → build → package, one job whose steps each run
+//! in their own sandbox with their phase's network. The host side of detect
+//! and package reads files; it never runs what the repository contains.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use kiln_engine::{BuildRequest, Executor};
+use serde_json::{json, Map, Value};
+
+use crate::cli::{BuildArgs, LfsArg, SubmodulesArg};
+use crate::run::{EngineSetup, EXIT_INFRA, EXIT_INVALID, LOCAL_TENANT};
+
+/// Deepest directory a fetched tree may have.
+const MAX_TREE_DEPTH: u32 = 64;
+
+/// Where the source comes from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// Fetched inside a sandbox whose network reaches only `host:port`.
+    Remote { url: String, host: String, port: u16, plain_http: bool },
+    /// A local directory: a git repository is cloned by kiln (no hard links,
+    /// no shared objects) before any step runs; anything else is copied.
+    Local(PathBuf),
+}
+
+/// One operator-named registry mirror: `npm=URL`, `pypi=URL`, `go=URL`.
+#[derive(Debug, Clone)]
+struct Registry {
+    kind: String,
+    url: url::Url,
+}
+
+impl Registry {
+    fn parse(spec: &str) -> Result<Registry, String> {
+        let (kind, url) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--registry {spec}: expected KIND=URL (npm, pypi or go)"))?;
+        if !matches!(kind, "npm" | "pypi" | "go") {
+            return Err(format!("--registry {spec}: unknown kind `{kind}` (npm, pypi or go)"));
+        }
+        let url = url::Url::parse(url).map_err(|e| format!("--registry {spec}: {e}"))?;
+        if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+            return Err(format!("--registry {spec}: an http(s) URL with a host"));
+        }
+        Ok(Registry { kind: kind.to_string(), url })
+    }
+
+    /// The environment that points the package manager at the mirror.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let u = self.url.as_str().to_string();
+        match self.kind.as_str() {
+            "npm" => vec![
+                ("npm_config_registry", u.clone()),
+                ("YARN_NPM_REGISTRY_SERVER", u.clone()),
+                ("BUN_CONFIG_REGISTRY", u),
+            ],
+            "pypi" => vec![("PIP_INDEX_URL", u.clone()), ("UV_INDEX_URL", u)],
+            _ => vec![("GOPROXY", u)],
+        }
+    }
+}
+
+fn parse_source(spec: &str) -> Result<Source, String> {
+    if spec.contains("${{") {
+        return Err("the source may not contain `${{`".into());
+    }
+    if let Some(rest) = spec.strip_prefix("ext::") {
+        let _ = rest;
+        return Err("`ext::` transports are never allowed".into());
+    }
+    if spec.contains("://") {
+        let url = url::Url::parse(spec).map_err(|e| format!("{spec}: {e}"))?;
+        if url.scheme() == "file" {
+            let p = url.to_file_path().map_err(|_| format!("{spec}: not a local path"))?;
+            return Ok(Source::Local(p));
+        }
+        let host = url.host_str().ok_or_else(|| format!("{spec}: no host"))?.to_string();
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("{spec}: credentials in the URL are refused; pass a token as a secret"));
+        }
+        let plain_http = match url.scheme() {
+            "https" => false,
+            "http" => true,
+            other => return Err(format!("{spec}: only https (or a local path) is fetched, not `{other}`")),
+        };
+        let port = url.port_or_known_default().unwrap_or(443);
+        return Ok(Source::Remote { url: url.to_string(), host, port, plain_http });
+    }
+    if spec.contains(':') && !Path::new(spec).exists() {
+        return Err(format!("{spec}: scp-style and ssh URLs are not fetched; use https"));
+    }
+    Ok(Source::Local(PathBuf::from(spec)))
+}
+
+/// The shell script of the fetch step. Everything variable comes from the
+/// step's environment, never from text pasted into the script.
+fn fetch_script() -> String {
+    format!(
+        r#"set -eu
+export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_TERMINAL_PROMPT=0 GIT_LFS_SKIP_SMUDGE=1 HOME=/tmp
+g() {{
+  git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c core.pager=cat \
+    -c protocol.allow=never -c "protocol.$KILN_FETCH_PROTO.allow=always" \
+    -c transfer.fsckObjects=true -c fetch.fsckObjects=true \
+    -c submodule.recurse=false -c advice.detachedHead=false -c init.defaultBranch=main "$@"
+}}
+g init -q .
+g remote add origin "$KILN_FETCH_URL"
+if [ -n "$KILN_FETCH_SPARSE" ]; then
+  # shellcheck disable=SC2086
+  g sparse-checkout set --cone -- $KILN_FETCH_SPARSE
+fi
+# shellcheck disable=SC2086
+g fetch -q --no-tags $KILN_FETCH_DEPTH origin "$KILN_FETCH_REF"
+g checkout -q --detach FETCH_HEAD
+commit=$(g rev-parse HEAD)
+echo "commit=$commit" >> "$GITHUB_OUTPUT"
+echo "fetched $KILN_FETCH_URL at $commit"
+deep=$(find . -path ./.git -prune -o -mindepth {MAX_TREE_DEPTH} -print | head -n 1)
+if [ -n "$deep" ]; then
+  echo "refused: the tree is deeper than {MAX_TREE_DEPTH} levels ($deep)" >&2
+  exit 1
+fi
+if [ "$KILN_FETCH_SUBMODULES" != none ] && [ -f .gitmodules ]; then
+  g config -f .gitmodules --get-regexp '^submodule\..*\.url$' | while read -r key url; do
+    case "$url" in
+      "$KILN_FETCH_PROTO://$KILN_FETCH_HOST"/*|../*|./*) ;;
+      *) echo "refused submodule URL of $key: $url (only $KILN_FETCH_PROTO on $KILN_FETCH_HOST)" >&2; exit 1 ;;
+    esac
+  done
+  if [ "$KILN_FETCH_SUBMODULES" = recursive ]; then
+    g submodule update --init --recursive --depth 1
+  else
+    g submodule update --init --depth 1
+  fi
+fi
+if [ "$KILN_FETCH_LFS" = fetch ]; then
+  command -v git-lfs >/dev/null || {{ echo "--lfs fetch: git-lfs is not installed in the builder" >&2; exit 1; }}
+  g lfs pull
+fi
+"#
+    )
+}
+
+/// The pipeline for `source` as a workflow document.
+fn pipeline(args: &BuildArgs, source: &Source, registries: &[Registry]) -> Value {
+    let mut steps: Vec<Value> = Vec::new();
+    match source {
+        Source::Remote { url, host, port, plain_http } => {
+            let depth = if args.full { String::new() } else { format!("--depth {}", args.depth.max(1)) };
+            steps.push(json!({
+                "id": "fetch",
+                "name": "fetch",
+                "timeout-minutes": 10,
+                // An address (an operator's mirror) is reached through
+                // --allow-private; a name through this rule.
+                "kiln": { "phase": "source-fetch", "network": { "allow":
+                    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') { vec![] } else { vec![format!("{host}:{port}")] }
+                } },
+                "env": {
+                    "KILN_FETCH_URL": url,
+                    "KILN_FETCH_HOST": if (*plain_http && *port != 80) || (!*plain_http && *port != 443) { format!("{host}:{port}") } else { host.clone() },
+                    "KILN_FETCH_PROTO": if *plain_http { "http" } else { "https" },
+                    "KILN_FETCH_REF": args.git_ref.clone().unwrap_or_else(|| "HEAD".into()),
+                    "KILN_FETCH_DEPTH": depth,
+                    "KILN_FETCH_SPARSE": args.sparse.join(" "),
+                    "KILN_FETCH_SUBMODULES": match args.submodules {
+                        SubmodulesArg::None => "none",
+                        SubmodulesArg::Shallow => "shallow",
+                        SubmodulesArg::Recursive => "recursive",
+                    },
+                    "KILN_FETCH_LFS": match args.lfs { LfsArg::Skip => "skip", LfsArg::Fetch => "fetch" },
+                },
+                "run": fetch_script(),
+            }));
+        }
+        Source::Local(_) => {
+            steps.push(json!({ "id": "fetch", "name": "fetch", "uses": "actions/checkout@v4" }))
+        }
+    }
+    steps.push(json!({
+        "id": "detect",
+        "name": "detect",
+        "uses": "kiln/detect@v1",
+        "with": { "ignore-scripts": args.ignore_scripts.to_string() },
+    }));
+    steps.push(json!({
+        "id": "deps",
+        "name": "dependency cache",
+        "if": "steps.detect.outputs.cache-key != ''",
+        "uses": "actions/cache@v4",
+        "with": {
+            "key": "${{ steps.detect.outputs.cache-key }}",
+            "path": "${{ steps.detect.outputs.cache-paths }}",
+        },
+    }));
+    // Package managers keep their caches and config under HOME: inside the
+    // workspace (`.kiln/home`), so the dependency cache can carry them and
+    // nothing is written outside it. No telemetry, audits or update checks:
+    // they would only knock on the proxy.
+    let mut install_env = Map::new();
+    let home = format!("${{{{ github.workspace }}}}/{}", kiln_build::HOME_DIR);
+    for (k, v) in [
+        ("HOME", home.as_str()),
+        ("npm_config_audit", "false"),
+        ("npm_config_fund", "false"),
+        ("npm_config_update_notifier", "false"),
+        ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
+        ("CARGO_TERM_COLOR", "never"),
+    ] {
+        install_env.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    for r in registries {
+        for (k, v) in r.env() {
+            install_env.insert(k.to_string(), Value::String(v));
+        }
+    }
+    steps.push(json!({
+        "name": "install",
+        "if": "steps.detect.outputs.install != '' && steps.deps.outputs.cache-hit != 'true'",
+        "timeout-minutes": 30,
+        "kiln": { "phase": "dependency-install", "network": "registries" },
+        "env": install_env,
+        "run": "mkdir -p \"$HOME\"\n${{ steps.detect.outputs.install }}",
+    }));
+    steps.push(json!({
+        "name": "build",
+        "if": "steps.detect.outputs.build != '' && steps.detect.outputs.hermetic == 'true'",
+        "timeout-minutes": 30,
+        "kiln": { "phase": "build", "network": "none" },
+        "env": install_env,
+        "run": "mkdir -p \"$HOME\"\n${{ steps.detect.outputs.build }}",
+    }));
+    steps.push(json!({
+        "name": "build (with network: kiln.toml hermetic = false)",
+        "if": "steps.detect.outputs.build != '' && steps.detect.outputs.hermetic != 'true'",
+        "timeout-minutes": 30,
+        "kiln": { "phase": "build", "network": "registries" },
+        "env": install_env,
+        "run": "mkdir -p \"$HOME\"\n${{ steps.detect.outputs.build }}",
+    }));
+    let mut package = json!({
+        "id": "package",
+        "name": "package",
+        "uses": "kiln/package@v1",
+        "with": { "name": "output", "output-type": "${{ steps.detect.outputs.output-type }}" },
+    });
+    if matches!(source, Source::Remote { .. }) {
+        package["with"]["commit"] = json!("${{ steps.fetch.outputs.commit }}");
+    }
+    steps.push(package);
+    json!({
+        "name": format!("kiln build {}", args.source),
+        "jobs": { "build": { "name": "build", "timeout-minutes": 90, "steps": steps } },
+    })
+}
+
+/// Block YAML for a JSON value; every scalar is a double-quoted JSON string
+/// (valid YAML), so nothing in a URL or a path can change the structure.
+fn to_yaml(v: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match v {
+                    Value::Object(inner) if !inner.is_empty() => {
+                        out.push_str(&format!("{pad}{k}:\n"));
+                        to_yaml(v, indent + 2, out);
+                    }
+                    Value::Array(items) if !items.is_empty() => {
+                        out.push_str(&format!("{pad}{k}:\n"));
+                        to_yaml(v, indent + 2, out);
+                    }
+                    _ => out.push_str(&format!("{pad}{k}: {}\n", scalar(v))),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                match item {
+                    Value::Object(_) | Value::Array(_) => {
+                        let mut inner = String::new();
+                        to_yaml(item, indent + 2, &mut inner);
+                        let inner = inner.trim_start().to_string();
+                        out.push_str(&format!("{pad}- {inner}"));
+                    }
+                    _ => out.push_str(&format!("{pad}- {}\n", scalar(item))),
+                }
+            }
+        }
+        _ => out.push_str(&format!("{pad}{}\n", scalar(v))),
+    }
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => serde_json::to_string(s).unwrap_or_default(),
+        Value::Object(_) => "{}".into(),
+        Value::Array(_) => "[]".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The workflow text of the pipeline.
+fn workflow_text(args: &BuildArgs, source: &Source, registries: &[Registry]) -> String {
+    let mut out = String::from("# The zero-config pipeline kiln runs for this source.\n");
+    to_yaml(&pipeline(args, source, registries), 0, &mut out);
+    out
+}
+
+pub fn build(args: BuildArgs) -> u8 {
+    match build_inner(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}
+
+fn build_inner(args: BuildArgs) -> anyhow::Result<u8> {
+    let source = match parse_source(&args.source) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let mut registries = Vec::new();
+    for spec in &args.registries {
+        match Registry::parse(spec) {
+            Ok(r) => registries.push(r),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(EXIT_INVALID);
+            }
+        }
+    }
+    for p in &args.sparse {
+        if let Err(e) = kiln_workflow::check_relative_path(p) {
+            eprintln!("error: --sparse {p}: {e}");
+            return Ok(EXIT_INVALID);
+        }
+        if p.contains(char::is_whitespace) {
+            eprintln!("error: --sparse {p}: paths with spaces are not supported");
+            return Ok(EXIT_INVALID);
+        }
+    }
+    let text = workflow_text(&args, &source, &registries);
+    if args.print_workflow {
+        print!("{text}");
+        return Ok(0);
+    }
+    let plan = match kiln_workflow::load("kiln-build.yml", &text) {
+        Ok(p) => Arc::new(p),
+        Err(diags) => {
+            // The pipeline is kiln's own: failing to load it is kiln's bug.
+            for d in &diags.0 {
+                eprintln!("error: {d}");
+            }
+            return Ok(EXIT_INFRA);
+        }
+    };
+    let mut setup = match EngineSetup::from_args(&args.engine) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    for r in &registries {
+        setup.config.registries.push(r.url.to_string());
+        // A mirror the operator names is opened even on a private address.
+        if let Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)) = r.url.host() {
+            if let Ok(addrs) = r.url.socket_addrs(|| None) {
+                setup.config.allow_private.extend(addrs);
+            }
+        }
+    }
+    if let Source::Remote { host, port, plain_http: true, .. } = &source {
+        // Plain http only to a private address the operator opened.
+        let opened =
+            setup.config.allow_private.iter().any(|a| a.port() == *port && a.ip().to_string() == *host);
+        if !opened {
+            eprintln!(
+                "error: {}: plain http is fetched only from an address opened with --allow-private",
+                args.source
+            );
+            return Ok(EXIT_INVALID);
+        }
+    }
+    let mut scanner = kiln_scan::Scanner::builtin();
+    if let Some(sock) = &args.clamd {
+        scanner =
+            scanner.with_clamd(kiln_scan::Clamd::unix(sock), std::time::Duration::from_secs(args.scan_wait));
+    }
+    setup.config.scanner = Some(Arc::new(scanner));
+
+    std::fs::create_dir_all(&args.engine.state.state_dir)
+        .with_context(|| format!("creating {}", args.engine.state.state_dir.display()))?;
+    let executor = Executor::new(setup.config.clone())?;
+    // A local git repository becomes kiln's own clone first.
+    let scratch = tempfile::Builder::new().prefix("source-").tempdir_in(executor.state_dir())?;
+    let (source_dir, source_info) = match &source {
+        Source::Local(dir) => {
+            let dir =
+                std::fs::canonicalize(dir).with_context(|| format!("source directory {}", dir.display()))?;
+            local_source(&dir, &args, scratch.path())?
+        }
+        Source::Remote { url, .. } => {
+            let info = kiln_engine::contexts::SourceInfo {
+                repository: url.clone(),
+                sha: "0".repeat(40),
+                git_ref: args.git_ref.clone().unwrap_or_default(),
+                event_name: "push".into(),
+            };
+            (scratch.path().to_path_buf(), info)
+        }
+    };
+
+    let attempts = args.retries + 1;
+    let mut attempt = 1;
+    let (build, summary) = loop {
+        let build = kiln_engine::time::new_build_id();
+        let request = BuildRequest {
+            build: build.clone(),
+            tenant: LOCAL_TENANT.into(),
+            plan: plan.clone(),
+            source: source_dir.clone(),
+            source_info: source_info.clone(),
+            secrets: setup.secrets.clone(),
+            untrusted: args.engine.untrusted,
+        };
+        let summary = crate::run::execute_with_terminal(&executor, request, args.engine.json)?;
+        let infra = summary.status == "failed"
+            && summary
+                .jobs
+                .iter()
+                .any(|j| j.reason.as_deref().is_some_and(|r| r.starts_with("infrastructure")));
+        if infra && attempt < attempts {
+            eprintln!(
+                "kiln: build {build} failed for an infrastructure reason; retrying ({}/{})",
+                attempt + 1,
+                attempts
+            );
+            attempt += 1;
+            continue;
+        }
+        break (build, summary);
+    };
+    let result = finish(&args, &executor, &build, &summary, attempt)?;
+    if args.engine.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        eprint!("{}", render_result(&result));
+    }
+    Ok(summary.exit_code() as u8)
+}
+
+/// The result block for a human.
+fn render_result(r: &Value) -> String {
+    let mut out = String::new();
+    if r["attempts"].as_u64().unwrap_or(1) > 1 {
+        out.push_str(&format!("attempts: {} (infrastructure failures retried)\n", r["attempts"]));
+    }
+    if let Some(f) = r["failure"].as_str() {
+        out.push_str(&format!(
+            "build {} {}: {f}\n",
+            r["build"].as_str().unwrap_or(""),
+            r["status"].as_str().unwrap_or("")
+        ));
+    }
+    let a = &r["artifact"];
+    if a.is_object() {
+        out.push_str(&format!(
+            "artifact {} ({}, {} files, {} bytes): {}\n",
+            a["id"].as_str().unwrap_or(""),
+            a["output_type"].as_str().unwrap_or(""),
+            a["files"],
+            a["bytes"],
+            a["status"].as_str().unwrap_or("")
+        ));
+        for line in a["scan"].as_array().into_iter().flatten() {
+            out.push_str(&format!("  {}\n", line.as_str().unwrap_or("")));
+        }
+        if let Some(p) = a["provenance"].as_str() {
+            out.push_str(&format!("provenance {p}\n"));
+        }
+    }
+    let d = &r["delivery"];
+    if d.is_object() {
+        out.push_str(&format!(
+            "notify {}: {} after {} attempt(s)\n",
+            d["url"].as_str().unwrap_or(""),
+            if d["delivered"] == true { "delivered" } else { "NOT delivered" },
+            d["attempts"].as_array().map(|a| a.len()).unwrap_or(0)
+        ));
+    }
+    out
+}
+
+/// Clones a local git repository (kiln's own copy: no hard links, no
+/// shared objects, hardened git over the operator's directory, before any
+/// step runs); a directory outside git is used as it is.
+fn local_source(
+    dir: &Path,
+    args: &BuildArgs,
+    scratch: &Path,
+) -> anyhow::Result<(PathBuf, kiln_engine::contexts::SourceInfo)> {
+    // Only the top of a repository is cloned; a directory inside one (an
+    // example in a monorepo) is copied as it is.
+    let top = kiln_engine::git::hardened_git(dir)
+        .args(["rev-parse", "--show-toplevel"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let is_repo = top.and_then(|t| std::fs::canonicalize(t).ok()).is_some_and(|t| t == dir);
+    if !is_repo {
+        return Ok((dir.to_path_buf(), kiln_engine::git::source_info(dir)));
+    }
+    let target = scratch.join("src");
+    let url = url::Url::from_directory_path(dir)
+        .map_err(|_| anyhow!("{} is not an absolute path", dir.display()))?;
+    let mut cmd = kiln_engine::git::hardened_git(scratch);
+    cmd.args([
+        "-c",
+        "protocol.file.allow=always",
+        "clone",
+        "--quiet",
+        "--no-local",
+        "--no-hardlinks",
+        "--no-tags",
+    ]);
+    if !args.full {
+        cmd.arg(format!("--depth={}", args.depth.max(1)));
+    }
+    if let Some(r) = &args.git_ref {
+        cmd.args(["--branch", r]);
+    }
+    cmd.arg("--").arg(url.as_str()).arg(&target);
+    cmd.stderr(std::process::Stdio::piped());
+    let out = cmd.output().context("running git")?;
+    if !out.status.success() {
+        return Err(anyhow!("cloning {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    if args.submodules != SubmodulesArg::None {
+        return Err(anyhow!(
+            "--submodules with a local directory: build from the repository's https URL so submodules are fetched in a sandbox"
+        ));
+    }
+    let mut info = kiln_engine::git::source_info(&target);
+    info.repository = format!("file://{}", dir.display());
+    Ok((target, info))
+}
+
+/// What the build produced (for the terminal or `--json`), after the
+/// deployment webhook when there is one.
+fn finish(
+    args: &BuildArgs,
+    executor: &Executor,
+    build: &str,
+    summary: &kiln_engine::BuildSummary,
+    attempts: u32,
+) -> anyhow::Result<Value> {
+    let store = kiln_engine::store::Store::open(executor.state_dir())?;
+    let artifacts = store.artifacts(build)?;
+    let mut result = json!({
+        "type": "result",
+        "build": build,
+        "status": summary.status,
+        "attempts": attempts,
+    });
+    if summary.status != "succeeded" {
+        let why = summary.jobs.iter().find(|j| j.status == "failed").map(classify);
+        result["failure"] = json!(why.unwrap_or_else(|| summary.status.clone()));
+    }
+    let Some(a) = artifacts.last() else {
+        return Ok(result);
+    };
+    result["artifact"] = json!({
+        "id": a.id,
+        "name": a.name,
+        "output_type": a.output_type,
+        "files": a.files,
+        "bytes": a.bytes,
+        "status": a.status,
+        "scan": a.scan.as_deref().map(|s| s.lines().collect::<Vec<_>>()).unwrap_or_default(),
+        "provenance": a.provenance,
+    });
+    if let Some(url) = &args.notify {
+        if summary.status == "succeeded" && a.status != "quarantined" {
+            let d = notify(args, executor, build, a, url)?;
+            let attempts = serde_json::to_value(&d.attempts)?;
+            store.insert_delivery(
+                build,
+                &kiln_engine::store::DeliveryRow {
+                    url: url.clone(),
+                    artifact: a.id.clone(),
+                    delivered: d.delivered,
+                    attempts: attempts.to_string(),
+                    at: kiln_engine::time::now_rfc3339(),
+                },
+            )?;
+            result["delivery"] = json!({ "url": url, "delivered": d.delivered, "attempts": attempts });
+        }
+    }
+    Ok(result)
+}
+
+/// `build command exited with 1` (the user's) or `infrastructure: ...`.
+fn classify(j: &kiln_engine::JobSummary) -> String {
+    match (&j.reason, j.exit_code) {
+        (Some(r), _) if r.starts_with("infrastructure") => r.clone(),
+        (Some(r), _) => r.clone(),
+        (None, Some(c)) => format!("a step exited with {c}"),
+        (None, None) => "failed".into(),
+    }
+}
+
+fn notify(
+    args: &BuildArgs,
+    executor: &Executor,
+    build: &str,
+    a: &kiln_engine::store::ArtifactRow,
+    url: &str,
+) -> anyhow::Result<kiln_build::Delivery> {
+    let key_path = args.notify_key_file.clone().unwrap_or_else(|| executor.state_dir().join("notify.key"));
+    let key = load_or_create_key(&key_path)?;
+    let provenance = match &a.provenance {
+        Some(d) => {
+            let store = executor.blob_store(LOCAL_TENANT)?;
+            let digest: kiln_store::Digest = d.parse().map_err(|_| anyhow!("bad provenance digest {d}"))?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let bytes = rt.block_on(store.get_bytes(&digest, None)).map_err(|e| anyhow!("{e}"))?;
+            serde_json::from_slice::<Value>(&bytes)?
+        }
+        None => Value::Null,
+    };
+    let payload = json!({
+        "build": build,
+        "artifact": { "id": a.id, "name": a.name, "files": a.files, "bytes": a.bytes, "status": a.status },
+        "output_type": a.output_type,
+        "provenance": provenance,
+        "source": args.source,
+    });
+    let notifier = kiln_build::Notifier::new(url, key).map_err(|e| anyhow!("--notify: {e}"))?;
+    Ok(notifier.deliver(&payload, &format!("{build}:{}", a.id), kiln_build::RetryPolicy::default()))
+}
+
+/// The webhook HMAC key: 32 random bytes, hex, in a 0600 file.
+fn load_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return hex::decode(text.trim()).map_err(|_| anyhow!("{}: not a hex key", path.display()));
+    }
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| anyhow!("random key: {e}"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{}", hex::encode(key))?;
+    Ok(key.to_vec())
+}
+
+/// `kiln reproduce BUILD`: the builder, environment, commands and source a
+/// user needs to rebuild by hand.
+pub fn reproduce(args: crate::cli::LogsArgs) -> u8 {
+    let result = (|| -> anyhow::Result<()> {
+        let store = kiln_engine::store::Store::open(&args.state.state_dir)?;
+        let b = store.resolve_build(&args.build)?;
+        let artifacts = store.artifacts(&b.id)?;
+        let blob = crate::run::open_store(&args.state)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let mut out = json!({ "build": b.id, "pipeline": b.pipeline, "status": b.status });
+        if let Some(a) = artifacts.last() {
+            let id: kiln_store::TreeDigest = a.id.parse().map_err(|_| anyhow!("bad artifact id {}", a.id))?;
+            let rec = rt.block_on(blob.get_artifact(&id)).map_err(|e| anyhow!("{e}"))?;
+            out["builder"] = json!({ "id": kiln_engine::runner::artifacts::BUILDER_ID, "version": rec.build.builder_version });
+            out["source"] = json!({ "repository": rec.source.repository, "commit": rec.source.commit, "ref": rec.source.git_ref });
+            out["commands"] = json!(rec.build.commands);
+            out["environment_digest"] = json!(rec.build.environment_digest);
+            out["artifact"] = json!({ "id": a.id, "output_type": a.output_type, "status": a.status });
+        }
+        let logs = store.logs(&b.id)?;
+        let env: Vec<String> = logs
+            .iter()
+            .filter(|l| l.step == "detect" && l.stream == kiln_engine::Stream::System)
+            .map(|l| l.text.clone())
+            .collect();
+        out["detected"] = json!(env);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(());
+        }
+        println!("# Rebuild {} by hand", b.id);
+        if let Some(s) = out.get("source") {
+            println!(
+                "git clone {} src && cd src && git checkout {}",
+                s["repository"].as_str().unwrap_or(""),
+                s["commit"].as_str().unwrap_or("")
+            );
+        }
+        if let Some(bld) = out.get("builder") {
+            println!(
+                "# builder: {} {}",
+                bld["id"].as_str().unwrap_or(""),
+                bld["version"].as_str().unwrap_or("")
+            );
+        }
+        for line in out["detected"].as_array().into_iter().flatten() {
+            println!("# {}", line.as_str().unwrap_or(""));
+        }
+        for c in out.get("commands").and_then(Value::as_array).into_iter().flatten() {
+            println!("{}", c.as_str().unwrap_or(""));
+        }
+        if let Some(d) = out.get("environment_digest") {
+            println!("# environment digest (secrets excluded): {}", d.as_str().unwrap_or(""));
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources() {
+        assert!(matches!(
+            parse_source("https://git.example/a/b.git"),
+            Ok(Source::Remote { port: 443, plain_http: false, .. })
+        ));
+        assert!(parse_source("ext::sh -c touch% /tmp/pwned").is_err());
+        assert!(parse_source("ssh://git@host/x").is_err());
+        assert!(parse_source("git@host:x/y").is_err());
+        assert!(parse_source("https://user:tok@host/x").is_err());
+        assert!(parse_source("https://host/${{ secrets.X }}").is_err());
+        assert!(matches!(parse_source("file:///srv/repo"), Ok(Source::Local(_))));
+    }
+
+    #[test]
+    fn yaml_round_trips_hostile_text() {
+        let v = json!({ "jobs": { "a": { "steps": [ { "run": "echo \"x\": y\n- z #c", "env": { "K": "a: [b]" } } ] } } });
+        let mut y = String::new();
+        to_yaml(&v, 0, &mut y);
+        let docs = yaml_rust2::YamlLoader::load_from_str(&y).unwrap();
+        assert_eq!(docs[0]["jobs"]["a"]["steps"][0]["run"].as_str().unwrap(), "echo \"x\": y\n- z #c");
+        assert_eq!(docs[0]["jobs"]["a"]["steps"][0]["env"]["K"].as_str().unwrap(), "a: [b]");
+    }
+}

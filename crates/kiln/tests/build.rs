@@ -1,0 +1,486 @@
+//! `kiln build`: the zero-config pipeline end to end, with real package
+//! managers in real sandboxes. Registries and git servers are this test's
+//! own, on 127.0.0.2; nothing leaves loopback.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use common::{Origin, Project, Run};
+use serde_json::Value;
+
+/// The repository's examples directory.
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name)
+}
+
+/// `kiln build <source> --json <extra>` with the project's state dir.
+fn build(p: &Project, source: &str, extra: &[&str]) -> Run {
+    let out = p.kiln().args(["build", source, "--json"]).args(extra).output().expect("run kiln");
+    Run::parse(out)
+}
+
+/// The `{"type":"result"}` line of `kiln build --json`.
+fn result(run: &Run) -> &Value {
+    run.entries
+        .iter()
+        .find(|e| e["type"] == "result")
+        .unwrap_or_else(|| panic!("no result line\nstdout: {}\nstderr: {}", run.stdout, run.stderr))
+}
+
+fn system(run: &Run) -> String {
+    run.system_lines("build").join("\n")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let ok = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success();
+    assert!(ok, "cp -a {} {}", from.display(), to.display());
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn static_site_example_is_built_scanned_signed() {
+    let p = Project::new("");
+    let site = p.path().join("site");
+    copy_dir(&example("static-site"), &site);
+    let run = build(&p, site.to_str().unwrap(), &[]);
+    run.expect_code(0);
+    let r = result(&run);
+    let a = &r["artifact"];
+    assert_eq!(a["output_type"], "static", "{r}");
+    assert_eq!(a["status"], "ready", "{r}");
+    assert_eq!(a["files"], 3, "{r}");
+    let sys = system(&run);
+    assert!(sys.contains("package manager: npm"), "{sys}");
+    assert!(sys.contains("output: dist (static)"), "{sys}");
+    // Signed, and the signature and every file check out.
+    let id = a["id"].as_str().unwrap();
+    let ok = p.kiln().args(["verify", id]).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // The build step had no network: the provenance says hermetic.
+    let prov = p.kiln().args(["artifact", "provenance", id]).output().unwrap();
+    let envelope: Value = serde_json::from_slice(&prov.stdout).unwrap();
+    let statement = base64_decode(envelope["payload"].as_str().unwrap());
+    let statement: Value = serde_json::from_slice(&statement).unwrap();
+    let text = statement.to_string();
+    assert!(text.contains("\"hermetic\":true"), "{text}");
+    assert!(text.contains("npm run build"), "the commands are recorded: {text}");
+
+    // What a user needs to rebuild it by hand.
+    let out = p.kiln().args(["reproduce", &r["build"].as_str().unwrap()[..12]]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("npm ci") && text.contains("npm run build"), "{text}");
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    common::pipe("base64", &["-d"], s.as_bytes())
+}
+
+#[test]
+fn python_and_rust_examples_build_offline() {
+    let p = Project::new("");
+    let py = p.path().join("py");
+    copy_dir(&example("python-package"), &py);
+    let run = build(&p, py.to_str().unwrap(), &["--isolation", "container"]);
+    run.expect_code(0);
+    let a = &result(&run)["artifact"];
+    assert_eq!(a["output_type"], "function", "{a}");
+    assert_eq!(a["files"], 1, "one wheel: {a}");
+
+    let rs = p.path().join("rs");
+    copy_dir(&example("rust-crate"), &rs);
+    let run = build(&p, rs.to_str().unwrap(), &["--isolation", "container"]);
+    run.expect_code(0);
+    let a = &result(&run)["artifact"];
+    assert_eq!(a["output_type"], "server", "{a}");
+    assert_eq!(a["status"], "ready", "an executable is fine in a server output: {a}");
+}
+
+/// An npm registry on 127.0.0.2 serving one package made by this test.
+fn npm_registry() -> Origin {
+    let origin = Origin::start();
+    let work = tempfile::tempdir().unwrap();
+    let pkg = work.path().join("pkg");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(
+        pkg.join("package.json"),
+        r#"{"name":"kiln-test-greeting","version":"1.0.0","main":"index.js"}"#,
+    )
+    .unwrap();
+    std::fs::write(pkg.join("index.js"), "module.exports = (n) => `hello ${n} from the test registry`;\n")
+        .unwrap();
+    let out = Command::new("npm").args(["pack", "--silent"]).current_dir(&pkg).output().unwrap();
+    assert!(out.status.success(), "npm pack: {}", String::from_utf8_lossy(&out.stderr));
+    let tgz = std::fs::read(pkg.join("kiln-test-greeting-1.0.0.tgz")).unwrap();
+    let sha1 = String::from_utf8(common::pipe("sha1sum", &[], &tgz)).unwrap();
+    let sha512 = common::pipe("openssl", &["dgst", "-sha512", "-binary"], &tgz);
+    let integrity =
+        format!("sha512-{}", String::from_utf8(common::pipe("base64", &["-w0"], &sha512)).unwrap());
+    let base = format!("http://{}", origin.addr());
+    let packument = serde_json::json!({
+        "name": "kiln-test-greeting",
+        "dist-tags": { "latest": "1.0.0" },
+        "versions": {
+            "1.0.0": {
+                "name": "kiln-test-greeting", "version": "1.0.0", "main": "index.js",
+                "dist": {
+                    "tarball": format!("{base}/kiln-test-greeting/-/kiln-test-greeting-1.0.0.tgz"),
+                    "shasum": sha1.split_whitespace().next().unwrap(),
+                    "integrity": integrity,
+                }
+            },
+            // A newer version, so a package.json that asks for it is merely
+            // out of sync with the lockfile.
+            "2.0.0": {
+                "name": "kiln-test-greeting", "version": "2.0.0", "main": "index.js",
+                "dist": { "tarball": format!("{base}/kiln-test-greeting/-/kiln-test-greeting-2.0.0.tgz") }
+            }
+        }
+    });
+    origin.put("kiln-test-greeting/index.json", packument.to_string().as_bytes());
+    origin.put("kiln-test-greeting/-/kiln-test-greeting-1.0.0.tgz", &tgz);
+    origin
+}
+
+/// A Node project that depends on the test registry's package.
+fn npm_project(p: &Project, registry: &str) -> PathBuf {
+    let dir = p.path().join("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("package.json"),
+        r#"{"name":"app","version":"1.0.0","private":true,
+            "dependencies":{"kiln-test-greeting":"1.0.0"},
+            "scripts":{"build":"node build.js"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("build.js"),
+        "const g = require('kiln-test-greeting');\nrequire('fs').mkdirSync('dist', {recursive: true});\n\
+         require('fs').writeFileSync('dist/index.html', `<p>${g('kiln')}</p>\\n`);\n",
+    )
+    .unwrap();
+    let out = Command::new("npm")
+        .args(["install", "--package-lock-only", "--no-audit", "--no-fund", "--registry", registry])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "npm install --package-lock-only: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+#[test]
+fn npm_install_from_a_registry_then_the_dependency_cache() {
+    let origin = npm_registry();
+    let registry = format!("http://{}/", origin.addr());
+    let p = Project::new("");
+    let app = npm_project(&p, &registry);
+    let reg_flag = format!("npm={registry}");
+    let args = ["--registry", reg_flag.as_str(), "--isolation", "container"];
+
+    let first = build(&p, app.to_str().unwrap(), &args);
+    first.expect_code(0);
+    let sys = system(&first);
+    assert!(sys.contains("cache miss: deps-npm-"), "{sys}");
+    assert!(sys.contains("cache saved: deps-npm-"), "{sys}");
+    assert!(
+        first.all_text().contains("added 1 package"),
+        "npm ci installed from the registry:\n{}",
+        first.all_text()
+    );
+
+    let second = build(&p, app.to_str().unwrap(), &args);
+    second.expect_code(0);
+    let sys = system(&second);
+    assert!(sys.contains("cache hit: deps-npm-"), "{sys}");
+    assert!(
+        !second.all_text().contains("added 1 package"),
+        "the install was skipped:\n{}",
+        second.all_text()
+    );
+    // Same inputs, same output: the artifact id (a tree digest) repeats.
+    assert_eq!(result(&first)["artifact"]["id"], result(&second)["artifact"]["id"]);
+
+    // An out-of-sync lockfile fails the install, as the user's failure.
+    let pj = app.join("package.json");
+    let text = std::fs::read_to_string(&pj)
+        .unwrap()
+        .replace("\"kiln-test-greeting\":\"1.0.0\"", "\"kiln-test-greeting\":\"2.0.0\"");
+    std::fs::write(&pj, text).unwrap();
+    let stale = build(&p, app.to_str().unwrap(), &args);
+    stale.expect_code(1);
+    let failure = result(&stale)["failure"].as_str().unwrap_or("").to_string();
+    assert!(!failure.starts_with("infrastructure"), "{failure}");
+    assert!(stale.all_text().contains("in sync"), "npm says why:\n{}", stale.all_text());
+}
+
+#[test]
+fn a_lockfile_entry_outside_the_registries_is_refused() {
+    let p = Project::new("");
+    let dir = p.path().join("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("package.json"),
+        r#"{"name":"app","version":"1.0.0","dependencies":{"evil":"1.0.0"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("package-lock.json"),
+        r#"{"name":"app","version":"1.0.0","lockfileVersion":3,"requires":true,"packages":{
+            "":{"name":"app","version":"1.0.0","dependencies":{"evil":"1.0.0"}},
+            "node_modules/evil":{"version":"1.0.0","resolved":"https://evil.example/evil-1.0.0.tgz","integrity":"sha512-AAAA"}}}"#,
+    )
+    .unwrap();
+    let run = build(&p, dir.to_str().unwrap(), &["--isolation", "container"]);
+    run.expect_code(1);
+    let sys = system(&run);
+    assert!(sys.contains("refused:") && sys.contains("evil.example"), "{sys}");
+    assert!(sys.contains("node_modules/evil"), "the entry is named: {sys}");
+}
+
+#[test]
+fn git_filters_and_hooks_from_config_never_run() {
+    let p = Project::new("");
+    let marker = p.path().join("pwned");
+    // The operator's own git config defines a filter driver and a hooks
+    // path (as git-lfs or a hook manager would); the repository names the
+    // filter in .gitattributes and ships hooks.
+    let home = p.path().join("home");
+    let hooks = home.join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    for hook in ["post-checkout", "post-merge", "pre-commit", "reference-transaction"] {
+        let h = hooks.join(hook);
+        std::fs::write(&h, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+        Command::new("chmod").arg("+x").arg(&h).status().unwrap();
+    }
+    std::fs::write(
+        home.join(".gitconfig"),
+        format!(
+            "[filter \"evil\"]\n\tsmudge = touch {m}\n\tclean = touch {m}\n\tprocess = touch {m}\n\trequired = true\n[core]\n\thooksPath = {h}\n\tfsmonitor = touch {m}\n",
+            m = marker.display(),
+            h = hooks.display()
+        ),
+    )
+    .unwrap();
+    let repo = p.path().join("repo");
+    copy_dir(&example("static-site"), &repo);
+    std::fs::write(repo.join(".gitattributes"), "* filter=evil\n").unwrap();
+    git(&repo, &["init", "-q"]);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "site"]);
+    let out = p
+        .kiln()
+        .env("HOME", &home)
+        .args(["build", repo.to_str().unwrap(), "--json", "--isolation", "container"])
+        .output()
+        .unwrap();
+    let run = Run::parse(out);
+    run.expect_code(0);
+    assert!(!marker.exists(), "a filter, hook or fsmonitor from git config ran on the host");
+    assert!(result(&run)["artifact"]["status"] == "ready");
+}
+
+/// A bare repository served over dumb HTTP by `origin`, with `files`.
+fn served_repo(origin: &Origin, files: &[(&str, &str)]) -> String {
+    let work = tempfile::tempdir().unwrap();
+    for (rel, body) in files {
+        let f = work.path().join(rel);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, body).unwrap();
+    }
+    git(work.path(), &["init", "-q"]);
+    git(work.path(), &["add", "."]);
+    git(work.path(), &["commit", "-qm", "init"]);
+    let bare = origin.root.path().join("repo.git");
+    git(work.path(), &["clone", "-q", "--bare", ".", bare.to_str().unwrap()]);
+    git(&bare, &["update-server-info"]);
+    format!("http://{}/repo.git", origin.addr())
+}
+
+#[test]
+fn fetch_in_a_sandbox_and_refuse_hostile_submodules() {
+    let origin = Origin::start();
+    let url = served_repo(
+        &origin,
+        &[
+            (
+                "package.json",
+                r#"{"name":"s","version":"1.0.0","scripts":{"build":"mkdir -p dist && echo ok > dist/index.html"}}"#,
+            ),
+            (
+                "package-lock.json",
+                r#"{"name":"s","version":"1.0.0","lockfileVersion":3,"requires":true,"packages":{"":{"name":"s","version":"1.0.0"}}}"#,
+            ),
+            (".gitmodules", "[submodule \"x\"]\n\tpath = x\n\turl = ext::sh -c touch% /tmp/kiln-ext-pwned\n"),
+        ],
+    );
+    let p = Project::new("");
+    let open = origin.addr();
+    // Without submodules the fetch (dumb http: full history) succeeds and
+    // the commit is recorded in the artifact's source.
+    let run = build(&p, &url, &["--full", "--allow-private", &open, "--isolation", "container"]);
+    run.expect_code(0);
+    assert!(run.all_text().contains("fetched http://"), "{}", run.all_text());
+    // With them, the ext:: URL is refused before anything is fetched.
+    let run = build(
+        &p,
+        &url,
+        &["--full", "--allow-private", &open, "--submodules", "shallow", "--isolation", "container"],
+    );
+    run.expect_code(1);
+    assert!(run.all_text().contains("refused submodule URL"), "{}", run.all_text());
+    assert!(!Path::new("/tmp/kiln-ext-pwned").exists());
+    // A file:// submodule is refused the same way.
+    let origin2 = Origin::start();
+    let url2 = served_repo(
+        &origin2,
+        &[("README", "x"), (".gitmodules", "[submodule \"etc\"]\n\tpath = etc\n\turl = file:///etc\n")],
+    );
+    let open2 = origin2.addr();
+    let run = build(
+        &p,
+        &url2,
+        &["--full", "--allow-private", &open2, "--submodules", "recursive", "--isolation", "container"],
+    );
+    run.expect_code(1);
+    assert!(run.all_text().contains("refused submodule URL"), "{}", run.all_text());
+    // Plain http anywhere else, ssh, and ext:: are refused up front.
+    for bad in ["http://example.com/x.git", "ssh://git@example.com/x.git", "ext::sh -c id"] {
+        let out = p.kiln().args(["build", bad]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn an_eicar_file_in_the_output_is_quarantined() {
+    let p = Project::new("");
+    let dir = p.path().join("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("package.json"),
+        r#"{"name":"app","version":"1.0.0","scripts":{"build":"node build.js"}}"#,
+    )
+    .unwrap();
+    // The test string is assembled by the build, so this file does not hold it.
+    std::fs::write(
+        dir.join("build.js"),
+        "const fs = require('fs');\nfs.mkdirSync('dist', {recursive: true});\n\
+         fs.writeFileSync('dist/index.html', '<p>hi</p>');\n\
+         fs.writeFileSync('dist/x.txt', 'X5O!P%@AP[4\\\\PZX54(P^)7CC)7}$EICAR' + '-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*');\n",
+    )
+    .unwrap();
+    let run = build(&p, dir.to_str().unwrap(), &["--isolation", "container"]);
+    run.expect_code(1);
+    let a = &result(&run)["artifact"];
+    assert_eq!(a["status"], "quarantined", "{a}");
+    assert!(a["scan"].to_string().contains("dist/x.txt") || a["scan"].to_string().contains("x.txt"), "{a}");
+    let audit = p.kiln().args(["audit", "latest", "--json"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&audit.stdout).contains("artifact-quarantined"));
+}
+
+/// Requests a receiver saw: (head, body).
+type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A webhook receiver: answers 503 `fails` times, then 200; keeps every request.
+fn receiver(fails: usize) -> (String, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/deploy", listener.local_addr().unwrap());
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().flatten().enumerate() {
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut head = String::new();
+            let mut len = 0usize;
+            loop {
+                let mut l = String::new();
+                if reader.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                    break;
+                }
+                if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&l);
+            }
+            let mut body = vec![0u8; len];
+            let _ = reader.read_exact(&mut body);
+            log.lock().unwrap().push((head, body));
+            let status = if n < fails { "503 Service Unavailable" } else { "200 OK" };
+            let mut conn = conn;
+            let _ = write!(conn, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn the_deployment_webhook_is_retried_until_delivered() {
+    let (url, seen) = receiver(2);
+    let p = Project::new("");
+    let site = p.path().join("site");
+    copy_dir(&example("static-site"), &site);
+    let key = p.path().join("notify.key");
+    std::fs::write(&key, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n").unwrap();
+    let run = build(
+        &p,
+        site.to_str().unwrap(),
+        &["--isolation", "container", "--notify", &url, "--notify-key-file", key.to_str().unwrap()],
+    );
+    run.expect_code(0);
+    let r = result(&run);
+    assert_eq!(r["delivery"]["delivered"], true, "{r}");
+    assert_eq!(r["delivery"]["attempts"].as_array().unwrap().len(), 3, "{r}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    // The same idempotency key each time; a signature over the body.
+    let header = |h: &str, name: &str| {
+        h.lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let keys: Vec<String> = seen.iter().map(|(h, _)| header(h, "idempotency-key")).collect();
+    assert!(!keys[0].is_empty() && keys.iter().all(|k| k == &keys[0]), "{keys:?}");
+    let (head, body) = &seen[2];
+    let sig = header(head, "x-kiln-signature");
+    let ts = header(head, "x-kiln-timestamp");
+    assert!(
+        kiln_build::notify::verify_signature(
+            &hex_decode(&std::fs::read_to_string(&key).unwrap()),
+            &ts,
+            body,
+            &sig
+        ),
+        "signature {sig} does not verify"
+    );
+    let payload: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(payload["artifact"]["id"], r["artifact"]["id"]);
+    assert_eq!(payload["output_type"], "static");
+    assert!(payload["provenance"]["payload"].is_string(), "the signed provenance travels along: {payload}");
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    let s = s.trim();
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
