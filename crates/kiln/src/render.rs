@@ -28,6 +28,10 @@ pub struct Renderer {
     total: usize,
     done: usize,
     drawn: bool,
+    /// Per phase, in first-seen order: steps that ran and their summed time.
+    phases: Vec<(String, usize, f64)>,
+    /// The phase of each running step, by (job id, step name).
+    step_phase: BTreeMap<(String, String), String>,
 }
 
 impl Renderer {
@@ -44,6 +48,8 @@ impl Renderer {
             total: plan.jobs.len(),
             done: 0,
             drawn: false,
+            phases: Vec::new(),
+            step_phase: BTreeMap::new(),
         }
     }
 
@@ -61,6 +67,9 @@ impl Renderer {
         let mut out = std::io::stdout().lock();
         match event {
             Event::Log(entry) => {
+                if entry.stream == Stream::System && entry.text == "step started" {
+                    self.step_phase.insert((entry.job.clone(), entry.step.clone()), entry.phase.clone());
+                }
                 if self.json {
                     let _ = writeln!(out, "{}", serde_json::to_string(&entry).unwrap_or_default());
                 } else {
@@ -104,13 +113,27 @@ impl Renderer {
             }
             Event::BuildStarted { build, pipeline, .. } => {
                 if !self.json {
-                    let _ = writeln!(out, "{} {pipeline} (build {build})", self.paint("1", "kiln run"));
+                    let _ = writeln!(out, "{} {pipeline} (build {build})", self.paint("1", "kiln:"));
                 }
             }
-            Event::StepStarted { .. }
-            | Event::StepFinished { .. }
-            | Event::Audit { .. }
-            | Event::Artifact { .. } => {}
+            Event::StepFinished { job, record, .. } => {
+                let id = self.running.get(&job).map(|(id, _)| id.clone()).unwrap_or_default();
+                let ran = record.outcome != kiln_engine::runner::StepStatus::Skipped;
+                if let (Some(phase), true) = (self.step_phase.remove(&(id, record.name.clone())), ran) {
+                    let secs = match (&record.started_at, &record.finished_at) {
+                        (Some(a), Some(b)) => duration_between(a, b).unwrap_or(0.0),
+                        _ => 0.0,
+                    };
+                    match self.phases.iter_mut().find(|(p, _, _)| *p == phase) {
+                        Some(entry) => {
+                            entry.1 += 1;
+                            entry.2 += secs;
+                        }
+                        None => self.phases.push((phase, 1, secs)),
+                    }
+                }
+            }
+            Event::StepStarted { .. } | Event::Audit { .. } | Event::Artifact { .. } => {}
         }
         let _ = out.flush();
     }
@@ -141,7 +164,11 @@ impl Renderer {
                 format!("{prefix} {}", self.paint("2", &format!("▸ {text}")))
             }
             Stream::System if e.text == "step started" => {
-                format!("{prefix} {}", self.paint("1", &format!("▶ {}", e.step)))
+                format!(
+                    "{prefix} {} {}",
+                    self.paint("1", &format!("▶ {}", e.step)),
+                    self.paint("2", &format!("· {}", e.phase))
+                )
             }
             Stream::System => format!("{prefix} {}", self.paint("2", &format!("▸ {text}"))),
             Stream::Stderr | Stream::Stdout => format!("{prefix} {text}"),
@@ -179,12 +206,25 @@ impl Renderer {
                 _ => "-".into(),
             };
             t.push_str(&format!(
-                "{:<w$}  {:<10}  {:>9}  {}\n",
+                "{:<w$}  {:<10}  {:>9}  {:>8}  {}\n",
                 j.id,
                 j.status,
                 dur,
+                j.redactions,
                 j.reason.clone().unwrap_or_default()
             ));
+        }
+        if !self.phases.is_empty() {
+            let pw = self.phases.iter().map(|(p, _, _)| p.len()).max().unwrap_or(5).max(5);
+            t.push_str(&format!("\n{:<pw$}  {:>5}  {:>9}\n", "PHASE", "STEPS", "TIME"));
+            for (phase, n, secs) in &self.phases {
+                t.push_str(&format!(
+                    "{:<pw$}  {:>5}  {:>9}\n",
+                    phase,
+                    n,
+                    kiln_engine::time::human_duration(*secs)
+                ));
+            }
         }
         let status = match s.status.as_str() {
             "succeeded" => self.paint("32;1", "succeeded"),

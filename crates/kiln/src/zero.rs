@@ -58,7 +58,15 @@ impl Registry {
                 ("YARN_NPM_REGISTRY_SERVER", u.clone()),
                 ("BUN_CONFIG_REGISTRY", u),
             ],
-            "pypi" => vec![("PIP_INDEX_URL", u.clone()), ("UV_INDEX_URL", u)],
+            "pypi" => {
+                let mut env = vec![("PIP_INDEX_URL", u.clone()), ("UV_INDEX_URL", u)];
+                // pip refuses a plain-http index unless told the operator
+                // trusts that host (they named it).
+                if self.url.scheme() == "http" {
+                    env.push(("PIP_TRUSTED_HOST", self.url.host_str().unwrap_or_default().to_string()));
+                }
+                env
+            }
             _ => vec![("GOPROXY", u)],
         }
     }
@@ -192,6 +200,7 @@ fn pipeline(args: &BuildArgs, source: &Source, registries: &[Registry]) -> Value
         "id": "deps",
         "name": "dependency cache",
         "if": "steps.detect.outputs.cache-key != ''",
+        "kiln": { "phase": "dependency-install" },
         "uses": "actions/cache@v4",
         "with": {
             "key": "${{ steps.detect.outputs.cache-key }}",
@@ -573,7 +582,8 @@ fn finish(
         "attempts": attempts,
     });
     if summary.status != "succeeded" {
-        let why = summary.jobs.iter().find(|j| j.status == "failed").map(classify);
+        let logs = store.logs(build)?;
+        let why = summary.jobs.iter().find(|j| j.status == "failed").map(|j| classify(j, &logs));
         result["failure"] = json!(why.unwrap_or_else(|| summary.status.clone()));
     }
     let Some(a) = artifacts.last() else {
@@ -609,13 +619,26 @@ fn finish(
     Ok(result)
 }
 
-/// `build command exited with 1` (the user's) or `infrastructure: ...`.
-fn classify(j: &kiln_engine::JobSummary) -> String {
-    match (&j.reason, j.exit_code) {
-        (Some(r), _) if r.starts_with("infrastructure") => r.clone(),
-        (Some(r), _) => r.clone(),
-        (None, Some(c)) => format!("a step exited with {c}"),
-        (None, None) => "failed".into(),
+/// `build command exited with 1` (the user's) or `infrastructure: ...`
+/// (the platform's).
+fn classify(j: &kiln_engine::JobSummary, logs: &[kiln_engine::LogEntry]) -> String {
+    if let Some(r) = &j.reason {
+        if let Some(rest) = r.strip_prefix("infrastructure error: ") {
+            return format!("infrastructure: {rest}");
+        }
+    }
+    // The step that failed: the last one whose finish line carries a
+    // non-zero exit.
+    let failed = logs.iter().rev().find(|l| {
+        l.stream == kiln_engine::Stream::System
+            && l.text.starts_with("step finished")
+            && !l.text.ends_with("(exit 0)")
+            && !l.step.is_empty()
+    });
+    match (failed, j.exit_code) {
+        (Some(l), Some(c)) => format!("{} command exited with {c}", l.step),
+        (Some(l), None) => format!("{}: {}", l.step, j.reason.clone().unwrap_or_else(|| "failed".into())),
+        (None, _) => j.reason.clone().unwrap_or_else(|| "failed".into()),
     }
 }
 

@@ -394,6 +394,23 @@ fn an_eicar_file_in_the_output_is_quarantined() {
     assert!(a["scan"].to_string().contains("dist/x.txt") || a["scan"].to_string().contains("x.txt"), "{a}");
     let audit = p.kiln().args(["audit", "latest", "--json"]).output().unwrap();
     assert!(String::from_utf8_lossy(&audit.stdout).contains("artifact-quarantined"));
+
+    // A configured scanner that cannot be reached fails the build: the scan
+    // is never skipped.
+    std::fs::write(
+        dir.join("build.js"),
+        "require('fs').mkdirSync('dist');require('fs').writeFileSync('dist/a.html','ok');\n",
+    )
+    .unwrap();
+    let gone = p.path().join("no-clamd.sock");
+    let run = build(
+        &p,
+        dir.to_str().unwrap(),
+        &["--isolation", "container", "--clamd", gone.to_str().unwrap(), "--scan-wait", "1"],
+    );
+    run.expect_code(1);
+    assert!(run.all_text().contains("unavailable") || run.all_text().contains("clamd"), "{}", run.all_text());
+    assert!(result(&run).get("artifact").is_none_or(|a| a.is_null()), "nothing recorded unscanned");
 }
 
 /// Requests a receiver saw: (head, body).
@@ -483,4 +500,111 @@ fn the_deployment_webhook_is_retried_until_delivered() {
 fn hex_decode(s: &str) -> Vec<u8> {
     let s = s.trim();
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+#[test]
+fn pip_install_from_a_package_index() {
+    // A PEP 503 index on 127.0.0.2 with one wheel made here.
+    let origin = Origin::start();
+    let work = tempfile::tempdir().unwrap();
+    let pkg = work.path().join("pkg");
+    std::fs::create_dir_all(pkg.join("kiln_test_dep")).unwrap();
+    std::fs::write(
+        pkg.join("pyproject.toml"),
+        "[build-system]\nrequires = [\"setuptools\"]\nbuild-backend = \"setuptools.build_meta\"\n\
+         [project]\nname = \"kiln-test-dep\"\nversion = \"1.0.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(pkg.join("kiln_test_dep/__init__.py"), "def shout(s):\n    return s.upper() + '!'\n")
+        .unwrap();
+    let out = Command::new("/usr/bin/python3")
+        .args(["-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w"])
+        .arg(work.path().join("dist"))
+        .arg(&pkg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pip wheel: {}", String::from_utf8_lossy(&out.stderr));
+    let wheel_name = "kiln_test_dep-1.0.0-py3-none-any.whl";
+    let wheel = std::fs::read(work.path().join("dist").join(wheel_name)).unwrap();
+    let sha = String::from_utf8(common::pipe("sha256sum", &[], &wheel)).unwrap();
+    let sha = sha.split_whitespace().next().unwrap().to_string();
+    origin.put(&format!("files/{wheel_name}"), &wheel);
+    origin.put(
+        "simple/kiln-test-dep/index.html",
+        format!("<html><body><a href=\"/files/{wheel_name}#sha256={sha}\">{wheel_name}</a></body></html>\n")
+            .as_bytes(),
+    );
+
+    let p = Project::new("");
+    let app = p.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("requirements.txt"), format!("kiln-test-dep==1.0.0 --hash=sha256:{sha}\n"))
+        .unwrap();
+    std::fs::write(
+        app.join("kiln.toml"),
+        "build = \"mkdir -p site && .venv/bin/python -c 'import kiln_test_dep as d; print(d.shout(\\\"built\\\"))' > site/index.txt\"\n\
+         output = \"site\"\noutput_type = \"static\"\n",
+    )
+    .unwrap();
+    let index = format!("pypi=http://{}/simple/", origin.addr());
+    let run = build(&p, app.to_str().unwrap(), &["--registry", &index, "--isolation", "container"]);
+    run.expect_code(0);
+    let sys = system(&run);
+    assert!(sys.contains("package manager: pip"), "{sys}");
+    assert!(run.all_text().contains("Successfully installed kiln-test-dep-1.0.0"), "{}", run.all_text());
+    let a = &result(&run)["artifact"];
+    assert_eq!(a["status"], "ready", "{a}");
+    // The file the build wrote used the installed package.
+    let id = a["id"].as_str().unwrap();
+    assert!(p.restores(id, "out"));
+    assert_eq!(std::fs::read_to_string(p.path().join("out/index.txt")).unwrap(), "BUILT!\n");
+}
+
+#[test]
+fn a_runtime_that_fails_to_start_a_step_is_retried() {
+    // A runc that cannot start the first step after its probe, as a broken
+    // runtime would; every other call goes to the real runc.
+    let p = Project::new("");
+    let bin = p.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let count = p.path().join("runs");
+    let real = ["/usr/sbin/runc", "/usr/bin/runc"].into_iter().find(|r| Path::new(r).exists()).expect("runc");
+    let wrapper = bin.join("runc");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = run ]; then\n    n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}\n    \
+             if [ \"$n\" = 2 ]; then echo 'runc: cannot start container' >&2; exit 1; fi\n    break\n  fi\ndone\nexec {real} \"$@\"\n",
+            c = count.display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod").arg("+x").arg(&wrapper).status().unwrap();
+    let site = p.path().join("site");
+    copy_dir(&example("static-site"), &site);
+    let out = p
+        .kiln()
+        .env("KILN_RUNC", &wrapper)
+        .args(["build", site.to_str().unwrap(), "--json", "--isolation", "container"])
+        .output()
+        .unwrap();
+    let run = Run::parse(out);
+    run.expect_code(0);
+    let r = result(&run);
+    assert_eq!(r["attempts"], 2, "{r}");
+    assert!(run.stderr.contains("infrastructure reason; retrying"), "{}", run.stderr);
+    assert!(
+        run.all_text().contains("infrastructure error: the container runtime did not start the step"),
+        "{}",
+        run.all_text()
+    );
+    // A step's own failure is never retried.
+    let fail = p.path().join("fail");
+    copy_dir(&example("static-site"), &fail);
+    std::fs::write(fail.join("build.js"), "process.exit(3)\n").unwrap();
+    let run = build(&p, fail.to_str().unwrap(), &[]);
+    run.expect_code(1);
+    let r = result(&run);
+    assert_eq!(r["attempts"], 1, "{r}");
+    assert_eq!(r["failure"], "build command exited with 3", "{r}");
 }

@@ -40,6 +40,11 @@ pub const WORKSPACE: &str = "/workspace";
 const STEP_DIR: &str = "/kiln/step";
 /// Writable directory with the step files.
 const FILES_DIR: &str = "/kiln/files";
+/// Sourced by bash (`BASH_ENV`) before a step's script; writes the marker.
+const STARTED_SCRIPT: &str = "started.sh";
+/// Present once a bash step's script began: a failed step without it never
+/// started, which is the runtime's failure, not the user's.
+const STARTED_MARKER: &str = "started";
 /// The unprivileged uid/gid steps run as.
 pub const STEP_UID: u32 = 10001;
 pub const STEP_GID: u32 = 10001;
@@ -1135,6 +1140,10 @@ impl<'a> JobRun<'a> {
         let script_path = format!("{STEP_DIR}/script.{}", shell.extension());
 
         let mut full_env = step_env(&self.req.contexts.github, job, step, k, env, &self.path_prefix);
+        if shell == Shell::Bash {
+            full_env.retain(|(k, _)| k != "BASH_ENV");
+            full_env.push(("BASH_ENV".into(), format!("{STEP_DIR}/{STARTED_SCRIPT}")));
+        }
         // Network: loopback only, or kiln's proxy through kiln-init's relay.
         let phase = step.phase(&job.spec);
         let egress_dir = step_dir.join("egress");
@@ -1281,6 +1290,20 @@ impl<'a> JobRun<'a> {
                     reason = Some(StopReason::Disk { limit_bytes: self.limits.disk_bytes });
                 }
             }
+        }
+        if reason.is_none()
+            && exit != Some(0)
+            && shell == Shell::Bash
+            && !files_dir.join(STARTED_MARKER).exists()
+        {
+            reason = Some(StopReason::Infrastructure(format!(
+                "the {} runtime did not start the step (exit {})",
+                match self.isolation {
+                    Isolation::Gvisor => "gvisor",
+                    Isolation::Container => "container",
+                },
+                exit.map(|c| c.to_string()).unwrap_or_else(|| "?".into())
+            )));
         }
         if let Some(r) = &reason {
             if !matches!(r, StopReason::Cancelled) {
@@ -1615,6 +1638,14 @@ fn prepare_step_dirs(
     let script = script_dir.join(format!("script.{}", shell.extension()));
     std::fs::write(&script, body)?;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644))?;
+    // bash reads $BASH_ENV before the script: the marker that the step's own
+    // code was reached (no extra process; the script's line numbers stay).
+    let marker = script_dir.join(STARTED_SCRIPT);
+    std::fs::write(
+        &marker,
+        format!("{{ : > {FILES_DIR}/{STARTED_MARKER}; }} 2>/dev/null\nunset BASH_ENV\n"),
+    )?;
+    std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o644))?;
     std::fs::set_permissions(script_dir, std::fs::Permissions::from_mode(0o755))?;
     for f in ["output", "env", "path", "summary"] {
         let p = files_dir.join(f);

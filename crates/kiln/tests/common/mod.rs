@@ -252,14 +252,23 @@ impl Origin {
                         first.split_whitespace().nth(1).unwrap_or("/").split('?').next().unwrap_or("/");
                     let mut file = dir.join(path.trim_start_matches('/'));
                     if file.is_dir() {
-                        file = file.join("index.json");
+                        file = if file.join("index.html").exists() {
+                            file.join("index.html")
+                        } else {
+                            file.join("index.json")
+                        };
                     }
+                    let kind = match file.extension().and_then(|e| e.to_str()) {
+                        Some("html") => "text/html",
+                        Some("json") => "application/json",
+                        _ => "application/octet-stream",
+                    };
                     let mut conn = conn;
                     match std::fs::read(&file) {
                         Ok(body) if !path.contains("..") => {
                             let _ = write!(
                                 conn,
-                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                                 body.len()
                             );
                             let _ = conn.write_all(&body);
