@@ -374,3 +374,107 @@ fn values_and_patterns_together() {
     let out = sc.scrub_str(&format!("https://me:{SECRET}@h/ {SECRET}"));
     assert_eq!(out, "https://[redacted:url-credentials]@h/ ***");
 }
+
+/// Builds a log of `lines` ordinary lines (about 60 bytes each, no secret, no pattern hit).
+fn clean_log(lines: usize) -> String {
+    let mut s = String::new();
+    for i in 0..lines {
+        s.push_str(&format!("   Compiling crate-{i:06} v0.{}.{} (/home/runner/work/x)\n", i % 40, i % 7));
+    }
+    s
+}
+
+#[test]
+fn many_clean_lines_then_a_hit() {
+    let sc = scrubber(&[SECRET]);
+    // More than one 64 KiB push of lines without a hit, then lines with one, at every
+    // alignment against the grid of sampled offsets (the prefix length shifts the secret).
+    for pad in 0..20 {
+        let mut text = clean_log(2000);
+        text.push_str(&"p".repeat(pad));
+        text.push_str(&format!(" {SECRET}\nafter\n"));
+        let want = text.replace(SECRET, "***");
+        let chunks: Vec<&[u8]> = text.as_bytes().chunks(64 * 1024).collect();
+        assert_eq!(String::from_utf8(run(&sc, &chunks)).unwrap(), want, "pad {pad}");
+        assert_eq!(sc.scrub_str(&text), want, "pad {pad}");
+        // Split by a line break and by colour codes at every point, far into the log.
+        for cut in [1, 3, 4, 8, 9, SECRET.len() - 1] {
+            for sep in ["\n", "\r\n", "\x1b[1m\x1b[32m", "\n\x1b[0m"] {
+                let split = format!("{}{sep}{}", &SECRET[..cut], &SECRET[cut..]);
+                let t = format!("{}{} {split} tail\n", clean_log(300), "q".repeat(pad));
+                let out = sc.scrub_str(&t);
+                assert!(
+                    !out.contains(&SECRET[..cut.max(8)]) && out.contains("***"),
+                    "pad {pad} cut {cut} {sep:?}"
+                );
+                assert_eq!(sc.contains_secret(out.as_bytes()), None);
+            }
+        }
+    }
+}
+
+#[test]
+fn hit_exactly_at_push_boundary() {
+    let sc = scrubber(&[SECRET]);
+    let head = clean_log(1200);
+    for tail in ["\n", " more\n", ""] {
+        // The secret ends exactly where a push ends, and starts exactly where the next begins.
+        let first = format!("{head}key={SECRET}");
+        let second = format!("{SECRET}{tail}");
+        let out = String::from_utf8(run(&sc, &[first.as_bytes(), second.as_bytes(), b"x\n"])).unwrap();
+        assert_eq!(out, format!("{head}key=******{tail}x\n"));
+        // The boundary inside the secret, after each of its bytes, with a large first push.
+        for i in 1..SECRET.len() {
+            let a = format!("{head}key={}", &SECRET[..i]);
+            let b = format!("{}{tail}", &SECRET[i..]);
+            let out = String::from_utf8(run(&sc, &[a.as_bytes(), b.as_bytes()])).unwrap();
+            assert_eq!(out, format!("{head}key=***{tail}"), "split at {i}");
+        }
+    }
+}
+
+#[test]
+fn pattern_literal_without_a_match() {
+    let sc = scrubber(&[SECRET]);
+    // Lines that carry a literal of a pattern but no match come out unchanged, in a stream of
+    // clean lines; the next real token is still redacted.
+    let lookalikes =
+        "ghp_short\nAKIA\nuse AIza here\neyJ only\nsk_live_\nhttps://host/path\nAuthorization: none\n";
+    let tok = format!("ghp_{}", "Ab1".repeat(12));
+    let text = format!("{}{lookalikes}{}token {tok} end\n", clean_log(1500), clean_log(10));
+    let want = text.replace(&tok, "[redacted:github-token]");
+    let chunks: Vec<&[u8]> = text.as_bytes().chunks(64 * 1024).collect();
+    assert_eq!(String::from_utf8(run(&sc, &chunks)).unwrap(), want);
+    let mut s = sc.stream();
+    assert_eq!(s.push(lookalikes.as_bytes()), lookalikes.as_bytes());
+    assert_eq!(s.counts().total(), 0);
+}
+
+#[test]
+fn values_next_to_tabs_and_non_ascii() {
+    // Bytes that the cheap word test flags but that are not skipped (TAB, UTF-8) around and
+    // inside values; DEL, which is skipped, inside one.
+    let inner = "pässwörd\tvalue-123";
+    let sc = scrubber(&[SECRET, inner]);
+    for pad in 0..18 {
+        let p = "é".repeat(pad);
+        let text = format!("{p}\t{SECRET}\t€€\n{p}x{inner}\ty\n{p}{}\x7f{}\n", &SECRET[..6], &SECRET[6..]);
+        let out = sc.scrub_str(&text);
+        assert_eq!(out, format!("{p}\t***\t€€\n{p}x***\ty\n{p}***\n"), "pad {pad}");
+        let chunks: Vec<&[u8]> = text.as_bytes().chunks(7).collect();
+        assert_eq!(String::from_utf8(run(&sc, &chunks)).unwrap(), out, "pad {pad}");
+    }
+}
+
+#[test]
+fn large_pushes_with_long_held_tails() {
+    // Released parts shorter and longer than the held tail, in both orders.
+    let sc = scrubber(&[SECRET]);
+    let long = "z".repeat(40_000);
+    let text = format!("{}{long}{SECRET}{long}\nshort\n{}{SECRET}\n", clean_log(100), clean_log(900));
+    let want = text.replace(SECRET, "***");
+    for size in [1000, 30_000, 50_000, 70_000] {
+        let chunks: Vec<&[u8]> = text.as_bytes().chunks(size).collect();
+        assert_eq!(String::from_utf8(run(&sc, &chunks)).unwrap(), want, "size {size}");
+    }
+}
