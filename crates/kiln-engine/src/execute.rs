@@ -182,6 +182,7 @@ impl Executor {
         };
         let jobs: Vec<(String, String)> =
             (0..plan.jobs.len()).map(|j| (plan.jobs[j].id.clone(), display_name(&plan, j, &names))).collect();
+        let _live = crate::store::LiveBuild::new(&req.build);
         let store = Store::open(&self.state_dir)?;
         store.insert_build(&req.build, &plan.name, &req.source.display().to_string(), &jobs)?;
         let writer = StoreWriter::spawn(store, req.build.clone());

@@ -46,6 +46,23 @@ pub enum Command {
     Gc(GcArgs),
     /// Measure step start latency per tier and the scheduler's overhead.
     Bench(BenchArgs),
+
+    // `kiln serve` and its clients (serve.rs, client.rs, serve_bench.rs).
+    /// Run the multi-tenant control plane: API, queue, in-process workers.
+    Serve(crate::serve::ServeArgs),
+    /// Run builds for a server: lease, heartbeat, stream logs, report.
+    Worker(crate::serve::WorkerArgs),
+    /// Administer a server's tenants and tokens (on the server's host).
+    #[command(subcommand)]
+    Admin(crate::serve::AdminCommand),
+    /// Submit a workflow to a server (`KILN_SERVER`, `KILN_TOKEN`).
+    Submit(crate::client::SubmitArgs),
+    /// Show a build of a server.
+    Status(crate::client::BuildArgs),
+    /// Cancel a build of a server.
+    Cancel(crate::client::BuildArgs),
+    /// Load-test `kiln serve`: many small builds from several tenants.
+    BenchServe(crate::serve_bench::BenchServeArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -209,6 +226,10 @@ pub struct LogsArgs {
     pub build: String,
     #[arg(long)]
     pub json: bool,
+    /// Follow the live log until the build ends (`kiln logs` of a server,
+    /// with `KILN_SERVER` set).
+    #[arg(short, long)]
+    pub follow: bool,
     #[command(flatten)]
     pub state: StateArgs,
 }

@@ -7,8 +7,11 @@
 
 mod bench;
 mod cli;
+mod client;
 mod render;
 mod run;
+mod serve;
+mod serve_bench;
 mod zero;
 
 use std::process::ExitCode;
@@ -27,14 +30,26 @@ fn main() -> ExitCode {
         cli::Command::Reproduce(args) => zero::reproduce(args),
         cli::Command::Validate(args) => run::validate(args),
         cli::Command::Builds(args) => run::builds(args),
+        cli::Command::Logs(args) if client::server_configured() => client::logs(args),
         cli::Command::Logs(args) => run::logs(args),
         cli::Command::Audit(args) => run::audit(args),
         cli::Command::Artifacts(args) => run::artifacts(args),
+        cli::Command::Artifact(cli::ArtifactCommand::Get { id, out, .. }) if client::server_configured() => {
+            client::artifact_get(&id, &out)
+        }
         cli::Command::Artifact(cmd) => run::artifact(cmd),
         cli::Command::Verify(args) => run::verify(args),
         cli::Command::Key(args) => run::key(args),
         cli::Command::Gc(args) => run::gc(args),
         cli::Command::Bench(args) => bench::bench(args),
+        // `kiln serve` and its clients.
+        cli::Command::Serve(args) => serve::serve(args),
+        cli::Command::Worker(args) => serve::worker(args),
+        cli::Command::Admin(cmd) => serve::admin(cmd),
+        cli::Command::Submit(args) => client::submit(args),
+        cli::Command::Status(args) => client::status(args),
+        cli::Command::Cancel(args) => client::cancel(args),
+        cli::Command::BenchServe(args) => serve_bench::bench_serve(args),
     };
     ExitCode::from(code)
 }

@@ -21,6 +21,34 @@ use crate::log::{LogEntry, Stream};
 
 const SCHEMA_VERSION: i64 = 2;
 
+/// Builds this process is running right now. A process that runs several
+/// builds at once (`kiln serve`, `kiln worker`) opens the store for each
+/// one; a `running` row of this very pid is interrupted only when it is not
+/// in this set (a dead process whose pid was reused by this one).
+static LIVE: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Marks a build as running in this process until the guard is dropped.
+#[derive(Debug)]
+pub struct LiveBuild(String);
+
+impl LiveBuild {
+    pub fn new(id: &str) -> LiveBuild {
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string());
+        LiveBuild(id.to_string())
+    }
+}
+
+impl Drop for LiveBuild {
+    fn drop(&mut self) {
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.0);
+    }
+}
+
+fn is_live(id: &str) -> bool {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).contains(id)
+}
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS builds (
     id          TEXT PRIMARY KEY,
@@ -233,7 +261,8 @@ impl Store {
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
         let mut marked = Vec::new();
         for (id, pid) in rows {
-            if Path::new(&format!("/proc/{pid}")).exists() && pid as u32 != std::process::id() {
+            let ours = pid as u32 == std::process::id();
+            if (ours && is_live(&id)) || (!ours && Path::new(&format!("/proc/{pid}")).exists()) {
                 continue;
             }
             let now = crate::time::now_rfc3339();

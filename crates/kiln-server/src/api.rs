@@ -1,0 +1,875 @@
+//! The HTTP API (axum): JSON in and out, errors as `{"error": "..."}`,
+//! every request authenticated by a bearer token, every build-scoped
+//! resource looked up within the caller's tenant (another tenant's ids are
+//! 404, exactly like ids that do not exist).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::{Json, Router};
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::core::{is_terminal, plan_limits, Core};
+use crate::db::{now_ms, BuildRecord, NewBuild, Principal};
+use crate::error::ApiError;
+use crate::statedb::LogLine;
+
+type AppState = Arc<Core>;
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Largest workflow file accepted.
+const MAX_WORKFLOW_BYTES: usize = 1 << 20;
+/// Largest idempotency key.
+const MAX_KEY_LEN: usize = 200;
+
+/// Limits on a submitted source archive (and its restore).
+pub fn source_limits() -> kiln_store::RestoreLimits {
+    kiln_store::RestoreLimits {
+        max_entries: 100_000,
+        max_bytes: 1 << 30,
+        ..kiln_store::RestoreLimits::default()
+    }
+}
+
+/// Every route: `(method, path)`, as the router serves them and the OpenAPI
+/// document lists them (a test holds the two together).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/openapi.json"),
+    ("GET", "/metrics"),
+    ("POST", "/v1/builds"),
+    ("GET", "/v1/builds"),
+    ("GET", "/v1/builds/{id}"),
+    ("POST", "/v1/builds/{id}/cancel"),
+    ("GET", "/v1/builds/{id}/logs"),
+    ("GET", "/v1/builds/{id}/artifacts"),
+    ("GET", "/v1/artifacts/{artifact}"),
+    ("GET", "/v1/artifacts/{artifact}/provenance"),
+    ("GET", "/v1/usage"),
+    ("GET", "/v1/audit"),
+    ("GET", "/v1/secrets"),
+    ("PUT", "/v1/secrets/{name}"),
+    ("DELETE", "/v1/secrets/{name}"),
+    ("POST", "/v1/worker/lease"),
+    ("POST", "/v1/worker/builds/{id}/events"),
+    ("POST", "/v1/worker/builds/{id}/artifacts"),
+    ("POST", "/v1/worker/builds/{id}/finish"),
+];
+
+/// The API router.
+pub fn router(core: Arc<Core>) -> Router {
+    let limit = core.cfg.max_body_bytes;
+    let mut routes: Vec<(&str, &str, MethodRouter<AppState>)> = vec![
+        ("GET", "/openapi.json", get(openapi)),
+        ("GET", "/metrics", get(metrics)),
+        ("POST", "/v1/builds", post(submit)),
+        ("GET", "/v1/builds", get(list_builds)),
+        ("GET", "/v1/builds/{id}", get(build_detail)),
+        ("POST", "/v1/builds/{id}/cancel", post(cancel)),
+        ("GET", "/v1/builds/{id}/logs", get(logs)),
+        ("GET", "/v1/builds/{id}/artifacts", get(build_artifacts)),
+        ("GET", "/v1/artifacts/{artifact}", get(artifact_tar)),
+        ("GET", "/v1/artifacts/{artifact}/provenance", get(provenance)),
+        ("GET", "/v1/usage", get(usage)),
+        ("GET", "/v1/audit", get(audit)),
+        ("GET", "/v1/secrets", get(list_secrets)),
+        ("PUT", "/v1/secrets/{name}", axum::routing::put(put_secret)),
+        ("DELETE", "/v1/secrets/{name}", axum::routing::delete(delete_secret)),
+        ("POST", "/v1/worker/lease", post(worker_lease)),
+        ("POST", "/v1/worker/builds/{id}/events", post(worker_events)),
+        ("POST", "/v1/worker/builds/{id}/artifacts", post(worker_artifact)),
+        ("POST", "/v1/worker/builds/{id}/finish", post(worker_finish)),
+    ];
+    debug_assert_eq!(routes.iter().map(|(m, p, _)| (*m, *p)).collect::<Vec<_>>(), ROUTES.to_vec());
+    let mut by_path: Vec<(&str, MethodRouter<AppState>)> = Vec::new();
+    for (_, path, mr) in routes.drain(..) {
+        match by_path.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, existing)) => *existing = std::mem::take(existing).merge(mr),
+            None => by_path.push((path, mr)),
+        }
+    }
+    let mut r = Router::new();
+    for (path, mr) in by_path {
+        r = r.route(path, mr);
+    }
+    r.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::middleware::from_fn_with_state(core.clone(), count_requests))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(core)
+}
+
+/// Counts every request and runs it in a span naming the method and path
+/// (which holds the build id of build routes).
+async fn count_requests(State(core): State<AppState>, req: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let method = req.method().as_str().to_string();
+    let path: String = req.uri().path().chars().take(200).collect();
+    let span = tracing::info_span!("request", method = %method, path = %path);
+    let resp = next.run(req).instrument(span).await;
+    core.metrics.request(&method, resp.status().as_u16());
+    resp
+}
+
+// ---- authentication ----
+
+/// The caller, authenticated.
+#[derive(Debug, Clone)]
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, core: &AppState) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::auth::bearer);
+        let why = match token {
+            None => "no bearer token",
+            Some(t) => match core.read().principal(&crate::auth::hash_token(t)) {
+                Ok(Some(p)) => return Ok(Auth(p)),
+                Ok(None) => "unknown token",
+                Err(e) => return Err(e.into()),
+            },
+        };
+        core.metrics.auth_failure();
+        let path: String = parts.uri.path().chars().take(200).collect();
+        core.audit(None, None, "auth failure", "anonymous", &format!("{why}: {} {path}", parts.method));
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, format!("authentication required: {why}")))
+    }
+}
+
+impl Auth {
+    fn tenant(&self) -> ApiResult<&str> {
+        self.0.tenant.as_deref().ok_or_else(|| ApiError::forbidden("this token belongs to no tenant"))
+    }
+    fn worker(&self) -> ApiResult<()> {
+        if self.0.worker {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("this token is not a worker token"))
+        }
+    }
+    fn actor(&self) -> String {
+        match (&self.0.tenant, self.0.operator, self.0.worker) {
+            (_, true, _) => {
+                format!("operator{}", self.0.tenant.as_deref().map(|t| format!(" ({t})")).unwrap_or_default())
+            }
+            (_, _, true) => "worker".into(),
+            (Some(t), _, _) => format!("tenant {t}"),
+            (None, _, _) => "anonymous".into(),
+        }
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// A build of the caller's tenant, or 404.
+fn tenant_build(core: &Core, auth: &Auth, id: &str) -> ApiResult<BuildRecord> {
+    let tenant = auth.tenant()?;
+    if id.len() > 100 {
+        return Err(ApiError::not_found("build"));
+    }
+    match core.read().build(id)? {
+        Some(b) if b.tenant == tenant => Ok(b),
+        _ => Err(ApiError::not_found("build")),
+    }
+}
+
+// ---- documents ----
+
+async fn openapi(_auth: Auth) -> Json<Value> {
+    Json(crate::openapi::document())
+}
+
+async fn metrics(State(core): State<AppState>, auth: Auth) -> ApiResult<Response> {
+    if !auth.0.operator {
+        return Err(ApiError::forbidden("metrics are for operators"));
+    }
+    let text = core.metrics.render(core.gauges());
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+// ---- builds ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitRequest {
+    workflow: String,
+    #[serde(default)]
+    source_tar_base64: Option<String>,
+    #[serde(default)]
+    priority: Option<String>,
+    #[serde(default, rename = "ref")]
+    git_ref: Option<String>,
+    #[serde(default)]
+    timeout_seconds: Option<u64>,
+    /// The workflow's file name in diagnostics (default `workflow.yml`).
+    #[serde(default)]
+    file: Option<String>,
+}
+
+async fn submit(
+    State(core): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let tenant = auth.tenant()?.to_string();
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
+            if k.is_empty() || k.len() > MAX_KEY_LEN || !k.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ApiError::bad_request(format!(
+                    "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+                )));
+            }
+            Some(k.to_string())
+        }
+    };
+    let body_hash = hex::encode(Sha256::digest(&body));
+    if let Some(k) = &key {
+        if let Some(existing) = core.read().build_by_key(&tenant, k)? {
+            return idempotent(&core, existing, &body_hash);
+        }
+    }
+    let req: SubmitRequest = parse_json(&body)?;
+    let priority = match req.priority.as_deref().unwrap_or("normal") {
+        p @ ("urgent" | "normal") => p.to_string(),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "priority must be `urgent` or `normal`, not `{other}`"
+            )))
+        }
+    };
+    if req.workflow.len() > MAX_WORKFLOW_BYTES {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "the workflow is larger than 1 MiB"));
+    }
+    let git_ref = req.git_ref.unwrap_or_default();
+    if git_ref.len() > 255 || git_ref.chars().any(|c| c.is_control()) {
+        return Err(ApiError::bad_request("ref must be at most 255 characters without control characters"));
+    }
+    let file = req.file.unwrap_or_else(|| "workflow.yml".into());
+    if file.is_empty() || file.len() > 255 || file.chars().any(|c| c.is_control()) {
+        return Err(ApiError::bad_request("file must be 1 to 255 characters without control characters"));
+    }
+    let plan = kiln_workflow::load(&file, &req.workflow).map_err(|d| {
+        let list: Vec<Value> =
+            d.0.iter()
+                .map(|d| json!({"line": d.location.line, "column": d.location.column, "message": d.message}))
+                .collect();
+        let first = d.0.first().map(|d| d.to_string()).unwrap_or_default();
+        ApiError::unprocessable(format!("invalid workflow: {first}")).with(json!({"diagnostics": list}))
+    })?;
+    let plan_name = core.read().tenant_plan(&tenant)?.unwrap_or_else(|| "free".into());
+    let limits = plan_limits(&plan_name).unwrap_or_default();
+    let timeout = match req.timeout_seconds {
+        None => limits.max_timeout_secs,
+        Some(0) => return Err(ApiError::bad_request("timeout_seconds must be at least 1")),
+        Some(t) if t > limits.max_timeout_secs => {
+            core.audit(
+                Some(&tenant),
+                None,
+                "quota hit",
+                &auth.actor(),
+                &format!("timeout {t} s refused: the {plan_name} plan allows {} s", limits.max_timeout_secs),
+            );
+            return Err(ApiError::unprocessable(format!(
+                "timeout_seconds {t} is above the {plan_name} plan's limit of {} s",
+                limits.max_timeout_secs
+            )));
+        }
+        Some(t) => t,
+    };
+    for (secret, phases) in core.secrets_for(&tenant)? {
+        let bad = crate::policy::secret_phase_violations(&plan, &secret.name, &phases);
+        if !bad.is_empty() {
+            return Err(ApiError::unprocessable(format!(
+                "the workflow hands secret {} to steps of phase {} but it is allowed only in [{}]",
+                secret.name,
+                bad.join(", "),
+                phases.join(", ")
+            )));
+        }
+    }
+    let (source_tar, source_tree) = match &req.source_tar_base64 {
+        None => (None, None),
+        Some(b64) => {
+            let tar = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| ApiError::bad_request(format!("source_tar_base64 is not base64: {e}")))?;
+            let store = core.tenant_store(&tenant).map_err(ApiError::from)?;
+            let tree = store
+                .put_tar(std::io::Cursor::new(&tar), &source_limits())
+                .await
+                .map_err(|e| ApiError::unprocessable(format!("source archive refused: {e}")))?;
+            let blob =
+                store.put_bytes(tar).await.map_err(|e| ApiError::from(crate::error::ServerError::from(e)))?;
+            (Some(blob.digest.to_string()), Some(tree.digest.to_string()))
+        }
+    };
+    let new = NewBuild {
+        id: kiln_engine::time::new_build_id(),
+        tenant: tenant.clone(),
+        priority,
+        timeout_secs: timeout as i64,
+        pipeline: plan.name.clone(),
+        workflow: req.workflow,
+        git_ref,
+        source_tar,
+        source_tree,
+        idem_key: key,
+        body_hash: body_hash.clone(),
+        enqueued_ms: now_ms(),
+    };
+    match core.submit(new)? {
+        Ok((b, true)) => {
+            tracing::info!(build = %b.id, tenant = %tenant, "queued");
+            Ok((StatusCode::CREATED, Json(build_json(&core, &b, false)?)).into_response())
+        }
+        Ok((b, false)) => idempotent(&core, b, &body_hash),
+        Err(existing) => idempotent(&core, existing, &body_hash),
+    }
+}
+
+fn idempotent(core: &Core, existing: BuildRecord, body_hash: &str) -> ApiResult<Response> {
+    if existing.body_hash != body_hash {
+        return Err(ApiError::conflict(format!(
+            "Idempotency-Key was already used for build {} with a different request",
+            existing.id
+        ))
+        .with(json!({"build": existing.id})));
+    }
+    Ok((StatusCode::OK, Json(build_json(core, &existing, false)?)).into_response())
+}
+
+/// A build as the API shows it; `detail` adds jobs, steps, transitions and
+/// attempts.
+fn build_json(core: &Core, b: &BuildRecord, detail: bool) -> ApiResult<Value> {
+    let mut v = serde_json::to_value(b)
+        .map_err(|e| ApiError::from(crate::error::ServerError::Setup(e.to_string())))?;
+    let secs = |a: Option<i64>, z: Option<i64>| match (a, z) {
+        (Some(a), Some(z)) => json!((z - a).max(0) as f64 / 1000.0),
+        _ => Value::Null,
+    };
+    v["timings"] = json!({
+        "queued_ms": b.enqueued_ms,
+        "started_ms": b.started_ms,
+        "finished_ms": b.finished_ms,
+        "run_seconds": secs(b.started_ms, b.finished_ms),
+    });
+    if detail {
+        let (attempts, transitions, usage) = {
+            let db = core.read();
+            let usage = db.usage_of(&b.tenant, &b.id)?;
+            (db.attempts(&b.id)?, db.transitions(&b.id)?, usage)
+        };
+        let jobs = match attempts.last() {
+            Some(a) => core.with_state(|s| s.jobs(&a.engine_id))?,
+            None => Vec::new(),
+        };
+        if let Some(first) = attempts.first() {
+            v["timings"]["queue_wait_seconds"] =
+                json!((first.started_ms - b.enqueued_ms).max(0) as f64 / 1000.0);
+        }
+        v["jobs"] = json!(jobs);
+        v["attempts"] = json!(attempts);
+        v["transitions"] = json!(transitions);
+        v["usage"] = json!(usage);
+    }
+    Ok(v)
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+    state: Option<String>,
+}
+
+async fn list_builds(
+    State(core): State<AppState>,
+    auth: Auth,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let tenant = auth.tenant()?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let rows = core.read().builds(Some(tenant), q.state.as_deref(), limit)?;
+    let list = rows.iter().map(|b| build_json(&core, b, false)).collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(json!({ "builds": list })))
+}
+
+async fn build_detail(
+    State(core): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let b = tenant_build(&core, &auth, &id)?;
+    Ok(Json(build_json(&core, &b, true)?))
+}
+
+async fn cancel(State(core): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<Response> {
+    let b = tenant_build(&core, &auth, &id)?;
+    core.cancel(&b.id, &auth.actor())?;
+    let b = tenant_build(&core, &auth, &id)?;
+    Ok((StatusCode::ACCEPTED, Json(build_json(&core, &b, false)?)).into_response())
+}
+
+// ---- logs ----
+
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    format: Option<String>,
+    /// Resume after this log position (like `Last-Event-ID`).
+    after: Option<i64>,
+}
+
+/// Log lines of a build after position `after`, across its attempts.
+fn read_logs(core: &Core, id: &str, after: i64, limit: i64) -> ApiResult<Vec<LogLine>> {
+    let attempts = core.read().attempts(id)?;
+    let mut out = Vec::new();
+    for a in &attempts {
+        if out.len() as i64 >= limit {
+            break;
+        }
+        let after_seq = (after - a.log_base).max(0);
+        let lines =
+            core.with_state(|s| s.logs_after(&a.engine_id, a.attempt, a.log_base, after_seq, limit))?;
+        out.extend(lines.into_iter().filter(|l| l.id > after));
+    }
+    out.truncate(limit.max(0) as usize);
+    Ok(out)
+}
+
+async fn logs(
+    State(core): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let b = tenant_build(&core, &auth, &id)?;
+    if q.format.as_deref() == Some("text") {
+        let mut text = String::new();
+        let mut after = 0;
+        loop {
+            let lines = read_logs(&core, &b.id, after, 5000)?;
+            let Some(last) = lines.last() else { break };
+            after = last.id;
+            for l in &lines {
+                let step = if l.step.is_empty() { String::new() } else { format!(" / {}", l.step) };
+                text.push_str(&format!("[{}{}] {}\n", l.job, step, l.text));
+            }
+        }
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
+    }
+    if let Some(f) = q.format.as_deref().filter(|f| *f != "sse") {
+        return Err(ApiError::bad_request(format!("format must be `sse` or `text`, not `{f}`")));
+    }
+    let after = match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a log position (a number)"))?,
+        None => q.after.unwrap_or(0).max(0),
+    };
+    let stream =
+        LogStream { core: core.clone(), build: b.id.clone(), after, pending: VecDeque::new(), done: false };
+    let events = futures::stream::unfold(stream, |mut s| async move {
+        let ev = s.next().await?;
+        Some((Ok::<_, Infallible>(ev), s))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+/// A live log: polls the state store for new lines until the build is over.
+struct LogStream {
+    core: Arc<Core>,
+    build: String,
+    after: i64,
+    pending: VecDeque<SseEvent>,
+    done: bool,
+}
+
+impl LogStream {
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(e);
+            }
+            if self.done {
+                return None;
+            }
+            // The state first: lines read after seeing a final state are all
+            // the lines there will be.
+            let row = self.core.read().build(&self.build).ok().flatten()?;
+            let finished = is_terminal(&row.state);
+            let lines = match read_logs(&self.core, &self.build, self.after, 500) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(build = %self.build, "log stream: {}", e.message);
+                    return None;
+                }
+            };
+            for l in lines {
+                self.after = l.id;
+                let ev = SseEvent::default().id(l.id.to_string()).event("log");
+                if let Ok(ev) = ev.json_data(&l) {
+                    self.pending.push_back(ev);
+                }
+            }
+            if self.pending.is_empty() {
+                if finished {
+                    self.done = true;
+                    let end = json!({"build": row.id, "state": row.state, "failure": row.failure, "reason": row.reason});
+                    return SseEvent::default().event("end").json_data(end).ok();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+// ---- artifacts ----
+
+async fn build_artifacts(
+    State(core): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let b = tenant_build(&core, &auth, &id)?;
+    let attempts = core.read().attempts(&b.id)?;
+    let mut list = Vec::new();
+    for a in &attempts {
+        list.extend(core.with_state(|s| s.artifacts(&a.engine_id))?);
+    }
+    Ok(Json(json!({ "artifacts": list })))
+}
+
+/// An artifact of the caller's tenant, or 404.
+async fn tenant_artifact(
+    core: &Core,
+    auth: &Auth,
+    artifact: &str,
+) -> ApiResult<(kiln_store::Store, kiln_store::TreeDigest)> {
+    let tenant = auth.tenant()?;
+    let digest: kiln_store::TreeDigest =
+        artifact.parse().map_err(|_| ApiError::bad_request("an artifact id is sha256:<64 hex digits>"))?;
+    let store = core.tenant_store(tenant).map_err(ApiError::from)?;
+    match store.artifact_index(&digest).await {
+        Ok(Some(_)) => Ok((store, digest)),
+        _ => Err(ApiError::not_found("artifact")),
+    }
+}
+
+async fn artifact_tar(
+    State(core): State<AppState>,
+    auth: Auth,
+    Path(artifact): Path<String>,
+) -> ApiResult<Response> {
+    let (store, digest) = tenant_artifact(&core, &auth, &artifact).await?;
+    let manifest = store.get_manifest(&digest).await.map_err(|_| ApiError::not_found("artifact"))?;
+    let tar = crate::tarout::tree_tar(&store, &manifest).await?;
+    let disposition = format!("attachment; filename=\"{}.tar\"", digest.hex());
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar")),
+            (
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_str(&disposition).unwrap_or(HeaderValue::from_static("attachment")),
+            ),
+        ],
+        tar,
+    )
+        .into_response())
+}
+
+async fn provenance(
+    State(core): State<AppState>,
+    auth: Auth,
+    Path(artifact): Path<String>,
+) -> ApiResult<Response> {
+    let (store, digest) = tenant_artifact(&core, &auth, &artifact).await?;
+    let candidates = core.with_state(|s| s.provenances(&digest.to_string()))?;
+    for c in candidates {
+        let Ok(d) = c.parse::<kiln_store::Digest>() else { continue };
+        if let Ok(bytes) = store.get_bytes(&d, None).await {
+            return Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response());
+        }
+    }
+    Err(ApiError::not_found("provenance"))
+}
+
+// ---- usage and audit ----
+
+#[derive(Debug, Deserialize)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+async fn usage(
+    State(core): State<AppState>,
+    auth: Auth,
+    Query(q): Query<FormatQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let tenant = auth.tenant()?;
+    let rows = core.read().usage(tenant)?;
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let csv = match q.format.as_deref() {
+        Some("csv") => true,
+        Some("json") => false,
+        Some(f) => return Err(ApiError::bad_request(format!("format must be `csv` or `json`, not `{f}`"))),
+        None => accept.contains("text/csv"),
+    };
+    if csv {
+        let mut out = String::from(
+            "build,tenant,status,queue_wait_seconds,wall_seconds,cpu_seconds,peak_memory_bytes,egress_bytes,\
+             artifact_bytes,cache_bytes,log_bytes,attempts,finished_at\n",
+        );
+        for u in rows {
+            out.push_str(&format!(
+                "{},{},{},{:.3},{:.3},{:.3},{},{},{},{},{},{},{}\n",
+                u.build,
+                u.tenant,
+                u.status.replace(',', ";"),
+                u.queue_wait_seconds,
+                u.wall_seconds,
+                u.cpu_seconds,
+                u.peak_memory_bytes,
+                u.egress_bytes,
+                u.artifact_bytes,
+                u.cache_bytes,
+                u.log_bytes,
+                u.attempts,
+                u.finished_at
+            ));
+        }
+        return Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response());
+    }
+    Ok(Json(json!({ "usage": rows })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn audit(
+    State(core): State<AppState>,
+    auth: Auth,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Value>> {
+    let tenant = if auth.0.operator { None } else { Some(auth.tenant()?.to_string()) };
+    let rows = core.read().audit_events(
+        tenant.as_deref(),
+        q.after.unwrap_or(0),
+        q.limit.unwrap_or(1000).clamp(1, 10_000),
+    )?;
+    Ok(Json(json!({ "events": rows })))
+}
+
+// ---- secrets ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretRequest {
+    value: String,
+    phases: Vec<String>,
+}
+
+async fn list_secrets(State(core): State<AppState>, auth: Auth) -> ApiResult<Json<Value>> {
+    let tenant = auth.tenant()?;
+    let rows = core.read().secrets(tenant)?;
+    let list: Vec<Value> = rows
+        .iter()
+        .map(|r| json!({"name": r.name, "phases": r.phases, "updated_at": r.updated_at}))
+        .collect();
+    Ok(Json(json!({ "secrets": list })))
+}
+
+async fn put_secret(
+    State(core): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let tenant = auth.tenant()?.to_string();
+    let req: SecretRequest = parse_json(&body)?;
+    kiln_secrets::validate(&name, req.value.as_bytes())
+        .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    let phases = crate::policy::parse_phases(&req.phases).map_err(ApiError::unprocessable)?;
+    let (nonce, ct) = core.vault.seal(&tenant, &name, req.value.as_bytes())?;
+    core.put_secret(&tenant, &name, &phases, &nonce, &ct)?;
+    core.audit(
+        Some(&tenant),
+        None,
+        "secret set",
+        &auth.actor(),
+        &format!("{name} for phases [{}]", phases.join(", ")),
+    );
+    Ok((StatusCode::OK, Json(json!({"name": name, "phases": phases}))).into_response())
+}
+
+async fn delete_secret(
+    State(core): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    let tenant = auth.tenant()?.to_string();
+    if !core.delete_secret(&tenant, &name)? {
+        return Err(ApiError::not_found("secret"));
+    }
+    core.audit(Some(&tenant), None, "secret deleted", &auth.actor(), &name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- workers ----
+
+async fn worker_lease(State(core): State<AppState>, auth: Auth, body: Bytes) -> ApiResult<Response> {
+    auth.worker()?;
+    let req: crate::remote::LeaseRequest = parse_json(&body)?;
+    if req.worker.is_empty() || req.worker.len() > 100 || !req.worker.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::bad_request("worker must be 1 to 100 visible ASCII characters"));
+    }
+    let worker = format!("remote:{}", req.worker);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds.min(30));
+    let Some(claim) = core.claim_wait(&worker, true, Some(deadline)).await? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let b = &claim.build;
+    let reply = async {
+        let store = core.tenant_store(&b.tenant)?;
+        let source = match &b.source_tar {
+            Some(d) => {
+                let d: kiln_store::Digest = d
+                    .parse()
+                    .map_err(|_| crate::error::ServerError::Setup(format!("bad source digest {d}")))?;
+                Some(base64::engine::general_purpose::STANDARD.encode(store.get_bytes(&d, None).await?))
+            }
+            None => None,
+        };
+        let secrets = core.secrets_for(&b.tenant)?;
+        let prepared = crate::worker::prepare(&claim, secrets).map_err(crate::error::ServerError::Setup)?;
+        let secrets = prepared
+            .secrets
+            .iter()
+            .map(|s| crate::remote::WireSecret {
+                name: s.name.clone(),
+                value_base64: base64::engine::general_purpose::STANDARD.encode(s.value.expose()),
+            })
+            .collect();
+        Ok::<_, crate::error::ServerError>(crate::remote::LeaseReply {
+            build: b.id.clone(),
+            tenant: b.tenant.clone(),
+            attempt: claim.attempt.attempt,
+            engine_id: claim.attempt.engine_id.clone(),
+            pipeline: b.pipeline.clone(),
+            workflow: b.workflow.clone(),
+            git_ref: b.git_ref.clone(),
+            source_tree: b.source_tree.clone(),
+            source_tar_base64: source,
+            secrets,
+            heartbeat_ms: (core.cfg.lease_ttl_ms / 3).max(50),
+        })
+    }
+    .await;
+    match reply {
+        Ok(r) => {
+            tracing::info!(build = %b.id, worker = %worker, attempt = r.attempt, "leased to a remote worker");
+            Ok(Json(r).into_response())
+        }
+        Err(e) => {
+            core.finish_attempt(
+                &b.id,
+                claim.attempt.attempt,
+                crate::core::AttemptOutcome::Infra(e.to_string()),
+            )?;
+            Err(e.into())
+        }
+    }
+}
+
+async fn worker_events(
+    State(core): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    auth.worker()?;
+    let req: crate::remote::EventsRequest = parse_json(&body)?;
+    let worker = format!("remote:{}", req.worker);
+    let stop = core
+        .holder_check(&id, &worker, req.attempt, true)
+        .map_err(|_| ApiError::conflict("this worker does not hold the build's lease"))?;
+    if !req.events.is_empty() {
+        let b = core.read().build(&id)?.ok_or_else(|| ApiError::not_found("build"))?;
+        let engine_id = core
+            .read()
+            .attempts(&id)?
+            .into_iter()
+            .find(|a| a.attempt == req.attempt)
+            .map(|a| a.engine_id)
+            .ok_or_else(|| ApiError::conflict("no such attempt"))?;
+        core.remote.push(&core, &b.tenant, &id, req.attempt, &engine_id, req.events)?;
+    }
+    Ok(Json(json!({ "stop": stop })))
+}
+
+async fn worker_artifact(
+    State(core): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    auth.worker()?;
+    let req: crate::remote::ArtifactUpload = parse_json(&body)?;
+    let worker = format!("remote:{}", req.worker);
+    core.holder_check(&id, &worker, req.attempt, true)
+        .map_err(|_| ApiError::conflict("this worker does not hold the build's lease"))?;
+    let b = core.read().build(&id)?.ok_or_else(|| ApiError::not_found("build"))?;
+    let artifact = req.record.id.to_string();
+    crate::remote::store_artifact(&core, &b.tenant, req).await.map_err(ApiError::unprocessable)?;
+    Ok(Json(json!({ "artifact": artifact })))
+}
+
+async fn worker_finish(
+    State(core): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    auth.worker()?;
+    let req: crate::remote::FinishRequest = parse_json(&body)?;
+    let worker = format!("remote:{}", req.worker);
+    core.holder_check(&id, &worker, req.attempt, false)
+        .map_err(|_| ApiError::conflict("this worker does not hold the build's lease"))?;
+    let core2 = core.clone();
+    let id2 = id.clone();
+    tokio::task::spawn_blocking(move || crate::remote::finish(&core2, &id2, &req))
+        .await
+        .map_err(|e| ApiError::from(crate::error::ServerError::Setup(e.to_string())))??;
+    let b = core.read().build(&id)?;
+    if let Some(b) = &b {
+        tokio::spawn(core.clone().enforce_cache_quota(b.tenant.clone()));
+    }
+    Ok(Json(json!({ "state": b.map(|b| b.state) })))
+}

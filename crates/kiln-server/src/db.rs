@@ -1,0 +1,709 @@
+//! The control database: tenants, tokens, builds and their transitions,
+//! attempts, secrets (encrypted), usage and the append-only audit log.
+//!
+//! Its own SQLite file (`control.db`, WAL) next to the engine's `state.db`:
+//! the engine's store holds what a build *did* (jobs, steps, logs,
+//! artifacts), this one what the control plane *decided* (who may see it,
+//! where it is in the queue, why it was retried). Every SQL statement of
+//! the control plane lives in this module, behind methods named after what
+//! they mean, so that a PostgreSQL backend is another implementation of the
+//! same methods (the claim in [`crate::core`] becomes `SKIP LOCKED`), not a
+//! change to the API or the scheduler.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use crate::error::ServerError;
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS tenants (
+    name       TEXT PRIMARY KEY,
+    plan       TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    hash       TEXT PRIMARY KEY,
+    tenant     TEXT,
+    operator   INTEGER NOT NULL,
+    worker     INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS builds (
+    n                INTEGER PRIMARY KEY,
+    id               TEXT NOT NULL UNIQUE,
+    tenant           TEXT NOT NULL,
+    priority         TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    failure          TEXT,
+    reason           TEXT,
+    retries          INTEGER NOT NULL DEFAULT 0,
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    timeout_secs     INTEGER NOT NULL,
+    pipeline         TEXT NOT NULL,
+    workflow         TEXT NOT NULL,
+    git_ref          TEXT NOT NULL,
+    source_tar       TEXT,
+    source_tree      TEXT,
+    idem_key         TEXT,
+    body_hash        TEXT NOT NULL,
+    worker           TEXT,
+    created_at       TEXT NOT NULL,
+    enqueued_ms      INTEGER NOT NULL,
+    started_ms       INTEGER,
+    finished_ms      INTEGER,
+    UNIQUE (tenant, idem_key)
+);
+CREATE INDEX IF NOT EXISTS builds_by_tenant ON builds (tenant, n);
+CREATE INDEX IF NOT EXISTS builds_by_state ON builds (state, n);
+CREATE TABLE IF NOT EXISTS transitions (
+    n        INTEGER PRIMARY KEY,
+    build_id TEXT NOT NULL,
+    at_ms    INTEGER NOT NULL,
+    ts       TEXT NOT NULL,
+    state    TEXT NOT NULL,
+    event    TEXT NOT NULL,
+    detail   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transitions_by_build ON transitions (build_id, n);
+CREATE TABLE IF NOT EXISTS attempts (
+    build_id   TEXT NOT NULL,
+    attempt    INTEGER NOT NULL,
+    engine_id  TEXT NOT NULL,
+    log_base   INTEGER NOT NULL,
+    worker     TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    PRIMARY KEY (build_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS secrets (
+    tenant     TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    phases     TEXT NOT NULL,
+    nonce      BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, name)
+);
+CREATE TABLE IF NOT EXISTS usage (
+    build_id          TEXT PRIMARY KEY,
+    tenant            TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    queue_wait_seconds REAL NOT NULL,
+    wall_seconds      REAL NOT NULL,
+    cpu_seconds       REAL NOT NULL,
+    peak_memory_bytes INTEGER NOT NULL,
+    egress_bytes      INTEGER NOT NULL,
+    artifact_bytes    INTEGER NOT NULL,
+    cache_bytes       INTEGER NOT NULL,
+    log_bytes         INTEGER NOT NULL,
+    attempts          INTEGER NOT NULL,
+    finished_at       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_by_tenant ON usage (tenant);
+CREATE TABLE IF NOT EXISTS audit (
+    n        INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts       TEXT NOT NULL,
+    tenant   TEXT,
+    build_id TEXT,
+    kind     TEXT NOT NULL,
+    actor    TEXT NOT NULL,
+    detail   TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#;
+
+/// Who a bearer token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The tenant (`None` for operator or worker tokens made without one).
+    pub tenant: Option<String>,
+    /// Sees every tenant's audit events and may administer tenants.
+    pub operator: bool,
+    /// May lease builds and report on them (`kiln worker`).
+    pub worker: bool,
+}
+
+/// A build as the control plane knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildRecord {
+    #[serde(skip)]
+    pub n: i64,
+    pub id: String,
+    pub tenant: String,
+    pub priority: String,
+    /// `queued`, `provisioning`, `running`, `extracting`, `succeeded`,
+    /// `failed` or `cancelled`.
+    pub state: String,
+    /// For `failed`: `user` or `infrastructure`.
+    pub failure: Option<String>,
+    /// Why it failed or was cancelled (`timeout`, the infrastructure error).
+    pub reason: Option<String>,
+    /// Infrastructure retries used.
+    pub retries: i64,
+    /// Attempts started (a retry starts a new one).
+    pub attempt: i64,
+    pub cancel_requested: bool,
+    pub timeout_seconds: i64,
+    pub pipeline: String,
+    #[serde(skip)]
+    pub workflow: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub source_tree: Option<String>,
+    #[serde(skip)]
+    pub source_tar: Option<String>,
+    #[serde(skip)]
+    pub body_hash: String,
+    pub worker: Option<String>,
+    pub created_at: String,
+    pub enqueued_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+}
+
+const BUILD_COLS: &str = "n, id, tenant, priority, state, failure, reason, retries, attempt, cancel_requested, \
+    timeout_secs, pipeline, workflow, git_ref, source_tree, source_tar, body_hash, worker, created_at, enqueued_ms, \
+    started_ms, finished_ms";
+
+fn build_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRecord> {
+    Ok(BuildRecord {
+        n: r.get(0)?,
+        id: r.get(1)?,
+        tenant: r.get(2)?,
+        priority: r.get(3)?,
+        state: r.get(4)?,
+        failure: r.get(5)?,
+        reason: r.get(6)?,
+        retries: r.get(7)?,
+        attempt: r.get(8)?,
+        cancel_requested: r.get::<_, i64>(9)? != 0,
+        timeout_seconds: r.get(10)?,
+        pipeline: r.get(11)?,
+        workflow: r.get(12)?,
+        git_ref: r.get(13)?,
+        source_tree: r.get(14)?,
+        source_tar: r.get(15)?,
+        body_hash: r.get(16)?,
+        worker: r.get(17)?,
+        created_at: r.get(18)?,
+        enqueued_ms: r.get(19)?,
+        started_ms: r.get(20)?,
+        finished_ms: r.get(21)?,
+    })
+}
+
+/// A build to insert.
+#[derive(Debug, Clone)]
+pub struct NewBuild {
+    pub id: String,
+    pub tenant: String,
+    pub priority: String,
+    pub timeout_secs: i64,
+    pub pipeline: String,
+    pub workflow: String,
+    pub git_ref: String,
+    pub source_tar: Option<String>,
+    pub source_tree: Option<String>,
+    pub idem_key: Option<String>,
+    pub body_hash: String,
+    pub enqueued_ms: i64,
+}
+
+/// One recorded state change.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransitionRow {
+    pub ts: String,
+    pub at_ms: i64,
+    pub state: String,
+    pub event: String,
+    pub detail: String,
+}
+
+/// One run of a build on a worker; its engine build id names its rows in
+/// `state.db`, and `log_base` is where its log entries start in the build's
+/// log as the API numbers it (a retry's log continues the previous one's).
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRow {
+    pub attempt: i64,
+    pub engine_id: String,
+    pub log_base: i64,
+    pub worker: String,
+    pub started_ms: i64,
+}
+
+/// A tenant's secret, still encrypted.
+#[derive(Debug, Clone)]
+pub struct SecretRow {
+    pub name: String,
+    pub phases: Vec<String>,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub updated_at: String,
+}
+
+/// What a build used, measured.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default)]
+pub struct UsageRow {
+    pub build: String,
+    pub tenant: String,
+    pub status: String,
+    pub queue_wait_seconds: f64,
+    pub wall_seconds: f64,
+    pub cpu_seconds: f64,
+    pub peak_memory_bytes: i64,
+    pub egress_bytes: i64,
+    pub artifact_bytes: i64,
+    pub cache_bytes: i64,
+    pub log_bytes: i64,
+    pub attempts: i64,
+    pub finished_at: String,
+}
+
+/// One audit event.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRow {
+    pub seq: i64,
+    pub ts: String,
+    pub tenant: Option<String>,
+    pub build: Option<String>,
+    pub kind: String,
+    pub actor: String,
+    pub detail: String,
+}
+
+/// A connection to `control.db`.
+#[derive(Debug)]
+pub struct ControlDb {
+    conn: Connection,
+}
+
+impl ControlDb {
+    /// Opens (creating) `control.db` in `dir`.
+    pub fn open(dir: &Path) -> Result<ControlDb, ServerError> {
+        std::fs::create_dir_all(dir).map_err(|e| ServerError::io("creating", dir, e))?;
+        let conn = Connection::open(dir.join("control.db"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // NORMAL in WAL mode: a committed transaction survives a crash of the
+        // process (kill -9); only a power loss may lose the last ones.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(ServerError::Setup(format!(
+                "control.db schema version {version} is newer than this kiln understands ({SCHEMA_VERSION})"
+            )));
+        }
+        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(ControlDb { conn })
+    }
+
+    // ---- tenants and tokens ----
+
+    /// Creates a tenant; `false` if it already existed (its plan is updated).
+    pub fn upsert_tenant(&self, name: &str, plan: &str) -> Result<bool, ServerError> {
+        let existed = self.tenant_plan(name)?.is_some();
+        self.conn.execute(
+            "INSERT INTO tenants (name, plan, created_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(name) DO UPDATE SET plan = excluded.plan",
+            params![name, plan, now()],
+        )?;
+        Ok(!existed)
+    }
+
+    pub fn tenant_plan(&self, name: &str) -> Result<Option<String>, ServerError> {
+        Ok(self
+            .conn
+            .query_row("SELECT plan FROM tenants WHERE name = ?1", [name], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn tenants(&self) -> Result<Vec<(String, String)>, ServerError> {
+        let mut stmt = self.conn.prepare("SELECT name, plan FROM tenants ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn insert_token(&self, hash: &str, p: &Principal) -> Result<(), ServerError> {
+        self.conn.execute(
+            "INSERT INTO tokens (hash, tenant, operator, worker, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![hash, p.tenant, p.operator as i64, p.worker as i64, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn principal(&self, hash: &str) -> Result<Option<Principal>, ServerError> {
+        Ok(self
+            .conn
+            .query_row("SELECT tenant, operator, worker FROM tokens WHERE hash = ?1", [hash], |r| {
+                Ok(Principal {
+                    tenant: r.get(0)?,
+                    operator: r.get::<_, i64>(1)? != 0,
+                    worker: r.get::<_, i64>(2)? != 0,
+                })
+            })
+            .optional()?)
+    }
+
+    // ---- builds ----
+
+    /// Inserts a queued build and its first transition; returns its queue number.
+    pub fn insert_build(&self, b: &NewBuild) -> Result<i64, ServerError> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO builds (id, tenant, priority, state, timeout_secs, pipeline, workflow, git_ref, source_tar, \
+             source_tree, idem_key, body_hash, created_at, enqueued_ms) \
+             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                b.id,
+                b.tenant,
+                b.priority,
+                b.timeout_secs,
+                b.pipeline,
+                b.workflow,
+                b.git_ref,
+                b.source_tar,
+                b.source_tree,
+                b.idem_key,
+                b.body_hash,
+                now(),
+                b.enqueued_ms
+            ],
+        )?;
+        let n = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO transitions (build_id, at_ms, ts, state, event, detail) VALUES (?1, ?2, ?3, 'queued', 'submit', '')",
+            params![b.id, b.enqueued_ms, now()],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// The build a tenant submitted with an idempotency key.
+    pub fn build_by_key(&self, tenant: &str, key: &str) -> Result<Option<BuildRecord>, ServerError> {
+        let sql = format!("SELECT {BUILD_COLS} FROM builds WHERE tenant = ?1 AND idem_key = ?2");
+        Ok(self.conn.query_row(&sql, params![tenant, key], build_row).optional()?)
+    }
+
+    pub fn build(&self, id: &str) -> Result<Option<BuildRecord>, ServerError> {
+        let sql = format!("SELECT {BUILD_COLS} FROM builds WHERE id = ?1");
+        Ok(self.conn.query_row(&sql, [id], build_row).optional()?)
+    }
+
+    pub fn build_by_n(&self, n: i64) -> Result<Option<BuildRecord>, ServerError> {
+        let sql = format!("SELECT {BUILD_COLS} FROM builds WHERE n = ?1");
+        Ok(self.conn.query_row(&sql, [n], build_row).optional()?)
+    }
+
+    /// A tenant's builds (every tenant's for `None`), newest first.
+    pub fn builds(
+        &self,
+        tenant: Option<&str>,
+        state: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<BuildRecord>, ServerError> {
+        let sql = format!(
+            "SELECT {BUILD_COLS} FROM builds WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR state = ?2) \
+             ORDER BY n DESC LIMIT ?3"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![tenant, state, limit], build_row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Builds in the given states, oldest first (recovery at start-up).
+    pub fn builds_in(&self, states: &[&str]) -> Result<Vec<BuildRecord>, ServerError> {
+        let mut out = Vec::new();
+        let sql = format!("SELECT {BUILD_COLS} FROM builds WHERE state = ?1 ORDER BY n");
+        let mut stmt = self.conn.prepare(&sql)?;
+        for s in states {
+            let rows: Vec<BuildRecord> = stmt.query_map([s], build_row)?.collect::<Result<_, _>>()?;
+            out.extend(rows);
+        }
+        out.sort_by_key(|b| b.n);
+        Ok(out)
+    }
+
+    /// Records a state change (and the fields that go with it) atomically.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_transition(
+        &self,
+        id: &str,
+        state: &str,
+        failure: Option<&str>,
+        reason: Option<&str>,
+        retries: i64,
+        event: &str,
+        detail: &str,
+        at_ms: i64,
+    ) -> Result<(), ServerError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let terminal = matches!(state, "succeeded" | "failed" | "cancelled");
+        tx.execute(
+            "UPDATE builds SET state = ?2, failure = ?3, reason = COALESCE(?4, reason), retries = ?5, \
+             finished_ms = CASE WHEN ?6 THEN ?7 ELSE finished_ms END, \
+             started_ms = CASE WHEN ?2 = 'running' AND started_ms IS NULL THEN ?7 ELSE started_ms END, \
+             worker = CASE WHEN ?2 = 'queued' THEN NULL ELSE worker END \
+             WHERE id = ?1",
+            params![id, state, failure, reason, retries, terminal, at_ms],
+        )?;
+        tx.execute(
+            "INSERT INTO transitions (build_id, at_ms, ts, state, event, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, at_ms, now(), state, event, detail],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A worker took the build: a new attempt with its engine build id,
+    /// whose log starts at `log_base` of the build's log.
+    pub fn start_attempt(
+        &self,
+        id: &str,
+        worker: &str,
+        at_ms: i64,
+        log_base: i64,
+    ) -> Result<AttemptRow, ServerError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let attempt: i64 =
+            tx.query_row("SELECT attempt FROM builds WHERE id = ?1", [id], |r| r.get::<_, i64>(0))? + 1;
+        let engine_id = if attempt == 1 { id.to_string() } else { format!("{id}.{attempt}") };
+        tx.execute(
+            "INSERT INTO attempts (build_id, attempt, engine_id, log_base, worker, started_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, attempt, engine_id, log_base, worker, at_ms],
+        )?;
+        tx.execute(
+            "UPDATE builds SET attempt = ?2, worker = ?3 WHERE id = ?1",
+            params![id, attempt, worker],
+        )?;
+        tx.commit()?;
+        Ok(AttemptRow { attempt, engine_id, log_base, worker: worker.to_string(), started_ms: at_ms })
+    }
+
+    /// The attempts of a build, in order.
+    pub fn attempts(&self, id: &str) -> Result<Vec<AttemptRow>, ServerError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT attempt, engine_id, log_base, worker, started_ms FROM attempts WHERE build_id = ?1 ORDER BY attempt",
+        )?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok(AttemptRow {
+                    attempt: r.get(0)?,
+                    engine_id: r.get(1)?,
+                    log_base: r.get(2)?,
+                    worker: r.get(3)?,
+                    started_ms: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn set_cancel_requested(&self, id: &str, reason: Option<&str>) -> Result<(), ServerError> {
+        self.conn.execute(
+            "UPDATE builds SET cancel_requested = 1, reason = COALESCE(?2, reason) WHERE id = ?1",
+            params![id, reason],
+        )?;
+        Ok(())
+    }
+
+    pub fn transitions(&self, id: &str) -> Result<Vec<TransitionRow>, ServerError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT ts, at_ms, state, event, detail FROM transitions WHERE build_id = ?1 ORDER BY n",
+        )?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok(TransitionRow {
+                    ts: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    state: r.get(2)?,
+                    event: r.get(3)?,
+                    detail: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// The order in which builds were handed to workers (every lease,
+    /// retries included): `(build, tenant, priority)`.
+    pub fn lease_order(&self, tenant: Option<&str>) -> Result<Vec<(String, String, String)>, ServerError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT t.build_id, b.tenant, b.priority FROM transitions t JOIN builds b ON b.id = t.build_id \
+             WHERE t.state = 'provisioning' AND (?1 IS NULL OR b.tenant = ?1) ORDER BY t.n",
+        )?;
+        let rows =
+            stmt.query_map([tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    // ---- secrets ----
+
+    pub fn put_secret(
+        &self,
+        tenant: &str,
+        name: &str,
+        phases: &[String],
+        nonce: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<(), ServerError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO secrets (tenant, name, phases, nonce, ciphertext, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![tenant, name, phases.join(","), nonce, ciphertext, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_secret(&self, tenant: &str, name: &str) -> Result<bool, ServerError> {
+        Ok(self.conn.execute("DELETE FROM secrets WHERE tenant = ?1 AND name = ?2", params![tenant, name])?
+            > 0)
+    }
+
+    pub fn secrets(&self, tenant: &str) -> Result<Vec<SecretRow>, ServerError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, phases, nonce, ciphertext, updated_at FROM secrets WHERE tenant = ?1 ORDER BY name",
+        )?;
+        let rows = stmt
+            .query_map([tenant], |r| {
+                let phases: String = r.get(1)?;
+                Ok(SecretRow {
+                    name: r.get(0)?,
+                    phases: phases.split(',').filter(|p| !p.is_empty()).map(str::to_string).collect(),
+                    nonce: r.get(2)?,
+                    ciphertext: r.get(3)?,
+                    updated_at: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    // ---- usage ----
+
+    pub fn insert_usage(&self, u: &UsageRow) -> Result<(), ServerError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO usage (build_id, tenant, status, queue_wait_seconds, wall_seconds, cpu_seconds, \
+             peak_memory_bytes, egress_bytes, artifact_bytes, cache_bytes, log_bytes, attempts, finished_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                u.build,
+                u.tenant,
+                u.status,
+                u.queue_wait_seconds,
+                u.wall_seconds,
+                u.cpu_seconds,
+                u.peak_memory_bytes,
+                u.egress_bytes,
+                u.artifact_bytes,
+                u.cache_bytes,
+                u.log_bytes,
+                u.attempts,
+                u.finished_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Usage records of a tenant's builds, or of one build with `build`.
+    pub fn usage(&self, tenant: &str) -> Result<Vec<UsageRow>, ServerError> {
+        self.usage_where(tenant, None)
+    }
+
+    pub fn usage_of(&self, tenant: &str, build: &str) -> Result<Option<UsageRow>, ServerError> {
+        Ok(self.usage_where(tenant, Some(build))?.pop())
+    }
+
+    fn usage_where(&self, tenant: &str, build: Option<&str>) -> Result<Vec<UsageRow>, ServerError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT build_id, tenant, status, queue_wait_seconds, wall_seconds, cpu_seconds, peak_memory_bytes, \
+             egress_bytes, artifact_bytes, cache_bytes, log_bytes, attempts, finished_at FROM usage WHERE tenant = ?1 \
+             AND (?2 IS NULL OR build_id = ?2) ORDER BY finished_at, build_id",
+        )?;
+        let rows = stmt
+            .query_map(params![tenant, build], |r| {
+                Ok(UsageRow {
+                    build: r.get(0)?,
+                    tenant: r.get(1)?,
+                    status: r.get(2)?,
+                    queue_wait_seconds: r.get(3)?,
+                    wall_seconds: r.get(4)?,
+                    cpu_seconds: r.get(5)?,
+                    peak_memory_bytes: r.get(6)?,
+                    egress_bytes: r.get(7)?,
+                    artifact_bytes: r.get(8)?,
+                    cache_bytes: r.get(9)?,
+                    log_bytes: r.get(10)?,
+                    attempts: r.get(11)?,
+                    finished_at: r.get(12)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    // ---- audit ----
+
+    pub fn audit(
+        &self,
+        tenant: Option<&str>,
+        build: Option<&str>,
+        kind: &str,
+        actor: &str,
+        detail: &str,
+    ) -> Result<(), ServerError> {
+        self.conn.execute(
+            "INSERT INTO audit (ts, tenant, build_id, kind, actor, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![now(), tenant, build, kind, actor, detail],
+        )?;
+        Ok(())
+    }
+
+    /// Audit events of a tenant (every tenant's for `None`), oldest first,
+    /// after `after`.
+    pub fn audit_events(
+        &self,
+        tenant: Option<&str>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, ServerError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT n, ts, tenant, build_id, kind, actor, detail FROM audit WHERE (?1 IS NULL OR tenant = ?1) AND n > ?2 \
+             ORDER BY n LIMIT ?3",
+        )?;
+        let rows = stmt
+            .query_map(params![tenant, after, limit], |r| {
+                Ok(AuditRow {
+                    seq: r.get(0)?,
+                    ts: r.get(1)?,
+                    tenant: r.get(2)?,
+                    build: r.get(3)?,
+                    kind: r.get(4)?,
+                    actor: r.get(5)?,
+                    detail: r.get(6)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+}
+
+/// Now as RFC 3339 (the engine's format).
+pub fn now() -> String {
+    kiln_engine::time::now_rfc3339()
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

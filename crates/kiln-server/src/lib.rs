@@ -1,0 +1,92 @@
+//! `kiln serve`: the multi-tenant control plane.
+//!
+//! * [`api`]: the HTTP API (axum) and its OpenAPI document ([`openapi`]).
+//! * [`core`]: the queue — `kiln-queue`'s state machine, fair scheduler
+//!   and leases — persisted in [`db`] (`control.db`), with claims, reports,
+//!   lease expiry, plan timeouts and restart recovery.
+//! * [`worker`]: in-process workers; [`remote`]: `kiln worker` and the
+//!   server's side of it.
+//! * [`vault`]: tenant secrets encrypted at rest; [`auth`]: bearer tokens.
+//! * [`metrics`]: Prometheus exposition.
+//!
+//! Embedded defaults: SQLite files and a local content store in one state
+//! directory, workers inside the server process. Each has its seam for
+//! scale-out: the control database is one module of named queries, the
+//! content store is `kiln-store`'s object-store API, and a worker is
+//! anything that speaks the worker API (in-process workers use the same
+//! claim/report functions the HTTP endpoints do).
+
+pub mod api;
+pub mod auth;
+pub mod core;
+pub mod db;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod policy;
+pub mod remote;
+pub mod statedb;
+pub mod tarout;
+pub mod vault;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use crate::core::{Core, ServerConfig};
+pub use error::{ApiError, ServerError};
+
+/// Runs the server on `listener` until `shutdown` resolves: recovers the
+/// queue, starts the in-process workers and the reaper, serves the API.
+pub async fn serve(
+    cfg: ServerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let workers = cfg.workers;
+    let exec_cfg = kiln_engine::ExecutorConfig {
+        state_dir: cfg.state_dir.clone(),
+        isolation: cfg.isolation,
+        max_parallel: 1,
+        allow_private: cfg.allow_private.clone(),
+        egress_cap: cfg.egress_cap,
+        default_branch: cfg.default_branch.clone(),
+        store_url: None,
+        registries: Vec::new(),
+        // Every artifact passes the scanning gate before it is recorded.
+        scanner: Some(Arc::new(kiln_scan::Scanner::builtin())),
+    };
+    // The executor first: it cleans up what builds interrupted by a crash
+    // left behind (sandboxes, mounts) before the queue hands them out again.
+    let exec = if workers > 0 {
+        Some(Arc::new(
+            tokio::task::spawn_blocking(move || kiln_engine::Executor::new(exec_cfg))
+                .await
+                .map_err(|e| ServerError::Setup(format!("starting the engine: {e}")))??,
+        ))
+    } else {
+        None
+    };
+    let core = Core::start(cfg)?;
+    if let Some(exec) = exec {
+        worker::spawn_workers(core.clone(), exec, workers);
+    }
+    {
+        let core = core.clone();
+        let every = Duration::from_millis((core.cfg.lease_ttl_ms / 4).clamp(50, 1000));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = core.reap() {
+                    tracing::error!("reaper: {e}");
+                }
+            }
+        });
+    }
+    let app = api::router(core);
+    tracing::info!("listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| ServerError::Setup(format!("serving: {e}")))
+}

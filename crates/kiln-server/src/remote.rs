@@ -1,0 +1,794 @@
+//! Remote workers: the wire format of the worker API, the server's side
+//! that writes a remote attempt's events into `state.db` with the engine's
+//! [`StoreWriter`], and `kiln worker` itself, which leases builds over HTTP,
+//! runs them with its own [`Executor`] and never touches the server's
+//! databases.
+//!
+//! Protocol (all `POST`, worker token):
+//!
+//! * `/v1/worker/lease` `{worker, wait_seconds}` → 200 [`LeaseReply`] or 204.
+//! * `/v1/worker/builds/{id}/events` `{worker, attempt, events}` → `{stop}`;
+//!   also the heartbeat (with no events). 409 when the lease was taken
+//!   back: the worker abandons the build without reporting.
+//! * `/v1/worker/builds/{id}/artifacts` [`ArtifactUpload`]: each artifact
+//!   the attempt stored, before `finish`.
+//! * `/v1/worker/builds/{id}/finish` `{worker, attempt, status | infra}`.
+//!
+//! Log entries arrive already scrubbed: the worker's engine scrubs every
+//! line before it becomes an event.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use kiln_engine::runner::StepRecord;
+use kiln_engine::store::{LiveBuild, Store, StoreWriter};
+use kiln_engine::{BuildSummary, Event, JobSummary, LogEntry, Stream};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::core::{AttemptOutcome, Core};
+use crate::error::ServerError;
+
+/// A claimed build, as a worker receives it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseReply {
+    pub build: String,
+    pub tenant: String,
+    pub attempt: i64,
+    pub engine_id: String,
+    pub pipeline: String,
+    pub workflow: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub source_tree: Option<String>,
+    /// The submitted source archive (a tar), base64.
+    pub source_tar_base64: Option<String>,
+    /// The secrets the build may have, base64 values.
+    pub secrets: Vec<WireSecret>,
+    /// Heartbeat at least this often.
+    pub heartbeat_ms: u64,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct WireSecret {
+    pub name: String,
+    pub value_base64: String,
+}
+
+impl std::fmt::Debug for WireSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}=***", self.name)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub worker: String,
+    #[serde(default)]
+    pub wait_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventsRequest {
+    pub worker: String,
+    pub attempt: i64,
+    #[serde(default)]
+    pub events: Vec<WireEvent>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventsReply {
+    /// Stop the build (cancelled, or past its timeout).
+    pub stop: bool,
+}
+
+/// An artifact a remote attempt stored in the worker's store, copied into
+/// the tenant's namespace on the server: its tree (as a tar, read back
+/// through the strict reader), its record and its provenance envelope.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArtifactUpload {
+    pub worker: String,
+    pub attempt: i64,
+    pub record: kiln_store::ArtifactRecord,
+    pub tree_tar_base64: String,
+    pub provenance_base64: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinishRequest {
+    pub worker: String,
+    pub attempt: i64,
+    /// `succeeded`, `failed` or `cancelled` when the engine ran the build.
+    pub status: Option<String>,
+    #[serde(default)]
+    pub egress_bytes: u64,
+    /// Why the build could not run (an infrastructure failure).
+    pub infra: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireStep {
+    pub name: String,
+    pub outcome: String,
+    pub conclusion: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub cpu_seconds: f64,
+    pub peak_memory_bytes: u64,
+    pub summary: Option<String>,
+    pub redactions: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireJob {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub cpu_seconds: f64,
+    pub peak_memory_bytes: u64,
+    pub redactions: u64,
+}
+
+/// An engine [`Event`] on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WireEvent {
+    BuildStarted {
+        pipeline: String,
+        jobs: Vec<(String, String)>,
+    },
+    JobStarted {
+        job: usize,
+        id: String,
+        started_at: String,
+    },
+    StepFinished {
+        job: usize,
+        step: usize,
+        record: WireStep,
+    },
+    JobFinished {
+        job: usize,
+        summary: WireJob,
+    },
+    Log {
+        ts: String,
+        job: String,
+        step: String,
+        phase: String,
+        stream: String,
+        seq: u64,
+        text: String,
+    },
+    Artifact {
+        job: String,
+        name: String,
+        id: String,
+        files: u64,
+        bytes: u64,
+        provenance: Option<String>,
+        #[serde(default = "static_type")]
+        output_type: String,
+        #[serde(default = "ready_status")]
+        status: String,
+        #[serde(default)]
+        scan: Option<String>,
+    },
+    Audit {
+        kind: String,
+        job: String,
+        step: String,
+        detail: String,
+    },
+    BuildFinished {
+        status: String,
+        egress_bytes_in: u64,
+        egress_bytes_out: u64,
+    },
+}
+
+fn step_status(s: &str) -> kiln_engine::runner::StepStatus {
+    use kiln_engine::runner::StepStatus as S;
+    match s {
+        "success" => S::Success,
+        "failure" => S::Failure,
+        "cancelled" => S::Cancelled,
+        _ => S::Skipped,
+    }
+}
+
+impl WireEvent {
+    /// The wire form of an engine event (`None` for the ones only the
+    /// terminal needs).
+    pub fn from_event(ev: &Event) -> Option<WireEvent> {
+        Some(match ev {
+            Event::BuildStarted { pipeline, jobs, .. } => {
+                WireEvent::BuildStarted { pipeline: pipeline.clone(), jobs: jobs.clone() }
+            }
+            Event::JobStarted { job, id, started_at } => {
+                WireEvent::JobStarted { job: *job, id: id.clone(), started_at: started_at.clone() }
+            }
+            Event::StepStarted { .. } => return None,
+            Event::StepFinished { job, step, record } => WireEvent::StepFinished {
+                job: *job,
+                step: *step,
+                record: WireStep {
+                    name: record.name.clone(),
+                    outcome: record.outcome.as_str().into(),
+                    conclusion: record.conclusion.as_str().into(),
+                    started_at: record.started_at.clone(),
+                    finished_at: record.finished_at.clone(),
+                    exit_code: record.exit_code,
+                    reason: record.reason.clone(),
+                    cpu_seconds: record.cpu_seconds,
+                    peak_memory_bytes: record.peak_memory_bytes,
+                    summary: record.summary.clone(),
+                    redactions: record.redactions,
+                },
+            },
+            Event::JobFinished { job, summary: s } => WireEvent::JobFinished {
+                job: *job,
+                summary: WireJob {
+                    id: s.id.clone(),
+                    name: s.name.clone(),
+                    status: s.status.clone(),
+                    started_at: s.started_at.clone(),
+                    finished_at: s.finished_at.clone(),
+                    exit_code: s.exit_code,
+                    reason: s.reason.clone(),
+                    cpu_seconds: s.cpu_seconds,
+                    peak_memory_bytes: s.peak_memory_bytes,
+                    redactions: s.redactions,
+                },
+            },
+            Event::Log(l) => WireEvent::Log {
+                ts: l.ts.clone(),
+                job: l.job.clone(),
+                step: l.step.clone(),
+                phase: l.phase.clone(),
+                stream: l.stream.as_str().into(),
+                seq: l.seq,
+                text: l.text.clone(),
+            },
+            Event::Artifact { job, name, id, files, bytes, provenance, output_type, status, scan } => {
+                WireEvent::Artifact {
+                    job: job.clone(),
+                    name: name.clone(),
+                    id: id.clone(),
+                    files: *files,
+                    bytes: *bytes,
+                    provenance: provenance.clone(),
+                    output_type: output_type.clone(),
+                    status: status.clone(),
+                    scan: scan.clone(),
+                }
+            }
+            Event::Audit { kind, job, step, detail } => WireEvent::Audit {
+                kind: kind.clone(),
+                job: job.clone(),
+                step: step.clone(),
+                detail: detail.clone(),
+            },
+            Event::BuildFinished(s) => WireEvent::BuildFinished {
+                status: s.status.clone(),
+                egress_bytes_in: s.egress_bytes_in,
+                egress_bytes_out: s.egress_bytes_out,
+            },
+        })
+    }
+
+    /// The engine event this stands for, for `engine_id`.
+    pub fn into_event(self, engine_id: &str) -> Event {
+        match self {
+            WireEvent::BuildStarted { pipeline, jobs } => {
+                Event::BuildStarted { build: engine_id.to_string(), pipeline, jobs }
+            }
+            WireEvent::JobStarted { job, id, started_at } => Event::JobStarted { job, id, started_at },
+            WireEvent::StepFinished { job, step, record: r } => Event::StepFinished {
+                job,
+                step,
+                record: StepRecord {
+                    name: r.name,
+                    outcome: step_status(&r.outcome),
+                    conclusion: step_status(&r.conclusion),
+                    started_at: r.started_at,
+                    finished_at: r.finished_at,
+                    exit_code: r.exit_code,
+                    reason: r.reason,
+                    cpu_seconds: r.cpu_seconds,
+                    peak_memory_bytes: r.peak_memory_bytes,
+                    summary: r.summary,
+                    redactions: r.redactions,
+                },
+            },
+            WireEvent::JobFinished { job, summary: s } => Event::JobFinished {
+                job,
+                summary: JobSummary {
+                    id: s.id,
+                    name: s.name,
+                    status: s.status,
+                    started_at: s.started_at,
+                    finished_at: s.finished_at,
+                    exit_code: s.exit_code,
+                    reason: s.reason,
+                    cpu_seconds: s.cpu_seconds,
+                    peak_memory_bytes: s.peak_memory_bytes,
+                    redactions: s.redactions,
+                },
+            },
+            WireEvent::Log { ts, job, step, phase, stream, seq, text } => Event::Log(LogEntry {
+                ts,
+                build: engine_id.to_string(),
+                job,
+                step,
+                phase,
+                stream: Stream::parse(&stream),
+                seq,
+                text,
+            }),
+            WireEvent::Artifact { job, name, id, files, bytes, provenance, output_type, status, scan } => {
+                Event::Artifact { job, name, id, files, bytes, provenance, output_type, status, scan }
+            }
+            WireEvent::Audit { kind, job, step, detail } => Event::Audit { kind, job, step, detail },
+            WireEvent::BuildFinished { status, egress_bytes_in, egress_bytes_out } => {
+                Event::BuildFinished(BuildSummary {
+                    kind: "summary",
+                    build: engine_id.to_string(),
+                    status,
+                    jobs: Vec::new(),
+                    egress_bytes_in,
+                    egress_bytes_out,
+                })
+            }
+        }
+    }
+}
+
+// ---- the server's side ----
+
+#[derive(Debug)]
+struct Sink {
+    attempt: i64,
+    engine_id: String,
+    writer: Option<StoreWriter>,
+    _live: Option<LiveBuild>,
+}
+
+/// The state.db writers of remote attempts, by build id.
+#[derive(Debug, Default)]
+pub struct Sinks {
+    inner: Mutex<HashMap<String, Sink>>,
+}
+
+impl Sinks {
+    fn take(&self, id: &str) -> Option<Sink> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).remove(id)
+    }
+
+    /// Flushes and drops the writer of a build (its attempt ended or was
+    /// taken back), on a thread: closing waits for the last batch.
+    pub fn abandon(&self, id: &str) {
+        if let Some(mut sink) = self.take(id) {
+            if let Some(w) = sink.writer.take() {
+                // The attempt's rows say it was interrupted, as the engine's
+                // own recovery would after a crash.
+                let _ = w.sender().send(Event::BuildFinished(BuildSummary {
+                    kind: "summary",
+                    build: sink.engine_id.clone(),
+                    status: "interrupted".into(),
+                    jobs: Vec::new(),
+                    egress_bytes_in: 0,
+                    egress_bytes_out: 0,
+                }));
+                std::thread::spawn(move || {
+                    if let Err(e) = w.close() {
+                        tracing::error!("state store writer: {e}");
+                    }
+                    drop(sink);
+                });
+            }
+        }
+    }
+
+    /// Flushes and drops the writer of a build, waiting for it.
+    pub fn close(&self, id: &str) {
+        if let Some(mut sink) = self.take(id) {
+            if let Some(w) = sink.writer.take() {
+                if let Err(e) = w.close() {
+                    tracing::error!("state store writer: {e}");
+                }
+            }
+        }
+    }
+
+    /// Records events of a remote attempt (the caller checked the lease).
+    pub fn push(
+        &self,
+        core: &Core,
+        tenant: &str,
+        id: &str,
+        attempt: i64,
+        engine_id: &str,
+        events: Vec<WireEvent>,
+    ) -> Result<(), ServerError> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let sink = g.entry(id.to_string()).or_insert_with(|| Sink {
+            attempt,
+            engine_id: engine_id.to_string(),
+            writer: None,
+            _live: None,
+        });
+        if sink.attempt != attempt {
+            // A new attempt replaces the old one's writer.
+            if let Some(w) = sink.writer.take() {
+                let _ = w.close();
+            }
+            *sink = Sink { attempt, engine_id: engine_id.to_string(), writer: None, _live: None };
+        }
+        for wire in events {
+            let ev = wire.into_event(&sink.engine_id);
+            if let Event::BuildStarted { pipeline, jobs, .. } = &ev {
+                if sink.writer.is_none() {
+                    let live = LiveBuild::new(&sink.engine_id);
+                    let store = Store::open(&core.state_dir)?;
+                    store.insert_build(
+                        &sink.engine_id,
+                        pipeline,
+                        &format!("remote attempt {attempt}"),
+                        jobs,
+                    )?;
+                    sink.writer = Some(StoreWriter::spawn(store, sink.engine_id.clone()));
+                    sink._live = Some(live);
+                }
+            }
+            crate::worker::observe(core, tenant, id, attempt, &ev);
+            if let Some(w) = &sink.writer {
+                let _ = w.sender().send(ev);
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---- `kiln worker` ----
+
+/// How a remote worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// `http://host:port` of `kiln serve`.
+    pub server: String,
+    pub token: String,
+    /// This worker's name (in leases and logs).
+    pub name: String,
+    /// The worker's own state directory (its engine store, sandboxes).
+    pub state_dir: PathBuf,
+    pub isolation: kiln_sandbox::Isolation,
+    /// Builds at once.
+    pub slots: usize,
+    pub egress_cap: u64,
+    pub allow_private: Vec<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+struct Api {
+    agent: ureq::Agent,
+    base: String,
+    auth: String,
+}
+
+#[derive(Debug)]
+enum CallError {
+    /// The server says the lease is gone.
+    LeaseLost,
+    Other(String),
+}
+
+impl Api {
+    fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<Option<T>, CallError> {
+        let url = format!("{}{path}", self.base);
+        let mut resp = self
+            .agent
+            .post(&url)
+            .header("Authorization", &self.auth)
+            .send_json(body)
+            .map_err(|e| CallError::Other(format!("POST {url}: {e}")))?;
+        match resp.status().as_u16() {
+            204 => Ok(None),
+            409 => Err(CallError::LeaseLost),
+            s if (200..300).contains(&s) => resp
+                .body_mut()
+                .with_config()
+                .limit(1 << 30)
+                .read_json::<T>()
+                .map(Some)
+                .map_err(|e| CallError::Other(format!("POST {url}: {e}"))),
+            s => {
+                let text = resp.body_mut().read_to_string().unwrap_or_default();
+                Err(CallError::Other(format!("POST {url}: {s} {text}")))
+            }
+        }
+    }
+
+    async fn call<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        path: String,
+        body: serde_json::Value,
+    ) -> Result<Option<T>, CallError> {
+        let api = self.clone();
+        tokio::task::spawn_blocking(move || api.post::<T>(&path, &body))
+            .await
+            .unwrap_or_else(|e| Err(CallError::Other(e.to_string())))
+    }
+}
+
+/// Runs `kiln worker` until the process is stopped.
+pub async fn run_worker(cfg: WorkerConfig) -> Result<(), ServerError> {
+    let exec = Arc::new(kiln_engine::Executor::new(kiln_engine::ExecutorConfig {
+        state_dir: cfg.state_dir.clone(),
+        isolation: cfg.isolation,
+        max_parallel: 1,
+        allow_private: cfg.allow_private.clone(),
+        egress_cap: cfg.egress_cap,
+        default_branch: "main".into(),
+        store_url: None,
+        registries: Vec::new(),
+        scanner: Some(Arc::new(kiln_scan::Scanner::builtin())),
+    })?);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into();
+    let api = Api {
+        agent,
+        base: cfg.server.trim_end_matches('/').to_string(),
+        auth: format!("Bearer {}", cfg.token),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for slot in 0..cfg.slots.max(1) {
+        let name = if cfg.slots > 1 { format!("{}-{}", cfg.name, slot + 1) } else { cfg.name.clone() };
+        tasks.spawn(slot_loop(api.clone(), exec.clone(), name, exec.state_dir().to_path_buf()));
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn slot_loop(api: Api, exec: Arc<kiln_engine::Executor>, name: String, state_dir: PathBuf) {
+    loop {
+        let lease = api
+            .call::<LeaseReply>(
+                "/v1/worker/lease".into(),
+                serde_json::json!({"worker": name, "wait_seconds": 20}),
+            )
+            .await;
+        match lease {
+            Ok(Some(l)) => {
+                use tracing::Instrument;
+                let span =
+                    tracing::info_span!("build", build = %l.build, attempt = l.attempt, worker = %name);
+                run_lease(&api, &exec, &name, &state_dir, l).instrument(span).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(worker = %name, "leasing: {e:?}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn run_lease(
+    api: &Api,
+    exec: &Arc<kiln_engine::Executor>,
+    name: &str,
+    state_dir: &std::path::Path,
+    l: LeaseReply,
+) {
+    let events_path = format!("/v1/worker/builds/{}/events", l.build);
+    let finish_path = format!("/v1/worker/builds/{}/finish", l.build);
+    let source = state_dir.join("sources").join(&l.engine_id);
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let artifacts: Arc<Mutex<Vec<StoredArtifact>>> = Arc::default();
+    let (tap, mut rx) = mpsc::unbounded_channel::<Event>();
+    tracing::info!("leased");
+
+    // Forwards events in batches; every post (empty or not) is a heartbeat.
+    let forwarder = {
+        let (api, name, lost, artifacts) = (api.clone(), name.to_string(), lost.clone(), artifacts.clone());
+        let attempt = l.attempt;
+        let beat = Duration::from_millis(l.heartbeat_ms.max(50));
+        tokio::spawn(async move {
+            let mut open = true;
+            while open {
+                let mut batch = Vec::new();
+                let deadline = tokio::time::sleep(beat.min(Duration::from_millis(200)));
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        ev = rx.recv() => match ev {
+                            Some(ev) => {
+                                if let Event::Artifact { id, provenance, .. } = &ev {
+                                    artifacts.lock().unwrap_or_else(|e| e.into_inner()).push((id.clone(), provenance.clone()));
+                                }
+                                if let Some(w) = WireEvent::from_event(&ev) { batch.push(w) }
+                                if batch.len() >= 500 { break }
+                            }
+                            None => { open = false; break }
+                        },
+                        _ = &mut deadline => break,
+                    }
+                }
+                let body = serde_json::json!({"worker": name, "attempt": attempt, "events": batch});
+                match api.call::<EventsReply>(events_path.clone(), body).await {
+                    Ok(Some(r)) if r.stop => {
+                        let _ = cancel_tx.send(true);
+                    }
+                    Ok(_) => {}
+                    Err(CallError::LeaseLost) => {
+                        lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                        let _ = cancel_tx.send(true);
+                    }
+                    Err(CallError::Other(e)) => tracing::warn!("posting events: {e}"),
+                }
+            }
+        })
+    };
+
+    let result = async {
+        let _ = std::fs::remove_dir_all(&source);
+        std::fs::create_dir_all(&source).map_err(|e| format!("creating {}: {e}", source.display()))?;
+        if let Some(b64) = &l.source_tar_base64 {
+            let tar =
+                base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| format!("source: {e}"))?;
+            let store = exec.blob_store(&l.tenant).map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_dir_all(&source);
+            store
+                .extract_tar(std::io::Cursor::new(tar), &source, &crate::api::source_limits())
+                .await
+                .map_err(|e| format!("extracting the source: {e}"))?;
+        }
+        let plan = kiln_workflow::load(&l.pipeline, &l.workflow).map_err(|d| format!("workflow: {d}"))?;
+        let mut secrets = Vec::new();
+        for s in &l.secrets {
+            let v = base64::engine::general_purpose::STANDARD
+                .decode(&s.value_base64)
+                .map_err(|e| e.to_string())?;
+            secrets.push(kiln_secrets::Secret::new(s.name.clone(), v));
+        }
+        let req = kiln_engine::BuildRequest {
+            build: l.engine_id.clone(),
+            tenant: l.tenant.clone(),
+            plan: Arc::new(plan),
+            source: source.clone(),
+            source_info: kiln_engine::contexts::SourceInfo {
+                repository: format!("{}/{}", l.tenant, l.pipeline),
+                sha: "0".repeat(40),
+                git_ref: l.git_ref.clone(),
+                event_name: "push".into(),
+            },
+            secrets: Arc::new(secrets),
+            untrusted: false,
+        };
+        exec.execute(req, Some(tap), cancel_rx).await.map_err(|e| e.to_string())
+    }
+    .await;
+    let _ = forwarder.await;
+    let _ = std::fs::remove_dir_all(&source);
+    if lost.load(std::sync::atomic::Ordering::SeqCst) {
+        tracing::warn!(build = %l.build, "the lease was taken back; abandoning the build");
+        return;
+    }
+    let uploads = artifacts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for (id, provenance) in uploads {
+        if let Err(e) = upload_artifact(api, exec, name, &l, &id, provenance.as_deref()).await {
+            tracing::warn!(build = %l.build, "uploading artifact {id}: {e}");
+        }
+    }
+    let body = match result {
+        Ok(s) => serde_json::json!({
+            "worker": name, "attempt": l.attempt, "status": s.status,
+            "egress_bytes": s.egress_bytes_in + s.egress_bytes_out,
+        }),
+        Err(e) => serde_json::json!({"worker": name, "attempt": l.attempt, "infra": e}),
+    };
+    if let Err(e) = api.call::<serde_json::Value>(finish_path, body).await {
+        tracing::warn!(build = %l.build, "reporting the result: {e:?}");
+    }
+}
+
+/// An artifact id and its provenance envelope's digest, as the engine
+/// reported them.
+type StoredArtifact = (String, Option<String>);
+
+fn static_type() -> String {
+    "static".into()
+}
+
+fn ready_status() -> String {
+    "ready".into()
+}
+
+/// Copies one artifact of the worker's store to the server.
+async fn upload_artifact(
+    api: &Api,
+    exec: &kiln_engine::Executor,
+    name: &str,
+    l: &LeaseReply,
+    id: &str,
+    provenance: Option<&str>,
+) -> Result<(), String> {
+    let store = exec.blob_store(&l.tenant).map_err(|e| e.to_string())?;
+    let digest: kiln_store::TreeDigest = id.parse().map_err(|_| format!("bad artifact id {id}"))?;
+    let record = store.get_artifact(&digest).await.map_err(|e| e.to_string())?;
+    let manifest = store.get_manifest(&digest).await.map_err(|e| e.to_string())?;
+    let tar = crate::tarout::tree_tar(&store, &manifest).await.map_err(|e| e.to_string())?;
+    let provenance = match provenance {
+        Some(p) => {
+            let d: kiln_store::Digest = p.parse().map_err(|_| format!("bad provenance digest {p}"))?;
+            Some(store.get_bytes(&d, None).await.map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let body = serde_json::to_value(ArtifactUpload {
+        worker: name.to_string(),
+        attempt: l.attempt,
+        record,
+        tree_tar_base64: b64.encode(tar),
+        provenance_base64: provenance.map(|p| b64.encode(p)),
+    })
+    .map_err(|e| e.to_string())?;
+    api.call::<serde_json::Value>(format!("/v1/worker/builds/{}/artifacts", l.build), body)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// The server's side of an artifact upload: the tree through the strict
+/// tar reader (its digest must be the artifact id), then the record and
+/// the provenance envelope, all in the build's tenant namespace.
+pub(crate) async fn store_artifact(core: &Core, tenant: &str, up: ArtifactUpload) -> Result<(), String> {
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let store = core.tenant_store(tenant).map_err(|e| e.to_string())?;
+    let tar = b64.decode(&up.tree_tar_base64).map_err(|e| format!("tree_tar_base64: {e}"))?;
+    let stats = store
+        .put_tar(std::io::Cursor::new(tar), &kiln_store::RestoreLimits::default())
+        .await
+        .map_err(|e| format!("the artifact's archive was refused: {e}"))?;
+    if stats.digest != up.record.id {
+        return Err(format!("the archive is tree {}, not artifact {}", stats.digest, up.record.id));
+    }
+    store.put_artifact(&up.record).await.map_err(|e| e.to_string())?;
+    if let Some(p) = &up.provenance_base64 {
+        let bytes = b64.decode(p).map_err(|e| format!("provenance_base64: {e}"))?;
+        store.put_bytes(bytes).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The server's side of `finish`.
+pub(crate) fn finish(core: &Core, id: &str, req: &FinishRequest) -> Result<(), ServerError> {
+    core.remote.close(id);
+    let outcome = match (&req.status, &req.infra) {
+        (Some(status), _) => {
+            AttemptOutcome::Finished { status: status.clone(), egress_bytes: req.egress_bytes }
+        }
+        (None, Some(msg)) => AttemptOutcome::Infra(msg.clone()),
+        (None, None) => AttemptOutcome::Infra("the worker reported no result".into()),
+    };
+    core.finish_attempt(id, req.attempt, outcome)
+}

@@ -1,0 +1,170 @@
+//! The queue core without sandboxes: claims, fairness, leases, timeouts of
+//! reports and recovery, driven through `Core` directly.
+
+use std::sync::Arc;
+
+use kiln_server::core::AttemptOutcome;
+use kiln_server::db::{now_ms, ControlDb, NewBuild};
+use kiln_server::{Core, ServerConfig};
+
+fn config(dir: &std::path::Path) -> ServerConfig {
+    let mut cfg = ServerConfig::new(dir.join("state"));
+    cfg.workers = 0;
+    cfg.lease_ttl_ms = 1;
+    cfg
+}
+
+fn tenants(cfg: &ServerConfig, list: &[(&str, &str)]) {
+    let db = ControlDb::open(&cfg.state_dir).unwrap();
+    for (t, plan) in list {
+        db.upsert_tenant(t, plan).unwrap();
+    }
+}
+
+fn submit(core: &Core, tenant: &str, priority: &str) -> String {
+    let n = NewBuild {
+        id: kiln_engine::time::new_build_id() + &format!("-{tenant}-{}", now_ms() % 100_000),
+        tenant: tenant.into(),
+        priority: priority.into(),
+        timeout_secs: 600,
+        pipeline: "ci".into(),
+        workflow: "jobs:\n  a:\n    steps:\n      - run: echo\n".into(),
+        git_ref: String::new(),
+        source_tar: None,
+        source_tree: None,
+        idem_key: None,
+        body_hash: String::new(),
+        enqueued_ms: now_ms(),
+    };
+    let id = n.id.clone();
+    core.submit(n).unwrap().unwrap();
+    id
+}
+
+fn state(core: &Core, id: &str) -> (String, Option<String>, i64) {
+    let b = core.read().build(id).unwrap().unwrap();
+    (b.state, b.failure, b.retries)
+}
+
+fn finish_ok(core: &Core, id: &str, attempt: i64) {
+    core.started(id, attempt).unwrap();
+    core.finish_attempt(
+        id,
+        attempt,
+        AttemptOutcome::Finished { status: "succeeded".into(), egress_bytes: 0 },
+    )
+    .unwrap();
+}
+
+#[test]
+fn claims_follow_priority_fairness_and_plan_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    tenants(&cfg, &[("flood", "team"), ("solo", "team"), ("free", "free")]);
+    let core: Arc<Core> = Core::start(cfg).unwrap();
+    let floods: Vec<String> = (0..20).map(|_| submit(&core, "flood", "normal")).collect();
+    let solo = submit(&core, "solo", "normal");
+    let urgent = submit(&core, "flood", "urgent");
+    let free1 = submit(&core, "free", "normal");
+    let free2 = submit(&core, "free", "normal");
+    let mut order = Vec::new();
+    while let Some(c) = core.try_claim("w", false).unwrap() {
+        order.push(c.build.id.clone());
+        finish_ok(&core, &c.build.id, c.attempt.attempt);
+    }
+    assert_eq!(order.len(), 24);
+    assert_eq!(order[0], urgent);
+    let pos = |id: &str| order.iter().position(|o| o == id).unwrap();
+    assert!(pos(&solo) <= 3, "{order:?}");
+    assert!(pos(&free1) <= 3, "{order:?}");
+    let flood_order: Vec<&String> = order.iter().filter(|o| floods.contains(o)).collect();
+    assert_eq!(flood_order, floods.iter().collect::<Vec<_>>());
+    // The free plan: one at a time. While free1 is held, free2 is not handed out.
+    let a = submit(&core, "free", "normal");
+    let b = submit(&core, "free", "normal");
+    let first = core.try_claim("w", false).unwrap().unwrap();
+    assert_eq!(first.build.id, a);
+    assert!(core.try_claim("w", false).unwrap().is_none(), "the free plan allows one build at a time");
+    finish_ok(&core, &a, first.attempt.attempt);
+    assert_eq!(core.try_claim("w", false).unwrap().unwrap().build.id, b);
+    let _ = free2;
+}
+
+#[test]
+fn expired_leases_retry_twice_then_fail_as_infrastructure() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    tenants(&cfg, &[("t", "team")]);
+    let core = Core::start(cfg).unwrap();
+    let id = submit(&core, "t", "normal");
+    for round in 0..3 {
+        let c = core.try_claim("remote:w", true).unwrap().expect("claimable");
+        assert_eq!(c.attempt.attempt, round + 1);
+        core.started(&id, c.attempt.attempt).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        core.reap().unwrap();
+        // A late report of the lost attempt changes nothing.
+        core.finish_attempt(
+            &id,
+            c.attempt.attempt,
+            AttemptOutcome::Finished { status: "succeeded".into(), egress_bytes: 0 },
+        )
+        .unwrap();
+    }
+    assert_eq!(state(&core, &id), ("failed".into(), Some("infrastructure".into()), 2));
+    let transitions = core.read().transitions(&id).unwrap();
+    let events: Vec<&str> = transitions.iter().map(|t| t.event.as_str()).collect();
+    assert_eq!(events.iter().filter(|e| **e == "lease-expired").count(), 3, "{events:?}");
+}
+
+#[test]
+fn a_restart_requeues_held_builds_and_keeps_the_queue_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    tenants(&cfg, &[("t", "team")]);
+    let (held, queued) = {
+        let core = Core::start(cfg.clone()).unwrap();
+        let held = submit(&core, "t", "normal");
+        let queued: Vec<String> = (0..3).map(|_| submit(&core, "t", "normal")).collect();
+        let c = core.try_claim("w", false).unwrap().unwrap();
+        core.started(&held, c.attempt.attempt).unwrap();
+        (held, queued)
+        // Dropped without any shutdown: as after kill -9.
+    };
+    let core = Core::start(cfg).unwrap();
+    assert_eq!(state(&core, &held), ("queued".into(), None, 1));
+    let mut order = Vec::new();
+    while let Some(c) = core.try_claim("w", false).unwrap() {
+        order.push(c.build.id.clone());
+        finish_ok(&core, &c.build.id, c.attempt.attempt);
+    }
+    let mut want = vec![held.clone()];
+    want.extend(queued);
+    assert_eq!(order, want, "the interrupted build goes first, the rest in order");
+    assert_eq!(state(&core, &held), ("succeeded".into(), None, 1));
+    assert_eq!(core.read().attempts(&held).unwrap().len(), 2);
+}
+
+#[test]
+fn cancelling_a_queued_build_is_immediate_and_a_held_one_waits_for_its_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    tenants(&cfg, &[("t", "team")]);
+    let core = Core::start(cfg).unwrap();
+    let running = submit(&core, "t", "normal");
+    let queued = submit(&core, "t", "normal");
+    let c = core.try_claim("w", false).unwrap().unwrap();
+    core.started(&running, c.attempt.attempt).unwrap();
+    core.cancel(&queued, "test").unwrap();
+    assert_eq!(state(&core, &queued).0, "cancelled");
+    core.cancel(&running, "test").unwrap();
+    assert_eq!(state(&core, &running).0, "running", "until the worker stops it");
+    core.finish_attempt(
+        &running,
+        1,
+        AttemptOutcome::Finished { status: "cancelled".into(), egress_bytes: 0 },
+    )
+    .unwrap();
+    assert_eq!(state(&core, &running).0, "cancelled");
+    assert!(core.try_claim("w", false).unwrap().is_none());
+}

@@ -1,0 +1,294 @@
+//! `kiln serve`, `kiln worker` and `kiln admin`: flags and process glue
+//! around `kiln-server`.
+
+use std::net::SocketAddr;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use kiln_server::db::{ControlDb, Principal};
+
+use crate::cli::{IsolationArg, StateArgs};
+use crate::run::{isolation, EXIT_INFRA, EXIT_INVALID};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (`127.0.0.1:0` picks a free port; the address
+    /// is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8420")]
+    pub listen: SocketAddr,
+    /// In-process workers (builds at once on this host). 0: remote workers only.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Isolation tier for every job; a job may ask for a stronger one.
+    #[arg(long, value_enum, default_value = "gvisor", env = "KILN_ISOLATION")]
+    pub isolation: IsolationArg,
+    /// A remote worker's lease is taken back after this long without a heartbeat.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub lease_timeout_ms: u64,
+    /// Largest request body (413 above).
+    #[arg(long, value_name = "BYTES", default_value = "64Mi")]
+    pub max_body: String,
+    /// Egress bytes (in + out) per build.
+    #[arg(long, value_name = "BYTES", default_value = "2Gi")]
+    pub egress_cap: String,
+    /// Open a private `IP:PORT` to steps that have network.
+    #[arg(long = "allow-private", value_name = "IP:PORT")]
+    pub allow_private: Vec<SocketAddr>,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The server (`http://host:port`).
+    #[arg(long, env = "KILN_SERVER")]
+    pub server: String,
+    /// A worker token (`kiln admin token create --worker`).
+    #[arg(long, env = "KILN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// This worker's name (default: host name and process id).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Builds at once.
+    #[arg(long, default_value_t = 1)]
+    pub slots: usize,
+    #[arg(long, value_enum, default_value = "gvisor", env = "KILN_ISOLATION")]
+    pub isolation: IsolationArg,
+    #[arg(long, value_name = "BYTES", default_value = "2Gi")]
+    pub egress_cap: String,
+    #[arg(long = "allow-private", value_name = "IP:PORT")]
+    pub allow_private: Vec<SocketAddr>,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanArg {
+    /// 1 build at a time, 10-minute timeout, 256 MiB cache.
+    Free,
+    /// 4 builds at a time, 3-hour timeout, 10 GiB cache.
+    Team,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Tenants (writes the server's control.db directly).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// API tokens (printed once; stored hashed).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant, or change its plan.
+    Create {
+        /// Lower-case letters, digits and `-`.
+        name: String,
+        #[arg(long, value_enum, default_value = "free")]
+        plan: PlanArg,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// List tenants.
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (it cannot be shown again).
+    Create {
+        /// The tenant whose builds the token submits and reads.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Sees every tenant's audit events and the metrics.
+        #[arg(long)]
+        operator: bool,
+        /// May lease and run builds (`kiln worker`).
+        #[arg(long)]
+        worker: bool,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+fn size(flag: &str, s: &str) -> Result<u64, u8> {
+    kiln_workflow::parse_size(s).map_err(|e| {
+        eprintln!("error: {flag}: {e}");
+        EXIT_INVALID
+    })
+}
+
+pub fn serve(args: ServeArgs) -> u8 {
+    let (max_body, egress_cap) =
+        match (size("--max-body", &args.max_body), size("--egress-cap", &args.egress_cap)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(c), _) | (_, Err(c)) => return c,
+        };
+    let mut cfg = kiln_server::ServerConfig::new(args.state.state_dir.clone());
+    cfg.workers = args.workers;
+    cfg.isolation = isolation(args.isolation);
+    cfg.lease_ttl_ms = args.lease_timeout_ms.max(1);
+    cfg.max_body_bytes = usize::try_from(max_body).unwrap_or(usize::MAX);
+    cfg.egress_cap = egress_cap;
+    cfg.allow_private = args.allow_private.clone();
+    let result = (|| -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("listening on {}", args.listen))?;
+            let addr = listener.local_addr()?;
+            {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "kiln serve: listening on http://{addr}")?;
+                out.flush()?;
+            }
+            kiln_server::serve(cfg, listener, shutdown_signal()).await.map_err(|e| anyhow!("{e}"))
+        })?;
+        rt.shutdown_timeout(std::time::Duration::from_secs(5));
+        Ok(())
+    })();
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else { return std::future::pending().await };
+    let Ok(mut int) = signal(SignalKind::interrupt()) else { return std::future::pending().await };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+pub fn worker(args: WorkerArgs) -> u8 {
+    let egress_cap = match size("--egress-cap", &args.egress_cap) {
+        Ok(n) => n,
+        Err(c) => return c,
+    };
+    let name = args.name.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let cfg = kiln_server::remote::WorkerConfig {
+        server: args.server.clone(),
+        token: args.token.clone(),
+        name,
+        state_dir: args.state.state_dir.clone(),
+        isolation: isolation(args.isolation),
+        slots: args.slots.max(1),
+        egress_cap,
+        allow_private: args.allow_private.clone(),
+    };
+    let result = (|| -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        rt.block_on(async {
+            tokio::select! {
+                r = kiln_server::remote::run_worker(cfg) => r.map_err(|e| anyhow!("{e}")),
+                _ = shutdown_signal() => Ok(()),
+            }
+        })?;
+        rt.shutdown_timeout(std::time::Duration::from_secs(5));
+        Ok(())
+    })();
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}
+
+fn valid_tenant(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        // `local` is the store namespace of `kiln run` on the same state dir.
+        && name != crate::run::LOCAL_TENANT
+}
+
+pub fn admin(cmd: AdminCommand) -> u8 {
+    let result = (|| -> anyhow::Result<u8> {
+        match cmd {
+            AdminCommand::Tenant(TenantCommand::Create { name, plan, state }) => {
+                if !valid_tenant(&name) {
+                    eprintln!(
+                        "error: tenant names are 1-63 lower-case letters, digits and `-` (and not `local`)"
+                    );
+                    return Ok(EXIT_INVALID);
+                }
+                let plan = match plan {
+                    PlanArg::Free => "free",
+                    PlanArg::Team => "team",
+                };
+                let db = ControlDb::open(&state.state_dir).map_err(|e| anyhow!("{e}"))?;
+                let created = db.upsert_tenant(&name, plan).map_err(|e| anyhow!("{e}"))?;
+                let what = if created { "created" } else { "plan set" };
+                db.audit(Some(&name), None, "admin", "kiln admin", &format!("tenant {name} {what}: {plan}"))
+                    .map_err(|e| anyhow!("{e}"))?;
+                println!("tenant {name} {what} (plan {plan})");
+            }
+            AdminCommand::Tenant(TenantCommand::List { state }) => {
+                let db = ControlDb::open(&state.state_dir).map_err(|e| anyhow!("{e}"))?;
+                for (name, plan) in db.tenants().map_err(|e| anyhow!("{e}"))? {
+                    println!("{name}\t{plan}");
+                }
+            }
+            AdminCommand::Token(TokenCommand::Create { tenant, operator, worker, state }) => {
+                let db = ControlDb::open(&state.state_dir).map_err(|e| anyhow!("{e}"))?;
+                if let Some(t) = &tenant {
+                    if db.tenant_plan(t).map_err(|e| anyhow!("{e}"))?.is_none() {
+                        eprintln!("error: no tenant `{t}` (kiln admin tenant create {t})");
+                        return Ok(EXIT_INVALID);
+                    }
+                } else if !operator && !worker {
+                    eprintln!("error: a token needs --tenant, --operator or --worker");
+                    return Ok(EXIT_INVALID);
+                }
+                let p = Principal { tenant: tenant.clone(), operator, worker };
+                let token = kiln_server::Core::admin_token(&db, &p).map_err(|e| anyhow!("{e}"))?;
+                let kind = [(operator, "operator"), (worker, "worker")]
+                    .iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, k)| *k)
+                    .collect::<Vec<_>>()
+                    .join("+");
+                db.audit(
+                    tenant.as_deref(),
+                    None,
+                    "admin",
+                    "kiln admin",
+                    &format!(
+                        "token created (tenant {}, {})",
+                        tenant.as_deref().unwrap_or("-"),
+                        if kind.is_empty() { "tenant" } else { &kind }
+                    ),
+                )
+                .map_err(|e| anyhow!("{e}"))?;
+                println!("{token}");
+            }
+        }
+        Ok(0)
+    })();
+    match result {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}

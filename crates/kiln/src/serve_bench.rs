@@ -1,0 +1,331 @@
+//! `kiln bench-serve`: a load test of the control plane with real builds.
+//!
+//! Starts `kiln serve` in this process on a scratch state dir (or uses
+//! `--state-dir`), creates `--tenants` tenants, and has `--clients` threads
+//! submit `--builds` builds of one trivial step, round robin over the
+//! tenants, each with its own `Idempotency-Key`. While they run, a probe
+//! thread times `GET /v1/builds` (the API under load). At the end it checks
+//! that every build finished exactly once (one build per key, one attempt
+//! each, one usage record each) and reports queue wait p50/p99, dispatch
+//! throughput and API latencies.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use kiln_server::db::{ControlDb, Principal};
+use serde_json::{json, Value};
+
+use crate::cli::IsolationArg;
+use crate::run::{isolation, EXIT_INFRA};
+
+#[derive(Debug, Args)]
+pub struct BenchServeArgs {
+    /// Builds to submit.
+    #[arg(long, default_value_t = 1000)]
+    pub builds: usize,
+    /// Tenants the builds are spread over.
+    #[arg(long, default_value_t = 4)]
+    pub tenants: usize,
+    /// In-process workers.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Threads submitting at once.
+    #[arg(long, default_value_t = 4)]
+    pub clients: usize,
+    #[arg(long, value_enum, default_value = "gvisor")]
+    pub isolation: IsolationArg,
+    /// Write the results as Markdown to this file as well.
+    #[arg(long)]
+    pub markdown: Option<std::path::PathBuf>,
+    /// State dir (default: a fresh scratch dir, removed afterwards).
+    #[arg(long)]
+    pub state_dir: Option<std::path::PathBuf>,
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v
+}
+
+struct Client {
+    agent: ureq::Agent,
+    url: String,
+}
+
+impl Client {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let url = format!("{}{path}", self.url);
+        let auth = format!("Bearer {token}");
+        let mut resp = match method {
+            "GET" => self.agent.get(&url).header("Authorization", &auth).call(),
+            _ => {
+                let mut r = self.agent.post(&url).header("Authorization", &auth);
+                if let Some(k) = key {
+                    r = r.header("Idempotency-Key", k);
+                }
+                r.send_json(body.cloned().unwrap_or(json!({})))
+            }
+        }
+        .with_context(|| format!("{method} {url}"))?;
+        let status = resp.status().as_u16();
+        let v = resp.body_mut().with_config().limit(1 << 30).read_json::<Value>().unwrap_or(Value::Null);
+        Ok((status, v))
+    }
+}
+
+pub fn bench_serve(args: BenchServeArgs) -> u8 {
+    match run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}
+
+fn run(args: BenchServeArgs) -> anyhow::Result<()> {
+    let scratch = args.state_dir.is_none();
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        std::env::temp_dir().join(format!("kiln-bench-serve-{nanos}"))
+    });
+    let tenants: Vec<(String, String)> = {
+        let db = ControlDb::open(&state_dir).map_err(|e| anyhow!("{e}"))?;
+        (0..args.tenants.max(1))
+            .map(|i| {
+                let name = format!("bench-{i}");
+                db.upsert_tenant(&name, "team").map_err(|e| anyhow!("{e}"))?;
+                let p = Principal { tenant: Some(name.clone()), operator: false, worker: false };
+                Ok((name, kiln_server::Core::admin_token(&db, &p).map_err(|e| anyhow!("{e}"))?))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let mut cfg = kiln_server::ServerConfig::new(state_dir.clone());
+    cfg.workers = args.workers;
+    cfg.isolation = isolation(args.isolation);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(kiln_server::serve(cfg, listener, async {
+        let _ = stop_rx.await;
+    }));
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let client = Arc::new(Client { agent, url });
+    // Wait for the server (the engine proves the runtime first).
+    let ready = Instant::now() + Duration::from_secs(120);
+    while client.call("GET", "/v1/builds?limit=1", &tenants[0].1, None, None).is_err() {
+        if Instant::now() > ready {
+            bail!("the server did not come up");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let workflow = "jobs:\n  noop:\n    steps:\n      - run: \"true\"\n";
+    let n = args.builds;
+    let next = Arc::new(Mutex::new(0usize));
+    let submit_lat = Arc::new(Mutex::new(Vec::new()));
+    let ids = Arc::new(Mutex::new(Vec::<(usize, String, String)>::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let probe_lat = Arc::new(Mutex::new(Vec::new()));
+    let t0 = Instant::now();
+    let probe = {
+        let (client, done, lat, token) =
+            (client.clone(), done.clone(), probe_lat.clone(), tenants[0].1.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                if client.call("GET", "/v1/builds?limit=20", &token, None, None).is_ok() {
+                    lat.lock().unwrap_or_else(|e| e.into_inner()).push(t.elapsed().as_secs_f64());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let submitters: Vec<_> = (0..args.clients.max(1))
+        .map(|_| {
+            let (client, next, lat, ids, tenants) =
+                (client.clone(), next.clone(), submit_lat.clone(), ids.clone(), tenants.clone());
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                loop {
+                    let i = {
+                        let mut g = next.lock().unwrap_or_else(|e| e.into_inner());
+                        if *g >= n {
+                            return Ok(());
+                        }
+                        *g += 1;
+                        *g - 1
+                    };
+                    let (tenant, token) = &tenants[i % tenants.len()];
+                    let key = format!("bench-{i}");
+                    let t = Instant::now();
+                    let (status, v) = client.call(
+                        "POST",
+                        "/v1/builds",
+                        token,
+                        Some(&json!({"workflow": workflow})),
+                        Some(&key),
+                    )?;
+                    lat.lock().unwrap_or_else(|e| e.into_inner()).push(t.elapsed().as_secs_f64());
+                    if status != 201 {
+                        bail!("submit {i}: {status} {v}");
+                    }
+                    let id = v["id"].as_str().unwrap_or_default().to_string();
+                    ids.lock().unwrap_or_else(|e| e.into_inner()).push((i, tenant.clone(), id));
+                }
+            })
+        })
+        .collect();
+    for s in submitters {
+        s.join().map_err(|_| anyhow!("a submitter panicked"))??;
+    }
+    let submitted_in = t0.elapsed().as_secs_f64();
+    eprintln!("submitted {n} builds in {submitted_in:.1} s; waiting for them to finish");
+
+    // Wait until every tenant's builds are final.
+    let mut usage: Vec<Value> = Vec::new();
+    loop {
+        let mut finished = 0;
+        usage.clear();
+        for (_, token) in &tenants {
+            let (_, v) = client.call("GET", "/v1/usage", token, None, None)?;
+            let rows = v["usage"].as_array().cloned().unwrap_or_default();
+            finished += rows.len();
+            usage.extend(rows);
+        }
+        if finished >= n {
+            break;
+        }
+        eprint!("\r{finished}/{n} finished ({:.0} s)   ", t0.elapsed().as_secs_f64());
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    eprintln!();
+    let total = t0.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let _ = probe.join();
+
+    // Exactly once: one build per key, every build final and succeeded,
+    // one attempt each, one usage record each.
+    let ids = ids.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut distinct: Vec<&String> = ids.iter().map(|(_, _, id)| id).collect();
+    distinct.sort();
+    distinct.dedup();
+    let mut usage_ids: Vec<&str> = usage.iter().filter_map(|u| u["build"].as_str()).collect();
+    usage_ids.sort();
+    let usage_dups = usage_ids.len() - {
+        let mut u = usage_ids.clone();
+        u.dedup();
+        u.len()
+    };
+    let succeeded = usage.iter().filter(|u| u["status"] == "succeeded").count();
+    let retried = usage.iter().filter(|u| u["attempts"].as_i64() != Some(1)).count();
+    let lost = distinct.iter().filter(|id| usage_ids.binary_search(&id.as_str()).is_err()).count();
+    // Queue waits and the dispatch window from the per-build records.
+    let waits = sorted(usage.iter().filter_map(|u| u["queue_wait_seconds"].as_f64()).collect());
+    let walls = sorted(usage.iter().filter_map(|u| u["wall_seconds"].as_f64()).collect());
+    let submit_lat = sorted(submit_lat.lock().unwrap_or_else(|e| e.into_inner()).clone());
+    let probe_lat = sorted(probe_lat.lock().unwrap_or_else(|e| e.into_inner()).clone());
+    let throughput = n as f64 / total;
+    // The control plane's own dispatch cost: per worker, the gap between
+    // the end of one build and the lease of its next one (while builds
+    // were waiting, which they were throughout).
+    let mut per_worker: std::collections::BTreeMap<String, Vec<(i64, i64)>> = Default::default();
+    for (_, tenant, id) in &ids {
+        let token =
+            &tenants.iter().find(|(t, _)| t == tenant).map(|(_, tok)| tok.clone()).unwrap_or_default();
+        let (_, b) = client.call("GET", &format!("/v1/builds/{id}"), token, None, None)?;
+        let at = |state: &str| {
+            b["transitions"]
+                .as_array()
+                .and_then(|ts| ts.iter().rev().find(|t| t["state"] == state))
+                .and_then(|t| t["at_ms"].as_i64())
+        };
+        if let (Some(w), Some(lease), Some(end)) =
+            (b["worker"].as_str(), at("provisioning"), b["finished_ms"].as_i64())
+        {
+            per_worker.entry(w.to_string()).or_default().push((lease, end));
+        }
+    }
+    let mut gaps = Vec::new();
+    for runs in per_worker.values_mut() {
+        runs.sort();
+        for w in runs.windows(2) {
+            gaps.push((w[1].0 - w[0].1).max(0) as f64 / 1000.0);
+        }
+    }
+    let gaps = sorted(gaps);
+
+    let _ = stop_tx.send(());
+    let _ = rt.block_on(server);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    if scratch {
+        let _ = std::fs::remove_dir_all(&state_dir);
+    }
+
+    let iso = match args.isolation {
+        IsolationArg::Gvisor => "gvisor",
+        IsolationArg::Container => "container",
+    };
+    let ms = |s: f64| format!("{:.1} ms", s * 1000.0);
+    let report = format!(
+        "`kiln bench-serve --builds {n} --tenants {} --workers {} --clients {} --isolation {iso}` \
+         (one `run: \"true\"` step per build; server, workers and clients on this machine, {} CPUs)\n\n\
+         | measure | value |\n| --- | --- |\n\
+         | builds submitted / distinct ids / finished / succeeded | {n} / {} / {} / {succeeded} |\n\
+         | lost / duplicate usage records / builds retried | {lost} / {usage_dups} / {retried} |\n\
+         | wall time, first submit to last finish | {total:.1} s |\n\
+         | dispatch throughput (builds finished per second) | {throughput:.2} |\n\
+         | dispatch gap p50 / p99 (a worker's build ends → its next build leased) | {} / {} |\n\
+         | queue wait p50 / p99 / max | {:.1} s / {:.1} s / {:.1} s |\n\
+         | build run time p50 / p99 | {} / {} |\n\
+         | submit latency p50 / p99 (POST /v1/builds, {} clients) | {} / {} |\n\
+         | list latency under load p50 / p99 (GET /v1/builds) | {} / {} |\n",
+        args.tenants,
+        args.workers,
+        args.clients,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        distinct.len(),
+        usage.len(),
+        ms(pct(&gaps, 0.5)),
+        ms(pct(&gaps, 0.99)),
+        pct(&waits, 0.5),
+        pct(&waits, 0.99),
+        waits.last().copied().unwrap_or(0.0),
+        ms(pct(&walls, 0.5)),
+        ms(pct(&walls, 0.99)),
+        args.clients,
+        ms(pct(&submit_lat, 0.5)),
+        ms(pct(&submit_lat, 0.99)),
+        ms(pct(&probe_lat, 0.5)),
+        ms(pct(&probe_lat, 0.99)),
+    );
+    println!("{report}");
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if lost > 0 || usage_dups > 0 || distinct.len() != n || succeeded != n {
+        bail!("not every build ran exactly once and succeeded");
+    }
+    Ok(())
+}

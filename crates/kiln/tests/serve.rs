@@ -1,0 +1,637 @@
+//! `kiln serve` against real sandboxes: tenants, idempotency, live logs,
+//! cancellation, scheduling order, plan limits, and recovery after
+//! `kill -9` of the server or of a remote worker.
+//!
+//! Every wait polls with a generous deadline; assertions are on recorded
+//! order and state, never on how long something took.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const DEADLINE: Duration = Duration::from_secs(240);
+
+/// A `kiln serve` process with its own state dir.
+struct Server {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    url: String,
+    extra: Vec<String>,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        common::require_sandboxes();
+        let dir = tempfile::Builder::new().prefix("kiln-serve-test-").tempdir().unwrap();
+        let mut s = Server {
+            dir,
+            child: None,
+            url: String::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn kiln(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        c.env("KILN_STATE_DIR", self.state()).env("NO_COLOR", "1").env_remove("KILN_SERVER");
+        c
+    }
+
+    /// Starts (or restarts, on the same state dir) the server process.
+    fn spawn(&mut self) {
+        let mut child = self
+            .kiln()
+            .args(["serve", "--listen", "127.0.0.1:0", "--isolation", "gvisor"])
+            .args(&self.extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(self.dir.path().join("serve.log")).unwrap()))
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().strip_prefix("kiln serve: listening on ").unwrap_or_else(|| {
+            panic!("kiln serve did not start: {line:?}\n{}", self.log());
+        });
+        self.url = url.to_string();
+        self.child = Some(child);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn admin(&self, args: &[&str]) -> String {
+        let out = self.kiln().arg("admin").args(args).output().unwrap();
+        assert!(out.status.success(), "kiln admin {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A tenant on `plan` and a token for it.
+    fn tenant(&self, name: &str, plan: &str) -> Api {
+        self.admin(&["tenant", "create", name, "--plan", plan]);
+        let token = self.admin(&["token", "create", "--tenant", name]);
+        Api { url: self.url.clone(), token }
+    }
+
+    fn api(&self, token: &str) -> Api {
+        Api { url: self.url.clone(), token: token.to_string() }
+    }
+
+    /// `kiln <args>` as an API client of this server.
+    fn client(&self, api: &Api) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        c.env("KILN_SERVER", &self.url).env("KILN_TOKEN", &api.token).env("NO_COLOR", "1");
+        c
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM first, so the server stops its sandboxes' builds.
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Api {
+    url: String,
+    token: String,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+}
+
+impl Api {
+    fn req(&self, method: &str, path: &str, body: Option<&Value>, headers: &[(&str, &str)]) -> (u16, Value) {
+        let url = format!("{}{path}", self.url);
+        let auth = format!("Bearer {}", self.token);
+        let mut resp = match method {
+            "GET" => {
+                let mut r = agent().get(&url).header("Authorization", &auth);
+                for (k, v) in headers {
+                    r = r.header(*k, *v);
+                }
+                r.call()
+            }
+            _ => {
+                let mut r = match method {
+                    "PUT" => agent().put(&url),
+                    _ => agent().post(&url),
+                }
+                .header("Authorization", &auth);
+                for (k, v) in headers {
+                    r = r.header(*k, *v);
+                }
+                r.send_json(body.cloned().unwrap_or(json!({})))
+            }
+        }
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        self.req("GET", path, None, &[])
+    }
+
+    fn submit(&self, workflow: &str, extra: Value) -> String {
+        let mut body = json!({ "workflow": workflow });
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            body[k] = v;
+        }
+        let (status, v) = self.req("POST", "/v1/builds", Some(&body), &[]);
+        assert_eq!(status, 201, "submit: {v}");
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    fn build(&self, id: &str) -> Value {
+        let (status, v) = self.get(&format!("/v1/builds/{id}"));
+        assert_eq!(status, 200, "GET build {id}: {v}");
+        v
+    }
+
+    /// Waits until the build is in a final state and returns it.
+    fn wait_final(&self, id: &str) -> Value {
+        poll(&format!("build {id} to finish"), || {
+            let b = self.build(id);
+            matches!(b["state"].as_str(), Some("succeeded" | "failed" | "cancelled")).then_some(b)
+        })
+    }
+
+    /// The build's log text (every attempt), as downloaded.
+    fn log_text(&self, id: &str) -> String {
+        let url = format!("{}/v1/builds/{id}/logs?format=text", self.url);
+        let mut resp =
+            agent().get(&url).header("Authorization", &format!("Bearer {}", self.token)).call().unwrap();
+        resp.body_mut().read_to_string().unwrap()
+    }
+
+    /// Waits until a line of the build's output starts with `needle` (not
+    /// the step's name, which the script's first line becomes).
+    fn wait_log(&self, id: &str, needle: &str) {
+        let needle = format!("] {needle}");
+        poll(&format!("`{needle}` in the log of {id}"), || self.log_text(id).contains(&needle).then_some(()));
+    }
+}
+
+fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn states(b: &Value) -> Vec<String> {
+    b["transitions"].as_array().unwrap().iter().map(|t| t["state"].as_str().unwrap().to_string()).collect()
+}
+
+const QUICK: &str = "jobs:\n  quick:\n    steps:\n      - run: echo quick\n";
+
+/// A build that blocks its worker until it is cancelled.
+const GATE: &str =
+    "jobs:\n  gate:\n    steps:\n      - run: |\n          echo gate-up\n          sleep 600\n";
+
+#[test]
+fn tenants_cannot_see_each_others_builds_logs_artifacts_or_secrets() {
+    let server = Server::start(&["--workers", "2"]);
+    let a = server.tenant("alpha", "team");
+    let b = server.tenant("beta", "team");
+    let secret = "s3cr3t-value-of-alpha";
+    let (status, v) =
+        a.req("PUT", "/v1/secrets/DEPLOY_TOKEN", Some(&json!({"value": secret, "phases": ["build"]})), &[]);
+    assert_eq!(status, 200, "{v}");
+    let (status, v) =
+        a.req("PUT", "/v1/secrets/SHORT", Some(&json!({"value": "short", "phases": ["build"]})), &[]);
+    assert_eq!(status, 422, "a value under 8 bytes is refused: {v}");
+    let wf = "kiln:\n  secrets:\n    DEPLOY_TOKEN: { phases: [build] }\njobs:\n  make:\n    steps:\n      - env:\n          T: ${{ secrets.DEPLOY_TOKEN }}\n        run: |\n          echo \"token is $T\"\n          mkdir -p dist && echo alpha-artifact > dist/out.txt\n      - uses: actions/upload-artifact@v4\n        with:\n          name: site\n          path: dist\n";
+    let id = a.submit(wf, json!({}));
+    let done = a.wait_final(&id);
+    assert_eq!(done["state"], "succeeded", "{done}\n{}", a.log_text(&id));
+    let log = a.log_text(&id);
+    assert!(log.contains("token is ***"), "the secret is scrubbed from the log: {log}");
+    assert!(!log.contains(secret));
+    let (_, arts) = a.get(&format!("/v1/builds/{id}/artifacts"));
+    let art = arts["artifacts"][0]["id"].as_str().expect("an artifact").to_string();
+
+    // The owner sees everything...
+    let (status, list) = a.get("/v1/secrets");
+    assert_eq!(status, 200);
+    assert_eq!(list["secrets"][0]["name"], "DEPLOY_TOKEN");
+    assert!(!list.to_string().contains(secret), "values are never listed: {list}");
+    assert_eq!(a.get(&format!("/v1/artifacts/{art}/provenance")).0, 200);
+    let out = server.dir.path().join("restored");
+    let got = server.client(&a).args(["artifact", "get", &art, "--out"]).arg(&out).output().unwrap();
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    assert_eq!(std::fs::read_to_string(out.join("out.txt")).unwrap(), "alpha-artifact\n");
+
+    // ...the other tenant nothing: 404 for every id, empty lists.
+    for path in [
+        format!("/v1/builds/{id}"),
+        format!("/v1/builds/{id}/logs?format=text"),
+        format!("/v1/builds/{id}/logs"),
+        format!("/v1/builds/{id}/artifacts"),
+        format!("/v1/artifacts/{art}"),
+        format!("/v1/artifacts/{art}/provenance"),
+    ] {
+        let (status, v) = b.get(&path);
+        assert_eq!(status, 404, "beta GET {path}: {v}");
+    }
+    assert_eq!(b.req("POST", &format!("/v1/builds/{id}/cancel"), None, &[]).0, 404);
+    assert_eq!(b.get("/v1/builds").1["builds"], json!([]));
+    assert_eq!(b.get("/v1/secrets").1["secrets"], json!([]));
+    assert_eq!(b.get("/v1/usage").1["usage"], json!([]));
+    let (_, audit_b) = b.get("/v1/audit");
+    assert!(!audit_b.to_string().contains(&id), "{audit_b}");
+    // Alpha's audit has the secret handed to its step, and its usage record.
+    let (_, audit_a) = a.get("/v1/audit");
+    assert!(audit_a.to_string().contains("DEPLOY_TOKEN"), "{audit_a}");
+    let (_, usage) = a.get("/v1/usage");
+    let u = &usage["usage"][0];
+    assert_eq!(u["build"], id.as_str());
+    assert!(u["cpu_seconds"].as_f64().unwrap() > 0.0 && u["artifact_bytes"].as_i64().unwrap() > 0, "{u}");
+    // The secret is encrypted at rest: not in the database files.
+    for f in ["control.db", "control.db-wal", "state.db", "state.db-wal"] {
+        let bytes = std::fs::read(server.state().join(f)).unwrap_or_default();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{f} holds the secret");
+    }
+    // No token: 401, recorded for operators.
+    let (status, _) = Api { url: server.url.clone(), token: "wrong".into() }.get("/v1/builds");
+    assert_eq!(status, 401);
+    let operator = server.api(&server.admin(&["token", "create", "--operator"]));
+    let (_, all) = operator.get("/v1/audit");
+    assert!(all.to_string().contains("auth failure"), "{all}");
+}
+
+#[test]
+fn submit_is_idempotent_per_tenant() {
+    let server = Server::start(&["--workers", "1"]);
+    let a = server.tenant("alpha", "team");
+    let b = server.tenant("beta", "team");
+    let body = json!({ "workflow": QUICK });
+    let key = [("Idempotency-Key", "deploy-42")];
+    let (s1, v1) = a.req("POST", "/v1/builds", Some(&body), &key);
+    let (s2, v2) = a.req("POST", "/v1/builds", Some(&body), &key);
+    assert_eq!((s1, s2), (201, 200), "{v1} {v2}");
+    assert_eq!(v1["id"], v2["id"]);
+    let other = json!({ "workflow": QUICK, "priority": "urgent" });
+    let (s3, v3) = a.req("POST", "/v1/builds", Some(&other), &key);
+    assert_eq!(s3, 409, "same key, different request: {v3}");
+    let (s4, v4) = b.req("POST", "/v1/builds", Some(&body), &key);
+    assert_eq!(s4, 201, "keys are per tenant: {v4}");
+    assert_ne!(v4["id"], v1["id"]);
+    // Garbage is a 4xx with a message.
+    let (s5, v5) = a.req("POST", "/v1/builds", Some(&json!({"workflow": 3})), &[]);
+    assert_eq!(s5, 400, "{v5}");
+    assert!(v5["error"].as_str().unwrap().contains("invalid JSON"));
+    // The CLI: same key, same build, and --wait exits with the build's status.
+    let wf = server.dir.path().join("ci.yml");
+    std::fs::write(&wf, QUICK).unwrap();
+    let run = |k: &str| {
+        let out = server
+            .client(&a)
+            .args(["submit"])
+            .arg(&wf)
+            .args(["--idempotency-key", k, "--wait"])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (c1, o1) = run("cli-1");
+    let (c2, o2) = run("cli-1");
+    assert_eq!((c1, c2), (Some(0), Some(0)), "{o1}\n{o2}");
+    assert_eq!(
+        o1.lines().next(),
+        o2.lines().next().map(|l| l.trim_end_matches(" (already submitted with this key)"))
+    );
+    assert!(o1.contains("quick"), "{o1}");
+    assert_eq!(a.wait_final(v1["id"].as_str().unwrap())["state"], "succeeded");
+}
+
+/// Reads SSE `log` events until `stop` says so; returns `(id, text)` pairs
+/// and whether the `end` event came.
+fn read_sse(
+    api: &Api,
+    id: &str,
+    last: Option<i64>,
+    mut stop: impl FnMut(&[(i64, String)]) -> bool,
+) -> (Vec<(i64, String)>, bool) {
+    let url = format!("{}/v1/builds/{id}/logs", api.url);
+    let mut req = agent()
+        .get(&url)
+        .header("Authorization", &format!("Bearer {}", api.token))
+        .header("Accept", "text/event-stream");
+    let last_s = last.map(|l| l.to_string());
+    if let Some(l) = &last_s {
+        req = req.header("Last-Event-ID", l);
+    }
+    let resp = req.call().unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let reader = BufReader::new(resp.into_body().into_reader());
+    let mut got = Vec::new();
+    let (mut ev_id, mut event, mut data) = (None, String::new(), String::new());
+    for line in reader.lines() {
+        let line = line.unwrap();
+        if line.is_empty() {
+            if event == "end" {
+                return (got, true);
+            }
+            if event == "log" {
+                let v: Value = serde_json::from_str(&data).unwrap();
+                got.push((ev_id.take().unwrap(), v["text"].as_str().unwrap().to_string()));
+                if stop(&got) {
+                    return (got, false);
+                }
+            }
+            event.clear();
+            data.clear();
+        } else if let Some(v) = line.strip_prefix("id:") {
+            ev_id = Some(v.trim().parse::<i64>().unwrap());
+        } else if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim().to_string();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push_str(v.trim_start());
+        }
+    }
+    (got, false)
+}
+
+#[test]
+fn log_stream_is_live_and_resumes_without_loss_or_duplicates() {
+    let server = Server::start(&["--workers", "1"]);
+    let a = server.tenant("alpha", "team");
+    let wf = "jobs:\n  count:\n    steps:\n      - run: |\n          for i in $(seq 1 12); do echo \"line-$i\"; sleep 1; done\n";
+    let id = a.submit(wf, json!({}));
+    // Live: the first line arrives while the build still runs.
+    let mut running_when_seen = None;
+    let (first, ended) = read_sse(&a, &id, None, |got| {
+        if got.iter().any(|(_, t)| t == "line-1") && running_when_seen.is_none() {
+            running_when_seen = Some(a.build(&id)["state"].as_str().unwrap().to_string());
+        }
+        got.iter().any(|(_, t)| t == "line-3")
+    });
+    assert!(!ended);
+    assert_eq!(running_when_seen.as_deref(), Some("running"), "lines stream while the build runs");
+    // Disconnected; resume from the last id seen.
+    let last = first.last().unwrap().0;
+    let (rest, ended) = read_sse(&a, &id, Some(last), |_| false);
+    assert!(ended, "the stream ends with an `end` event");
+    let all: Vec<(i64, String)> = first.into_iter().chain(rest).collect();
+    let ids: Vec<i64> = all.iter().map(|(i, _)| *i).collect();
+    let expected: Vec<i64> = (ids[0]..ids[0] + ids.len() as i64).collect();
+    assert_eq!(ids, expected, "ids are consecutive: no loss, no duplicates");
+    let lines: Vec<&str> = all.iter().map(|(_, t)| t.as_str()).filter(|t| t.starts_with("line-")).collect();
+    let want: Vec<String> = (1..=12).map(|i| format!("line-{i}")).collect();
+    assert_eq!(lines, want);
+    // `kiln logs -f` on a finished build prints it all and exits 0.
+    let out = server.client(&a).args(["logs", "-f", &id]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("line-12") && text.contains("succeeded"), "{text}");
+}
+
+#[test]
+fn a_running_build_is_cancelled() {
+    let server = Server::start(&["--workers", "1"]);
+    let a = server.tenant("alpha", "team");
+    let id = a.submit(GATE, json!({}));
+    a.wait_log(&id, "gate-up");
+    assert_eq!(a.build(&id)["state"], "running");
+    let out = server.client(&a).args(["cancel", &id]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let b = a.wait_final(&id);
+    assert_eq!(b["state"], "cancelled", "{b}");
+    assert_eq!(b["jobs"][0]["status"], "cancelled", "{b}");
+    // The worker is free again.
+    let next = a.submit(QUICK, json!({}));
+    assert_eq!(a.wait_final(&next)["state"], "succeeded");
+    let out = server.client(&a).args(["status", &id]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cancelled"));
+}
+
+#[test]
+fn urgent_first_fifo_within_a_tenant_and_no_tenant_starves() {
+    let server = Server::start(&["--workers", "1"]);
+    let gate = server.tenant("gate", "team");
+    let flood = server.tenant("flood", "team");
+    let solo = server.tenant("solo", "team");
+    let gate_id = gate.submit(GATE, json!({}));
+    gate.wait_log(&gate_id, "gate-up");
+    // Everything below queues behind the gate, in this order.
+    let floods: Vec<String> = (0..8).map(|_| flood.submit(QUICK, json!({}))).collect();
+    let solo_id = solo.submit(QUICK, json!({}));
+    let urgent = flood.submit(QUICK, json!({"priority": "urgent"}));
+    gate.req("POST", &format!("/v1/builds/{gate_id}/cancel"), None, &[]);
+    for id in floods.iter().chain([&solo_id, &urgent]) {
+        let api = if *id == solo_id { &solo } else { &flood };
+        assert_eq!(api.wait_final(id)["state"], "succeeded");
+    }
+    // The order in which the worker was handed builds, from their recorded
+    // transitions (the control DB numbers them).
+    let operator = server.api(&server.admin(&["token", "create", "--operator"]));
+    let _ = operator;
+    let mut leased: Vec<(i64, String)> = Vec::new();
+    for id in floods.iter().chain([&solo_id, &urgent]) {
+        let api = if *id == solo_id { &solo } else { &flood };
+        let b = api.build(id);
+        let t = b["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["state"] == "provisioning")
+            .unwrap()
+            .clone();
+        leased.push((t["at_ms"].as_i64().unwrap(), id.clone()));
+    }
+    leased.sort();
+    let order: Vec<&str> = leased.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(order[0], urgent, "urgent first: {order:?}");
+    let solo_pos = order.iter().position(|id| *id == solo_id).unwrap();
+    assert!(solo_pos <= 2, "solo's one build runs in the first round, not after 8 floods: {order:?}");
+    let flood_order: Vec<&str> = order.iter().copied().filter(|id| floods.iter().any(|f| f == id)).collect();
+    assert_eq!(flood_order, floods.iter().map(String::as_str).collect::<Vec<_>>(), "FIFO within a tenant");
+}
+
+#[test]
+fn plan_limits_cap_concurrency_and_time() {
+    let server = Server::start(&["--workers", "2"]);
+    let free = server.tenant("freebie", "free");
+    // Free: one build at a time, though two workers are idle.
+    let slow = "jobs:\n  slow:\n    steps:\n      - run: |\n          echo slow-start\n          sleep 2\n";
+    let first = free.submit(slow, json!({}));
+    let second = free.submit(slow, json!({}));
+    let b1 = free.wait_final(&first);
+    let b2 = free.wait_final(&second);
+    assert_eq!((b1["state"].as_str(), b2["state"].as_str()), (Some("succeeded"), Some("succeeded")));
+    let end1 = b1["transitions"].as_array().unwrap().last().unwrap()["at_ms"].as_i64().unwrap();
+    let lease2 = b2["transitions"].as_array().unwrap().iter().find(|t| t["state"] == "provisioning").unwrap()
+        ["at_ms"]
+        .as_i64()
+        .unwrap();
+    assert!(lease2 >= end1, "the second build started only after the first ended: {b1}\n{b2}");
+    // The plan's timeout: above it is refused, and a build past its own is failed.
+    let (status, v) =
+        free.req("POST", "/v1/builds", Some(&json!({"workflow": slow, "timeout_seconds": 601})), &[]);
+    assert_eq!(status, 422, "{v}");
+    let id = free.submit(GATE, json!({"timeout_seconds": 3}));
+    let b = free.wait_final(&id);
+    assert_eq!(b["state"], "failed", "{b}");
+    assert_eq!(b["failure"], "user");
+    assert!(b["reason"].as_str().unwrap().contains("timeout"), "{b}");
+    let (_, audit) = free.get("/v1/audit");
+    assert!(audit.to_string().contains("quota hit"), "{audit}");
+}
+
+#[test]
+fn kill_9_of_the_server_mid_build_loses_nothing() {
+    let mut server = Server::start(&["--workers", "1"]);
+    let a = server.tenant("alpha", "team");
+    let long = "jobs:\n  long:\n    steps:\n      - run: |\n          echo first-half\n          sleep 3\n          echo second-half\n";
+    let running = a.submit(long, json!({}));
+    let queued = a.submit(QUICK, json!({}));
+    a.wait_log(&running, "first-half");
+    server.kill9();
+    server.spawn();
+    let a = server.api(&a.token);
+    let b = a.wait_final(&running);
+    assert_eq!(b["state"], "succeeded", "{b}\n{}", server.log());
+    assert_eq!(b["retries"], 1, "the interrupted attempt counts as a retry: {b}");
+    assert_eq!(b["attempt"], 2);
+    assert!(states(&b).windows(2).any(|w| w[0] == "running" && w[1] == "queued"), "{:?}", states(&b));
+    let log = a.log_text(&running);
+    assert!(
+        log.matches("] first-half").count() == 2 && log.contains("] second-half"),
+        "both attempts' logs: {log}"
+    );
+    // The live log runs on across the retry: positions only grow.
+    let (events, ended) = read_sse(&a, &running, None, |_| false);
+    assert!(ended);
+    let ids: Vec<i64> = events.iter().map(|(i, _)| *i).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_eq!(events.iter().filter(|(_, t)| t == "first-half").count(), 2, "{events:?}");
+    let (rest, _) = read_sse(&a, &running, Some(ids[1]), |_| false);
+    assert_eq!(rest, events[2..].to_vec(), "resuming inside the first attempt continues into the second");
+    assert_eq!(a.wait_final(&queued)["state"], "succeeded");
+    // No sandbox of the dead server is left running.
+    let state = server.state().canonicalize().unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let leftover: Vec<&str> = mounts.lines().filter(|m| m.contains(state.to_str().unwrap())).collect();
+    assert!(leftover.is_empty(), "{leftover:?}");
+}
+
+/// A `kiln worker` process.
+fn worker(server: &Server, token: &str, name: &str, state: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["worker", "--name", name, "--isolation", "gvisor", "--state-dir"])
+        .arg(state)
+        .env("KILN_SERVER", &server.url)
+        .env("KILN_TOKEN", token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(server.dir.path().join(format!("{name}.log"))).unwrap()))
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn kill_9_of_a_remote_worker_moves_the_build_to_another() {
+    let server = Server::start(&["--workers", "0", "--lease-timeout-ms", "5000"]);
+    let a = server.tenant("alpha", "team");
+    let token = server.admin(&["token", "create", "--worker"]);
+    let wstate = server.dir.path().join("worker-state");
+    let mut w1 = worker(&server, &token, "w1", &wstate);
+    let long = "jobs:\n  long:\n    steps:\n      - uses: actions/checkout@v4\n      - run: |\n          cat hello.txt\n          echo first-half\n          sleep 4\n          echo second-half\n          mkdir dist && cp hello.txt dist/\n      - uses: actions/upload-artifact@v4\n        with:\n          name: site\n          path: dist\n";
+    let src = server.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("hello.txt"), "hello from the source\n").unwrap();
+    let wf = server.dir.path().join("ci.yml");
+    std::fs::write(&wf, long).unwrap();
+    let out = server.client(&a).arg("submit").arg(&wf).arg("--source").arg(&src).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    a.wait_log(&id, "first-half");
+    assert_eq!(a.build(&id)["worker"], "remote:w1");
+    let _ = w1.kill();
+    let _ = w1.wait();
+    // A second worker on the same host cleans up after the first and takes over.
+    let mut w2 = worker(&server, &token, "w2", &wstate);
+    let b = a.wait_final(&id);
+    let _ = w2.kill();
+    let _ = w2.wait();
+    let w2_log = std::fs::read_to_string(server.dir.path().join("w2.log")).unwrap_or_default();
+    assert_eq!(b["state"], "succeeded", "{b}\n{w2_log}\n{}", server.log());
+    assert_eq!(b["retries"], 1, "{b}");
+    assert_eq!(b["worker"], "remote:w2");
+    let log = a.log_text(&id);
+    assert!(log.contains("hello from the source") && log.contains("second-half"), "{log}");
+    let (_, audit) = a.get("/v1/audit");
+    assert!(audit.to_string().contains("lease expired"), "{audit}");
+    // The artifact the remote worker stored is served by the server.
+    let (_, arts) = a.get(&format!("/v1/builds/{id}/artifacts"));
+    let art = arts["artifacts"][0]["id"].as_str().expect("an artifact").to_string();
+    assert_eq!(a.get(&format!("/v1/artifacts/{art}/provenance")).0, 200);
+    let out = server.dir.path().join("restored");
+    let got = server.client(&a).args(["artifact", "get", &art, "--out"]).arg(&out).output().unwrap();
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    assert_eq!(std::fs::read_to_string(out.join("hello.txt")).unwrap(), "hello from the source\n");
+}
+
+#[test]
+fn metrics_and_openapi_are_served() {
+    let server = Server::start(&["--workers", "1"]);
+    let a = server.tenant("alpha", "team");
+    let id = a.submit(QUICK, json!({}));
+    a.wait_final(&id);
+    let operator = server.api(&server.admin(&["token", "create", "--operator"]));
+    let mut resp = agent()
+        .get(&format!("{}/metrics", server.url))
+        .header("Authorization", &format!("Bearer {}", operator.token))
+        .call()
+        .unwrap();
+    let mut text = String::new();
+    resp.body_mut().as_reader().read_to_string(&mut text).unwrap();
+    for m in [
+        "kiln_queue_wait_seconds_count{priority=\"normal\"} 1",
+        "kiln_builds_finished_total{status=\"succeeded\",failure=\"\"} 1",
+        "kiln_log_bytes_total",
+    ] {
+        assert!(text.contains(m), "{m} missing:\n{text}");
+    }
+    assert_eq!(a.get("/metrics").0, 403, "metrics are for operators");
+    let (status, doc) = a.get("/openapi.json");
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/v1/builds/{id}/logs"].is_object());
+}
