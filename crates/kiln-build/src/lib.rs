@@ -37,6 +37,7 @@ pub mod detect;
 mod fsread;
 pub mod notify;
 pub mod output;
+pub mod pipeline;
 pub mod policy;
 mod yaml;
 
