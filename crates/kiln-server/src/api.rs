@@ -210,7 +210,16 @@ async fn metrics(State(core): State<AppState>, auth: Auth) -> ApiResult<Response
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SubmitRequest {
-    workflow: String,
+    #[serde(default)]
+    workflow: Option<String>,
+    /// A repository URL: the zero-config pipeline builds it.
+    #[serde(default)]
+    repository: Option<String>,
+    #[serde(default)]
+    ignore_scripts: bool,
+    /// With `repository`: commits of history to fetch (default 1; 0: all).
+    #[serde(default)]
+    depth: Option<u32>,
     #[serde(default)]
     source_tar_base64: Option<String>,
     #[serde(default)]
@@ -222,6 +231,45 @@ struct SubmitRequest {
     /// The workflow's file name in diagnostics (default `workflow.yml`).
     #[serde(default)]
     file: Option<String>,
+}
+
+/// The zero-config pipeline for a repository URL: only https, or plain
+/// http to an address the operator opened (`--allow-private`).
+fn repository_workflow(
+    core: &AppState,
+    repo: &str,
+    git_ref: Option<&str>,
+    ignore_scripts: bool,
+    depth: Option<u32>,
+) -> ApiResult<String> {
+    use kiln_build::pipeline::{parse_source, workflow_text, PipelineOptions, Source};
+    let source = parse_source(repo).map_err(|e| ApiError::unprocessable(format!("repository: {e}")))?;
+    match &source {
+        Source::Local(_) => {
+            return Err(ApiError::unprocessable("repository: a URL (https), not a path on the server"));
+        }
+        Source::Remote { host, port, plain_http: true, .. } => {
+            let opened =
+                core.cfg.allow_private.iter().any(|a| a.port() == *port && a.ip().to_string() == *host);
+            if !opened {
+                return Err(ApiError::unprocessable(
+                    "repository: plain http only to an address the operator opened (--allow-private)",
+                ));
+            }
+        }
+        Source::Remote { .. } => {}
+    }
+    let opts = PipelineOptions {
+        name: repo.to_string(),
+        git_ref: git_ref.filter(|r| !r.is_empty()).map(str::to_string),
+        depth: match depth {
+            Some(0) => None,
+            d => Some(d.unwrap_or(1)),
+        },
+        ignore_scripts,
+        ..Default::default()
+    };
+    Ok(workflow_text(&opts, &source))
 }
 
 async fn submit(
@@ -249,7 +297,7 @@ async fn submit(
             return idempotent(&core, existing, &body_hash);
         }
     }
-    let req: SubmitRequest = parse_json(&body)?;
+    let mut req: SubmitRequest = parse_json(&body)?;
     let priority = match req.priority.as_deref().unwrap_or("normal") {
         p @ ("urgent" | "normal") => p.to_string(),
         other => {
@@ -258,7 +306,19 @@ async fn submit(
             )))
         }
     };
-    if req.workflow.len() > MAX_WORKFLOW_BYTES {
+    let workflow = match (req.workflow.take(), req.repository.take()) {
+        (Some(w), None) => w,
+        (None, Some(repo)) => {
+            if req.source_tar_base64.is_some() {
+                return Err(ApiError::bad_request(
+                    "a repository build fetches its own source: no source_tar_base64",
+                ));
+            }
+            repository_workflow(&core, &repo, req.git_ref.as_deref(), req.ignore_scripts, req.depth)?
+        }
+        _ => return Err(ApiError::bad_request("give exactly one of `workflow` and `repository`")),
+    };
+    if workflow.len() > MAX_WORKFLOW_BYTES {
         return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "the workflow is larger than 1 MiB"));
     }
     let git_ref = req.git_ref.unwrap_or_default();
@@ -269,7 +329,7 @@ async fn submit(
     if file.is_empty() || file.len() > 255 || file.chars().any(|c| c.is_control()) {
         return Err(ApiError::bad_request("file must be 1 to 255 characters without control characters"));
     }
-    let plan = kiln_workflow::load(&file, &req.workflow).map_err(|d| {
+    let plan = kiln_workflow::load(&file, &workflow).map_err(|d| {
         let list: Vec<Value> =
             d.0.iter()
                 .map(|d| json!({"line": d.location.line, "column": d.location.column, "message": d.message}))
@@ -330,7 +390,7 @@ async fn submit(
         priority,
         timeout_secs: timeout as i64,
         pipeline: plan.name.clone(),
-        workflow: req.workflow,
+        workflow,
         git_ref,
         source_tar,
         source_tree,

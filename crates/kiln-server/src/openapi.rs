@@ -29,8 +29,13 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                "Submit": {"type": "object", "required": ["workflow"], "additionalProperties": false, "properties": {
+                "Submit": {"type": "object", "additionalProperties": false,
+                    "description": "exactly one of `workflow` (with an optional source archive) and `repository` (the zero-config build)",
+                    "properties": {
                     "workflow": {"type": "string", "description": "the workflow YAML text"},
+                    "repository": {"type": "string", "description": "an https git URL: kiln builds it with no configuration (fetch, install, build, package)"},
+                    "ignore_scripts": {"type": "boolean", "description": "with `repository`: install without lifecycle scripts"},
+                    "depth": {"type": "integer", "minimum": 0, "description": "with `repository`: commits of history to fetch (default 1, 0: all)"},
                     "source_tar_base64": {"type": "string", "description": "a tar of the source directory, base64"},
                     "priority": {"enum": ["urgent", "normal"]},
                     "ref": {"type": "string"},

@@ -149,10 +149,11 @@ impl StateReader {
         Ok(out)
     }
 
-    /// Artifacts an attempt stored: `(name, id, job, files, bytes, created_at, provenance)`.
+    /// Artifacts an attempt stored, with their output type and scan verdict.
     pub fn artifacts(&self, engine_id: &str) -> Result<Vec<Value>, ServerError> {
         let mut stmt = self.conn.prepare(
-            "SELECT name, id, job, files, bytes, created_at, provenance FROM artifacts WHERE build_id = ?1 ORDER BY rowid",
+            "SELECT name, id, job, files, bytes, created_at, provenance, output_type, status, scan \
+             FROM artifacts WHERE build_id = ?1 ORDER BY rowid",
         )?;
         let rows = stmt
             .query_map([engine_id], |r| {
@@ -164,6 +165,9 @@ impl StateReader {
                     "bytes": r.get::<_, i64>(4)?,
                     "created_at": r.get::<_, String>(5)?,
                     "provenance": r.get::<_, Option<String>>(6)?,
+                    "output_type": r.get::<_, String>(7)?,
+                    "status": r.get::<_, String>(8)?,
+                    "scan": r.get::<_, Option<String>>(9)?,
                 }))
             })?
             .collect::<Result<_, _>>()?;

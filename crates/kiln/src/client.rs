@@ -25,8 +25,16 @@ pub enum PriorityArg {
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// The workflow file.
-    pub workflow: PathBuf,
+    /// The workflow file (or --repository for a zero-config build).
+    #[arg(required_unless_present = "repository")]
+    pub workflow: Option<PathBuf>,
+    /// An https git URL the server builds with no configuration (fetch,
+    /// install, build, package), instead of a workflow.
+    #[arg(long, conflicts_with_all = ["workflow", "source"])]
+    pub repository: Option<String>,
+    /// With --repository: the whole history instead of the last commit.
+    #[arg(long, requires = "repository")]
+    pub full: bool,
     /// A directory sent along as the build's source (`actions/checkout`).
     #[arg(long)]
     pub source: Option<PathBuf>,
@@ -203,13 +211,25 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 pub fn submit(args: SubmitArgs) -> u8 {
     finish((|| {
         let client = Client::from_env()?;
-        let workflow = std::fs::read_to_string(&args.workflow)
-            .map_err(|e| Failure(EXIT_INVALID, format!("cannot read {}: {e}", args.workflow.display())))?;
-        let mut body = json!({
-            "workflow": workflow,
-            "file": args.workflow.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "workflow.yml".into()),
-            "priority": match args.priority { PriorityArg::Urgent => "urgent", PriorityArg::Normal => "normal" },
-        });
+        let priority = match args.priority {
+            PriorityArg::Urgent => "urgent",
+            PriorityArg::Normal => "normal",
+        };
+        let mut body = match (&args.workflow, &args.repository) {
+            (_, Some(repo)) => {
+                json!({ "repository": repo, "priority": priority, "depth": if args.full { 0 } else { 1 } })
+            }
+            (Some(wf), None) => {
+                let workflow = std::fs::read_to_string(wf)
+                    .map_err(|e| Failure(EXIT_INVALID, format!("cannot read {}: {e}", wf.display())))?;
+                json!({
+                    "workflow": workflow,
+                    "file": wf.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "workflow.yml".into()),
+                    "priority": priority,
+                })
+            }
+            (None, None) => return Err(Failure(EXIT_INVALID, "a workflow file or --repository".into())),
+        };
         if let Some(dir) = &args.source {
             let tar = source_tar(dir)?;
             body["source_tar_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(tar));

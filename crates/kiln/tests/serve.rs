@@ -635,3 +635,68 @@ fn metrics_and_openapi_are_served() {
     assert_eq!(status, 200);
     assert!(doc["paths"]["/v1/builds/{id}/logs"].is_object());
 }
+
+#[test]
+fn a_repository_url_is_built_with_no_configuration() {
+    // A Node site in a git repository this test serves on 127.0.0.2.
+    let origin = common::Origin::start();
+    let work = tempfile::tempdir().unwrap();
+    let files = [
+        (
+            "package.json",
+            r#"{"name":"s","version":"1.0.0","scripts":{"build":"mkdir -p dist && echo served > dist/index.html"}}"#,
+        ),
+        (
+            "package-lock.json",
+            r#"{"name":"s","version":"1.0.0","lockfileVersion":3,"requires":true,"packages":{"":{"name":"s","version":"1.0.0"}}}"#,
+        ),
+    ];
+    for (rel, body) in files {
+        std::fs::write(work.path().join(rel), body).unwrap();
+    }
+    let git = |args: &[&str], dir: &Path| {
+        let ok = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&["init", "-q"], work.path());
+    git(&["add", "."], work.path());
+    git(&["commit", "-qm", "site"], work.path());
+    let bare = origin.root.path().join("site.git");
+    git(&["clone", "-q", "--bare", ".", bare.to_str().unwrap()], work.path());
+    git(&["update-server-info"], &bare);
+    let url = format!("http://{}/site.git", origin.addr());
+
+    let server = Server::start(&["--workers", "1", "--allow-private", &origin.addr()]);
+    let a = server.tenant("alpha", "team");
+    // Dumb HTTP serves whole histories only: depth 0.
+    let (status, v) = a.req("POST", "/v1/builds", Some(&json!({ "repository": url, "depth": 0 })), &[]);
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let b = a.wait_final(&id);
+    assert_eq!(b["state"], "succeeded", "{b}\n{}", a.log_text(&id));
+    let log = a.log_text(&id);
+    assert!(log.contains("fetched http://"), "{log}");
+    assert!(log.contains("package manager: npm"), "{log}");
+    let (_, arts) = a.get(&format!("/v1/builds/{id}/artifacts"));
+    let list = arts["artifacts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 1, "{arts}");
+    assert_eq!(list[0]["output_type"], "static", "{arts}");
+    // Sources the operator did not open, other transports and both kinds of
+    // request at once are refused before anything is queued.
+    for body in [
+        json!({ "repository": "http://example.com/x.git" }),
+        json!({ "repository": "ext::sh -c id" }),
+        json!({ "repository": "/etc" }),
+        json!({ "repository": url, "workflow": "jobs: {}" }),
+    ] {
+        let (status, v) = a.req("POST", "/v1/builds", Some(&body), &[]);
+        assert!(status == 422 || status == 400, "{body}: {status} {v}");
+    }
+}
