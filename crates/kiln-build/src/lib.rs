@@ -43,6 +43,12 @@ mod yaml;
 
 pub use config::KilnToml;
 
+/// A text file of the tree, read like every other file here (no links,
+/// at most a lockfile's size); `None` if it is absent.
+pub fn read_text(root: &std::path::Path, rel: &str) -> Result<Option<String>, BuildError> {
+    fsread::read_text(root, rel, fsread::LOCKFILE_CAP)
+}
+
 /// SHA-256 (hex) of a file of the tree, read like every other file here:
 /// no links followed, at most a lockfile's size; `None` if it is absent.
 pub fn file_digest(root: &std::path::Path, rel: &str) -> Result<Option<String>, BuildError> {

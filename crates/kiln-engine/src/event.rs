@@ -47,6 +47,15 @@ pub enum Event {
         /// The scan's findings, one per line.
         scan: Option<String>,
     },
+    /// Bytes moved between the build cache and a workspace, for the usage
+    /// record: `write` is a save, else a restore.
+    Cache {
+        job: String,
+        key: String,
+        write: bool,
+        files: u64,
+        bytes: u64,
+    },
     /// Security-relevant, kept apart from the log: a secret handed to a
     /// step, egress blocked, a quota hit. Never carries a secret value.
     Audit {

@@ -702,11 +702,11 @@ async fn usage(
     if csv {
         let mut out = String::from(
             "build,tenant,status,queue_wait_seconds,wall_seconds,cpu_seconds,peak_memory_bytes,egress_bytes,\
-             artifact_bytes,cache_bytes,log_bytes,attempts,finished_at\n",
+             artifact_bytes,cache_read_bytes,cache_write_bytes,log_bytes,attempts,finished_at\n",
         );
         for u in rows {
             out.push_str(&format!(
-                "{},{},{},{:.3},{:.3},{:.3},{},{},{},{},{},{},{}\n",
+                "{},{},{},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{}\n",
                 u.build,
                 u.tenant,
                 u.status.replace(',', ";"),
@@ -716,7 +716,8 @@ async fn usage(
                 u.peak_memory_bytes,
                 u.egress_bytes,
                 u.artifact_bytes,
-                u.cache_bytes,
+                u.cache_read_bytes,
+                u.cache_write_bytes,
                 u.log_bytes,
                 u.attempts,
                 u.finished_at

@@ -478,6 +478,9 @@ impl Core {
                         u.artifact_bytes += art["bytes"].as_i64().unwrap_or(0);
                     }
                     u.log_bytes += s.log_bytes(&a.engine_id)?;
+                    let (read, written) = s.cache_bytes(&a.engine_id)?;
+                    u.cache_read_bytes += read as i64;
+                    u.cache_write_bytes += written as i64;
                 }
                 Ok(())
             })?;

@@ -98,7 +98,8 @@ CREATE TABLE IF NOT EXISTS usage (
     peak_memory_bytes INTEGER NOT NULL,
     egress_bytes      INTEGER NOT NULL,
     artifact_bytes    INTEGER NOT NULL,
-    cache_bytes       INTEGER NOT NULL,
+    cache_read_bytes  INTEGER NOT NULL,
+    cache_write_bytes INTEGER NOT NULL,
     log_bytes         INTEGER NOT NULL,
     attempts          INTEGER NOT NULL,
     finished_at       TEXT NOT NULL
@@ -260,7 +261,8 @@ pub struct UsageRow {
     pub peak_memory_bytes: i64,
     pub egress_bytes: i64,
     pub artifact_bytes: i64,
-    pub cache_bytes: i64,
+    pub cache_read_bytes: i64,
+    pub cache_write_bytes: i64,
     pub log_bytes: i64,
     pub attempts: i64,
     pub finished_at: String,
@@ -591,8 +593,8 @@ impl ControlDb {
     pub fn insert_usage(&self, u: &UsageRow) -> Result<(), ServerError> {
         self.conn.execute(
             "INSERT OR REPLACE INTO usage (build_id, tenant, status, queue_wait_seconds, wall_seconds, cpu_seconds, \
-             peak_memory_bytes, egress_bytes, artifact_bytes, cache_bytes, log_bytes, attempts, finished_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             peak_memory_bytes, egress_bytes, artifact_bytes, cache_read_bytes, cache_write_bytes, log_bytes, attempts, \
+             finished_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 u.build,
                 u.tenant,
@@ -603,7 +605,8 @@ impl ControlDb {
                 u.peak_memory_bytes,
                 u.egress_bytes,
                 u.artifact_bytes,
-                u.cache_bytes,
+                u.cache_read_bytes,
+                u.cache_write_bytes,
                 u.log_bytes,
                 u.attempts,
                 u.finished_at
@@ -624,7 +627,8 @@ impl ControlDb {
     fn usage_where(&self, tenant: &str, build: Option<&str>) -> Result<Vec<UsageRow>, ServerError> {
         let mut stmt = self.conn.prepare(
             "SELECT build_id, tenant, status, queue_wait_seconds, wall_seconds, cpu_seconds, peak_memory_bytes, \
-             egress_bytes, artifact_bytes, cache_bytes, log_bytes, attempts, finished_at FROM usage WHERE tenant = ?1 \
+             egress_bytes, artifact_bytes, cache_read_bytes, cache_write_bytes, log_bytes, attempts, finished_at \
+             FROM usage WHERE tenant = ?1 \
              AND (?2 IS NULL OR build_id = ?2) ORDER BY finished_at, build_id",
         )?;
         let rows = stmt
@@ -639,10 +643,11 @@ impl ControlDb {
                     peak_memory_bytes: r.get(6)?,
                     egress_bytes: r.get(7)?,
                     artifact_bytes: r.get(8)?,
-                    cache_bytes: r.get(9)?,
-                    log_bytes: r.get(10)?,
-                    attempts: r.get(11)?,
-                    finished_at: r.get(12)?,
+                    cache_read_bytes: r.get(9)?,
+                    cache_write_bytes: r.get(10)?,
+                    log_bytes: r.get(11)?,
+                    attempts: r.get(12)?,
+                    finished_at: r.get(13)?,
                 })
             })?
             .collect::<Result<_, _>>()?;

@@ -142,6 +142,13 @@ pub struct WireJob {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WireEvent {
+    Cache {
+        job: String,
+        key: String,
+        write: bool,
+        files: u64,
+        bytes: u64,
+    },
     BuildStarted {
         pipeline: String,
         jobs: Vec<(String, String)>,
@@ -272,6 +279,13 @@ impl WireEvent {
                     scan: scan.clone(),
                 }
             }
+            Event::Cache { job, key, write, files, bytes } => WireEvent::Cache {
+                job: job.clone(),
+                key: key.clone(),
+                write: *write,
+                files: *files,
+                bytes: *bytes,
+            },
             Event::Audit { kind, job, step, detail } => WireEvent::Audit {
                 kind: kind.clone(),
                 job: job.clone(),
@@ -339,6 +353,9 @@ impl WireEvent {
                 Event::Artifact { job, name, id, files, bytes, provenance, output_type, status, scan }
             }
             WireEvent::Audit { kind, job, step, detail } => Event::Audit { kind, job, step, detail },
+            WireEvent::Cache { job, key, write, files, bytes } => {
+                Event::Cache { job, key, write, files, bytes }
+            }
             WireEvent::BuildFinished { status, egress_bytes_in, egress_bytes_out } => {
                 Event::BuildFinished(BuildSummary {
                     kind: "summary",

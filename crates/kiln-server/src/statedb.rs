@@ -97,6 +97,22 @@ impl StateReader {
         )?)
     }
 
+    /// Bytes an attempt restored from and saved to the build cache. A
+    /// state.db from before the cache was counted has no table: zero.
+    pub fn cache_bytes(&self, engine_id: &str) -> Result<(u64, u64), ServerError> {
+        let r = self.conn.query_row(
+            "SELECT COALESCE(SUM(CASE WHEN op = 'restore' THEN bytes END), 0), \
+                    COALESCE(SUM(CASE WHEN op = 'save' THEN bytes END), 0) FROM cache_ops WHERE build_id = ?1",
+            [engine_id],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        );
+        match r {
+            Ok(v) => Ok(v),
+            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => Ok((0, 0)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Jobs of one attempt with their steps, as JSON.
     pub fn jobs(&self, engine_id: &str) -> Result<Vec<Value>, ServerError> {
         let mut jobs_stmt = self.conn.prepare(

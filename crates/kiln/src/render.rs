@@ -133,7 +133,10 @@ impl Renderer {
                     }
                 }
             }
-            Event::StepStarted { .. } | Event::Audit { .. } | Event::Artifact { .. } => {}
+            Event::StepStarted { .. }
+            | Event::Audit { .. }
+            | Event::Artifact { .. }
+            | Event::Cache { .. } => {}
         }
         let _ = out.flush();
     }

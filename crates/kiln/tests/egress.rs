@@ -141,3 +141,26 @@ per_tier!(npm_installs_from_an_opened_registry, |tier| {
     run.expect_code(0);
     assert!(run.lines("npm").contains(&"fired".to_string()), "{:?}", run.lines("npm"));
 });
+
+#[test]
+fn a_deep_state_dir_still_gets_a_proxy() {
+    // A Unix socket path holds at most 107 bytes; the proxy's socket must
+    // not live under the (possibly deep) state dir.
+    let origin = Origin::start();
+    origin.put("index.txt", b"reached through the proxy\n");
+    let a = origin.addr();
+    let p = Project::new(&format!(
+        "jobs:\n  net:\n    kiln:\n      network: {{ allow: [\"registry.npmjs.org\"] }}\n    steps:\n      - run: curl -fsS --max-time 20 http://{a}/index.txt\n"
+    ));
+    let deep = p.path().join("a-rather-long-directory-name-for-state".repeat(3));
+    let out = p
+        .kiln()
+        .env("KILN_STATE_DIR", &deep)
+        .args(["run", "ci.yml", "--json", "--isolation", "container", "--allow-private", &a])
+        .output()
+        .unwrap();
+    let run = common::Run::parse(out);
+    run.expect_code(0);
+    assert!(run.lines("net").contains(&"reached through the proxy".to_string()), "{:?}", run.lines("net"));
+    assert!(deep.to_string_lossy().len() > 108);
+}

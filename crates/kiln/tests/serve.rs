@@ -700,3 +700,26 @@ fn a_repository_url_is_built_with_no_configuration() {
         assert!(status == 422 || status == 400, "{body}: {status} {v}");
     }
 }
+
+#[test]
+fn usage_records_count_cache_bytes_read_and_written() {
+    let server = Server::start(&["--workers", "1"]);
+    let a = server.tenant("alpha", "team");
+    let wf = "jobs:\n  deps:\n    steps:\n      - uses: actions/cache@v4\n        with:\n          key: deps-1\n          path: deps\n      - run: mkdir -p deps && head -c 5000 /dev/zero > deps/blob\n";
+    let first = a.submit(wf, json!({}));
+    assert_eq!(a.wait_final(&first)["state"], "succeeded");
+    let second = a.submit(wf, json!({}));
+    assert_eq!(a.wait_final(&second)["state"], "succeeded");
+    assert!(a.log_text(&second).contains("cache hit: deps-1"), "{}", a.log_text(&second));
+    let usage = poll("both usage records", || {
+        let (_, u) = a.get("/v1/usage");
+        let rows = u["usage"].as_array().cloned().unwrap_or_default();
+        (rows.len() >= 2).then_some(rows)
+    });
+    let row = |id: &str| {
+        usage.iter().find(|u| u["build"] == id).cloned().unwrap_or_else(|| panic!("no usage for {id}"))
+    };
+    assert_eq!(row(&first)["cache_write_bytes"], 5000, "{usage:?}");
+    assert_eq!(row(&first)["cache_read_bytes"], 0, "{usage:?}");
+    assert_eq!(row(&second)["cache_read_bytes"], 5000, "{usage:?}");
+}

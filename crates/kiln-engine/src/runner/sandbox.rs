@@ -932,6 +932,17 @@ impl<'a> JobRun<'a> {
         let say = |s: &Self, m: String| s.req.emitter.log(&job.id, step_name, "build", Stream::System, m);
         let ms = t0.elapsed().as_millis();
         let mut exact = false;
+        if let CacheResult::Hit { files, bytes } | CacheResult::Partial { files, bytes, .. } = &found {
+            if !lookup_only {
+                self.req.emitter.emit(Event::Cache {
+                    job: job.id.clone(),
+                    key: key.clone(),
+                    write: false,
+                    files: *files,
+                    bytes: *bytes,
+                });
+            }
+        }
         match &found {
             CacheResult::Hit { files, bytes } => {
                 exact = true;
@@ -1030,11 +1041,20 @@ impl<'a> JobRun<'a> {
                 format!("cache not saved: {key}: {e}")
             } else {
                 match sink.cache_save(&key, &staging).await {
-                    Ok(up) => format!(
-                        "cache saved: {key} ({} files, {})",
-                        up.files,
-                        crate::limits::human_bytes(up.bytes)
-                    ),
+                    Ok(up) => {
+                        self.req.emitter.emit(Event::Cache {
+                            job: job.id.clone(),
+                            key: key.clone(),
+                            write: true,
+                            files: up.files,
+                            bytes: up.bytes,
+                        });
+                        format!(
+                            "cache saved: {key} ({} files, {})",
+                            up.files,
+                            crate::limits::human_bytes(up.bytes)
+                        )
+                    }
                     Err(e) => format!("cache not saved: {key}: {e}"),
                 }
             };
@@ -1146,7 +1166,13 @@ impl<'a> JobRun<'a> {
         }
         // Network: loopback only, or kiln's proxy through kiln-init's relay.
         let phase = step.phase(&job.spec);
-        let egress_dir = step_dir.join("egress");
+        // The proxy's socket lives under a short root-owned path: a Unix
+        // socket path has at most 107 bytes, and the state dir can be deep.
+        let egress_dir = EgressDir(Path::new(EGRESS_ROOT).join(format!(
+            "{}-{}-{n}",
+            sanitize_id(&self.req.build),
+            self.req.job
+        )));
         let network = step.network(&job.spec, &self.req.plan.workflow);
         if phase == kiln_workflow::Phase::Build && !matches!(network, kiln_workflow::NetworkSpec::None) {
             self.network_in_build = true;
@@ -1154,7 +1180,7 @@ impl<'a> JobRun<'a> {
         let proxy = match network {
             kiln_workflow::NetworkSpec::None => None,
             spec @ (kiln_workflow::NetworkSpec::Allow(_) | kiln_workflow::NetworkSpec::Registries(_)) => {
-                let proxy = self.start_proxy(job, name, phase, spec, &egress_dir).await?;
+                let proxy = self.start_proxy(job, name, phase, spec, &egress_dir.0).await?;
                 let url = format!("http://127.0.0.1:{EGRESS_PORT}");
                 for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
                     full_env.push((var.to_string(), url.clone()));
@@ -1211,7 +1237,7 @@ impl<'a> JobRun<'a> {
             init: (stdin_secrets.is_some() || proxy.is_some()).then(|| kiln_sandbox::InitSpec {
                 binary: self.runner.cfg.init.clone(),
                 secrets: stdin_secrets.is_some(),
-                egress: proxy.as_ref().map(|_| (egress_dir.clone(), EGRESS_PORT)),
+                egress: proxy.as_ref().map(|_| (egress_dir.0.clone(), EGRESS_PORT)),
             }),
         };
         let step_timeout = step.timeout_minutes.map(|m| Duration::from_secs_f64(m * 60.0));
@@ -1538,6 +1564,20 @@ pub fn leftover_builds(state_dir: &Path, store: &crate::store::Store) -> Vec<Str
         .collect()
 }
 
+/// Where steps' egress sockets live (one directory per step, root's).
+const EGRESS_ROOT: &str = "/run/kiln/egress";
+
+/// A step's egress socket directory, removed when the step is done (or
+/// its run ends early).
+#[derive(Debug)]
+struct EgressDir(PathBuf);
+
+impl Drop for EgressDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A `kiln/package` step's inputs.
 #[derive(Debug, Clone, Copy)]
 struct PackageStep<'a> {
@@ -1597,6 +1637,14 @@ fn environment_digest(wf: &kiln_workflow::Workflow, job: &kiln_workflow::JobSpec
 pub fn cleanup_interrupted(state_dir: &Path, builds: &[String]) {
     for build in builds {
         let _ = kiln_sandbox::cleanup_stale(&format!("kiln-{}-", sanitize_id(build)), None);
+        let prefix = format!("{}-", sanitize_id(build));
+        if let Ok(rd) = std::fs::read_dir(EGRESS_ROOT) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let dir = state_dir.join("builds").join(build);
         unmount_below(&dir);
         let _ = std::fs::remove_dir_all(&dir);

@@ -43,8 +43,14 @@ fn reserved_env(name: &str) -> bool {
 pub fn detect(ws: &Path, ignore_scripts: bool, operator_registries: &[String]) -> Result<Detected, String> {
     let mut config = kiln_build::KilnToml::load_or_default(ws).map_err(|e| e.to_string())?;
     config.ignore_scripts |= ignore_scripts;
-    let detection = kiln_build::detect::plan(ws, &config).map_err(|e| e.to_string())?;
+    let mut detection = kiln_build::detect::plan(ws, &config).map_err(|e| e.to_string())?;
     let manager = detection.manager;
+    if config.install.is_none() && npm_has_nothing_to_install(ws, manager)? {
+        detection.install = None;
+        detection.notes.push(
+            "nothing to install: the lockfile lists no packages and package.json no install scripts".into(),
+        );
+    }
     let mut allowed: Vec<String> = manager.registries().iter().map(|s| s.to_string()).collect();
     allowed.extend(operator_registries.iter().cloned());
     let mut violations: Vec<String> =
@@ -112,6 +118,32 @@ pub fn detect(ws: &Path, ignore_scripts: bool, operator_registries: &[String]) -
     put("lockfiles", detection.lockfiles.join("\n"));
     let commands = [detection.install.clone(), detection.build.clone()].into_iter().flatten().collect();
     Ok(Detected { outputs, env, notes, violations, commands })
+}
+
+/// An npm project whose lockfile lists no package but the root, and whose
+/// package.json has no install-time scripts: `npm ci` would only spend time
+/// (and the dependency cache would have nothing to keep).
+fn npm_has_nothing_to_install(ws: &Path, manager: kiln_build::Manager) -> Result<bool, String> {
+    if manager != kiln_build::Manager::Npm {
+        return Ok(false);
+    }
+    let read = |rel: &str| -> Result<Option<Value>, String> {
+        match kiln_build::read_text(ws, rel).map_err(|e| e.to_string())? {
+            Some(t) => Ok(serde_json::from_str(&t).ok()),
+            None => Ok(None),
+        }
+    };
+    let (Some(lock), Some(pkg)) = (read("package-lock.json")?, read("package.json")?) else {
+        return Ok(false);
+    };
+    let only_root = lock["lockfileVersion"].as_u64().unwrap_or(0) >= 2
+        && lock["packages"].as_object().is_some_and(|p| p.keys().all(|k| k.is_empty()));
+    let hooks = ["preinstall", "install", "postinstall", "prepare", "preprepare", "postprepare"];
+    let scripts = pkg["scripts"].as_object().is_some_and(|s| hooks.iter().any(|h| s.contains_key(*h)));
+    let deps = ["dependencies", "devDependencies", "optionalDependencies"]
+        .iter()
+        .any(|d| pkg[*d].as_object().is_some_and(|m| !m.is_empty()));
+    Ok(only_root && !scripts && !deps)
 }
 
 /// Where `kiln/package` finds the output: `kiln.toml`'s `output`, else the

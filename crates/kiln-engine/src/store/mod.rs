@@ -112,6 +112,15 @@ CREATE TABLE IF NOT EXISTS audit (
     step     TEXT NOT NULL,
     detail   TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cache_ops (
+    build_id TEXT NOT NULL,
+    job      TEXT NOT NULL,
+    key      TEXT NOT NULL,
+    op       TEXT NOT NULL,
+    files    INTEGER NOT NULL,
+    bytes    INTEGER NOT NULL,
+    ts       TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS deliveries (
     build_id  TEXT NOT NULL,
     url       TEXT NOT NULL,
@@ -398,6 +407,16 @@ impl Store {
             })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
+    }
+
+    /// Bytes a build restored from and saved to the build cache.
+    pub fn cache_bytes(&self, build: &str) -> Result<(u64, u64), EngineError> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(SUM(CASE WHEN op = 'restore' THEN bytes END), 0), \
+                    COALESCE(SUM(CASE WHEN op = 'save' THEN bytes END), 0) FROM cache_ops WHERE build_id = ?1",
+            [build],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )?)
     }
 
     /// Records a deployment webhook delivery.

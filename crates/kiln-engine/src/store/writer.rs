@@ -132,6 +132,20 @@ fn apply(store: &Store, build: &str, events: &[Event]) -> Result<(), crate::Engi
                     params![build, s.status, crate::time::now_rfc3339()],
                 )?;
             }
+            Event::Cache { job, key, write, files, bytes } => {
+                tx.execute(
+                    "INSERT INTO cache_ops (build_id, job, key, op, files, bytes, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        build,
+                        job,
+                        key,
+                        if *write { "save" } else { "restore" },
+                        *files as i64,
+                        *bytes as i64,
+                        crate::time::now_rfc3339()
+                    ],
+                )?;
+            }
             Event::Audit { kind, job, step, detail } => {
                 tx.execute(
                     "INSERT INTO audit (build_id, ts, kind, job, step, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
