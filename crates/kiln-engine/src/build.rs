@@ -29,7 +29,7 @@ pub struct BuildOptions {
 }
 
 /// One job in the final summary (and in `--json`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct JobSummary {
     pub id: String,
     pub name: String,

@@ -23,9 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use kiln_engine::runner::StepRecord;
 use kiln_engine::store::{LiveBuild, Store, StoreWriter};
-use kiln_engine::{BuildSummary, Event, JobSummary, LogEntry, Stream};
+use kiln_engine::{BuildSummary, Event, LogEntry, Stream};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
@@ -109,35 +108,6 @@ pub struct FinishRequest {
     pub infra: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WireStep {
-    pub name: String,
-    pub outcome: String,
-    pub conclusion: String,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    pub exit_code: Option<i32>,
-    pub reason: Option<String>,
-    pub cpu_seconds: f64,
-    pub peak_memory_bytes: u64,
-    pub summary: Option<String>,
-    pub redactions: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WireJob {
-    pub id: String,
-    pub name: String,
-    pub status: String,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    pub exit_code: Option<i32>,
-    pub reason: Option<String>,
-    pub cpu_seconds: f64,
-    pub peak_memory_bytes: u64,
-    pub redactions: u64,
-}
-
 /// An engine [`Event`] on the wire.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -161,11 +131,11 @@ pub enum WireEvent {
     StepFinished {
         job: usize,
         step: usize,
-        record: WireStep,
+        record: kiln_engine::runner::StepRecord,
     },
     JobFinished {
         job: usize,
-        summary: WireJob,
+        summary: kiln_engine::JobSummary,
     },
     Log {
         ts: String,
@@ -203,16 +173,6 @@ pub enum WireEvent {
     },
 }
 
-fn step_status(s: &str) -> kiln_engine::runner::StepStatus {
-    use kiln_engine::runner::StepStatus as S;
-    match s {
-        "success" => S::Success,
-        "failure" => S::Failure,
-        "cancelled" => S::Cancelled,
-        _ => S::Skipped,
-    }
-}
-
 impl WireEvent {
     /// The wire form of an engine event (`None` for the ones only the
     /// terminal needs).
@@ -225,38 +185,12 @@ impl WireEvent {
                 WireEvent::JobStarted { job: *job, id: id.clone(), started_at: started_at.clone() }
             }
             Event::StepStarted { .. } => return None,
-            Event::StepFinished { job, step, record } => WireEvent::StepFinished {
-                job: *job,
-                step: *step,
-                record: WireStep {
-                    name: record.name.clone(),
-                    outcome: record.outcome.as_str().into(),
-                    conclusion: record.conclusion.as_str().into(),
-                    started_at: record.started_at.clone(),
-                    finished_at: record.finished_at.clone(),
-                    exit_code: record.exit_code,
-                    reason: record.reason.clone(),
-                    cpu_seconds: record.cpu_seconds,
-                    peak_memory_bytes: record.peak_memory_bytes,
-                    summary: record.summary.clone(),
-                    redactions: record.redactions,
-                },
-            },
-            Event::JobFinished { job, summary: s } => WireEvent::JobFinished {
-                job: *job,
-                summary: WireJob {
-                    id: s.id.clone(),
-                    name: s.name.clone(),
-                    status: s.status.clone(),
-                    started_at: s.started_at.clone(),
-                    finished_at: s.finished_at.clone(),
-                    exit_code: s.exit_code,
-                    reason: s.reason.clone(),
-                    cpu_seconds: s.cpu_seconds,
-                    peak_memory_bytes: s.peak_memory_bytes,
-                    redactions: s.redactions,
-                },
-            },
+            Event::StepFinished { job, step, record } => {
+                WireEvent::StepFinished { job: *job, step: *step, record: record.clone() }
+            }
+            Event::JobFinished { job, summary } => {
+                WireEvent::JobFinished { job: *job, summary: summary.clone() }
+            }
             Event::Log(l) => WireEvent::Log {
                 ts: l.ts.clone(),
                 job: l.job.clone(),
@@ -307,38 +241,8 @@ impl WireEvent {
                 Event::BuildStarted { build: engine_id.to_string(), pipeline, jobs }
             }
             WireEvent::JobStarted { job, id, started_at } => Event::JobStarted { job, id, started_at },
-            WireEvent::StepFinished { job, step, record: r } => Event::StepFinished {
-                job,
-                step,
-                record: StepRecord {
-                    name: r.name,
-                    outcome: step_status(&r.outcome),
-                    conclusion: step_status(&r.conclusion),
-                    started_at: r.started_at,
-                    finished_at: r.finished_at,
-                    exit_code: r.exit_code,
-                    reason: r.reason,
-                    cpu_seconds: r.cpu_seconds,
-                    peak_memory_bytes: r.peak_memory_bytes,
-                    summary: r.summary,
-                    redactions: r.redactions,
-                },
-            },
-            WireEvent::JobFinished { job, summary: s } => Event::JobFinished {
-                job,
-                summary: JobSummary {
-                    id: s.id,
-                    name: s.name,
-                    status: s.status,
-                    started_at: s.started_at,
-                    finished_at: s.finished_at,
-                    exit_code: s.exit_code,
-                    reason: s.reason,
-                    cpu_seconds: s.cpu_seconds,
-                    peak_memory_bytes: s.peak_memory_bytes,
-                    redactions: s.redactions,
-                },
-            },
+            WireEvent::StepFinished { job, step, record } => Event::StepFinished { job, step, record },
+            WireEvent::JobFinished { job, summary } => Event::JobFinished { job, summary },
             WireEvent::Log { ts, job, step, phase, stream, seq, text } => Event::Log(LogEntry {
                 ts,
                 build: engine_id.to_string(),

@@ -16,6 +16,18 @@ use crate::render::Renderer;
 
 pub const EXIT_INVALID: u8 = 2;
 pub const EXIT_INFRA: u8 = 3;
+/// The exit status of a command that either worked or could not run
+/// (the error goes to stderr).
+pub fn exit_status(result: anyhow::Result<()>) -> u8 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}
+
 /// The store namespace of the local CLI.
 pub const LOCAL_TENANT: &str = "local";
 
@@ -302,13 +314,7 @@ pub fn builds(args: BuildsArgs) -> u8 {
         }
         Ok(())
     })();
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            EXIT_INFRA
-        }
-    }
+    exit_status(result)
 }
 
 /// The frame of the commands that read one recorded build: open the state

@@ -154,13 +154,7 @@ pub fn serve(args: ServeArgs) -> u8 {
         rt.shutdown_timeout(std::time::Duration::from_secs(5));
         Ok(())
     })();
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            EXIT_INFRA
-        }
-    }
+    crate::run::exit_status(result)
 }
 
 async fn shutdown_signal() {
@@ -203,13 +197,7 @@ pub fn worker(args: WorkerArgs) -> u8 {
         rt.shutdown_timeout(std::time::Duration::from_secs(5));
         Ok(())
     })();
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            EXIT_INFRA
-        }
-    }
+    crate::run::exit_status(result)
 }
 
 fn valid_tenant(name: &str) -> bool {

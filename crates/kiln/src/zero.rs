@@ -456,11 +456,5 @@ pub fn reproduce(args: crate::cli::LogsArgs) -> u8 {
         }
         Ok(())
     })();
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            EXIT_INFRA
-        }
-    }
+    crate::run::exit_status(result)
 }

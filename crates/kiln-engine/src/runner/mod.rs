@@ -68,7 +68,7 @@ pub trait JobRunner: Send + Sync + 'static {
 }
 
 /// A step's `outcome`/`conclusion` (GitHub's strings).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StepStatus {
     Success,
@@ -89,7 +89,7 @@ impl StepStatus {
 }
 
 /// What is kept of one step.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct StepRecord {
     pub name: String,
     pub outcome: StepStatus,
