@@ -477,6 +477,8 @@ fn table(projects: &[(String, Samples)], tiers: &[String]) -> String {
             let (cold, warm) = &s.kiln[tier];
             let install = if warm.iter().all(|r| r.cache == "hit" && !r.installed) {
                 "skipped (cache hit)".to_string()
+            } else if warm.iter().all(|r| !r.installed) {
+                "none (nothing to install)".to_string()
             } else {
                 let hits = warm.iter().filter(|r| r.cache == "hit").count();
                 format!("ran ({hits}/{} cache hits)", warm.len())
