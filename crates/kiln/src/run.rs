@@ -210,7 +210,8 @@ impl EngineSetup {
             default_branch: args.default_branch.clone(),
             store_url: args.state.store.clone(),
             registries: Vec::new(),
-            scanner: None,
+            // Every artifact passes the scanning gate before it is recorded.
+            scanner: Some(Arc::new(kiln_scan::Scanner::builtin())),
         };
         Ok(EngineSetup { config, secrets })
     }
@@ -391,9 +392,12 @@ pub fn artifacts(args: LogsArgs) -> u8 {
             } else {
                 writeln!(
                     out,
-                    "{}  {:<20} {:>6} files {:>12} bytes  ({})",
-                    a.id, a.name, a.files, a.bytes, a.job
+                    "{}  {:<20} {:>6} files {:>12} bytes  {:<9} {:<11} ({})",
+                    a.id, a.name, a.files, a.bytes, a.output_type, a.status, a.job
                 )?;
+                for line in a.scan.iter().flat_map(|s| s.lines()) {
+                    writeln!(out, "    {line}")?;
+                }
             }
         }
         Ok(())

@@ -234,3 +234,39 @@ fn upload_globs_exclusions_and_hash_files() {
 fn hex_decode(s: &str) -> Vec<u8> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
+
+#[test]
+fn artifacts_pass_the_scanning_gate() {
+    // An executable inside a static output is a high-confidence hit: the
+    // artifact is kept but quarantined and the step fails. The same file as
+    // a server output is what servers are made of.
+    let p = Project::new(
+        r#"
+jobs:
+  site:
+    steps:
+      - run: mkdir -p dist && cp /bin/true dist/tool && echo '<p>hi</p>' > dist/index.html
+      - uses: actions/upload-artifact@v4
+        with: { name: site, path: dist }
+  server:
+    steps:
+      - run: mkdir -p out && cp /bin/true out/server
+      - uses: actions/upload-artifact@v4
+        with: { name: server, path: out, output-type: server }
+"#,
+    );
+    let run = p.run("container", &[]);
+    run.expect_code(1);
+    assert_eq!(run.status("site"), "failed");
+    assert!(run.job("site")["reason"].as_str().unwrap_or("").contains("quarantined"), "{}", run.summary);
+    assert_eq!(run.status("server"), "succeeded");
+    let build = run.summary["build"].as_str().unwrap();
+    let out = p.kiln().args(["artifacts", build, "--json"]).output().unwrap();
+    let rows: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let row = |n: &str| rows.iter().find(|r| r["name"] == n).cloned().unwrap_or_default();
+    assert_eq!(row("site")["status"], "quarantined", "{rows:?}");
+    assert!(row("site")["scan"].as_str().unwrap_or("").contains("tool"), "the file is named: {rows:?}");
+    assert_eq!(row("server")["status"], "ready", "{rows:?}");
+    assert_eq!(row("server")["output_type"], "server", "{rows:?}");
+}
