@@ -206,6 +206,26 @@ fn mac(key: &[u8], timestamp: &str, body: &[u8]) -> HmacSha256 {
     mac
 }
 
+/// The webhook HMAC key in `path` (hex), made on first use: 32 random
+/// bytes in a file only its owner reads.
+pub fn load_or_create_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return hex::decode(text.trim()).map_err(|_| format!("{}: not a hex key", path.display()));
+    }
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| format!("random key: {e}"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("creating {}: {e}", path.display()))?;
+    writeln!(f, "{}", hex::encode(key)).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(key.to_vec())
+}
+
 /// The `X-Kiln-Signature` value for a body sent at `timestamp`: `sha256=<hex>`.
 pub fn sign(key: &[u8], timestamp: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac(key, timestamp, body).finalize().into_bytes()))

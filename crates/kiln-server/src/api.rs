@@ -220,6 +220,10 @@ struct SubmitRequest {
     /// With `repository`: commits of history to fetch (default 1; 0: all).
     #[serde(default)]
     depth: Option<u32>,
+    /// A deployment webhook: posted (signed, retried) when the build
+    /// succeeds with an artifact that is not quarantined.
+    #[serde(default)]
+    notify: Option<String>,
     #[serde(default)]
     source_tar_base64: Option<String>,
     #[serde(default)]
@@ -384,6 +388,16 @@ async fn submit(
             (Some(blob.digest.to_string()), Some(tree.digest.to_string()))
         }
     };
+    let notify = match req.notify.as_deref() {
+        None => None,
+        Some(u) => {
+            let parsed = url::Url::parse(u).map_err(|e| ApiError::bad_request(format!("notify: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                return Err(ApiError::bad_request("notify must be an http(s) URL"));
+            }
+            Some(u.to_string())
+        }
+    };
     let new = NewBuild {
         id: kiln_engine::time::new_build_id(),
         tenant: tenant.clone(),
@@ -398,6 +412,10 @@ async fn submit(
         body_hash: body_hash.clone(),
         enqueued_ms: now_ms(),
     };
+    if let Some(url) = &notify {
+        // Recorded before the build can be claimed, so it cannot finish unseen.
+        core.set_notify(&new.id, url)?;
+    }
     match core.submit(new)? {
         Ok((b, true)) => {
             tracing::info!(build = %b.id, tenant = %tenant, "queued");
@@ -438,6 +456,14 @@ fn build_json(core: &Core, b: &BuildRecord, detail: bool) -> ApiResult<Value> {
         let (attempts, transitions, usage) = {
             let db = core.read();
             let usage = db.usage_of(&b.tenant, &b.id)?;
+            v["notify"] = match db.notification(&b.id)? {
+                Some((url, delivered, attempts)) => json!({
+                    "url": url,
+                    "delivered": delivered,
+                    "attempts": attempts.and_then(|a| serde_json::from_str::<Value>(&a).ok()),
+                }),
+                None => Value::Null,
+            };
             (db.attempts(&b.id)?, db.transitions(&b.id)?, usage)
         };
         let jobs = match attempts.last() {

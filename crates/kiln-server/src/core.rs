@@ -202,6 +202,8 @@ pub struct Core {
     /// When each tenant's cache quota was last checked.
     quota_checked: Mutex<HashMap<String, std::time::Instant>>,
     pub(crate) remote: crate::remote::Sinks,
+    /// This core, for work handed to other threads (webhook deliveries).
+    me: std::sync::OnceLock<std::sync::Weak<Core>>,
 }
 
 impl Core {
@@ -244,7 +246,9 @@ impl Core {
             egress: Mutex::new(HashMap::new()),
             quota_checked: Mutex::new(HashMap::new()),
             remote: Default::default(),
+            me: std::sync::OnceLock::new(),
         });
+        let _ = core.me.set(Arc::downgrade(&core));
         core.recover()?;
         Ok(core)
     }
@@ -274,6 +278,11 @@ impl Core {
     }
 
     /// The content store namespace of a tenant.
+    /// Sets where a build's deployment webhook goes (before it is queued).
+    pub fn set_notify(&self, build: &str, url: &str) -> Result<(), ServerError> {
+        self.lock().db.set_notify(build, url)
+    }
+
     pub fn tenant_store(&self, tenant: &str) -> Result<kiln_store::Store, ServerError> {
         Ok(self.blobs.tenant(tenant)?)
     }
@@ -422,6 +431,9 @@ impl Core {
                 drop(g);
                 if effect == Effect::Finish {
                     self.record_usage(id);
+                    if state == "succeeded" {
+                        self.deliver_notification(id);
+                    }
                 }
                 self.notify.notify_waiters();
             }
@@ -435,6 +447,88 @@ impl Core {
             }
         }
         Ok(Some(next))
+    }
+
+    /// Posts a succeeded build's deployment webhook, if it has one, from a
+    /// thread of its own (deliveries retry with backoff for a while): the
+    /// artifact, its signed provenance, output type and source, signed with
+    /// the server's webhook key (`notify.key` in the state dir).
+    fn deliver_notification(&self, id: &str) {
+        // Off the caller's thread (an async worker or handler): the store
+        // read blocks and deliveries retry with backoff for a while.
+        let Some(core) = self.me.get().and_then(std::sync::Weak::upgrade) else { return };
+        let id = id.to_string();
+        std::thread::spawn(move || {
+            let span = tracing::info_span!("notify", build = %id);
+            let _enter = span.enter();
+            let (url, artifact, body) = match core.notification_payload(&id) {
+                Ok(Some(p)) => p,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!("deployment webhook: {e}");
+                    return;
+                }
+            };
+            let delivery = kiln_build::notify::load_or_create_key(&core.state_dir.join("notify.key"))
+                .and_then(|key| kiln_build::Notifier::new(&url, key).map_err(|e| e.to_string()))
+                .map(|n| n.deliver(&body, &format!("{id}:{artifact}"), kiln_build::RetryPolicy::default()));
+            let tenant = body["tenant"].as_str().map(str::to_string);
+            match delivery {
+                Ok(d) => {
+                    let attempts = serde_json::to_string(&d.attempts).unwrap_or_default();
+                    if let Err(e) = core.lock().db.record_delivery(&id, d.delivered, &attempts) {
+                        tracing::error!("recording the delivery: {e}");
+                    }
+                    let kind = if d.delivered { "notify delivered" } else { "notify failed" };
+                    let detail = format!("{url} after {} attempt(s)", d.attempts.len());
+                    core.audit(tenant.as_deref(), Some(&id), kind, "server", &detail);
+                }
+                Err(e) => core.audit(
+                    tenant.as_deref(),
+                    Some(&id),
+                    "notify failed",
+                    "server",
+                    &format!("{url}: {e}"),
+                ),
+            }
+        });
+    }
+
+    /// The webhook URL, artifact id and body of a succeeded build that has
+    /// a webhook not yet delivered and an artifact that is not quarantined.
+    fn notification_payload(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, String, serde_json::Value)>, ServerError> {
+        let (row, attempts, url) = {
+            let g = self.lock();
+            let Some((url, None, _)) = g.db.notification(id)? else { return Ok(None) };
+            let Some(row) = g.db.build(id)? else { return Ok(None) };
+            (row, g.db.attempts(id)?, url)
+        };
+        let Some(last) = attempts.last() else { return Ok(None) };
+        let arts = self.with_state(|s| s.artifacts(&last.engine_id))?;
+        let Some(a) = arts.into_iter().rev().find(|a| a["status"] != "quarantined") else { return Ok(None) };
+        let provenance = match a["provenance"].as_str().and_then(|d| d.parse::<kiln_store::Digest>().ok()) {
+            Some(d) => {
+                let store = self.tenant_store(&row.tenant)?;
+                let bytes = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .map_err(|e| ServerError::io("runtime", &self.state_dir, e))?
+                    .block_on(store.get_bytes(&d, None))?;
+                serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
+            }
+            None => serde_json::Value::Null,
+        };
+        let body = serde_json::json!({
+            "build": id,
+            "tenant": row.tenant,
+            "artifact": { "id": a["id"], "name": a["name"], "files": a["files"], "bytes": a["bytes"], "status": a["status"] },
+            "provenance": provenance,
+            "output_type": a["output_type"],
+            "source": { "ref": row.git_ref, "pipeline": row.pipeline },
+        });
+        Ok(Some((url, a["id"].as_str().unwrap_or_default().to_string(), body)))
     }
 
     /// Writes the usage record of a finished build from what the engine

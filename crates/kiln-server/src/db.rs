@@ -17,6 +17,10 @@ use serde::Serialize;
 
 use crate::error::ServerError;
 
+/// A build's deployment webhook: URL, whether delivered (`None`: not yet),
+/// the attempts as JSON.
+pub type Notification = (String, Option<bool>, Option<String>);
+
 const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = r#"
@@ -105,6 +109,13 @@ CREATE TABLE IF NOT EXISTS usage (
     finished_at       TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS usage_by_tenant ON usage (tenant);
+CREATE TABLE IF NOT EXISTS notifications (
+    build_id  TEXT PRIMARY KEY,
+    url       TEXT NOT NULL,
+    delivered INTEGER,
+    attempts  TEXT,
+    at        TEXT
+);
 CREATE TABLE IF NOT EXISTS audit (
     n        INTEGER PRIMARY KEY AUTOINCREMENT,
     ts       TEXT NOT NULL,
@@ -655,6 +666,35 @@ impl ControlDb {
     }
 
     // ---- audit ----
+
+    /// Where a build's deployment webhook goes, set at submit.
+    pub fn set_notify(&self, build: &str, url: &str) -> Result<(), ServerError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO notifications (build_id, url) VALUES (?1, ?2)",
+            params![build, url],
+        )?;
+        Ok(())
+    }
+
+    /// The webhook of a build (see [`Notification`]).
+    pub fn notification(&self, build: &str) -> Result<Option<Notification>, ServerError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT url, delivered, attempts FROM notifications WHERE build_id = ?1",
+                [build],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+    }
+
+    pub fn record_delivery(&self, build: &str, delivered: bool, attempts: &str) -> Result<(), ServerError> {
+        self.conn.execute(
+            "UPDATE notifications SET delivered = ?2, attempts = ?3, at = ?4 WHERE build_id = ?1",
+            params![build, delivered, attempts, now()],
+        )?;
+        Ok(())
+    }
 
     pub fn audit(
         &self,

@@ -36,6 +36,7 @@ pub fn document() -> Value {
                     "repository": {"type": "string", "description": "an https git URL: kiln builds it with no configuration (fetch, install, build, package)"},
                     "ignore_scripts": {"type": "boolean", "description": "with `repository`: install without lifecycle scripts"},
                     "depth": {"type": "integer", "minimum": 0, "description": "with `repository`: commits of history to fetch (default 1, 0: all)"},
+                    "notify": {"type": "string", "description": "a deployment webhook URL, posted (HMAC-signed, retried) when the build succeeds with a deployable artifact"},
                     "source_tar_base64": {"type": "string", "description": "a tar of the source directory, base64"},
                     "priority": {"enum": ["urgent", "normal"]},
                     "ref": {"type": "string"},

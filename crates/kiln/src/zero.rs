@@ -359,7 +359,7 @@ fn notify(
     url: &str,
 ) -> anyhow::Result<kiln_build::Delivery> {
     let key_path = args.notify_key_file.clone().unwrap_or_else(|| executor.state_dir().join("notify.key"));
-    let key = load_or_create_key(&key_path)?;
+    let key = kiln_build::notify::load_or_create_key(&key_path).map_err(|e| anyhow!(e))?;
     let provenance = match &a.provenance {
         Some(d) => {
             let store = executor.blob_store(LOCAL_TENANT)?;
@@ -379,25 +379,6 @@ fn notify(
     });
     let notifier = kiln_build::Notifier::new(url, key).map_err(|e| anyhow!("--notify: {e}"))?;
     Ok(notifier.deliver(&payload, &format!("{build}:{}", a.id), kiln_build::RetryPolicy::default()))
-}
-
-/// The webhook HMAC key: 32 random bytes, hex, in a 0600 file.
-fn load_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Ok(text) = std::fs::read_to_string(path) {
-        return hex::decode(text.trim()).map_err(|_| anyhow!("{}: not a hex key", path.display()));
-    }
-    let mut key = [0u8; 32];
-    getrandom::fill(&mut key).map_err(|e| anyhow!("random key: {e}"))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    writeln!(f, "{}", hex::encode(key))?;
-    Ok(key.to_vec())
 }
 
 /// `kiln reproduce BUILD`: the builder, environment, commands and source a

@@ -4,11 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
 use common::{Origin, Project, Run};
 use serde_json::Value;
@@ -414,44 +411,9 @@ fn an_eicar_file_in_the_output_is_quarantined() {
     assert!(result(&run).get("artifact").is_none_or(|a| a.is_null()), "nothing recorded unscanned");
 }
 
-/// Requests a receiver saw: (head, body).
-type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-/// A webhook receiver: answers 503 `fails` times, then 200; keeps every request.
-fn receiver(fails: usize) -> (String, Seen) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/deploy", listener.local_addr().unwrap());
-    let seen: Seen = Arc::default();
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for (n, conn) in listener.incoming().flatten().enumerate() {
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut head = String::new();
-            let mut len = 0usize;
-            loop {
-                let mut l = String::new();
-                if reader.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
-                    break;
-                }
-                if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                head.push_str(&l);
-            }
-            let mut body = vec![0u8; len];
-            let _ = reader.read_exact(&mut body);
-            log.lock().unwrap().push((head, body));
-            let status = if n < fails { "503 Service Unavailable" } else { "200 OK" };
-            let mut conn = conn;
-            let _ = write!(conn, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
-    (url, seen)
-}
-
 #[test]
 fn the_deployment_webhook_is_retried_until_delivered() {
-    let (url, seen) = receiver(2);
+    let (url, seen) = common::receiver(2);
     let p = Project::new("");
     let site = p.path().join("site");
     copy_dir(&example("static-site"), &site);

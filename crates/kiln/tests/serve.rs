@@ -723,3 +723,51 @@ fn usage_records_count_cache_bytes_read_and_written() {
     assert_eq!(row(&first)["cache_read_bytes"], 0, "{usage:?}");
     assert_eq!(row(&second)["cache_read_bytes"], 5000, "{usage:?}");
 }
+
+#[test]
+fn a_succeeded_build_is_handed_to_the_deployment_webhook() {
+    let (hook, seen) = common::receiver(1);
+    let server = Server::start(&["--workers", "1"]);
+    let a = server.tenant("alpha", "team");
+    let wf = "jobs:\n  site:\n    steps:\n      - run: mkdir -p dist && echo hi > dist/index.html\n      - uses: actions/upload-artifact@v4\n        with: { name: site, path: dist }\n";
+    let id = a.submit(wf, json!({ "notify": hook }));
+    assert_eq!(a.wait_final(&id)["state"], "succeeded");
+    let b = poll("the delivery to be recorded", || {
+        let b = a.build(&id);
+        (b["notify"]["delivered"] == true).then_some(b)
+    });
+    assert_eq!(b["notify"]["attempts"].as_array().map(|x| x.len()), Some(2), "one 503, then 200: {b}");
+    let seen = seen.lock().unwrap();
+    let (head, body) = seen.last().unwrap();
+    let payload: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(payload["build"], id.as_str());
+    assert!(payload["artifact"]["id"].as_str().unwrap_or("").starts_with("sha256:"), "{payload}");
+    assert!(payload["provenance"]["payload"].is_string(), "{payload}");
+    let key = hex_key(&std::fs::read_to_string(server.state().join("notify.key")).unwrap());
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    assert!(kiln_build::notify::verify_signature(
+        &key,
+        &header("x-kiln-timestamp"),
+        body,
+        &header("x-kiln-signature")
+    ));
+    let (_, audit) = a.get("/v1/audit");
+    assert!(audit.to_string().contains("notify delivered"), "{audit}");
+    // A notify that is not an http(s) URL is refused at submit.
+    let (status, _) =
+        a.req("POST", "/v1/builds", Some(&json!({ "workflow": wf, "notify": "file:///etc/passwd" })), &[]);
+    assert_eq!(status, 400);
+}
+
+fn hex_key(s: &str) -> Vec<u8> {
+    let s = s.trim();
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
