@@ -594,18 +594,8 @@ fn fsread_present(root: &Path, names: &[&str]) -> Result<Vec<String>, BuildError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::repo;
     use crate::HOME_DIR;
-    use std::fs;
-
-    fn repo(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        for (path, body) in files {
-            let p = dir.path().join(path);
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(p, body).unwrap();
-        }
-        dir
-    }
 
     fn manager_of(files: &[(&str, &str)]) -> Manager {
         detect(repo(files).path()).unwrap().manager

@@ -139,3 +139,18 @@ pub enum BuildError {
         reason: String,
     },
 }
+
+/// What the crate's tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// A scratch repository holding `files` (`(path, body)`).
+    pub(crate) fn repo(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, body) in files {
+            let p = dir.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, body).unwrap();
+        }
+        dir
+    }
+}

@@ -77,18 +77,9 @@ pub fn locate(root: &Path, detection: &Detection, config: &KilnToml) -> Result<O
 mod tests {
     use super::*;
     use crate::detect::{detect, Manager};
+    use crate::test_support::repo;
     use std::fs;
     use std::os::unix::fs::symlink;
-
-    fn repo(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        for (path, body) in files {
-            let p = dir.path().join(path);
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(p, body).unwrap();
-        }
-        dir
-    }
 
     fn config(text: &str) -> KilnToml {
         KilnToml::parse(text).unwrap()

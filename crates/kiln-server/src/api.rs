@@ -904,9 +904,7 @@ async fn worker_events(
     auth.worker()?;
     let req: crate::remote::EventsRequest = parse_json(&body)?;
     let worker = format!("remote:{}", req.worker);
-    let stop = core
-        .holder_check(&id, &worker, req.attempt, true)
-        .map_err(|_| ApiError::conflict("this worker does not hold the build's lease"))?;
+    let stop = holds_lease(&core, &id, &worker, req.attempt, true)?;
     if !req.events.is_empty() {
         let b = core.read().build(&id)?.ok_or_else(|| ApiError::not_found("build"))?;
         let engine_id = core
@@ -921,6 +919,13 @@ async fn worker_events(
     Ok(Json(json!({ "stop": stop })))
 }
 
+/// 409 unless `worker` still holds `id`'s lease for `attempt` (`renew`
+/// counts as a heartbeat); `Ok(true)` asks the worker to stop the build.
+fn holds_lease(core: &AppState, id: &str, worker: &str, attempt: i64, renew: bool) -> ApiResult<bool> {
+    core.holder_check(id, worker, attempt, renew)
+        .map_err(|_| ApiError::conflict("this worker does not hold the build's lease"))
+}
+
 async fn worker_artifact(
     State(core): State<AppState>,
     auth: Auth,
@@ -930,8 +935,7 @@ async fn worker_artifact(
     auth.worker()?;
     let req: crate::remote::ArtifactUpload = parse_json(&body)?;
     let worker = format!("remote:{}", req.worker);
-    core.holder_check(&id, &worker, req.attempt, true)
-        .map_err(|_| ApiError::conflict("this worker does not hold the build's lease"))?;
+    holds_lease(&core, &id, &worker, req.attempt, true)?;
     let b = core.read().build(&id)?.ok_or_else(|| ApiError::not_found("build"))?;
     let artifact = req.record.id.to_string();
     crate::remote::store_artifact(&core, &b.tenant, req).await.map_err(ApiError::unprocessable)?;
@@ -947,8 +951,7 @@ async fn worker_finish(
     auth.worker()?;
     let req: crate::remote::FinishRequest = parse_json(&body)?;
     let worker = format!("remote:{}", req.worker);
-    core.holder_check(&id, &worker, req.attempt, false)
-        .map_err(|_| ApiError::conflict("this worker does not hold the build's lease"))?;
+    holds_lease(&core, &id, &worker, req.attempt, false)?;
     let core2 = core.clone();
     let id2 = id.clone();
     tokio::task::spawn_blocking(move || crate::remote::finish(&core2, &id2, &req))

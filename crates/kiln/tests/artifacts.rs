@@ -221,7 +221,7 @@ fn upload_globs_exclusions_and_hash_files() {
     let key = out.iter().find(|l| l.starts_with("key=")).expect("hashFiles line");
     let want = {
         let inner = common::pipe("sha256sum", &[], b"v1\n");
-        let raw = hex_decode(std::str::from_utf8(&inner).unwrap().split_whitespace().next().unwrap());
+        let raw = common::hex_decode(std::str::from_utf8(&inner).unwrap().split_whitespace().next().unwrap());
         let outer = common::pipe("sha256sum", &[], &raw);
         String::from_utf8(outer).unwrap().split_whitespace().next().unwrap().to_string()
     };
@@ -229,10 +229,6 @@ fn upload_globs_exclusions_and_hash_files() {
     // Stored relative to the patterns' common directory (app/dist); the
     // excluded file and the unmatched map are not there.
     assert_eq!(run.lines("use"), ["./js/a.js", "./site.css"], "{:?}", run.system_lines("use"));
-}
-
-fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
 #[test]

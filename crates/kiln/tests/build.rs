@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Origin, Project, Run};
+use common::{git, hex_decode, served_repo, Origin, Project, Run};
 use serde_json::Value;
 
 /// The repository's examples directory.
@@ -36,17 +36,6 @@ fn system(run: &Run) -> String {
 fn copy_dir(from: &Path, to: &Path) {
     let ok = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success();
     assert!(ok, "cp -a {} {}", from.display(), to.display());
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -296,28 +285,12 @@ fn git_filters_and_hooks_from_config_never_run() {
     assert!(result(&run)["artifact"]["status"] == "ready");
 }
 
-/// A bare repository served over dumb HTTP by `origin`, with `files`.
-fn served_repo(origin: &Origin, files: &[(&str, &str)]) -> String {
-    let work = tempfile::tempdir().unwrap();
-    for (rel, body) in files {
-        let f = work.path().join(rel);
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        std::fs::write(f, body).unwrap();
-    }
-    git(work.path(), &["init", "-q"]);
-    git(work.path(), &["add", "."]);
-    git(work.path(), &["commit", "-qm", "init"]);
-    let bare = origin.root.path().join("repo.git");
-    git(work.path(), &["clone", "-q", "--bare", ".", bare.to_str().unwrap()]);
-    git(&bare, &["update-server-info"]);
-    format!("http://{}/repo.git", origin.addr())
-}
-
 #[test]
 fn fetch_in_a_sandbox_and_refuse_hostile_submodules() {
     let origin = Origin::start();
     let url = served_repo(
         &origin,
+        "repo.git",
         &[
             (
                 "package.json",
@@ -350,6 +323,7 @@ fn fetch_in_a_sandbox_and_refuse_hostile_submodules() {
     let origin2 = Origin::start();
     let url2 = served_repo(
         &origin2,
+        "repo.git",
         &[("README", "x"), (".gitmodules", "[submodule \"etc\"]\n\tpath = etc\n\turl = file:///etc\n")],
     );
     let open2 = origin2.addr();
@@ -458,11 +432,6 @@ fn the_deployment_webhook_is_retried_until_delivered() {
     assert_eq!(payload["artifact"]["id"], r["artifact"]["id"]);
     assert_eq!(payload["output_type"], "static");
     assert!(payload["provenance"]["payload"].is_string(), "the signed provenance travels along: {payload}");
-}
-
-fn hex_decode(s: &str) -> Vec<u8> {
-    let s = s.trim();
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
 #[test]

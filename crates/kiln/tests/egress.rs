@@ -11,18 +11,7 @@ per_tier!(allowed_refused_and_bypass, |tier| {
     let origin = Origin::start();
     origin.put("index.txt", b"hello from the mirror\n");
     // A git repository served over dumb HTTP.
-    let repo = origin.root.path().join("repo.git");
-    let git = |args: &[&str], dir: &std::path::Path| {
-        let ok = std::process::Command::new("git").args(args).current_dir(dir).status().unwrap().success();
-        assert!(ok, "git {args:?}");
-    };
-    let work = tempfile::tempdir().unwrap();
-    git(&["init", "-q", "-b", "main", "."], work.path());
-    std::fs::write(work.path().join("README"), "cloned through the proxy\n").unwrap();
-    git(&["-c", "user.name=t", "-c", "user.email=t@t", "add", "README"], work.path());
-    git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], work.path());
-    git(&["clone", "-q", "--bare", work.path().to_str().unwrap(), repo.to_str().unwrap()], work.path());
-    git(&["update-server-info"], &repo);
+    common::served_repo(&origin, "repo.git", &[("README", "cloned through the proxy\n")]);
 
     let a = origin.addr();
     let wf = format!(

@@ -640,7 +640,6 @@ fn metrics_and_openapi_are_served() {
 fn a_repository_url_is_built_with_no_configuration() {
     // A Node site in a git repository this test serves on 127.0.0.2.
     let origin = common::Origin::start();
-    let work = tempfile::tempdir().unwrap();
     let files = [
         (
             "package.json",
@@ -651,27 +650,7 @@ fn a_repository_url_is_built_with_no_configuration() {
             r#"{"name":"s","version":"1.0.0","lockfileVersion":3,"requires":true,"packages":{"":{"name":"s","version":"1.0.0"}}}"#,
         ),
     ];
-    for (rel, body) in files {
-        std::fs::write(work.path().join(rel), body).unwrap();
-    }
-    let git = |args: &[&str], dir: &Path| {
-        let ok = Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "git {args:?}");
-    };
-    git(&["init", "-q"], work.path());
-    git(&["add", "."], work.path());
-    git(&["commit", "-qm", "site"], work.path());
-    let bare = origin.root.path().join("site.git");
-    git(&["clone", "-q", "--bare", ".", bare.to_str().unwrap()], work.path());
-    git(&["update-server-info"], &bare);
-    let url = format!("http://{}/site.git", origin.addr());
+    let url = common::served_repo(&origin, "site.git", &files);
 
     let server = Server::start(&["--workers", "1", "--allow-private", &origin.addr()]);
     let a = server.tenant("alpha", "team");
@@ -743,7 +722,7 @@ fn a_succeeded_build_is_handed_to_the_deployment_webhook() {
     assert_eq!(payload["build"], id.as_str());
     assert!(payload["artifact"]["id"].as_str().unwrap_or("").starts_with("sha256:"), "{payload}");
     assert!(payload["provenance"]["payload"].is_string(), "{payload}");
-    let key = hex_key(&std::fs::read_to_string(server.state().join("notify.key")).unwrap());
+    let key = common::hex_decode(&std::fs::read_to_string(server.state().join("notify.key")).unwrap());
     let header = |name: &str| {
         head.lines()
             .find_map(|l| {
@@ -765,9 +744,4 @@ fn a_succeeded_build_is_handed_to_the_deployment_webhook() {
     let (status, _) =
         a.req("POST", "/v1/builds", Some(&json!({ "workflow": wf, "notify": "file:///etc/passwd" })), &[]);
     assert_eq!(status, 400);
-}
-
-fn hex_key(s: &str) -> Vec<u8> {
-    let s = s.trim();
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }

@@ -435,17 +435,7 @@ pub fn check_env(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
-
-    fn repo(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        for (path, body) in files {
-            let p = dir.path().join(path);
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(p, body).unwrap();
-        }
-        dir
-    }
+    use crate::test_support::repo;
 
     fn allowed(manager: Manager) -> Vec<String> {
         manager.registries().iter().map(|s| s.to_string()).collect()

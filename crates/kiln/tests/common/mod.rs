@@ -330,3 +330,39 @@ pub fn receiver(fails: usize) -> (String, Seen) {
     });
     (url, seen)
 }
+
+/// `git ARGS` in `dir` as a fixed test identity, ignoring the host's config.
+pub fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A bare repository `name` served over dumb HTTP by `origin`, holding
+/// `files` in one commit; returns its URL.
+pub fn served_repo(origin: &Origin, name: &str, files: &[(&str, &str)]) -> String {
+    let work = tempfile::tempdir().unwrap();
+    for (rel, body) in files {
+        let f = work.path().join(rel);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, body).unwrap();
+    }
+    git(work.path(), &["init", "-q"]);
+    git(work.path(), &["add", "."]);
+    git(work.path(), &["commit", "-qm", "init"]);
+    let bare = origin.root.path().join(name);
+    git(work.path(), &["clone", "-q", "--bare", ".", bare.to_str().unwrap()]);
+    git(&bare, &["update-server-info"]);
+    format!("http://{}/{name}", origin.addr())
+}
+
+/// Bytes of a hex string (a key file, a digest).
+pub fn hex_decode(s: &str) -> Vec<u8> {
+    let s = s.trim();
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
