@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use kiln_workflow::{BoolOrExpr, Contexts, JobResult, Plan, Scheduler, StatusFns};
+use kiln_workflow::{BoolOrExpr, Contexts, JobResult, Plan, RunnerLabels, Scheduler, StatusFns, StepAction};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
@@ -26,6 +26,26 @@ pub struct BuildOptions {
     pub runner: Value,
     /// The build's egress counters, for the usage figures of the summary.
     pub egress: Option<Arc<kiln_egress::BuildCounters>>,
+    /// The `runs-on` labels runners here answer to.
+    pub runner_labels: RunnerLabels,
+    /// Refuse jobs with a coverage/report uploader instead of skipping the
+    /// uploader step.
+    pub refuse_uploaders: bool,
+}
+
+impl BuildOptions {
+    /// Options with the defaults: GitHub's Linux labels, uploaders skipped.
+    pub fn new(build: String, max_parallel: usize, github: Value, runner: Value) -> BuildOptions {
+        BuildOptions {
+            build,
+            max_parallel,
+            github,
+            runner,
+            egress: None,
+            runner_labels: RunnerLabels::default(),
+            refuse_uploaders: false,
+        }
+    }
 }
 
 /// One job in the final summary (and in `--json`).
@@ -133,6 +153,10 @@ pub async fn run_build<R: JobRunner>(
             let contexts = job_contexts(&plan, j, &slots, &opts, &workflow_env);
             let decision = if cancelled || group_cancelled {
                 Err((JobResult::Cancelled, None))
+            } else if let Some(reason) = refusal(&plan, j, &contexts, &opts) {
+                // Something in the job cannot run here: the job is skipped
+                // (its dependents follow GitHub's rules), the rest runs.
+                Err((JobResult::Skipped, Some(reason)))
             } else {
                 let all_needs_ok = job.needs.iter().all(|&d| slots[d].result == Some(JobResult::Success));
                 let status = StatusFns::new(all_needs_ok, failed_lineage, false);
@@ -150,7 +174,8 @@ pub async fn run_build<R: JobRunner>(
                 Err((result, reason)) => {
                     pending.pop_front();
                     if let Some(reason) = &reason {
-                        emitter.log(&job.id, "", "", Stream::System, format!("job failed: {reason}"));
+                        let what = if result == JobResult::Skipped { "skipped" } else { "failed" };
+                        emitter.log(&job.id, "", "", Stream::System, format!("job {what}: {reason}"));
                     }
                     let mut outcome = JobOutcome::new(result);
                     outcome.reason = reason;
@@ -166,6 +191,11 @@ pub async fn run_build<R: JobRunner>(
                         &mut group_tripped,
                         &emitter,
                     );
+                    // A job that ends without running releases its
+                    // dependents now, in this pass: they may end the same
+                    // way (a chain of skips), and nothing else would wake
+                    // the loop for them.
+                    pending.extend(sched.take_ready());
                 }
                 Ok(()) if running.len() < max_parallel => {
                     pending.pop_front();
@@ -195,6 +225,30 @@ pub async fn run_build<R: JobRunner>(
         }
         if sched.is_finished() && running.is_empty() {
             break;
+        }
+        if running.is_empty() && pending.is_empty() {
+            // Nothing runs and nothing can start, yet some job has no
+            // result: waiting would wait forever. End those jobs instead
+            // of hanging (the scheduler's invariants make this unreachable;
+            // this keeps a future slip from becoming a build that never
+            // returns).
+            for j in sched.unfinished() {
+                let mut outcome = JobOutcome::new(JobResult::Failure);
+                outcome.reason = Some("infrastructure error: the job could never start".into());
+                let name = display_name(&plan, j, &opts);
+                finish_job(
+                    &plan,
+                    j,
+                    outcome,
+                    name,
+                    None,
+                    &mut slots,
+                    &mut sched,
+                    &mut group_tripped,
+                    &emitter,
+                );
+            }
+            continue;
         }
         tokio::select! {
             joined = running.join_next_with_id(), if !running.is_empty() => {
@@ -318,6 +372,49 @@ fn finish_job(
     slots[j].outputs = outcome.outputs;
     slots[j].cancel = None;
     sched.finish(j, visible);
+}
+
+/// Why job `j` cannot run here, if it cannot: the first thing in it kiln
+/// does not have (with its line), a `runs-on` label no runner here carries,
+/// a container image, or (if the operator says so) a coverage uploader.
+pub fn refusal(plan: &Plan, j: usize, contexts: &Contexts, opts: &BuildOptions) -> Option<String> {
+    let spec = &plan.jobs[j].spec;
+    if let Some(r) = spec.refusals.first() {
+        return Some(format!("{} (line {}:{})", r.reason, r.location.line, r.location.column));
+    }
+    let status = StatusFns::new(true, false, false);
+    let mut labels = Vec::new();
+    for t in &spec.runs_on {
+        match t.render(contexts, status) {
+            Ok(l) => labels.push(l),
+            Err(e) => return Some(format!("runs-on: {e}")),
+        }
+    }
+    if let Some(reason) = opts.runner_labels.refusal(&labels) {
+        return Some(reason);
+    }
+    if let Some(t) = &spec.container {
+        match t.render(contexts, status) {
+            Ok(image) if image.trim().is_empty() => {}
+            Ok(image) => {
+                return Some(format!(
+                    "container {image}: running a job in a container image is not supported yet"
+                ))
+            }
+            Err(e) => return Some(format!("container: {e}")),
+        }
+    }
+    if opts.refuse_uploaders {
+        for step in &spec.steps {
+            if let StepAction::Uploader { uses } = &step.action {
+                return Some(format!(
+                    "`uses: {uses}`: coverage and report uploaders are refused here (line {}:{})",
+                    step.location.line, step.location.column
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// A job's `name:` rendered with its matrix (GitHub's display name), or its id.

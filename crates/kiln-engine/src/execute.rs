@@ -52,6 +52,33 @@ pub struct ExecutorConfig {
     /// The scanning gate of every artifact (none: artifacts are recorded
     /// `ready` unscanned).
     pub scanner: Option<Arc<kiln_scan::Scanner>>,
+    /// What the operator decided for workflows brought unchanged: runner
+    /// labels, uploaders, the default network.
+    pub policy: RunnerPolicy,
+}
+
+/// The operator's answers to what an unchanged workflow assumes of GitHub's
+/// runners.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerPolicy {
+    /// `runs-on` labels the runners here answer to besides GitHub's Linux
+    /// labels (patterns with `*`).
+    pub extra_labels: Vec<String>,
+    /// Refuse jobs with a coverage/report uploader (default: skip the step
+    /// with a notice).
+    pub refuse_uploaders: bool,
+    /// The network of a step whose workflow says nothing (`kiln:` wins).
+    pub network: kiln_workflow::NetworkSpec,
+}
+
+impl Default for RunnerPolicy {
+    fn default() -> Self {
+        RunnerPolicy {
+            extra_labels: Vec::new(),
+            refuse_uploaders: false,
+            network: kiln_workflow::NetworkSpec::None,
+        }
+    }
 }
 
 /// One build to run.
@@ -173,13 +200,7 @@ impl Executor {
             self.ensure_tier(tier)?;
         }
         let github = crate::contexts::github(&req.build, &plan.name, &req.source_info);
-        let names = BuildOptions {
-            build: req.build.clone(),
-            max_parallel: 1,
-            github: github.clone(),
-            runner: serde_json::Value::Null,
-            egress: None,
-        };
+        let names = BuildOptions::new(req.build.clone(), 1, github.clone(), serde_json::Value::Null);
         let jobs: Vec<(String, String)> =
             (0..plan.jobs.len()).map(|j| (plan.jobs[j].id.clone(), display_name(&plan, j, &names))).collect();
         let _live = crate::store::LiveBuild::new(&req.build);
@@ -229,17 +250,21 @@ impl Executor {
             scrubber,
             egress: egress.clone(),
             artifacts: Some(Arc::new(sink)),
+            default_network: self.cfg.policy.network.clone(),
+            refuse_uploaders: self.cfg.policy.refuse_uploaders,
         };
-        let opts = BuildOptions {
-            build: req.build.clone(),
-            max_parallel: self.cfg.max_parallel.max(1),
+        let mut opts = BuildOptions::new(
+            req.build.clone(),
+            self.cfg.max_parallel.max(1),
             github,
-            egress: Some(egress.counters.clone()),
-            runner: crate::contexts::runner(match self.cfg.isolation {
+            crate::contexts::runner(match self.cfg.isolation {
                 Isolation::Gvisor => "gvisor",
                 Isolation::Container => "container",
             }),
-        };
+        );
+        opts.egress = Some(egress.counters.clone());
+        opts.runner_labels = kiln_workflow::RunnerLabels::with_extra(self.cfg.policy.extra_labels.clone());
+        opts.refuse_uploaders = self.cfg.policy.refuse_uploaders;
         let emitter = Emitter::new(&req.build, tap, Some(writer.sender()));
         let runner = Arc::new(SandboxRunner::new(cfg));
         let summary = run_build(plan, runner, opts, emitter, cancel).await;

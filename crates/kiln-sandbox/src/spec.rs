@@ -255,7 +255,8 @@ pub fn write_rootfs(rootfs: &Path, spec: &SandboxSpec, oci: &Spec) -> Result<()>
     let mut passwd = String::from("root:x:0:0:root:/root:/usr/sbin/nologin\n");
     let mut group = String::from("root:x:0:\n");
     if spec.uid != 0 {
-        passwd.push_str(&format!("kiln:x:{}:{}:kiln:/tmp:/bin/sh\n", spec.uid, spec.gid));
+        let home = spec.env.iter().find(|(k, _)| k == "HOME").map(|(_, v)| v.as_str()).unwrap_or("/tmp");
+        passwd.push_str(&format!("kiln:x:{}:{}:kiln:{home}:/bin/bash\n", spec.uid, spec.gid));
     }
     if spec.gid != 0 {
         group.push_str(&format!("kiln:x:{}:\n", spec.gid));

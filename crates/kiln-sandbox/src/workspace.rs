@@ -23,8 +23,16 @@ pub struct WorkspaceUsage {
 /// writer sees ENOSPC while statvfs still reports a few hundred KiB free.
 pub const FULL_THRESHOLD: u64 = 2 << 20;
 
-/// A quota'd workspace directory (ext4 image `<dir>.img` loop-mounted at `<dir>`).
-/// Dropping it unmounts and deletes the image best-effort.
+const WORKSPACE_DIR: &str = "workspace";
+const HOME_DIR: &str = "home";
+const TOOL_DIR: &str = "tool";
+
+/// A job's disk: a quota'd ext4 image `<dir>.img` loop-mounted at `<dir>`,
+/// holding the job's workspace (`<dir>/workspace`), its home directory
+/// (`<dir>/home`) and its tool cache (`<dir>/tool`), all owned by the step
+/// user. One quota covers all three, so a step cannot fill the host by
+/// writing to `$HOME` instead of the workspace. Dropping it unmounts and
+/// deletes the image best-effort.
 #[derive(Debug)]
 pub struct Workspace {
     dir: PathBuf,
@@ -81,12 +89,28 @@ impl Workspace {
         )?;
         let lf = host_dir.join("lost+found");
         let _ = fs::remove_dir(&lf);
+        for sub in [WORKSPACE_DIR, HOME_DIR, TOOL_DIR] {
+            let d = host_dir.join(sub);
+            fs::create_dir(&d).map_err(io_err("create", &d))?;
+            std::os::unix::fs::chown(&d, Some(uid), Some(gid)).map_err(io_err("chown", &d))?;
+        }
         Ok(ws)
     }
 
-    /// The mounted workspace directory.
-    pub fn path(&self) -> &Path {
-        &self.dir
+    /// The workspace directory (on the job's disk).
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(WORKSPACE_DIR)
+    }
+
+    /// The job's home directory (on the job's disk): files in it persist
+    /// from one step to the next, as on a CI machine.
+    pub fn home(&self) -> PathBuf {
+        self.dir.join(HOME_DIR)
+    }
+
+    /// The job's tool cache (`RUNNER_TOOL_CACHE`), on the job's disk.
+    pub fn tool_cache(&self) -> PathBuf {
+        self.dir.join(TOOL_DIR)
     }
 
     /// The backing image file.

@@ -22,7 +22,7 @@ fn quota(tier: Isolation) {
     assert!(!ws.is_full());
     let scratch = tmp.path().join("scratch");
     std::fs::create_dir(&scratch).unwrap();
-    let mut spec = spec("quota", tier, "", ws.path());
+    let mut spec = spec("quota", tier, "", &ws.path());
     spec.argv = vec![
         "/bin/sh".into(),
         "-c".into(),
@@ -33,7 +33,9 @@ fn quota(tier: Isolation) {
     assert_ne!(r.outcome.exit_code, Some(0), "{r:?}");
     assert!(r.stderr.contains("No space left on device"), "{r:?}");
     assert!(ws.is_full(), "{:?}", ws.usage());
-    assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "small\n");
+    assert_eq!(std::fs::read_to_string(ws.path().join("a")).unwrap(), "small\n");
+    // The home directory shares the quota: a full workspace leaves it no room.
+    assert!(std::fs::write(ws.home().join("more"), vec![0u8; 1 << 20]).is_err());
     let img = ws.image().to_path_buf();
     ws.destroy().unwrap();
     ws.destroy().unwrap(); // idempotent

@@ -55,6 +55,7 @@ pub async fn serve(
         registries: Vec::new(),
         // Every artifact passes the scanning gate before it is recorded.
         scanner: Some(Arc::new(kiln_scan::Scanner::builtin())),
+        policy: Default::default(),
     };
     // The executor first: it cleans up what builds interrupted by a crash
     // left behind (sandboxes, mounts) before the queue hands them out again.

@@ -467,6 +467,7 @@ pub async fn run_worker(cfg: WorkerConfig) -> Result<(), ServerError> {
         store_url: None,
         registries: Vec::new(),
         scanner: Some(Arc::new(kiln_scan::Scanner::builtin())),
+        policy: Default::default(),
     })?);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)

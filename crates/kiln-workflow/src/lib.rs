@@ -18,6 +18,7 @@ mod matrix;
 mod model;
 mod parse;
 mod plan;
+mod runners;
 mod scheduler;
 mod secrets_check;
 mod yaml;
@@ -27,4 +28,5 @@ pub use expr::{Contexts, Expr, ExprError, FileHasher, StatusFns, Template, Value
 pub use model::*;
 pub use parse::{check_relative_path, parse_size, OUTPUT_TYPES};
 pub use plan::{load, MatrixGroup, Plan, PlannedJob};
+pub use runners::RunnerLabels;
 pub use scheduler::{JobResult, Scheduler};

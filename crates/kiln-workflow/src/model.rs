@@ -19,41 +19,139 @@ pub struct Workflow {
 }
 
 /// `defaults.run` at workflow or job level.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct RunDefaults {
-    pub shell: Option<Shell>,
+    pub shell: Option<ShellSpec>,
     pub working_directory: Option<String>,
 }
 
-/// The shells a `run` step may name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The shell a `run` step runs with (GitHub's `shell:` and its templates).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shell {
-    /// `bash --noprofile --norc -eo pipefail {0}` (GitHub's default when bash exists).
+    /// No `shell:` anywhere: GitHub's `bash -e {0}` (no `pipefail`).
+    Default,
+    /// `shell: bash`: `bash --noprofile --norc -eo pipefail {0}`.
     Bash,
     /// `sh -e {0}`.
     Sh,
-    /// `python3 {0}`.
+    /// `python {0}`.
     Python,
+    /// A custom template such as `bash -eo pipefail -l {0}`: its words, one
+    /// of which contains `{0}` (the script's path).
+    Custom(Vec<String>),
+}
+
+/// Why a `shell:` value cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShellError {
+    /// Not a shell at all (a typo, an empty template): an error in the file.
+    Invalid(String),
+    /// A real shell that kiln's runners do not have (`pwsh`, `cmd`): the
+    /// job is refused, not the file.
+    Unavailable(String),
 }
 
 impl Shell {
+    /// Parses a `shell:` value as GitHub does: a known name, or a template
+    /// with `{0}` where the script's path goes.
+    pub fn parse(text: &str) -> Result<Shell, ShellError> {
+        let t = text.trim();
+        match t {
+            "bash" => return Ok(Shell::Bash),
+            "sh" => return Ok(Shell::Sh),
+            "python" => return Ok(Shell::Python),
+            "pwsh" | "powershell" | "cmd" => {
+                return Err(ShellError::Unavailable(format!(
+                    "shell `{t}` is not available on kiln's Linux runners"
+                )))
+            }
+            _ => {}
+        }
+        let words: Vec<String> = t.split_whitespace().map(str::to_string).collect();
+        if !t.contains("{0}") {
+            return Err(ShellError::Invalid(format!(
+                "unsupported shell `{t}`: use bash, sh, python, or a command with `{{0}}` for the script (e.g. `bash -eo pipefail {{0}}`)"
+            )));
+        }
+        let program = words[0].as_str();
+        if program.contains("{0}") {
+            return Err(ShellError::Invalid(format!(
+                "shell `{t}`: the first word must be the program, not `{{0}}`"
+            )));
+        }
+        let base = program.rsplit('/').next().unwrap_or(program);
+        if matches!(base, "pwsh" | "powershell" | "cmd") {
+            return Err(ShellError::Unavailable(format!(
+                "shell `{t}` is not available on kiln's Linux runners"
+            )));
+        }
+        Ok(Shell::Custom(words))
+    }
+
     /// The argv that runs a script file at `script` (a path inside the sandbox).
-    pub fn argv(self, script: &str) -> Vec<String> {
+    pub fn argv(&self, script: &str) -> Vec<String> {
         let v: &[&str] = match self {
+            Shell::Default => &["bash", "-e"],
             Shell::Bash => &["bash", "--noprofile", "--norc", "-eo", "pipefail"],
             Shell::Sh => &["sh", "-e"],
             Shell::Python => &["python3"],
+            Shell::Custom(words) => {
+                return words
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| match (i, w.as_str()) {
+                        // `python {0}` is the `python` shell written out;
+                        // Debian's interpreter is `python3` only.
+                        (0, "python") => "python3".to_string(),
+                        _ => w.replace("{0}", script),
+                    })
+                    .collect();
+            }
         };
         v.iter().map(|s| s.to_string()).chain([script.to_string()]).collect()
     }
 
     /// The file extension GitHub gives the script for this shell.
-    pub fn extension(self) -> &'static str {
-        match self {
-            Shell::Bash | Shell::Sh => "sh",
-            Shell::Python => "py",
+    pub fn extension(&self) -> &'static str {
+        if self.program() == "python" || self.program().starts_with("python3") {
+            "py"
+        } else {
+            "sh"
         }
     }
+
+    /// The program's base name (`bash`, `sh`, `python3`, ...).
+    pub fn program(&self) -> &str {
+        match self {
+            Shell::Default | Shell::Bash => "bash",
+            Shell::Sh => "sh",
+            Shell::Python => "python",
+            Shell::Custom(words) => words[0].rsplit('/').next().unwrap_or(&words[0]),
+        }
+    }
+
+    /// True when bash runs the script (it then reads kiln's `BASH_ENV`).
+    pub fn is_bash(&self) -> bool {
+        self.program() == "bash"
+    }
+}
+
+/// A `shell:` as written: fixed, or an expression decided when the step runs.
+#[derive(Debug, Clone)]
+pub enum ShellSpec {
+    Fixed(Shell),
+    Expr(Template),
+    /// A shell kiln's runners do not have: refuses the jobs whose steps
+    /// would run with it.
+    Unavailable(Refusal),
+}
+
+/// Something in a job kiln cannot run: the job ends `skipped` with this
+/// reason (and its dependents follow GitHub's rules); the rest of the file runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub location: Location,
+    pub reason: String,
 }
 
 /// `continue-on-error`: a literal or an expression (GitHub allows
@@ -174,8 +272,14 @@ pub struct JobSpec {
     pub name: Option<Template>,
     /// Keys of the jobs this one needs, as written.
     pub needs: Vec<String>,
-    /// `runs-on`, rendered to text (names the builder); informational for now.
-    pub runs_on: Option<Template>,
+    /// `runs-on`: its labels (each may be an expression), rendered when
+    /// the job is about to run; a label no runner here has skips the job.
+    pub runs_on: Vec<Template>,
+    /// `container:` (an image, or an expression; empty means none).
+    pub container: Option<Template>,
+    /// What refuses this job (an action kiln does not have, `services:`,
+    /// an unavailable shell), in file order. Empty: the job can run.
+    pub refusals: Vec<Refusal>,
     pub condition: Option<Expr>,
     pub env: Vec<(String, Template)>,
     pub defaults: RunDefaults,
@@ -203,7 +307,14 @@ pub struct Strategy {
 #[derive(Debug, Clone)]
 pub enum StepAction {
     /// `run:` a script with a shell.
-    Run { script: Template, shell: Option<Shell> },
+    Run { script: Template, shell: Option<ShellSpec> },
+    /// A coverage or report uploader (codecov, coveralls, ...): it needs a
+    /// third party's token and host, so it is skipped with a notice (or, if
+    /// the operator says so, refuses its job).
+    Uploader { uses: String },
+    /// An action kiln does not have: its job is refused (see
+    /// [`JobSpec::refusals`]); kept so listings show every step.
+    Unsupported { uses: String },
     /// `uses: actions/checkout@<any>`: the job's workspace gets the source.
     Checkout,
     /// `uses: actions/upload-artifact@<any>`: files of the workspace become an
@@ -221,7 +332,15 @@ pub enum StepAction {
     },
     /// `uses: actions/download-artifact@<any>`: an artifact of this build
     /// restored into the workspace.
-    DownloadArtifact { name: Template, path: Option<Template> },
+    /// Without `name`: every artifact of the build (or those matching
+    /// `pattern`), each into `path/NAME`, or all into `path` with
+    /// `merge-multiple`.
+    DownloadArtifact {
+        name: Option<Template>,
+        path: Option<Template>,
+        pattern: Option<Template>,
+        merge_multiple: bool,
+    },
     /// `uses: actions/cache@<any>`: restore `path` from the build cache by
     /// `key` (then `restore-keys` prefixes); saved when the job succeeds.
     Cache {
@@ -273,21 +392,18 @@ impl StepSpec {
         self.kiln.phase.or(job.kiln.phase).unwrap_or(match self.action {
             StepAction::Checkout | StepAction::Detect { .. } => Phase::SourceFetch,
             StepAction::UploadArtifact { .. } | StepAction::Package { .. } => Phase::ArtifactUpload,
-            StepAction::Run { .. } | StepAction::DownloadArtifact { .. } | StepAction::Cache { .. } => {
-                Phase::Build
-            }
+            StepAction::Run { .. }
+            | StepAction::DownloadArtifact { .. }
+            | StepAction::Cache { .. }
+            | StepAction::Uploader { .. }
+            | StepAction::Unsupported { .. } => Phase::Build,
         })
     }
 
-    /// The step's network: its own, its job's, the workflow's, or none.
-    pub fn network<'a>(&'a self, job: &'a JobSpec, workflow: &'a Workflow) -> &'a NetworkSpec {
-        const NONE: &NetworkSpec = &NetworkSpec::None;
-        self.kiln
-            .network
-            .as_ref()
-            .or(job.kiln.network.as_ref())
-            .or(workflow.kiln.network.as_ref())
-            .unwrap_or(NONE)
+    /// The step's network: its own, its job's or the workflow's; `None`
+    /// when the file says nothing (the operator's default applies).
+    pub fn network<'a>(&'a self, job: &'a JobSpec, workflow: &'a Workflow) -> Option<&'a NetworkSpec> {
+        self.kiln.network.as_ref().or(job.kiln.network.as_ref()).or(workflow.kiln.network.as_ref())
     }
 
     /// The secret bindings that let this step see a secret, by name.

@@ -31,8 +31,6 @@ enum KeyKind {
     Known,
     /// GitHub's, accepted, no effect locally.
     Notice,
-    /// GitHub's, kiln cannot honour it: the reason.
-    Refuse(&'static str),
 }
 
 const TOP_KEYS: &[(&str, KeyKind)] = &[
@@ -47,8 +45,6 @@ const TOP_KEYS: &[(&str, KeyKind)] = &[
     ("environment", KeyKind::Notice),
     ("kiln", KeyKind::Known),
 ];
-
-const REUSABLE: &str = "reusable workflows are not supported; kiln runs the jobs of one file";
 
 const JOB_KEYS: &[(&str, KeyKind)] = &[
     ("name", KeyKind::Known),
@@ -66,17 +62,11 @@ const JOB_KEYS: &[(&str, KeyKind)] = &[
     ("permissions", KeyKind::Notice),
     ("concurrency", KeyKind::Notice),
     ("environment", KeyKind::Notice),
-    (
-        "container",
-        KeyKind::Refuse("kiln runs every job in its own sandbox from its builder image, so it cannot run the job inside another container"),
-    ),
-    (
-        "services",
-        KeyKind::Refuse("kiln does not start service containers: sandboxes have no network to reach them"),
-    ),
-    ("uses", KeyKind::Refuse(REUSABLE)),
-    ("with", KeyKind::Refuse(REUSABLE)),
-    ("secrets", KeyKind::Refuse(REUSABLE)),
+    ("container", KeyKind::Known),
+    ("services", KeyKind::Known),
+    ("uses", KeyKind::Known),
+    ("with", KeyKind::Known),
+    ("secrets", KeyKind::Known),
 ];
 
 const STEP_KEYS: &[&str] = &[
@@ -189,10 +179,6 @@ impl Cx<'_> {
                 });
                 None
             }
-            Some((_, KeyKind::Refuse(why))) => {
-                self.err(key.loc, format!("`{name}` {place} cannot be honoured by kiln: {why}"));
-                None
-            }
             Some((_, kind)) => Some((name, *kind)),
             None => {
                 self.unknown_key(key.loc, &name, table.iter().map(|(k, _)| *k), place);
@@ -302,24 +288,18 @@ impl Cx<'_> {
         Some(t)
     }
 
-    fn shell(&mut self, node: &Node) -> Option<Shell> {
+    fn shell(&mut self, node: &Node) -> Option<ShellSpec> {
         let s = self.text(node, "`shell`")?;
-        match s.trim() {
-            "bash" => Some(Shell::Bash),
-            "sh" => Some(Shell::Sh),
-            "python" => Some(Shell::Python),
-            other if other.contains("{0}") => {
-                self.err(
-                    node.loc,
-                    format!("custom shell command `{other}` is not supported; use one of: bash, sh, python"),
-                );
-                None
+        if s.contains("${{") {
+            return self.template(node, "`shell`").map(ShellSpec::Expr);
+        }
+        match Shell::parse(&s) {
+            Ok(sh) => Some(ShellSpec::Fixed(sh)),
+            Err(ShellError::Unavailable(reason)) => {
+                Some(ShellSpec::Unavailable(Refusal { location: node.loc, reason }))
             }
-            other => {
-                self.err(
-                    node.loc,
-                    format!("unsupported shell `{other}`; supported shells: bash, sh, python"),
-                );
+            Err(ShellError::Invalid(msg)) => {
+                self.err(node.loc, msg);
                 None
             }
         }
@@ -427,6 +407,9 @@ pub(crate) fn workflow(file: &str, root: &Node) -> Parsed {
     if !saw_jobs {
         cx.err(root.loc, "the workflow has no `jobs`");
     }
+    for job in &mut wf.jobs {
+        step_refusals(&wf.defaults, job);
+    }
     finish(cx, wf, extras)
 }
 
@@ -451,7 +434,9 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
         location: key_node.loc,
         name: None,
         needs: Vec::new(),
-        runs_on: None,
+        runs_on: Vec::new(),
+        container: None,
+        refusals: Vec::new(),
         condition: None,
         env: Vec::new(),
         defaults: RunDefaults::default(),
@@ -464,6 +449,8 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
     };
     let mut extra = JobExtra { matrix_loc: key_node.loc, ..JobExtra::default() };
     let mut steps_node = None;
+    let mut reusable = false;
+    let mut container_loc = None;
     for (k, v) in pairs {
         let Some((name, _)) = cx.key_kind(k, JOB_KEYS, &place) else {
             continue;
@@ -482,23 +469,39 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
                     }
                 }
             }
-            "runs-on" => {
-                spec.runs_on = match &v.kind {
-                    NodeKind::Scalar { .. } => cx.template(v, "`runs-on`"),
-                    NodeKind::Seq(items) => {
-                        let texts: Option<Vec<String>> =
-                            items.iter().map(|i| cx.text(i, "`runs-on`")).collect();
-                        texts.and_then(|t| match Template::parse(&t.join(", "), v.loc, cx.file) {
-                            Ok(t) => Some(t),
-                            Err(d) => {
-                                cx.diag(d);
-                                None
-                            }
-                        })
+            "runs-on" => spec.runs_on = runs_on(cx, v),
+            "container" => {
+                // `container: IMAGE` or `container: {image: ...}`; an
+                // expression that renders empty means no container.
+                let image = match &v.kind {
+                    NodeKind::Map(pairs) => pairs
+                        .iter()
+                        .find(|(k, _)| k.as_scalar() == Some("image"))
+                        .and_then(|(_, iv)| cx.template(iv, "`container.image`")),
+                    _ => cx.template(v, "`container`"),
+                };
+                if let Some(t) = image {
+                    if !(t.is_literal() && t.source().trim().is_empty()) {
+                        container_loc = Some(v.loc);
+                        spec.container = Some(t);
                     }
-                    NodeKind::Map(_) => Some(Template::literal(&v.to_json().to_string())),
                 }
             }
+            "services" if !v.is_null() => spec.refusals.push(Refusal {
+                location: k.loc,
+                reason: "`services:` (service containers) are not supported yet".into(),
+            }),
+            "uses" => {
+                let Some(u) = cx.text(v, "`uses`") else { continue };
+                reusable = true;
+                let reason = if u.starts_with("./") {
+                    format!("`uses: {u}`: reusable workflows of this repository are not supported yet")
+                } else {
+                    format!("`uses: {u}`: a reusable workflow in another repository is not supported; kiln runs only workflows of the repository it builds")
+                };
+                spec.refusals.push(Refusal { location: v.loc, reason });
+            }
+            "with" | "secrets" => {}
             "if" => spec.condition = cx.condition(v),
             "env" => spec.env = cx.env(v, &place),
             "defaults" => spec.defaults = cx.defaults(v, &place),
@@ -532,6 +535,7 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
         }
     }
     match steps_node {
+        None if reusable => {}
         None => cx.err(key_node.loc, format!("job `{key}` has no `steps`")),
         Some(v) => match &v.kind {
             NodeKind::Seq(items) if !items.is_empty() => {
@@ -545,7 +549,58 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
             _ => cx.err(v.loc, format!("`steps` of job `{key}` must be a non-empty list of steps")),
         },
     }
+    if let (Some(loc), Some(t)) = (container_loc, &spec.container) {
+        if t.is_literal() {
+            spec.refusals.push(Refusal {
+                location: loc,
+                reason: format!(
+                    "`container: {}`: running a job in a container image is not supported yet",
+                    t.source()
+                ),
+            });
+        }
+    }
     Some((spec, extra))
+}
+
+/// `runs-on`: a label, a list of labels, or `{group, labels}`.
+fn runs_on(cx: &mut Cx<'_>, v: &Node) -> Vec<Template> {
+    let items: Vec<&Node> = match &v.kind {
+        NodeKind::Scalar { .. } => vec![v],
+        NodeKind::Seq(items) => items.iter().collect(),
+        NodeKind::Map(pairs) => {
+            match pairs.iter().find(|(k, _)| k.as_scalar() == Some("labels")).map(|(_, l)| l) {
+                Some(Node { kind: NodeKind::Seq(items), .. }) => items.iter().collect(),
+                Some(l) => vec![l],
+                // A runner group alone names no machine kind kiln could match.
+                None => return vec![Template::literal("group")],
+            }
+        }
+    };
+    items.into_iter().filter_map(|i| cx.template(i, "`runs-on`")).collect()
+}
+
+/// The refusals a job's steps add (unsupported actions, unavailable
+/// shells), after every step is parsed.
+fn step_refusals(wf_defaults: &RunDefaults, spec: &mut JobSpec) {
+    let mut found = Vec::new();
+    for step in &spec.steps {
+        match &step.action {
+            StepAction::Unsupported { uses } => found.push(Refusal {
+                location: step.location,
+                reason: format!("`uses: {uses}` is not an action kiln has"),
+            }),
+            StepAction::Run { shell, .. } => {
+                let shell = shell.as_ref().or(spec.defaults.shell.as_ref()).or(wf_defaults.shell.as_ref());
+                if let Some(ShellSpec::Unavailable(r)) = shell {
+                    found.push(Refusal { location: step.location, reason: r.reason.clone() });
+                }
+            }
+            _ => {}
+        }
+    }
+    spec.refusals.extend(found);
+    spec.refusals.sort_by_key(|r| (r.location.line, r.location.column));
 }
 
 fn kiln(cx: &mut Cx<'_>, node: &Node) -> KilnJobSettings {
@@ -879,7 +934,8 @@ fn step(
                 Some("actions/checkout") => spec.action = StepAction::Checkout,
                 Some("actions/upload-artifact") => {
                     check_inputs(cx, &with, &label, UPLOAD_INPUTS, loc);
-                    let name = with.remove("name").map(|(t, _)| t).unwrap_or_else(|| Template::literal("artifact"));
+                    let name =
+                        with.remove("name").map(|(t, _)| t).unwrap_or_else(|| Template::literal("artifact"));
                     let Some((path, _)) = with.remove("path") else {
                         cx.err(loc, format!("{label}: actions/upload-artifact needs `with.path`"));
                         return None;
@@ -894,30 +950,57 @@ fn step(
                         },
                         None => "warn".into(),
                     };
-                    let retention_days = with.remove("retention-days").and_then(|(t, l)| match t.source().parse() {
-                        Ok(n) => Some(n),
-                        Err(_) => {
-                            cx.err(l, format!("{label}: `retention-days` must be a whole number"));
-                            None
-                        }
-                    });
+                    let retention_days =
+                        with.remove("retention-days").and_then(|(t, l)| match t.source().parse() {
+                            Ok(n) => Some(n),
+                            Err(_) => {
+                                cx.err(l, format!("{label}: `retention-days` must be a whole number"));
+                                None
+                            }
+                        });
                     let output_type = with.remove("output-type").map(|(t, l)| {
                         let v = t.source().to_string();
                         if !OUTPUT_TYPES.contains(&v.as_str()) {
-                            cx.err(l, format!("{label}: `output-type` must be one of {}, not `{v}`", OUTPUT_TYPES.join(", ")));
+                            cx.err(
+                                l,
+                                format!(
+                                    "{label}: `output-type` must be one of {}, not `{v}`",
+                                    OUTPUT_TYPES.join(", ")
+                                ),
+                            );
                         }
                         v
                     });
-                    spec.action =
-                        StepAction::UploadArtifact { name, path, if_no_files_found, retention_days, output_type };
+                    spec.action = StepAction::UploadArtifact {
+                        name,
+                        path,
+                        if_no_files_found,
+                        retention_days,
+                        output_type,
+                    };
                 }
                 Some("actions/download-artifact") => {
                     check_inputs(cx, &with, &label, DOWNLOAD_INPUTS, loc);
-                    let Some((name, _)) = with.remove("name") else {
-                        cx.err(loc, format!("{label}: actions/download-artifact needs `with.name` (downloading every artifact is not supported)"));
-                        return None;
+                    let merge_multiple = match with.remove("merge-multiple") {
+                        None => false,
+                        Some((t, l)) => match t.source() {
+                            "true" => true,
+                            "false" => false,
+                            other => {
+                                cx.err(
+                                    l,
+                                    format!("{label}: `merge-multiple` must be true or false, not `{other}`"),
+                                );
+                                false
+                            }
+                        },
                     };
-                    spec.action = StepAction::DownloadArtifact { name, path: with.remove("path").map(|(t, _)| t) };
+                    spec.action = StepAction::DownloadArtifact {
+                        name: with.remove("name").map(|(t, _)| t),
+                        path: with.remove("path").map(|(t, _)| t),
+                        pattern: with.remove("pattern").map(|(t, _)| t),
+                        merge_multiple,
+                    };
                 }
                 Some("actions/cache") => {
                     check_inputs(cx, &with, &label, CACHE_INPUTS, loc);
@@ -954,7 +1037,10 @@ fn step(
                             "true" => true,
                             "false" => false,
                             other => {
-                                cx.err(l, format!("{label}: `ignore-scripts` must be true or false, not `{other}`"));
+                                cx.err(
+                                    l,
+                                    format!("{label}: `ignore-scripts` must be true or false, not `{other}`"),
+                                );
                                 false
                             }
                         },
@@ -962,15 +1048,23 @@ fn step(
                     spec.action = StepAction::Detect { ignore_scripts };
                 }
                 Some("kiln/package") => {
-                    check_inputs(cx, &with, &label, &["name", "path", "output-type", "retention-days", "commit"], loc);
-                    let name = with.remove("name").map(|(t, _)| t).unwrap_or_else(|| Template::literal("output"));
-                    let retention_days = with.remove("retention-days").and_then(|(t, l)| match t.source().parse() {
-                        Ok(n) => Some(n),
-                        Err(_) => {
-                            cx.err(l, format!("{label}: `retention-days` must be a whole number"));
-                            None
-                        }
-                    });
+                    check_inputs(
+                        cx,
+                        &with,
+                        &label,
+                        &["name", "path", "output-type", "retention-days", "commit"],
+                        loc,
+                    );
+                    let name =
+                        with.remove("name").map(|(t, _)| t).unwrap_or_else(|| Template::literal("output"));
+                    let retention_days =
+                        with.remove("retention-days").and_then(|(t, l)| match t.source().parse() {
+                            Ok(n) => Some(n),
+                            Err(_) => {
+                                cx.err(l, format!("{label}: `retention-days` must be a whole number"));
+                                None
+                            }
+                        });
                     spec.action = StepAction::Package {
                         name,
                         path: with.remove("path").map(|(t, _)| t),
@@ -979,12 +1073,13 @@ fn step(
                         commit: with.remove("commit").map(|(t, _)| t),
                     };
                 }
-                _ => cx.err(
-                    loc,
-                    format!(
-                        "{label}: `uses: {u}` is not supported; built in are actions/checkout, actions/upload-artifact, actions/download-artifact, actions/cache, kiln/detect and kiln/package"
-                    ),
-                ),
+                Some(a) if UPLOADERS.iter().any(|p| a.starts_with(p)) => {
+                    spec.action = StepAction::Uploader { uses: u.clone() };
+                }
+                _ if action.is_none() && !(u.starts_with("./") || u.starts_with("docker://")) => {
+                    cx.err(loc, format!("{label}: `uses: {u}` needs a version after `@` (e.g. `{u}@v4`)"))
+                }
+                _ => spec.action = StepAction::Unsupported { uses: u.clone() },
             }
         }
         (Some(_), Some((_, loc))) => {
@@ -1012,7 +1107,20 @@ const UPLOAD_INPUTS: &[&str] = &[
     "overwrite",
     "include-hidden-files",
 ];
-const DOWNLOAD_INPUTS: &[&str] = &["name", "path"];
+const DOWNLOAD_INPUTS: &[&str] =
+    &["name", "path", "pattern", "merge-multiple", "github-token", "repository", "run-id"];
+
+/// Coverage and report uploaders: they send results to a third party's host
+/// with its token, which a sandboxed build has neither of.
+const UPLOADERS: &[&str] = &[
+    "codecov/codecov-action",
+    "coverallsapp/github-action",
+    "codacy/codacy-coverage-reporter-action",
+    "paambaati/codeclimate-action",
+    "qltysh/qlty-action",
+    "sonarsource/sonarcloud-github-action",
+    "sonarsource/sonarqube-scan-action",
+];
 const CACHE_INPUTS: &[&str] = &[
     "key",
     "path",

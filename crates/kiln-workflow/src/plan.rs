@@ -137,6 +137,53 @@ pub fn load(file: &str, source: &str) -> Result<Plan, Diagnostics> {
     Ok(Plan { name, workflow: workflow.clone(), jobs, groups, notices: parsed.notices })
 }
 
+impl Plan {
+    /// The plan cut down to the jobs with these keys and every job they
+    /// need, directly or not (`kiln run --job`). Unknown keys are an error
+    /// that lists the jobs there are.
+    pub fn select(&self, keys: &[String]) -> Result<Plan, String> {
+        for k in keys {
+            if !self.jobs.iter().any(|j| &j.key == k) {
+                let known: Vec<&str> = self.workflow.jobs.iter().map(|j| j.key.as_str()).collect();
+                let mut msg = format!("--job {k}: no such job");
+                match did_you_mean(k, known.iter().copied()) {
+                    Some(s) => msg.push_str(&format!("; did you mean `{s}`?")),
+                    None => msg.push_str(&format!(" (jobs: {})", known.join(", "))),
+                }
+                return Err(msg);
+            }
+        }
+        let mut keep = vec![false; self.jobs.len()];
+        let mut stack: Vec<usize> =
+            (0..self.jobs.len()).filter(|&j| keys.contains(&self.jobs[j].key)).collect();
+        while let Some(j) = stack.pop() {
+            if !std::mem::replace(&mut keep[j], true) {
+                stack.extend(self.jobs[j].needs.iter().copied().filter(|&d| !keep[d]));
+            }
+        }
+        let mut new_index = vec![usize::MAX; self.jobs.len()];
+        let mut jobs = Vec::new();
+        for (j, job) in self.jobs.iter().enumerate().filter(|(j, _)| keep[*j]) {
+            new_index[j] = jobs.len();
+            jobs.push(job.clone());
+        }
+        let mut groups = Vec::new();
+        let mut new_group = vec![None; self.groups.len()];
+        for (g, group) in self.groups.iter().enumerate() {
+            let legs: Vec<usize> = group.legs.iter().filter(|&&l| keep[l]).map(|&l| new_index[l]).collect();
+            if !legs.is_empty() {
+                new_group[g] = Some(groups.len());
+                groups.push(MatrixGroup { legs, ..group.clone() });
+            }
+        }
+        for job in &mut jobs {
+            job.needs = job.needs.iter().map(|&d| new_index[d]).collect();
+            job.group = job.group.and_then(|g| new_group[g]);
+        }
+        Ok(Plan { jobs, groups, ..self.clone() })
+    }
+}
+
 fn diag(file: &str, location: Location, message: impl Into<String>) -> Diagnostic {
     Diagnostic { file: file.to_string(), location, message: message.into() }
 }

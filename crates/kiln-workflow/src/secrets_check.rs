@@ -69,10 +69,9 @@ fn check_step(
             forbid(name, step.location, &format!("the artifact name of {label}"), errors);
             forbid(path, step.location, &format!("the artifact path of {label}"), errors);
         }
-        StepAction::DownloadArtifact { name, path } => {
-            forbid(name, step.location, &format!("the artifact name of {label}"), errors);
-            if let Some(p) = path {
-                forbid(p, step.location, &format!("the artifact path of {label}"), errors);
+        StepAction::DownloadArtifact { name, path, pattern, .. } => {
+            for t in [name, path, pattern].into_iter().flatten() {
+                forbid(t, step.location, &format!("the download settings of {label}"), errors);
             }
         }
         StepAction::Cache { key, path, restore_keys, .. } => {
@@ -86,7 +85,10 @@ fn check_step(
                 forbid(t, step.location, &format!("the package settings of {label}"), errors);
             }
         }
-        StepAction::Checkout | StepAction::Detect { .. } => {}
+        StepAction::Checkout
+        | StepAction::Detect { .. }
+        | StepAction::Uploader { .. }
+        | StepAction::Unsupported { .. } => {}
     }
     if let Some(t) = &step.name {
         forbid(t, step.location, &format!("the name of {label}"), errors);

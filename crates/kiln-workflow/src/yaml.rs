@@ -324,6 +324,56 @@ fn node_count(node: &Node) -> usize {
 
 /// Parses a YAML document into a located tree.
 pub(crate) fn parse(file: &str, source: &str) -> Result<Node, Vec<Diagnostic>> {
+    // GitHub's parser accepts a flow collection closed on a line of its own
+    // at (or left of) the indentation of its key (`os: [\n  a,\n]`);
+    // `yaml_rust2` follows the YAML spec and refuses it. Where the refusal
+    // is at such a closing line, indent that line to the column of the line
+    // before it and parse again: only that line's columns move, and every
+    // other node keeps its line and column.
+    let mut text = std::borrow::Cow::Borrowed(source);
+    for _ in 0..64 {
+        match parse_once(file, &text) {
+            Err(e) if e.len() == 1 && e[0].message == "YAML syntax error: invalid indentation" => {
+                match reindent_flow_close(&text, e[0].location.line) {
+                    Some(fixed) => text = std::borrow::Cow::Owned(fixed),
+                    None => return Err(e),
+                }
+            }
+            other => return other,
+        }
+    }
+    parse_once(file, &text)
+}
+
+/// `source` with line `line` (1-based) indented like the line before it,
+/// when that line starts with a flow collection's closing `]` or `}`.
+fn reindent_flow_close(source: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = source.split_inclusive('\n').collect();
+    let idx = line.checked_sub(1)?;
+    let this = lines.get(idx)?;
+    let trimmed = this.trim_start_matches(' ');
+    if !(trimmed.starts_with(']') || trimmed.starts_with('}')) {
+        return None;
+    }
+    let indent_of = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    let prev = lines[..idx].iter().rev().find(|l| !l.trim().is_empty())?;
+    let want = indent_of(prev).max(indent_of(this) + 1);
+    if want <= indent_of(this) {
+        return None;
+    }
+    let mut out = String::with_capacity(source.len() + want);
+    for (i, l) in lines.iter().enumerate() {
+        if i == idx {
+            out.extend(std::iter::repeat_n(' ', want));
+            out.push_str(trimmed);
+        } else {
+            out.push_str(l);
+        }
+    }
+    Some(out)
+}
+
+fn parse_once(file: &str, source: &str) -> Result<Node, Vec<Diagnostic>> {
     let mut builder = Builder {
         file,
         stack: Vec::new(),

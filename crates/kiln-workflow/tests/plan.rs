@@ -136,7 +136,7 @@ fn realistic_workflow() {
     let w = &plan.workflow;
     assert_eq!(w.env[0].0, "CARGO_TERM_COLOR");
     assert_eq!(w.env[1].1.source(), "3");
-    assert_eq!(w.defaults.shell, Some(Shell::Bash));
+    assert!(matches!(w.defaults.shell, Some(ShellSpec::Fixed(Shell::Bash))));
     let build = &w.jobs[0];
     assert_eq!(build.location, Location { line: 12, column: 3 });
     assert_eq!(
@@ -161,11 +161,11 @@ fn realistic_workflow() {
     assert!(matches!(w.jobs[1].steps[0].continue_on_error, BoolOrExpr::Literal(true)));
     let test = &w.jobs[2];
     assert!(matches!(test.continue_on_error, BoolOrExpr::Expr(_)));
-    assert_eq!(test.runs_on.as_ref().unwrap().source(), "${{ matrix.os }}");
+    assert_eq!(test.runs_on[0].source(), "${{ matrix.os }}");
     match &test.steps[0].action {
         StepAction::Run { script, shell } => {
             assert_eq!(script.source(), "echo ${{ matrix.os }} ${{ matrix.node }}");
-            assert_eq!(*shell, Some(Shell::Sh));
+            assert!(matches!(shell, Some(ShellSpec::Fixed(Shell::Sh))));
         }
         other => panic!("{other:?}"),
     }
@@ -175,7 +175,7 @@ fn realistic_workflow() {
     match &w.jobs[4].steps[0].action {
         StepAction::Run { script, shell } => {
             assert_eq!(script.source(), "./deploy production\necho done\n");
-            assert_eq!(*shell, Some(Shell::Python));
+            assert!(matches!(shell, Some(ShellSpec::Fixed(Shell::Python))));
         }
         other => panic!("{other:?}"),
     }
@@ -254,44 +254,104 @@ fn duplicate_jobs() {
     );
 }
 
+/// The first refusal of the only job of `src`, as `line:column: reason`.
+fn refusal(src: &str) -> String {
+    let plan = load("w.yml", src).unwrap_or_else(|d| panic!("{d}"));
+    let r = plan.workflow.jobs[0].refusals.first().expect("a refusal");
+    format!("{}:{}: {}", r.location.line, r.location.column, r.reason)
+}
+
 #[test]
-fn refusals() {
-    assert_error(
-        &wf("  a:\n    container: node:20\n    steps: [{run: x}]\n"),
-        4,
-        5,
-        "`container` in job `a` cannot be honoured by kiln",
+fn what_kiln_cannot_run_refuses_its_job_not_the_file() {
+    assert_eq!(
+        refusal(&wf("  a:\n    container: node:20\n    steps: [{run: x}]\n")),
+        "4:16: `container: node:20`: running a job in a container image is not supported yet"
     );
-    assert_error(
-        &wf("  a:\n    services:\n      db: {image: postgres}\n    steps: [{run: x}]\n"),
-        4,
-        5,
-        "`services` in job `a` cannot be honoured",
+    assert_eq!(
+        refusal(&wf("  a:\n    services:\n      db: {image: postgres}\n    steps: [{run: x}]\n")),
+        "4:5: `services:` (service containers) are not supported yet"
     );
-    assert_error(
-        &wf("  a:\n    uses: org/repo/.github/workflows/x.yml@main\n"),
-        4,
-        5,
-        "reusable workflows are not supported",
+    assert!(refusal(&wf("  a:\n    uses: org/repo/.github/workflows/x.yml@main\n"))
+        .starts_with("4:11: `uses: org/repo/.github/workflows/x.yml@main`: a reusable workflow in another repository is not supported"));
+    assert_eq!(
+        refusal(&wf("  build:\n    steps:\n      - uses: actions/checkout@v4\n      - run: make\n      - name: Setup\n        uses: actions/setup-node@v4\n")),
+        "7:9: `uses: actions/setup-node@v4` is not an action kiln has"
     );
-    assert_error(
-        &wf("  build:\n    steps:\n      - uses: actions/checkout@v4\n      - run: make\n      - name: Upload\n        uses: actions/setup-node@v4\n"),
-        8,
-        15,
-        "step 3 (`Upload`) of job `build`: `uses: actions/setup-node@v4` is not supported; built in are actions/checkout, actions/upload-artifact, actions/download-artifact, actions/cache, kiln/detect and kiln/package",
+    assert_eq!(
+        refusal(&wf("  a:\n    steps:\n      - run: x\n        shell: pwsh\n")),
+        "5:9: shell `pwsh` is not available on kiln's Linux runners"
     );
+    // A workflow-level default shell refuses every job that uses it.
+    assert_eq!(
+        refusal(
+            "on: push\ndefaults:\n  run:\n    shell: powershell\njobs:\n  a:\n    steps:\n      - run: x\n"
+        ),
+        "8:9: shell `powershell` is not available on kiln's Linux runners"
+    );
+    // An empty container (a matrix leg without one) is no container.
+    let plan = load("w.yml", &wf("  a:\n    container: ''\n    steps: [{run: x}]\n")).unwrap();
+    assert!(plan.workflow.jobs[0].refusals.is_empty() && plan.workflow.jobs[0].container.is_none());
+    let plan = load("w.yml", &wf("  a:\n    container: ${{ matrix.c }}\n    steps: [{run: x}]\n")).unwrap();
+    assert!(plan.workflow.jobs[0].refusals.is_empty() && plan.workflow.jobs[0].container.is_some());
+    // Coverage uploaders are steps of their own kind, not refusals.
+    let plan = load(
+        "w.yml",
+        &wf("  a:\n    steps:\n      - uses: codecov/codecov-action@v5\n        with: {token: x}\n"),
+    )
+    .unwrap();
+    assert!(plan.workflow.jobs[0].refusals.is_empty());
+    assert!(matches!(plan.workflow.jobs[0].steps[0].action, StepAction::Uploader { .. }));
+}
+
+#[test]
+fn shells_follow_githubs_rules() {
+    assert_eq!(
+        Shell::parse("bash").unwrap().argv("/s.sh"),
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "/s.sh"]
+    );
+    assert_eq!(Shell::Default.argv("/s.sh"), ["bash", "-e", "/s.sh"]);
+    assert_eq!(Shell::parse("sh").unwrap().argv("/s.sh"), ["sh", "-e", "/s.sh"]);
+    let custom = Shell::parse("bash -eo pipefail -l {0}").unwrap();
+    assert_eq!(custom.argv("/s.sh"), ["bash", "-eo", "pipefail", "-l", "/s.sh"]);
+    assert!(custom.is_bash());
+    let py = Shell::parse("python {0}").unwrap();
+    assert_eq!((py.argv("/s.py"), py.extension()), (vec!["python3".to_string(), "/s.py".to_string()], "py"));
+    assert!(matches!(Shell::parse("pwsh"), Err(ShellError::Unavailable(_))));
+    assert!(matches!(Shell::parse("perl"), Err(ShellError::Invalid(_))));
+    assert!(matches!(Shell::parse("{0} x"), Err(ShellError::Invalid(_))));
     assert_error(
-        &wf("  a:\n    steps:\n      - run: x\n        shell: pwsh\n"),
+        &wf("  a:\n    steps:\n      - run: x\n        shell: bsah\n"),
         6,
         16,
-        "unsupported shell `pwsh`; supported shells: bash, sh, python",
+        "unsupported shell `bsah`",
     );
-    assert_error(
-        &wf("  a:\n    steps:\n      - run: x\n        shell: perl {0}\n"),
-        6,
-        16,
-        "custom shell command `perl {0}` is not supported",
-    );
+}
+
+#[test]
+fn runs_on_takes_every_form() {
+    let plan = load(
+        "w.yml",
+        &wf("  a:\n    runs-on: [self-hosted, linux]\n    steps: [{run: x}]\n  b:\n    runs-on: {group: big, labels: [ubuntu-latest]}\n    steps: [{run: x}]\n"),
+    )
+    .unwrap();
+    let labels: Vec<Vec<&str>> =
+        plan.workflow.jobs.iter().map(|j| j.runs_on.iter().map(|t| t.source()).collect()).collect();
+    assert_eq!(labels, [vec!["self-hosted", "linux"], vec!["ubuntu-latest"]]);
+}
+
+#[test]
+fn select_keeps_a_job_and_what_it_needs() {
+    let src = wf("  a:\n    steps: [{run: x}]\n  b:\n    needs: a\n    strategy: {matrix: {n: [1, 2]}}\n    steps: [{run: x}]\n  c:\n    needs: b\n    steps: [{run: x}]\n  d:\n    steps: [{run: x}]\n");
+    let plan = load("w.yml", &src).unwrap();
+    let sel = plan.select(&["c".to_string()]).unwrap();
+    let ids: Vec<&str> = sel.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b (n: 1)", "b (n: 2)", "c"]);
+    assert_eq!(sel.jobs[3].needs, [1, 2]);
+    assert_eq!(sel.jobs[1].needs, [0]);
+    assert_eq!(sel.groups[0].legs, [1, 2]);
+    assert_eq!(sel.jobs[2].group, Some(0));
+    let err = plan.select(&["cc".to_string()]).unwrap_err();
+    assert!(err.contains("did you mean `c`"), "{err}");
 }
 
 #[test]
@@ -516,4 +576,14 @@ fn secrets_are_bound_to_phases_and_only_read_in_step_env() {
     let bad_net =
         "jobs:\n  a:\n    kiln: { network: { allow: [\"https://evil/x\"] } }\n    steps: [{run: x}]\n";
     assert!(kiln_workflow::load("w.yml", bad_net).unwrap_err().to_string().contains("not a URL"));
+}
+
+#[test]
+fn flow_sequence_closed_at_the_keys_indentation() {
+    let src = "on: push\njobs:\n  a:\n    strategy:\n      matrix:\n        os: [\n          ubuntu-latest,\n          ubuntu-22.04\n        ]\n    runs-on: ${{ matrix.os }}\n    steps:\n      - run: echo hi\n";
+    let plan = load("w.yml", src).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(plan.jobs.len(), 2);
+    assert_eq!(plan.workflow.jobs[0].steps[0].location, Location { line: 12, column: 9 });
+    let src = "on: push\njobs:\n  a:\n    needs: [\n    ]\n    steps:\n      - run: x\n";
+    load("w.yml", src).unwrap_or_else(|d| panic!("{d}"));
 }

@@ -167,17 +167,13 @@ async fn kiln_start(
         scrubber: Arc::new(kiln_secrets::Scrubber::new(&[], &kiln_secrets::PatternSet::builtin())),
         egress: kiln_engine::runner::sandbox::EgressConfig::new(Vec::new(), 1 << 30),
         artifacts: None,
+        default_network: kiln_workflow::NetworkSpec::None,
+        refuse_uploaders: false,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let emitter = Emitter::new(&build, Some(tx), None);
     let (_cancel_tx, cancel_rx) = watch::channel(false);
-    let opts = BuildOptions {
-        build: build.clone(),
-        max_parallel: 1,
-        github: serde_json::json!({}),
-        runner: serde_json::json!({}),
-        egress: None,
-    };
+    let opts = BuildOptions::new(build.clone(), 1, serde_json::json!({}), serde_json::json!({}));
     let watcher = tokio::spawn(async move {
         let mut started = None;
         let mut first = None;
@@ -248,13 +244,12 @@ async fn scheduler_overhead(jobs: usize) -> anyhow::Result<SchedResult> {
     let load_secs = t0.elapsed().as_secs_f64();
     let emitter = Emitter::new("bench", None, None);
     let (_tx, rx) = watch::channel(false);
-    let opts = BuildOptions {
-        build: "bench".into(),
-        max_parallel: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-        github: serde_json::json!({}),
-        runner: serde_json::json!({}),
-        egress: None,
-    };
+    let opts = BuildOptions::new(
+        "bench".into(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        serde_json::json!({}),
+        serde_json::json!({}),
+    );
     let t1 = Instant::now();
     let summary = kiln_engine::run_build(plan, Arc::new(NoopRunner), opts, emitter, rx).await;
     let run_secs = t1.elapsed().as_secs_f64();

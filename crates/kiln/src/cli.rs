@@ -94,6 +94,10 @@ pub struct RunArgs {
     /// repository the workflow file is in).
     #[arg(long)]
     pub source: Option<PathBuf>,
+    /// Run only this job (its key under `jobs:`) and the jobs it needs.
+    /// Repeatable.
+    #[arg(long = "job", value_name = "ID")]
+    pub jobs: Vec<String>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -132,8 +136,42 @@ pub struct EngineArgs {
     /// Secrets from a dotenv file (`NAME=value`, quotes, multi-line values).
     #[arg(long, value_name = "FILE")]
     pub secrets_file: Option<PathBuf>,
+    /// The network of steps whose workflow names none (a `kiln:` setting
+    /// in the file wins): `none` (loopback only) or `registries` (the
+    /// package registries, through kiln's proxy).
+    #[arg(long, value_enum, default_value = "none", env = "KILN_NETWORK")]
+    pub network: NetworkArg,
+    #[command(flatten)]
+    pub runners: RunnerArgs,
     #[command(flatten)]
     pub state: StateArgs,
+}
+
+/// What runners here answer to, for workflows written for GitHub's.
+#[derive(Debug, Args)]
+pub struct RunnerArgs {
+    /// A `runs-on` label the runners here also answer to (besides GitHub's
+    /// Linux labels: ubuntu-latest, ubuntu-*.04, linux, self-hosted, x64);
+    /// `*` matches anything. Repeatable. A job whose labels are not all
+    /// known is skipped with the label named.
+    #[arg(long = "runner-label", value_name = "LABEL")]
+    pub runner_labels: Vec<String>,
+    /// Coverage/report uploaders (codecov, coveralls, ...): `skip` the step
+    /// with a notice, or `refuse` the job.
+    #[arg(long, value_enum, default_value = "skip")]
+    pub uploaders: UploadersArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkArg {
+    None,
+    Registries,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UploadersArg {
+    Skip,
+    Refuse,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -207,6 +245,8 @@ pub struct ValidateArgs {
     pub workflow: PathBuf,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub runners: RunnerArgs,
 }
 
 #[derive(Debug, Args)]

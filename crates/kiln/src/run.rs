@@ -99,19 +99,101 @@ fn print_diagnostics(diags: &Diagnostics, json: bool) {
 }
 
 pub fn validate(args: ValidateArgs) -> u8 {
-    match load_plan(&args.workflow, args.json) {
-        Ok(plan) => {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"type": "valid", "jobs": plan.jobs.iter().map(|j| &j.id).collect::<Vec<_>>()})
-                );
-            } else {
-                println!("{}: valid, {} jobs", args.workflow.display(), plan.jobs.len());
+    let plan = match load_plan(&args.workflow, args.json) {
+        Ok(plan) => plan,
+        Err(code) => return code,
+    };
+    // What each job (matrix leg) will do here, decided as far as the file
+    // alone decides it: `runs-on` with the leg's matrix, refusals, uploaders.
+    let opts = build_options_for(&args.runners);
+    let mut rows = Vec::new();
+    for (j, job) in plan.jobs.iter().enumerate() {
+        let ctx = kiln_workflow::Contexts { matrix: job.matrix.clone(), ..Default::default() };
+        let refusal = kiln_engine::build::refusal(&plan, j, &ctx, &opts);
+        let skipped_steps: Vec<String> = job
+            .spec
+            .steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                kiln_workflow::StepAction::Uploader { uses } if refusal.is_none() => {
+                    Some(format!("`{uses}` (line {}) is skipped: coverage/report uploader", s.location.line))
+                }
+                _ => None,
+            })
+            .collect();
+        rows.push((job, refusal, skipped_steps));
+    }
+    // GitHub's rule for dependents: a job without `if` whose need will not
+    // run does not run either (with `if`, the condition decides at run time).
+    loop {
+        let mut changed = false;
+        for j in 0..rows.len() {
+            if rows[j].1.is_some() || plan.jobs[j].spec.condition.is_some() {
+                continue;
             }
-            0
+            if let Some(&d) = plan.jobs[j].needs.iter().find(|&&d| rows[d].1.is_some()) {
+                rows[j].1 = Some(format!("needs `{}`, which will be skipped", plan.jobs[d].id));
+                changed = true;
+            }
         }
-        Err(code) => code,
+        if !changed {
+            break;
+        }
+    }
+    if args.json {
+        let jobs: Vec<_> = rows
+            .iter()
+            .map(|(job, refusal, skipped)| {
+                serde_json::json!({
+                    "id": job.id,
+                    "steps": job.spec.steps.len(),
+                    "runs": refusal.is_none(),
+                    "reason": refusal,
+                    "skipped_steps": skipped,
+                })
+            })
+            .collect();
+        let runnable = rows.iter().filter(|(_, r, _)| r.is_none()).count();
+        println!("{}", serde_json::json!({"type": "valid", "jobs": jobs, "runnable": runnable}));
+    } else {
+        let runnable = rows.iter().filter(|(_, r, _)| r.is_none()).count();
+        println!(
+            "{}: valid, {} jobs ({runnable} will run here, {} will be skipped)",
+            args.workflow.display(),
+            plan.jobs.len(),
+            plan.jobs.len() - runnable
+        );
+        for (job, refusal, skipped) in &rows {
+            match refusal {
+                None => println!("  run   {} ({} steps)", job.id, job.spec.steps.len()),
+                Some(r) => println!("  skip  {}: {r}", job.id),
+            }
+            for s in skipped {
+                println!("          {s}");
+            }
+        }
+    }
+    0
+}
+
+/// The build loop's view of the operator's runner flags.
+fn build_options_for(args: &crate::cli::RunnerArgs) -> kiln_engine::BuildOptions {
+    let mut opts =
+        kiln_engine::BuildOptions::new(String::new(), 1, serde_json::Value::Null, serde_json::Value::Null);
+    opts.runner_labels = kiln_workflow::RunnerLabels::with_extra(args.runner_labels.clone());
+    opts.refuse_uploaders = args.uploaders == crate::cli::UploadersArg::Refuse;
+    opts
+}
+
+/// The operator's runner policy from the flags.
+pub fn runner_policy(args: &crate::cli::EngineArgs) -> kiln_engine::RunnerPolicy {
+    kiln_engine::RunnerPolicy {
+        extra_labels: args.runners.runner_labels.clone(),
+        refuse_uploaders: args.runners.uploaders == crate::cli::UploadersArg::Refuse,
+        network: match args.network {
+            crate::cli::NetworkArg::None => kiln_workflow::NetworkSpec::None,
+            crate::cli::NetworkArg::Registries => kiln_workflow::NetworkSpec::Registries(Vec::new()),
+        },
     }
 }
 
@@ -150,7 +232,14 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
         },
     };
     let plan = match load_plan(&workflow, args.engine.json) {
-        Ok(p) => Arc::new(p),
+        Ok(p) if args.jobs.is_empty() => Arc::new(p),
+        Ok(p) => match p.select(&args.jobs) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(EXIT_INVALID);
+            }
+        },
         Err(code) => return Ok(code),
     };
     let setup = match EngineSetup::from_args(&args.engine) {
@@ -212,6 +301,7 @@ impl EngineSetup {
             registries: Vec::new(),
             // Every artifact passes the scanning gate before it is recorded.
             scanner: Some(Arc::new(kiln_scan::Scanner::builtin())),
+            policy: runner_policy(args),
         };
         Ok(EngineSetup { config, secrets })
     }

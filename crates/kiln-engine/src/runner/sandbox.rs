@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use kiln_sandbox::{Bind, Isolation, Runtime, Sandbox, SandboxSpec, Workspace};
 use kiln_workflow::{
-    BoolOrExpr, Contexts, IsolationTier, JobResult, PlannedJob, Shell, StatusFns, StepAction, StepSpec,
-    Template,
+    BoolOrExpr, Contexts, IsolationTier, JobResult, PlannedJob, Shell, ShellError, ShellSpec, StatusFns,
+    StepAction, StepSpec, Template,
 };
 use serde_json::{json, Map, Value};
 use tokio::io::AsyncReadExt;
@@ -36,6 +36,13 @@ use crate::log::{LineFramer, Stream};
 
 /// Where the job's workspace is mounted inside every sandbox.
 pub const WORKSPACE: &str = "/workspace";
+/// The job's home directory inside its sandboxes (GitHub's path), on the
+/// job's disk: what a step leaves there the next step finds.
+pub const HOME: &str = "/home/runner";
+/// `RUNNER_TOOL_CACHE` inside the sandboxes, on the job's disk.
+pub const TOOL_CACHE: &str = "/opt/hostedtoolcache";
+/// `RUNNER_TEMP`, relative to the home directory.
+const RUNNER_TEMP_REL: &str = "work/_temp";
 /// Read-only directory with the step's script.
 const STEP_DIR: &str = "/kiln/step";
 /// Writable directory with the step files.
@@ -75,6 +82,11 @@ pub struct SandboxRunnerConfig {
     /// The content-addressed store for `actions/upload-artifact` and
     /// `actions/download-artifact` (none: those steps fail with a reason).
     pub artifacts: Option<Arc<super::artifacts::ArtifactSink>>,
+    /// The network of steps whose workflow names none (`kiln:` wins).
+    pub default_network: kiln_workflow::NetworkSpec,
+    /// Coverage uploaders refuse their job (the build loop skips it before
+    /// it gets here) instead of being skipped with a notice.
+    pub refuse_uploaders: bool,
 }
 
 /// What the egress proxy of every step of a build shares.
@@ -328,7 +340,7 @@ impl<'a> JobRun<'a> {
 
     async fn setup(&mut self, job: &PlannedJob) -> Result<(), crate::EngineError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| crate::EngineError::io("creating", &self.dir, e))?;
-        let ws_dir = self.dir.join("workspace");
+        let ws_dir = self.dir.join("disk");
         let disk = self.limits.disk_bytes;
         let ws = tokio::task::spawn_blocking(move || Workspace::create(&ws_dir, disk, STEP_UID, STEP_GID))
             .await
@@ -336,6 +348,11 @@ impl<'a> JobRun<'a> {
                 crate::EngineError::io("creating workspace", PathBuf::new(), std::io::Error::other(e))
             })??;
         self.hasher = Some(super::globs::WorkspaceHasher { ws: ws.path().to_path_buf() });
+        // `RUNNER_TEMP`: GitHub's layout, on the job's disk.
+        let temp = ws.home().join(RUNNER_TEMP_REL);
+        std::fs::create_dir_all(&temp)
+            .and_then(|_| super::artifacts::chown_tree(&ws.home(), STEP_UID, STEP_GID))
+            .map_err(|e| crate::EngineError::io("creating", &temp, e))?;
         self.workspace = Some(ws);
         // The job's env: rendered once, in order, each value seeing the ones before.
         let status = StatusFns::new(true, false, false);
@@ -371,7 +388,11 @@ impl<'a> JobRun<'a> {
             StepAction::Checkout => "Checkout".to_string(),
             StepAction::UploadArtifact { name, .. } => format!("Upload artifact {}", name.source()),
             StepAction::Cache { key, .. } => format!("Cache {}", key.source()),
-            StepAction::DownloadArtifact { name, .. } => format!("Download artifact {}", name.source()),
+            StepAction::DownloadArtifact { name: Some(name), .. } => {
+                format!("Download artifact {}", name.source())
+            }
+            StepAction::DownloadArtifact { name: None, .. } => "Download artifacts".to_string(),
+            StepAction::Uploader { uses } | StepAction::Unsupported { uses } => format!("Run {uses}"),
             StepAction::Detect { .. } => "Detect".to_string(),
             StepAction::Package { name, .. } => format!("Package {}", name.source()),
             StepAction::Run { script, .. } => {
@@ -413,7 +434,9 @@ impl<'a> JobRun<'a> {
         self.req.emitter.log(&job.id, &name, phase, Stream::System, "step started".into());
         let result = match &step.action {
             StepAction::Checkout => self.checkout().await,
-            StepAction::Run { script, shell } => self.run_script(job, k, step, &name, script, *shell).await,
+            StepAction::Run { script, shell } => {
+                self.run_script(job, k, step, &name, script, shell.as_ref()).await
+            }
             StepAction::UploadArtifact {
                 name: art,
                 path,
@@ -443,9 +466,30 @@ impl<'a> JobRun<'a> {
                 };
                 self.package(job, k, &name, pkg, &started_at).await
             }
-            StepAction::DownloadArtifact { name: art, path } => {
-                self.download_artifact(job, &name, art, path.as_ref()).await
+            StepAction::DownloadArtifact { name: art, path, pattern, merge_multiple } => {
+                let request = DownloadRequest {
+                    name: art.as_ref(),
+                    path: path.as_ref(),
+                    pattern: pattern.as_ref(),
+                    merge_multiple: *merge_multiple,
+                };
+                self.download_artifact(job, k, &name, request).await
             }
+            StepAction::Uploader { uses } => {
+                // The build loop refuses the job first when the operator
+                // refuses uploaders; here the step is skipped with a notice.
+                self.req.emitter.log(
+                    &job.id,
+                    &name,
+                    phase,
+                    Stream::System,
+                    format!(
+                        "skipped `{uses}`: coverage/report uploaders need a third party's token and host"
+                    ),
+                );
+                Ok((StepStatus::Skipped, None, None, 0.0, 0, None))
+            }
+            StepAction::Unsupported { uses } => Err(format!("`uses: {uses}` is not an action kiln has")),
             StepAction::Cache { key, path, restore_keys, lookup_only, fail_on_miss } => {
                 self.cache_step(
                     job,
@@ -837,49 +881,102 @@ impl<'a> JobRun<'a> {
         stored
     }
 
+    /// `actions/download-artifact`: one artifact by `name` into `path`, or
+    /// every artifact of the build (those matching `pattern`) each into
+    /// `path/NAME`, or all into `path` with `merge-multiple`. Into an
+    /// existing directory the files merge, as on GitHub.
     async fn download_artifact(
         &mut self,
         job: &PlannedJob,
+        k: usize,
         step_name: &str,
-        name: &Template,
-        path: Option<&Template>,
+        request: DownloadRequest<'_>,
     ) -> Result<StepResult, String> {
         let sink = self.runner.cfg.artifacts.clone().ok_or("this build has no artifact store")?;
         let ctx = self.contexts();
-        let name = name.render(&ctx, self.status_fns()).map_err(|e| e.to_string())?;
-        let rel = match path {
-            Some(t) => t.render(&ctx, self.status_fns()).map_err(|e| e.to_string())?,
-            None => String::new(),
+        let render = |t: Option<&Template>| -> Result<Option<String>, String> {
+            t.map(|t| t.render(&ctx, self.status_fns()).map_err(|e| e.to_string())).transpose()
         };
+        let name = render(request.name)?.filter(|n| !n.trim().is_empty());
+        let rel = render(request.path)?.unwrap_or_default();
+        let pattern = render(request.pattern)?.filter(|p| !p.trim().is_empty());
         let ws = self.workspace.as_ref().ok_or("no workspace")?.path().to_path_buf();
-        let target = if rel.trim().is_empty() || rel.trim() == "." {
+        let rel = rel.trim().trim_start_matches("./").trim_end_matches('/');
+        let base = if rel.is_empty() || rel == "." {
             ws.clone()
         } else {
-            let rel = rel.trim().trim_start_matches("./");
             kiln_workflow::check_relative_path(rel).map_err(|e| format!("path: {e}"))?;
-            // The parent must already be a real directory (no planted links).
-            if let Some(parent) = Path::new(rel).parent().filter(|p| !p.as_os_str().is_empty()) {
-                check_dir_beneath(&ws, &parent.to_string_lossy()).map_err(|e| format!("path: {e}"))?;
+            // Every existing component must be a real directory (no planted links).
+            let mut existing = PathBuf::new();
+            for part in Path::new(rel).components() {
+                existing.push(part);
+                match std::fs::symlink_metadata(ws.join(&existing)) {
+                    Ok(_) => check_dir_beneath(&ws, &existing.to_string_lossy())
+                        .map_err(|e| format!("path `{rel}`: {e}"))?,
+                    Err(_) => break,
+                }
             }
-            let t = ws.join(rel);
-            if std::fs::symlink_metadata(&t).is_ok() {
-                return Err(format!("path `{rel}` already exists in the workspace"));
-            }
-            t
+            ws.join(rel)
         };
-        let got = sink.download(&name, &target, STEP_UID, STEP_GID).await?;
-        self.req.emitter.log(
-            &job.id,
-            step_name,
-            "build",
-            Stream::System,
-            format!(
-                "artifact `{name}` restored: {} ({} files, {})",
-                got.id,
-                got.files,
-                crate::limits::human_bytes(got.bytes)
-            ),
-        );
+        let names: Vec<String> = match &name {
+            Some(n) => vec![n.clone()],
+            None => {
+                let all = sink.names().await;
+                match &pattern {
+                    None => all,
+                    Some(p) => {
+                        let glob = globset::Glob::new(p)
+                            .map_err(|e| format!("pattern `{p}`: {e}"))?
+                            .compile_matcher();
+                        all.into_iter().filter(|n| glob.is_match(n)).collect()
+                    }
+                }
+            }
+        };
+        if names.is_empty() {
+            self.req.emitter.log(
+                &job.id,
+                step_name,
+                "build",
+                Stream::System,
+                "no artifacts to download (nothing matched)".into(),
+            );
+        }
+        // One artifact by name, or merge-multiple: into `path` itself;
+        // otherwise each into a directory named after it.
+        let into_base = name.is_some() || request.merge_multiple;
+        for (i, n) in names.iter().enumerate() {
+            let staging = self.dir.join(format!("download-{k}-{i}"));
+            let _ = std::fs::remove_dir_all(&staging);
+            let got = sink.download(n, &staging, STEP_UID, STEP_GID).await?;
+            if !into_base && (n.is_empty() || n == "." || n == ".." || n.contains(['/', '\\', '\0'])) {
+                return Err(format!("artifact name `{n}` cannot be a directory name"));
+            }
+            let target = if into_base { base.clone() } else { base.join(n) };
+            let (from, to) = (staging.clone(), target.clone());
+            let merged = tokio::task::spawn_blocking(move || {
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                super::artifacts::merge_tree(&from, &to, STEP_UID, STEP_GID)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_dir_all(&staging);
+            merged.map_err(|e| format!("artifact `{n}`: {e}"))?;
+            self.req.emitter.log(
+                &job.id,
+                step_name,
+                "build",
+                Stream::System,
+                format!(
+                    "artifact `{n}` restored: {} ({} files, {})",
+                    got.id,
+                    got.files,
+                    crate::limits::human_bytes(got.bytes)
+                ),
+            );
+        }
         Ok((StepStatus::Success, Some(0), None, 0.0, 0, None))
     }
 
@@ -904,15 +1001,11 @@ impl<'a> JobRun<'a> {
         if key.is_empty() {
             return Err("actions/cache: the key is empty".into());
         }
-        let paths: Vec<String> = path
-            .render(&ctx, status)
-            .map_err(|e| e.to_string())?
-            .lines()
-            .map(|l| l.trim().trim_start_matches("./").trim_end_matches('/').to_string())
-            .filter(|l| !l.is_empty())
-            .collect();
-        for p in &paths {
-            kiln_workflow::check_relative_path(p).map_err(|e| format!("path: {e}"))?;
+        let mut paths: Vec<String> = Vec::new();
+        for line in path.render(&ctx, status).map_err(|e| e.to_string())?.lines() {
+            if let Some(p) = cache_path_key(line).map_err(|e| format!("path: {e}"))? {
+                paths.push(p);
+            }
         }
         let rks: Vec<String> = match restore_keys {
             Some(t) => t
@@ -924,7 +1017,8 @@ impl<'a> JobRun<'a> {
                 .collect(),
             None => Vec::new(),
         };
-        let ws = self.workspace.as_ref().ok_or("no workspace")?.path().to_path_buf();
+        let disk = self.workspace.as_ref().ok_or("no workspace")?;
+        let (ws, home) = (disk.path(), disk.home());
         let staging = self.dir.join(format!("cache-{k}"));
         let _ = std::fs::remove_dir_all(&staging);
         let t0 = Instant::now();
@@ -976,19 +1070,31 @@ impl<'a> JobRun<'a> {
             }
         }
         if !lookup_only && matches!(found, CacheResult::Hit { .. } | CacheResult::Partial { .. }) {
-            // Into the workspace: each cached path not already there.
+            // Into the workspace (or the job's home): each cached path not
+            // already there.
             for p in &paths {
                 let from = staging.join(p);
                 if std::fs::symlink_metadata(&from).is_err() {
                     continue;
                 }
-                if let Some(parent) = Path::new(p).parent().filter(|x| !x.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(ws.join(parent)).map_err(|e| e.to_string())?;
-                    check_dir_beneath(&ws, &parent.to_string_lossy()).map_err(|e| format!("path: {e}"))?;
+                let (root, rel) = cache_path_root(p, &ws, &home);
+                if let Some(parent) = Path::new(rel).parent().filter(|x| !x.as_os_str().is_empty()) {
+                    // Component by component, never through a link a step planted.
+                    let mut here = PathBuf::new();
+                    for part in parent.components() {
+                        here.push(part);
+                        let at = root.join(&here);
+                        if std::fs::symlink_metadata(&at).is_err() {
+                            std::fs::create_dir(&at).map_err(|e| e.to_string())?;
+                            std::os::unix::fs::lchown(&at, Some(STEP_UID), Some(STEP_GID))
+                                .map_err(|e| e.to_string())?;
+                        }
+                        check_dir_beneath(root, &here.to_string_lossy()).map_err(|e| format!("path: {e}"))?;
+                    }
                 }
-                let to = ws.join(p);
+                let to = root.join(rel);
                 if std::fs::symlink_metadata(&to).is_ok() {
-                    say(self, format!("cache: `{p}` already exists in the workspace; kept as is"));
+                    say(self, format!("cache: `{p}` already exists; kept as is"));
                     continue;
                 }
                 // The workspace is its own filesystem: copy (links stay links).
@@ -1016,7 +1122,7 @@ impl<'a> JobRun<'a> {
     /// that produced the files, into its own scope only).
     async fn save_caches(&mut self, job: &PlannedJob) {
         let Some(sink) = self.runner.cfg.artifacts.clone() else { return };
-        let Some(ws) = self.workspace.as_ref().map(|w| w.path().to_path_buf()) else { return };
+        let Some((ws, home)) = self.workspace.as_ref().map(|w| (w.path(), w.home())) else { return };
         for (i, (key, paths)) in std::mem::take(&mut self.cache_saves).into_iter().enumerate() {
             let staging = self.dir.join(format!("cache-save-{i}"));
             let _ = std::fs::remove_dir_all(&staging);
@@ -1024,7 +1130,8 @@ impl<'a> JobRun<'a> {
             let mut found = 0;
             let mut refused = None;
             for p in &paths {
-                match super::artifacts::resolve_beneath(&ws, p) {
+                let (root, rel) = cache_path_root(p, &ws, &home);
+                match super::artifacts::resolve_beneath(root, rel) {
                     Ok(src) => match super::workspace_copy::copy_path(&src, &staging.join(p)) {
                         Ok(n) => found += n,
                         Err(e) => refused = Some(e.to_string()),
@@ -1093,7 +1200,7 @@ impl<'a> JobRun<'a> {
         step: &StepSpec,
         name: &str,
         script: &Template,
-        shell: Option<Shell>,
+        shell: Option<&ShellSpec>,
     ) -> Result<StepResult, String> {
         let status = self.status_fns();
         // The secrets this step is bound to (validation already refused reads
@@ -1134,7 +1241,18 @@ impl<'a> JobRun<'a> {
         let body = script.render(&ctx, status).map_err(|e| format!("run: {e}"))?;
         let defaults = &job.spec.defaults;
         let wf_defaults = &self.req.plan.workflow.defaults;
-        let shell = shell.or(defaults.shell).or(wf_defaults.shell).unwrap_or(Shell::Bash);
+        let shell = match shell.or(defaults.shell.as_ref()).or(wf_defaults.shell.as_ref()) {
+            None => Shell::Default,
+            Some(ShellSpec::Fixed(s)) => s.clone(),
+            Some(ShellSpec::Expr(t)) => {
+                let text = t.render(&ctx, status).map_err(|e| format!("shell: {e}"))?;
+                match Shell::parse(&text) {
+                    Ok(s) => s,
+                    Err(ShellError::Invalid(m) | ShellError::Unavailable(m)) => return Err(m),
+                }
+            }
+            Some(ShellSpec::Unavailable(r)) => return Err(r.reason.clone()),
+        };
         let wd = match &step.working_directory {
             Some(t) => Some(t.render(&ctx, status).map_err(|e| format!("working-directory: {e}"))?),
             None => defaults.working_directory.clone().or_else(|| wf_defaults.working_directory.clone()),
@@ -1156,11 +1274,11 @@ impl<'a> JobRun<'a> {
         let script_dir = step_dir.join("script");
         let files_dir = step_dir.join("files");
         let bundle_dir = step_dir.join("bundle");
-        prepare_step_dirs(&script_dir, &files_dir, &bundle_dir, &body, shell).map_err(|e| e.to_string())?;
+        prepare_step_dirs(&script_dir, &files_dir, &bundle_dir, &body, &shell).map_err(|e| e.to_string())?;
         let script_path = format!("{STEP_DIR}/script.{}", shell.extension());
 
         let mut full_env = step_env(&self.req.contexts.github, job, step, k, env, &self.path_prefix);
-        if shell == Shell::Bash {
+        if shell.is_bash() {
             full_env.retain(|(k, _)| k != "BASH_ENV");
             full_env.push(("BASH_ENV".into(), format!("{STEP_DIR}/{STARTED_SCRIPT}")));
         }
@@ -1173,7 +1291,8 @@ impl<'a> JobRun<'a> {
             sanitize_id(&self.req.build),
             self.req.job
         )));
-        let network = step.network(&job.spec, &self.req.plan.workflow);
+        let network =
+            step.network(&job.spec, &self.req.plan.workflow).unwrap_or(&self.runner.cfg.default_network);
         if phase == kiln_workflow::Phase::Build && !matches!(network, kiln_workflow::NetworkSpec::None) {
             self.network_in_build = true;
         }
@@ -1226,6 +1345,17 @@ impl<'a> JobRun<'a> {
             binds: vec![
                 Bind { source: script_dir.clone(), destination: STEP_DIR.into(), writable: false },
                 Bind { source: files_dir.clone(), destination: FILES_DIR.into(), writable: true },
+                // The job's home and tool cache persist across its steps.
+                Bind {
+                    source: self.workspace.as_ref().ok_or("no workspace")?.home(),
+                    destination: HOME.into(),
+                    writable: true,
+                },
+                Bind {
+                    source: self.workspace.as_ref().ok_or("no workspace")?.tool_cache(),
+                    destination: TOOL_CACHE.into(),
+                    writable: true,
+                },
             ],
             limits: self.limits.sandbox_limits(),
             uid: STEP_UID,
@@ -1317,10 +1447,7 @@ impl<'a> JobRun<'a> {
                 }
             }
         }
-        if reason.is_none()
-            && exit != Some(0)
-            && shell == Shell::Bash
-            && !files_dir.join(STARTED_MARKER).exists()
+        if reason.is_none() && exit != Some(0) && shell.is_bash() && !files_dir.join(STARTED_MARKER).exists()
         {
             reason = Some(StopReason::Infrastructure(format!(
                 "the {} runtime did not start the step (exit {})",
@@ -1515,6 +1642,43 @@ fn cap_text(which: &str, limit: u64) -> String {
     }
 }
 
+/// A cache path as the store keeps it: workspace-relative (`target`), or
+/// `~/...` for the job's home (`~/.cache/pip`, `~/.cargo/registry`, also
+/// written `$HOME/...` or `/home/runner/...`). `None` for a blank line.
+fn cache_path_key(line: &str) -> Result<Option<String>, String> {
+    let p = line.trim().trim_end_matches('/');
+    if p.is_empty() {
+        return Ok(None);
+    }
+    let home_rel = p
+        .strip_prefix("~/")
+        .or_else(|| p.strip_prefix("$HOME/"))
+        .or_else(|| p.strip_prefix("${HOME}/"))
+        .or_else(|| p.strip_prefix(HOME).and_then(|r| r.strip_prefix('/')));
+    if let Some(rel) = home_rel {
+        let rel = rel.trim_start_matches("./");
+        kiln_workflow::check_relative_path(rel).map_err(|e| format!("`{p}`: {e}"))?;
+        if rel.is_empty() {
+            return Err(format!(
+                "`{p}`: caching the whole home directory is not supported; name what is in it"
+            ));
+        }
+        return Ok(Some(format!("~/{rel}")));
+    }
+    let rel = p.strip_prefix(WORKSPACE).map(|r| r.trim_start_matches('/')).unwrap_or(p);
+    let rel = rel.trim_start_matches("./");
+    kiln_workflow::check_relative_path(rel)?;
+    Ok((!rel.is_empty()).then(|| rel.to_string()))
+}
+
+/// The directory a cache path key lives under and its path there.
+fn cache_path_root<'a>(key: &'a str, ws: &'a Path, home: &'a Path) -> (&'a Path, &'a str) {
+    match key.strip_prefix("~/") {
+        Some(rel) => (home, rel),
+        None => (ws, key),
+    }
+}
+
 /// (outcome, exit code, reason, cpu seconds, peak memory, summary)
 type StepResult = (StepStatus, Option<i32>, Option<String>, f64, u64, Option<String>);
 
@@ -1580,6 +1744,14 @@ impl Drop for EgressDir {
 
 /// A `kiln/package` step's inputs.
 #[derive(Debug, Clone, Copy)]
+/// The inputs of one `actions/download-artifact` step.
+struct DownloadRequest<'a> {
+    name: Option<&'a Template>,
+    path: Option<&'a Template>,
+    pattern: Option<&'a Template>,
+    merge_multiple: bool,
+}
+
 struct PackageStep<'a> {
     name: &'a Template,
     path: Option<&'a Template>,
@@ -1677,7 +1849,7 @@ fn prepare_step_dirs(
     files_dir: &Path,
     bundle_dir: &Path,
     body: &str,
-    shell: Shell,
+    shell: &Shell,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::{chown, PermissionsExt};
     std::fs::create_dir_all(script_dir)?;
@@ -1716,6 +1888,7 @@ fn step_env(
 ) -> Vec<(String, String)> {
     let g = |k: &str| github.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let mut path = path_prefix.to_vec();
+    path.push(format!("{HOME}/.local/bin:{HOME}/.cargo/bin"));
     path.push(DEFAULT_PATH.to_string());
     let mut env: Vec<(String, String)> = Vec::new();
     for (k, v) in user {
@@ -1733,7 +1906,7 @@ fn step_env(
     }
     let fixed = [
         ("CI", "true".to_string()),
-        ("HOME", "/tmp".to_string()),
+        ("HOME", HOME.to_string()),
         ("LANG", "C.UTF-8".to_string()),
         ("PATH", path.join(":")),
         ("GITHUB_ACTIONS", "true".to_string()),
@@ -1758,8 +1931,11 @@ fn step_env(
         ("RUNNER_OS", "Linux".to_string()),
         ("RUNNER_ARCH", if cfg!(target_arch = "aarch64") { "ARM64" } else { "X64" }.to_string()),
         ("RUNNER_NAME", "kiln".to_string()),
-        ("RUNNER_TEMP", "/tmp".to_string()),
-        ("RUNNER_TOOL_CACHE", "/tmp/toolcache".to_string()),
+        ("RUNNER_TEMP", format!("{HOME}/{RUNNER_TEMP_REL}")),
+        ("RUNNER_TOOL_CACHE", TOOL_CACHE.to_string()),
+        // `npm i -g` and `pip install --user` land in the job's home, whose
+        // bin directories are on PATH (as on GitHub's Ubuntu runners).
+        ("NPM_CONFIG_PREFIX", format!("{HOME}/.local")),
         ("RUNNER_ENVIRONMENT", "self-hosted".to_string()),
     ];
     for (k, v) in fixed {
@@ -1951,6 +2127,25 @@ mod tests {
         assert!(check_dir_beneath(ws.path(), "a/escape/ssl").is_err());
         assert!(check_dir_beneath(ws.path(), "../a").is_err());
         assert!(check_dir_beneath(ws.path(), "missing").is_err());
+    }
+
+    #[test]
+    fn cache_paths_name_the_workspace_or_the_home() {
+        assert_eq!(cache_path_key("~/.cache/pip").unwrap().as_deref(), Some("~/.cache/pip"));
+        assert_eq!(cache_path_key("$HOME/.npm/").unwrap().as_deref(), Some("~/.npm"));
+        assert_eq!(
+            cache_path_key("/home/runner/.cargo/registry").unwrap().as_deref(),
+            Some("~/.cargo/registry")
+        );
+        assert_eq!(cache_path_key("./node_modules").unwrap().as_deref(), Some("node_modules"));
+        assert_eq!(cache_path_key("/workspace/target").unwrap().as_deref(), Some("target"));
+        assert_eq!(cache_path_key("  ").unwrap(), None);
+        for bad in ["~/../../etc", "/etc/passwd", "../x", "~/", "/home/runnerx/a", "~root/x"] {
+            assert!(cache_path_key(bad).is_err(), "{bad}");
+        }
+        let (ws, home) = (Path::new("/w"), Path::new("/h"));
+        assert_eq!(cache_path_root("~/.npm", ws, home), (home, ".npm"));
+        assert_eq!(cache_path_root("target", ws, home), (ws, "target"));
     }
 
     #[test]
