@@ -45,6 +45,7 @@ fn eval_val(ast: &Ast, ctx: &Contexts, status: StatusFns) -> Result<Val, String>
             "runner" => ctx.runner.clone(),
             "strategy" => ctx.strategy.clone(),
             "secrets" => ctx.secrets.clone(),
+            "inputs" => ctx.inputs.clone(),
             _ => Value::Null,
         }),
         Ast::Prop(base, key) => match eval_val(base, ctx, status)? {

@@ -34,6 +34,8 @@ pub struct Contexts {
     pub runner: Value,
     pub strategy: Value,
     pub secrets: Value,
+    /// A composite action's or a called workflow's inputs.
+    pub inputs: Value,
 }
 
 /// The answers of `success()`, `failure()` and `cancelled()` at the place
