@@ -11,6 +11,7 @@
 //! ([`Diagnostic`]); the engine prints them and exits with status 2 before any
 //! sandbox starts.
 
+mod action;
 mod checks;
 mod diagnostic;
 pub mod expr;
@@ -23,6 +24,7 @@ mod scheduler;
 mod secrets_check;
 mod yaml;
 
+pub use action::{parse_action, ActionInput, CompositeAction};
 pub use diagnostic::{Diagnostic, Diagnostics, Location};
 pub use expr::{Contexts, Expr, ExprError, FileHasher, StatusFns, Template, Value};
 pub use model::*;

@@ -312,6 +312,14 @@ pub enum StepAction {
     /// third party's token and host, so it is skipped with a notice (or, if
     /// the operator says so, refuses its job).
     Uploader { uses: String },
+    /// `uses: ./path/to/action`: a composite action of the repository (its
+    /// `action.yml` is read from the workspace when the step runs).
+    LocalAction {
+        /// Workspace-relative directory of the action.
+        path: String,
+        /// `with:` inputs, in name order.
+        with: Vec<(String, Template)>,
+    },
     /// An action kiln does not have: its job is refused (see
     /// [`JobSpec::refusals`]); kept so listings show every step.
     Unsupported { uses: String },
@@ -396,6 +404,7 @@ impl StepSpec {
             | StepAction::DownloadArtifact { .. }
             | StepAction::Cache { .. }
             | StepAction::Uploader { .. }
+            | StepAction::LocalAction { .. }
             | StepAction::Unsupported { .. } => Phase::Build,
         })
     }

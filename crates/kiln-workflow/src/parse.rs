@@ -104,6 +104,12 @@ pub(crate) struct Cx<'a> {
     notices: Vec<Diagnostic>,
 }
 
+impl<'a> Cx<'a> {
+    pub(crate) fn new(file: &'a str) -> Cx<'a> {
+        Cx { file, errors: Vec::new(), notices: Vec::new() }
+    }
+}
+
 impl Cx<'_> {
     pub(crate) fn err(&mut self, location: Location, message: impl Into<String>) {
         self.errors.push(Diagnostic { file: self.file.to_string(), location, message: message.into() });
@@ -138,7 +144,7 @@ impl Cx<'_> {
         }
     }
 
-    fn template(&mut self, node: &Node, what: &str) -> Option<Template> {
+    pub(crate) fn template(&mut self, node: &Node, what: &str) -> Option<Template> {
         let text = self.text(node, what)?;
         match Template::parse_mapped(&text, &|off| node.location_at(off), self.file) {
             Ok(t) => Some(t),
@@ -828,7 +834,7 @@ fn secret_bindings(cx: &mut Cx<'_>, v: &Node, level: KilnLevel) -> Vec<SecretBin
     out
 }
 
-fn step(
+pub(crate) fn step(
     cx: &mut Cx<'_>,
     job: &str,
     index: usize,
@@ -1079,6 +1085,18 @@ fn step(
                 _ if action.is_none() && !(u.starts_with("./") || u.starts_with("docker://")) => {
                     cx.err(loc, format!("{label}: `uses: {u}` needs a version after `@` (e.g. `{u}@v4`)"))
                 }
+                _ if u.starts_with("./") => {
+                    let path = u.trim_start_matches("./").trim_end_matches('/').to_string();
+                    match check_relative_path(&path) {
+                        Ok(()) => {
+                            spec.action = StepAction::LocalAction {
+                                path,
+                                with: with.into_iter().map(|(k, (t, _))| (k, t)).collect(),
+                            }
+                        }
+                        Err(e) => cx.err(loc, format!("{label}: `uses: {u}`: {e}")),
+                    }
+                }
                 _ => spec.action = StepAction::Unsupported { uses: u.clone() },
             }
         }
@@ -1132,7 +1150,7 @@ const CACHE_INPUTS: &[&str] = &[
 ];
 
 /// A built-in action's `with:` inputs as templates, by name.
-fn builtin_with(
+pub(crate) fn builtin_with(
     cx: &mut Cx<'_>,
     node: Option<&Node>,
     label: &str,

@@ -85,6 +85,11 @@ fn check_step(
                 forbid(t, step.location, &format!("the package settings of {label}"), errors);
             }
         }
+        StepAction::LocalAction { with, .. } => {
+            for (_, t) in with {
+                forbid(t, step.location, &format!("the `with:` of {label}"), errors);
+            }
+        }
         StepAction::Checkout
         | StepAction::Detect { .. }
         | StepAction::Uploader { .. }

@@ -236,6 +236,11 @@ struct JobRun<'a> {
     last_redactions: u64,
     /// Caches to save when the job succeeds: (key, paths).
     cache_saves: Vec<(String, Vec<String>)>,
+    /// Inside a composite action: its `inputs` and its directory
+    /// (`GITHUB_ACTION_PATH`), and how deep the actions nest.
+    inputs: Option<Value>,
+    action_path: Option<String>,
+    composite_depth: usize,
 }
 
 impl<'a> JobRun<'a> {
@@ -268,6 +273,9 @@ impl<'a> JobRun<'a> {
             redactions: 0,
             last_redactions: 0,
             cache_saves: Vec::new(),
+            inputs: None,
+            action_path: None,
+            composite_depth: 0,
         }
     }
 
@@ -282,6 +290,9 @@ impl<'a> JobRun<'a> {
         env.extend(self.env.clone());
         c.env = Value::Object(env);
         c.steps = Value::Object(self.steps_ctx.clone());
+        if let Some(inputs) = &self.inputs {
+            c.inputs = inputs.clone();
+        }
         let status = if self.failed { "failure" } else { "success" };
         c.job = json!({ "status": status });
         c
@@ -393,6 +404,7 @@ impl<'a> JobRun<'a> {
             }
             StepAction::DownloadArtifact { name: None, .. } => "Download artifacts".to_string(),
             StepAction::Uploader { uses } | StepAction::Unsupported { uses } => format!("Run {uses}"),
+            StepAction::LocalAction { path, .. } => format!("Run ./{path}"),
             StepAction::Detect { .. } => "Detect".to_string(),
             StepAction::Package { name, .. } => format!("Package {}", name.source()),
             StepAction::Run { script, .. } => {
@@ -401,6 +413,97 @@ impl<'a> JobRun<'a> {
                 format!("Run {first}")
             }
         }
+    }
+
+    /// Runs what a step does and returns how it ended (the caller logs and
+    /// records it). Boxed: a composite action's steps come back here.
+    fn execute<'s>(
+        &'s mut self,
+        job: &'s PlannedJob,
+        k: usize,
+        step: &'s StepSpec,
+        name: &'s str,
+        started_at: &'s str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<StepResult, String>> + Send + 's>> {
+        Box::pin(async move {
+            let phase = step.phase(&job.spec).as_str();
+            match &step.action {
+                StepAction::Checkout => self.checkout().await,
+                StepAction::Run { script, shell } => {
+                    self.run_script(job, k, step, name, script, shell.as_ref()).await
+                }
+                StepAction::UploadArtifact {
+                    name: art,
+                    path,
+                    if_no_files_found,
+                    retention_days,
+                    output_type,
+                } => {
+                    let keep = ArtifactKeep {
+                        output_type: output_type
+                            .as_deref()
+                            .map(output_type_of)
+                            .unwrap_or(kiln_store::OutputType::Static),
+                        retention_days: *retention_days,
+                        commands: None,
+                        commit: None,
+                    };
+                    self.upload_artifact(job, k, name, art, path, if_no_files_found, keep, started_at).await
+                }
+                StepAction::Detect { ignore_scripts } => self.detect(job, step, name, *ignore_scripts).await,
+                StepAction::Package { name: art, path, output_type, retention_days, commit } => {
+                    let pkg = PackageStep {
+                        name: art,
+                        path: path.as_ref(),
+                        output_type: output_type.as_ref(),
+                        retention_days: *retention_days,
+                        commit: commit.as_ref(),
+                    };
+                    self.package(job, k, name, pkg, started_at).await
+                }
+                StepAction::DownloadArtifact { name: art, path, pattern, merge_multiple } => {
+                    let request = DownloadRequest {
+                        name: art.as_ref(),
+                        path: path.as_ref(),
+                        pattern: pattern.as_ref(),
+                        merge_multiple: *merge_multiple,
+                    };
+                    self.download_artifact(job, k, name, request).await
+                }
+                StepAction::Uploader { uses } => {
+                    // The build loop refuses the job first when the operator
+                    // refuses uploaders; here the step is skipped with a notice.
+                    self.req.emitter.log(
+                        &job.id,
+                        name,
+                        phase,
+                        Stream::System,
+                        format!(
+                            "skipped `{uses}`: coverage/report uploaders need a third party's token and host"
+                        ),
+                    );
+                    Ok((StepStatus::Skipped, None, None, 0.0, 0, None))
+                }
+                StepAction::Unsupported { uses } => Err(format!("`uses: {uses}` is not an action kiln has")),
+                StepAction::LocalAction { path, with } => {
+                    self.composite(job, k, step, name, started_at, path, with).await
+                }
+                StepAction::Cache { key, path, restore_keys, lookup_only, fail_on_miss } => {
+                    self.cache_step(
+                        job,
+                        k,
+                        step,
+                        name,
+                        key,
+                        path,
+                        restore_keys.as_ref(),
+                        *lookup_only,
+                        *fail_on_miss,
+                    )
+                    .await
+                }
+            }
+        })
     }
 
     async fn run_step(&mut self, job: &PlannedJob, k: usize, step: &StepSpec) {
@@ -432,79 +535,7 @@ impl<'a> JobRun<'a> {
         let t0 = Instant::now();
         let phase = step.phase(&job.spec).as_str();
         self.req.emitter.log(&job.id, &name, phase, Stream::System, "step started".into());
-        let result = match &step.action {
-            StepAction::Checkout => self.checkout().await,
-            StepAction::Run { script, shell } => {
-                self.run_script(job, k, step, &name, script, shell.as_ref()).await
-            }
-            StepAction::UploadArtifact {
-                name: art,
-                path,
-                if_no_files_found,
-                retention_days,
-                output_type,
-            } => {
-                let keep = ArtifactKeep {
-                    output_type: output_type
-                        .as_deref()
-                        .map(output_type_of)
-                        .unwrap_or(kiln_store::OutputType::Static),
-                    retention_days: *retention_days,
-                    commands: None,
-                    commit: None,
-                };
-                self.upload_artifact(job, k, &name, art, path, if_no_files_found, keep, &started_at).await
-            }
-            StepAction::Detect { ignore_scripts } => self.detect(job, step, &name, *ignore_scripts).await,
-            StepAction::Package { name: art, path, output_type, retention_days, commit } => {
-                let pkg = PackageStep {
-                    name: art,
-                    path: path.as_ref(),
-                    output_type: output_type.as_ref(),
-                    retention_days: *retention_days,
-                    commit: commit.as_ref(),
-                };
-                self.package(job, k, &name, pkg, &started_at).await
-            }
-            StepAction::DownloadArtifact { name: art, path, pattern, merge_multiple } => {
-                let request = DownloadRequest {
-                    name: art.as_ref(),
-                    path: path.as_ref(),
-                    pattern: pattern.as_ref(),
-                    merge_multiple: *merge_multiple,
-                };
-                self.download_artifact(job, k, &name, request).await
-            }
-            StepAction::Uploader { uses } => {
-                // The build loop refuses the job first when the operator
-                // refuses uploaders; here the step is skipped with a notice.
-                self.req.emitter.log(
-                    &job.id,
-                    &name,
-                    phase,
-                    Stream::System,
-                    format!(
-                        "skipped `{uses}`: coverage/report uploaders need a third party's token and host"
-                    ),
-                );
-                Ok((StepStatus::Skipped, None, None, 0.0, 0, None))
-            }
-            StepAction::Unsupported { uses } => Err(format!("`uses: {uses}` is not an action kiln has")),
-            StepAction::Cache { key, path, restore_keys, lookup_only, fail_on_miss } => {
-                self.cache_step(
-                    job,
-                    k,
-                    step,
-                    &name,
-                    key,
-                    path,
-                    restore_keys.as_ref(),
-                    *lookup_only,
-                    *fail_on_miss,
-                )
-                .await
-            }
-        };
+        let result = self.execute(job, k, step, &name, &started_at).await;
         let secs = t0.elapsed().as_secs_f64();
         let (outcome, exit, reason, cpu, mem, summary) = match result {
             Ok(r) => r,
@@ -562,6 +593,145 @@ impl<'a> JobRun<'a> {
                 .map(|v| !matches!(v, Value::Null | Value::Bool(false)) && v != json!("") && v != json!(0))
                 .unwrap_or(false),
         }
+    }
+
+    /// `uses: ./path`: a composite action of the repository. Its steps run
+    /// one after another as parts of this step (their lines carry this
+    /// step's name), with the action's `inputs` and a `steps` context of
+    /// their own; the first failing one fails this step; the action's
+    /// outputs become this step's.
+    #[allow(clippy::too_many_arguments)]
+    async fn composite(
+        &mut self,
+        job: &PlannedJob,
+        k: usize,
+        step: &StepSpec,
+        name: &str,
+        started_at: &str,
+        path: &str,
+        with: &[(String, Template)],
+    ) -> Result<StepResult, String> {
+        const MAX_DEPTH: usize = 9;
+        const MAX_FILE: u64 = 1 << 20;
+        if self.composite_depth >= MAX_DEPTH {
+            return Err(format!("`./{path}`: composite actions nest deeper than {MAX_DEPTH} levels"));
+        }
+        let ws = self.workspace.as_ref().ok_or("no workspace")?.path();
+        let file = ["action.yml", "action.yaml"].iter().find_map(|f| {
+            super::artifacts::resolve_beneath(&ws, &format!("{path}/{f}")).ok().map(|p| (f, p))
+        });
+        let Some((file_name, file)) = file else {
+            return Err(format!(
+                "`uses: ./{path}`: no action.yml or action.yaml there in the workspace (did a checkout step run first?)"
+            ));
+        };
+        let meta = std::fs::symlink_metadata(&file).map_err(|e| e.to_string())?;
+        if !meta.is_file() || meta.len() > MAX_FILE {
+            return Err(format!("`./{path}/{file_name}` is not a regular file of at most 1 MiB"));
+        }
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| format!("reading `./{path}/{file_name}`: {e}"))?;
+        let action = kiln_workflow::parse_action(&format!("./{path}/{file_name}"), &text)
+            .map_err(|d| d.to_string())?;
+        // Inputs: given, else the default (both evaluated here, with the
+        // caller's contexts), else empty; a required one must be given.
+        let ctx = self.contexts();
+        let status = self.status_fns();
+        let mut inputs = Map::new();
+        for input in &action.inputs {
+            let given = with.iter().find(|(k, _)| k.eq_ignore_ascii_case(&input.name)).map(|(_, t)| t);
+            let value = match (given, &input.default) {
+                (Some(t), _) | (None, Some(t)) => {
+                    t.render(&ctx, status).map_err(|e| format!("input `{}`: {e}", input.name))?
+                }
+                (None, None) if input.required => {
+                    return Err(format!("`./{path}`: input `{}` is required and was not given", input.name))
+                }
+                (None, None) => String::new(),
+            };
+            inputs.insert(input.name.clone(), Value::String(value));
+        }
+        let unexpected: Vec<&str> = with
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !action.inputs.iter().any(|i| i.name.eq_ignore_ascii_case(k)))
+            .collect();
+        if !unexpected.is_empty() {
+            self.sys(name, format!("`./{path}` has no input(s) {}: ignored", unexpected.join(", ")));
+        }
+        let saved_steps = std::mem::take(&mut self.steps_ctx);
+        let saved_inputs = self.inputs.replace(Value::Object(inputs));
+        let saved_path = self.action_path.replace(format!("{WORKSPACE}/{path}"));
+        let saved_failed = std::mem::replace(&mut self.failed, false);
+        self.composite_depth += 1;
+        let mut result: StepResult = (StepStatus::Success, Some(0), None, 0.0, 0, None);
+        for nested in &action.steps {
+            let status = self.status_fns();
+            let ctx = self.contexts();
+            let nested_name = format!("{name} › {}", Self::step_name(job, nested, &ctx, status));
+            let run = match &nested.condition {
+                None => status.success && !status.cancelled,
+                Some(c) => c.eval_condition(&ctx, status).unwrap_or_else(|e| {
+                    self.sys(&nested_name, format!("if: {e}"));
+                    false
+                }),
+            };
+            let outcome = if !run {
+                StepStatus::Skipped
+            } else {
+                self.sys(name, format!("▶ {nested_name}"));
+                let r = self.execute(job, k, nested, &nested_name, started_at).await;
+                let (outcome, exit, reason, cpu, mem, _) =
+                    r.unwrap_or_else(|msg| (StepStatus::Failure, None, Some(msg), 0.0, 0, None));
+                result.3 += cpu;
+                result.4 = result.4.max(mem);
+                if outcome == StepStatus::Failure && !self.step_continue_on_error(nested) {
+                    self.failed = true;
+                    if result.0 == StepStatus::Success {
+                        let why = reason.clone().unwrap_or_else(|| {
+                            format!("exit code {}", exit.map(|c| c.to_string()).unwrap_or_else(|| "?".into()))
+                        });
+                        result = (
+                            StepStatus::Failure,
+                            exit,
+                            Some(format!("{nested_name}: {why}")),
+                            result.3,
+                            result.4,
+                            None,
+                        );
+                    }
+                } else if outcome == StepStatus::Cancelled {
+                    result.0 = StepStatus::Cancelled;
+                }
+                outcome
+            };
+            if let Some(id) = &nested.id {
+                let outputs =
+                    self.steps_ctx.get(id).and_then(|s| s.get("outputs")).cloned().unwrap_or(json!({}));
+                self.steps_ctx
+                    .insert(id.clone(), json!({ "outputs": outputs, "outcome": outcome.as_str(), "conclusion": outcome.as_str() }));
+            }
+        }
+        // The action's outputs, over its own steps.
+        let ctx = self.contexts();
+        let mut outputs = Map::new();
+        for (out, t) in &action.outputs {
+            match t.render(&ctx, self.status_fns()) {
+                Ok(v) => {
+                    outputs.insert(out.clone(), Value::String(v));
+                }
+                Err(e) => self.sys(name, format!("output `{out}`: {e}")),
+            }
+        }
+        self.composite_depth -= 1;
+        self.steps_ctx = saved_steps;
+        self.inputs = saved_inputs;
+        self.action_path = saved_path;
+        self.failed = saved_failed;
+        if let Some(id) = &step.id {
+            self.steps_ctx.insert(id.clone(), json!({ "outputs": outputs }));
+        }
+        Ok(result)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1278,6 +1448,9 @@ impl<'a> JobRun<'a> {
         let script_path = format!("{STEP_DIR}/script.{}", shell.extension());
 
         let mut full_env = step_env(&self.req.contexts.github, job, step, k, env, &self.path_prefix);
+        if let Some(p) = &self.action_path {
+            full_env.push(("GITHUB_ACTION_PATH".into(), p.clone()));
+        }
         if shell.is_bash() {
             full_env.retain(|(k, _)| k != "BASH_ENV");
             full_env.push(("BASH_ENV".into(), format!("{STEP_DIR}/{STARTED_SCRIPT}")));

@@ -23,6 +23,7 @@ fn ctx() -> Contexts {
         runner: json!({"os": "Linux"}),
         strategy: json!({"fail-fast": true}),
         secrets: json!({"TOKEN": "t"}),
+        inputs: json!({"who": "world"}),
     }
 }
 
@@ -87,7 +88,8 @@ fn contexts_and_properties() {
         ("env.FOO", json!("bar")),
         ("secrets.TOKEN", json!("t")),
         ("strategy.fail-fast", json!(true)),
-        ("inputs", json!(null)),
+        ("inputs", json!({"who": "world"})),
+        ("inputs.who", json!("world")),
         ("vars.x", json!(null)),
         ("github.event.labels.*.name", json!(["bug", "ci"])),
         ("github.event.labels[0].name", json!("bug")),
