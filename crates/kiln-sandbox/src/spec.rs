@@ -498,7 +498,7 @@ mod tests {
         let oci = build_spec(Isolation::Container, &s, "/x").unwrap();
         write_rootfs(&dir, &s, &oci).unwrap();
         let passwd = fs::read_to_string(dir.join("etc/passwd")).unwrap();
-        assert!(passwd.contains("kiln:x:1000:1001:kiln:/tmp:/bin/sh"));
+        assert!(passwd.contains("kiln:x:1000:1001:kiln:/tmp:/bin/bash"));
         assert!(fs::read_to_string(dir.join("etc/group")).unwrap().contains("kiln:x:1001:"));
         assert!(fs::read_to_string(dir.join("etc/hosts")).unwrap().contains("localhost"));
         assert!(dir.join("etc/nsswitch.conf").exists());

@@ -14,9 +14,11 @@ jobs:
   read-host-secrets:
     steps:
       - run: |
-          for f in /etc/shadow /root/.bashrc /root/.ssh /home /var/lib /work /proc/1/root/etc/shadow; do
+          for f in /etc/shadow /root/.bashrc /root/.ssh /var/lib /work /proc/1/root/etc/shadow; do
             if cat "$f" >/dev/null 2>&1 || ls "$f" >/dev/null 2>&1; then echo "BROKEN: $f is visible"; exit 1; fi
           done
+          # /home holds the job's own home only, never the host's homes.
+          if [ "$(ls -A /home)" != runner ]; then echo "BROKEN: /home shows $(ls -A /home)"; exit 1; fi
           echo held
   write-outside-workspace:
     steps:

@@ -255,7 +255,8 @@ per_tier!(logs_stream_while_the_step_runs, |tier| {
     // The step is still waiting: nothing but `first` has been printed yet.
     // Let it finish by creating the file in its workspace.
     let build_dir = p.state_dir().join("builds");
-    let ws = std::fs::read_dir(&build_dir).unwrap().next().unwrap().unwrap().path().join("job-0/workspace");
+    let ws =
+        std::fs::read_dir(&build_dir).unwrap().next().unwrap().unwrap().path().join("job-0/disk/workspace");
     std::fs::write(ws.join("go"), "").unwrap();
     let rest: Vec<String> = reader.lines().map(|l| l.unwrap()).collect();
     assert!(child.wait().unwrap().success());

@@ -5,8 +5,13 @@
 //! benchmark's no-op runner measures the loop alone.
 
 pub mod artifacts;
+mod builtins;
+mod env;
 pub mod globs;
+mod job;
+mod phase;
 pub mod sandbox;
+mod script;
 mod stepfiles;
 mod workspace_copy;
 pub mod zeroconfig;

@@ -1,0 +1,533 @@
+//! The job loop: one job's state while its steps run, each step's `if`,
+//! what it does (a script, a built-in action, a composite action), and how
+//! its result is recorded and read by the steps after it.
+
+use crate::event::Event;
+use crate::limits::{StepLimits, StopReason};
+use crate::log::Stream;
+use crate::runner::builtins::*;
+use crate::runner::env::*;
+use crate::runner::sandbox::*;
+use crate::runner::{JobOutcome, JobRequest, StepRecord, StepStatus};
+use kiln_sandbox::{Isolation, Workspace};
+use kiln_workflow::{BoolOrExpr, Contexts, JobResult, PlannedJob, StatusFns, StepAction, StepSpec, Template};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The state of one job while it runs.
+pub(crate) struct JobRun<'a> {
+    pub(crate) runner: &'a SandboxRunner,
+    pub(crate) req: &'a JobRequest,
+    pub(crate) dir: PathBuf,
+    pub(crate) workspace: Option<Workspace>,
+    /// `hashFiles()` over the workspace.
+    pub(crate) hasher: Option<super::globs::WorkspaceHasher>,
+    /// The commands `kiln/detect` chose, for the provenance of the package.
+    pub(crate) detected_commands: Option<Vec<String>>,
+    /// A build-phase step of this job ran with a network.
+    pub(crate) network_in_build: bool,
+    pub(crate) limits: StepLimits,
+    pub(crate) isolation: Isolation,
+    /// The job's `env` plus everything `$GITHUB_ENV` added.
+    pub(crate) env: Map<String, Value>,
+    /// `$GITHUB_PATH` entries, newest first.
+    pub(crate) path_prefix: Vec<String>,
+    pub(crate) steps_ctx: Map<String, Value>,
+    pub(crate) failed: bool,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) reason: Option<String>,
+    pub(crate) cpu_seconds: f64,
+    pub(crate) peak_memory: u64,
+    pub(crate) deadline: Instant,
+    pub(crate) job_timeout: Duration,
+    /// Redactions in this job's output so far, and in its last step's.
+    pub(crate) redactions: u64,
+    pub(crate) last_redactions: u64,
+    /// Caches to save when the job succeeds: (key, paths).
+    pub(crate) cache_saves: Vec<(String, Vec<String>)>,
+    /// Inside a composite action: its `inputs` and its directory
+    /// (`GITHUB_ACTION_PATH`), and how deep the actions nest.
+    pub(crate) inputs: Option<Value>,
+    pub(crate) action_path: Option<String>,
+    pub(crate) composite_depth: usize,
+}
+
+/// Why a step could not do its work (a step that ran and exited non-zero
+/// is not an error: it is a [`StepResult`] with its exit code).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StepError {
+    /// The workflow, the workspace or the step's inputs: the user's to fix.
+    #[error("{0}")]
+    User(String),
+    /// kiln or the host failed; the build may be retried.
+    #[error("infrastructure error: {0}")]
+    Infrastructure(String),
+}
+
+impl From<String> for StepError {
+    fn from(s: String) -> StepError {
+        StepError::User(s)
+    }
+}
+
+impl From<&str> for StepError {
+    fn from(s: &str) -> StepError {
+        StepError::User(s.to_string())
+    }
+}
+
+/// (outcome, exit code, reason, cpu seconds, peak memory, summary)
+pub(crate) type StepResult = (StepStatus, Option<i32>, Option<String>, f64, u64, Option<String>);
+
+/// Checks that `rel` names a directory beneath `root` without passing
+/// through a symlink: earlier steps wrote the workspace, so a component may be
+/// a link to anywhere on the host, and kiln must not even look through it.
+pub(crate) fn check_dir_beneath(root: &Path, rel: &str) -> Result<(), String> {
+    let mut here = root.to_path_buf();
+    for part in Path::new(rel).components() {
+        match part {
+            std::path::Component::Normal(name) => here.push(name),
+            std::path::Component::CurDir => continue,
+            _ => return Err("must stay inside the workspace".into()),
+        }
+        let meta =
+            std::fs::symlink_metadata(&here).map_err(|_| "does not exist in the workspace".to_string())?;
+        if meta.file_type().is_symlink() {
+            return Err(format!(
+                "`{}` is a symbolic link",
+                here.strip_prefix(root).unwrap_or(&here).display()
+            ));
+        }
+        if !meta.is_dir() {
+            return Err("is not a directory".into());
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn sanitize_id(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect()
+}
+
+pub(crate) fn cap_text(which: &str, limit: u64) -> String {
+    if which == kiln_egress::CAP_BYTES_PER_BUILD {
+        crate::limits::human_bytes(limit)
+    } else {
+        limit.to_string()
+    }
+}
+
+impl<'a> JobRun<'a> {
+    pub(crate) fn new(runner: &'a SandboxRunner, req: &'a JobRequest) -> JobRun<'a> {
+        let job = &req.plan.jobs[req.job];
+        let limits = runner.cfg.limits.with_overrides(&job.spec.kiln);
+        let job_timeout =
+            job.spec.timeout_minutes.map(|m| Duration::from_secs_f64(m * 60.0)).unwrap_or(limits.job_timeout);
+        let (isolation, _) = effective_isolation(runner.cfg.isolation, job.spec.kiln.isolation);
+        JobRun {
+            runner,
+            req,
+            dir: runner.cfg.build_dir.join(format!("job-{}", req.job)),
+            workspace: None,
+            hasher: None,
+            detected_commands: None,
+            network_in_build: false,
+            limits,
+            isolation,
+            env: Map::new(),
+            path_prefix: Vec::new(),
+            steps_ctx: Map::new(),
+            failed: false,
+            exit_code: None,
+            reason: None,
+            cpu_seconds: 0.0,
+            peak_memory: 0,
+            deadline: Instant::now() + job_timeout,
+            job_timeout,
+            redactions: 0,
+            last_redactions: 0,
+            cache_saves: Vec::new(),
+            inputs: None,
+            action_path: None,
+            composite_depth: 0,
+        }
+    }
+
+    pub(crate) fn sys(&self, step: &str, text: String) {
+        let job = &self.req.plan.jobs[self.req.job];
+        self.req.emitter.log(&job.id, step, "", Stream::System, text);
+    }
+
+    pub(crate) fn contexts(&self) -> Contexts {
+        let mut c = self.req.contexts.clone();
+        let mut env = c.env.as_object().cloned().unwrap_or_default();
+        env.extend(self.env.clone());
+        c.env = Value::Object(env);
+        c.steps = Value::Object(self.steps_ctx.clone());
+        if let Some(inputs) = &self.inputs {
+            c.inputs = inputs.clone();
+        }
+        let status = if self.failed { "failure" } else { "success" };
+        c.job = json!({ "status": status });
+        c
+    }
+
+    pub(crate) fn status_fns(&self) -> StatusFns<'_> {
+        StatusFns {
+            files: self.hasher.as_ref().map(|h| h as &dyn kiln_workflow::FileHasher),
+            ..StatusFns::new(!self.failed, self.failed, *self.req.cancel.borrow())
+        }
+    }
+
+    pub(crate) async fn run(&mut self, job: &PlannedJob) -> JobOutcome {
+        let (_, lowered) = effective_isolation(self.runner.cfg.isolation, job.spec.kiln.isolation);
+        if lowered {
+            self.sys("", "kiln.isolation: container ignored: the operator chose gvisor (a job may not lower its isolation)".into());
+        }
+        if let Err(e) = self.setup(job).await {
+            let reason = StopReason::Infrastructure(e.to_string());
+            self.sys("", format!("job setup failed: {e}"));
+            let mut o = JobOutcome::new(JobResult::Failure);
+            o.reason = Some(reason.to_string());
+            return o;
+        }
+        for (k, step) in job.spec.steps.iter().enumerate() {
+            self.run_step(job, k, step).await;
+        }
+        let cancelled = *self.req.cancel.borrow();
+        if !cancelled && !self.failed {
+            self.save_caches(job).await;
+        }
+        let mut outcome = JobOutcome::new(if cancelled {
+            JobResult::Cancelled
+        } else if self.failed {
+            JobResult::Failure
+        } else {
+            JobResult::Success
+        });
+        // Outputs: evaluated after the steps, with their results.
+        let ctx = self.contexts();
+        for (name, t) in &job.spec.outputs {
+            match t.render(&ctx, self.status_fns()) {
+                Ok(v) => {
+                    outcome.outputs.insert(name.clone(), Value::String(v));
+                }
+                Err(e) => self.sys("", format!("output `{name}`: {e}")),
+            }
+        }
+        outcome.exit_code = self.exit_code;
+        outcome.reason = if cancelled { Some("cancelled".into()) } else { self.reason.clone() };
+        outcome.cpu_seconds = self.cpu_seconds;
+        outcome.peak_memory_bytes = self.peak_memory;
+        outcome.redactions = self.redactions;
+        outcome
+    }
+
+    pub(crate) async fn setup(&mut self, job: &PlannedJob) -> Result<(), crate::EngineError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| crate::EngineError::io("creating", &self.dir, e))?;
+        let ws_dir = self.dir.join("disk");
+        let disk = self.limits.disk_bytes;
+        let ws = tokio::task::spawn_blocking(move || Workspace::create(&ws_dir, disk, STEP_UID, STEP_GID))
+            .await
+            .map_err(|e| {
+                crate::EngineError::io("creating workspace", PathBuf::new(), std::io::Error::other(e))
+            })??;
+        self.hasher = Some(super::globs::WorkspaceHasher { ws: ws.path().to_path_buf() });
+        // `RUNNER_TEMP`: GitHub's layout, on the job's disk.
+        let temp = ws.home().join(RUNNER_TEMP_REL);
+        std::fs::create_dir_all(&temp)
+            .and_then(|_| super::artifacts::chown_tree(&ws.home(), STEP_UID, STEP_GID))
+            .map_err(|e| crate::EngineError::io("creating", &temp, e))?;
+        self.workspace = Some(ws);
+        // The job's env: rendered once, in order, each value seeing the ones before.
+        let status = StatusFns::new(true, false, false);
+        for (k, t) in &job.spec.env {
+            let v = self.render(t, status).unwrap_or_default();
+            self.env.insert(k.clone(), Value::String(v));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn render(&self, t: &Template, status: StatusFns) -> Result<String, String> {
+        t.render(&self.contexts(), status).map_err(|e| e.to_string())
+    }
+
+    pub(crate) async fn teardown(&mut self) {
+        if let Some(ws) = self.workspace.take() {
+            let _ = tokio::task::spawn_blocking(move || ws.destroy()).await;
+        }
+        let dir = self.dir.clone();
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+    }
+
+    pub(crate) fn step_name(job: &PlannedJob, step: &StepSpec, ctx: &Contexts, status: StatusFns) -> String {
+        if let Some(n) = &step.name {
+            if let Ok(s) = n.render(ctx, status) {
+                if !s.trim().is_empty() {
+                    return s;
+                }
+            }
+        }
+        let _ = job;
+        match &step.action {
+            StepAction::Checkout => "Checkout".to_string(),
+            StepAction::UploadArtifact { name, .. } => format!("Upload artifact {}", name.source()),
+            StepAction::Cache { key, .. } => format!("Cache {}", key.source()),
+            StepAction::DownloadArtifact { name: Some(name), .. } => {
+                format!("Download artifact {}", name.source())
+            }
+            StepAction::DownloadArtifact { name: None, .. } => "Download artifacts".to_string(),
+            StepAction::Uploader { uses } | StepAction::Unsupported { uses } => format!("Run {uses}"),
+            StepAction::LocalAction { path, .. } => format!("Run ./{path}"),
+            StepAction::Detect { .. } => "Detect".to_string(),
+            StepAction::Package { name, .. } => format!("Package {}", name.source()),
+            StepAction::Run { script, .. } => {
+                let first = script.source().lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+                let first: String = first.chars().take(60).collect();
+                format!("Run {first}")
+            }
+        }
+    }
+
+    /// Runs what a step does and returns how it ended (the caller logs and
+    /// records it). Boxed: a composite action's steps come back here.
+    pub(crate) fn execute<'s>(
+        &'s mut self,
+        job: &'s PlannedJob,
+        k: usize,
+        step: &'s StepSpec,
+        name: &'s str,
+        started_at: &'s str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<StepResult, StepError>> + Send + 's>> {
+        Box::pin(async move {
+            let phase = step.phase(&job.spec).as_str();
+            match &step.action {
+                StepAction::Checkout => self.checkout().await,
+                StepAction::Run { script, shell } => {
+                    self.run_script(job, k, step, name, script, shell.as_ref()).await
+                }
+                StepAction::UploadArtifact {
+                    name: art,
+                    path,
+                    if_no_files_found,
+                    retention_days,
+                    output_type,
+                } => {
+                    let keep = ArtifactKeep {
+                        output_type: output_type
+                            .as_deref()
+                            .map(output_type_of)
+                            .unwrap_or(kiln_store::OutputType::Static),
+                        retention_days: *retention_days,
+                        commands: None,
+                        commit: None,
+                    };
+                    self.upload_artifact(job, k, name, art, path, if_no_files_found, keep, started_at).await
+                }
+                StepAction::Detect { ignore_scripts } => self.detect(job, step, name, *ignore_scripts).await,
+                StepAction::Package { name: art, path, output_type, retention_days, commit } => {
+                    let pkg = PackageStep {
+                        name: art,
+                        path: path.as_ref(),
+                        output_type: output_type.as_ref(),
+                        retention_days: *retention_days,
+                        commit: commit.as_ref(),
+                    };
+                    self.package(job, k, name, pkg, started_at).await
+                }
+                StepAction::DownloadArtifact { name: art, path, pattern, merge_multiple } => {
+                    let request = DownloadRequest {
+                        name: art.as_ref(),
+                        path: path.as_ref(),
+                        pattern: pattern.as_ref(),
+                        merge_multiple: *merge_multiple,
+                    };
+                    self.download_artifact(job, k, name, request).await
+                }
+                StepAction::Uploader { uses } => {
+                    // The build loop refuses the job first when the operator
+                    // refuses uploaders; here the step is skipped with a notice.
+                    self.req.emitter.log(
+                        &job.id,
+                        name,
+                        phase,
+                        Stream::System,
+                        format!(
+                            "skipped `{uses}`: coverage/report uploaders need a third party's token and host"
+                        ),
+                    );
+                    Ok((StepStatus::Skipped, None, None, 0.0, 0, None))
+                }
+                StepAction::Unsupported { uses } => {
+                    Err(StepError::User(format!("`uses: {uses}` is not an action kiln has")))
+                }
+                StepAction::LocalAction { path, with } => {
+                    self.composite(job, k, step, name, started_at, path, with).await
+                }
+                StepAction::Cache { key, path, restore_keys, lookup_only, fail_on_miss } => {
+                    self.cache_step(
+                        job,
+                        k,
+                        step,
+                        name,
+                        key,
+                        path,
+                        restore_keys.as_ref(),
+                        *lookup_only,
+                        *fail_on_miss,
+                    )
+                    .await
+                }
+            }
+        })
+    }
+
+    pub(crate) async fn run_step(&mut self, job: &PlannedJob, k: usize, step: &StepSpec) {
+        let status = self.status_fns();
+        let ctx = self.contexts();
+        let name = Self::step_name(job, step, &ctx, status);
+        let cancelled = status.cancelled;
+        // `if`: default success(); on cancellation only `always()`/`cancelled()` steps run.
+        let run = match &step.condition {
+            None => status.success && !cancelled,
+            Some(c) => match c.eval_condition(&ctx, status) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.sys(&name, format!("if: {e}"));
+                    self.fail(None, Some(format!("if: {e}")));
+                    false
+                }
+            },
+        };
+        let record_skip = |s: &mut Self| {
+            s.record_step(k, step, &name, StepStatus::Skipped, None, None, None, 0.0, 0, None);
+        };
+        if !run {
+            record_skip(self);
+            return;
+        }
+        self.req.emitter.emit(Event::StepStarted { job: self.req.job, step: k, name: name.clone() });
+        let started_at = crate::time::now_rfc3339();
+        let t0 = Instant::now();
+        let phase = step.phase(&job.spec).as_str();
+        self.req.emitter.log(&job.id, &name, phase, Stream::System, "step started".into());
+        let result = self.execute(job, k, step, &name, &started_at).await;
+        let secs = t0.elapsed().as_secs_f64();
+        let (outcome, exit, reason, cpu, mem, summary) = match result {
+            Ok(r) => r,
+            Err(e) => (StepStatus::Failure, None, Some(e.to_string()), 0.0, 0, None),
+        };
+        let mut line = format!("step finished in {}", crate::time::human_duration(secs));
+        match (exit, &reason) {
+            (_, Some(r)) => line.push_str(&format!(" ({r})")),
+            (Some(c), None) => line.push_str(&format!(" (exit {c})")),
+            (None, None) => {}
+        }
+        self.req.emitter.log(&job.id, &name, phase, Stream::System, line);
+        let conclusion = if outcome == StepStatus::Failure && self.step_continue_on_error(step) {
+            StepStatus::Success
+        } else {
+            outcome
+        };
+        if conclusion == StepStatus::Failure {
+            self.fail(exit, reason.clone());
+        } else if conclusion == StepStatus::Cancelled {
+            self.reason.get_or_insert_with(|| "cancelled".into());
+        }
+        self.cpu_seconds += cpu;
+        self.peak_memory = self.peak_memory.max(mem);
+        let finished_at = Some(crate::time::now_rfc3339());
+        let record = StepRecord {
+            name: name.clone(),
+            outcome,
+            conclusion,
+            started_at: Some(started_at),
+            finished_at,
+            exit_code: exit,
+            reason,
+            cpu_seconds: cpu,
+            peak_memory_bytes: mem,
+            summary,
+            redactions: std::mem::take(&mut self.last_redactions),
+        };
+        self.finish_step(k, step, record);
+    }
+
+    pub(crate) fn fail(&mut self, exit: Option<i32>, reason: Option<String>) {
+        if !self.failed {
+            self.exit_code = exit;
+            self.reason = reason.or_else(|| exit.map(|c| format!("exit code {c}")));
+        }
+        self.failed = true;
+    }
+
+    pub(crate) fn step_continue_on_error(&self, step: &StepSpec) -> bool {
+        match &step.continue_on_error {
+            BoolOrExpr::Literal(b) => *b,
+            BoolOrExpr::Expr(t) => t
+                .eval(&self.contexts(), self.status_fns())
+                .map(|v| !matches!(v, Value::Null | Value::Bool(false)) && v != json!("") && v != json!(0))
+                .unwrap_or(false),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record_step(
+        &mut self,
+        k: usize,
+        step: &StepSpec,
+        name: &str,
+        status: StepStatus,
+        exit: Option<i32>,
+        reason: Option<String>,
+        summary: Option<String>,
+        cpu: f64,
+        mem: u64,
+        started_at: Option<String>,
+    ) {
+        let record = StepRecord {
+            name: name.to_string(),
+            outcome: status,
+            conclusion: status,
+            started_at,
+            finished_at: None,
+            exit_code: exit,
+            reason,
+            cpu_seconds: cpu,
+            peak_memory_bytes: mem,
+            summary,
+            redactions: 0,
+        };
+        self.finish_step(k, step, record);
+    }
+
+    pub(crate) fn finish_step(&mut self, k: usize, step: &StepSpec, record: StepRecord) {
+        if let Some(id) = &step.id {
+            let outputs = self.steps_ctx.get(id).and_then(|s| s.get("outputs")).cloned().unwrap_or(json!({}));
+            self.steps_ctx.insert(
+                id.clone(),
+                json!({ "outputs": outputs, "outcome": record.outcome.as_str(), "conclusion": record.conclusion.as_str() }),
+            );
+        }
+        self.req.emitter.emit(Event::StepFinished { job: self.req.job, step: k, record });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn working_directories_never_pass_through_symlinks() {
+        let ws = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(ws.path().join("a/b")).unwrap();
+        std::os::unix::fs::symlink("/etc", ws.path().join("a/escape")).unwrap();
+        assert!(check_dir_beneath(ws.path(), "a/b").is_ok());
+        assert!(check_dir_beneath(ws.path(), "./a").is_ok());
+        assert!(check_dir_beneath(ws.path(), "a/escape").unwrap_err().contains("symbolic link"));
+        assert!(check_dir_beneath(ws.path(), "a/escape/ssl").is_err());
+        assert!(check_dir_beneath(ws.path(), "../a").is_err());
+        assert!(check_dir_beneath(ws.path(), "missing").is_err());
+    }
+}

@@ -1,0 +1,531 @@
+//! A `run:` step: its script and step files on the host, its environment
+//! and secrets (handed to kiln-init on stdin, never written), its egress
+//! proxy, the sandbox, and what it left in `$GITHUB_OUTPUT`/`ENV`/`PATH`.
+
+use crate::event::Event;
+use crate::limits::StopReason;
+use crate::log::Stream;
+use crate::runner::env::*;
+use crate::runner::job::*;
+use crate::runner::phase::*;
+use crate::runner::sandbox::*;
+use crate::runner::stepfiles::{parse_assignments, read_bounded};
+use crate::runner::StepStatus;
+use kiln_sandbox::{Bind, Isolation, SandboxSpec};
+use kiln_workflow::{PlannedJob, Shell, ShellError, ShellSpec, StepSpec, Template};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// A step's running egress proxy.
+pub(crate) struct StepProxy {
+    pub(crate) shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub(crate) serve: tokio::task::JoinHandle<()>,
+    pub(crate) events: tokio::task::JoinHandle<()>,
+}
+
+impl StepProxy {
+    async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.serve).await;
+        self.serve.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.events).await;
+    }
+}
+
+/// Where steps' egress sockets live (one directory per step, root's).
+pub(crate) const EGRESS_ROOT: &str = "/run/kiln/egress";
+
+/// A step's egress socket directory, removed when the step is done (or
+/// its run ends early).
+#[derive(Debug)]
+pub(crate) struct EgressDir(pub(crate) PathBuf);
+
+impl Drop for EgressDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub(crate) fn prepare_step_dirs(
+    script_dir: &Path,
+    files_dir: &Path,
+    bundle_dir: &Path,
+    body: &str,
+    shell: &Shell,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    std::fs::create_dir_all(script_dir)?;
+    std::fs::create_dir_all(files_dir)?;
+    std::fs::create_dir_all(bundle_dir)?;
+    let script = script_dir.join(format!("script.{}", shell.extension()));
+    std::fs::write(&script, body)?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644))?;
+    // bash reads $BASH_ENV before the script: the marker that the step's own
+    // code was reached (no extra process; the script's line numbers stay).
+    let marker = script_dir.join(STARTED_SCRIPT);
+    std::fs::write(
+        &marker,
+        format!("{{ : > {FILES_DIR}/{STARTED_MARKER}; }} 2>/dev/null\nunset BASH_ENV\n"),
+    )?;
+    std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o644))?;
+    std::fs::set_permissions(script_dir, std::fs::Permissions::from_mode(0o755))?;
+    for f in ["output", "env", "path", "summary"] {
+        let p = files_dir.join(f);
+        std::fs::write(&p, "")?;
+        chown(&p, Some(STEP_UID), Some(STEP_GID))?;
+    }
+    chown(files_dir, Some(STEP_UID), Some(STEP_GID))?;
+    std::fs::set_permissions(files_dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+impl JobRun<'_> {
+    pub(crate) async fn run_script(
+        &mut self,
+        job: &PlannedJob,
+        k: usize,
+        step: &StepSpec,
+        name: &str,
+        script: &Template,
+        shell: Option<&ShellSpec>,
+    ) -> Result<StepResult, StepError> {
+        let status = self.status_fns();
+        // The secrets this step is bound to (validation already refused reads
+        // of any other): visible to its `env:` expressions only.
+        let workflow = &self.req.plan.workflow;
+        let bindings = step.allowed_secrets(&job.spec, workflow);
+        let mut secret_ctx = Map::new();
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        for b in &bindings {
+            match self.runner.cfg.secrets.iter().find(|s| s.name == b.name) {
+                Some(secret) => {
+                    let value = secret.value.expose();
+                    secret_ctx
+                        .insert(b.name.clone(), Value::String(String::from_utf8_lossy(value).into_owned()));
+                    if b.delivery == kiln_workflow::SecretAs::File {
+                        files.push((b.name.clone(), value.to_vec()));
+                    }
+                }
+                None => self.sys(name, format!("secret `{}` is not set for this build", b.name)),
+            }
+        }
+        // Environment: workflow < job < $GITHUB_ENV < step.
+        let mut env = self.contexts().env.as_object().cloned().unwrap_or_default();
+        let mut secret_keys = std::collections::HashSet::new();
+        for (key, t) in &step.env {
+            let mut ctx = self.contexts();
+            ctx.env = Value::Object(env.clone());
+            let refs = t.secret_refs();
+            if !refs.is_empty() {
+                ctx.secrets = Value::Object(secret_ctx.clone());
+                secret_keys.insert(key.clone());
+            }
+            let v = t.render(&ctx, status).map_err(|e| format!("env {key}: {e}"))?;
+            env.insert(key.clone(), Value::String(v));
+        }
+        let mut ctx = self.contexts();
+        ctx.env = Value::Object(env.clone());
+        let body = script.render(&ctx, status).map_err(|e| format!("run: {e}"))?;
+        let defaults = &job.spec.defaults;
+        let wf_defaults = &self.req.plan.workflow.defaults;
+        let shell = match shell.or(defaults.shell.as_ref()).or(wf_defaults.shell.as_ref()) {
+            None => Shell::Default,
+            Some(ShellSpec::Fixed(s)) => s.clone(),
+            Some(ShellSpec::Expr(t)) => {
+                let text = t.render(&ctx, status).map_err(|e| format!("shell: {e}"))?;
+                match Shell::parse(&text) {
+                    Ok(s) => s,
+                    Err(ShellError::Invalid(m) | ShellError::Unavailable(m)) => return Err(m.into()),
+                }
+            }
+            Some(ShellSpec::Unavailable(r)) => return Err(r.reason.clone().into()),
+        };
+        let wd = match &step.working_directory {
+            Some(t) => Some(t.render(&ctx, status).map_err(|e| format!("working-directory: {e}"))?),
+            None => defaults.working_directory.clone().or_else(|| wf_defaults.working_directory.clone()),
+        };
+        let cwd = match wd {
+            Some(wd) => {
+                kiln_workflow::check_relative_path(&wd)
+                    .map_err(|e| format!("working-directory `{wd}`: {e}"))?;
+                let ws = self.workspace.as_ref().ok_or("no workspace")?.path().to_path_buf();
+                check_dir_beneath(&ws, &wd).map_err(|e| format!("working-directory `{wd}`: {e}"))?;
+                format!("{WORKSPACE}/{}", wd.trim_start_matches("./"))
+            }
+            None => WORKSPACE.to_string(),
+        };
+
+        // Host side: the script (read-only to the step) and the step files.
+        let n = self.runner.next_id.fetch_add(1, Ordering::Relaxed);
+        let step_dir = self.dir.join(format!("step-{k}"));
+        let script_dir = step_dir.join("script");
+        let files_dir = step_dir.join("files");
+        let bundle_dir = step_dir.join("bundle");
+        prepare_step_dirs(&script_dir, &files_dir, &bundle_dir, &body, &shell).map_err(|e| e.to_string())?;
+        let script_path = format!("{STEP_DIR}/script.{}", shell.extension());
+
+        let mut full_env = step_env(&self.req.contexts.github, job, step, k, env, &self.path_prefix);
+        if let Some(p) = &self.action_path {
+            full_env.push(("GITHUB_ACTION_PATH".into(), p.clone()));
+        }
+        if shell.is_bash() {
+            full_env.retain(|(k, _)| k != "BASH_ENV");
+            full_env.push(("BASH_ENV".into(), format!("{STEP_DIR}/{STARTED_SCRIPT}")));
+        }
+        // Network: loopback only, or kiln's proxy through kiln-init's relay.
+        let phase = step.phase(&job.spec);
+        // The proxy's socket lives under a short root-owned path: a Unix
+        // socket path has at most 107 bytes, and the state dir can be deep.
+        let egress_dir = EgressDir(Path::new(EGRESS_ROOT).join(format!(
+            "{}-{}-{n}",
+            sanitize_id(&self.req.build),
+            self.req.job
+        )));
+        let network =
+            step.network(&job.spec, &self.req.plan.workflow).unwrap_or(&self.runner.cfg.default_network);
+        if phase == kiln_workflow::Phase::Build && !matches!(network, kiln_workflow::NetworkSpec::None) {
+            self.network_in_build = true;
+        }
+        let proxy = match network {
+            kiln_workflow::NetworkSpec::None => None,
+            spec @ (kiln_workflow::NetworkSpec::Allow(_) | kiln_workflow::NetworkSpec::Registries(_)) => {
+                let proxy = self.start_proxy(job, name, phase, spec, &egress_dir.0).await?;
+                let url = format!("http://127.0.0.1:{EGRESS_PORT}");
+                for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                    full_env.push((var.to_string(), url.clone()));
+                }
+                full_env.push(("NO_PROXY".into(), "localhost,127.0.0.1".into()));
+                full_env.push(("no_proxy".into(), "localhost,127.0.0.1".into()));
+                Some(proxy)
+            }
+        };
+        // Anything secret goes to kiln-init on stdin, never into the spec on
+        // disk: env values that read a secret, or that contain one (e.g. one
+        // a step put into $GITHUB_ENV), and file secrets.
+        let scrubber = self.runner.cfg.scrubber.clone();
+        let (secret_env, full_env): (Vec<_>, Vec<_>) = full_env
+            .into_iter()
+            .partition(|(k, v)| secret_keys.contains(k) || scrubber.contains_secret(v.as_bytes()).is_some());
+        let mut handed: Vec<String> = secret_env.iter().map(|(k, _)| k.clone()).collect();
+        handed.extend(files.iter().map(|(n, _)| format!("/run/secrets/{n}")));
+        let mut records: Vec<(String, kiln_sandbox::init::SecretMode, &[u8])> = secret_env
+            .iter()
+            .map(|(k, v)| (k.clone(), kiln_sandbox::init::SecretMode::Env, v.as_bytes()))
+            .collect();
+        records.extend(
+            files.iter().map(|(n, v)| (n.clone(), kiln_sandbox::init::SecretMode::File, v.as_slice())),
+        );
+        let stdin_secrets = (!records.is_empty()).then(|| kiln_sandbox::init::encode_secrets(&records));
+        drop(records);
+        for what in &handed {
+            self.req.emitter.emit(Event::Audit {
+                kind: "secret-handed".into(),
+                job: job.id.clone(),
+                step: name.to_string(),
+                detail: format!("{what} (phase {})", step.phase(&job.spec).as_str()),
+            });
+        }
+        let id = format!("kiln-{}-{}-{}", sanitize_id(&self.req.build), self.req.job, n);
+        let spec = SandboxSpec {
+            id,
+            argv: shell.argv(&script_path),
+            env: full_env,
+            cwd,
+            workspace: self.workspace.as_ref().ok_or("no workspace")?.path().to_path_buf(),
+            binds: vec![
+                Bind { source: script_dir.clone(), destination: STEP_DIR.into(), writable: false },
+                Bind { source: files_dir.clone(), destination: FILES_DIR.into(), writable: true },
+                // The job's home and tool cache persist across its steps.
+                Bind {
+                    source: self.workspace.as_ref().ok_or("no workspace")?.home(),
+                    destination: HOME.into(),
+                    writable: true,
+                },
+                Bind {
+                    source: self.workspace.as_ref().ok_or("no workspace")?.tool_cache(),
+                    destination: TOOL_CACHE.into(),
+                    writable: true,
+                },
+            ],
+            limits: self.limits.sandbox_limits(),
+            uid: STEP_UID,
+            gid: STEP_GID,
+            // kiln-init is PID 1 only where it has work (secrets on stdin,
+            // the egress relay): under gVisor its extra exec costs ~35 ms per
+            // step. Without it the shell is PID 1 and the runtime's teardown
+            // still ends every process the step left behind.
+            init: (stdin_secrets.is_some() || proxy.is_some()).then(|| kiln_sandbox::InitSpec {
+                binary: self.runner.cfg.init.clone(),
+                secrets: stdin_secrets.is_some(),
+                egress: proxy.as_ref().map(|_| (egress_dir.0.clone(), EGRESS_PORT)),
+            }),
+        };
+        let step_timeout = step.timeout_minutes.map(|m| Duration::from_secs_f64(m * 60.0));
+        let (deadline, timeout_len) = match step_timeout {
+            Some(t) if Instant::now() + t < self.deadline => (Instant::now() + t, t),
+            _ => (self.deadline, self.job_timeout),
+        };
+        let runtime = self
+            .runner
+            .cfg
+            .runtimes
+            .get(&TierKey::of(self.isolation))
+            .cloned()
+            .ok_or_else(|| format!("no verified runtime for tier {:?}", self.isolation))?;
+        let logger = StepLogger {
+            emitter: self.req.emitter.clone(),
+            job: job.id.clone(),
+            step: name.to_string(),
+            bytes: Arc::new(AtomicU64::new(0)),
+            limit: self.limits.log_bytes,
+            over: Arc::new(Notify::new()),
+            tripped: Arc::new(AtomicBool::new(false)),
+            phase: step.phase(&job.spec).as_str().to_string(),
+            scrubber: self.runner.cfg.scrubber.clone(),
+        };
+        let run = run_sandbox(
+            runtime,
+            spec,
+            bundle_dir,
+            logger.clone(),
+            deadline,
+            self.req.cancel.clone(),
+            stdin_secrets,
+        )
+        .await;
+        if let Some(proxy) = proxy {
+            proxy.stop().await;
+        }
+        let (outcome, stopped) = match run {
+            Ok((o, s, r)) => {
+                if r > 0 {
+                    self.req.emitter.log(
+                        &job.id,
+                        name,
+                        step.phase(&job.spec).as_str(),
+                        Stream::System,
+                        format!("{r} secret value(s) redacted from this step's output"),
+                    );
+                }
+                self.last_redactions = r;
+                self.redactions += r;
+                (o, s)
+            }
+            Err(e) => return Err(StepError::Infrastructure(e)),
+        };
+
+        // Classify: cancellation first, then the limits the sandbox's cgroups
+        // enforced (a fork bomb that also ran out the clock is a process-limit
+        // problem), then kiln's own stops.
+        let limit = match outcome.limit {
+            Some(kiln_sandbox::LimitHit::Memory { limit_bytes }) => Some(StopReason::Memory { limit_bytes }),
+            Some(kiln_sandbox::LimitHit::Pids { limit }) => Some(StopReason::Pids { limit }),
+            None => None,
+        };
+        let mut reason = match stopped {
+            Some(Stop::Cancelled) => Some(StopReason::Cancelled),
+            _ if limit.is_some() => limit,
+            Some(Stop::Timeout) => Some(StopReason::Timeout { after: timeout_len }),
+            Some(Stop::Log) => Some(StopReason::Log { limit_bytes: self.limits.log_bytes }),
+            None => None,
+        };
+        let exit = outcome.exit_code.or(outcome.signal.map(|s| 128 + s));
+        if reason.is_none() && exit != Some(0) {
+            if let Some(ws) = &self.workspace {
+                if ws.is_full() {
+                    reason = Some(StopReason::Disk { limit_bytes: self.limits.disk_bytes });
+                }
+            }
+        }
+        if reason.is_none() && exit != Some(0) && shell.is_bash() && !files_dir.join(STARTED_MARKER).exists()
+        {
+            reason = Some(StopReason::Infrastructure(format!(
+                "the {} runtime did not start the step (exit {})",
+                match self.isolation {
+                    Isolation::Gvisor => "gvisor",
+                    Isolation::Container => "container",
+                },
+                exit.map(|c| c.to_string()).unwrap_or_else(|| "?".into())
+            )));
+        }
+        if let Some(r) = &reason {
+            if !matches!(r, StopReason::Cancelled) {
+                self.req.emitter.log(&job.id, name, "build", Stream::System, format!("step stopped: {r}"));
+            }
+        }
+        let status = match (&reason, exit) {
+            (Some(StopReason::Cancelled), _) => StepStatus::Cancelled,
+            (Some(_), _) => StepStatus::Failure,
+            (None, Some(0)) => StepStatus::Success,
+            _ => StepStatus::Failure,
+        };
+
+        // The step files: outputs, env and path for later steps, the summary.
+        let mut summary = None;
+        if status != StepStatus::Cancelled {
+            self.read_step_files(job, name, step, &files_dir, &mut summary);
+        }
+        let _ = std::fs::remove_dir_all(&step_dir);
+        Ok((
+            status,
+            exit,
+            reason.map(|r| r.to_string()),
+            outcome.cpu_seconds,
+            outcome.peak_memory_bytes,
+            summary,
+        ))
+    }
+
+    /// Starts this step's egress proxy on a Unix socket in `dir` (bound into
+    /// the sandbox at `/kiln/egress`); refusals and cap hits become log
+    /// lines the user sees and audit events.
+    pub(crate) async fn start_proxy(
+        &self,
+        job: &PlannedJob,
+        name: &str,
+        phase: kiln_workflow::Phase,
+        network: &kiln_workflow::NetworkSpec,
+        dir: &Path,
+    ) -> Result<StepProxy, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let cfg = &self.runner.cfg.egress;
+        let mut policy = match network {
+            kiln_workflow::NetworkSpec::Registries(extra) => {
+                // Operator mirrors are URLs: their `host:port` is let through.
+                // (A mirror on an IP address is reached through the
+                // operator's opened addresses instead.)
+                let mirrors = cfg.registries.iter().filter_map(|r| {
+                    let u = url::Url::parse(r).ok()?;
+                    let url::Host::Domain(host) = u.host()? else { return None };
+                    Some(format!("{host}:{}", u.port_or_known_default()?))
+                });
+                let hosts: Vec<String> = extra.iter().cloned().chain(mirrors).collect();
+                kiln_egress::Policy::registries()
+                    .merge(&kiln_egress::Policy::allowing(&hosts).map_err(|e| format!("kiln.network: {e}"))?)
+            }
+            kiln_workflow::NetworkSpec::Allow(hosts) => {
+                kiln_egress::Policy::allowing(hosts).map_err(|e| format!("kiln.network: {e}"))?
+            }
+            kiln_workflow::NetworkSpec::None => kiln_egress::Policy::none(),
+        };
+        for addr in &cfg.open {
+            policy = policy.with_open(*addr);
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("egress dir: {e}"))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        let sock = dir.join(kiln_sandbox::init::EGRESS_SOCKET);
+        let listener = tokio::net::UnixListener::bind(&sock).map_err(|e| format!("egress socket: {e}"))?;
+        // The step's uid connects; the directory stays root's, so it can
+        // neither replace the socket nor add files.
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).map_err(|e| e.to_string())?;
+        let scope = kiln_egress::StepScope {
+            build: self.req.build.clone(),
+            job: job.id.clone(),
+            step: name.to_string(),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = tokio::spawn(kiln_egress::serve_unix(
+            listener,
+            scope,
+            Arc::new(policy),
+            cfg.resolver.clone(),
+            cfg.counters.clone(),
+            tx,
+            async move {
+                let _ = shutdown_rx.await;
+            },
+        ));
+        let emitter = self.req.emitter.clone();
+        let (job_id, step_name, phase) = (job.id.clone(), name.to_string(), phase.as_str().to_string());
+        let events = tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let (kind, text) = match event {
+                    kiln_egress::EgressEvent::Blocked { dest, rule, .. } => {
+                        ("egress-blocked", format!("egress blocked: {dest} ({rule})"))
+                    }
+                    kiln_egress::EgressEvent::CapExceeded { which, limit, .. } => (
+                        "egress-cap",
+                        format!("egress stopped: {which} limit reached ({})", cap_text(which, limit)),
+                    ),
+                    _ => continue,
+                };
+                emitter.log(&job_id, &step_name, &phase, Stream::System, text.clone());
+                emitter.emit(Event::Audit {
+                    kind: kind.into(),
+                    job: job_id.clone(),
+                    step: step_name.clone(),
+                    detail: text,
+                });
+            }
+        });
+        Ok(StepProxy { shutdown: Some(shutdown), serve, events })
+    }
+
+    pub(crate) fn read_step_files(
+        &mut self,
+        job: &PlannedJob,
+        name: &str,
+        step: &StepSpec,
+        dir: &Path,
+        summary: &mut Option<String>,
+    ) {
+        let warn = |s: &Self, m: String| s.req.emitter.log(&job.id, name, "build", Stream::System, m);
+        match read_bounded(&dir.join("output"), "GITHUB_OUTPUT")
+            .and_then(|t| parse_assignments(&t, "GITHUB_OUTPUT"))
+        {
+            Ok(pairs) => {
+                if let Some(id) = &step.id {
+                    let mut outputs = Map::new();
+                    for (k, v) in pairs {
+                        if self.runner.cfg.scrubber.contains_secret(v.as_bytes()).is_some() {
+                            warn(self, format!("output `{k}` dropped: it contains a secret"));
+                            continue;
+                        }
+                        outputs.insert(k, Value::String(v));
+                    }
+                    self.steps_ctx.insert(id.clone(), json!({ "outputs": outputs }));
+                }
+            }
+            Err(e) => warn(self, format!("ignored {e}")),
+        }
+        match read_bounded(&dir.join("env"), "GITHUB_ENV").and_then(|t| parse_assignments(&t, "GITHUB_ENV")) {
+            Ok(pairs) => {
+                for (k, v) in pairs {
+                    if protected_env(&k) {
+                        warn(self, format!("GITHUB_ENV: `{k}` cannot be overridden"));
+                        continue;
+                    }
+                    self.env.insert(k, Value::String(v));
+                }
+            }
+            Err(e) => warn(self, format!("ignored {e}")),
+        }
+        match read_bounded(&dir.join("path"), "GITHUB_PATH") {
+            Ok(t) => {
+                for line in t.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                    if line.contains(':') || !line.starts_with('/') {
+                        warn(
+                            self,
+                            format!("GITHUB_PATH: ignored `{line}` (absolute paths without `:` only)"),
+                        );
+                        continue;
+                    }
+                    self.path_prefix.insert(0, line.to_string());
+                }
+            }
+            Err(e) => warn(self, format!("ignored {e}")),
+        }
+        match read_bounded(&dir.join("summary"), "GITHUB_STEP_SUMMARY") {
+            Ok(t) if !t.is_empty() => *summary = Some(self.runner.cfg.scrubber.scrub_str(&t)),
+            Ok(_) => {}
+            Err(e) => warn(self, format!("ignored {e}")),
+        }
+    }
+}
