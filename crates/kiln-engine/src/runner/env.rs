@@ -105,6 +105,9 @@ pub(crate) fn step_env(
         // `npm i -g` and `pip install --user` land in the job's home, whose
         // bin directories are on PATH (as on GitHub's Ubuntu runners).
         ("NPM_CONFIG_PREFIX", format!("{HOME}/.local")),
+        // crates.io's sparse index (the registry's own host) rather than
+        // the git index on a code host the egress policy does not open.
+        ("CARGO_REGISTRIES_CRATES_IO_PROTOCOL", "sparse".to_string()),
         ("RUNNER_ENVIRONMENT", "self-hosted".to_string()),
     ];
     for (k, v) in fixed {
