@@ -4,7 +4,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use kiln_workflow::{BoolOrExpr, Contexts, JobResult, Plan, RunnerLabels, Scheduler, StatusFns, StepAction};
+use kiln_workflow::{
+    BoolOrExpr, Contexts, JobResult, Plan, RunnerLabels, Scheduler, StatusFns, StepAction, Workflow,
+};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
@@ -141,56 +143,83 @@ pub async fn run_build<R: JobRunner>(
     let mut task_jobs: std::collections::HashMap<tokio::task::Id, (usize, String)> = Default::default();
     let mut cancelled = *cancel.borrow();
     let max_parallel = opts.max_parallel.max(1);
-    let workflow_env = workflow_env(&plan, &opts);
+    let workflow_env = workflow_env(&plan.workflow, &opts, &Value::Null);
+    let runner_plans = runner_plans(&plan);
+    // Per calling job: whether it calls its workflow, with which inputs
+    // (decided once, when the first job it calls is about to start).
+    let mut gates: Vec<Option<Gate>> = vec![None; n];
 
     loop {
         pending.extend(sched.take_ready());
         while let Some(&j) = pending.front() {
             let job = &plan.jobs[j];
-            let group_cancelled = job.group.map(|g| group_tripped[g]).unwrap_or(false);
-            let failed_lineage = job.needs.iter().any(|&d| slots[d].failed_lineage);
+            let group_cancelled = group_cancelled(&plan, j, &group_tripped);
+            let own_needs: Vec<usize> = plan.own_needs(j).collect();
+            // A calling job's lineage includes the jobs it calls.
+            let lineage_of: &[usize] = if job.call.is_some() { &job.needs } else { &own_needs };
+            let failed_lineage = lineage_of.iter().any(|&d| slots[d].failed_lineage);
             slots[j].failed_lineage = failed_lineage;
-            let contexts = job_contexts(&plan, j, &slots, &opts, &workflow_env);
+            let call_gate = job.parent.map(|p| gate(&plan, p, &slots, &opts, &workflow_env, &mut gates));
+            let contexts = job_contexts(&plan, j, &slots, &opts, &workflow_env, &gates);
             let decision = if cancelled || group_cancelled {
-                Err((JobResult::Cancelled, None))
+                Err(JobOutcome::new(JobResult::Cancelled))
+            } else if let Some(Err((result, _))) = call_gate {
+                // The job that calls this one's workflow did not call it.
+                let result = if result == JobResult::Cancelled { result } else { JobResult::Skipped };
+                Err(JobOutcome::new(result))
+            } else if job.call.is_some() {
+                // A calling job ends with the jobs it called.
+                Err(call_outcome(&plan, j, &slots, &opts, &workflow_env, &mut gates))
             } else if let Some(reason) = refusal(&plan, j, &contexts, &opts) {
                 // Something in the job cannot run here: the job is skipped
                 // (its dependents follow GitHub's rules), the rest runs.
-                Err((JobResult::Skipped, Some(reason)))
+                Err(ended(JobResult::Skipped, Some(reason)))
             } else {
-                let all_needs_ok = job.needs.iter().all(|&d| slots[d].result == Some(JobResult::Success));
+                let all_needs_ok = own_needs.iter().all(|&d| slots[d].result == Some(JobResult::Success));
                 let status = StatusFns::new(all_needs_ok, failed_lineage, false);
                 match &job.spec.condition {
                     None if all_needs_ok => Ok(()),
-                    None => Err((JobResult::Skipped, None)),
+                    None => Err(JobOutcome::new(JobResult::Skipped)),
                     Some(cond) => match cond.eval_condition(&contexts, status) {
                         Ok(true) => Ok(()),
-                        Ok(false) => Err((JobResult::Skipped, None)),
-                        Err(e) => Err((JobResult::Failure, Some(format!("if: {e}")))),
+                        Ok(false) => Err(JobOutcome::new(JobResult::Skipped)),
+                        Err(e) => Err(ended(JobResult::Failure, Some(format!("if: {e}")))),
                     },
                 }
             };
             match decision {
-                Err((result, reason)) => {
+                Err(outcome) => {
                     pending.pop_front();
-                    if let Some(reason) = &reason {
-                        let what = if result == JobResult::Skipped { "skipped" } else { "failed" };
+                    if let Some(reason) = &outcome.reason {
+                        let what = match outcome.result {
+                            JobResult::Skipped => "skipped",
+                            JobResult::Cancelled => "cancelled",
+                            _ => "failed",
+                        };
                         emitter.log(&job.id, "", "", Stream::System, format!("job {what}: {reason}"));
                     }
-                    let mut outcome = JobOutcome::new(result);
-                    outcome.reason = reason;
                     let name = display_name(&plan, j, &opts);
+                    // A calling job ran from when the first job it called started.
+                    let started_at = plan
+                        .called_jobs(j)
+                        .filter_map(|d| slots[d].summary.as_ref().and_then(|s| s.started_at.clone()))
+                        .min();
                     finish_job(
                         &plan,
                         j,
                         outcome,
                         name,
-                        None,
+                        started_at,
                         &mut slots,
                         &mut sched,
                         &mut group_tripped,
                         &emitter,
                     );
+                    // A calling leg that failed stops its group's other
+                    // legs (and the jobs they called), as a job leg would.
+                    if let Some(g) = plan.jobs[j].group.filter(|&g| group_tripped[g]) {
+                        stop_group(&plan, g, &slots);
+                    }
                     // A job that ends without running releases its
                     // dependents now, in this pass: they may end the same
                     // way (a chain of skips), and nothing else would wake
@@ -209,7 +238,7 @@ pub async fn run_build<R: JobRunner>(
                     });
                     let req = JobRequest {
                         build: opts.build.clone(),
-                        plan: plan.clone(),
+                        plan: runner_plans[j].clone(),
                         job: j,
                         contexts,
                         cancel: rx,
@@ -270,14 +299,8 @@ pub async fn run_build<R: JobRunner>(
                 let name = display_name(&plan, j, &opts);
                 finish_job(&plan, j, outcome, name, Some(started_at), &mut slots, &mut sched, &mut group_tripped, &emitter);
                 // Fail-fast: stop the other legs of a tripped group.
-                if let Some(g) = plan.jobs[j].group {
-                    if group_tripped[g] {
-                        for &leg in &plan.groups[g].legs {
-                            if let Some(c) = &slots[leg].cancel {
-                                let _ = c.send(true);
-                            }
-                        }
-                    }
+                if let Some(g) = plan.jobs[j].group.filter(|&g| group_tripped[g]) {
+                    stop_group(&plan, g, &slots);
                 }
             }
             changed = cancel.changed(), if !cancelled => {
@@ -417,16 +440,199 @@ pub fn refusal(plan: &Plan, j: usize, contexts: &Contexts, opts: &BuildOptions) 
     None
 }
 
-/// A job's `name:` rendered with its matrix (GitHub's display name), or its id.
+/// A job's `name:` rendered with its matrix (GitHub's display name), or its
+/// id; a job of a called workflow is `caller / callee` (GitHub's way).
 pub fn display_name(plan: &Plan, j: usize, opts: &BuildOptions) -> String {
     let job = &plan.jobs[j];
-    let Some(t) = &job.spec.name else { return job.id.clone() };
+    let (prefix, id) = match job.parent {
+        Some(p) => {
+            let parent_id = format!("{} / ", plan.jobs[p].id);
+            let own = job.id.strip_prefix(&parent_id).unwrap_or(&job.id);
+            (format!("{} / ", display_name(plan, p, opts)), own.to_string())
+        }
+        None => (String::new(), job.id.clone()),
+    };
+    let Some(t) = &job.spec.name else { return format!("{prefix}{id}") };
     let ctx = Contexts { matrix: job.matrix.clone(), github: opts.github.clone(), ..Default::default() };
     let status = StatusFns::new(true, false, false);
     match t.render(&ctx, status) {
-        Ok(s) if !s.trim().is_empty() => s,
-        _ => job.id.clone(),
+        Ok(s) if !s.trim().is_empty() => format!("{prefix}{s}"),
+        _ => format!("{prefix}{id}"),
     }
+}
+
+/// Whether a calling job calls its workflow: `Ok(inputs)` of the called
+/// jobs, or how the calling job ends without calling it (`if` false, an
+/// `if` or a `with:` that cannot be evaluated).
+type Gate = Result<Value, (JobResult, Option<String>)>;
+
+/// An outcome with a reason.
+fn ended(result: JobResult, reason: Option<String>) -> JobOutcome {
+    let mut outcome = JobOutcome::new(result);
+    outcome.reason = reason;
+    outcome
+}
+
+/// The gate of calling job `c`, decided once: its `if` (over the jobs it
+/// needs in its own workflow, which have all ended by then) and its
+/// `with:`, with the caller's contexts.
+fn gate(
+    plan: &Plan,
+    c: usize,
+    slots: &[Slot],
+    opts: &BuildOptions,
+    env: &Value,
+    gates: &mut [Option<Gate>],
+) -> Gate {
+    if let Some(g) = &gates[c] {
+        return g.clone();
+    }
+    let g = decide_gate(plan, c, slots, opts, env, gates);
+    gates[c] = Some(g.clone());
+    g
+}
+
+fn decide_gate(
+    plan: &Plan,
+    c: usize,
+    slots: &[Slot],
+    opts: &BuildOptions,
+    env: &Value,
+    gates: &mut [Option<Gate>],
+) -> Gate {
+    let job = &plan.jobs[c];
+    if let Some(p) = job.parent {
+        if let Err((result, _)) = gate(plan, p, slots, opts, env, gates) {
+            let result = if result == JobResult::Cancelled { result } else { JobResult::Skipped };
+            return Err((result, None));
+        }
+    }
+    let Some(call) = &job.call else { return Ok(Value::Null) };
+    let contexts = job_contexts(plan, c, slots, opts, env, gates);
+    let own: Vec<usize> = plan.own_needs(c).collect();
+    let all_needs_ok = own.iter().all(|&d| slots[d].result == Some(JobResult::Success));
+    let failed_lineage = own.iter().any(|&d| slots[d].failed_lineage);
+    let status = StatusFns::new(all_needs_ok, failed_lineage, false);
+    let runs = match &job.spec.condition {
+        None => all_needs_ok,
+        Some(cond) => match cond.eval_condition(&contexts, status) {
+            Ok(b) => b,
+            Err(e) => return Err((JobResult::Failure, Some(format!("if: {e}")))),
+        },
+    };
+    if !runs {
+        return Err((JobResult::Skipped, None));
+    }
+    call.inputs(&contexts, status)
+        .map_err(|e| (JobResult::Failure, Some(format!("`uses: {}`: {e}", call.uses))))
+}
+
+/// How calling job `c` ends, every job it calls having ended: as GitHub
+/// does, `failure` if one failed, else `cancelled` if one was cancelled,
+/// else `success` (`skipped` when all were skipped), with the outputs its
+/// workflow declares over the `jobs` context.
+fn call_outcome(
+    plan: &Plan,
+    c: usize,
+    slots: &[Slot],
+    opts: &BuildOptions,
+    env: &Value,
+    gates: &mut [Option<Gate>],
+) -> JobOutcome {
+    let inputs = match gate(plan, c, slots, opts, env, gates) {
+        Ok(inputs) => inputs,
+        Err((result, reason)) => return ended(result, reason),
+    };
+    let Some(call) = &plan.jobs[c].call else { return JobOutcome::new(JobResult::Success) };
+    let called: Vec<usize> = plan.called_jobs(c).collect();
+    let mut jobs = Map::new();
+    for &d in &called {
+        let key = &plan.jobs[d].key;
+        if jobs.contains_key(key) {
+            continue;
+        }
+        let legs: Vec<usize> = called.iter().copied().filter(|&l| &plan.jobs[l].key == key).collect();
+        jobs.insert(key.clone(), need_value(&legs, slots));
+    }
+    let results: Vec<Option<JobResult>> = called.iter().map(|&d| slots[d].result).collect();
+    let result = aggregate(&results).unwrap_or(JobResult::Failure);
+    let mut github = opts.github.clone();
+    if let Some(g) = github.as_object_mut() {
+        g.insert("job".into(), Value::String(plan.jobs[c].key.clone()));
+    }
+    let ctx = Contexts { github, inputs, jobs: Value::Object(jobs), ..Default::default() };
+    match call.outputs(&ctx) {
+        Ok(outputs) => {
+            let mut outcome = JobOutcome::new(result);
+            outcome.outputs = outputs;
+            outcome
+        }
+        Err(e) => ended(JobResult::Failure, Some(format!("`uses: {}`: {e}", call.uses))),
+    }
+}
+
+/// `{result, outputs}` of a job's legs, as `needs` and `jobs` show them.
+fn need_value(legs: &[usize], slots: &[Slot]) -> Value {
+    let results: Vec<Option<JobResult>> = legs.iter().map(|&d| slots[d].result).collect();
+    let result = aggregate(&results);
+    let mut outputs = Map::new();
+    for &d in legs {
+        for (k, v) in &slots[d].outputs {
+            outputs.insert(k.clone(), v.clone());
+        }
+    }
+    json!({ "result": result.map(|r| r.as_str()).unwrap_or(""), "outputs": outputs })
+}
+
+/// True when job `j`'s matrix group, or that of a job that called its
+/// workflow, has been stopped by fail-fast.
+fn group_cancelled(plan: &Plan, j: usize, tripped: &[bool]) -> bool {
+    let mut k = Some(j);
+    while let Some(x) = k {
+        if plan.jobs[x].group.is_some_and(|g| tripped[g]) {
+            return true;
+        }
+        k = plan.jobs[x].parent;
+    }
+    false
+}
+
+/// Fail-fast: stops the running legs of group `g` and the running jobs
+/// those legs called.
+fn stop_group(plan: &Plan, g: usize, slots: &[Slot]) {
+    for (k, slot) in slots.iter().enumerate() {
+        let Some(c) = &slot.cancel else { continue };
+        let mut x = Some(k);
+        while let Some(y) = x {
+            if plan.groups[g].legs.contains(&y) {
+                let _ = c.send(true);
+                break;
+            }
+            x = plan.jobs[y].parent;
+        }
+    }
+}
+
+/// The plan each job's runner gets: `plan`, or for a job of a called
+/// workflow the same plan with that workflow as [`Plan::workflow`] (the
+/// runner reads the workflow-level defaults, network and secret bindings
+/// there).
+fn runner_plans(plan: &Arc<Plan>) -> Vec<Arc<Plan>> {
+    let mut made: Vec<Arc<Plan>> = Vec::new();
+    plan.jobs
+        .iter()
+        .map(|job| {
+            if Arc::ptr_eq(&job.workflow, &plan.workflow) {
+                return plan.clone();
+            }
+            if let Some(p) = made.iter().find(|p| Arc::ptr_eq(&p.workflow, &job.workflow)) {
+                return p.clone();
+            }
+            let p = Arc::new(Plan { workflow: job.workflow.clone(), ..(**plan).clone() });
+            made.push(p.clone());
+            p
+        })
+        .collect()
 }
 
 fn continue_on_error(plan: &Plan, j: usize) -> bool {
@@ -451,15 +657,17 @@ fn truthy(v: &Value) -> bool {
     }
 }
 
-/// The workflow-level `env`, rendered once (it may use `github`).
-fn workflow_env(plan: &Plan, opts: &BuildOptions) -> Value {
+/// A workflow-level `env`, rendered (it may use `github`, and in a called
+/// workflow `inputs`).
+fn workflow_env(wf: &Workflow, opts: &BuildOptions, inputs: &Value) -> Value {
     let mut env = Map::new();
     let status = StatusFns::new(true, false, false);
-    for (k, t) in &plan.workflow.env {
+    for (k, t) in &wf.env {
         let ctx = Contexts {
             github: opts.github.clone(),
             env: Value::Object(env.clone()),
             runner: opts.runner.clone(),
+            inputs: inputs.clone(),
             ..Default::default()
         };
         let v = t.render(&ctx, status).unwrap_or_default();
@@ -468,25 +676,33 @@ fn workflow_env(plan: &Plan, opts: &BuildOptions) -> Value {
     Value::Object(env)
 }
 
-/// Contexts a job's `if` and its runner see.
-fn job_contexts(plan: &Plan, j: usize, slots: &[Slot], opts: &BuildOptions, env: &Value) -> Contexts {
+/// Contexts a job's `if` and its runner see. `env` is the top-level
+/// workflow's; a job of a called workflow gets its workflow's `env` and the
+/// `inputs` its call passes (`gates` of its caller, decided before).
+fn job_contexts(
+    plan: &Plan,
+    j: usize,
+    slots: &[Slot],
+    opts: &BuildOptions,
+    env: &Value,
+    gates: &[Option<Gate>],
+) -> Contexts {
     let job = &plan.jobs[j];
     let mut needs = Map::new();
+    let own: Vec<usize> = plan.own_needs(j).collect();
     for key in &job.spec.needs {
-        let legs: Vec<usize> = job.needs.iter().copied().filter(|&d| &plan.jobs[d].key == key).collect();
-        let results: Vec<Option<JobResult>> = legs.iter().map(|&d| slots[d].result).collect();
-        let result = aggregate(&results);
-        let mut outputs = Map::new();
-        for &d in &legs {
-            for (k, v) in &slots[d].outputs {
-                outputs.insert(k.clone(), v.clone());
-            }
-        }
-        needs.insert(
-            key.clone(),
-            json!({ "result": result.map(|r| r.as_str()).unwrap_or(""), "outputs": outputs }),
-        );
+        let legs: Vec<usize> = own.iter().copied().filter(|&d| &plan.jobs[d].key == key).collect();
+        needs.insert(key.clone(), need_value(&legs, slots));
     }
+    let inputs = match job.parent.and_then(|p| gates[p].as_ref()) {
+        Some(Ok(inputs)) => inputs.clone(),
+        _ => Value::Null,
+    };
+    let env = if Arc::ptr_eq(&job.workflow, &plan.workflow) {
+        env.clone()
+    } else {
+        workflow_env(&job.workflow, opts, &inputs)
+    };
     let strategy = match job.group {
         Some(g) => {
             let group = &plan.groups[g];
@@ -505,12 +721,13 @@ fn job_contexts(plan: &Plan, j: usize, slots: &[Slot], opts: &BuildOptions, env:
     }
     Contexts {
         github,
-        env: env.clone(),
+        env,
         matrix: job.matrix.clone(),
         needs: Value::Object(needs),
         strategy,
         runner: opts.runner.clone(),
         job: json!({ "status": "success" }),
+        inputs,
         ..Default::default()
     }
 }

@@ -8,9 +8,11 @@ use kiln_workflow::{Phase, Plan};
 /// the workflow: here both must agree, so a workflow cannot widen where a
 /// tenant's secret goes.
 pub fn secret_phase_violations(plan: &Plan, name: &str, phases: &[String]) -> Vec<&'static str> {
-    let wf = &plan.workflow;
     let mut out: Vec<&'static str> = Vec::new();
-    for job in &wf.jobs {
+    // Each job with the workflow it is in (a called workflow's bindings are
+    // those its call passes); matrix legs share their spec.
+    for planned in &plan.jobs {
+        let (job, wf) = (&*planned.spec, &*planned.workflow);
         for step in &job.steps {
             let phase = step.phase(job);
             let bound = step.allowed_secrets(job, wf).iter().any(|b| b.name == name);

@@ -12,6 +12,7 @@
 //! sandbox starts.
 
 mod action;
+mod call;
 mod checks;
 mod diagnostic;
 pub mod expr;
@@ -29,6 +30,7 @@ pub use diagnostic::{Diagnostic, Diagnostics, Location};
 pub use expr::{Contexts, Expr, ExprError, FileHasher, StatusFns, Template, Value};
 pub use model::*;
 pub use parse::{check_relative_path, parse_size, OUTPUT_TYPES};
-pub use plan::{load, MatrixGroup, Plan, PlannedJob};
+pub use call::{CallInput, CallSecrets, InputType, WorkflowCall, MAX_CALL_DEPTH};
+pub use plan::{load, load_with, MatrixGroup, Plan, PlannedJob};
 pub use runners::RunnerLabels;
 pub use scheduler::{JobResult, Scheduler};

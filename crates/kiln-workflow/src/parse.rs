@@ -500,12 +500,12 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
             "uses" => {
                 let Some(u) = cx.text(v, "`uses`") else { continue };
                 reusable = true;
-                let reason = if u.starts_with("./") {
-                    format!("`uses: {u}`: reusable workflows of this repository are not supported yet")
-                } else {
-                    format!("`uses: {u}`: a reusable workflow in another repository is not supported; kiln runs only workflows of the repository it builds")
-                };
-                spec.refusals.push(Refusal { location: v.loc, reason });
+                // A workflow of this repository is read and expanded by
+                // the plan (crate::call); one of another repository is not.
+                if !u.starts_with("./") {
+                    let reason = format!("`uses: {u}`: a reusable workflow in another repository is not supported; kiln runs only workflows of the repository it builds");
+                    spec.refusals.push(Refusal { location: v.loc, reason });
+                }
             }
             "with" | "secrets" => {}
             "if" => spec.condition = cx.condition(v),

@@ -60,8 +60,47 @@ fn default_workflow() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Reads and loads a workflow, printing diagnostics on failure.
-fn load_plan(path: &Path, json: bool) -> Result<Plan, u8> {
+/// The largest workflow file a job may call.
+const MAX_CALLED_FILE: u64 = 1 << 20;
+
+/// Reads `rel`, a path relative to the repository at `root` (a workflow a
+/// job calls), refusing paths that leave the repository (`..`, absolute
+/// paths, symlinks pointing out of it) and files over 1 MiB.
+fn read_in_repository(root: &Path, rel: &str) -> Result<String, String> {
+    use std::io::Read;
+    let fail = |why: String| format!("reading `{rel}`: {why}");
+    kiln_workflow::check_relative_path(rel).map_err(fail)?;
+    if rel.split(['/', '\\']).any(|c| c == "..") {
+        return Err(fail("`..` is not allowed in a path of the repository".into()));
+    }
+    let root =
+        std::fs::canonicalize(root).map_err(|e| fail(format!("the repository {}: {e}", root.display())))?;
+    let path = match std::fs::canonicalize(root.join(rel)) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(fail(format!("no such file in the repository {}", root.display())))
+        }
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    if !path.starts_with(&root) {
+        return Err(fail(format!("it leads out of the repository (to {})", path.display())));
+    }
+    let file = std::fs::File::open(&path).map_err(|e| fail(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CALLED_FILE + 1).read_to_end(&mut bytes).map_err(|e| fail(e.to_string()))?;
+    if bytes.len() as u64 > MAX_CALLED_FILE {
+        return Err(fail("the file is larger than 1 MiB".into()));
+    }
+    String::from_utf8(bytes).map_err(|_| fail("the file is not UTF-8 text".into()))
+}
+
+/// Reads and loads a workflow, printing diagnostics on failure. The
+/// workflows its jobs call are read from the repository at `root`.
+fn load_plan(path: &Path, json: bool, root: &Path) -> Result<Plan, u8> {
     let source = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) => {
@@ -70,7 +109,8 @@ fn load_plan(path: &Path, json: bool) -> Result<Plan, u8> {
         }
     };
     let name = path.display().to_string();
-    match kiln_workflow::load(&name, &source) {
+    let loader = |rel: &str| read_in_repository(root, rel);
+    match kiln_workflow::load_with(&name, &source, &loader) {
         Ok(plan) => {
             for n in &plan.notices {
                 eprintln!("notice: {n}");
@@ -99,7 +139,8 @@ fn print_diagnostics(diags: &Diagnostics, json: bool) {
 }
 
 pub fn validate(args: ValidateArgs) -> u8 {
-    let plan = match load_plan(&args.workflow, args.json) {
+    let root = default_source(&args.workflow);
+    let plan = match load_plan(&args.workflow, args.json, &root) {
         Ok(plan) => plan,
         Err(code) => return code,
     };
@@ -124,11 +165,23 @@ pub fn validate(args: ValidateArgs) -> u8 {
         rows.push((job, refusal, skipped_steps));
     }
     // GitHub's rule for dependents: a job without `if` whose need will not
-    // run does not run either (with `if`, the condition decides at run time).
+    // run does not run either (with `if`, the condition decides at run time;
+    // for a job of a called workflow, its caller's `if` too). A calling job
+    // ends with the jobs it calls, whatever they are.
+    let decided_at_run_time = |j: usize| {
+        let mut k = Some(j);
+        while let Some(x) = k {
+            if plan.jobs[x].spec.condition.is_some() {
+                return true;
+            }
+            k = plan.jobs[x].parent;
+        }
+        plan.jobs[j].call.is_some()
+    };
     loop {
         let mut changed = false;
         for j in 0..rows.len() {
-            if rows[j].1.is_some() || plan.jobs[j].spec.condition.is_some() {
+            if rows[j].1.is_some() || decided_at_run_time(j) {
                 continue;
             }
             if let Some(&d) = plan.jobs[j].needs.iter().find(|&&d| rows[d].1.is_some()) {
@@ -146,6 +199,7 @@ pub fn validate(args: ValidateArgs) -> u8 {
             .map(|(job, refusal, skipped)| {
                 serde_json::json!({
                     "id": job.id,
+                    "calls": job.call.as_ref().map(|c| c.path.clone()),
                     "steps": job.spec.steps.len(),
                     "runs": refusal.is_none(),
                     "reason": refusal,
@@ -163,10 +217,13 @@ pub fn validate(args: ValidateArgs) -> u8 {
             plan.jobs.len(),
             plan.jobs.len() - runnable
         );
-        for (job, refusal, skipped) in &rows {
-            match refusal {
-                None => println!("  run   {} ({} steps)", job.id, job.spec.steps.len()),
-                Some(r) => println!("  skip  {}: {r}", job.id),
+        for (j, (job, refusal, skipped)) in rows.iter().enumerate() {
+            match (refusal, &job.call) {
+                (None, Some(call)) => {
+                    println!("  call  {} ({}, {} jobs)", job.id, call.path, plan.called_jobs(j).count())
+                }
+                (None, None) => println!("  run   {} ({} steps)", job.id, job.spec.steps.len()),
+                (Some(r), _) => println!("  skip  {}: {r}", job.id),
             }
             for s in skipped {
                 println!("          {s}");
@@ -231,7 +288,12 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
             }
         },
     };
-    let plan = match load_plan(&workflow, args.engine.json) {
+    // The repository: what the build gets, and where called workflows are.
+    let source = match &args.source {
+        Some(s) => std::fs::canonicalize(s).with_context(|| format!("source directory {}", s.display()))?,
+        None => default_source(&workflow),
+    };
+    let plan = match load_plan(&workflow, args.engine.json, &source) {
         Ok(p) if args.jobs.is_empty() => Arc::new(p),
         Ok(p) => match p.select(&args.jobs) {
             Ok(p) => Arc::new(p),
@@ -245,10 +307,6 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
     let setup = match EngineSetup::from_args(&args.engine) {
         Ok(s) => s,
         Err(code) => return Ok(code),
-    };
-    let source = match &args.source {
-        Some(s) => std::fs::canonicalize(s).with_context(|| format!("source directory {}", s.display()))?,
-        None => default_source(&workflow),
     };
     let executor = Executor::new(setup.config)?;
     let request = BuildRequest {

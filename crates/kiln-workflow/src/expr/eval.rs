@@ -46,6 +46,7 @@ fn eval_val(ast: &Ast, ctx: &Contexts, status: StatusFns) -> Result<Val, String>
             "strategy" => ctx.strategy.clone(),
             "secrets" => ctx.secrets.clone(),
             "inputs" => ctx.inputs.clone(),
+            "jobs" => ctx.jobs.clone(),
             _ => Value::Null,
         }),
         Ast::Prop(base, key) => match eval_val(base, ctx, status)? {

@@ -36,6 +36,9 @@ pub struct Contexts {
     pub secrets: Value,
     /// A composite action's or a called workflow's inputs.
     pub inputs: Value,
+    /// The jobs of a called workflow (`result`, `outputs`), for its
+    /// `on.workflow_call.outputs` values.
+    pub jobs: Value,
 }
 
 /// The answers of `success()`, `failure()` and `cancelled()` at the place

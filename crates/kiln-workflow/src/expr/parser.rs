@@ -6,7 +6,7 @@ use super::Value;
 
 /// The contexts an expression may name.
 pub(crate) const CONTEXTS: &[&str] =
-    &["github", "env", "matrix", "needs", "steps", "job", "runner", "strategy", "secrets", "inputs", "vars"];
+    &["github", "env", "matrix", "needs", "steps", "job", "jobs", "runner", "strategy", "secrets", "inputs", "vars"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BinOp {

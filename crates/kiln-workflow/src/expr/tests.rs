@@ -24,6 +24,7 @@ fn ctx() -> Contexts {
         strategy: json!({"fail-fast": true}),
         secrets: json!({"TOKEN": "t"}),
         inputs: json!({"who": "world"}),
+        jobs: json!({"build": {"result": "success", "outputs": {"v": "1.2"}}}),
     }
 }
 
