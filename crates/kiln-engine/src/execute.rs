@@ -252,6 +252,7 @@ impl Executor {
             artifacts: Some(Arc::new(sink)),
             default_network: self.cfg.policy.network.clone(),
             refuse_uploaders: self.cfg.policy.refuse_uploaders,
+            phase_sandboxes: true,
         };
         let mut opts = BuildOptions::new(
             req.build.clone(),

@@ -196,6 +196,12 @@ impl StepCgroups {
         }
     }
 
+    /// Resets the memory high-water mark (cgroup v1: writing 0 to
+    /// `memory.max_usage_in_bytes`); best effort.
+    pub(crate) fn reset_peak_memory(&self) {
+        let _ = fs::write(self.dir("memory").join("memory.max_usage_in_bytes"), "0");
+    }
+
     /// Host pids of every task below kiln's parents (all hierarchies).
     pub(crate) fn pids(&self) -> Vec<i32> {
         let mut out = Vec::new();

@@ -127,6 +127,8 @@ pub struct InitArgs {
     pub egress: Option<(u16, PathBuf)>,
     /// Read secrets from stdin first.
     pub secrets: bool,
+    /// Serve the step agent on this socket (see [`crate::agent`]).
+    pub agent: Option<PathBuf>,
     pub argv: Vec<String>,
 }
 
@@ -134,6 +136,7 @@ pub struct InitArgs {
 pub fn parse_args(args: &[String]) -> Result<InitArgs, String> {
     let mut egress = None;
     let mut secrets = false;
+    let mut agent = None;
     let mut it = args.iter();
     loop {
         match it.next().map(String::as_str) {
@@ -144,6 +147,7 @@ pub fn parse_args(args: &[String]) -> Result<InitArgs, String> {
                 egress = Some((port, PathBuf::from(sock)));
             }
             Some("--secrets") => secrets = true,
+            Some("--agent") => agent = Some(PathBuf::from(it.next().ok_or("--agent needs SOCKET")?)),
             Some("--") => break,
             Some(other) => return Err(format!("unknown argument `{other}`")),
             None => return Err("missing `-- COMMAND`".into()),
@@ -153,12 +157,16 @@ pub fn parse_args(args: &[String]) -> Result<InitArgs, String> {
     if argv.is_empty() {
         return Err("no command given after `--`".into());
     }
-    Ok(InitArgs { egress, secrets, argv })
+    Ok(InitArgs { egress, secrets, agent, argv })
 }
 
 /// The argv that starts `argv` under kiln's init inside the sandbox.
-pub fn wrap_argv(egress_port: Option<u16>, secrets: bool, argv: &[String]) -> Vec<String> {
+pub fn wrap_argv(egress_port: Option<u16>, secrets: bool, agent: bool, argv: &[String]) -> Vec<String> {
     let mut out = vec![INIT_PATH.to_string()];
+    if agent {
+        out.push("--agent".into());
+        out.push(format!("{}/{}", crate::agent::AGENT_DIR, crate::agent::AGENT_SOCKET));
+    }
     if let Some(port) = egress_port {
         out.push("--egress".into());
         out.push(format!("{port}:{EGRESS_DIR}/{EGRESS_SOCKET}"));
@@ -217,6 +225,10 @@ fn run(args: &InitArgs) -> Result<i32, String> {
             .spawn(move || relay_accept(listener, socket))
             .map_err(|e| e.to_string())?;
     }
+    let agent = match &args.agent {
+        Some(socket) => Some(crate::agent::Agent::start(socket)?),
+        None => None,
+    };
     let mut cmd = Command::new(&args.argv[0]);
     cmd.args(&args.argv[1..]).stdin(Stdio::null());
     {
@@ -241,15 +253,20 @@ fn run(args: &InitArgs) -> Result<i32, String> {
         .map_err(|e| e.to_string())?;
     // PID 1 reaps everything; the step's own status decides ours.
     loop {
+        let status = |how| match how {
+            sys::Reaped::Exited(c) => c,
+            sys::Reaped::Signaled(s) => 128 + s,
+        };
         match sys::reap_any().map_err(|e| format!("waiting: {e}"))? {
             Some((p, how)) if p == pid => {
                 let _ = io::stdout().flush();
-                return Ok(match how {
-                    sys::Reaped::Exited(c) => c,
-                    sys::Reaped::Signaled(s) => 128 + s,
-                });
+                return Ok(status(how));
             }
-            Some(_) => continue,
+            Some((p, how)) => {
+                if let Some(agent) = &agent {
+                    agent.reaped(p, status(how));
+                }
+            }
             None => return Ok(127),
         }
     }
@@ -322,11 +339,14 @@ mod tests {
     #[test]
     fn args_parse_and_wrap() {
         let argv = vec!["bash".to_string(), "-e".into(), "/kiln/step/script.sh".into()];
-        let wrapped = wrap_argv(Some(3128), true, &argv);
+        let wrapped = wrap_argv(Some(3128), true, false, &argv);
         assert_eq!(wrapped[0], INIT_PATH);
         let parsed = parse_args(&wrapped[1..]).unwrap();
         assert_eq!(parsed.argv, argv);
         assert!(parsed.secrets);
+        assert_eq!(parsed.agent, None);
+        let agent = parse_args(&wrap_argv(None, false, true, &argv)[1..]).unwrap();
+        assert_eq!(agent.agent, Some(PathBuf::from("/kiln/agent/agent.sock")));
         assert_eq!(parsed.egress, Some((3128, PathBuf::from("/kiln/egress/proxy.sock"))));
         assert!(parse_args(&["--".into()]).is_err());
         assert!(parse_args(&["--bogus".into()]).is_err());

@@ -16,6 +16,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod agent;
 mod cgroup;
 mod error;
 pub mod init;
@@ -86,6 +87,9 @@ pub struct InitSpec {
     /// Egress relay: the host directory holding the proxy's Unix socket
     /// (mounted at `/kiln/egress`) and the port the relay listens on.
     pub egress: Option<(PathBuf, u16)>,
+    /// The step agent (a phase sandbox, see [`agent`]): the host directory
+    /// holding the socket kiln listens on, mounted at `/kiln/agent`.
+    pub agent: Option<PathBuf>,
 }
 
 /// A resource limit the step ran into.
@@ -93,6 +97,18 @@ pub struct InitSpec {
 pub enum LimitHit {
     Memory { limit_bytes: u64 },
     Pids { limit: u64 },
+}
+
+/// A running sandbox's counters so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    pub cpu_seconds: f64,
+    /// Peak memory since the last [`Sandbox::reset_peak_memory`].
+    pub peak_memory_bytes: u64,
+    /// Processes the kernel's OOM killer ended.
+    pub oom_kills: u64,
+    /// Times a fork failed at the process limit.
+    pub pids_limit_events: u64,
 }
 
 /// How a sandbox ended.

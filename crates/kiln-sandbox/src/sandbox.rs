@@ -224,7 +224,7 @@ impl Sandbox {
             bundle: bundle.clone(),
             cgroups,
             memory_requested: spec.limits.memory_bytes,
-            host_uds: spec.init.as_ref().is_some_and(|i| i.egress.is_some()),
+            host_uds: spec.init.as_ref().is_some_and(|i| i.egress.is_some() || i.agent.is_some()),
             pids_limit: spec.limits.pids,
             started: OnceLock::new(),
             torn_down: Mutex::new(false),
@@ -266,6 +266,71 @@ impl Sandbox {
         cmd.arg("run").arg("--bundle").arg(&self.inner.bundle).arg(&self.inner.id);
         cmd.stdin(Stdio::null());
         cmd
+    }
+
+    /// Starts the sandbox's own process in the background (`run --detach`)
+    /// and returns once it runs: a sandbox that several commands are then
+    /// started in (the steps of one phase, by its agent: see
+    /// [`crate::agent`]).
+    /// What the runtime or the sandbox's process print goes to a file in the
+    /// bundle, quoted in the error if the start fails.
+    pub fn start(&self) -> Result<()> {
+        let _ = self.inner.started.get_or_init(Instant::now);
+        let log_path = self.inner.bundle.join("start.log");
+        let log = fs::File::create(&log_path).map_err(io_err("create", &log_path))?;
+        let log2 = log.try_clone().map_err(io_err("dup", &log_path))?;
+        let mut cmd = self.inner.runtime.base_command();
+        if self.inner.host_uds && self.inner.runtime.isolation() == Isolation::Gvisor {
+            cmd.arg("--host-uds=open");
+        }
+        cmd.arg("run").arg("--detach").arg("--bundle").arg(&self.inner.bundle).arg(&self.inner.id);
+        // The sandbox's process inherits these: never a pipe kiln would
+        // wait on for EOF.
+        cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+        let desc = format!("{cmd:?}");
+        let status = cmd
+            .status()
+            .map_err(|e| SandboxError::Runtime { command: desc.clone(), stderr: e.to_string() })?;
+        if status.success() {
+            Ok(())
+        } else {
+            let said = fs::read_to_string(&log_path).unwrap_or_default();
+            Err(SandboxError::Runtime { command: desc, stderr: format!("{} ({status})", said.trim()) })
+        }
+    }
+
+    /// The counters so far (CPU since the start, peak memory since the last
+    /// reset, limit events since the start).
+    pub fn usage(&self) -> crate::Usage {
+        let acct = self.inner.cgroups.accounting();
+        crate::Usage {
+            cpu_seconds: acct.cpu_ns as f64 / 1e9,
+            peak_memory_bytes: acct.peak_memory,
+            oom_kills: acct.oom_kills,
+            pids_limit_events: acct.pids_max_events,
+        }
+    }
+
+    /// Starts measuring peak memory afresh (per step in a shared sandbox).
+    pub fn reset_peak_memory(&self) {
+        self.inner.cgroups.reset_peak_memory();
+    }
+
+    /// Ends a started sandbox: every process in it is killed, the last
+    /// counters are read, and everything is torn down.
+    pub fn stop(self) -> Result<Outcome> {
+        let wall = self.inner.started.get().map_or(Duration::ZERO, |t| t.elapsed());
+        let _ = self.inner.kill();
+        let acct = self.inner.cgroups.accounting();
+        self.inner.teardown()?;
+        Ok(Outcome {
+            exit_code: None,
+            signal: None,
+            limit: None,
+            cpu_seconds: acct.cpu_ns as f64 / 1e9,
+            peak_memory_bytes: acct.peak_memory,
+            wall,
+        })
     }
 
     /// A cloneable handle to [`Sandbox::kill`] usable from other threads/tasks.

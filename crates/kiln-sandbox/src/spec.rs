@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     LinuxBuilder, LinuxCapabilities, LinuxDeviceCgroupBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Process,
     ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
@@ -73,6 +73,30 @@ fn check_dest(dest: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The locked-down process of a step: no capabilities in any set,
+/// `no_new_privs`, 1024 open files, no core dumps, first to die on OOM.
+fn process(argv: Vec<String>, env: Vec<String>, cwd: &str, uid: u32, gid: u32) -> Result<Process> {
+    let no_caps = || Some(HashSet::new());
+    let mut caps = LinuxCapabilities::default();
+    caps.set_bounding(no_caps());
+    caps.set_effective(no_caps());
+    caps.set_inheritable(no_caps());
+    caps.set_permitted(no_caps());
+    caps.set_ambient(no_caps());
+    let rlimit = |typ, v: u64| PosixRlimitBuilder::default().typ(typ).hard(v).soft(v).build();
+    Ok(ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(uid).gid(gid).additional_gids(Vec::<u32>::new()).build()?)
+        .args(argv)
+        .env(env)
+        .cwd(cwd)
+        .capabilities(caps)
+        .rlimits(vec![rlimit(PosixRlimitType::RlimitNofile, 1024)?, rlimit(PosixRlimitType::RlimitCore, 0)?])
+        .no_new_privileges(true)
+        .oom_score_adj(1000)
+        .build()?)
 }
 
 /// Builds the OCI spec of one step. `cgroups_path` is kiln's leaf cgroup.
@@ -142,7 +166,15 @@ pub fn build_spec(isolation: Isolation, spec: &SandboxSpec, cgroups_path: &str) 
         if let Some((dir, _)) = &init.egress {
             mounts.push(bind(crate::init::EGRESS_DIR, dir, true)?);
         }
-        argv = crate::init::wrap_argv(init.egress.as_ref().map(|(_, p)| *p), init.secrets, &spec.argv);
+        if let Some(dir) = &init.agent {
+            mounts.push(bind(crate::agent::AGENT_DIR, dir, true)?);
+        }
+        argv = crate::init::wrap_argv(
+            init.egress.as_ref().map(|(_, p)| *p),
+            init.secrets,
+            init.agent.is_some(),
+            &spec.argv,
+        );
     }
 
     let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -153,26 +185,7 @@ pub fn build_spec(isolation: Isolation, spec: &SandboxSpec, cgroups_path: &str) 
         env.push("HOME=/tmp".into());
     }
 
-    let no_caps = || Some(HashSet::new());
-    let mut caps = LinuxCapabilities::default();
-    caps.set_bounding(no_caps());
-    caps.set_effective(no_caps());
-    caps.set_inheritable(no_caps());
-    caps.set_permitted(no_caps());
-    caps.set_ambient(no_caps());
-
-    let rlimit = |typ, v: u64| PosixRlimitBuilder::default().typ(typ).hard(v).soft(v).build();
-    let process = ProcessBuilder::default()
-        .terminal(false)
-        .user(UserBuilder::default().uid(spec.uid).gid(spec.gid).additional_gids(Vec::<u32>::new()).build()?)
-        .args(argv)
-        .env(env)
-        .cwd(&spec.cwd)
-        .capabilities(caps)
-        .rlimits(vec![rlimit(PosixRlimitType::RlimitNofile, 1024)?, rlimit(PosixRlimitType::RlimitCore, 0)?])
-        .no_new_privileges(true)
-        .oom_score_adj(1000)
-        .build()?;
+    let process = process(argv, env, &spec.cwd, spec.uid, spec.gid)?;
 
     let ns = |t| LinuxNamespaceBuilder::default().typ(t).build();
     let namespaces = vec![

@@ -26,11 +26,11 @@ mod secrets_check;
 mod yaml;
 
 pub use action::{parse_action, ActionInput, CompositeAction};
+pub use call::{CallInput, CallSecrets, InputType, WorkflowCall, MAX_CALL_DEPTH};
 pub use diagnostic::{Diagnostic, Diagnostics, Location};
 pub use expr::{Contexts, Expr, ExprError, FileHasher, StatusFns, Template, Value};
 pub use model::*;
 pub use parse::{check_relative_path, parse_size, OUTPUT_TYPES};
-pub use call::{CallInput, CallSecrets, InputType, WorkflowCall, MAX_CALL_DEPTH};
 pub use plan::{load, load_with, MatrixGroup, Plan, PlannedJob};
 pub use runners::RunnerLabels;
 pub use scheduler::{JobResult, Scheduler};

@@ -1,5 +1,7 @@
-//! `kiln bench`: step start latency per tier against the raw runtime, and
-//! the scheduler's own overhead per job.
+//! `kiln bench`: step start latency per tier against the raw runtime, the
+//! start of a step in a running phase sandbox, a multi-step job with phase
+//! sandboxes against one sandbox per step, and the scheduler's own overhead
+//! per job.
 //!
 //! Step start latency is measured from the moment the build loop decides to
 //! run a step (its `StepStarted` event) to the moment the first byte of the
@@ -32,7 +34,18 @@ struct TierResult {
     tier: &'static str,
     kiln: Vec<f64>,
     raw: Vec<f64>,
+    /// Start latency of a step in an already running phase sandbox.
+    in_phase: Vec<f64>,
+    /// Wall time of a job of [`JOB_STEPS`] steps: phase sandboxes, and one
+    /// sandbox per step (interleaved).
+    job_phase: Vec<f64>,
+    job_per_step: Vec<f64>,
 }
+
+/// Steps of the job whose wall time is compared.
+const JOB_STEPS: usize = 8;
+/// Runs of that job per mode.
+const JOB_RUNS: usize = 3;
 
 pub fn bench(args: BenchArgs) -> u8 {
     match bench_inner(args) {
@@ -93,14 +106,47 @@ fn measure_tier(
         )
         .map_err(|e| anyhow!("{e}"))?,
     );
-    let mut result = TierResult { tier: name, kiln: Vec::new(), raw: Vec::new() };
+    let mut result = TierResult {
+        tier: name,
+        kiln: Vec::new(),
+        raw: Vec::new(),
+        in_phase: Vec::new(),
+        job_phase: Vec::new(),
+        job_per_step: Vec::new(),
+    };
     // One warm-up of each, not counted (page cache, runtime binaries).
     for i in 0..=steps {
         let raw = raw_start(runtime, &ws, dir, i)?;
-        let kiln = rt.block_on(kiln_start(plan.clone(), iso, runtime.clone(), dir, i))?;
+        let kiln = rt.block_on(kiln_start(plan.clone(), iso, runtime.clone(), dir, i, true))?;
         if i > 0 {
             result.raw.push(raw);
-            result.kiln.push(kiln);
+            result.kiln.push(kiln[0]);
+        }
+    }
+    // Steps after the first of one job: each starts in the running phase
+    // sandbox the first one opened.
+    let many =
+        Arc::new(kiln_workflow::load("bench.yml", &steps_workflow(steps + 1)).map_err(|e| anyhow!("{e}"))?);
+    let lat = rt.block_on(kiln_start(many, iso, runtime.clone(), dir, steps + 1, true))?;
+    result.in_phase = lat.into_iter().skip(1).collect();
+    // A job of several steps end to end, both ways, interleaved.
+    let job =
+        Arc::new(kiln_workflow::load("bench.yml", &steps_workflow(JOB_STEPS)).map_err(|e| anyhow!("{e}"))?);
+    for i in 0..=JOB_RUNS {
+        for phase in [true, false] {
+            let t0 = Instant::now();
+            rt.block_on(kiln_start(
+                job.clone(),
+                iso,
+                runtime.clone(),
+                dir,
+                steps + 2 + 2 * i + phase as usize,
+                phase,
+            ))?;
+            let secs = t0.elapsed().as_secs_f64();
+            if i > 0 {
+                if phase { &mut result.job_phase } else { &mut result.job_per_step }.push(secs);
+            }
         }
     }
     ws.destroy().map_err(|e| anyhow!("{e}"))?;
@@ -143,14 +189,25 @@ fn raw_start(runtime: &Runtime, ws: &Workspace, dir: &std::path::Path, i: usize)
     Ok(elapsed)
 }
 
-/// Seconds from the engine's step decision to the step's first output line.
+/// A job of `n` steps that each print one line.
+fn steps_workflow(n: usize) -> String {
+    let mut y = String::from("jobs:\n  bench:\n    steps:\n");
+    for i in 0..n {
+        y.push_str(&format!("      - run: echo ready {i}\n        shell: sh\n"));
+    }
+    y
+}
+
+/// Per step of the plan's one job, seconds from the engine's step decision
+/// to the step's first output line.
 async fn kiln_start(
     plan: Arc<kiln_workflow::Plan>,
     iso: Isolation,
     runtime: Runtime,
     dir: &std::path::Path,
     i: usize,
-) -> anyhow::Result<f64> {
+    phase_sandboxes: bool,
+) -> anyhow::Result<Vec<f64>> {
     let build = format!("bench-{}-{i}", std::process::id());
     let mut runtimes = HashMap::new();
     runtimes.insert(TierKey::of(iso), runtime);
@@ -169,6 +226,7 @@ async fn kiln_start(
         artifacts: None,
         default_network: kiln_workflow::NetworkSpec::None,
         refuse_uploaders: false,
+        phase_sandboxes,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let emitter = Emitter::new(&build, Some(tx), None);
@@ -176,20 +234,19 @@ async fn kiln_start(
     let opts = BuildOptions::new(build.clone(), 1, serde_json::json!({}), serde_json::json!({}));
     let watcher = tokio::spawn(async move {
         let mut started = None;
-        let mut first = None;
+        let mut latencies = Vec::new();
         while let Some(ev) = rx.recv().await {
             match ev {
                 Event::StepStarted { .. } => started = Some(Instant::now()),
-                Event::Log(e) if e.stream == Stream::Stdout && first.is_none() => {
-                    first = Some(Instant::now())
+                Event::Log(e) if e.stream == Stream::Stdout => {
+                    if let Some(a) = started.take() {
+                        latencies.push(a.elapsed().as_secs_f64());
+                    }
                 }
                 _ => {}
             }
         }
-        match (started, first) {
-            (Some(a), Some(b)) => Some(b.duration_since(a).as_secs_f64()),
-            _ => None,
-        }
+        latencies
     });
     let summary =
         kiln_engine::run_build(plan, Arc::new(SandboxRunner::new(cfg)), opts, emitter, cancel_rx).await;
@@ -197,7 +254,10 @@ async fn kiln_start(
     if summary.status != "succeeded" {
         return Err(anyhow!("bench step failed: {:?}", summary.jobs.first().and_then(|j| j.reason.clone())));
     }
-    latency.ok_or_else(|| anyhow!("no output seen from the bench step"))
+    if latency.is_empty() {
+        return Err(anyhow!("no output seen from the bench steps"));
+    }
+    Ok(latency)
 }
 
 /// A runner that does nothing: the loop's own cost.
@@ -348,6 +408,39 @@ fn render(tiers: &[TierResult], s: &SchedResult, args: &BenchArgs) -> String {
             ms(rp),
             ratio,
             (ratio - 1.0) * 100.0
+        ));
+    }
+    t.push_str(
+        "\nA step in a running phase sandbox (the job's later steps: started by the sandbox's agent, no new sandbox)\n\n",
+    );
+    t.push_str(
+        "| tier | median | p99 | vs a step in a new sandbox (median) |\n| --- | ---: | ---: | ---: |\n",
+    );
+    for r in tiers {
+        let (m, p) = (percentile(&r.in_phase, 0.5), percentile(&r.in_phase, 0.99));
+        let km = percentile(&r.kiln, 0.5);
+        t.push_str(&format!(
+            "| {} | {} | {} | {:.2}x |\n",
+            r.tier,
+            ms(m),
+            ms(p),
+            if km > 0.0 { m / km } else { 0.0 }
+        ));
+    }
+    t.push_str(&format!(
+        "\nA job of {JOB_STEPS} steps end to end ({JOB_RUNS} runs each, interleaved; median wall time)\n\n"
+    ));
+    t.push_str(
+        "| tier | one sandbox per phase | one sandbox per step | ratio |\n| --- | ---: | ---: | ---: |\n",
+    );
+    for r in tiers {
+        let (ph, ps) = (percentile(&r.job_phase, 0.5), percentile(&r.job_per_step, 0.5));
+        t.push_str(&format!(
+            "| {} | {} | {} | {:.2}x |\n",
+            r.tier,
+            ms(ph),
+            ms(ps),
+            if ps > 0.0 { ph / ps } else { 0.0 }
         ));
     }
     t.push_str(&format!(

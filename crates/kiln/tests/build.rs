@@ -526,7 +526,8 @@ fn a_runtime_that_fails_to_start_a_step_is_retried() {
     assert_eq!(r["attempts"], 2, "{r}");
     assert!(run.stderr.contains("infrastructure reason; retrying"), "{}", run.stderr);
     assert!(
-        run.all_text().contains("infrastructure error: the container runtime did not start the step"),
+        run.all_text().contains("infrastructure error: starting the build sandbox")
+            && run.all_text().contains("runc: cannot start container"),
         "{}",
         run.all_text()
     );

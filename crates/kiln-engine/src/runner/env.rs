@@ -22,6 +22,10 @@ pub(crate) const RUNNER_TEMP_REL: &str = "work/_temp";
 pub(crate) const STEP_DIR: &str = "/kiln/step";
 
 /// Writable directory with the step files.
+/// Inside a phase sandbox: every step's script directory, by step.
+pub(crate) const PHASE_STEPS_DIR: &str = "/kiln/steps";
+/// Inside a phase sandbox: every step's files directory, by step.
+pub(crate) const PHASE_FILES_DIR: &str = "/kiln/stepfiles";
 pub(crate) const FILES_DIR: &str = "/kiln/files";
 
 /// Sourced by bash (`BASH_ENV`) before a step's script; writes the marker.
@@ -54,6 +58,7 @@ pub(crate) fn step_env(
     k: usize,
     user: Map<String, Value>,
     path_prefix: &[String],
+    files: &str,
 ) -> Vec<(String, String)> {
     let g = |k: &str| github.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let mut path = path_prefix.to_vec();
@@ -93,10 +98,10 @@ pub(crate) fn step_env(
         ("GITHUB_ACTOR", g("actor")),
         ("GITHUB_JOB", job.key.clone()),
         ("GITHUB_ACTION", step.id.clone().unwrap_or_else(|| format!("__run_{k}"))),
-        ("GITHUB_OUTPUT", format!("{FILES_DIR}/output")),
-        ("GITHUB_ENV", format!("{FILES_DIR}/env")),
-        ("GITHUB_PATH", format!("{FILES_DIR}/path")),
-        ("GITHUB_STEP_SUMMARY", format!("{FILES_DIR}/summary")),
+        ("GITHUB_OUTPUT", format!("{files}/output")),
+        ("GITHUB_ENV", format!("{files}/env")),
+        ("GITHUB_PATH", format!("{files}/path")),
+        ("GITHUB_STEP_SUMMARY", format!("{files}/summary")),
         ("RUNNER_OS", "Linux".to_string()),
         ("RUNNER_ARCH", if cfg!(target_arch = "aarch64") { "ARM64" } else { "X64" }.to_string()),
         ("RUNNER_NAME", "kiln".to_string()),

@@ -51,6 +51,8 @@ pub(crate) struct JobRun<'a> {
     pub(crate) inputs: Option<Value>,
     pub(crate) action_path: Option<String>,
     pub(crate) composite_depth: usize,
+    /// The sandbox of the phase the job's steps are in now.
+    pub(crate) phase_box: Option<crate::runner::phase::PhaseBox>,
 }
 
 /// Why a step could not do its work (a step that ran and exited non-zero
@@ -151,6 +153,7 @@ impl<'a> JobRun<'a> {
             inputs: None,
             action_path: None,
             composite_depth: 0,
+            phase_box: None,
         }
     }
 
@@ -195,6 +198,9 @@ impl<'a> JobRun<'a> {
         for (k, step) in job.spec.steps.iter().enumerate() {
             self.run_step(job, k, step).await;
         }
+        // The job's steps are done: what they left running ends now, before
+        // caches are saved from the disk.
+        self.close_phase(job, "", "").await;
         let cancelled = *self.req.cancel.borrow();
         if !cancelled && !self.failed {
             self.save_caches(job).await;
@@ -254,6 +260,9 @@ impl<'a> JobRun<'a> {
     }
 
     pub(crate) async fn teardown(&mut self) {
+        if let Some(job) = self.req.plan.jobs.get(self.req.job) {
+            self.close_phase(job, "", "").await;
+        }
         if let Some(ws) = self.workspace.take() {
             let _ = tokio::task::spawn_blocking(move || ws.destroy()).await;
         }

@@ -1,10 +1,20 @@
-//! Running a sandbox for a step: start it, frame its pipes into scrubbed
-//! log lines as they arrive, stop it at a limit (wall time, log bytes) or
-//! on cancellation, and read its accounting.
+//! The sandboxes steps run in. A job's steps run in the sandbox of their
+//! phase, one after another by exec ([`PhaseBox`]): what a step starts in
+//! the background lives until the phase ends, as on a CI machine. A step
+//! handed secrets runs in a sandbox of its own ([`run_sandbox`]). Either way
+//! the step's pipes are framed into scrubbed log lines as they arrive, the
+//! step is stopped at a limit (wall time, log bytes) or on cancellation, and
+//! its accounting is read from the sandbox's cgroups.
 
 use crate::log::{LineFramer, Stream};
-use kiln_sandbox::{Runtime, Sandbox, SandboxSpec};
-use std::path::PathBuf;
+use crate::runner::env::*;
+use crate::runner::job::{sanitize_id, JobRun, StepError};
+use crate::runner::sandbox::{TierKey, EGRESS_PORT};
+use crate::runner::script::{EgressDir, StepProxy, EGRESS_ROOT};
+use kiln_sandbox::{Bind, Runtime, Sandbox, SandboxSpec};
+use kiln_workflow::PlannedJob;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -169,4 +179,398 @@ pub(crate) async fn wait_cancel(cancel: &mut watch::Receiver<bool>) {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// The sandbox of the current phase of a job: its steps run in it by exec,
+/// so what one starts in the background lives until the phase ends.
+#[derive(Debug)]
+pub(crate) struct PhaseBox {
+    /// Phase and network: a step with another key ends this sandbox.
+    pub(crate) key: String,
+    /// Host directory: `steps/<n>` (scripts, read-only inside) and
+    /// `files/<n>` (the `$GITHUB_*` files), and the bundle.
+    pub(crate) dir: PathBuf,
+    pub(crate) sandbox: Option<Arc<Sandbox>>,
+    /// The connection to the sandbox's step agent (its PID 1).
+    pub(crate) agent: Option<Arc<AgentConn>>,
+    /// The phase's egress proxy, when it has a network.
+    pub(crate) proxy: Option<StepProxy>,
+    pub(crate) egress_dir: Option<EgressDir>,
+    /// The agent's (now empty) socket directory, removed with the box.
+    pub(crate) agent_dir: Option<EgressDir>,
+    pub(crate) network: bool,
+    /// Pumps still reading what background processes print (logged as the
+    /// step that started them); they end with the sandbox.
+    pub(crate) leftovers: Vec<tokio::task::JoinHandle<u64>>,
+}
+
+/// What a phase sandbox's own process does: nothing, under kiln-init, which
+/// reaps every orphan the steps leave, until the phase ends.
+const HOLD_ARGV: [&str; 2] = ["sleep", "infinity"];
+
+impl JobRun<'_> {
+    /// Starts the sandbox of `phase` over the job's disk.
+    pub(crate) async fn open_phase(
+        &mut self,
+        job: &PlannedJob,
+        step_name: &str,
+        phase: kiln_workflow::Phase,
+        network: &kiln_workflow::NetworkSpec,
+        key: String,
+    ) -> Result<(), StepError> {
+        let n = self.runner.next_id.fetch_add(1, Ordering::Relaxed);
+        let dir = self.dir.join(format!("phase-{n}"));
+        let infra =
+            |e: std::io::Error| StepError::Infrastructure(format!("preparing the phase sandbox: {e}"));
+        for d in ["steps", "files", "bundle"] {
+            std::fs::create_dir_all(dir.join(d)).map_err(infra)?;
+        }
+        let mut egress_dir = None;
+        let mut proxy = None;
+        if !matches!(network, kiln_workflow::NetworkSpec::None) {
+            let ed = EgressDir(Path::new(EGRESS_ROOT).join(format!(
+                "{}-{}-{n}",
+                sanitize_id(&self.req.build),
+                self.req.job
+            )));
+            proxy = Some(self.start_proxy(job, step_name, phase, network, &ed.0).await?);
+            egress_dir = Some(ed);
+        }
+        // The agent's socket: kiln listens, the sandbox's PID 1 connects
+        // once, then the socket is gone (no step can reach it).
+        // Under the short root-owned directory of the egress sockets (a
+        // socket path has at most 107 bytes; the state dir can be deep),
+        // named after the build so a crash's leftovers are found.
+        let agent_dir = EgressDir(Path::new(EGRESS_ROOT).join(format!(
+            "{}-{}-a{n}",
+            sanitize_id(&self.req.build),
+            self.req.job
+        )));
+        std::fs::create_dir_all(&agent_dir.0).map_err(infra)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&agent_dir.0, std::fs::Permissions::from_mode(0o755)).map_err(infra)?;
+        }
+        let agent_sock = agent_dir.0.join(kiln_sandbox::agent::AGENT_SOCKET);
+        let listener = tokio::net::UnixListener::bind(&agent_sock).map_err(infra)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&agent_sock, std::fs::Permissions::from_mode(0o666)).map_err(infra)?;
+        }
+        let disk = self.workspace.as_ref().ok_or(StepError::Infrastructure("no workspace".into()))?;
+        let spec = SandboxSpec {
+            id: format!("kiln-{}-{}-{n}", sanitize_id(&self.req.build), self.req.job),
+            argv: HOLD_ARGV.iter().map(|s| s.to_string()).collect(),
+            env: vec![("HOME".into(), HOME.into())],
+            cwd: WORKSPACE.into(),
+            workspace: disk.path(),
+            binds: vec![
+                Bind { source: dir.join("steps"), destination: PHASE_STEPS_DIR.into(), writable: false },
+                Bind { source: dir.join("files"), destination: PHASE_FILES_DIR.into(), writable: true },
+                Bind { source: disk.home(), destination: HOME.into(), writable: true },
+                Bind { source: disk.tool_cache(), destination: TOOL_CACHE.into(), writable: true },
+            ],
+            limits: self.limits.sandbox_limits(),
+            uid: STEP_UID,
+            gid: STEP_GID,
+            init: Some(kiln_sandbox::InitSpec {
+                binary: self.runner.cfg.init.clone(),
+                secrets: false,
+                egress: egress_dir.as_ref().map(|d| (d.0.clone(), EGRESS_PORT)),
+                agent: Some(agent_dir.0.clone()),
+            }),
+        };
+        let runtime =
+            self.runner.cfg.runtimes.get(&TierKey::of(self.isolation)).cloned().ok_or_else(|| {
+                StepError::Infrastructure(format!("no verified runtime for tier {:?}", self.isolation))
+            })?;
+        let bundle = dir.join("bundle");
+        let started = tokio::task::spawn_blocking(move || {
+            let sb = Sandbox::prepare(&runtime, &spec, &bundle)?;
+            sb.start()?;
+            Ok::<_, kiln_sandbox::SandboxError>(sb)
+        })
+        .await
+        .map_err(|e| StepError::Infrastructure(e.to_string()))?;
+        let sandbox = match started {
+            Ok(sb) => sb,
+            Err(e) => {
+                if let Some(p) = proxy {
+                    p.stop().await;
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(StepError::Infrastructure(format!(
+                    "starting the {} sandbox: {e}",
+                    phase.as_str()
+                )));
+            }
+        };
+        let accepted = tokio::time::timeout(Duration::from_secs(30), listener.accept()).await;
+        drop(listener);
+        let _ = std::fs::remove_file(&agent_sock);
+        let conn = match accepted {
+            Ok(Ok((conn, _))) => conn,
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no connection within 30 s".to_string(),
+                };
+                let said = std::fs::read_to_string(dir.join("bundle").join(sandbox.id()).join("start.log"))
+                    .unwrap_or_default();
+                let _ = tokio::task::spawn_blocking(move || sandbox.stop()).await;
+                if let Some(p) = proxy {
+                    p.stop().await;
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(StepError::Infrastructure(format!(
+                    "the {} sandbox's step agent did not start: {why} {}",
+                    phase.as_str(),
+                    said.trim()
+                )));
+            }
+        };
+        self.phase_box = Some(PhaseBox {
+            key,
+            dir,
+            agent: Some(Arc::new(AgentConn::new(conn))),
+            sandbox: Some(Arc::new(sandbox)),
+            proxy,
+            egress_dir,
+            agent_dir: Some(agent_dir),
+            network: !matches!(network, kiln_workflow::NetworkSpec::None),
+            leftovers: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Ends the current phase sandbox, and every process in it; `why`
+    /// (when not empty) is said in the log of `step_name`.
+    pub(crate) async fn close_phase(&mut self, job: &PlannedJob, step_name: &str, why: &str) {
+        let Some(mut pb) = self.phase_box.take() else { return };
+        if let Some(agent) = pb.agent.take() {
+            agent.reader.abort();
+        }
+        if let Some(sb) = pb.sandbox.take() {
+            let _ = tokio::task::spawn_blocking(move || match Arc::try_unwrap(sb) {
+                Ok(sb) => sb.stop().map(|_| ()),
+                Err(shared) => shared.kill(),
+            })
+            .await;
+        }
+        // The sandbox is gone, so are the writers of these pipes.
+        for h in pb.leftovers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+        }
+        if let Some(p) = pb.proxy.take() {
+            p.stop().await;
+        }
+        drop(pb.egress_dir.take());
+        drop(pb.agent_dir.take());
+        let _ = std::fs::remove_dir_all(&pb.dir);
+        if !why.is_empty() {
+            self.req.emitter.log(
+                &job.id,
+                step_name,
+                "",
+                Stream::System,
+                format!("phase sandbox ended (its background processes with it): {why}"),
+            );
+        }
+    }
+
+    /// Runs one step in the phase sandbox (started by its agent) and waits
+    /// for it, stopping it at its deadline, on cancellation or when its log
+    /// is over the limit (the phase sandbox ends then: what a stopped step
+    /// left running is not kept).
+    pub(crate) async fn exec_in_phase(
+        &mut self,
+        job: &PlannedJob,
+        step_name: &str,
+        request: kiln_sandbox::agent::RunRequest,
+        logger: StepLogger,
+        deadline: Instant,
+    ) -> Result<(kiln_sandbox::Outcome, Option<Stop>, u64), String> {
+        let seq = self.runner.next_id.fetch_add(1, Ordering::Relaxed) as u32;
+        let pb = self.phase_box.as_ref().ok_or("no phase sandbox")?;
+        let sb = pb.sandbox.clone().ok_or("no phase sandbox")?;
+        let agent = pb.agent.clone().ok_or("no step agent")?;
+        let t0 = Instant::now();
+        let before = sb.usage();
+        sb.reset_peak_memory();
+        let (out_w, out_r) = tokio::io::duplex(64 * 1024);
+        let (err_w, err_r) = tokio::io::duplex(64 * 1024);
+        let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
+        agent
+            .steps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seq, StepPipes { out: Some(out_w), err: Some(err_w), exit: Some(exit_tx) });
+        let mut out = tokio::spawn(pump(out_r, Stream::Stdout, logger.clone()));
+        let mut err = tokio::spawn(pump(err_r, Stream::Stderr, logger.clone()));
+        let payload = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+        agent.send(b'R', seq, &payload).await.map_err(|e| format!("starting the step: {e}"))?;
+        let over = logger.over.clone();
+        let mut cancel = self.req.cancel.clone();
+        let (status, stopped) = tokio::select! {
+            s = exit_rx => (Some(s.unwrap_or_else(|_| Err("the phase sandbox ended".into()))), None),
+            _ = tokio::time::sleep_until(deadline.into()) => (None, Some(Stop::Timeout)),
+            _ = wait_cancel(&mut cancel) => (None, Some(Stop::Cancelled)),
+            _ = over.notified() => (None, Some(Stop::Log)),
+        };
+        if stopped.is_some() {
+            let killer = sb.killer();
+            let _ = tokio::task::spawn_blocking(move || killer.kill()).await;
+        }
+        let exit_code = match status {
+            Some(Ok(code)) => Some(code),
+            Some(Err(msg)) => {
+                logger.line(Stream::Stderr, format!("kiln: {msg}"));
+                Some(127)
+            }
+            None => None,
+        };
+        // The step's own output ends with it; a background process it
+        // started may still hold its pipes: those lines are still read (and
+        // logged as this step's) until the phase ends.
+        let mut redactions = 0;
+        for h in [&mut out, &mut err] {
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(200), &mut *h).await {
+                redactions += r;
+            }
+        }
+        let after = sb.usage();
+        drop(sb);
+        for h in [out, err] {
+            if !h.is_finished() {
+                if let Some(pb) = self.phase_box.as_mut() {
+                    pb.leftovers.push(h);
+                }
+            }
+        }
+        let limit = if after.oom_kills > before.oom_kills {
+            Some(kiln_sandbox::LimitHit::Memory { limit_bytes: self.limits.memory_bytes })
+        } else if after.pids_limit_events > before.pids_limit_events {
+            Some(kiln_sandbox::LimitHit::Pids { limit: self.limits.pids })
+        } else {
+            None
+        };
+        let outcome = kiln_sandbox::Outcome {
+            exit_code,
+            signal: exit_code.is_none().then_some(9),
+            limit,
+            cpu_seconds: (after.cpu_seconds - before.cpu_seconds).max(0.0),
+            peak_memory_bytes: after.peak_memory_bytes,
+            wall: t0.elapsed(),
+        };
+        if stopped.is_some() {
+            self.close_phase(job, step_name, "").await;
+        }
+        Ok((outcome, stopped, redactions))
+    }
+}
+
+/// Where one step's output and exit go as the agent reports them.
+#[derive(Debug)]
+pub(crate) struct StepPipes {
+    out: Option<tokio::io::DuplexStream>,
+    err: Option<tokio::io::DuplexStream>,
+    exit: Option<tokio::sync::oneshot::Sender<Result<i32, String>>>,
+}
+
+/// kiln's end of a phase sandbox's agent connection: requests go out, a
+/// reader task routes the agent's frames to each step's pipes.
+#[derive(Debug)]
+pub(crate) struct AgentConn {
+    writer: tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>,
+    pub(crate) steps: Arc<std::sync::Mutex<HashMap<u32, StepPipes>>>,
+    pub(crate) reader: tokio::task::JoinHandle<()>,
+}
+
+impl AgentConn {
+    pub(crate) fn new(conn: tokio::net::UnixStream) -> AgentConn {
+        let (read, write) = conn.into_split();
+        let steps: Arc<std::sync::Mutex<HashMap<u32, StepPipes>>> = Default::default();
+        let reader = tokio::spawn(route_frames(read, steps.clone()));
+        AgentConn { writer: tokio::sync::Mutex::new(write), steps, reader }
+    }
+
+    async fn send(&self, kind: u8, seq: u32, payload: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut frame = Vec::with_capacity(payload.len() + 9);
+        kiln_sandbox::agent::write_frame(&mut frame, kind, seq, payload)?;
+        self.writer.lock().await.write_all(&frame).await
+    }
+}
+
+impl Drop for AgentConn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Reads the agent's frames until the sandbox hangs up; then every pipe
+/// closes and every step still waiting learns that the sandbox ended.
+async fn route_frames(
+    mut read: tokio::net::unix::OwnedReadHalf,
+    steps: Arc<std::sync::Mutex<HashMap<u32, StepPipes>>>,
+) {
+    use tokio::io::AsyncWriteExt;
+    loop {
+        let mut head = [0u8; 9];
+        if read.read_exact(&mut head).await.is_err() {
+            break;
+        }
+        let Ok((kind, seq, len)) = kiln_sandbox::agent::parse_header(&head) else { break };
+        let mut payload = vec![0u8; len];
+        if read.read_exact(&mut payload).await.is_err() {
+            break;
+        }
+        let lock = || steps.lock().unwrap_or_else(|e| e.into_inner());
+        match kind {
+            b'O' | b'E' => {
+                // Taken out while writing: the lock is never held across an await.
+                let pipe =
+                    lock().get_mut(&seq).and_then(|p| if kind == b'O' { p.out.take() } else { p.err.take() });
+                if let Some(mut pipe) = pipe {
+                    if pipe.write_all(&payload).await.is_ok() {
+                        if let Some(p) = lock().get_mut(&seq) {
+                            if kind == b'O' {
+                                p.out = Some(pipe);
+                            } else {
+                                p.err = Some(pipe);
+                            }
+                        }
+                    }
+                }
+            }
+            b'o' | b'e' => {
+                if let Some(p) = lock().get_mut(&seq) {
+                    if kind == b'o' {
+                        p.out = None;
+                    } else {
+                        p.err = None;
+                    }
+                }
+            }
+            b'X' | b'F' => {
+                let result = if kind == b'X' {
+                    let code =
+                        payload.get(..4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(-1);
+                    Ok(code)
+                } else {
+                    Err(String::from_utf8_lossy(&payload).into_owned())
+                };
+                if let Some(tx) = lock().get_mut(&seq).and_then(|p| p.exit.take()) {
+                    let _ = tx.send(result);
+                }
+            }
+            _ => {}
+        }
+    }
+    // Dropping the writers ends the pumps; dropping the senders wakes the waiters.
+    lock_clear(&steps);
+}
+
+fn lock_clear(steps: &std::sync::Mutex<HashMap<u32, StepPipes>>) {
+    steps.lock().unwrap_or_else(|e| e.into_inner()).clear();
 }

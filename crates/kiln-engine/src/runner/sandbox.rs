@@ -49,6 +49,9 @@ pub struct SandboxRunnerConfig {
     /// Coverage uploaders refuse their job (the build loop skips it before
     /// it gets here) instead of being skipped with a notice.
     pub refuse_uploaders: bool,
+    /// The steps of a phase share one sandbox (the default). Off: every
+    /// step gets a sandbox of its own (for comparison in `kiln bench`).
+    pub phase_sandboxes: bool,
 }
 
 /// What the egress proxy of every step of a build shares.

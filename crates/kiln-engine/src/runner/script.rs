@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// A step's running egress proxy.
+/// A step's (or a phase's) running egress proxy.
+#[derive(Debug)]
 pub(crate) struct StepProxy {
     pub(crate) shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub(crate) serve: tokio::task::JoinHandle<()>,
@@ -28,7 +29,7 @@ pub(crate) struct StepProxy {
 }
 
 impl StepProxy {
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -52,17 +53,31 @@ impl Drop for EgressDir {
     }
 }
 
+/// Writes a step's script (read-only to it) and its empty step files
+/// (owned by the step user) on the host; `files_inside` is where the files
+/// directory is inside the sandbox.
+/// The variables that send HTTP(S) through kiln-init's relay to the proxy.
+pub(crate) fn proxy_env() -> Vec<(String, String)> {
+    let url = format!("http://127.0.0.1:{EGRESS_PORT}");
+    let mut out: Vec<(String, String)> = ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"]
+        .iter()
+        .map(|v| (v.to_string(), url.clone()))
+        .collect();
+    out.push(("NO_PROXY".into(), "localhost,127.0.0.1".into()));
+    out.push(("no_proxy".into(), "localhost,127.0.0.1".into()));
+    out
+}
+
 pub(crate) fn prepare_step_dirs(
     script_dir: &Path,
     files_dir: &Path,
-    bundle_dir: &Path,
+    files_inside: &str,
     body: &str,
     shell: &Shell,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::{chown, PermissionsExt};
     std::fs::create_dir_all(script_dir)?;
     std::fs::create_dir_all(files_dir)?;
-    std::fs::create_dir_all(bundle_dir)?;
     let script = script_dir.join(format!("script.{}", shell.extension()));
     std::fs::write(&script, body)?;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644))?;
@@ -71,7 +86,7 @@ pub(crate) fn prepare_step_dirs(
     let marker = script_dir.join(STARTED_SCRIPT);
     std::fs::write(
         &marker,
-        format!("{{ : > {FILES_DIR}/{STARTED_MARKER}; }} 2>/dev/null\nunset BASH_ENV\n"),
+        format!("{{ : > {files_inside}/{STARTED_MARKER}; }} 2>/dev/null\nunset BASH_ENV\n"),
     )?;
     std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o644))?;
     std::fs::set_permissions(script_dir, std::fs::Permissions::from_mode(0o755))?;
@@ -161,25 +176,88 @@ impl JobRun<'_> {
             None => WORKSPACE.to_string(),
         };
 
-        // Host side: the script (read-only to the step) and the step files.
+        // Where the step runs: its phase's sandbox, shared with the steps
+        // around it (background processes live until the phase ends), or a
+        // sandbox of its own when it is handed secrets: in a shared one
+        // another step's process could read them from /proc/<pid>/environ.
+        let scrubber = self.runner.cfg.scrubber.clone();
+        let alone = !self.runner.cfg.phase_sandboxes
+            || !files.is_empty()
+            || !secret_keys.is_empty()
+            || env
+                .values()
+                .any(|v| v.as_str().is_some_and(|v| scrubber.contains_secret(v.as_bytes()).is_some()));
+        let phase = step.phase(&job.spec);
+        let network = step
+            .network(&job.spec, &self.req.plan.workflow)
+            .unwrap_or(&self.runner.cfg.default_network)
+            .clone();
+        if phase == kiln_workflow::Phase::Build && !matches!(network, kiln_workflow::NetworkSpec::None) {
+            self.network_in_build = true;
+        }
         let n = self.runner.next_id.fetch_add(1, Ordering::Relaxed);
-        let step_dir = self.dir.join(format!("step-{k}"));
-        let script_dir = step_dir.join("script");
-        let files_dir = step_dir.join("files");
-        let bundle_dir = step_dir.join("bundle");
-        prepare_step_dirs(&script_dir, &files_dir, &bundle_dir, &body, &shell).map_err(|e| e.to_string())?;
-        let script_path = format!("{STEP_DIR}/script.{}", shell.extension());
+        let (step_dir, script_dir, files_dir, script_inside, files_inside) = if alone {
+            self.close_phase(job, name, "a step handed secrets runs in a sandbox of its own").await;
+            let d = self.dir.join(format!("step-{k}"));
+            (d.clone(), d.join("script"), d.join("files"), STEP_DIR.to_string(), FILES_DIR.to_string())
+        } else {
+            let key = format!("{}|{network:?}", phase.as_str());
+            if self.phase_box.as_ref().is_some_and(|p| p.key != key) {
+                self.close_phase(job, name, &format!("the next step runs in phase {}", phase.as_str())).await;
+            }
+            if self.phase_box.is_none() {
+                self.open_phase(job, name, phase, &network, key).await?;
+            }
+            let dir = self.phase_box.as_ref().map(|p| p.dir.clone()).ok_or("no phase sandbox")?;
+            let (script_dir, files_dir) =
+                (dir.join("steps").join(n.to_string()), dir.join("files").join(n.to_string()));
+            (
+                script_dir.clone(),
+                script_dir,
+                files_dir,
+                format!("{PHASE_STEPS_DIR}/{n}"),
+                format!("{PHASE_FILES_DIR}/{n}"),
+            )
+        };
+        prepare_step_dirs(&script_dir, &files_dir, &files_inside, &body, &shell)
+            .map_err(|e| e.to_string())?;
+        let script_path = format!("{script_inside}/script.{}", shell.extension());
 
-        let mut full_env = step_env(&self.req.contexts.github, job, step, k, env, &self.path_prefix);
+        let mut full_env =
+            step_env(&self.req.contexts.github, job, step, k, env, &self.path_prefix, &files_inside);
         if let Some(p) = &self.action_path {
             full_env.push(("GITHUB_ACTION_PATH".into(), p.clone()));
         }
         if shell.is_bash() {
             full_env.retain(|(k, _)| k != "BASH_ENV");
-            full_env.push(("BASH_ENV".into(), format!("{STEP_DIR}/{STARTED_SCRIPT}")));
+            full_env.push(("BASH_ENV".into(), format!("{script_inside}/{STARTED_SCRIPT}")));
         }
+        if !alone {
+            if self.phase_box.as_ref().is_some_and(|p| p.network) {
+                full_env.extend(proxy_env());
+            }
+            let step_timeout = step.timeout_minutes.map(|m| Duration::from_secs_f64(m * 60.0));
+            let (deadline, timeout_len) = match step_timeout {
+                Some(t) if Instant::now() + t < self.deadline => (Instant::now() + t, t),
+                _ => (self.deadline, self.job_timeout),
+            };
+            let exec = kiln_sandbox::agent::RunRequest { argv: shell.argv(&script_path), env: full_env, cwd };
+            let logger = self.step_logger(job, step, name);
+            let run = self.exec_in_phase(job, name, exec, logger, deadline).await;
+            let run = run.map_err(StepError::Infrastructure)?;
+            let result = self.finish_script(job, step, name, &shell, run, timeout_len, &files_dir);
+            let _ = std::fs::remove_dir_all(&script_dir);
+            let _ = std::fs::remove_dir_all(&files_dir);
+            if result.0 != StepStatus::Success {
+                // What a failed step leaves running is not trusted to be
+                // sane: the steps after it get a fresh sandbox.
+                self.close_phase(job, name, "").await;
+            }
+            return Ok(result);
+        }
+        let bundle_dir = step_dir.join("bundle");
+        std::fs::create_dir_all(&bundle_dir).map_err(|e| e.to_string())?;
         // Network: loopback only, or kiln's proxy through kiln-init's relay.
-        let phase = step.phase(&job.spec);
         // The proxy's socket lives under a short root-owned path: a Unix
         // socket path has at most 107 bytes, and the state dir can be deep.
         let egress_dir = EgressDir(Path::new(EGRESS_ROOT).join(format!(
@@ -187,28 +265,17 @@ impl JobRun<'_> {
             sanitize_id(&self.req.build),
             self.req.job
         )));
-        let network =
-            step.network(&job.spec, &self.req.plan.workflow).unwrap_or(&self.runner.cfg.default_network);
-        if phase == kiln_workflow::Phase::Build && !matches!(network, kiln_workflow::NetworkSpec::None) {
-            self.network_in_build = true;
-        }
-        let proxy = match network {
+        let proxy = match &network {
             kiln_workflow::NetworkSpec::None => None,
             spec @ (kiln_workflow::NetworkSpec::Allow(_) | kiln_workflow::NetworkSpec::Registries(_)) => {
                 let proxy = self.start_proxy(job, name, phase, spec, &egress_dir.0).await?;
-                let url = format!("http://127.0.0.1:{EGRESS_PORT}");
-                for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-                    full_env.push((var.to_string(), url.clone()));
-                }
-                full_env.push(("NO_PROXY".into(), "localhost,127.0.0.1".into()));
-                full_env.push(("no_proxy".into(), "localhost,127.0.0.1".into()));
+                full_env.extend(proxy_env());
                 Some(proxy)
             }
         };
         // Anything secret goes to kiln-init on stdin, never into the spec on
         // disk: env values that read a secret, or that contain one (e.g. one
         // a step put into $GITHUB_ENV), and file secrets.
-        let scrubber = self.runner.cfg.scrubber.clone();
         let (secret_env, full_env): (Vec<_>, Vec<_>) = full_env
             .into_iter()
             .partition(|(k, v)| secret_keys.contains(k) || scrubber.contains_secret(v.as_bytes()).is_some());
@@ -264,6 +331,7 @@ impl JobRun<'_> {
                 binary: self.runner.cfg.init.clone(),
                 secrets: stdin_secrets.is_some(),
                 egress: proxy.as_ref().map(|_| (egress_dir.0.clone(), EGRESS_PORT)),
+                agent: None,
             }),
         };
         let step_timeout = step.timeout_minutes.map(|m| Duration::from_secs_f64(m * 60.0));
@@ -278,17 +346,7 @@ impl JobRun<'_> {
             .get(&TierKey::of(self.isolation))
             .cloned()
             .ok_or_else(|| format!("no verified runtime for tier {:?}", self.isolation))?;
-        let logger = StepLogger {
-            emitter: self.req.emitter.clone(),
-            job: job.id.clone(),
-            step: name.to_string(),
-            bytes: Arc::new(AtomicU64::new(0)),
-            limit: self.limits.log_bytes,
-            over: Arc::new(Notify::new()),
-            tripped: Arc::new(AtomicBool::new(false)),
-            phase: step.phase(&job.spec).as_str().to_string(),
-            scrubber: self.runner.cfg.scrubber.clone(),
-        };
+        let logger = self.step_logger(job, step, name);
         let run = run_sandbox(
             runtime,
             spec,
@@ -302,24 +360,53 @@ impl JobRun<'_> {
         if let Some(proxy) = proxy {
             proxy.stop().await;
         }
-        let (outcome, stopped) = match run {
-            Ok((o, s, r)) => {
-                if r > 0 {
-                    self.req.emitter.log(
-                        &job.id,
-                        name,
-                        step.phase(&job.spec).as_str(),
-                        Stream::System,
-                        format!("{r} secret value(s) redacted from this step's output"),
-                    );
-                }
-                self.last_redactions = r;
-                self.redactions += r;
-                (o, s)
-            }
-            Err(e) => return Err(StepError::Infrastructure(e)),
-        };
+        let run = run.map_err(StepError::Infrastructure)?;
+        let result = self.finish_script(job, step, name, &shell, run, timeout_len, &files_dir);
+        let _ = std::fs::remove_dir_all(&step_dir);
+        Ok(result)
+    }
 
+    /// The logger of one step's output (scrubbed, counted against its log limit).
+    pub(crate) fn step_logger(&self, job: &PlannedJob, step: &StepSpec, name: &str) -> StepLogger {
+        StepLogger {
+            emitter: self.req.emitter.clone(),
+            job: job.id.clone(),
+            step: name.to_string(),
+            bytes: Arc::new(AtomicU64::new(0)),
+            limit: self.limits.log_bytes,
+            over: Arc::new(Notify::new()),
+            tripped: Arc::new(AtomicBool::new(false)),
+            phase: step.phase(&job.spec).as_str().to_string(),
+            scrubber: self.runner.cfg.scrubber.clone(),
+        }
+    }
+
+    /// How a script step ended, from its sandbox's outcome: the redactions,
+    /// the stop reason (cancellation, a limit, kiln's own stops), its status,
+    /// and what it left in its step files.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn finish_script(
+        &mut self,
+        job: &PlannedJob,
+        step: &StepSpec,
+        name: &str,
+        shell: &Shell,
+        run: (kiln_sandbox::Outcome, Option<Stop>, u64),
+        timeout_len: Duration,
+        files_dir: &Path,
+    ) -> StepResult {
+        let (outcome, stopped, r) = run;
+        if r > 0 {
+            self.req.emitter.log(
+                &job.id,
+                name,
+                step.phase(&job.spec).as_str(),
+                Stream::System,
+                format!("{r} secret value(s) redacted from this step's output"),
+            );
+        }
+        self.last_redactions = r;
+        self.redactions += r;
         // Classify: cancellation first, then the limits the sandbox's cgroups
         // enforced (a fork bomb that also ran out the clock is a process-limit
         // problem), then kiln's own stops.
@@ -369,17 +456,9 @@ impl JobRun<'_> {
         // The step files: outputs, env and path for later steps, the summary.
         let mut summary = None;
         if status != StepStatus::Cancelled {
-            self.read_step_files(job, name, step, &files_dir, &mut summary);
+            self.read_step_files(job, name, step, files_dir, &mut summary);
         }
-        let _ = std::fs::remove_dir_all(&step_dir);
-        Ok((
-            status,
-            exit,
-            reason.map(|r| r.to_string()),
-            outcome.cpu_seconds,
-            outcome.peak_memory_bytes,
-            summary,
-        ))
+        (status, exit, reason.map(|r| r.to_string()), outcome.cpu_seconds, outcome.peak_memory_bytes, summary)
     }
 
     /// Starts this step's egress proxy on a Unix socket in `dir` (bound into

@@ -5,8 +5,10 @@ use super::lexer::{lex, Tok};
 use super::Value;
 
 /// The contexts an expression may name.
-pub(crate) const CONTEXTS: &[&str] =
-    &["github", "env", "matrix", "needs", "steps", "job", "jobs", "runner", "strategy", "secrets", "inputs", "vars"];
+pub(crate) const CONTEXTS: &[&str] = &[
+    "github", "env", "matrix", "needs", "steps", "job", "jobs", "runner", "strategy", "secrets", "inputs",
+    "vars",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BinOp {
