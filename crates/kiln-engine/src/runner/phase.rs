@@ -347,13 +347,19 @@ impl JobRun<'_> {
     /// (when not empty) is said in the log of `step_name`.
     pub(crate) async fn close_phase(&mut self, job: &PlannedJob, step_name: &str, why: &str) {
         let Some(mut pb) = self.phase_box.take() else { return };
-        if let Some(agent) = pb.agent.take() {
-            agent.reader.abort();
-        }
+        // Hanging up on the agent ends PID 1, and with it every process of
+        // the sandbox: the runtime then has a stopped sandbox to delete,
+        // much faster under gVisor than killing a running one.
+        let hung_up = pb.agent.take().is_some();
         if let Some(sb) = pb.sandbox.take() {
-            let _ = tokio::task::spawn_blocking(move || match Arc::try_unwrap(sb) {
-                Ok(sb) => sb.stop().map(|_| ()),
-                Err(shared) => shared.kill(),
+            let _ = tokio::task::spawn_blocking(move || {
+                if hung_up {
+                    sb.wait_stopped(Duration::from_millis(1500));
+                }
+                match Arc::try_unwrap(sb) {
+                    Ok(sb) => sb.stop().map(|_| ()),
+                    Err(shared) => shared.kill(),
+                }
             })
             .await;
         }
