@@ -95,6 +95,8 @@ per_tier!(a_jobs_steps_share_its_home_and_tools, |tier| {
         r#"{"name": "kiln-fixture-tool", "version": "1.0.0", "bin": {"fixture-tool": "cli.js"}}"#,
     );
     p.write("tool/cli.js", "#!/usr/bin/env node\nconsole.log('global tool from an earlier step');\n");
+    p.write("rtool/Cargo.toml", "[package]\nname = \"rtool\"\nversion = \"0.1.0\"\nedition = \"2021\"\n");
+    p.write("rtool/src/main.rs", "fn main() { println!(\"cargo-installed tool from an earlier step\"); }\n");
     let run = p.run(tier, &[]);
     run.expect_code(0);
     let lines = run.lines("tools");
@@ -103,6 +105,7 @@ per_tier!(a_jobs_steps_share_its_home_and_tools, |tier| {
         "state from step 2",
         "home is /home/runner, tool cache is /opt/hostedtoolcache",
         "global tool from an earlier step",
+        "cargo-installed tool from an earlier step",
     ] {
         assert!(lines.contains(&want.to_string()), "missing {want:?} in {lines:?}");
     }

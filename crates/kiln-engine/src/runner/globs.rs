@@ -147,20 +147,58 @@ fn glob(p: &str) -> Result<Glob, String> {
         .map_err(|e| format!("bad pattern `{p}`: {e}"))
 }
 
-/// `hashFiles()` over one workspace.
+/// `hashFiles()` over one job's disk: patterns are relative to the
+/// workspace, or to the job's home when written `~/...` or
+/// `/home/runner/...` (`hashFiles('~/.cargo/registry/index/**')`).
 #[derive(Debug)]
 pub struct WorkspaceHasher {
     pub ws: PathBuf,
+    /// The job's home directory on its disk, if it has one.
+    pub home: Option<PathBuf>,
+}
+
+/// A `hashFiles()` pattern's root: `Some(rest)` when it names the job's
+/// home (`!` kept in front).
+fn home_pattern(p: &str) -> Option<String> {
+    let (neg, body) = match p.strip_prefix('!') {
+        Some(b) => ("!", b),
+        None => ("", p),
+    };
+    let rest = body
+        .strip_prefix("~/")
+        .or_else(|| body.strip_prefix(super::env::HOME).and_then(|r| r.strip_prefix('/')))?;
+    Some(format!("{neg}{rest}"))
 }
 
 impl kiln_workflow::FileHasher for WorkspaceHasher {
     /// SHA-256 over the SHA-256 of each selected regular file, in path
-    /// order; `""` when nothing matches. Links are not followed (a link
-    /// planted by a step must not make kiln read a host file).
+    /// order (the workspace's, then the home's); `""` when nothing matches.
+    /// Links are not followed (a link planted by a step must not make kiln
+    /// read a host file).
     fn hash_files(&self, patterns: &[String]) -> Result<String, String> {
-        let pats =
-            Patterns::parse(patterns.iter().map(String::as_str)).map_err(|e| format!("hashFiles: {e}"))?;
-        let files = pats.select(&self.ws).map_err(|e| format!("hashFiles: {e}"))?;
+        let (home_pats, ws_pats): (Vec<String>, Vec<String>) = {
+            let mut home = Vec::new();
+            let mut ws = Vec::new();
+            for p in patterns {
+                match home_pattern(p) {
+                    Some(h) => home.push(h),
+                    None => ws.push(p.clone()),
+                }
+            }
+            (home, ws)
+        };
+        let mut files = Vec::new();
+        for (pats, root) in [(ws_pats, Some(&self.ws)), (home_pats, self.home.as_ref())] {
+            if pats.iter().all(|p| p.starts_with('!')) {
+                continue;
+            }
+            let Some(root) = root else {
+                return Err("hashFiles: this job has no home directory".into());
+            };
+            let parsed =
+                Patterns::parse(pats.iter().map(String::as_str)).map_err(|e| format!("hashFiles: {e}"))?;
+            files.extend(parsed.select(root).map_err(|e| format!("hashFiles: {e}"))?);
+        }
         let mut all = Sha256::new();
         let mut any = false;
         for (rel, path) in files {
@@ -249,7 +287,7 @@ mod tests {
     #[test]
     fn hash_files_is_stable_and_content_based() {
         let d = tree();
-        let h = WorkspaceHasher { ws: d.path().to_path_buf() };
+        let h = WorkspaceHasher { ws: d.path().to_path_buf(), home: None };
         let a = h.hash_files(&["**/*.js".into()]).unwrap();
         assert_eq!(a.len(), 64);
         assert_eq!(a, h.hash_files(&["dist/**/*.js".into()]).unwrap());
@@ -258,6 +296,18 @@ mod tests {
         assert_ne!(a, h.hash_files(&["**/*.js".into()]).unwrap());
         // Links are not read.
         assert!(h.hash_files(&["escape".into()]).unwrap_err().contains("symbolic link"));
+        // `~/` names the job's home.
+        let home = tree();
+        let hh = WorkspaceHasher { ws: d.path().to_path_buf(), home: Some(home.path().to_path_buf()) };
+        let in_home = hh.hash_files(&["~/dist/**/*.js".into()]).unwrap();
+        assert_eq!(in_home.len(), 64);
+        assert_eq!(in_home, hh.hash_files(&["/home/runner/dist/**/*.js".into()]).unwrap());
+        assert_eq!(
+            hh.hash_files(&["~/dist/**/*.js".into(), "!~/dist/sub/**".into()]).unwrap(),
+            hh.hash_files(&["~/dist/a.js".into()]).unwrap()
+        );
+        assert!(hh.hash_files(&["~/escape/**".into()]).unwrap_err().contains("symbolic link"));
+        assert!(hh.hash_files(&["~/../x".into()]).is_err());
         assert!(h.hash_files(&["dist/etc-link".into()]).unwrap_err().contains("symbolic link"));
     }
 }

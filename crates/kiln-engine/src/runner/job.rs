@@ -239,7 +239,7 @@ impl<'a> JobRun<'a> {
             .map_err(|e| {
                 crate::EngineError::io("creating workspace", PathBuf::new(), std::io::Error::other(e))
             })??;
-        self.hasher = Some(super::globs::WorkspaceHasher { ws: ws.path().to_path_buf() });
+        self.hasher = Some(super::globs::WorkspaceHasher { ws: ws.path(), home: Some(ws.home()) });
         // `RUNNER_TEMP`: GitHub's layout, on the job's disk.
         let temp = ws.home().join(RUNNER_TEMP_REL);
         std::fs::create_dir_all(&temp)
