@@ -7,7 +7,6 @@
 //! * [`policy`]: repository configuration and lockfile entries that would fetch from anywhere
 //!   but an allowed registry, reported before the install runs.
 //! * [`output`]: the build's output directory, found and checked to stay inside the tree.
-//! * [`notify`]: the signed deployment webhook, with retries.
 //!
 //! # The tree is untrusted
 //!
@@ -35,7 +34,6 @@
 pub mod config;
 pub mod detect;
 mod fsread;
-pub mod notify;
 pub mod output;
 pub mod pipeline;
 pub mod policy;
@@ -57,7 +55,6 @@ pub fn file_digest(root: &std::path::Path, rel: &str) -> Result<Option<String>, 
 }
 pub use detect::{detect, Detection, Manager, OutputCandidate};
 pub use kiln_scan::OutputKind;
-pub use notify::{Attempt, Delivery, Notifier, RetryPolicy};
 pub use output::{locate, Output};
 pub use policy::Violation;
 

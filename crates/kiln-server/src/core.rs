@@ -469,9 +469,11 @@ impl Core {
                     return;
                 }
             };
-            let delivery = kiln_build::notify::load_or_create_key(&core.state_dir.join("notify.key"))
-                .and_then(|key| kiln_build::Notifier::new(&url, key).map_err(|e| e.to_string()))
-                .map(|n| n.deliver(&body, &format!("{id}:{artifact}"), kiln_build::RetryPolicy::default()));
+            let delivery = crate::notify::load_or_create_key(&core.state_dir.join("notify.key"))
+                .and_then(|key| crate::notify::Notifier::new(&url, key).map_err(|e| e.to_string()))
+                .map(|n| {
+                    n.deliver(&body, &format!("{id}:{artifact}"), crate::notify::RetryPolicy::default())
+                });
             let tenant = body["tenant"].as_str().map(str::to_string);
             match delivery {
                 Ok(d) => {

@@ -22,6 +22,7 @@ pub mod core;
 pub mod db;
 pub mod error;
 pub mod metrics;
+pub mod notify;
 pub mod openapi;
 pub mod policy;
 pub mod remote;

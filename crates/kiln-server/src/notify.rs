@@ -26,7 +26,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::{Serialize, Serializer};
 use sha2::Sha256;
 
-use crate::BuildError;
+use kiln_build::BuildError;
 
 type HmacSha256 = Hmac<Sha256>;
 

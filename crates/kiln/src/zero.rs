@@ -357,9 +357,9 @@ fn notify(
     build: &str,
     a: &kiln_engine::store::ArtifactRow,
     url: &str,
-) -> anyhow::Result<kiln_build::Delivery> {
+) -> anyhow::Result<kiln_server::notify::Delivery> {
     let key_path = args.notify_key_file.clone().unwrap_or_else(|| executor.state_dir().join("notify.key"));
-    let key = kiln_build::notify::load_or_create_key(&key_path).map_err(|e| anyhow!(e))?;
+    let key = kiln_server::notify::load_or_create_key(&key_path).map_err(|e| anyhow!(e))?;
     let provenance = match &a.provenance {
         Some(d) => {
             let store = executor.blob_store(LOCAL_TENANT)?;
@@ -377,8 +377,8 @@ fn notify(
         "provenance": provenance,
         "source": args.source,
     });
-    let notifier = kiln_build::Notifier::new(url, key).map_err(|e| anyhow!("--notify: {e}"))?;
-    Ok(notifier.deliver(&payload, &format!("{build}:{}", a.id), kiln_build::RetryPolicy::default()))
+    let notifier = kiln_server::notify::Notifier::new(url, key).map_err(|e| anyhow!("--notify: {e}"))?;
+    Ok(notifier.deliver(&payload, &format!("{build}:{}", a.id), kiln_server::notify::RetryPolicy::default()))
 }
 
 /// `kiln reproduce BUILD`: the builder, environment, commands and source a

@@ -420,7 +420,7 @@ fn the_deployment_webhook_is_retried_until_delivered() {
     let sig = header(head, "x-kiln-signature");
     let ts = header(head, "x-kiln-timestamp");
     assert!(
-        kiln_build::notify::verify_signature(
+        kiln_server::notify::verify_signature(
             &hex_decode(&std::fs::read_to_string(&key).unwrap()),
             &ts,
             body,

@@ -732,7 +732,7 @@ fn a_succeeded_build_is_handed_to_the_deployment_webhook() {
             })
             .unwrap_or_default()
     };
-    assert!(kiln_build::notify::verify_signature(
+    assert!(kiln_server::notify::verify_signature(
         &key,
         &header("x-kiln-timestamp"),
         body,
