@@ -246,7 +246,10 @@ impl Executor {
             runtimes,
             limits: Default::default(),
             init: self.init.clone(),
-            secrets: req.secrets.clone(),
+            // An untrusted build (a fork's pull request) is handed no secret
+            // at all, whatever its workflow binds: the scrubber above still
+            // knows them, should one reach the build some other way.
+            secrets: if req.untrusted { Arc::new(Vec::new()) } else { req.secrets.clone() },
             scrubber,
             egress: egress.clone(),
             artifacts: Some(Arc::new(sink)),
@@ -267,6 +270,18 @@ impl Executor {
         opts.runner_labels = kiln_workflow::RunnerLabels::with_extra(self.cfg.policy.extra_labels.clone());
         opts.refuse_uploaders = self.cfg.policy.refuse_uploaders;
         let emitter = Emitter::new(&req.build, tap, Some(writer.sender()));
+        if req.untrusted && !req.secrets.is_empty() {
+            emitter.log(
+                "",
+                "",
+                "",
+                crate::log::Stream::System,
+                format!(
+                    "untrusted build: none of the {} secret(s) given is handed to any step",
+                    req.secrets.len()
+                ),
+            );
+        }
         let runner = Arc::new(SandboxRunner::new(cfg));
         let summary = run_build(plan, runner, opts, emitter, cancel).await;
         let _ = std::fs::remove_dir_all(&build_dir);

@@ -155,3 +155,51 @@ fn short_secrets_and_forbidden_phases_are_refused() {
     assert!(err.contains("ci.yml:7:") && err.contains("DEPLOY_TOKEN") && err.contains("`build`"), "{err}");
     assert!(!err.contains(TOKEN));
 }
+
+const BOUND_IN_BUILD: &str = r#"
+kiln:
+  secrets:
+    DEPLOY_TOKEN: { phases: [build] }
+jobs:
+  a:
+    steps:
+      - env:
+          T: ${{ secrets.DEPLOY_TOKEN }}
+        run: |
+          if [ -n "$T" ]; then echo "BROKEN: an untrusted build got the secret"; exit 1; fi
+          echo "no secret here"
+"#;
+
+#[test]
+fn bug_untrusted_builds_still_received_secrets() {
+    let p = Project::new(BOUND_IN_BUILD);
+    let run = p.run("container", &["--untrusted", "--secret", &format!("DEPLOY_TOKEN={TOKEN}")]);
+    run.expect_code(0);
+    assert_eq!(run.lines("a"), ["no secret here"]);
+    assert!(
+        run.entries.iter().any(|e| e["text"].as_str().is_some_and(
+            |t| t.contains("untrusted build: none of the 1 secret(s) given is handed to any step")
+        )),
+        "{}",
+        run.all_text()
+    );
+    assert!(!run.stdout.contains(TOKEN));
+    // The same build, trusted, gets it (the test above is not vacuous).
+    let run = p.run("container", &["--secret", &format!("DEPLOY_TOKEN={TOKEN}")]);
+    assert_eq!(run.code, 1, "{}", run.all_text());
+}
+
+#[test]
+fn bug_secrets_rendered_into_step_scripts_on_disk() {
+    // `${{ env.T }}` in `run:` would put the value into the script file
+    // kiln writes under the state dir; the step is refused instead.
+    let p = Project::new(
+        "kiln:\n  secrets:\n    DEPLOY_TOKEN: { phases: [build] }\njobs:\n  a:\n    steps:\n      - env:\n          T: ${{ secrets.DEPLOY_TOKEN }}\n        run: echo \"${{ env.T }}\"\n      - if: always()\n        env:\n          T: ${{ secrets.DEPLOY_TOKEN }}\n        run: test -n \"$T\" && echo \"read from the environment\"\n",
+    );
+    let run = p.run("gvisor", &["--secret", &format!("DEPLOY_TOKEN={TOKEN}")]);
+    run.expect_code(1);
+    let reason = run.job("a")["reason"].as_str().unwrap_or("").to_string();
+    assert!(reason.contains("the script would contain the value of secret `DEPLOY_TOKEN`"), "{reason}");
+    assert!(run.lines("a").contains(&"read from the environment".to_string()), "{:?}", run.lines("a"));
+    assert!(!run.stdout.contains(TOKEN) && !run.stderr.contains(TOKEN));
+}

@@ -147,6 +147,15 @@ impl JobRun<'_> {
         let mut ctx = self.contexts();
         ctx.env = Value::Object(env.clone());
         let body = script.render(&ctx, status).map_err(|e| format!("run: {e}"))?;
+        // The script is a file on disk: a secret must never be rendered
+        // into it (`${{ env.X }}` where X holds one). The variable itself is
+        // in the step's environment, handed over without touching disk.
+        if let Some(secret) = self.runner.cfg.scrubber.contains_secret(body.as_bytes()) {
+            return Err(StepError::User(format!(
+                "the script would contain the value of secret `{secret}` (an expression in `run:` expands to it); \
+                 kiln never writes secrets to disk: read it from the environment instead (`$NAME`, not `${{{{ env.NAME }}}}`)"
+            )));
+        }
         let defaults = &job.spec.defaults;
         let wf_defaults = &self.req.plan.workflow.defaults;
         let shell = match shell.or(defaults.shell.as_ref()).or(wf_defaults.shell.as_ref()) {
