@@ -69,6 +69,8 @@ pub struct RunnerPolicy {
     pub refuse_uploaders: bool,
     /// The network of a step whose workflow says nothing (`kiln:` wins).
     pub network: kiln_workflow::NetworkSpec,
+    /// Every step in a sandbox of its own, not one sandbox per phase.
+    pub sandbox_per_step: bool,
 }
 
 impl Default for RunnerPolicy {
@@ -77,6 +79,7 @@ impl Default for RunnerPolicy {
             extra_labels: Vec::new(),
             refuse_uploaders: false,
             network: kiln_workflow::NetworkSpec::None,
+            sandbox_per_step: false,
         }
     }
 }
@@ -255,7 +258,7 @@ impl Executor {
             artifacts: Some(Arc::new(sink)),
             default_network: self.cfg.policy.network.clone(),
             refuse_uploaders: self.cfg.policy.refuse_uploaders,
-            phase_sandboxes: true,
+            phase_sandboxes: !self.cfg.policy.sandbox_per_step,
         };
         let mut opts = BuildOptions::new(
             req.build.clone(),

@@ -143,6 +143,10 @@ pub struct EngineArgs {
     pub network: NetworkArg,
     #[command(flatten)]
     pub runners: RunnerArgs,
+    /// Run every step in a sandbox of its own instead of one sandbox per
+    /// phase of a job (nothing a step starts outlives it; slower).
+    #[arg(long)]
+    pub sandbox_per_step: bool,
     #[command(flatten)]
     pub state: StateArgs,
 }

@@ -247,6 +247,7 @@ pub fn runner_policy(args: &crate::cli::EngineArgs) -> kiln_engine::RunnerPolicy
     kiln_engine::RunnerPolicy {
         extra_labels: args.runners.runner_labels.clone(),
         refuse_uploaders: args.runners.uploaders == crate::cli::UploadersArg::Refuse,
+        sandbox_per_step: args.sandbox_per_step,
         network: match args.network {
             crate::cli::NetworkArg::None => kiln_workflow::NetworkSpec::None,
             crate::cli::NetworkArg::Registries => kiln_workflow::NetworkSpec::Registries(Vec::new()),

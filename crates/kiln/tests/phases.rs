@@ -133,3 +133,22 @@ per_tier!(background_output_is_still_logged, |tier| {
         .unwrap_or_else(|| panic!("late line missing: {:?}", run.lines("late")));
     assert_eq!(late["step"], "talker");
 });
+
+const SURVIVOR: &str = r#"
+jobs:
+  a:
+    steps:
+      - run: nohup sleep 300 > /dev/null 2>&1 &
+      - run: if pgrep -f "sleep 300" > /dev/null; then echo survived; else echo gone; fi
+"#;
+
+#[test]
+fn sandbox_per_step_ends_what_a_step_leaves_running() {
+    let p = Project::new(SURVIVOR);
+    let shared = p.run("container", &[]);
+    shared.expect_code(0);
+    assert_eq!(shared.lines("a"), ["survived"]);
+    let apart = p.run("container", &["--sandbox-per-step"]);
+    apart.expect_code(0);
+    assert_eq!(apart.lines("a"), ["gone"]);
+}
