@@ -110,6 +110,10 @@ pub struct ArtifactIndex {
     /// Expiry (see [`ArtifactRecord::expires_at`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// The blob of the signed provenance envelope, once signed: kept as
+    /// long as the artifact is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Digest>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,6 +174,7 @@ impl Store {
             created_at: rec.created_at.clone(),
             pinned: rec.pinned,
             expires_at: rec.expires_at.clone(),
+            provenance: None,
         };
         self.put_json(&format!("artifacts/{}.json", rec.id.hex()), &idx).await?;
         let latest = format!("refs/branches/{}/latest.json", rec.branch);
@@ -214,6 +219,16 @@ impl Store {
         let mut idx: ArtifactIndex =
             self.get_json(&rel).await?.ok_or_else(|| StoreError::NotFound(format!("artifact {id}")))?;
         idx.pinned = pinned;
+        self.put_json(&rel, &idx).await
+    }
+
+    /// Records the blob of an artifact's signed provenance envelope, so
+    /// that gc keeps it as long as it keeps the artifact.
+    pub async fn set_provenance(&self, id: &TreeDigest, envelope: Digest) -> Result<()> {
+        let rel = format!("artifacts/{}.json", id.hex());
+        let mut idx: ArtifactIndex =
+            self.get_json(&rel).await?.ok_or_else(|| StoreError::NotFound(format!("artifact {id}")))?;
+        idx.provenance = Some(envelope);
         self.put_json(&rel, &idx).await
     }
 

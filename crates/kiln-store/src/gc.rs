@@ -49,8 +49,8 @@ pub struct GcReport {
 impl Store {
     /// Collect garbage in this tenant: keep pinned artifacts, the newest
     /// `keep_last_per_branch` per branch, cache entries by LRU under `cache_max_bytes`,
-    /// and every blob referenced by a kept artifact (record, manifest, files) or kept cache
-    /// entry (manifest, files). Everything else older than `grace` goes.
+    /// and every blob referenced by a kept artifact (record, provenance envelope, manifest,
+    /// files) or kept cache entry (manifest, files). Everything else older than `grace` goes.
     ///
     /// Not coordinated with concurrent writers beyond the grace period.
     pub async fn gc(&self, policy: &GcPolicy, dry_run: bool) -> Result<GcReport> {
@@ -71,6 +71,9 @@ impl Store {
             }
             if idx.pinned || (!expired && *n <= policy.keep_last_per_branch) {
                 live.insert(idx.record);
+                if let Some(p) = idx.provenance {
+                    live.insert(p);
+                }
                 self.mark_tree(&id, &mut live).await?;
             } else {
                 if !dry_run {

@@ -293,3 +293,20 @@ async fn provenance_sign_and_verify() {
         Err(kiln_store::provenance::KeyError::InsecurePermissions { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bug_gc_deleted_the_provenance_of_kept_artifacts() {
+    let (td, s) = new_store();
+    let t1 = tree_of(&s, &td, "1", &[("a", b"kept")]).await;
+    s.put_artifact(&record(t1, "main", "2025-01-01T00:00:00.000000000Z", false)).await.unwrap();
+    let envelope = s.put_bytes(b"{\"payloadType\":\"...\"}".to_vec()).await.unwrap().digest;
+    s.set_provenance(&t1, envelope).await.unwrap();
+    let policy = GcPolicy { keep_last_per_branch: 5, cache_max_bytes: 0, grace: Duration::ZERO };
+    let report = s.gc(&policy, false).await.unwrap();
+    assert!(!report.deleted_blobs.contains(&envelope), "{report:?}");
+    assert!(s.get_bytes(&envelope, None).await.is_ok(), "the kept artifact's provenance is gone");
+    // When the artifact goes, its provenance goes with it.
+    let policy = GcPolicy { keep_last_per_branch: 0, cache_max_bytes: 0, grace: Duration::ZERO };
+    let report = s.gc(&policy, false).await.unwrap();
+    assert!(report.deleted_blobs.contains(&envelope), "{report:?}");
+}

@@ -180,6 +180,14 @@ fn gc_keeps_the_newest_artifacts_and_dry_runs_change_nothing() {
     assert!(String::from_utf8_lossy(&real.stdout).contains("deleted 2 artifacts"));
     assert!(!p.restores(&ids[0], "b"));
     assert!(p.restores(&ids[2], "c"));
+    // bug: gc deleted the provenance envelopes of the artifacts it kept.
+    let verify = p.kiln().args(["verify", &ids[2]]).output().unwrap();
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 const GLOBS: &str = r#"

@@ -151,7 +151,9 @@ impl ArtifactSink {
                 let statement = kiln_store::statement_for(&record, BUILDER_ID, meta.hermetic, Vec::new());
                 let envelope = keys.sign(&statement);
                 let json = serde_json::to_vec(&envelope).map_err(|e| e.to_string())?;
-                Some(self.store.put_bytes(json).await.map_err(|e| e.to_string())?.digest)
+                let envelope = self.store.put_bytes(json).await.map_err(|e| e.to_string())?.digest;
+                self.store.set_provenance(&stats.digest, envelope).await.map_err(|e| e.to_string())?;
+                Some(envelope)
             }
             None => None,
         };
