@@ -397,14 +397,13 @@ fn finish_job(
     sched.finish(j, visible);
 }
 
-/// Why job `j` cannot run here, if it cannot: the first thing in it kiln
-/// does not have (with its line), a `runs-on` label no runner here carries,
+/// Why job `j` cannot run here, if it cannot: a `runs-on` label no runner
+/// here carries, the first thing in it kiln does not have (with its line),
 /// a container image, or (if the operator says so) a coverage uploader.
 pub fn refusal(plan: &Plan, j: usize, contexts: &Contexts, opts: &BuildOptions) -> Option<String> {
     let spec = &plan.jobs[j].spec;
-    if let Some(r) = spec.refusals.first() {
-        return Some(format!("{} (line {}:{})", r.reason, r.location.line, r.location.column));
-    }
+    // The machine first: on a runner that does not exist here, nothing
+    // else about the job matters.
     let status = StatusFns::new(true, false, false);
     let mut labels = Vec::new();
     for t in &spec.runs_on {
@@ -415,6 +414,9 @@ pub fn refusal(plan: &Plan, j: usize, contexts: &Contexts, opts: &BuildOptions) 
     }
     if let Some(reason) = opts.runner_labels.refusal(&labels) {
         return Some(reason);
+    }
+    if let Some(r) = spec.refusals.first() {
+        return Some(format!("{} (line {}:{})", r.reason, r.location.line, r.location.column));
     }
     if let Some(t) = &spec.container {
         match t.render(contexts, status) {

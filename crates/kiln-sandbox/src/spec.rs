@@ -167,7 +167,9 @@ pub fn build_spec(isolation: Isolation, spec: &SandboxSpec, cgroups_path: &str) 
             mounts.push(bind(crate::init::EGRESS_DIR, dir, true)?);
         }
         if let Some(dir) = &init.agent {
-            mounts.push(bind(crate::agent::AGENT_DIR, dir, true)?);
+            // Read-only: connecting to a socket needs no write access to
+            // its directory, and nothing inside may put files there.
+            mounts.push(bind(crate::agent::AGENT_DIR, dir, false)?);
         }
         argv = crate::init::wrap_argv(
             init.egress.as_ref().map(|(_, p)| *p),

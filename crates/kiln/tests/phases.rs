@@ -152,3 +152,45 @@ fn sandbox_per_step_ends_what_a_step_leaves_running() {
     apart.expect_code(0);
     assert_eq!(apart.lines("a"), ["gone"]);
 }
+
+/// A step cannot reach the agent that starts the steps: its socket is gone
+/// once PID 1 connected, its directory is read-only, and PID 1's file
+/// descriptors cannot be taken (`pidfd_getfd` is refused by seccomp, which
+/// every step inherits from PID 1).
+const AGENT_PROBE: &str = r#"
+jobs:
+  probe:
+    steps:
+      - run: echo first
+      - shell: python
+        run: |
+          import ctypes, os, platform, socket, sys
+          left = os.listdir("/kiln/agent")
+          if left:
+              print("BROKEN: the agent directory holds", left); sys.exit(1)
+          try:
+              open("/kiln/agent/x", "w")
+              print("BROKEN: wrote into the agent directory"); sys.exit(1)
+          except OSError:
+              pass
+          s = socket.socket(socket.AF_UNIX)
+          try:
+              s.connect("/kiln/agent/agent.sock")
+              print("BROKEN: connected to the agent"); sys.exit(1)
+          except OSError:
+              pass
+          if platform.machine() == "x86_64":
+              libc = ctypes.CDLL(None, use_errno=True)
+              pidfd = libc.syscall(434, 1, 0)  # pidfd_open(1)
+              for fd in range(0, 32):
+                  if pidfd >= 0 and libc.syscall(438, pidfd, fd, 0) >= 0:  # pidfd_getfd
+                      print(f"BROKEN: took PID 1's fd {fd}"); sys.exit(1)
+          print("agent unreachable")
+"#;
+
+per_tier!(a_step_cannot_reach_the_agent, |tier| {
+    let p = Project::new(AGENT_PROBE);
+    let run = p.run(tier, &[]);
+    run.expect_code(0);
+    assert_eq!(run.lines("probe"), ["first", "agent unreachable"]);
+});
