@@ -602,14 +602,22 @@ pub fn key(args: crate::cli::StateOnly) -> u8 {
 
 pub fn verify(args: crate::cli::VerifyArgs) -> u8 {
     let Some(digest) = parse_artifact_id(&args.id) else { return EXIT_INVALID };
-    let result = (|| -> anyhow::Result<Result<kiln_store::Statement, kiln_store::VerifyError>> {
+    // Outer error: kiln could not check (exit 3). Inner error: the check
+    // ran and the artifact did not pass (exit 1): a missing, unreadable or
+    // edited envelope, a bad signature or digest, a quarantined artifact.
+    let result = (|| -> anyhow::Result<Result<kiln_store::Statement, String>> {
         let store = open_store(&args.state)?;
         let envelope = match &args.provenance {
             Some(f) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
-            None => recorded_provenance(&args.state.state_dir, &store, &args.id)?,
+            None => match recorded_provenance(&args.state.state_dir, &store, &args.id) {
+                Ok(bytes) => bytes,
+                Err(e) => return Ok(Err(format!("{e:#}"))),
+            },
         };
-        let envelope: kiln_store::Envelope = serde_json::from_slice(&envelope)
-            .map_err(|e| anyhow!("the provenance is not a DSSE envelope: {e}"))?;
+        let envelope: kiln_store::Envelope = match serde_json::from_slice(&envelope) {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(format!("the provenance is not a DSSE envelope: {e}"))),
+        };
         let key = match &args.key {
             Some(hex) => kiln_store::provenance::parse_public_key(hex)
                 .ok_or_else(|| anyhow!("--key: not an Ed25519 public key in hex"))?,
@@ -618,7 +626,26 @@ pub fn verify(args: crate::cli::VerifyArgs) -> u8 {
                 .public_key(),
         };
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        Ok(rt.block_on(kiln_store::verify(&envelope, &key, &store, &digest)))
+        let st = match rt.block_on(kiln_store::verify(&envelope, &key, &store, &digest)) {
+            Ok(st) => st,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        // A quarantined artifact is signed and intact, and still must not
+        // ship: the scan's verdict is part of the answer.
+        if args.provenance.is_none() {
+            if let Ok(db) = Store::open(&args.state.state_dir) {
+                if let Some((status, scan)) = db.scan_of(&args.id)? {
+                    if status == "quarantined" {
+                        return Ok(Err(format!(
+                            "{} is quarantined by the artifact scan ({}); its signature and digests check out, but it must not be deployed",
+                            args.id,
+                            scan.unwrap_or_default().lines().next().unwrap_or("no findings recorded")
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(Ok(st))
     })();
     match result {
         Ok(Ok(st)) => {

@@ -273,4 +273,37 @@ jobs:
     assert!(row("site")["scan"].as_str().unwrap_or("").contains("tool"), "the file is named: {rows:?}");
     assert_eq!(row("server")["status"], "ready", "{rows:?}");
     assert_eq!(row("server")["output_type"], "server", "{rows:?}");
+    // bug: `kiln verify` said `verified` for a quarantined artifact.
+    let site = row("site")["id"].as_str().unwrap().to_string();
+    let v = p.kiln().args(["verify", &site]).output().unwrap();
+    let err = String::from_utf8_lossy(&v.stderr).to_string();
+    assert_eq!(v.status.code(), Some(1), "{err}");
+    assert!(err.contains("quarantined by the artifact scan") && err.contains("tool"), "{err}");
+    let server = row("server")["id"].as_str().unwrap().to_string();
+    assert!(p.kiln().args(["verify", &server]).status().unwrap().success());
+}
+
+#[test]
+fn bug_verify_exited_3_for_a_missing_or_edited_envelope() {
+    let p = Project::new(
+        "jobs:\n  b:\n    steps:\n      - run: mkdir -p dist && echo hi > dist/a.txt\n      - uses: actions/upload-artifact@v4\n        with: { name: a, path: dist }\n",
+    );
+    let run = p.run("container", &[]);
+    run.expect_code(0);
+    let row = p.first_json_row(&["artifacts", run.summary["build"].as_str().unwrap(), "--json"]);
+    let id = row["id"].as_str().unwrap().to_string();
+    let prov = row["provenance"].as_str().unwrap().to_string();
+    // An edited envelope that is not JSON any more: verification failed (1).
+    let junk = p.path().join("junk.json");
+    std::fs::write(&junk, "{not json").unwrap();
+    let out = p.kiln().args(["verify", &id, "--provenance"]).arg(&junk).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    // The recorded envelope's blob gone: verification failed (1), not a kiln failure.
+    let hex = prov.trim_start_matches("sha256:");
+    let blob = p.state_dir().join("store/local/blobs/sha256").join(&hex[..2]).join(hex);
+    std::fs::remove_file(&blob).unwrap();
+    let out = p.kiln().args(["verify", &id]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("verification failed:"), "{err}");
 }

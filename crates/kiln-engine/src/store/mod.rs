@@ -446,6 +446,18 @@ impl Store {
         Ok(rows)
     }
 
+    /// The scan verdict recorded for an artifact id (newest), and its findings.
+    pub fn scan_of(&self, artifact: &str) -> Result<Option<(String, Option<String>)>, EngineError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT status, scan FROM artifacts WHERE id = ?1 ORDER BY rowid DESC LIMIT 1",
+                [artifact],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
     /// The newest provenance envelope digest recorded for an artifact id.
     pub fn provenance_of(&self, artifact: &str) -> Result<Option<String>, EngineError> {
         Ok(self
