@@ -203,9 +203,16 @@ impl Executor {
             self.ensure_tier(tier)?;
         }
         let github = crate::contexts::github(&req.build, &plan.name, &req.source_info);
+        // Every string of the build that reaches a terminal or the store
+        // passes this scrubber (step output, and kiln's own: names, reasons).
+        let scrubber =
+            Arc::new(kiln_secrets::Scrubber::new(&req.secrets, &kiln_secrets::PatternSet::builtin()));
         let names = BuildOptions::new(req.build.clone(), 1, github.clone(), serde_json::Value::Null);
-        let jobs: Vec<(String, String)> =
-            (0..plan.jobs.len()).map(|j| (plan.jobs[j].id.clone(), display_name(&plan, j, &names))).collect();
+        let jobs: Vec<(String, String)> = (0..plan.jobs.len())
+            // Ids come from the file alone (keys, literal matrix values) and
+            // key every row; display names are rendered.
+            .map(|j| (plan.jobs[j].id.clone(), scrubber.scrub_str(&display_name(&plan, j, &names))))
+            .collect();
         let _live = crate::store::LiveBuild::new(&req.build);
         let store = Store::open(&self.state_dir)?;
         store.insert_build(&req.build, &plan.name, &req.source.display().to_string(), &jobs)?;
@@ -213,8 +220,6 @@ impl Executor {
 
         let mut egress = EgressConfig::new(self.cfg.allow_private.clone(), self.cfg.egress_cap);
         egress.registries = self.cfg.registries.clone();
-        let scrubber =
-            Arc::new(kiln_secrets::Scrubber::new(&req.secrets, &kiln_secrets::PatternSet::builtin()));
         let sink = {
             // A source outside git has no branch: its artifacts are `local`'s.
             let branch = Some(req.source_info.git_ref.rsplit('/').next().unwrap_or(""))
@@ -253,7 +258,7 @@ impl Executor {
             // at all, whatever its workflow binds: the scrubber above still
             // knows them, should one reach the build some other way.
             secrets: if req.untrusted { Arc::new(Vec::new()) } else { req.secrets.clone() },
-            scrubber,
+            scrubber: scrubber.clone(),
             egress: egress.clone(),
             artifacts: Some(Arc::new(sink)),
             default_network: self.cfg.policy.network.clone(),
@@ -272,7 +277,7 @@ impl Executor {
         opts.egress = Some(egress.counters.clone());
         opts.runner_labels = kiln_workflow::RunnerLabels::with_extra(self.cfg.policy.extra_labels.clone());
         opts.refuse_uploaders = self.cfg.policy.refuse_uploaders;
-        let emitter = Emitter::new(&req.build, tap, Some(writer.sender()));
+        let emitter = Emitter::new(&req.build, tap, Some(writer.sender())).with_scrubber(scrubber.clone());
         if req.untrusted && !req.secrets.is_empty() {
             emitter.log(
                 "",

@@ -203,3 +203,57 @@ fn bug_secrets_rendered_into_step_scripts_on_disk() {
     assert!(run.lines("a").contains(&"read from the environment".to_string()), "{:?}", run.lines("a"));
     assert!(!run.stdout.contains(TOKEN) && !run.stderr.contains(TOKEN));
 }
+
+/// A secret that a step put into `$GITHUB_ENV` reaches strings kiln itself
+/// composes: a step's name, a working-directory error, a cache key, an
+/// artifact name. None of them may show it, on the terminal, in `--json`,
+/// in `kiln logs` or anywhere in the state directory.
+const COMPOSED: &str = r#"
+kiln:
+  secrets:
+    DEPLOY_TOKEN: { phases: [build] }
+jobs:
+  a:
+    steps:
+      - env:
+          T: ${{ secrets.DEPLOY_TOKEN }}
+        run: echo "LEAK=$T" >> "$GITHUB_ENV"
+      - name: deploy ${{ env.LEAK }}
+        continue-on-error: true
+        working-directory: ${{ env.LEAK }}
+        run: echo never
+      - continue-on-error: true
+        uses: actions/cache@v4
+        with:
+          key: k-${{ env.LEAK }}
+          path: x
+      - continue-on-error: true
+        uses: actions/upload-artifact@v4
+        with:
+          name: a-${{ env.LEAK }}
+          path: x
+      - run: echo done
+"#;
+
+#[test]
+fn bug_strings_kiln_composes_were_not_scrubbed() {
+    let p = Project::new(COMPOSED);
+    let run = p.run("container", &["--secret", &format!("DEPLOY_TOKEN={TOKEN}")]);
+    run.expect_code(0);
+    assert_clean("--json output", &run.stdout);
+    assert_clean("stderr", &run.stderr);
+    let names: Vec<&str> = run.entries.iter().filter_map(|e| e["step"].as_str()).collect();
+    assert!(names.iter().any(|n| n.starts_with("deploy ***")), "{names:?}");
+    let text = run.all_text();
+    assert!(text.contains("the key would contain the value of secret `DEPLOY_TOKEN`"), "{text}");
+    assert!(text.contains("the artifact name would contain the value of secret `DEPLOY_TOKEN`"), "{text}");
+    let logs = p.kiln().args(["logs", "latest", "--json"]).output().unwrap();
+    assert_clean("kiln logs", &String::from_utf8_lossy(&logs.stdout));
+    // Nothing kiln stored holds it either.
+    let out = std::process::Command::new("grep")
+        .args(["-r", "-l", "-a", TOKEN])
+        .arg(p.state_dir())
+        .output()
+        .unwrap();
+    assert!(out.stdout.is_empty(), "the secret is stored in {}", String::from_utf8_lossy(&out.stdout));
+}

@@ -118,6 +118,10 @@ pub struct StepRecord {
 pub struct Emitter {
     inner: Arc<Mutex<EmitterInner>>,
     build: Arc<str>,
+    /// Every string kiln puts into an event (step names, reasons, kiln's
+    /// own messages, cache keys, artifact names) passes it: a value that
+    /// came from a secret never reaches a terminal, a stream or the store.
+    scrubber: Option<Arc<kiln_secrets::Scrubber>>,
 }
 
 #[derive(Debug)]
@@ -133,7 +137,86 @@ impl Emitter {
         ui: Option<mpsc::UnboundedSender<Event>>,
         store: Option<std::sync::mpsc::Sender<Event>>,
     ) -> Emitter {
-        Emitter { inner: Arc::new(Mutex::new(EmitterInner { seq: 0, ui, store })), build: build.into() }
+        Emitter {
+            inner: Arc::new(Mutex::new(EmitterInner { seq: 0, ui, store })),
+            build: build.into(),
+            scrubber: None,
+        }
+    }
+
+    /// The same emitter, scrubbing every string with the build's scrubber.
+    pub fn with_scrubber(mut self, scrubber: Arc<kiln_secrets::Scrubber>) -> Emitter {
+        self.scrubber = Some(scrubber);
+        self
+    }
+
+    pub(crate) fn clean(&self, s: String) -> String {
+        match &self.scrubber {
+            Some(sc) if !s.is_empty() => sc.scrub_str(&s),
+            _ => s,
+        }
+    }
+
+    fn clean_opt(&self, s: Option<String>) -> Option<String> {
+        s.map(|s| self.clean(s))
+    }
+
+    /// Scrubs every string field of an event.
+    fn clean_event(&self, event: Event) -> Event {
+        if self.scrubber.is_none() {
+            return event;
+        }
+        let summary = |s: &Self, mut j: crate::build::JobSummary| {
+            j.name = s.clean(j.name);
+            j.reason = s.clean_opt(j.reason);
+            j
+        };
+        match event {
+            Event::BuildStarted { build, pipeline, jobs } => Event::BuildStarted {
+                build,
+                pipeline: self.clean(pipeline),
+                jobs: jobs.into_iter().map(|(id, name)| (id, self.clean(name))).collect(),
+            },
+            Event::JobStarted { job, id, started_at } => Event::JobStarted { job, id, started_at },
+            Event::StepStarted { job, step, name } => {
+                Event::StepStarted { job, step, name: self.clean(name) }
+            }
+            Event::StepFinished { job, step, mut record } => {
+                record.name = self.clean(record.name);
+                record.reason = self.clean_opt(record.reason);
+                record.summary = self.clean_opt(record.summary);
+                Event::StepFinished { job, step, record }
+            }
+            Event::JobFinished { job, summary: s } => Event::JobFinished { job, summary: summary(self, s) },
+            Event::Log(mut e) => {
+                e.step = self.clean(e.step);
+                e.text = self.clean(e.text);
+                Event::Log(e)
+            }
+            Event::Artifact { job, name, id, files, bytes, provenance, output_type, status, scan } => {
+                Event::Artifact {
+                    job,
+                    name: self.clean(name),
+                    id,
+                    files,
+                    bytes,
+                    provenance,
+                    output_type,
+                    status,
+                    scan: self.clean_opt(scan),
+                }
+            }
+            Event::Cache { job, key, write, files, bytes } => {
+                Event::Cache { job, key: self.clean(key), write, files, bytes }
+            }
+            Event::Audit { kind, job, step, detail } => {
+                Event::Audit { kind, job, step: self.clean(step), detail: self.clean(detail) }
+            }
+            Event::BuildFinished(mut b) => {
+                b.jobs = b.jobs.into_iter().map(|j| summary(self, j)).collect();
+                Event::BuildFinished(b)
+            }
+        }
     }
 
     pub fn build(&self) -> &str {
@@ -141,12 +224,22 @@ impl Emitter {
     }
 
     pub fn emit(&self, event: Event) {
+        let event = self.clean_event(event);
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.send(event);
     }
 
-    /// Emits one log line.
+    /// Emits one log line kiln composed (scrubbed).
     pub fn log(&self, job: &str, step: &str, phase: &str, stream: Stream, text: String) {
+        let text = self.clean(text);
+        let step = self.clean(step.to_string());
+        self.log_scrubbed(job, &step, phase, stream, text);
+    }
+
+    /// Emits one line of a step's output that the stream scrubber already
+    /// went over (and whose step name was cleaned once, see
+    /// [`Emitter::clean`]).
+    pub(crate) fn log_scrubbed(&self, job: &str, step: &str, phase: &str, stream: Stream, text: String) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.seq += 1;
         let entry = LogEntry {

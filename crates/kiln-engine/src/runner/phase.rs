@@ -57,8 +57,15 @@ impl StepLogger {
         true
     }
 
-    fn line(&self, stream: Stream, text: String) {
+    /// A line kiln composed (scrubbed on its way out, like everything).
+    pub(crate) fn line(&self, stream: Stream, text: String) {
         self.emitter.log(&self.job, &self.step, &self.phase, stream, text);
+    }
+
+    /// A line of the step's own output, already through the stream
+    /// scrubber (which sees across line and pipe boundaries).
+    fn scrubbed_line(&self, stream: Stream, text: String) {
+        self.emitter.log_scrubbed(&self.job, &self.step, &self.phase, stream, text);
     }
 }
 
@@ -81,16 +88,16 @@ pub(crate) async fn pump(
             continue;
         }
         for line in framer.push(&scrub.push(&buf[..n])) {
-            logger.line(stream, line);
+            logger.scrubbed_line(stream, line);
         }
     }
     let tail = scrub.finish();
     if !logger.tripped.load(Ordering::Relaxed) {
         for line in framer.push(&tail) {
-            logger.line(stream, line);
+            logger.scrubbed_line(stream, line);
         }
         if let Some(rest) = framer.finish() {
-            logger.line(stream, rest);
+            logger.scrubbed_line(stream, rest);
         }
     }
     scrub.counts().total()

@@ -380,7 +380,7 @@ impl JobRun<'_> {
         StepLogger {
             emitter: self.req.emitter.clone(),
             job: job.id.clone(),
-            step: name.to_string(),
+            step: self.req.emitter.clean(name.to_string()),
             bytes: Arc::new(AtomicU64::new(0)),
             limit: self.limits.log_bytes,
             over: Arc::new(Notify::new()),

@@ -66,6 +66,12 @@ impl JobRun<'_> {
     ) -> Result<StepResult, StepError> {
         let ctx = self.contexts();
         let name = name.render(&ctx, self.status_fns()).map_err(|e| e.to_string())?;
+        // The name is stored in the artifact's records: never a secret's value.
+        if let Some(secret) = self.runner.cfg.scrubber.contains_secret(name.as_bytes()) {
+            return Err(StepError::User(format!(
+                "the artifact name would contain the value of secret `{secret}`; names are stored in clear"
+            )));
+        }
         let paths = path.render(&ctx, self.status_fns()).map_err(|e| e.to_string())?;
         let ws = self.workspace.as_ref().ok_or("no workspace")?.path().to_path_buf();
         let staging = self.dir.join(format!("upload-{k}"));

@@ -70,6 +70,12 @@ impl JobRun<'_> {
         if key.is_empty() {
             return Err("actions/cache: the key is empty".into());
         }
+        // The key is stored in the cache's records: never a secret's value.
+        if let Some(secret) = self.runner.cfg.scrubber.contains_secret(key.as_bytes()) {
+            return Err(StepError::User(format!(
+                "actions/cache: the key would contain the value of secret `{secret}`; keys are stored in clear"
+            )));
+        }
         let mut paths: Vec<String> = Vec::new();
         for line in path.render(&ctx, status).map_err(|e| e.to_string())?.lines() {
             if let Some(p) = cache_path_key(line).map_err(|e| format!("path: {e}"))? {
