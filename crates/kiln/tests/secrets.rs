@@ -257,3 +257,50 @@ fn bug_strings_kiln_composes_were_not_scrubbed() {
         .unwrap();
     assert!(out.stdout.is_empty(), "the secret is stored in {}", String::from_utf8_lossy(&out.stdout));
 }
+
+const CROSSING: &str = r#"
+kiln:
+  secrets:
+    DEPLOY_TOKEN: { phases: [deploy] }
+jobs:
+  a:
+    outputs:
+      leaked: ${{ steps.s.outputs.v }}
+      from-env: ${{ env.LEAK }}
+    steps:
+      - id: s
+        kiln: { phase: deploy }
+        env:
+          T: ${{ secrets.DEPLOY_TOKEN }}
+        run: |
+          echo "LEAK=$T" >> "$GITHUB_ENV"
+          echo "v=$T" >> "$GITHUB_OUTPUT"
+      - kiln: { phase: deploy }
+        run: test -n "$LEAK" && echo "a bound step sees it"
+      - run: |
+          if [ -n "$LEAK" ]; then echo "BROKEN: an unbound step got it"; exit 1; fi
+          echo "an unbound step does not"
+  b:
+    needs: a
+    steps:
+      - run: echo "got [${{ needs.a.outputs.leaked }}] [${{ needs.a.outputs.from-env }}]"
+"#;
+
+#[test]
+fn bug_github_env_and_job_outputs_carried_secrets_past_their_binding() {
+    let p = Project::new(CROSSING);
+    let run = p.run("container", &["--secret", &format!("DEPLOY_TOKEN={TOKEN}")]);
+    run.expect_code(0);
+    let lines = run.lines("a");
+    assert!(lines.contains(&"a bound step sees it".to_string()), "{lines:?}");
+    assert!(lines.contains(&"an unbound step does not".to_string()), "{lines:?}");
+    assert_eq!(run.lines("b"), ["got [] []"]);
+    let sys = run.system_lines("a").join("\n");
+    assert!(
+        sys.contains("env LEAK not passed to this step: it holds the value of secret `DEPLOY_TOKEN`"),
+        "{sys}"
+    );
+    assert!(sys.contains("output `v` dropped"), "{sys}");
+    assert!(sys.contains("output `from-env` dropped: it holds the value of secret `DEPLOY_TOKEN`"), "{sys}");
+    assert_clean("--json output", &run.stdout);
+}

@@ -216,9 +216,16 @@ impl<'a> JobRun<'a> {
         let ctx = self.contexts();
         for (name, t) in &job.spec.outputs {
             match t.render(&ctx, self.status_fns()) {
-                Ok(v) => {
-                    outcome.outputs.insert(name.clone(), Value::String(v));
-                }
+                // Outputs reach other jobs, which no binding covers.
+                Ok(v) => match self.runner.cfg.scrubber.contains_secret(v.as_bytes()) {
+                    Some(secret) => self.sys(
+                        "",
+                        format!("output `{name}` dropped: it holds the value of secret `{secret}`, and job outputs reach other jobs"),
+                    ),
+                    None => {
+                        outcome.outputs.insert(name.clone(), Value::String(v));
+                    }
+                },
                 Err(e) => self.sys("", format!("output `{name}`: {e}")),
             }
         }

@@ -144,6 +144,31 @@ impl JobRun<'_> {
             let v = t.render(&ctx, status).map_err(|e| format!("env {key}: {e}"))?;
             env.insert(key.clone(), Value::String(v));
         }
+        // A value holding a secret (put into $GITHUB_ENV by an earlier step)
+        // reaches this step only if this step is bound to that secret.
+        {
+            let bound: std::collections::HashSet<&str> = bindings.iter().map(|b| b.name.as_str()).collect();
+            let sc = self.runner.cfg.scrubber.clone();
+            let mut dropped = Vec::new();
+            env.retain(|k, v| {
+                if secret_keys.contains(k) {
+                    return true;
+                }
+                match v.as_str().and_then(|s| sc.contains_secret(s.as_bytes())) {
+                    Some(secret) if !bound.contains(secret) => {
+                        dropped.push((k.clone(), secret.to_string()));
+                        false
+                    }
+                    _ => true,
+                }
+            });
+            for (k, secret) in dropped {
+                self.sys(
+                    name,
+                    format!("env {k} not passed to this step: it holds the value of secret `{secret}`, which this step is not bound to"),
+                );
+            }
+        }
         let mut ctx = self.contexts();
         ctx.env = Value::Object(env.clone());
         let body = script.render(&ctx, status).map_err(|e| format!("run: {e}"))?;
