@@ -194,3 +194,35 @@ per_tier!(a_step_cannot_reach_the_agent, |tier| {
     run.expect_code(0);
     assert_eq!(run.lines("probe"), ["first", "agent unreachable"]);
 });
+
+/// kiln's host-side built-ins (artifact upload and download, cache, checkout)
+/// never work on the job's files while a process of the phase runs: it
+/// could swap a checked path for a link between the check and the use.
+const RACER: &str = r#"
+jobs:
+  a:
+    steps:
+      - run: |
+          mkdir -p out && echo one > out/a.txt
+          nohup sh -c 'while true; do mkdir -p out/churn; rmdir out/churn; done' > /dev/null 2>&1 &
+          echo racing
+      - uses: actions/upload-artifact@v4
+        with: { name: out, path: out }
+      - run: |
+          if pgrep -f "out/churn" > /dev/null; then echo "BROKEN: the racer survived"; exit 1; fi
+          echo "racer gone"
+"#;
+
+#[test]
+fn host_side_builtins_end_the_phase_first() {
+    let p = Project::new(RACER);
+    let run = p.run("container", &[]);
+    run.expect_code(0);
+    assert_eq!(run.lines("a"), ["racing", "racer gone"]);
+    assert!(
+        run.system_lines("a").iter().any(|l| l.contains("phase sandbox ended")
+            && l.contains("a built-in step works on the job's files from the host")),
+        "{:?}",
+        run.system_lines("a")
+    );
+}

@@ -318,6 +318,21 @@ impl<'a> JobRun<'a> {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<StepResult, StepError>> + Send + 's>> {
         Box::pin(async move {
             let phase = step.phase(&job.spec).as_str();
+            // A built-in that works on the job's disk from the host (reads
+            // files to store them, writes restored ones) must not race a
+            // process of the phase that could swap a path for a link
+            // meanwhile: the phase's processes end first.
+            if matches!(
+                step.action,
+                StepAction::Checkout
+                    | StepAction::UploadArtifact { .. }
+                    | StepAction::DownloadArtifact { .. }
+                    | StepAction::Cache { .. }
+                    | StepAction::Detect { .. }
+                    | StepAction::Package { .. }
+            ) {
+                self.close_phase(job, name, "a built-in step works on the job's files from the host").await;
+            }
             match &step.action {
                 StepAction::Checkout => self.checkout().await,
                 StepAction::Run { script, shell } => {
