@@ -99,32 +99,33 @@ per_tier!(a_jobs_steps_share_its_home_and_tools, |tier| {
     p.write("rtool/src/main.rs", "fn main() { println!(\"cargo-installed tool from an earlier step\"); }\n");
     let run = p.run(tier, &[]);
     run.expect_code(0);
-    let lines = run.lines("tools");
-    for want in [
-        "mytool says hi",
-        "state from step 2",
-        "home is /home/runner, tool cache is /opt/hostedtoolcache",
-        "global tool from an earlier step",
-        "cargo-installed tool from an earlier step",
-    ] {
-        assert!(lines.contains(&want.to_string()), "missing {want:?} in {lines:?}");
-    }
+    run.assert_lines(
+        "tools",
+        &[
+            "mytool says hi",
+            "state from step 2",
+            "home is /home/runner, tool cache is /opt/hostedtoolcache",
+            "global tool from an earlier step",
+            "cargo-installed tool from an earlier step",
+        ],
+    );
 });
 
 per_tier!(shells_follow_githubs_rules, |tier| {
     let p = Project::new(fixture("shells"));
     let run = p.run(tier, &[]);
     run.expect_code(0);
+    run.assert_lines(
+        "shells",
+        &[
+            "default shell kept going",
+            "strict outcome failure",
+            "custom template, login=yes",
+            "python 3",
+            "posix sh",
+        ],
+    );
     let lines = run.lines("shells");
-    for want in [
-        "default shell kept going",
-        "strict outcome failure",
-        "custom template, login=yes",
-        "python 3",
-        "posix sh",
-    ] {
-        assert!(lines.contains(&want.to_string()), "missing {want:?} in {lines:?}");
-    }
     assert!(!lines.contains(&"not reached".to_string()));
 });
 
@@ -134,15 +135,16 @@ per_tier!(composite_actions_of_the_repository_run, |tier| {
     p.write(".github/actions/greet/motd", "files beside the action\n");
     let run = p.run(tier, &[]);
     run.expect_code(0);
+    run.assert_lines(
+        "use-action",
+        &[
+            "from greet: files beside the action",
+            "after hello use-action",
+            "action said 'hello use-action'",
+            "failing action outcome failure",
+        ],
+    );
     let lines = run.lines("use-action");
-    for want in [
-        "from greet: files beside the action",
-        "after hello use-action",
-        "action said 'hello use-action'",
-        "failing action outcome failure",
-    ] {
-        assert!(lines.contains(&want.to_string()), "missing {want:?} in {lines:?}");
-    }
     // The failing call stopped at its failing step.
     assert!(!lines.contains(&"after hello nobody".to_string()), "{lines:?}");
 });
@@ -152,19 +154,19 @@ fn download_artifact_gathers_every_upload() {
     let p = Project::new(fixture("artifacts"));
     let run = p.run("container", &[]);
     run.expect_code(0);
-    let lines = run.lines("gather");
-    for want in [
-        "all/dist-one/one.txt",
-        "all/dist-two/two.txt",
-        "merged/existing.txt",
-        "merged/one.txt",
-        "merged/two.txt",
-        "one",
-        "two",
-        "keep",
-    ] {
-        assert!(lines.contains(&want.to_string()), "missing {want:?} in {lines:?}");
-    }
+    run.assert_lines(
+        "gather",
+        &[
+            "all/dist-one/one.txt",
+            "all/dist-two/two.txt",
+            "merged/existing.txt",
+            "merged/one.txt",
+            "merged/two.txt",
+            "one",
+            "two",
+            "keep",
+        ],
+    );
 }
 
 #[test]

@@ -38,10 +38,10 @@ per_tier!(a_background_server_lives_until_its_phase_ends, |tier| {
     let p = Project::new(SERVER);
     let run = p.run(tier, &[]);
     run.expect_code(0);
-    let lines = run.lines("test");
-    for want in ["started", "served by an earlier step", "still served", "server ended with its phase"] {
-        assert!(lines.contains(&want.to_string()), "missing {want:?} in {lines:?}");
-    }
+    run.assert_lines(
+        "test",
+        &["started", "served by an earlier step", "still served", "server ended with its phase"],
+    );
     assert!(
         run.system_lines("test").iter().any(|l| l.contains("phase sandbox ended") && l.contains("deploy")),
         "{:?}",
@@ -95,10 +95,7 @@ per_tier!(a_step_handed_secrets_runs_alone, |tier| {
     let p = Project::new(SNOOP);
     let run = p.run(tier, &["--secret", &format!("DEPLOY_TOKEN={TOKEN}")]);
     run.expect_code(0);
-    let lines = run.lines("snoop");
-    for want in ["snooping", "has its secret", "nothing leaked"] {
-        assert!(lines.contains(&want.to_string()), "missing {want:?} in {lines:?}");
-    }
+    run.assert_lines("snoop", &["snooping", "has its secret", "nothing leaked"]);
     assert!(!run.all_text().contains(TOKEN));
     assert!(
         run.system_lines("snoop")

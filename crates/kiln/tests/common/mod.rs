@@ -155,6 +155,14 @@ impl Run {
             .collect()
     }
 
+    /// Asserts that every one of `want` is an output line of `job`.
+    pub fn assert_lines(&self, job: &str, want: &[&str]) {
+        let lines = self.lines(job);
+        for w in want {
+            assert!(lines.iter().any(|l| l == w), "missing {w:?} in the output of {job}: {lines:?}");
+        }
+    }
+
     pub fn system_lines(&self, job: &str) -> Vec<String> {
         self.entries
             .iter()
