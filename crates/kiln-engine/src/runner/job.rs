@@ -331,7 +331,12 @@ impl<'a> JobRun<'a> {
                     | StepAction::Detect { .. }
                     | StepAction::Package { .. }
             ) {
-                self.close_phase(job, name, "a built-in step works on the job's files from the host").await;
+                let current = self.phase_box.as_ref().map(|p| p.key.as_str());
+                if let crate::runner::placement::Placement::Host { close: Some(why) } =
+                    crate::runner::placement::place(current, crate::runner::placement::StepKind::HostBuiltin)
+                {
+                    self.close_phase(job, name, &why).await;
+                }
             }
             match &step.action {
                 StepAction::Checkout => self.checkout().await,

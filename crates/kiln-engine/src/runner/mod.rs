@@ -10,6 +10,7 @@ mod env;
 pub mod globs;
 mod job;
 mod phase;
+mod placement;
 pub mod sandbox;
 mod script;
 mod stepfiles;

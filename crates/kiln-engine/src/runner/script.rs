@@ -215,8 +215,7 @@ impl JobRun<'_> {
         // sandbox of its own when it is handed secrets: in a shared one
         // another step's process could read them from /proc/<pid>/environ.
         let scrubber = self.runner.cfg.scrubber.clone();
-        let alone = !self.runner.cfg.phase_sandboxes
-            || !files.is_empty()
+        let secrets = !files.is_empty()
             || !secret_keys.is_empty()
             || env
                 .values()
@@ -230,18 +229,31 @@ impl JobRun<'_> {
             self.network_in_build = true;
         }
         let n = self.runner.next_id.fetch_add(1, Ordering::Relaxed);
+        let key = format!("{}|{network:?}", phase.as_str());
+        let placement = crate::runner::placement::place(
+            self.phase_box.as_ref().map(|p| p.key.as_str()),
+            crate::runner::placement::StepKind::Script {
+                key: &key,
+                phase: phase.as_str(),
+                secrets,
+                per_step: !self.runner.cfg.phase_sandboxes,
+            },
+        );
+        let alone = matches!(placement, crate::runner::placement::Placement::Alone { .. });
+        match &placement {
+            crate::runner::placement::Placement::Alone { close: Some(why) }
+            | crate::runner::placement::Placement::Open { close: Some(why), .. } => {
+                self.close_phase(job, name, why).await
+            }
+            _ => {}
+        }
+        if let crate::runner::placement::Placement::Open { key, .. } = placement {
+            self.open_phase(job, name, phase, &network, key).await?;
+        }
         let (step_dir, script_dir, files_dir, script_inside, files_inside) = if alone {
-            self.close_phase(job, name, "a step handed secrets runs in a sandbox of its own").await;
             let d = self.dir.join(format!("step-{k}"));
             (d.clone(), d.join("script"), d.join("files"), STEP_DIR.to_string(), FILES_DIR.to_string())
         } else {
-            let key = format!("{}|{network:?}", phase.as_str());
-            if self.phase_box.as_ref().is_some_and(|p| p.key != key) {
-                self.close_phase(job, name, &format!("the next step runs in phase {}", phase.as_str())).await;
-            }
-            if self.phase_box.is_none() {
-                self.open_phase(job, name, phase, &network, key).await?;
-            }
             let dir = self.phase_box.as_ref().map(|p| p.dir.clone()).ok_or("no phase sandbox")?;
             let (script_dir, files_dir) =
                 (dir.join("steps").join(n.to_string()), dir.join("files").join(n.to_string()));
