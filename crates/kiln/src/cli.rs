@@ -217,9 +217,10 @@ pub struct BuildArgs {
     #[arg(long)]
     pub ignore_scripts: bool,
     /// A package registry (mirror) the install may use besides the public
-    /// ones, as a URL (`http://10.0.0.5:4873/`). Private addresses also need
+    /// ones, as KIND=URL with KIND npm, pypi or go
+    /// (`npm=http://10.0.0.5:4873/`). Private addresses also need
     /// --allow-private. Repeatable.
-    #[arg(long = "registry", value_name = "URL")]
+    #[arg(long = "registry", value_name = "KIND=URL")]
     pub registries: Vec<String>,
     /// POST the result to this deployment webhook (signed, retried).
     #[arg(long, value_name = "URL")]
@@ -353,4 +354,31 @@ pub enum ArtifactCommand {
         #[command(flatten)]
         state: StateArgs,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every `--registry` example the help shows is one the parser takes.
+    #[test]
+    fn bug_build_help_showed_a_registry_example_the_parser_refused() {
+        let mut cmd = Cli::command();
+        let build = cmd.find_subcommand_mut("build").expect("a build command");
+        let help = build.render_long_help().to_string();
+        let text = help.split("--registry").nth(1).expect("--registry in the help");
+        // Up to the next option.
+        let text: String = text
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.trim_start().starts_with('-'))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let examples: Vec<&str> = text.split('`').skip(1).step_by(2).collect();
+        assert!(!examples.is_empty(), "no example in: {text}");
+        for e in examples {
+            kiln_build::pipeline::Registry::parse(e).unwrap_or_else(|err| panic!("help example {e}: {err}"));
+        }
+    }
 }
