@@ -50,10 +50,7 @@ const JOB_RUNS: usize = 3;
 pub fn bench(args: BenchArgs) -> u8 {
     match bench_inner(args) {
         Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            crate::run::EXIT_INFRA
-        }
+        Err(e) => crate::run::report_error(&e),
     }
 }
 

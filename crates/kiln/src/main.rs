@@ -18,7 +18,31 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// The status of a process a closed pipe stopped (128 + SIGPIPE), as the
+/// shell reports it for tools that die of SIGPIPE.
+const EXIT_BROKEN_PIPE: i32 = 141;
+
+/// Output to a reader that went away (`kiln logs latest | head`) ends the
+/// command quietly, whatever command it is: Rust ignores SIGPIPE, so a
+/// write to a closed pipe fails, and `println!` panics on it.
+fn exit_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("Broken pipe") {
+            std::process::exit(EXIT_BROKEN_PIPE);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    exit_quietly_on_broken_pipe();
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("KILN_LOG"))

@@ -16,15 +16,30 @@ use crate::render::Renderer;
 
 pub const EXIT_INVALID: u8 = 2;
 pub const EXIT_INFRA: u8 = 3;
+/// The status of a command whose reader went away (`kiln logs | head`):
+/// what a tool killed by SIGPIPE reports (128 + 13).
+pub const EXIT_BROKEN_PIPE: u8 = 141;
+
+/// Prints kiln's own failure and gives its exit status, except that a
+/// reader that went away (a broken pipe anywhere in the chain) ends the
+/// command quietly.
+pub fn report_error(e: &anyhow::Error) -> u8 {
+    let broken = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if broken {
+        return EXIT_BROKEN_PIPE;
+    }
+    eprintln!("error: {e:#}");
+    EXIT_INFRA
+}
+
 /// The exit status of a command that either worked or could not run
 /// (the error goes to stderr).
 pub fn exit_status(result: anyhow::Result<()>) -> u8 {
     match result {
         Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            EXIT_INFRA
-        }
+        Err(e) => crate::run::report_error(&e),
     }
 }
 
@@ -271,10 +286,7 @@ fn default_source(workflow: &Path) -> PathBuf {
 pub fn run(args: RunArgs) -> u8 {
     match run_inner(args) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            EXIT_INFRA
-        }
+        Err(e) => crate::run::report_error(&e),
     }
 }
 
@@ -489,10 +501,7 @@ fn with_build(
     })();
     match result {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            EXIT_INFRA
-        }
+        Err(e) => crate::run::report_error(&e),
     }
 }
 
@@ -660,10 +669,7 @@ pub fn verify(args: crate::cli::VerifyArgs) -> u8 {
             eprintln!("verification failed: {e}");
             1
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            EXIT_INFRA
-        }
+        Err(e) => crate::run::report_error(&e),
     }
 }
 
@@ -679,10 +685,7 @@ pub fn artifact(cmd: crate::cli::ArtifactCommand) -> u8 {
                     println!("{}", String::from_utf8_lossy(&bytes));
                     0
                 }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    EXIT_INFRA
-                }
+                Err(e) => crate::run::report_error(&e),
             };
         }
     };
@@ -714,10 +717,7 @@ pub fn artifact(cmd: crate::cli::ArtifactCommand) -> u8 {
             );
             0
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            EXIT_INFRA
-        }
+        Err(e) => crate::run::report_error(&e),
     }
 }
 
@@ -758,9 +758,6 @@ pub fn gc(args: crate::cli::GcArgs) -> u8 {
             );
             0
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            EXIT_INFRA
-        }
+        Err(e) => crate::run::report_error(&e),
     }
 }

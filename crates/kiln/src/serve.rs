@@ -8,7 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use kiln_server::db::{ControlDb, Principal};
 
 use crate::cli::{IsolationArg, StateArgs};
-use crate::run::{isolation, EXIT_INFRA, EXIT_INVALID};
+use crate::run::{isolation, EXIT_INVALID};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -274,9 +274,6 @@ pub fn admin(cmd: AdminCommand) -> u8 {
     })();
     match result {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            EXIT_INFRA
-        }
+        Err(e) => crate::run::report_error(&e),
     }
 }

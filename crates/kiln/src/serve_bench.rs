@@ -19,7 +19,7 @@ use kiln_server::db::{ControlDb, Principal};
 use serde_json::{json, Value};
 
 use crate::cli::IsolationArg;
-use crate::run::{isolation, EXIT_INFRA};
+use crate::run::isolation;
 
 #[derive(Debug, Args)]
 pub struct BenchServeArgs {
@@ -94,10 +94,7 @@ impl Client {
 pub fn bench_serve(args: BenchServeArgs) -> u8 {
     match run(args) {
         Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            EXIT_INFRA
-        }
+        Err(e) => crate::run::report_error(&e),
     }
 }
 

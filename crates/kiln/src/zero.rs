@@ -19,10 +19,7 @@ use crate::run::{EngineSetup, EXIT_INFRA, EXIT_INVALID, LOCAL_TENANT};
 pub fn build(args: BuildArgs) -> u8 {
     match build_inner(args) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            EXIT_INFRA
-        }
+        Err(e) => crate::run::report_error(&e),
     }
 }
 

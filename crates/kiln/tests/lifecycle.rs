@@ -167,3 +167,28 @@ fn missing_runtime_is_named_with_the_fix() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("runsc") && err.contains("apt-get"), "{err}");
 }
+
+#[test]
+fn bug_a_closed_pipe_made_kiln_panic() {
+    // `kiln logs latest | head`: the reader goes away while kiln still
+    // writes; kiln ends quietly (as a tool killed by SIGPIPE), no panic.
+    let p = Project::new("jobs:\n  a:\n    steps:\n      - run: seq 1 20000\n");
+    p.run("container", &[]).expect_code(0);
+    let kiln = env!("CARGO_BIN_EXE_kiln");
+    for cmd in ["logs latest", "logs latest --json", "reproduce latest"] {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!("set -o pipefail; {kiln} {cmd} | head -c 1 > /dev/null; echo \"status=$?\""))
+            .env("KILN_STATE_DIR", p.state_dir())
+            .current_dir(p.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "kiln {cmd}: {stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("status=0") || stdout.contains("status=141"),
+            "kiln {cmd}: {stdout} {stderr}"
+        );
+    }
+}
