@@ -106,36 +106,51 @@ impl Registry {
 /// What a `kiln build` source argument means; refuses every transport but
 /// https (and plain http, which the caller allows only to an address the
 /// operator opened), and local paths.
-pub fn parse_source(spec: &str) -> Result<Source, String> {
-    if spec.contains("${{") {
+pub fn parse_source(raw: &str) -> Result<Source, String> {
+    // Every message below shows the source without the userinfo a URL may
+    // carry: it is often a token.
+    let spec = &redacted(raw);
+    if raw.contains("${{") {
         return Err("the source may not contain `${{`".into());
     }
     if let Some(rest) = spec.strip_prefix("ext::") {
         let _ = rest;
         return Err("`ext::` transports are never allowed".into());
     }
-    if spec.contains("://") {
-        let url = url::Url::parse(spec).map_err(|e| format!("{spec}: {e}"))?;
+    if raw.contains("://") {
+        let url = url::Url::parse(raw).map_err(|e| format!("{spec}: {e}"))?;
         if url.scheme() == "file" {
             let p = url.to_file_path().map_err(|_| format!("{spec}: not a local path"))?;
             return Ok(Source::Local(p));
         }
-        let host = url.host_str().ok_or_else(|| format!("{spec}: no host"))?.to_string();
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(format!("{spec}: credentials in the URL are refused; pass a token as a secret"));
-        }
+        // The transport first: `ssh://git@host/x` is refused for being ssh.
         let plain_http = match url.scheme() {
             "https" => false,
             "http" => true,
             other => return Err(format!("{spec}: only https (or a local path) is fetched, not `{other}`")),
         };
+        let host = url.host_str().ok_or_else(|| format!("{spec}: no host"))?.to_string();
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("{spec}: credentials in the URL are refused; pass a token as a secret"));
+        }
         let port = url.port_or_known_default().unwrap_or(443);
         return Ok(Source::Remote { url: url.to_string(), host, port, plain_http });
     }
-    if spec.contains(':') && !Path::new(spec).exists() {
+    if raw.contains(':') && !Path::new(raw).exists() {
         return Err(format!("{spec}: scp-style and ssh URLs are not fetched; use https"));
     }
-    Ok(Source::Local(PathBuf::from(spec)))
+    Ok(Source::Local(PathBuf::from(raw)))
+}
+
+/// A source as it may be shown: a URL's userinfo (user, password, token)
+/// replaced by `***`, whether or not the rest of it parses.
+pub fn redacted(spec: &str) -> String {
+    let Some((scheme, rest)) = spec.split_once("://") else { return spec.to_string() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => spec.to_string(),
+    }
 }
 
 /// The shell script of the fetch step. Everything variable comes from the
@@ -359,6 +374,22 @@ pub fn workflow_text(opts: &PipelineOptions, source: &Source) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bug_build_repeated_the_token_in_its_url_error() {
+        let e = parse_source("https://user:tok_8Fz3Qm1@git.example/a/b.git").unwrap_err();
+        assert!(!e.contains("tok_8Fz3Qm1") && !e.contains("user:"), "{e}");
+        assert!(e.starts_with("https://***@git.example/a/b.git: credentials in the URL are refused"), "{e}");
+        // A URL that does not even parse still never shows its userinfo.
+        let e = parse_source("https://user:tok_8Fz3Qm1@[bad/x").unwrap_err();
+        assert!(!e.contains("tok_8Fz3Qm1"), "{e}");
+        // ssh:// is refused for its transport, not taken for credentials.
+        let e = parse_source("ssh://git@host/x").unwrap_err();
+        assert!(e.contains("only https (or a local path) is fetched, not `ssh`"), "{e}");
+        assert_eq!(redacted("https://a:b@h:1/p@q"), "https://***@h:1/p@q");
+        assert_eq!(redacted("https://h/p@q"), "https://h/p@q");
+        assert_eq!(redacted("/local/dir"), "/local/dir");
+    }
 
     #[test]
     fn sources() {
