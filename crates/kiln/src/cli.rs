@@ -351,6 +351,10 @@ pub enum ArtifactCommand {
         /// A directory that does not exist yet.
         #[arg(long)]
         out: PathBuf,
+        /// Restore it even though the artifact scan quarantined it (to
+        /// inspect it; it must not be deployed).
+        #[arg(long)]
+        quarantined: bool,
         #[command(flatten)]
         state: StateArgs,
     },

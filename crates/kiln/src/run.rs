@@ -674,8 +674,8 @@ pub fn verify(args: crate::cli::VerifyArgs) -> u8 {
 }
 
 pub fn artifact(cmd: crate::cli::ArtifactCommand) -> u8 {
-    let (id, out, state) = match cmd {
-        crate::cli::ArtifactCommand::Get { id, out, state } => (id, out, state),
+    let (id, out, quarantined, state) = match cmd {
+        crate::cli::ArtifactCommand::Get { id, out, quarantined, state } => (id, out, quarantined, state),
         crate::cli::ArtifactCommand::Provenance { id, state } => {
             if parse_artifact_id(&id).is_none() {
                 return EXIT_INVALID;
@@ -699,6 +699,16 @@ pub fn artifact(cmd: crate::cli::ArtifactCommand) -> u8 {
     if std::fs::symlink_metadata(&out).is_ok() {
         eprintln!("error: {} already exists; name a new directory", out.display());
         return EXIT_INVALID;
+    }
+    // The scan's verdict gates a restore as it gates a deployment.
+    if let Ok(Some((status, scan))) = Store::open(&state.state_dir).and_then(|db| db.scan_of(&id)) {
+        if status == "quarantined" && !quarantined {
+            eprintln!(
+                "error: {id} is quarantined by the artifact scan ({}); restore it only to inspect it, with --quarantined",
+                scan.unwrap_or_default().lines().next().unwrap_or("no findings recorded")
+            );
+            return 1;
+        }
     }
     let result = (|| -> anyhow::Result<kiln_store::TreeStats> {
         let store = open_store(&state)?;

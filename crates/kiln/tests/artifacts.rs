@@ -281,6 +281,20 @@ jobs:
     assert!(err.contains("quarantined by the artifact scan") && err.contains("tool"), "{err}");
     let server = row("server")["id"].as_str().unwrap().to_string();
     assert!(p.kiln().args(["verify", &server]).status().unwrap().success());
+    // bug: a quarantined artifact could be restored like any other.
+    let get = p.kiln().args(["artifact", "get", &site, "--out"]).arg(p.path().join("q1")).output().unwrap();
+    let err = String::from_utf8_lossy(&get.stderr).to_string();
+    assert_eq!(get.status.code(), Some(1), "{err}");
+    assert!(err.contains("quarantined by the artifact scan") && err.contains("--quarantined"), "{err}");
+    assert!(!p.path().join("q1").exists());
+    let get = p
+        .kiln()
+        .args(["artifact", "get", &site, "--quarantined", "--out"])
+        .arg(p.path().join("q2"))
+        .output()
+        .unwrap();
+    assert!(get.status.success(), "{}", String::from_utf8_lossy(&get.stderr));
+    assert!(p.path().join("q2/tool").exists());
 }
 
 #[test]
