@@ -175,8 +175,34 @@ impl Auth {
     }
 }
 
+/// Every JSON body of the API is an object: serde would otherwise take an
+/// array as a struct's fields by position (`["wf", ...]` as a build).
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    // JSON's own whitespace only; the first value must open an object (the
+    // parser then refuses anything after it).
+    if body.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')) != Some(&b'{') {
+        return Err(ApiError::bad_request("invalid JSON body: expected an object"));
+    }
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Two {
+        a: String,
+        b: u32,
+    }
+
+    #[test]
+    fn bug_a_json_array_body_was_taken_as_fields_by_position() {
+        assert!(parse_json::<Two>(br#"["x", 1]"#).is_err());
+        assert!(parse_json::<Two>(br#"{"a": "x", "b": 1}"#).is_ok());
+        assert!(parse_json::<Two>(b"7").is_err());
+    }
 }
 
 /// A build of the caller's tenant, or 404.
