@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::checks::{did_you_mean, is_env_name, is_identifier};
-use crate::diagnostic::{Diagnostic, Location};
+use crate::diagnostic::Location;
 use crate::expr::{num_value, to_text, Contexts, StatusFns, Template};
 use crate::model::{SecretBinding, Workflow};
 use crate::yaml::{Node, NodeKind};
@@ -218,66 +218,8 @@ const JOB_ONLY_KEYS: &[&str] = &[
 
 const INPUT_KEYS: &[&str] = &["description", "required", "type", "default"];
 
-/// Collects diagnostics of one file.
-pub(crate) struct Errs<'a> {
-    file: &'a str,
-    pub list: Vec<Diagnostic>,
-}
-
-impl<'a> Errs<'a> {
-    pub fn new(file: &'a str) -> Errs<'a> {
-        Errs { file, list: Vec::new() }
-    }
-
-    pub fn err(&mut self, location: Location, message: impl Into<String>) {
-        self.list.push(Diagnostic { file: self.file.to_string(), location, message: message.into() });
-    }
-
-    fn map<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n [(Node, Node)]> {
-        match &node.kind {
-            NodeKind::Map(pairs) => Some(pairs),
-            _ if node.is_null() => Some(&[]),
-            _ => {
-                self.err(node.loc, format!("{what} must be a mapping, not {}", node.kind_name()));
-                None
-            }
-        }
-    }
-
-    /// A scalar's text (null is empty); a mapping or a list is an error.
-    fn text(&mut self, node: &Node, what: &str) -> Option<String> {
-        if node.is_null() {
-            return Some(String::new());
-        }
-        match node.as_scalar() {
-            Some(s) => Some(s.to_string()),
-            None => {
-                self.err(node.loc, format!("{what} must be a string, not {}", node.kind_name()));
-                None
-            }
-        }
-    }
-
-    fn template(&mut self, node: &Node, what: &str) -> Option<Template> {
-        let text = self.text(node, what)?;
-        match Template::parse_mapped(&text, &|off| node.location_at(off), self.file) {
-            Ok(t) => Some(t),
-            Err(d) => {
-                self.list.push(d);
-                None
-            }
-        }
-    }
-
-    fn unknown(&mut self, loc: Location, name: &str, known: &[&str], place: &str) {
-        let mut msg = format!("unknown key `{name}` {place}");
-        match did_you_mean(name, known.iter().copied()) {
-            Some(s) => msg.push_str(&format!("; did you mean `{s}`?")),
-            None => msg.push_str(&format!(" (expected one of: {})", known.join(", "))),
-        }
-        self.err(loc, msg);
-    }
-}
+/// Diagnostics of one file are collected by the parser's own context.
+pub(crate) use crate::parse::Cx as Errs;
 
 fn get<'n>(pairs: &'n [(Node, Node)], key: &str) -> Option<&'n (Node, Node)> {
     pairs.iter().find(|(k, _)| k.as_scalar() == Some(key))

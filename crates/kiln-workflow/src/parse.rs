@@ -193,6 +193,11 @@ impl Cx<'_> {
         }
     }
 
+    /// [`Cx::unknown_key`] for a fixed list of known keys.
+    pub(crate) fn unknown(&mut self, loc: Location, name: &str, known: &[&str], place: &str) {
+        self.unknown_key(loc, name, known.iter().copied(), place);
+    }
+
     pub(crate) fn unknown_key<'k>(
         &mut self,
         loc: Location,
@@ -987,20 +992,8 @@ pub(crate) fn step(
                 }
                 Some("actions/download-artifact") => {
                     check_inputs(cx, &with, &label, DOWNLOAD_INPUTS, loc);
-                    let merge_multiple = match with.remove("merge-multiple") {
-                        None => false,
-                        Some((t, l)) => match t.source() {
-                            "true" => true,
-                            "false" => false,
-                            other => {
-                                cx.err(
-                                    l,
-                                    format!("{label}: `merge-multiple` must be true or false, not `{other}`"),
-                                );
-                                false
-                            }
-                        },
-                    };
+                    let merge_multiple =
+                        bool_input(cx, with.remove("merge-multiple"), &label, "merge-multiple");
                     spec.action = StepAction::DownloadArtifact {
                         name: with.remove("name").map(|(t, _)| t),
                         path: with.remove("path").map(|(t, _)| t),
@@ -1014,19 +1007,9 @@ pub(crate) fn step(
                         cx.err(loc, format!("{label}: actions/cache needs `with.key` and `with.path`"));
                         return None;
                     };
-                    let flag = |cx: &mut Cx<'_>, v: Option<(Template, Location)>, what: &str| match v {
-                        None => false,
-                        Some((t, l)) => match t.source() {
-                            "true" => true,
-                            "false" => false,
-                            other => {
-                                cx.err(l, format!("{label}: `{what}` must be true or false, not `{other}`"));
-                                false
-                            }
-                        },
-                    };
-                    let lookup_only = flag(cx, with.remove("lookup-only"), "lookup-only");
-                    let fail_on_miss = flag(cx, with.remove("fail-on-cache-miss"), "fail-on-cache-miss");
+                    let lookup_only = bool_input(cx, with.remove("lookup-only"), &label, "lookup-only");
+                    let fail_on_miss =
+                        bool_input(cx, with.remove("fail-on-cache-miss"), &label, "fail-on-cache-miss");
                     spec.action = StepAction::Cache {
                         key,
                         path,
@@ -1037,20 +1020,8 @@ pub(crate) fn step(
                 }
                 Some("kiln/detect") => {
                     check_inputs(cx, &with, &label, &["ignore-scripts"], loc);
-                    let ignore_scripts = match with.remove("ignore-scripts") {
-                        None => false,
-                        Some((t, l)) => match t.source() {
-                            "true" => true,
-                            "false" => false,
-                            other => {
-                                cx.err(
-                                    l,
-                                    format!("{label}: `ignore-scripts` must be true or false, not `{other}`"),
-                                );
-                                false
-                            }
-                        },
-                    };
+                    let ignore_scripts =
+                        bool_input(cx, with.remove("ignore-scripts"), &label, "ignore-scripts");
                     spec.action = StepAction::Detect { ignore_scripts };
                 }
                 Some("kiln/package") => {
@@ -1148,6 +1119,22 @@ const CACHE_INPUTS: &[&str] = &[
     "enableCrossOsArchive",
     "upload-chunk-size",
 ];
+
+/// A built-in's `true`/`false` input (absent: false); anything else is an
+/// error naming the input.
+fn bool_input(cx: &mut Cx<'_>, v: Option<(Template, Location)>, label: &str, what: &str) -> bool {
+    match v {
+        None => false,
+        Some((t, l)) => match t.source() {
+            "true" => true,
+            "false" => false,
+            other => {
+                cx.err(l, format!("{label}: `{what}` must be true or false, not `{other}`"));
+                false
+            }
+        },
+    }
+}
 
 /// A built-in action's `with:` inputs as templates, by name.
 pub(crate) fn builtin_with(

@@ -154,14 +154,14 @@ fn prepare(
     let mut trigger = None;
     if let Some(bindings) = inherited {
         trigger = crate::call::trigger(&mut errs, root);
-        if trigger.is_none() && errs.list.is_empty() {
+        if trigger.is_none() && errs.errors.is_empty() {
             errs.err(root.loc, "this workflow cannot be called: its `on:` has no `workflow_call`");
         }
         crate::call::own_bindings(&mut errs, &workflow);
         workflow.kiln.secrets = bindings;
     }
     let sites = crate::call::sites(&mut errs, root);
-    errors.append(&mut errs.list);
+    errors.append(&mut errs.errors);
     check_needs(file, &workflow, &parsed.extras, &mut errors);
     crate::secrets_check::check(file, &workflow, &mut errors);
     if errors.is_empty() {
@@ -211,9 +211,9 @@ fn prepare(
             Err(reason) => refusals.push((i, Refusal { location: site.uses_loc, reason })),
         }
     }
-    if !errs.list.is_empty() {
-        errs.list.sort_by_key(|d| (d.location.line, d.location.column));
-        return Err(errs.list);
+    if !errs.errors.is_empty() {
+        errs.errors.sort_by_key(|d| (d.location.line, d.location.column));
+        return Err(errs.errors);
     }
     for (i, r) in refusals {
         let refusals = &mut workflow.jobs[i].refusals;

@@ -10,7 +10,7 @@ use crate::log::{LineFramer, Stream};
 use crate::runner::env::*;
 use crate::runner::job::{sanitize_id, JobRun, StepError};
 use crate::runner::sandbox::{TierKey, EGRESS_PORT};
-use crate::runner::script::{EgressDir, StepProxy, EGRESS_ROOT};
+use crate::runner::script::{SocketDir, StepProxy, SOCKET_ROOT};
 use kiln_sandbox::{Bind, Runtime, Sandbox, SandboxSpec};
 use kiln_workflow::PlannedJob;
 use std::collections::HashMap;
@@ -202,9 +202,9 @@ pub(crate) struct PhaseBox {
     pub(crate) agent: Option<Arc<AgentConn>>,
     /// The phase's egress proxy, when it has a network.
     pub(crate) proxy: Option<StepProxy>,
-    pub(crate) egress_dir: Option<EgressDir>,
+    pub(crate) egress_dir: Option<SocketDir>,
     /// The agent's (now empty) socket directory, removed with the box.
-    pub(crate) agent_dir: Option<EgressDir>,
+    pub(crate) agent_dir: Option<SocketDir>,
     pub(crate) network: bool,
     /// Pumps still reading what background processes print (logged as the
     /// step that started them); they end with the sandbox.
@@ -235,7 +235,7 @@ impl JobRun<'_> {
         let mut egress_dir = None;
         let mut proxy = None;
         if !matches!(network, kiln_workflow::NetworkSpec::None) {
-            let ed = EgressDir(Path::new(EGRESS_ROOT).join(format!(
+            let ed = SocketDir(Path::new(SOCKET_ROOT).join(format!(
                 "{}-{}-{n}",
                 sanitize_id(&self.req.build),
                 self.req.job
@@ -248,7 +248,7 @@ impl JobRun<'_> {
         // Under the short root-owned directory of the egress sockets (a
         // socket path has at most 107 bytes; the state dir can be deep),
         // named after the build so a crash's leftovers are found.
-        let agent_dir = EgressDir(Path::new(EGRESS_ROOT).join(format!(
+        let agent_dir = SocketDir(Path::new(SOCKET_ROOT).join(format!(
             "{}-{}-a{n}",
             sanitize_id(&self.req.build),
             self.req.job

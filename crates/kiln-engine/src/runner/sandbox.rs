@@ -10,7 +10,7 @@
 use crate::limits::StepLimits;
 pub use crate::runner::env::{HOME, STEP_GID, STEP_UID, TOOL_CACHE, WORKSPACE};
 use crate::runner::job::{sanitize_id, JobRun};
-use crate::runner::script::EGRESS_ROOT;
+use crate::runner::script::SOCKET_ROOT;
 use crate::runner::{JobOutcome, JobRequest, JobRunner};
 use kiln_sandbox::{Isolation, Runtime};
 use kiln_workflow::IsolationTier;
@@ -170,7 +170,7 @@ pub fn cleanup_interrupted(state_dir: &Path, builds: &[String]) {
     for build in builds {
         let _ = kiln_sandbox::cleanup_stale(&format!("kiln-{}-", sanitize_id(build)), None);
         let prefix = format!("{}-", sanitize_id(build));
-        if let Ok(rd) = std::fs::read_dir(EGRESS_ROOT) {
+        if let Ok(rd) = std::fs::read_dir(SOCKET_ROOT) {
             for e in rd.flatten() {
                 if e.file_name().to_string_lossy().starts_with(&prefix) {
                     let _ = std::fs::remove_dir_all(e.path());

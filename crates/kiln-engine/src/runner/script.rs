@@ -39,15 +39,17 @@ impl StepProxy {
     }
 }
 
-/// Where steps' egress sockets live (one directory per step, root's).
-pub(crate) const EGRESS_ROOT: &str = "/run/kiln/egress";
+/// Where kiln's Unix sockets into sandboxes live (the egress proxy's, the
+/// step agent's): one root-owned directory each, named after the build,
+/// under a short path (a socket path has at most 107 bytes).
+pub(crate) const SOCKET_ROOT: &str = "/run/kiln/egress";
 
-/// A step's egress socket directory, removed when the step is done (or
-/// its run ends early).
+/// A socket directory under [`SOCKET_ROOT`], removed when its step or
+/// phase is done (or its run ends early).
 #[derive(Debug)]
-pub(crate) struct EgressDir(pub(crate) PathBuf);
+pub(crate) struct SocketDir(pub(crate) PathBuf);
 
-impl Drop for EgressDir {
+impl Drop for SocketDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
@@ -306,7 +308,7 @@ impl JobRun<'_> {
         // Network: loopback only, or kiln's proxy through kiln-init's relay.
         // The proxy's socket lives under a short root-owned path: a Unix
         // socket path has at most 107 bytes, and the state dir can be deep.
-        let egress_dir = EgressDir(Path::new(EGRESS_ROOT).join(format!(
+        let egress_dir = SocketDir(Path::new(SOCKET_ROOT).join(format!(
             "{}-{}-{n}",
             sanitize_id(&self.req.build),
             self.req.job
