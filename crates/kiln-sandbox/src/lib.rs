@@ -1,15 +1,21 @@
-//! The sandbox launcher: the isolation boundary around one step.
+//! The sandbox launcher: the isolation boundary around a step, or around a
+//! phase of a job whose steps kiln-init's agent starts inside it.
 //!
 //! The engine uses it like this (all calls are synchronous/blocking):
 //!
 //! ```text
 //! let runtime = Runtime::locate(Isolation::Gvisor)?;   // missing => error with install hint
 //! runtime.verify(&scratch_dir)?;                       // once per build: probe sandbox proves the tier
-//! let ws = Workspace::create(&host_dir, disk_bytes, uid, gid)?; // per job, quota'd, owned by uid
-//! let sb = Sandbox::prepare(&runtime, &spec, &scratch_dir)?;   // per step: bundle + cgroups
+//! let ws = Workspace::create(&host_dir, disk_bytes, uid, gid)?; // per job: quota'd disk (workspace, home, tool cache)
+//! let sb = Sandbox::prepare(&runtime, &spec, &scratch_dir)?;   // bundle + cgroups
+//! // a step of its own:
 //! let mut cmd = sb.command();          // caller pipes stdout/stderr, spawns (tokio)
 //! ... on timeout/cancel: sb.kill()? or killer.kill()? // killer = sb.killer(), from any thread
 //! let outcome = sb.finish(exit_status)?; // accounting + classification + teardown
+//! // or a phase: PID 1 is `kiln-init --agent` (see [`agent`])
+//! sb.start()?;                          // run --detach; steps go to the agent
+//! let usage = sb.usage();               // per-step CPU / peak memory deltas
+//! sb.wait_stopped(timeout); sb.stop()?; // after hanging up on the agent
 //! ws.destroy()?;                        // unmount, remove
 //! ```
 
