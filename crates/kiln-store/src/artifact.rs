@@ -54,6 +54,10 @@ pub struct BuildInfo {
     pub builder_version: String,
     /// Digest of the build environment (image/toolchain).
     pub environment_digest: String,
+    /// The image the producing job ran on, `NAME@sha256:HEX` (its manifest
+    /// digest); none when it ran on the host's `/usr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// One file of the artifact.

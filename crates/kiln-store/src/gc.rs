@@ -83,6 +83,12 @@ impl Store {
             }
         }
 
+        // Images: a reference keeps its manifest and every blob it lists.
+        for r in self.list_image_refs().await? {
+            live.insert(r.manifest);
+            live.extend(r.blobs);
+        }
+
         // Cache entries.
         let mut entries: Vec<(String, CacheEntry)> = Vec::new();
         for (rel, _) in self.list_rel("cache").await? {

@@ -11,6 +11,7 @@
 //! <tenant>/artifacts/<tree-hex>.json        artifact index {record, name, branch, created_at, pinned}
 //! <tenant>/refs/branches/<branch>/latest.json   {id} of the newest artifact of a branch
 //! <tenant>/cache/<trusted|untrusted>/<ref>/<sha256(key)>.json   cache entries (LRU time inside)
+//! <tenant>/images/<name>.json               image reference {name, manifest, blobs, created_at}
 //! ```
 //!
 //! ## Guarantees
@@ -59,6 +60,7 @@ pub mod cache;
 pub mod digest;
 pub mod error;
 pub mod gc;
+pub mod image;
 pub mod provenance;
 pub mod store;
 pub mod tar;
@@ -72,6 +74,7 @@ pub use cache::{read_scopes, write_scope, CacheEntry, CacheLookup, Scope, Trust}
 pub use digest::{Digest, TreeDigest};
 pub use error::{ArchiveError, Result, StoreError, StoreEvent, TreeError};
 pub use gc::{GcPolicy, GcReport};
+pub use image::{check_image_name, ImageRef};
 pub use provenance::{statement_for, verify, Envelope, Keys, Statement, VerifyError};
 pub use store::{PutOutcome, Store, SMALL_BLOB};
 pub use tree::{validate_manifest, Entry, Manifest, RestoreLimits, TreeStats};

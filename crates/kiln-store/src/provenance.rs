@@ -193,6 +193,15 @@ pub fn statement_for(
 ) -> Statement {
     let mut version = std::collections::BTreeMap::new();
     version.insert("kiln".to_string(), record.build.builder_version.clone());
+    let mut resolved_dependencies = resolved_dependencies;
+    // The image the job ran on is what it was built with.
+    if let Some((name, digest)) = record.build.image.as_deref().and_then(|i| i.split_once("@sha256:")) {
+        resolved_dependencies.push(ResourceDescriptor {
+            name: Some(name.to_string()),
+            uri: Some(format!("kiln-image:{name}")),
+            digest: DigestSet { sha256: digest.to_string() },
+        });
+    }
     Statement {
         type_: STATEMENT_TYPE.into(),
         subject: vec![Subject { name: record.name.clone(), digest: DigestSet { sha256: record.id.hex() } }],

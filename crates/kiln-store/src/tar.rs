@@ -57,6 +57,10 @@ pub struct TarEntry {
     pub mode: u32,
     /// What it is.
     pub kind: TarKind,
+    /// Owner's numeric user id (PAX `uid` if present, else the header's).
+    pub uid: u64,
+    /// Owner's numeric group id (PAX `gid` if present, else the header's).
+    pub gid: u64,
 }
 
 /// Streaming strict tar reader.
@@ -74,6 +78,8 @@ struct Ext {
     path: Option<String>,
     linkpath: Option<String>,
     size: Option<u64>,
+    uid: Option<u64>,
+    gid: Option<u64>,
     pax_seen: bool,
     long_name_seen: bool,
     long_link_seen: bool,
@@ -183,15 +189,21 @@ fn parse_pax(data: &[u8], offset: u64, ext: &mut Ext, global: bool) -> Result<()
                     ext.linkpath = Some(v);
                 }
             }
-            "size" => {
+            "size" | "uid" | "gid" => {
                 if val.is_empty() || val.len() > 20 || !val.iter().all(u8::is_ascii_digit) {
-                    return Err(bad("malformed `size`"));
+                    return Err(bad(&format!("malformed `{key}`")));
                 }
                 let v: u64 = std::str::from_utf8(val)
                     .ok()
                     .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| bad("`size` out of range"))?;
-                ext.size = Some(v);
+                    .ok_or_else(|| bad(&format!("`{key}` out of range")))?;
+                match key {
+                    // A global header's owner applies to nobody here.
+                    _ if global => {}
+                    "size" => ext.size = Some(v),
+                    "uid" => ext.uid = Some(v),
+                    _ => ext.gid = Some(v),
+                }
             }
             _ => {}
         }
@@ -352,6 +364,14 @@ impl<R: Read> TarReader<R> {
                 _ => {}
             }
             // A real entry.
+            let uid = match ext.uid.take() {
+                Some(v) => v,
+                None => parse_octal(&h[108..116], hoff, "uid")?,
+            };
+            let gid = match ext.gid.take() {
+                Some(v) => v,
+                None => parse_octal(&h[116..124], hoff, "gid")?,
+            };
             let name = match ext.path.take() {
                 Some(p) => p,
                 None => {
@@ -411,7 +431,7 @@ impl<R: Read> TarReader<R> {
                 self.remaining = size;
                 self.pad = pad_of(size);
             }
-            return Ok(Some(TarEntry { path, mode, kind }));
+            return Ok(Some(TarEntry { path, mode, kind, uid, gid }));
         }
     }
 

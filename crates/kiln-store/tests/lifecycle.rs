@@ -129,6 +129,7 @@ fn record(id: TreeDigest, branch: &str, created: &str, pinned: bool) -> Artifact
             exit_code: 0,
             builder_version: "0.1.0".into(),
             environment_digest: Digest::of(b"env").to_string(),
+            image: None,
         },
         files: vec![],
         created_at: created.into(),
