@@ -26,6 +26,7 @@ pub mod agent;
 mod cgroup;
 mod error;
 pub mod init;
+mod rootfs;
 mod runtime;
 mod sandbox;
 pub mod spec;
@@ -80,6 +81,11 @@ pub struct SandboxSpec {
     pub gid: u32,
     /// Run `argv` under kiln's init (PID 1: secrets, egress relay, reaping).
     pub init: Option<InitSpec>,
+    /// The job's writable root: a directory the job mounted over its image
+    /// ([`Workspace::mount_root`]); what a step writes there stays for the
+    /// job's later sandboxes. `None`: a read-only skeleton over the host's
+    /// `/usr`, rebuilt for every sandbox.
+    pub root: Option<PathBuf>,
 }
 
 /// How kiln's init wraps the step's command.

@@ -173,6 +173,7 @@ impl Runtime {
             uid: 0,
             gid: 0,
             init: None,
+            root: None,
         };
         let sb = Sandbox::prepare_with(self, &spec, scratch, false)?;
         let out = sb.command().stdout(Stdio::piped()).stderr(Stdio::piped()).output().map_err(|e| {

@@ -253,7 +253,10 @@ impl Sandbox {
         // From here on, Drop of `sb` cleans up whatever was created.
         let sb = Sandbox { inner };
         fs::create_dir_all(&bundle).map_err(io_err("create", &bundle))?;
-        write_rootfs(&bundle.join("rootfs"), spec, &oci)?;
+        match &spec.root {
+            Some(root) => crate::rootfs::mount_points(root, &oci)?,
+            None => write_rootfs(&bundle.join("rootfs"), spec, &oci)?,
+        }
         oci.save(bundle.join("config.json"))?;
         created?;
         fs::create_dir_all(runtime.state_root()).map_err(io_err("create", runtime.state_root()))?;

@@ -124,11 +124,14 @@ pub fn build_spec(isolation: Isolation, spec: &SandboxSpec, cgroups_path: &str) 
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
-        bind("/usr", Path::new("/usr"), false)?,
     ];
-    for etc in ETC_BINDS {
-        if Path::new(etc).exists() {
-            mounts.push(bind(etc, Path::new(etc), false)?);
+    if spec.root.is_none() {
+        // The host skeleton: the host's /usr and the /etc files it needs.
+        mounts.push(bind("/usr", Path::new("/usr"), false)?);
+        for etc in ETC_BINDS {
+            if Path::new(etc).exists() {
+                mounts.push(bind(etc, Path::new(etc), false)?);
+            }
         }
     }
     let tmp_size = format!("size={}", spec.limits.tmp_bytes.max(4096));
@@ -230,7 +233,16 @@ pub fn build_spec(isolation: Isolation, spec: &SandboxSpec, cgroups_path: &str) 
 
     Ok(SpecBuilder::default()
         .version("1.0.2")
-        .root(RootBuilder::default().path("rootfs").readonly(true).build()?)
+        .root(match &spec.root {
+            // The job's writable root (an overlay over its image).
+            Some(root) => {
+                if !root.is_absolute() {
+                    return Err(SandboxError::Invalid(format!("root {} must be absolute", root.display())));
+                }
+                RootBuilder::default().path(root).readonly(false).build()?
+            }
+            None => RootBuilder::default().path("rootfs").readonly(true).build()?,
+        })
         .hostname("kiln")
         .mounts(mounts)
         .process(process)
@@ -329,6 +341,7 @@ mod tests {
             uid: 1000,
             gid: 1001,
             init: None,
+            root: None,
         }
     }
 

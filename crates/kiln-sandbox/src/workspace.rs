@@ -37,8 +37,14 @@ const TOOL_DIR: &str = "tool";
 pub struct Workspace {
     dir: PathBuf,
     image: PathBuf,
+    /// The job's writable root, when it runs on an image.
+    root: Mutex<Option<PathBuf>>,
     destroyed: Mutex<bool>,
 }
+
+/// Where the overlay's upper and work directories live on the job's disk
+/// (never bound into a sandbox).
+const ROOT_DIR: &str = "root";
 
 fn is_mountpoint(dir: &Path) -> bool {
     let Ok(canon) = fs::canonicalize(dir) else {
@@ -69,8 +75,12 @@ impl Workspace {
         image.push(".img");
         let image = PathBuf::from(image);
         fs::create_dir_all(host_dir).map_err(io_err("create", host_dir))?;
-        let ws =
-            Workspace { dir: host_dir.to_path_buf(), image: image.clone(), destroyed: Mutex::new(false) };
+        let ws = Workspace {
+            dir: host_dir.to_path_buf(),
+            image: image.clone(),
+            root: Mutex::new(None),
+            destroyed: Mutex::new(false),
+        };
         // From here, Drop of `ws` cleans up on error.
         let f = fs::File::create(&image).map_err(io_err("create", &image))?;
         f.set_len(disk_bytes).map_err(io_err("truncate", &image))?;
@@ -113,6 +123,64 @@ impl Workspace {
         self.dir.join(TOOL_DIR)
     }
 
+    /// Mounts the job's writable root: an overlay whose lower layer is
+    /// `image` (a materialized image, read-only, shared by every job on
+    /// it) and whose upper layer is on the job's disk, so what steps write
+    /// to the root counts against the job's quota, stays for the job's
+    /// later sandboxes and goes with the job. Prepared for the step user
+    /// (`uid:gid`, home `home`) before any step runs. Mounted at
+    /// `<dir>.root`, beside the disk; returns that path.
+    pub fn mount_root(&self, image: &Path, uid: u32, gid: u32, home: &str) -> Result<PathBuf> {
+        let mut root = self.root.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = root.as_ref() {
+            return Ok(r.clone());
+        }
+        let ws_err = |reason: String| SandboxError::Workspace { path: self.dir.clone(), reason };
+        let base = self.dir.join(ROOT_DIR);
+        let (upper, work) = (base.join("upper"), base.join("work"));
+        let mut merged = self.dir.as_os_str().to_owned();
+        merged.push(".root");
+        let merged = PathBuf::from(merged);
+        // The overlay's option syntax has no quoting for these.
+        for p in [image, upper.as_path(), work.as_path()] {
+            let s = p.to_string_lossy();
+            if s.contains([',', ':', '\\']) || s.chars().any(char::is_whitespace) {
+                return Err(ws_err(format!(
+                    "path {} cannot be an overlay layer (`,`, `:`, `\\` or space)",
+                    s
+                )));
+            }
+        }
+        if !image.is_dir() {
+            return Err(ws_err(format!("image directory {} is missing", image.display())));
+        }
+        for d in [&base, &upper, &work, &merged] {
+            fs::create_dir_all(d).map_err(io_err("create", d))?;
+        }
+        {
+            // Only root reaches the layers: the merged view is what steps see.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&base, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", &base))?;
+        }
+        let opts =
+            format!("lowerdir={},upperdir={},workdir={}", image.display(), upper.display(), work.display());
+        run_checked(
+            Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o"])
+                .arg(format!("{opts},nodev"))
+                .arg(&merged),
+        )?;
+        *root = Some(merged.clone());
+        drop(root);
+        crate::rootfs::prepare_job_root(&merged, uid, gid, home)?;
+        Ok(merged)
+    }
+
+    /// The job's writable root, once mounted.
+    pub fn root(&self) -> Option<PathBuf> {
+        self.root.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The backing image file.
     pub fn image(&self) -> &Path {
         &self.image
@@ -135,6 +203,14 @@ impl Workspace {
         let mut destroyed = self.destroyed.lock().unwrap_or_else(|e| e.into_inner());
         if *destroyed {
             return Ok(());
+        }
+        if let Some(root) = self.root.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if is_mountpoint(&root) {
+                if let Err(e) = run_checked(Command::new("umount").arg(&root)) {
+                    run_checked(Command::new("umount").arg("-l").arg(&root)).map_err(|_| e)?;
+                }
+            }
+            let _ = fs::remove_dir(&root);
         }
         if is_mountpoint(&self.dir) {
             if let Err(e) = run_checked(Command::new("umount").arg(&self.dir)) {

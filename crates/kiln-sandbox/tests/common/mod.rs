@@ -63,6 +63,7 @@ pub fn spec(name: &str, tier: Isolation, script: &str, workspace: &Path) -> Sand
         uid: STEP_UID,
         gid: STEP_GID,
         init: None,
+        root: None,
     }
 }
 
