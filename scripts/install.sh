@@ -7,7 +7,9 @@
 # - runc for the `container` tier;
 # - e2fsprogs/util-linux for per-job workspace quotas (loop-mounted ext4);
 # - git and python3 for the example pipeline; curl, xxd, node/npm for the
-#   tests that run real clients inside sandboxes.
+#   tests that run real clients inside sandboxes;
+# - mmdebstrap for `kiln image build` (job images made from Debian packages,
+#   apt checking the archive's signatures).
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -36,6 +38,7 @@ fi
 declare -A pkg=(
     [runc]=runc [mkfs.ext4]=e2fsprogs [losetup]=util-linux [git]=git [python3]=python3
     [bash]=bash [pgrep]=procps [curl]=curl [xxd]=xxd [npm]="nodejs npm" [openssl]=openssl
+    [mmdebstrap]=mmdebstrap
 )
 missing=()
 for bin in "${!pkg[@]}"; do

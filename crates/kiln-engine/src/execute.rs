@@ -71,7 +71,16 @@ pub struct RunnerPolicy {
     pub network: kiln_workflow::NetworkSpec,
     /// Every step in a sandbox of its own, not one sandbox per phase.
     pub sandbox_per_step: bool,
+    /// `runs-on` label patterns and the images they run on, first match
+    /// wins (default: `ubuntu-*` on [`kiln_image::DEFAULT_IMAGE`]). A job
+    /// no pattern matches, or whose image is not built, sees the host's
+    /// `/usr`.
+    pub images: Vec<(String, String)>,
 }
+
+/// The store namespace images live in: one per deployment, whatever
+/// tenant a build belongs to.
+pub const IMAGE_TENANT: &str = "_images";
 
 impl Default for RunnerPolicy {
     fn default() -> Self {
@@ -80,6 +89,7 @@ impl Default for RunnerPolicy {
             refuse_uploaders: false,
             network: kiln_workflow::NetworkSpec::None,
             sandbox_per_step: false,
+            images: vec![("ubuntu-*".to_string(), kiln_image::DEFAULT_IMAGE.to_string())],
         }
     }
 }
@@ -169,6 +179,33 @@ impl Executor {
     /// The content store's namespace for `tenant`.
     pub fn blob_store(&self, tenant: &str) -> Result<kiln_store::Store, EngineError> {
         self.blob_root.tenant(tenant).map_err(|e| EngineError::Setup(format!("opening the store: {e}")))
+    }
+
+    /// The operator's image map as the store has it: each named image
+    /// found is materialized under `<state>/images/` (once; later builds
+    /// find it there).
+    pub async fn images(&self) -> Result<Vec<crate::runner::sandbox::ImageChoice>, EngineError> {
+        let store = self.blob_store(IMAGE_TENANT)?;
+        let dir = self.state_dir.join("images");
+        let mut out = Vec::new();
+        for (pattern, name) in &self.cfg.policy.images {
+            let found = match kiln_image::resolve(&store, name).await {
+                Ok(image) => {
+                    let path = kiln_image::materialize(&store, &image, &dir)
+                        .await
+                        .map_err(|e| EngineError::Setup(format!("image {name}: {e}")))?;
+                    Some((image.digest, path))
+                }
+                Err(kiln_image::ImageError::NotFound(_)) => None,
+                Err(e) => return Err(EngineError::Setup(format!("image {name}: {e}"))),
+            };
+            out.push(crate::runner::sandbox::ImageChoice {
+                pattern: pattern.clone(),
+                name: name.clone(),
+                found,
+            });
+        }
+        Ok(out)
     }
 
     /// Finds and proves the runtime of `tier`, once per process.
@@ -264,6 +301,7 @@ impl Executor {
             default_network: self.cfg.policy.network.clone(),
             refuse_uploaders: self.cfg.policy.refuse_uploaders,
             phase_sandboxes: !self.cfg.policy.sandbox_per_step,
+            images: self.images().await?,
         };
         let mut opts = BuildOptions::new(
             req.build.clone(),

@@ -29,5 +29,5 @@ pub mod time;
 pub use build::{run_build, BuildOptions, BuildSummary, JobSummary};
 pub use error::EngineError;
 pub use event::Event;
-pub use execute::{BuildRequest, Executor, ExecutorConfig, RunnerPolicy};
+pub use execute::{BuildRequest, Executor, ExecutorConfig, RunnerPolicy, IMAGE_TENANT};
 pub use log::{LogEntry, Stream};

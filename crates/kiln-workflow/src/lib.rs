@@ -32,5 +32,5 @@ pub use expr::{Contexts, Expr, ExprError, FileHasher, StatusFns, Template, Value
 pub use model::*;
 pub use parse::{check_relative_path, parse_size, OUTPUT_TYPES};
 pub use plan::{load, load_with, MatrixGroup, Plan, PlannedJob};
-pub use runners::RunnerLabels;
+pub use runners::{label_matches, RunnerLabels};
 pub use scheduler::{JobResult, Scheduler};

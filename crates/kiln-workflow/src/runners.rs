@@ -43,6 +43,12 @@ impl RunnerLabels {
     }
 }
 
+/// True when the `runs-on` label `label` matches the operator's `pattern`
+/// (`*` for any run of characters, letters compared without case).
+pub fn label_matches(pattern: &str, label: &str) -> bool {
+    wildcard(&pattern.trim().to_ascii_lowercase(), &label.trim().to_ascii_lowercase())
+}
+
 /// `*` matches any run of characters; everything else matches itself.
 /// (Labels are short and patterns few: a backtracking match is plenty, and
 /// globset's path semantics would be wrong for labels.)

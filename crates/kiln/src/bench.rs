@@ -163,6 +163,7 @@ fn raw_start(runtime: &Runtime, ws: &Workspace, dir: &std::path::Path, i: usize)
         uid: STEP_UID,
         gid: STEP_GID,
         init: None,
+        root: None,
     };
     let bundle = dir.join(format!("raw-{i}"));
     std::fs::create_dir_all(&bundle)?;
@@ -224,6 +225,7 @@ async fn kiln_start(
         default_network: kiln_workflow::NetworkSpec::None,
         refuse_uploaders: false,
         phase_sandboxes,
+        images: Vec::new(),
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let emitter = Emitter::new(&build, Some(tx), None);

@@ -44,6 +44,9 @@ pub enum Command {
     Key(StateOnly),
     /// Delete what the retention policy does not keep (see --dry-run).
     Gc(GcArgs),
+    /// Build, list, inspect and remove the images jobs run on.
+    #[command(subcommand)]
+    Image(crate::image::ImageCommand),
     /// Measure step start latency per tier and the scheduler's overhead.
     Bench(BenchArgs),
 
@@ -164,6 +167,14 @@ pub struct RunnerArgs {
     /// with a notice, or `refuse` the job.
     #[arg(long, value_enum, default_value = "skip")]
     pub uploaders: UploadersArg,
+    /// `PATTERN=IMAGE`: jobs whose `runs-on` has a label matching PATTERN
+    /// run on image IMAGE (see `kiln image`). Repeatable, first match wins,
+    /// before the default `ubuntu-*=kiln/runner`.
+    #[arg(long = "image", value_name = "PATTERN=IMAGE")]
+    pub images: Vec<String>,
+    /// Run every job on the host's /usr, whatever images the store has.
+    #[arg(long)]
+    pub no_images: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -8,6 +8,7 @@
 mod bench;
 mod cli;
 mod client;
+mod image;
 mod render;
 mod run;
 mod serve;
@@ -65,6 +66,7 @@ fn main() -> ExitCode {
         cli::Command::Verify(args) => run::verify(args),
         cli::Command::Key(args) => run::key(args),
         cli::Command::Gc(args) => run::gc(args),
+        cli::Command::Image(cmd) => image::image(cmd),
         cli::Command::Bench(args) => bench::bench(args),
         // `kiln serve` and its clients.
         cli::Command::Serve(args) => serve::serve(args),

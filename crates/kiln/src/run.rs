@@ -263,6 +263,18 @@ pub fn runner_policy(args: &crate::cli::EngineArgs) -> kiln_engine::RunnerPolicy
         extra_labels: args.runners.runner_labels.clone(),
         refuse_uploaders: args.runners.uploaders == crate::cli::UploadersArg::Refuse,
         sandbox_per_step: args.sandbox_per_step,
+        images: if args.runners.no_images {
+            Vec::new()
+        } else {
+            let mut map: Vec<(String, String)> = args
+                .runners
+                .images
+                .iter()
+                .filter_map(|m| m.split_once('=').map(|(p, i)| (p.trim().to_string(), i.trim().to_string())))
+                .collect();
+            map.extend(kiln_engine::RunnerPolicy::default().images);
+            map
+        },
         network: match args.network {
             crate::cli::NetworkArg::None => kiln_workflow::NetworkSpec::None,
             crate::cli::NetworkArg::Registries => kiln_workflow::NetworkSpec::Registries(Vec::new()),
@@ -565,6 +577,11 @@ pub fn artifacts(args: LogsArgs) -> u8 {
 /// The content-addressed store of the local CLI (one tenant): `--store`, or
 /// `store/` under the state dir.
 pub fn open_store(state: &crate::cli::StateArgs) -> anyhow::Result<kiln_store::Store> {
+    open_store_tenant(state, LOCAL_TENANT)
+}
+
+/// The content store's namespace `tenant`.
+pub fn open_store_tenant(state: &crate::cli::StateArgs, tenant: &str) -> anyhow::Result<kiln_store::Store> {
     let store = match &state.store {
         Some(url) => kiln_store::Store::open_url(url).map_err(|e| anyhow!("opening the store: {e}"))?,
         None => {
@@ -573,7 +590,7 @@ pub fn open_store(state: &crate::cli::StateArgs) -> anyhow::Result<kiln_store::S
             kiln_store::Store::open_local(&dir).map_err(|e| anyhow!("opening the store: {e}"))?
         }
     };
-    store.tenant(LOCAL_TENANT).map_err(|e| anyhow!("opening the store: {e}"))
+    store.tenant(tenant).map_err(|e| anyhow!("opening the store: {e}"))
 }
 
 fn parse_artifact_id(id: &str) -> Option<kiln_store::TreeDigest> {
@@ -659,8 +676,20 @@ pub fn verify(args: crate::cli::VerifyArgs) -> u8 {
     match result {
         Ok(Ok(st)) => {
             let hermetic = st.predicate.hermetic;
+            let images: Vec<String> = st
+                .predicate
+                .build_definition
+                .resolved_dependencies
+                .iter()
+                .filter(|d| d.uri.as_deref().is_some_and(|u| u.starts_with("kiln-image:")))
+                .map(|d| format!("{}@sha256:{}", d.name.as_deref().unwrap_or(""), d.digest.sha256))
+                .collect();
+            let image = match images.is_empty() {
+                true => "the host's /usr".to_string(),
+                false => format!("image {}", images.join(", ")),
+            };
             println!(
-                "verified: {} (signature, subject and every file digest); build {}, hermetic: {hermetic}",
+                "verified: {} (signature, subject and every file digest); build {}, hermetic: {hermetic}, built on {image}",
                 args.id, st.predicate.run_details.metadata.invocation_id
             );
             0
@@ -747,7 +776,14 @@ pub fn gc(args: crate::cli::GcArgs) -> u8 {
             grace: std::time::Duration::from_secs(args.grace),
         };
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        rt.block_on(store.gc(&policy, args.dry_run)).map_err(|e| anyhow!("{e}"))
+        let mut report = rt.block_on(store.gc(&policy, args.dry_run)).map_err(|e| anyhow!("{e}"))?;
+        // Images: every named image is kept; layers of removed ones go.
+        let images = open_store_tenant(&args.state, kiln_engine::IMAGE_TENANT)?;
+        let r = rt.block_on(images.gc(&policy, args.dry_run)).map_err(|e| anyhow!("{e}"))?;
+        report.deleted_blobs.extend(r.deleted_blobs);
+        report.deleted_bytes += r.deleted_bytes;
+        report.deleted_temp += r.deleted_temp;
+        Ok(report)
     })();
     match result {
         Ok(r) => {

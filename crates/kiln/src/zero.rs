@@ -395,6 +395,7 @@ pub fn reproduce(args: crate::cli::LogsArgs) -> u8 {
             out["source"] = json!({ "repository": rec.source.repository, "commit": rec.source.commit, "ref": rec.source.git_ref });
             out["commands"] = json!(rec.build.commands);
             out["environment_digest"] = json!(rec.build.environment_digest);
+            out["image"] = json!(rec.build.image);
             out["artifact"] = json!({ "id": a.id, "output_type": a.output_type, "status": a.status });
         }
         let logs = store.logs(&b.id)?;
@@ -415,6 +416,9 @@ pub fn reproduce(args: crate::cli::LogsArgs) -> u8 {
                 s["repository"].as_str().unwrap_or(""),
                 s["commit"].as_str().unwrap_or("")
             );
+        }
+        if let Some(image) = out.get("image").and_then(Value::as_str) {
+            println!("# image: {image} (`kiln image inspect {image}` lists every package)");
         }
         if let Some(bld) = out.get("builder") {
             println!(

@@ -53,6 +53,8 @@ pub struct UploadMeta {
     /// The source commit, when the build learnt it after it started (a
     /// fetch step); else the sink's.
     pub commit: Option<String>,
+    /// The image the producing job ran on (`NAME@sha256:HEX`).
+    pub image: Option<String>,
 }
 
 /// What an upload stored.
@@ -136,6 +138,7 @@ impl ArtifactSink {
                 exit_code: 0,
                 builder_version: env!("CARGO_PKG_VERSION").to_string(),
                 environment_digest: meta.environment_digest.clone(),
+                image: meta.image.clone(),
             },
             files: Vec::new(),
             created_at: kiln_store::now_rfc3339(),

@@ -53,6 +53,8 @@ pub(crate) struct JobRun<'a> {
     pub(crate) composite_depth: usize,
     /// The sandbox of the phase the job's steps are in now.
     pub(crate) phase_box: Option<crate::runner::phase::PhaseBox>,
+    /// The image the job runs on, `NAME@sha256:HEX` (none: the host's `/usr`).
+    pub(crate) image: Option<String>,
 }
 
 /// Why a step could not do its work (a step that ran and exited non-zero
@@ -154,6 +156,7 @@ impl<'a> JobRun<'a> {
             action_path: None,
             composite_depth: 0,
             phase_box: None,
+            image: None,
         }
     }
 
@@ -253,12 +256,58 @@ impl<'a> JobRun<'a> {
             .and_then(|_| super::artifacts::chown_tree(&ws.home(), STEP_UID, STEP_GID))
             .map_err(|e| crate::EngineError::io("creating", &temp, e))?;
         self.workspace = Some(ws);
+        self.choose_image().await?;
         // The job's env: rendered once, in order, each value seeing the ones before.
         let status = StatusFns::new(true, false, false);
         for (k, t) in &job.spec.env {
             let v = self.render(t, status).unwrap_or_default();
             self.env.insert(k.clone(), Value::String(v));
         }
+        Ok(())
+    }
+
+    /// Mounts the job's writable root over the image its `runs-on` labels
+    /// map to; without one the job's sandboxes see the host's `/usr`.
+    async fn choose_image(&mut self) -> Result<(), crate::EngineError> {
+        let labels: Vec<String> = {
+            let job = &self.req.plan.jobs[self.req.job];
+            let status = StatusFns::new(true, false, false);
+            let ctx = self.contexts();
+            job.spec.runs_on.iter().filter_map(|t| t.render(&ctx, status).ok()).collect()
+        };
+        let choice = self
+            .runner
+            .cfg
+            .images
+            .iter()
+            .find(|c| labels.iter().any(|l| kiln_workflow::label_matches(&c.pattern, l)));
+        let Some(choice) = choice.cloned() else { return Ok(()) };
+        let Some((digest, dir)) = choice.found else {
+            self.sys(
+                "",
+                format!(
+                    "runs-on {}: image {} is not built here, so the job sees the host's /usr (build it with `kiln image build {}`)",
+                    labels.join(", "),
+                    choice.name,
+                    choice.name
+                ),
+            );
+            return Ok(());
+        };
+        let ws = self.workspace.take().ok_or_else(|| crate::EngineError::Setup("no workspace".into()))?;
+        let (res, ws) = tokio::task::spawn_blocking(move || {
+            let r = ws.mount_root(&dir, STEP_UID, STEP_GID, super::env::HOME);
+            (r, ws)
+        })
+        .await
+        .map_err(|e| {
+            crate::EngineError::io("mounting the job's root", PathBuf::new(), std::io::Error::other(e))
+        })?;
+        self.workspace = Some(ws);
+        res?;
+        let image = format!("{}@{digest}", choice.name);
+        self.sys("", format!("runs on image {image}"));
+        self.image = Some(image);
         Ok(())
     }
 

@@ -280,6 +280,7 @@ impl JobRun<'_> {
             limits: self.limits.sandbox_limits(),
             uid: STEP_UID,
             gid: STEP_GID,
+            root: disk.root(),
             init: Some(kiln_sandbox::InitSpec {
                 binary: self.runner.cfg.init.clone(),
                 secrets: false,

@@ -52,6 +52,21 @@ pub struct SandboxRunnerConfig {
     /// The steps of a phase share one sandbox (the default). Off: every
     /// step gets a sandbox of its own (for comparison in `kiln bench`).
     pub phase_sandboxes: bool,
+    /// The images `runs-on` labels map to, in the operator's order.
+    pub images: Vec<ImageChoice>,
+}
+
+/// One entry of the operator's `runs-on` → image map, as found in the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageChoice {
+    /// A label pattern (`ubuntu-*`).
+    pub pattern: String,
+    /// The image's name (`kiln/runner`).
+    pub name: String,
+    /// The image's digest and its materialized directory; `None` when the
+    /// store has no image of that name (the job runs on the host's `/usr`,
+    /// and says so).
+    pub found: Option<(kiln_store::Digest, PathBuf)>,
 }
 
 /// What the egress proxy of every step of a build shares.

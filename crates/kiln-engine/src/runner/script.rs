@@ -371,6 +371,7 @@ impl JobRun<'_> {
             limits: self.limits.sandbox_limits(),
             uid: STEP_UID,
             gid: STEP_GID,
+            root: self.workspace.as_ref().and_then(|w| w.root()),
             // kiln-init is PID 1 only where it has work (secrets on stdin,
             // the egress relay): under gVisor its extra exec costs ~35 ms per
             // step. Without it the shell is PID 1 and the runtime's teardown

@@ -167,6 +167,7 @@ impl JobRun<'_> {
             environment_digest: environment_digest(wf, &job.spec),
             retention_days: keep.retention_days,
             commit: keep.commit,
+            image: self.image.clone(),
         };
         let up = sink.upload(&self.req.build, name, staging, &meta).await?;
         let say =

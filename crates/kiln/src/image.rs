@@ -1,0 +1,206 @@
+//! `kiln image`: the images jobs run on.
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::cli::StateArgs;
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build an image from Debian packages with mmdebstrap (apt checks the
+    /// archive's signatures). `kiln image build kiln/runner` builds the
+    /// default image `ubuntu-*` jobs run on. The same recipe is built once.
+    Build(BuildArgs),
+    /// List the images.
+    Ls(ListArgs),
+    /// Show an image: digest, source, layers and every package.
+    Inspect(InspectArgs),
+    /// Remove an image's name (its layers go at the next `kiln gc`).
+    Rm(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The image's name (`kiln/runner`, `team/python`).
+    pub name: String,
+    /// Debian suite: bookworm or trixie (the newest toolchains).
+    #[arg(long, default_value = kiln_image::DEFAULT_SUITE)]
+    pub suite: String,
+    /// Packages to install (comma-separated or repeated). Default for
+    /// `kiln/runner`: what an `ubuntu-latest` job expects (git, curl, jq,
+    /// build-essential, cmake, python3 with venv/pip, Node.js/npm, Rust
+    /// with clippy/rustfmt, zip, xz, sudo, ...); for other names, none.
+    #[arg(long, value_delimiter = ',')]
+    pub packages: Vec<String>,
+    /// The Debian archive.
+    #[arg(long, default_value = kiln_image::DEFAULT_MIRROR)]
+    pub mirror: String,
+    /// Build even when the store has this recipe already.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Image name or digest (`sha256:...`).
+    pub image: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+fn store(state: &StateArgs) -> anyhow::Result<kiln_store::Store> {
+    crate::run::open_store_tenant(state, kiln_engine::IMAGE_TENANT)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn summary(image: &kiln_image::Image) -> serde_json::Value {
+    let kiln_image::Source::Debian { recipe, source_date_epoch, .. } = &image.manifest.source;
+    json!({
+        "name": image.name,
+        "digest": image.digest.to_string(),
+        "created_at": image.created_at,
+        "source": { "type": "debian", "suite": recipe.suite, "mirror": recipe.mirror,
+                    "requested": recipe.packages, "source_date_epoch": source_date_epoch },
+        "layers": image.manifest.layers.iter().map(|l| json!({"digest": l.digest.to_string(), "size": l.size})).collect::<Vec<_>>(),
+        "size": image.manifest.layers.iter().map(|l| l.size).sum::<u64>(),
+        "packages": image.manifest.packages.iter().map(|p| json!({"name": p.name, "version": p.version})).collect::<Vec<_>>(),
+    })
+}
+
+/// Versions of the tools people look for first.
+const HEADLINE: &[&str] = &["rustc", "cargo", "python3", "nodejs", "npm", "git", "gcc", "cmake"];
+
+fn headline(m: &kiln_image::ImageManifest) -> String {
+    HEADLINE.iter().filter_map(|p| m.package(p).map(|v| format!("{p} {v}"))).collect::<Vec<_>>().join(", ")
+}
+
+pub fn image(cmd: ImageCommand) -> u8 {
+    let result = match cmd {
+        ImageCommand::Build(args) => build(args),
+        ImageCommand::Ls(args) => list(args),
+        ImageCommand::Inspect(args) => inspect(args),
+        ImageCommand::Rm(args) => remove(args),
+    };
+    crate::run::exit_status(result)
+}
+
+fn build(args: BuildArgs) -> anyhow::Result<()> {
+    let packages: Vec<String> = if args.packages.is_empty() && args.name == kiln_image::DEFAULT_IMAGE {
+        kiln_image::RUNNER_PACKAGES.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.packages.iter().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect()
+    };
+    let recipe = kiln_image::Recipe::new(&args.suite, &packages, &args.mirror)?;
+    let store = store(&args.state)?;
+    std::fs::create_dir_all(&args.state.state_dir)?;
+    let mut opts = kiln_image::BuildOptions::new(args.state.state_dir.join("tmp"));
+    opts.rebuild = args.rebuild;
+    if !args.json {
+        eprintln!(
+            "building image {} from Debian {} ({} packages) with mmdebstrap...",
+            args.name,
+            recipe.suite,
+            recipe.packages.len()
+        );
+    }
+    let rt = runtime()?;
+    let report = rt.block_on(kiln_image::build_debian(&store, &args.name, &recipe, &opts))?;
+    // Extract it now, so the first job on it does not wait for it.
+    let image = rt.block_on(kiln_image::resolve(&store, &args.name))?;
+    let dir = std::fs::canonicalize(&args.state.state_dir)?.join("images");
+    rt.block_on(kiln_image::materialize(&store, &image, &dir))?;
+    if args.json {
+        let mut s = summary(&image);
+        s["built"] = json!(report.built);
+        s["seconds"] = json!(report.elapsed.as_secs_f64());
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let verb = if report.built { "built" } else { "already built (same recipe)" };
+    println!("{} {verb}: {}", args.name, report.digest);
+    println!("  {} packages; {}", image.manifest.packages.len(), headline(&image.manifest));
+    Ok(())
+}
+
+fn list(args: ListArgs) -> anyhow::Result<()> {
+    let store = store(&args.state)?;
+    let images = runtime()?.block_on(kiln_image::list(&store))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&images.iter().map(summary).collect::<Vec<_>>())?);
+        return Ok(());
+    }
+    if images.is_empty() {
+        println!("no images (build the default one with `kiln image build {}`)", kiln_image::DEFAULT_IMAGE);
+        return Ok(());
+    }
+    println!("{:<24} {:<20} {:>10}  {:<20} CREATED", "NAME", "DIGEST", "SIZE", "SOURCE");
+    for i in &images {
+        let kiln_image::Source::Debian { recipe, .. } = &i.manifest.source;
+        let size: u64 = i.manifest.layers.iter().map(|l| l.size).sum();
+        let digest = i.digest.to_string();
+        println!(
+            "{:<24} {:<20} {:>9}M  {:<20} {}",
+            i.name,
+            &digest[..digest.len().min(19)],
+            size >> 20,
+            format!("debian {}", recipe.suite),
+            i.created_at
+        );
+    }
+    Ok(())
+}
+
+fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    let store = store(&args.state)?;
+    let image = runtime()?.block_on(kiln_image::resolve(&store, &args.image))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary(&image))?);
+        return Ok(());
+    }
+    let kiln_image::Source::Debian { recipe, source_date_epoch, .. } = &image.manifest.source;
+    println!("name:    {}", image.name);
+    println!("digest:  {}", image.digest);
+    println!(
+        "source:  debian {} from {} (SOURCE_DATE_EPOCH={source_date_epoch})",
+        recipe.suite, recipe.mirror
+    );
+    for l in &image.manifest.layers {
+        println!("layer:   {} ({} bytes)", l.digest, l.size);
+    }
+    println!("tools:   {}", headline(&image.manifest));
+    println!("packages ({}):", image.manifest.packages.len());
+    for p in &image.manifest.packages {
+        println!("  {} {}", p.name, p.version);
+    }
+    Ok(())
+}
+
+fn remove(args: InspectArgs) -> anyhow::Result<()> {
+    let store = store(&args.state)?;
+    let dir = args.state.state_dir.join("images");
+    let removed = runtime()?.block_on(kiln_image::remove(&store, &args.image, Some(&dir)))?;
+    if !removed {
+        return Err(anyhow!("no image `{}` here (see `kiln image ls`)", args.image));
+    }
+    println!("removed {} (its layers go at the next `kiln gc`)", args.image);
+    Ok(())
+}
