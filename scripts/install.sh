@@ -82,3 +82,10 @@ echo "install.sh: $(runsc --version | head -1); $(runc --version | head -1)"
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p kiln
 echo "install.sh: built $(pwd)/target/release/kiln"
+
+# The default image `ubuntu-*` jobs run on: Debian trixie with the
+# toolchains workflows expect (rustc/cargo with clippy and rustfmt, Python
+# with venv/pip, Node.js/npm, git, build-essential, ...), made with
+# mmdebstrap from the Debian archive. Built once: the same recipe is found
+# in the store by its digest on a re-run.
+./target/release/kiln image build kiln/runner --state-dir .kiln

@@ -76,6 +76,9 @@ pub struct RunnerPolicy {
     /// no pattern matches, or whose image is not built, sees the host's
     /// `/usr`.
     pub images: Vec<(String, String)>,
+    /// Where images are kept, as an object_store URL, when not in the
+    /// build store (several deployments can share one image store).
+    pub image_store: Option<String>,
 }
 
 /// The store namespace images live in: one per deployment, whatever
@@ -90,6 +93,7 @@ impl Default for RunnerPolicy {
             network: kiln_workflow::NetworkSpec::None,
             sandbox_per_step: false,
             images: vec![("ubuntu-*".to_string(), kiln_image::DEFAULT_IMAGE.to_string())],
+            image_store: None,
         }
     }
 }
@@ -185,7 +189,11 @@ impl Executor {
     /// found is materialized under `<state>/images/` (once; later builds
     /// find it there).
     pub async fn images(&self) -> Result<Vec<crate::runner::sandbox::ImageChoice>, EngineError> {
-        let store = self.blob_store(IMAGE_TENANT)?;
+        let store = match &self.cfg.policy.image_store {
+            Some(url) => kiln_store::Store::open_url(url).and_then(|s| s.tenant(IMAGE_TENANT)),
+            None => self.blob_root.tenant(IMAGE_TENANT),
+        }
+        .map_err(|e| EngineError::Setup(format!("opening the image store: {e}")))?;
         let dir = self.state_dir.join("images");
         let mut out = Vec::new();
         for (pattern, name) in &self.cfg.policy.images {

@@ -323,6 +323,17 @@ pub enum StepAction {
     /// An action kiln does not have: its job is refused (see
     /// [`JobSpec::refusals`]); kept so listings show every step.
     Unsupported { uses: String },
+    /// A setup action kiln has built in (`actions/setup-node`,
+    /// `actions/setup-python`, `dtolnay/rust-toolchain`, ...): it reads the
+    /// real action's inputs and gives exactly the tool asked for from the
+    /// job's image or fails the step saying what there is.
+    Setup {
+        tool: SetupTool,
+        /// As written (`dtolnay/rust-toolchain@stable`).
+        uses: String,
+        /// `with:` inputs, in name order.
+        with: Vec<(String, Template)>,
+    },
     /// `uses: actions/checkout@<any>`: the job's workspace gets the source.
     Checkout,
     /// `uses: actions/upload-artifact@<any>`: files of the workspace become an
@@ -379,6 +390,104 @@ pub enum StepAction {
     },
 }
 
+/// The setup actions kiln has built in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetupTool {
+    /// `actions/setup-node`.
+    Node,
+    /// `actions/setup-python`.
+    Python,
+    /// `dtolnay/rust-toolchain`, `actions-rs/toolchain`.
+    Rust,
+    /// `Swatinem/rust-cache`.
+    RustCache,
+}
+
+impl SetupTool {
+    /// The tool of a `uses:` action name (lowercase, without `@ref`), and
+    /// the inputs the real action takes.
+    pub fn of(action: &str) -> Option<(SetupTool, &'static [&'static str])> {
+        Some(match action {
+            "actions/setup-node" => (
+                SetupTool::Node,
+                &[
+                    "node-version",
+                    "node-version-file",
+                    "cache",
+                    "cache-dependency-path",
+                    "check-latest",
+                    "architecture",
+                    "registry-url",
+                    "scope",
+                    "always-auth",
+                    "token",
+                    "package-manager-cache",
+                ],
+            ),
+            "actions/setup-python" => (
+                SetupTool::Python,
+                &[
+                    "python-version",
+                    "python-version-file",
+                    "cache",
+                    "cache-dependency-path",
+                    "architecture",
+                    "check-latest",
+                    "token",
+                    "update-environment",
+                    "allow-prereleases",
+                    "freethreaded",
+                    "pip-version",
+                    "pip-install",
+                ],
+            ),
+            "dtolnay/rust-toolchain" | "actions-rs/toolchain" => (
+                SetupTool::Rust,
+                &[
+                    "toolchain",
+                    "components",
+                    "component",
+                    "targets",
+                    "target",
+                    "profile",
+                    "override",
+                    "default",
+                ],
+            ),
+            "swatinem/rust-cache" => (
+                SetupTool::RustCache,
+                &[
+                    "prefix-key",
+                    "shared-key",
+                    "key",
+                    "env-vars",
+                    "workspaces",
+                    "cache-directories",
+                    "cache-targets",
+                    "cache-on-failure",
+                    "cache-all-crates",
+                    "cache-workspace-crates",
+                    "save-if",
+                    "cache-provider",
+                    "cache-bin",
+                    "lookup-only",
+                ],
+            ),
+            _ => return None,
+        })
+    }
+
+    /// What the step is called when it has no `name`.
+    pub fn title(self) -> &'static str {
+        match self {
+            SetupTool::Node => "Set up Node.js",
+            SetupTool::Python => "Set up Python",
+            SetupTool::Rust => "Set up Rust",
+            SetupTool::RustCache => "Cache Rust dependencies",
+        }
+    }
+}
+
 /// One step of a job.
 #[derive(Debug, Clone)]
 pub struct StepSpec {
@@ -405,6 +514,7 @@ impl StepSpec {
             | StepAction::Cache { .. }
             | StepAction::Uploader { .. }
             | StepAction::LocalAction { .. }
+            | StepAction::Setup { .. }
             | StepAction::Unsupported { .. } => Phase::Build,
         })
     }

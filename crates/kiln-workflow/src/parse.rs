@@ -1050,6 +1050,15 @@ pub(crate) fn step(
                         commit: with.remove("commit").map(|(t, _)| t),
                     };
                 }
+                Some(a) if SetupTool::of(a).is_some() => {
+                    let (tool, inputs) = SetupTool::of(a).expect("checked");
+                    check_inputs(cx, &with, &label, inputs, loc);
+                    spec.action = StepAction::Setup {
+                        tool,
+                        uses: u.clone(),
+                        with: with.into_iter().map(|(k, (t, _))| (k, t)).collect(),
+                    };
+                }
                 Some(a) if UPLOADERS.iter().any(|p| a.starts_with(p)) => {
                     spec.action = StepAction::Uploader { uses: u.clone() };
                 }

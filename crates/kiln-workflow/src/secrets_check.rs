@@ -90,6 +90,13 @@ fn check_step(
                 forbid(t, step.location, &format!("the `with:` of {label}"), errors);
             }
         }
+        StepAction::Setup { with, .. } => {
+            // `token` is never rendered: kiln's setup actions download nothing
+            // with it.
+            for (_, t) in with.iter().filter(|(k, _)| k != "token") {
+                forbid(t, step.location, &format!("the `with:` of {label}"), errors);
+            }
+        }
         StepAction::Checkout
         | StepAction::Detect { .. }
         | StepAction::Uploader { .. }

@@ -87,6 +87,10 @@ pub struct StateArgs {
     /// Default: `store/` under the state dir.
     #[arg(long, env = "KILN_STORE")]
     pub store: Option<String>,
+    /// Where images are kept (an object_store URL), when not in the
+    /// content store: one image store can serve several state dirs.
+    #[arg(long, env = "KILN_IMAGE_STORE")]
+    pub image_store: Option<String>,
 }
 
 #[derive(Debug, Args)]

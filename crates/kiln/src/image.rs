@@ -64,8 +64,13 @@ pub struct InspectArgs {
     pub state: StateArgs,
 }
 
-fn store(state: &StateArgs) -> anyhow::Result<kiln_store::Store> {
-    crate::run::open_store_tenant(state, kiln_engine::IMAGE_TENANT)
+pub fn store(state: &StateArgs) -> anyhow::Result<kiln_store::Store> {
+    match &state.image_store {
+        Some(url) => kiln_store::Store::open_url(url)
+            .and_then(|s| s.tenant(kiln_engine::IMAGE_TENANT))
+            .map_err(|e| anyhow::anyhow!("opening the image store: {e}")),
+        None => crate::run::open_store_tenant(state, kiln_engine::IMAGE_TENANT),
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -263,6 +263,7 @@ pub fn runner_policy(args: &crate::cli::EngineArgs) -> kiln_engine::RunnerPolicy
         extra_labels: args.runners.runner_labels.clone(),
         refuse_uploaders: args.runners.uploaders == crate::cli::UploadersArg::Refuse,
         sandbox_per_step: args.sandbox_per_step,
+        image_store: None,
         images: if args.runners.no_images {
             Vec::new()
         } else {
@@ -384,7 +385,11 @@ impl EngineSetup {
             registries: Vec::new(),
             // Every artifact passes the scanning gate before it is recorded.
             scanner: Some(Arc::new(kiln_scan::Scanner::builtin())),
-            policy: runner_policy(args),
+            policy: {
+                let mut p = runner_policy(args);
+                p.image_store = args.state.image_store.clone();
+                p
+            },
         };
         Ok(EngineSetup { config, secrets })
     }
@@ -778,7 +783,7 @@ pub fn gc(args: crate::cli::GcArgs) -> u8 {
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         let mut report = rt.block_on(store.gc(&policy, args.dry_run)).map_err(|e| anyhow!("{e}"))?;
         // Images: every named image is kept; layers of removed ones go.
-        let images = open_store_tenant(&args.state, kiln_engine::IMAGE_TENANT)?;
+        let images = crate::image::store(&args.state)?;
         let r = rt.block_on(images.gc(&policy, args.dry_run)).map_err(|e| anyhow!("{e}"))?;
         report.deleted_blobs.extend(r.deleted_blobs);
         report.deleted_bytes += r.deleted_bytes;

@@ -40,6 +40,9 @@ pub const STEP_UID: u32 = 10001;
 
 pub const STEP_GID: u32 = 10001;
 
+/// kiln's own commands, under the tool cache (see [`crate::runner::builtins::RUSTUP_SHIM`]).
+pub(crate) const SHIM_DIR_REL: &str = "kiln/bin";
+
 pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Variables a step may not change through `$GITHUB_ENV`.
@@ -64,6 +67,8 @@ pub(crate) fn step_env(
     let mut path = path_prefix.to_vec();
     path.push(format!("{HOME}/.local/bin:{HOME}/.cargo/bin"));
     path.push(DEFAULT_PATH.to_string());
+    // Last: kiln's stand-ins (`rustup`) lose to anything real.
+    path.push(format!("{TOOL_CACHE}/{SHIM_DIR_REL}"));
     let mut env: Vec<(String, String)> = Vec::new();
     for (k, v) in user {
         if protected_env(&k) && k != "PATH" {

@@ -57,6 +57,19 @@ pub(crate) struct JobRun<'a> {
     pub(crate) image: Option<String>,
 }
 
+/// Writes kiln's commands into `dir` (root-owned, read-only to steps).
+fn write_shims(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    let rustup = dir.join("rustup");
+    std::fs::write(&rustup, super::builtins::RUSTUP_SHIM)?;
+    std::fs::set_permissions(&rustup, std::fs::Permissions::from_mode(0o755))?;
+    if let Some(parent) = dir.parent() {
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+}
+
 /// Why a step could not do its work (a step that ran and exited non-zero
 /// is not an error: it is a [`StepResult`] with its exit code).
 #[derive(Debug, thiserror::Error)]
@@ -255,6 +268,10 @@ impl<'a> JobRun<'a> {
         std::fs::create_dir_all(&temp)
             .and_then(|_| super::artifacts::chown_tree(&ws.home(), STEP_UID, STEP_GID))
             .map_err(|e| crate::EngineError::io("creating", &temp, e))?;
+        // kiln's own commands (`rustup` over the image's toolchain), root's,
+        // written before any step ran.
+        let shims = ws.tool_cache().join(super::env::SHIM_DIR_REL);
+        write_shims(&shims).map_err(|e| crate::EngineError::io("writing", &shims, e))?;
         self.workspace = Some(ws);
         self.choose_image().await?;
         // The job's env: rendered once, in order, each value seeing the ones before.
@@ -344,6 +361,7 @@ impl<'a> JobRun<'a> {
             }
             StepAction::DownloadArtifact { name: None, .. } => "Download artifacts".to_string(),
             StepAction::Uploader { uses } | StepAction::Unsupported { uses } => format!("Run {uses}"),
+            StepAction::Setup { tool, .. } => tool.title().to_string(),
             StepAction::LocalAction { path, .. } => format!("Run ./{path}"),
             StepAction::Detect { .. } => "Detect".to_string(),
             StepAction::Package { name, .. } => format!("Package {}", name.source()),
@@ -379,6 +397,7 @@ impl<'a> JobRun<'a> {
                     | StepAction::Cache { .. }
                     | StepAction::Detect { .. }
                     | StepAction::Package { .. }
+                    | StepAction::Setup { tool: kiln_workflow::SetupTool::RustCache, .. }
             ) {
                 let current = self.phase_box.as_ref().map(|p| p.key.as_str());
                 if let crate::runner::placement::Placement::Host { close: Some(why) } =
@@ -449,6 +468,9 @@ impl<'a> JobRun<'a> {
                 }
                 StepAction::LocalAction { path, with } => {
                     self.composite(job, k, step, name, started_at, path, with).await
+                }
+                StepAction::Setup { tool, uses, with } => {
+                    self.setup_step(job, k, step, name, *tool, uses, with).await
                 }
                 StepAction::Cache { key, path, restore_keys, lookup_only, fail_on_miss } => {
                     self.cache_step(

@@ -8,6 +8,8 @@ mod checkout;
 mod composite;
 mod detect;
 mod package;
+mod setup;
 
 pub(crate) use artifact::*;
 pub(crate) use package::*;
+pub(crate) use setup::RUSTUP_SHIM;

@@ -1,0 +1,185 @@
+//! The setup actions people's workflows start with run built in, on the
+//! default image `kiln/runner` (built once per machine into the shared
+//! test store, by recipe digest): `dtolnay/rust-toolchain` with components
+//! and `Swatinem/rust-cache` (hit on the second run), `rustup` on PATH,
+//! `actions/setup-python` with a venv and `cache: pip`, `actions/setup-node`.
+//! What the image does not have fails the step with a one-line reason that
+//! names what it has. On both tiers.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Mutex;
+
+use common::{Project, Run};
+use serde_json::Value;
+
+const SHARED_STORE: &str = "/var/tmp/kiln-test-images";
+
+static BUILD: Mutex<()> = Mutex::new(());
+
+fn kiln(p: &Project) -> Command {
+    std::fs::create_dir_all(SHARED_STORE).expect("create the shared image store");
+    let mut cmd = p.kiln();
+    cmd.env("KILN_IMAGE_STORE", format!("file://{SHARED_STORE}"));
+    cmd
+}
+
+/// `kiln image build kiln/runner` (the default recipe), once per machine.
+fn runner_image(p: &Project) -> Value {
+    let found =
+        Command::new("sh").arg("-c").arg("command -v mmdebstrap").output().map(|o| o.status.success());
+    assert!(found.unwrap_or(false), "`mmdebstrap` is not installed: run scripts/install.sh");
+    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let out = kiln(p).args(["image", "build", "kiln/runner", "--json"]).output().expect("kiln image build");
+    assert!(
+        out.status.success(),
+        "kiln image build kiln/runner failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("image build prints JSON")
+}
+
+fn run(p: &Project, tier: &str) -> Run {
+    runner_image(p);
+    let out = kiln(p).args(["run", "ci.yml", "--json", "--isolation", tier]).output().expect("run kiln");
+    Run::parse(out)
+}
+
+const RUST: &str = r#"
+jobs:
+  rust:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+      - uses: dtolnay/rust-toolchain@stable
+        id: tc
+        with:
+          components: clippy, rustfmt
+      - uses: Swatinem/rust-cache@v2
+      - run: |
+          echo "toolchain ${{ steps.tc.outputs.name }}"
+          rustup component add clippy rustfmt
+          rustup toolchain install stable --profile minimal
+          cargo fmt --check && cargo clippy --offline -q -- -D warnings && cargo run --offline -q
+      - name: nightly is not here
+        id: nightly
+        continue-on-error: true
+        uses: dtolnay/rust-toolchain@nightly
+      - run: echo "nightly ${{ steps.nightly.outcome }}"
+"#;
+
+per_tier!(rust_toolchain_components_and_rust_cache, |tier| {
+    let p = Project::new(RUST);
+    p.write("Cargo.toml", "[package]\nname = \"hello\"\nversion = \"0.1.0\"\nedition = \"2021\"\n");
+    p.write("src/main.rs", "fn main() {\n    println!(\"hello from cargo\");\n}\n");
+    let r = run(&p, tier);
+    r.expect_code(0);
+    let lines = r.lines("rust");
+    for want in ["toolchain stable", "hello from cargo", "nightly failure"] {
+        assert!(lines.iter().any(|l| l == want), "{want:?} not in {lines:?}");
+    }
+    assert!(lines.iter().any(|l| l.starts_with("clippy ")), "components are checked and named: {lines:?}");
+    let nightly = r.all_text();
+    assert!(
+        nightly.contains("toolchain nightly is not here: this image has Rust"),
+        "the reason names what there is"
+    );
+    let sys = r.system_lines("rust");
+    assert!(sys.iter().any(|l| l.contains("cache saved: v0-rust")), "{sys:?}");
+    // The second run restores target/ and the registry from the cache.
+    let again = run(&p, tier);
+    again.expect_code(0);
+    let sys = again.system_lines("rust");
+    assert!(sys.iter().any(|l| l.contains("cache hit: v0-rust")), "{sys:?}");
+});
+
+const PYTHON: &str = r#"
+jobs:
+  py:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+      - uses: actions/setup-python@v5
+        id: py
+        with:
+          python-version: "3.x"
+          cache: pip
+      - run: |
+          echo "version ${{ steps.py.outputs.python-version }}"
+          python -c 'import sys; print("venv", sys.prefix != sys.base_prefix)'
+          [ "$(command -v pip)" = "$pythonLocation/bin/pip" ] && echo "pip is the venv's"
+          mkdir -p ~/.cache/pip && echo cached > ~/.cache/pip/marker
+      - run: cat ~/.cache/pip/marker 2>/dev/null || echo "no marker"
+      - id: old
+        continue-on-error: true
+        uses: actions/setup-python@v5
+        with: { python-version: "3.7" }
+      - run: echo "old ${{ steps.old.outcome }}"
+"#;
+
+per_tier!(setup_python_gives_a_venv_and_caches_pip, |tier| {
+    let p = Project::new(PYTHON);
+    p.write("requirements.txt", "requests==2.32.3\n");
+    let r = run(&p, tier);
+    r.expect_code(0);
+    let lines = r.lines("py");
+    for want in ["venv True", "pip is the venv's", "cached", "old failure"] {
+        assert!(lines.iter().any(|l| l == want), "{want:?} not in {lines:?}");
+    }
+    assert!(lines.iter().any(|l| l.starts_with("version 3.")), "{lines:?}");
+    assert!(r.all_text().contains("python-version 3.7 is not here: this image has Python 3."));
+    // The second run finds ~/.cache/pip restored before any step wrote it.
+    let p2 = Project::new(
+        r#"
+jobs:
+  py:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+      - uses: actions/setup-python@v5
+        with: { python-version: "3", cache: pip }
+      - run: cat ~/.cache/pip/marker
+"#,
+    );
+    p2.write("requirements.txt", "requests==2.32.3\n");
+    // Same state dir: the cache is the store's, shared by the two projects'
+    // runs only through it.
+    let out = kiln(&p2)
+        .env("KILN_STATE_DIR", p.state_dir())
+        .args(["run", "ci.yml", "--json", "--isolation", tier])
+        .output()
+        .expect("run kiln");
+    let again = Run::parse(out);
+    again.expect_code(0);
+    assert_eq!(again.lines("py").last().map(String::as_str), Some("cached"), "{:?}", again.lines("py"));
+});
+
+const NODE: &str = r#"
+jobs:
+  node:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/setup-node@v4
+        id: node
+        with: { node-version: "20.x" }
+      - run: echo "node $(node --version) ${{ steps.node.outputs.node-version }}"
+      - id: future
+        continue-on-error: true
+        uses: actions/setup-node@v4
+        with: { node-version: ">=99" }
+      - run: echo "future ${{ steps.future.outcome }}"
+"#;
+
+per_tier!(setup_node_gives_exactly_what_was_asked, |tier| {
+    let p = Project::new(NODE);
+    let r = run(&p, tier);
+    r.expect_code(0);
+    let lines = r.lines("node");
+    assert!(
+        lines.iter().any(|l| l.starts_with("node v20.") && l.matches("v20.").count() == 2),
+        "the version and the action's output agree: {lines:?}"
+    );
+    assert!(lines.iter().any(|l| l == "future failure"), "{lines:?}");
+    assert!(r.all_text().contains("node-version >=99 is not here"));
+});
