@@ -85,6 +85,9 @@ pub struct RunnerPolicy {
 /// tenant a build belongs to.
 pub const IMAGE_TENANT: &str = "_images";
 
+/// The store namespace of tools setup actions fetched (Node.js builds).
+pub const TOOL_TENANT: &str = "_tools";
+
 impl Default for RunnerPolicy {
     fn default() -> Self {
         RunnerPolicy {
@@ -189,11 +192,7 @@ impl Executor {
     /// found is materialized under `<state>/images/` (once; later builds
     /// find it there).
     pub async fn images(&self) -> Result<Vec<crate::runner::sandbox::ImageChoice>, EngineError> {
-        let store = match &self.cfg.policy.image_store {
-            Some(url) => kiln_store::Store::open_url(url).and_then(|s| s.tenant(IMAGE_TENANT)),
-            None => self.blob_root.tenant(IMAGE_TENANT),
-        }
-        .map_err(|e| EngineError::Setup(format!("opening the image store: {e}")))?;
+        let store = self.image_store(IMAGE_TENANT)?;
         let dir = self.state_dir.join("images");
         let mut out = Vec::new();
         for (pattern, name) in &self.cfg.policy.images {
@@ -214,6 +213,16 @@ impl Executor {
             });
         }
         Ok(out)
+    }
+
+    /// A namespace of the image store (the build store unless the
+    /// operator named one).
+    fn image_store(&self, tenant: &str) -> Result<kiln_store::Store, EngineError> {
+        match &self.cfg.policy.image_store {
+            Some(url) => kiln_store::Store::open_url(url).and_then(|s| s.tenant(tenant)),
+            None => self.blob_root.tenant(tenant),
+        }
+        .map_err(|e| EngineError::Setup(format!("opening the image store: {e}")))
     }
 
     /// Finds and proves the runtime of `tier`, once per process.
@@ -310,6 +319,7 @@ impl Executor {
             refuse_uploaders: self.cfg.policy.refuse_uploaders,
             phase_sandboxes: !self.cfg.policy.sandbox_per_step,
             images: self.images().await?,
+            tools: Some((self.image_store(TOOL_TENANT)?, self.state_dir.join("tools"))),
         };
         let mut opts = BuildOptions::new(
             req.build.clone(),

@@ -171,14 +171,40 @@ impl Extractor<'_> {
         )
     }
 
+    /// Creates the missing directories of `parent` (0755, root's), one
+    /// component at a time beneath the root: archives (npm's among them)
+    /// may list files without their directories.
+    fn make_parents(&self, parent: &str) -> std::result::Result<(), Errno> {
+        let mut cur = String::new();
+        for part in parent.split('/') {
+            let at = self.open_dir(&cur)?;
+            if !cur.is_empty() {
+                cur.push('/');
+            }
+            cur.push_str(part);
+            match self.open_dir(&cur) {
+                Ok(_) => continue,
+                Err(Errno::NOENT) => match rustix::fs::mkdirat(&at, part, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(e),
+                },
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     fn parent_fd(&mut self, entry: &str, parent: &str) -> Result<&OwnedFd> {
         let cached = matches!(&self.parent, Some((p, _)) if p == parent);
         if !cached {
-            let fd = self.open_dir(parent).map_err(|e| match e {
+            let opened = match self.open_dir(parent) {
+                Err(Errno::NOENT) => self.make_parents(parent).and_then(|_| self.open_dir(parent)),
+                other => other,
+            };
+            let fd = opened.map_err(|e| match e {
                 Errno::XDEV | Errno::LOOP | Errno::NOTDIR => {
                     self.refuse(entry, "its parent is a link or not a directory")
                 }
-                Errno::NOENT => self.refuse(entry, "its parent directory is not in the layer"),
                 e => self.refuse(entry, format!("open parent: {}", std::io::Error::from(e))),
             })?;
             self.parent = Some((parent.to_string(), fd));
@@ -439,6 +465,16 @@ mod tests {
         assert!(!root.join("usr/bin/tool").exists());
         assert!(root.join("usr/bin/new").exists());
         assert_eq!(std::fs::read(root.join("bin")).unwrap(), b"now a file");
+        // Files without their directories (npm's tarballs): parents appear.
+        let mut b = RawTarBuilder::new();
+        b.file("package/share/doc/x", 0o644, b"doc");
+        extract(&root, &b.finish()).unwrap();
+        assert_eq!(std::fs::read(root.join("package/share/doc/x")).unwrap(), b"doc");
+        // ... but never through a link: `bin` is a file now, `etc` a dir.
+        let mut b = RawTarBuilder::new();
+        b.symlink("lnk", "etc").file("lnk/sub/x", 0o644, b"no");
+        assert!(extract(&root, &b.finish()).is_err());
+        assert!(!root.join("etc/sub").exists());
     }
 
     #[test]

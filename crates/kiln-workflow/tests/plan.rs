@@ -274,8 +274,8 @@ fn what_kiln_cannot_run_refuses_its_job_not_the_file() {
     assert!(refusal(&wf("  a:\n    uses: org/repo/.github/workflows/x.yml@main\n"))
         .starts_with("4:11: `uses: org/repo/.github/workflows/x.yml@main`: a reusable workflow in another repository is not supported"));
     assert_eq!(
-        refusal(&wf("  build:\n    steps:\n      - uses: actions/checkout@v4\n      - run: make\n      - name: Setup\n        uses: actions/setup-node@v4\n")),
-        "7:9: `uses: actions/setup-node@v4` is not an action kiln has"
+        refusal(&wf("  build:\n    steps:\n      - uses: actions/checkout@v4\n      - run: make\n      - name: Setup\n        uses: actions/github-script@v7\n")),
+        "7:9: `uses: actions/github-script@v7` is not an action kiln has"
     );
     assert_eq!(
         refusal(&wf("  a:\n    steps:\n      - run: x\n        shell: pwsh\n")),

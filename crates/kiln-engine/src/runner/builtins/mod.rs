@@ -7,6 +7,7 @@ mod cache;
 mod checkout;
 mod composite;
 mod detect;
+mod node_dist;
 mod package;
 mod setup;
 

@@ -123,6 +123,101 @@ fn cache_plan(
 }
 
 impl JobRun<'_> {
+    /// Runs a setup action's checks in the job's sandbox, on its image.
+    /// Inputs reach the script as the runner passes them (`INPUT_*`), never
+    /// spliced into its text. Returns the result (with the script's
+    /// one-line reason when it failed) and the outputs it set.
+    #[allow(clippy::too_many_arguments)]
+    async fn setup_script(
+        &mut self,
+        job: &PlannedJob,
+        k: usize,
+        step: &StepSpec,
+        name: &str,
+        uses: &str,
+        inputs: &std::collections::BTreeMap<String, String>,
+        script: &str,
+        extra: &[(String, String)],
+    ) -> Result<(StepResult, serde_json::Map<String, Value>), StepError> {
+        let mut spec = step.clone();
+        let id = step.id.clone().unwrap_or_else(|| format!("__kiln_setup_{k}"));
+        spec.id = Some(id.clone());
+        for (k, v) in inputs {
+            spec.env.push((input_env(k), Template::literal(v)));
+        }
+        let git_ref = uses.rsplit_once('@').map(|(_, r)| r).unwrap_or("");
+        spec.env.push(("KILN_ACTION_REF".into(), Template::literal(git_ref)));
+        for (k, v) in extra {
+            spec.env.push((k.clone(), Template::literal(v)));
+        }
+        let text = format!("{LIB}\n{script}");
+        let shell = ShellSpec::Fixed(kiln_workflow::Shell::Bash);
+        spec.action = StepAction::Run { script: Template::literal(&text), shell: Some(shell.clone()) };
+        let mut result =
+            self.run_script(job, k, &spec, name, &Template::literal(&text), Some(&shell)).await?;
+        // kiln's own outputs (the reason, a download request) are not the
+        // user's.
+        let mut mine = serde_json::Map::new();
+        if let Some(o) =
+            self.steps_ctx.get_mut(&id).and_then(|s| s.get_mut("outputs")).and_then(Value::as_object_mut)
+        {
+            for key in [REASON_OUTPUT, "kiln-download"] {
+                if let Some(v) = o.remove(key) {
+                    mine.insert(key.to_string(), v);
+                }
+            }
+        }
+        if step.id.is_none() {
+            self.steps_ctx.remove(&id);
+        }
+        if result.0 != StepStatus::Success {
+            if let Some(r) = mine.get(REASON_OUTPUT).and_then(Value::as_str) {
+                result.2 = Some(r.to_string());
+            }
+        }
+        let outputs =
+            mine.into_iter().filter_map(|(k, v)| v.as_str().map(|s| (k, Value::String(s.into())))).collect();
+        Ok((result, outputs))
+    }
+
+    /// The registry's Node.js build for `want`: its host directory and
+    /// where the job's sandboxes see it.
+    async fn fetch_node(
+        &mut self,
+        job: &PlannedJob,
+        name: &str,
+        want: &Value,
+    ) -> Result<(std::path::PathBuf, String), StepError> {
+        use super::node_dist;
+        let want = want.as_str().unwrap_or("*").to_string();
+        let (store, dir) = self.runner.cfg.tools.clone().ok_or("this build keeps no tools")?;
+        let scratch = self.dir.join("node-fetch");
+        std::fs::create_dir_all(&scratch).map_err(|e| StepError::Infrastructure(e.to_string()))?;
+        let doc = node_dist::packument(&scratch).await.map_err(|e| format!("node-version {want}: {e}"))?;
+        let release = doc
+            .choose(&want, time::OffsetDateTime::now_utc())
+            .map_err(|e| format!("node-version {e}"))?
+            .cloned()
+            .ok_or_else(|| format!("node-version {want}: no Node.js release on the npm registry matches"))?;
+        let version = release.version.to_string();
+        let (path, downloaded) =
+            node_dist::provide(&store, &release, &dir, &scratch).await.map_err(StepError::User)?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        let how = if downloaded {
+            "downloaded from the npm registry, integrity checked"
+        } else {
+            "from the tool cache"
+        };
+        self.req.emitter.log(
+            &job.id,
+            name,
+            "build",
+            crate::log::Stream::System,
+            format!("node-version {want}: {}@{version} ({how})", node_dist::PACKAGE),
+        );
+        Ok((path, format!("/kiln/tools/{}-{version}", node_dist::PACKAGE)))
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn setup_step(
         &mut self,
@@ -154,38 +249,34 @@ impl JobRun<'_> {
             SetupTool::RustCache => None,
         };
         if let Some(script) = script {
-            // The checks run where the tool is: in the job's sandbox, on
-            // its image. Inputs reach the script as the runner passes them
-            // (`INPUT_*`), never spliced into its text.
-            let mut spec = step.clone();
-            let id = step.id.clone().unwrap_or_else(|| format!("__kiln_setup_{k}"));
-            spec.id = Some(id.clone());
-            for (k, v) in &inputs {
-                spec.env.push((input_env(k), Template::literal(v)));
+            let mut extra: Vec<(String, String)> = Vec::new();
+            if tool == SetupTool::Node && self.runner.cfg.tools.is_some() {
+                extra.push(("KILN_NODE_DOWNLOAD".into(), "1".into()));
             }
-            let git_ref = uses.rsplit_once('@').map(|(_, r)| r).unwrap_or("");
-            spec.env.push(("KILN_ACTION_REF".into(), Template::literal(git_ref)));
-            let text = format!("{LIB}\n{script}");
-            let shell = ShellSpec::Fixed(kiln_workflow::Shell::Bash);
-            spec.action = StepAction::Run { script: Template::literal(&text), shell: Some(shell.clone()) };
-            result = self.run_script(job, k, &spec, name, &Template::literal(&text), Some(&shell)).await?;
-            // The reason the script gave, as the step's reason; the output
-            // itself is kiln's, not the user's.
-            let reason = self
-                .steps_ctx
-                .get_mut(&id)
-                .and_then(|s| s.get_mut("outputs"))
-                .and_then(Value::as_object_mut)
-                .and_then(|o| o.remove(REASON_OUTPUT))
-                .and_then(|v| v.as_str().map(str::to_string));
-            if step.id.is_none() {
-                self.steps_ctx.remove(&id);
-            }
+            let (r, outputs) = self.setup_script(job, k, step, name, uses, &inputs, script, &extra).await?;
+            result = r;
             if result.0 != StepStatus::Success {
-                if let Some(r) = reason {
-                    result.2 = Some(r);
-                }
                 return Ok(result);
+            }
+            if let Some(want) = outputs.get("kiln-download") {
+                // The image does not have it: the registry's build, then
+                // the same checks again against it.
+                let (dir, dest) = self.fetch_node(job, name, want).await?;
+                self.tool_binds.push(kiln_sandbox::Bind {
+                    source: dir,
+                    destination: dest.clone(),
+                    writable: false,
+                });
+                self.close_phase(job, name, "a fetched tool is mounted in the next sandbox").await;
+                extra = vec![
+                    ("KILN_NODE_DIR".into(), dest),
+                    ("KILN_NODE_PACKAGE".into(), super::node_dist::PACKAGE.into()),
+                ];
+                let (r, _) = self.setup_script(job, k, step, name, uses, &inputs, script, &extra).await?;
+                result = r;
+                if result.0 != StepStatus::Success {
+                    return Ok(result);
+                }
             }
         }
         if let Some(plan) = cache {
