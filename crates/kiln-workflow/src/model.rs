@@ -401,6 +401,8 @@ pub enum SetupTool {
     Rust,
     /// `Swatinem/rust-cache`.
     RustCache,
+    /// `astral-sh/setup-uv`.
+    Uv,
 }
 
 impl SetupTool {
@@ -473,6 +475,33 @@ impl SetupTool {
                     "lookup-only",
                 ],
             ),
+            "astral-sh/setup-uv" => (
+                SetupTool::Uv,
+                &[
+                    "version",
+                    "version-file",
+                    "python-version",
+                    "activate-environment",
+                    "working-directory",
+                    "enable-cache",
+                    "cache-dependency-glob",
+                    "cache-suffix",
+                    "cache-local-path",
+                    "restore-cache",
+                    "save-cache",
+                    "prune-cache",
+                    "cache-python",
+                    "ignore-nothing-to-cache",
+                    "ignore-empty-workdir",
+                    "tool-dir",
+                    "tool-bin-dir",
+                    "github-token",
+                    "server-url",
+                    "manifest-file",
+                    "checksum",
+                    "add-problem-matchers",
+                ],
+            ),
             _ => return None,
         })
     }
@@ -484,6 +513,7 @@ impl SetupTool {
             SetupTool::Python => "Set up Python",
             SetupTool::Rust => "Set up Rust",
             SetupTool::RustCache => "Cache Rust dependencies",
+            SetupTool::Uv => "Set up uv",
         }
     }
 }

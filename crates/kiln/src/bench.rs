@@ -73,6 +73,13 @@ fn bench_inner(args: BenchArgs) -> anyhow::Result<()> {
         versions.push(format!("{name}: {}", info.version.lines().next().unwrap_or("").trim()));
         tiers.push(measure_tier(&rt, name, iso, &runtime, args.steps, &state_dir)?);
     }
+    if let Some(name) = &args.image {
+        let section = rt.block_on(image_bench(name, &args, &state_dir))?;
+        print!("{section}");
+        if let Some(path) = &args.markdown {
+            write_section(path, "images", &section)?;
+        }
+    }
     eprintln!("measuring the scheduler on a {}-job graph ...", args.jobs);
     let sched = rt.block_on(scheduler_overhead(args.jobs))?;
     let _ = std::fs::remove_dir_all(&state_dir);
@@ -114,7 +121,7 @@ fn measure_tier(
     // One warm-up of each, not counted (page cache, runtime binaries).
     for i in 0..=steps {
         let raw = raw_start(runtime, &ws, dir, i)?;
-        let kiln = rt.block_on(kiln_start(plan.clone(), iso, runtime.clone(), dir, i, true))?;
+        let kiln = rt.block_on(kiln_start(plan.clone(), iso, runtime.clone(), dir, i, true, Vec::new()))?;
         if i > 0 {
             result.raw.push(raw);
             result.kiln.push(kiln[0]);
@@ -124,7 +131,7 @@ fn measure_tier(
     // sandbox the first one opened.
     let many =
         Arc::new(kiln_workflow::load("bench.yml", &steps_workflow(steps + 1)).map_err(|e| anyhow!("{e}"))?);
-    let lat = rt.block_on(kiln_start(many, iso, runtime.clone(), dir, steps + 1, true))?;
+    let lat = rt.block_on(kiln_start(many, iso, runtime.clone(), dir, steps + 1, true, Vec::new()))?;
     result.in_phase = lat.into_iter().skip(1).collect();
     // A job of several steps end to end, both ways, interleaved.
     let job =
@@ -139,6 +146,7 @@ fn measure_tier(
                 dir,
                 steps + 2 + 2 * i + phase as usize,
                 phase,
+                Vec::new(),
             ))?;
             let secs = t0.elapsed().as_secs_f64();
             if i > 0 {
@@ -189,7 +197,7 @@ fn raw_start(runtime: &Runtime, ws: &Workspace, dir: &std::path::Path, i: usize)
 
 /// A job of `n` steps that each print one line.
 fn steps_workflow(n: usize) -> String {
-    let mut y = String::from("jobs:\n  bench:\n    steps:\n");
+    let mut y = String::from("jobs:\n  bench:\n    runs-on: ubuntu-latest\n    steps:\n");
     for i in 0..n {
         y.push_str(&format!("      - run: echo ready {i}\n        shell: sh\n"));
     }
@@ -205,6 +213,7 @@ async fn kiln_start(
     dir: &std::path::Path,
     i: usize,
     phase_sandboxes: bool,
+    images: Vec<kiln_engine::runner::sandbox::ImageChoice>,
 ) -> anyhow::Result<Vec<f64>> {
     let build = format!("bench-{}-{i}", std::process::id());
     let mut runtimes = HashMap::new();
@@ -225,7 +234,7 @@ async fn kiln_start(
         default_network: kiln_workflow::NetworkSpec::None,
         refuse_uploaders: false,
         phase_sandboxes,
-        images: Vec::new(),
+        images,
         tools: None,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -258,6 +267,82 @@ async fn kiln_start(
         return Err(anyhow!("no output seen from the bench steps"));
     }
     Ok(latency)
+}
+
+/// Jobs on an image against jobs on the host's `/usr`, per tier, and what
+/// extracting the image costs.
+async fn image_bench(name: &str, args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<String> {
+    let store = crate::image::store(&args.state)?;
+    let image = kiln_image::resolve(&store, name).await?;
+    let size: u64 = image.manifest.layers.iter().map(|l| l.size).sum();
+    eprintln!("measuring image {name}: extracting it, then jobs on it ...");
+    let images_dir = dir.join("images");
+    let t0 = Instant::now();
+    let root = kiln_image::materialize(&store, &image, &images_dir).await?;
+    let extract = t0.elapsed().as_secs_f64();
+    let choice = kiln_engine::runner::sandbox::ImageChoice {
+        pattern: "ubuntu-*".into(),
+        name: name.into(),
+        found: Some((image.digest, root)),
+    };
+    let job =
+        Arc::new(kiln_workflow::load("bench.yml", &steps_workflow(JOB_STEPS)).map_err(|e| anyhow!("{e}"))?);
+    let mut rows = String::new();
+    for t in &args.tiers {
+        let iso = isolation(*t);
+        let runtime = Runtime::locate(iso).map_err(|e| anyhow!("{e}"))?;
+        let (mut host, mut on_image) = (Vec::new(), Vec::new());
+        for i in 0..=JOB_RUNS {
+            for with_image in [false, true] {
+                let images = if with_image { vec![choice.clone()] } else { Vec::new() };
+                let t0 = Instant::now();
+                kiln_start(
+                    job.clone(),
+                    iso,
+                    runtime.clone(),
+                    dir,
+                    10_000 + 2 * i + with_image as usize,
+                    true,
+                    images,
+                )
+                .await?;
+                if i > 0 {
+                    if with_image { &mut on_image } else { &mut host }.push(t0.elapsed().as_secs_f64());
+                }
+            }
+        }
+        let (h, m) = (percentile(&host, 0.5), percentile(&on_image, 0.5));
+        rows.push_str(&format!(
+            "| {t:?} | {} | {} | {:.2}x |
+",
+            ms(h),
+            ms(m),
+            if h > 0.0 { m / h } else { 0.0 }
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&images_dir);
+    Ok(format!(
+        "## Images: a job on an image against the host's /usr
+
+Produced by (as root, after `scripts/install.sh`, which builds `{name}`):
+
+         ```sh
+./target/release/kiln bench --steps {} --image {name} --markdown docs/benchmarks.md
+```
+
+         Image {name} ({}, one {:.0} MiB layer, {} packages): read back verified from the store and extracted          beneath a fresh directory in {:.1} s (once per state dir).
+
+         A job of {JOB_STEPS} steps end to end ({JOB_RUNS} runs each, interleaved; median wall time). On the image          the job also mounts its writable root (an overlay over the image on its disk) and prepares it.
+
+         | tier | host /usr | on the image | ratio |
+| --- | ---: | ---: | ---: |
+{rows}",
+        args.steps,
+        image.digest,
+        size as f64 / (1 << 20) as f64,
+        image.manifest.packages.len(),
+        extract,
+    ))
 }
 
 /// A runner that does nothing: the loop's own cost.

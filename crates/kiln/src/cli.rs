@@ -308,6 +308,10 @@ pub struct BenchArgs {
     /// Write the results as Markdown to this file as well.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
+    /// Also measure jobs on this image (see `kiln image`) against the
+    /// host's /usr, and extracting it.
+    #[arg(long)]
+    pub image: Option<String>,
     #[command(flatten)]
     pub state: StateArgs,
 }

@@ -221,3 +221,44 @@ per_tier!(setup_node_fetches_what_the_image_lacks_from_the_registry, |tier| {
         );
     }
 });
+
+const UV: &str = r#"
+jobs:
+  uv:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+      - uses: astral-sh/setup-uv@v6
+        id: uv
+        with:
+          version: "0.13"
+          activate-environment: true
+          enable-cache: true
+      - run: |
+          echo "uv $(uv --version | cut -d' ' -f2) ${{ steps.uv.outputs.uv-version }}"
+          python -c 'import os, sys; print("venv", sys.prefix == os.environ["VIRTUAL_ENV"])'
+          mkdir -p "$UV_CACHE_DIR" && echo kept > "$UV_CACHE_DIR/marker"
+      - id: none
+        continue-on-error: true
+        uses: astral-sh/setup-uv@v6
+        with: { version: "0.0.1" }
+      - run: echo "none ${{ steps.none.outcome }}"
+"#;
+
+// uv comes from PyPI's static wheel (SHA-256 checked, kept as a tool);
+// `activate-environment` gives a venv first on PATH; `enable-cache` caches
+// uv's cache directory.
+per_tier!(setup_uv_fetches_uv_from_pypi, |tier| {
+    let p = Project::new(UV);
+    p.write("uv.lock", "version = 1\n");
+    let r = run(&p, tier);
+    r.expect_code(0);
+    let lines = r.lines("uv");
+    assert!(lines.iter().any(|l| l.starts_with("uv 0.13.") && l.matches("0.13.").count() == 2), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "venv True"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "none failure"), "{lines:?}");
+    assert!(r.all_text().contains("uv version 0.0.1: no release on PyPI matches"));
+    let sys = r.system_lines("uv");
+    assert!(sys.iter().any(|l| l.contains("musllinux") && l.contains("uv 0.13")), "{sys:?}");
+    assert!(sys.iter().any(|l| l.contains("cache saved: setup-uv-1-Linux-")), "{sys:?}");
+});

@@ -10,6 +10,7 @@ mod detect;
 mod node_dist;
 mod package;
 mod setup;
+mod uv_dist;
 
 pub(crate) use artifact::*;
 pub(crate) use package::*;

@@ -200,7 +200,7 @@ fn registry() -> String {
 }
 
 /// `curl` an https URL into `out` (at most `max` bytes).
-async fn fetch(url: &str, out: &Path, max: u64) -> Result<(), String> {
+pub(crate) async fn fetch(url: &str, out: &Path, max: u64) -> Result<(), String> {
     let status = tokio::process::Command::new("curl")
         .args(["-fsSL", "--proto", "=https", "--proto-redir", "=https", "--retry", "2", "--max-time", "600"])
         .arg("--max-filesize")

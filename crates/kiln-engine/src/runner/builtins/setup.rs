@@ -21,6 +21,7 @@ const LIB: &str = include_str!("setup/lib.sh");
 const PYTHON: &str = include_str!("setup/python.sh");
 const NODE: &str = include_str!("setup/node.sh");
 const RUST: &str = include_str!("setup/rust.sh");
+const UV: &str = include_str!("setup/uv.sh");
 
 /// `rustup` over the image's toolchain, on every job's `PATH` (after the
 /// user's own directories, so a real rustup a step installs wins).
@@ -118,6 +119,19 @@ fn cache_plan(
                 paths,
             }))
         }
+        SetupTool::Uv => {
+            if get("enable-cache").map(|v| v.trim()) != Some("true") {
+                return Ok(None);
+            }
+            let deps = lines(get("cache-dependency-glob"), "**/uv.lock\n**/requirements*.txt");
+            let suffix = get("cache-suffix").map(|s| format!("-{}", s.trim())).unwrap_or_default();
+            let path = get("cache-local-path").cloned().unwrap_or_else(|| "~/.cache/uv".into());
+            Ok(Some(CachePlan {
+                key: format!("setup-uv-1-${{{{ runner.os }}}}-{}{suffix}", hash_files(&deps)),
+                restore: None,
+                paths: vec![path],
+            }))
+        }
         SetupTool::Rust => Ok(None),
     }
 }
@@ -178,6 +192,38 @@ impl JobRun<'_> {
         let outputs =
             mine.into_iter().filter_map(|(k, v)| v.as_str().map(|s| (k, Value::String(s.into())))).collect();
         Ok((result, outputs))
+    }
+
+    /// uv `want` from PyPI: its host directory and where the job's
+    /// sandboxes see it.
+    async fn fetch_uv(
+        &mut self,
+        job: &PlannedJob,
+        name: &str,
+        want: &str,
+    ) -> Result<(std::path::PathBuf, String), StepError> {
+        use super::uv_dist;
+        let shown = if want.trim().is_empty() { "latest" } else { want.trim() };
+        let (store, dir) = self.runner.cfg.tools.clone().ok_or("this build keeps no tools")?;
+        let scratch = self.dir.join("uv-fetch");
+        std::fs::create_dir_all(&scratch).map_err(|e| StepError::Infrastructure(e.to_string()))?;
+        let wheels = uv_dist::list(&scratch).await.map_err(|e| format!("uv {shown}: {e}"))?;
+        let wheel = uv_dist::choose(&wheels, want)
+            .map_err(|e| format!("uv version {e}"))?
+            .cloned()
+            .ok_or_else(|| format!("uv version {shown}: no release on PyPI matches"))?;
+        let (path, downloaded) =
+            uv_dist::provide(&store, &wheel, &dir, &scratch).await.map_err(StepError::User)?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        let how = if downloaded { "downloaded from PyPI, SHA-256 checked" } else { "from the tool cache" };
+        self.req.emitter.log(
+            &job.id,
+            name,
+            "build",
+            crate::log::Stream::System,
+            format!("uv {shown}: {} ({how})", wheel.filename),
+        );
+        Ok((path, format!("/kiln/tools/uv-{}", wheel.version)))
     }
 
     /// The registry's Node.js build for `want`: its host directory and
@@ -246,12 +292,25 @@ impl JobRun<'_> {
             SetupTool::Node => Some(NODE),
             SetupTool::Python => Some(PYTHON),
             SetupTool::Rust => Some(RUST),
+            SetupTool::Uv => Some(UV),
             SetupTool::RustCache => None,
         };
         if let Some(script) = script {
             let mut extra: Vec<(String, String)> = Vec::new();
             if tool == SetupTool::Node && self.runner.cfg.tools.is_some() {
                 extra.push(("KILN_NODE_DOWNLOAD".into(), "1".into()));
+            }
+            if tool == SetupTool::Uv {
+                // uv is never in an image: PyPI's wheel, first.
+                let want = inputs.get("version").cloned().unwrap_or_default();
+                let (dir, dest) = self.fetch_uv(job, name, &want).await?;
+                self.tool_binds.push(kiln_sandbox::Bind {
+                    source: dir,
+                    destination: dest.clone(),
+                    writable: false,
+                });
+                self.close_phase(job, name, "a fetched tool is mounted in the next sandbox").await;
+                extra.push(("KILN_UV_DIR".into(), dest));
             }
             let (r, outputs) = self.setup_script(job, k, step, name, uses, &inputs, script, &extra).await?;
             result = r;
