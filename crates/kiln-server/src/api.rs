@@ -105,9 +105,37 @@ pub fn router(core: Arc<Core>) -> Router {
         r = r.route(path, mr);
     }
     r.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(core.clone(), count_requests))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(core)
+}
+
+/// Every error is the documented `{"error": ...}` JSON, also those axum's
+/// extractors answer by themselves in plain text (a body over the limit:
+/// 413; a query string that does not parse: 400; a wrong method: 405).
+/// The one place that shapes error bodies besides [`ApiError`].
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/event-stream"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let text = match axum::body::to_bytes(resp.into_body(), 4096).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let message = match (status, text.is_empty()) {
+        (StatusCode::PAYLOAD_TOO_LARGE, _) => "request body too large".to_string(),
+        (_, true) => status.canonical_reason().unwrap_or("error").to_ascii_lowercase(),
+        (_, false) => text,
+    };
+    ApiError::new(status, message).into_response()
 }
 
 /// Counts every request and runs it in a span naming the method and path

@@ -159,7 +159,28 @@ fn invalid_workflows_are_422_with_line_numbers_and_large_bodies_413() {
             .header("authorization", format!("Bearer {}", f.tenant))
             .body(Body::from(big))
             .unwrap();
-        assert_eq!(call(&f.core, req).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+        let (status, body) = call(&f.core, req).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("a 413 is JSON too");
+        assert_eq!(v["error"], "request body too large", "{v}");
+        // A query string that does not parse, a method a route lacks: JSON.
+        for (method, uri, want) in [
+            ("GET", "/v1/builds?limit=many", StatusCode::BAD_REQUEST),
+            ("DELETE", "/v1/builds", StatusCode::METHOD_NOT_ALLOWED),
+        ] {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("authorization", format!("Bearer {}", f.tenant))
+                .body(Body::empty())
+                .unwrap();
+            let (status, body) = call(&f.core, req).await;
+            assert_eq!(status, want, "{method} {uri}: {}", String::from_utf8_lossy(&body));
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
+                panic!("{method} {uri}: not JSON ({e}): {}", String::from_utf8_lossy(&body))
+            });
+            assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+        }
         // A hostile archive is refused, not extracted.
         let tar = kiln_store::tar::RawTarBuilder::new().file("../escape", 0o644, b"x").finish();
         use base64::Engine as _;
