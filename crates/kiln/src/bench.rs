@@ -312,9 +312,12 @@ async fn image_bench(name: &str, args: &BenchArgs, dir: &std::path::Path) -> any
             }
         }
         let (h, m) = (percentile(&host, 0.5), percentile(&on_image, 0.5));
+        let tier = match iso {
+            Isolation::Gvisor => "gvisor (runsc)",
+            Isolation::Container => "container (runc)",
+        };
         rows.push_str(&format!(
-            "| {t:?} | {} | {} | {:.2}x |
-",
+            "| {tier} | {} | {} | {:.2}x |\n",
             ms(h),
             ms(m),
             if h > 0.0 { m / h } else { 0.0 }
@@ -322,21 +325,15 @@ async fn image_bench(name: &str, args: &BenchArgs, dir: &std::path::Path) -> any
     }
     let _ = std::fs::remove_dir_all(&images_dir);
     Ok(format!(
-        "## Images: a job on an image against the host's /usr
-
-Produced by (as root, after `scripts/install.sh`, which builds `{name}`):
-
-         ```sh
-./target/release/kiln bench --steps {} --image {name} --markdown docs/benchmarks.md
-```
-
-         Image {name} ({}, one {:.0} MiB layer, {} packages): read back verified from the store and extracted          beneath a fresh directory in {:.1} s (once per state dir).
-
-         A job of {JOB_STEPS} steps end to end ({JOB_RUNS} runs each, interleaved; median wall time). On the image          the job also mounts its writable root (an overlay over the image on its disk) and prepares it.
-
-         | tier | host /usr | on the image | ratio |
-| --- | ---: | ---: | ---: |
-{rows}",
+        "## Images: a job on an image against the host's /usr\n\n\
+         Produced by (as root, after `scripts/install.sh`, which builds `{name}`):\n\n\
+         ```sh\n./target/release/kiln bench --steps {} --image {name} --markdown docs/benchmarks.md\n```\n\n\
+         Image {name} ({}, one {:.0} MiB layer, {} packages): read back verified from the store and \
+         extracted beneath a fresh directory in {:.1} s (once per state dir).\n\n\
+         A job of {JOB_STEPS} steps end to end ({JOB_RUNS} runs each, interleaved; median wall time). On \
+         the image the job also mounts its writable root (an overlay over the image on its disk) and \
+         prepares it.\n\n\
+         | tier | host /usr | on the image | ratio |\n| --- | ---: | ---: | ---: |\n{rows}",
         args.steps,
         image.digest,
         size as f64 / (1 << 20) as f64,
