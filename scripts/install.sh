@@ -9,7 +9,8 @@
 # - git and python3 for the example pipeline; curl, xxd, node/npm for the
 #   tests that run real clients inside sandboxes;
 # - mmdebstrap for `kiln image build` (job images made from Debian packages,
-#   apt checking the archive's signatures).
+#   apt checking the archive's signatures); umoci for the tests that make
+#   OCI images to import.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -38,7 +39,7 @@ fi
 declare -A pkg=(
     [runc]=runc [mkfs.ext4]=e2fsprogs [losetup]=util-linux [git]=git [python3]=python3
     [bash]=bash [pgrep]=procps [curl]=curl [xxd]=xxd [npm]="nodejs npm" [openssl]=openssl
-    [mmdebstrap]=mmdebstrap
+    [mmdebstrap]=mmdebstrap [umoci]=umoci
 )
 missing=()
 for bin in "${!pkg[@]}"; do

@@ -33,6 +33,9 @@ pub struct BuildOptions {
     /// Refuse jobs with a coverage/report uploader instead of skipping the
     /// uploader step.
     pub refuse_uploaders: bool,
+    /// The images here by name, for `container:`; `None`: not checked
+    /// (`kiln validate`, which has no store).
+    pub known_images: Option<Arc<std::collections::HashSet<String>>>,
 }
 
 impl BuildOptions {
@@ -46,6 +49,7 @@ impl BuildOptions {
             egress: None,
             runner_labels: RunnerLabels::default(),
             refuse_uploaders: false,
+            known_images: None,
         }
     }
 }
@@ -422,9 +426,14 @@ pub fn refusal(plan: &Plan, j: usize, contexts: &Contexts, opts: &BuildOptions) 
         match t.render(contexts, status) {
             Ok(image) if image.trim().is_empty() => {}
             Ok(image) => {
-                return Some(format!(
-                    "container {image}: running a job in a container image is not supported yet"
-                ))
+                let image = image.trim();
+                if let Some(known) = &opts.known_images {
+                    if !known.contains(image) {
+                        return Some(format!(
+                            "container {image}: no image `{image}` here (import it with `kiln image import FILE {image}` or build one with `kiln image build`)"
+                        ));
+                    }
+                }
             }
             Err(e) => return Some(format!("container: {e}")),
         }

@@ -196,20 +196,21 @@ impl Executor {
         let dir = self.state_dir.join("images");
         let mut out = Vec::new();
         for (pattern, name) in &self.cfg.policy.images {
-            let found = match kiln_image::resolve(&store, name).await {
+            let (found, env) = match kiln_image::resolve(&store, name).await {
                 Ok(image) => {
                     let path = kiln_image::materialize(&store, &image, &dir)
                         .await
                         .map_err(|e| EngineError::Setup(format!("image {name}: {e}")))?;
-                    Some((image.digest, path))
+                    (Some((image.digest, path)), image.manifest.source.env().to_vec())
                 }
-                Err(kiln_image::ImageError::NotFound(_)) => None,
+                Err(kiln_image::ImageError::NotFound(_)) => (None, Vec::new()),
                 Err(e) => return Err(EngineError::Setup(format!("image {name}: {e}"))),
             };
             out.push(crate::runner::sandbox::ImageChoice {
                 pattern: pattern.clone(),
                 name: name.clone(),
                 found,
+                env,
             });
         }
         Ok(out)
@@ -320,6 +321,7 @@ impl Executor {
             phase_sandboxes: !self.cfg.policy.sandbox_per_step,
             images: self.images().await?,
             tools: Some((self.image_store(TOOL_TENANT)?, self.state_dir.join("tools"))),
+            image_store: Some((self.image_store(IMAGE_TENANT)?, self.state_dir.join("images"))),
         };
         let mut opts = BuildOptions::new(
             req.build.clone(),
@@ -333,6 +335,15 @@ impl Executor {
         opts.egress = Some(egress.counters.clone());
         opts.runner_labels = kiln_workflow::RunnerLabels::with_extra(self.cfg.policy.extra_labels.clone());
         opts.refuse_uploaders = self.cfg.policy.refuse_uploaders;
+        opts.known_images = Some(Arc::new(
+            self.image_store(IMAGE_TENANT)?
+                .list_image_refs()
+                .await
+                .map_err(|e| EngineError::Setup(format!("listing images: {e}")))?
+                .into_iter()
+                .map(|r| r.name)
+                .collect(),
+        ));
         let emitter = Emitter::new(&req.build, tap, Some(writer.sender())).with_scrubber(scrubber.clone());
         if req.untrusted && !req.secrets.is_empty() {
             emitter.log(

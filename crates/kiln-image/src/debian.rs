@@ -66,7 +66,7 @@ async fn existing(
             Err(_) => continue,
         };
         let Ok(m) = ImageManifest::parse(&r.manifest, &bytes) else { continue };
-        let Source::Debian { recipe_digest, source_date_epoch, .. } = &m.source;
+        let Source::Debian { recipe_digest, source_date_epoch, .. } = &m.source else { continue };
         if *recipe_digest == want && *source_date_epoch == epoch {
             return Ok(Some((r.manifest, m)));
         }

@@ -26,6 +26,7 @@ mod error;
 pub mod extract;
 mod images;
 mod manifest;
+pub mod oci;
 
 pub use debian::{build_debian, BuildOptions, BuildReport};
 pub use error::{ImageError, Result};
@@ -35,3 +36,4 @@ pub use manifest::{
     parse_package_list, ImageManifest, Layer, Package, Recipe, Source, DEFAULT_EPOCH, DEFAULT_IMAGE,
     DEFAULT_MIRROR, DEFAULT_SUITE, RUNNER_PACKAGES, SCHEMA, SUITES,
 };
+pub use oci::{import_oci, RunConfig};

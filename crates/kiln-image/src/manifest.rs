@@ -136,6 +136,33 @@ pub struct Layer {
 pub enum Source {
     /// Built with mmdebstrap from a recipe.
     Debian { recipe: Recipe, recipe_digest: Digest, source_date_epoch: u64 },
+    /// Imported from an OCI image layout.
+    Oci {
+        /// What it was imported from (the archive's file name).
+        reference: String,
+        /// The OCI manifest's digest in that layout.
+        manifest_digest: String,
+        /// Environment, working directory and user of the image's config.
+        config: crate::oci::RunConfig,
+    },
+}
+
+impl Source {
+    /// One line on where the image came from.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Debian { recipe, .. } => format!("debian {}", recipe.suite),
+            Source::Oci { reference, .. } => format!("oci {reference}"),
+        }
+    }
+
+    /// `NAME=value` pairs the image's config sets (none for Debian images).
+    pub fn env(&self) -> &[String] {
+        match self {
+            Source::Oci { config, .. } => &config.env,
+            Source::Debian { .. } => &[],
+        }
+    }
 }
 
 /// Schema tag of [`ImageManifest`].

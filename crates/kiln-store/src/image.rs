@@ -37,7 +37,19 @@ pub fn check_image_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_IMAGE_NAME {
         return Err(bad("must be 1 to 128 bytes"));
     }
-    for seg in name.split('/') {
+    // An optional `:tag` (`node:20-bookworm`), as image references have.
+    let path = match name.rsplit_once(':') {
+        Some((path, tag)) => {
+            let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+            let first_ok = tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+            if tag.is_empty() || !tag.chars().all(ok) || !first_ok {
+                return Err(bad("a tag after `:` is letters, digits, `.`, `_` and `-`"));
+            }
+            path
+        }
+        None => name,
+    };
+    for seg in path.split('/') {
         let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-');
         if seg.is_empty() || !seg.chars().all(ok_char) {
             return Err(bad("use lowercase letters, digits, `.`, `_`, `-` and `/` between non-empty parts"));
@@ -103,10 +115,29 @@ mod tests {
 
     #[test]
     fn image_names() {
-        for ok in ["kiln/runner", "a", "debian.bookworm/x_y-1", "0/1"] {
+        for ok in ["kiln/runner", "a", "debian.bookworm/x_y-1", "0/1", "node:20-bookworm", "team/py:3.12_A"] {
             check_image_name(ok).unwrap();
         }
-        for bad in ["", "/a", "a/", "a//b", "A", "a/../b", "../a", ".a", "a b", "a\\b", "-x", "a/.hidden"] {
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "A",
+            "a/../b",
+            "../a",
+            ".a",
+            "a b",
+            "a\\b",
+            "-x",
+            "a/.hidden",
+            "a:",
+            "a:-x",
+            "a:b/c",
+            "a:b:c",
+            ":x",
+            "a:..",
+        ] {
             assert!(check_image_name(bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_image_name(&"a".repeat(MAX_IMAGE_NAME + 1)).is_err());

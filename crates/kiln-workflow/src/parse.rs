@@ -461,7 +461,6 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
     let mut extra = JobExtra { matrix_loc: key_node.loc, ..JobExtra::default() };
     let mut steps_node = None;
     let mut reusable = false;
-    let mut container_loc = None;
     for (k, v) in pairs {
         let Some((name, _)) = cx.key_kind(k, JOB_KEYS, &place) else {
             continue;
@@ -485,15 +484,35 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
                 // `container: IMAGE` or `container: {image: ...}`; an
                 // expression that renders empty means no container.
                 let image = match &v.kind {
-                    NodeKind::Map(pairs) => pairs
-                        .iter()
-                        .find(|(k, _)| k.as_scalar() == Some("image"))
-                        .and_then(|(_, iv)| cx.template(iv, "`container.image`")),
+                    NodeKind::Map(pairs) => {
+                        for (ck, cv) in pairs {
+                            match ck.as_scalar() {
+                                // Docker flags and host volumes have no
+                                // meaning in kiln's sandbox: refused by name.
+                                Some(what @ ("options" | "volumes")) if !cv.is_null() => {
+                                    spec.refusals.push(Refusal {
+                                        location: ck.loc,
+                                        reason: format!(
+                                            "`container.{what}` is not supported: the job runs in kiln's sandbox, not with docker's flags or host volumes"
+                                        ),
+                                    })
+                                }
+                                Some("env") => {
+                                    let env = cx.env(cv, "in `container.env`");
+                                    spec.env.extend(env);
+                                }
+                                _ => {}
+                            }
+                        }
+                        pairs
+                            .iter()
+                            .find(|(k, _)| k.as_scalar() == Some("image"))
+                            .and_then(|(_, iv)| cx.template(iv, "`container.image`"))
+                    }
                     _ => cx.template(v, "`container`"),
                 };
                 if let Some(t) = image {
                     if !(t.is_literal() && t.source().trim().is_empty()) {
-                        container_loc = Some(v.loc);
                         spec.container = Some(t);
                     }
                 }
@@ -559,17 +578,6 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
             }
             _ => cx.err(v.loc, format!("`steps` of job `{key}` must be a non-empty list of steps")),
         },
-    }
-    if let (Some(loc), Some(t)) = (container_loc, &spec.container) {
-        if t.is_literal() {
-            spec.refusals.push(Refusal {
-                location: loc,
-                reason: format!(
-                    "`container: {}`: running a job in a container image is not supported yet",
-                    t.source()
-                ),
-            });
-        }
     }
     Some((spec, extra))
 }

@@ -264,8 +264,8 @@ fn refusal(src: &str) -> String {
 #[test]
 fn what_kiln_cannot_run_refuses_its_job_not_the_file() {
     assert_eq!(
-        refusal(&wf("  a:\n    container: node:20\n    steps: [{run: x}]\n")),
-        "4:16: `container: node:20`: running a job in a container image is not supported yet"
+        refusal(&wf("  a:\n    container:\n      image: node:20\n      options: --privileged\n    steps: [{run: x}]\n")),
+        "6:7: `container.options` is not supported: the job runs in kiln's sandbox, not with docker's flags or host volumes"
     );
     assert_eq!(
         refusal(&wf("  a:\n    services:\n      db: {image: postgres}\n    steps: [{run: x}]\n")),

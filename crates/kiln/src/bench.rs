@@ -236,6 +236,7 @@ async fn kiln_start(
         phase_sandboxes,
         images,
         tools: None,
+        image_store: None,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let emitter = Emitter::new(&build, Some(tx), None);
@@ -284,6 +285,7 @@ async fn image_bench(name: &str, args: &BenchArgs, dir: &std::path::Path) -> any
         pattern: "ubuntu-*".into(),
         name: name.into(),
         found: Some((image.digest, root)),
+        env: image.manifest.source.env().to_vec(),
     };
     let job =
         Arc::new(kiln_workflow::load("bench.yml", &steps_workflow(JOB_STEPS)).map_err(|e| anyhow!("{e}"))?);

@@ -12,6 +12,10 @@ pub enum ImageCommand {
     /// archive's signatures). `kiln image build kiln/runner` builds the
     /// default image `ubuntu-*` jobs run on. The same recipe is built once.
     Build(BuildArgs),
+    /// Import an OCI image layout (a directory, or the tar archive
+    /// `skopeo copy ... oci-archive:FILE` or umoci makes) as image NAME
+    /// (`container: NAME` runs a job on it).
+    Import(ImportArgs),
     /// List the images.
     Ls(ListArgs),
     /// Show an image: digest, source, layers and every package.
@@ -40,6 +44,18 @@ pub struct BuildArgs {
     #[arg(long)]
     pub rebuild: bool,
     /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The OCI layout: a directory or a tar archive of one.
+    pub source: std::path::PathBuf,
+    /// The image's name (`node:20`, `team/tools`).
+    pub name: String,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -78,13 +94,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn summary(image: &kiln_image::Image) -> serde_json::Value {
-    let kiln_image::Source::Debian { recipe, source_date_epoch, .. } = &image.manifest.source;
+    let source = match &image.manifest.source {
+        kiln_image::Source::Debian { recipe, source_date_epoch, .. } => json!({
+            "type": "debian", "suite": recipe.suite, "mirror": recipe.mirror,
+            "requested": recipe.packages, "source_date_epoch": source_date_epoch }),
+        kiln_image::Source::Oci { reference, manifest_digest, config } => json!({
+            "type": "oci", "reference": reference, "manifest_digest": manifest_digest,
+            "env": config.env, "working_dir": config.working_dir, "user": config.user }),
+    };
     json!({
         "name": image.name,
         "digest": image.digest.to_string(),
         "created_at": image.created_at,
-        "source": { "type": "debian", "suite": recipe.suite, "mirror": recipe.mirror,
-                    "requested": recipe.packages, "source_date_epoch": source_date_epoch },
+        "source": source,
         "layers": image.manifest.layers.iter().map(|l| json!({"digest": l.digest.to_string(), "size": l.size})).collect::<Vec<_>>(),
         "size": image.manifest.layers.iter().map(|l| l.size).sum::<u64>(),
         "packages": image.manifest.packages.iter().map(|p| json!({"name": p.name, "version": p.version})).collect::<Vec<_>>(),
@@ -101,6 +123,7 @@ fn headline(m: &kiln_image::ImageManifest) -> String {
 pub fn image(cmd: ImageCommand) -> u8 {
     let result = match cmd {
         ImageCommand::Build(args) => build(args),
+        ImageCommand::Import(args) => import(args),
         ImageCommand::Ls(args) => list(args),
         ImageCommand::Inspect(args) => inspect(args),
         ImageCommand::Rm(args) => remove(args),
@@ -146,6 +169,23 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let store = store(&args.state)?;
+    std::fs::create_dir_all(&args.state.state_dir)?;
+    let scratch = std::fs::canonicalize(&args.state.state_dir)?.join("tmp");
+    let rt = runtime()?;
+    let dir = std::fs::canonicalize(&args.state.state_dir)?.join("images");
+    let (digest, _) =
+        rt.block_on(kiln_image::import_oci(&store, &args.source, &args.name, &scratch, &dir))?;
+    let image = rt.block_on(kiln_image::resolve(&store, &args.name))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary(&image))?);
+    } else {
+        println!("{} imported: {digest} ({} layers)", args.name, image.manifest.layers.len());
+    }
+    Ok(())
+}
+
 fn list(args: ListArgs) -> anyhow::Result<()> {
     let store = store(&args.state)?;
     let images = runtime()?.block_on(kiln_image::list(&store))?;
@@ -159,7 +199,6 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
     }
     println!("{:<24} {:<20} {:>10}  {:<20} CREATED", "NAME", "DIGEST", "SIZE", "SOURCE");
     for i in &images {
-        let kiln_image::Source::Debian { recipe, .. } = &i.manifest.source;
         let size: u64 = i.manifest.layers.iter().map(|l| l.size).sum();
         let digest = i.digest.to_string();
         println!(
@@ -167,7 +206,7 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
             i.name,
             &digest[..digest.len().min(19)],
             size >> 20,
-            format!("debian {}", recipe.suite),
+            i.manifest.source.describe(),
             i.created_at
         );
     }
@@ -181,13 +220,20 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&summary(&image))?);
         return Ok(());
     }
-    let kiln_image::Source::Debian { recipe, source_date_epoch, .. } = &image.manifest.source;
     println!("name:    {}", image.name);
     println!("digest:  {}", image.digest);
-    println!(
-        "source:  debian {} from {} (SOURCE_DATE_EPOCH={source_date_epoch})",
-        recipe.suite, recipe.mirror
-    );
+    match &image.manifest.source {
+        kiln_image::Source::Debian { recipe, source_date_epoch, .. } => println!(
+            "source:  debian {} from {} (SOURCE_DATE_EPOCH={source_date_epoch})",
+            recipe.suite, recipe.mirror
+        ),
+        kiln_image::Source::Oci { reference, manifest_digest, config } => {
+            println!("source:  OCI layout {reference} (manifest {manifest_digest})");
+            for e in &config.env {
+                println!("env:     {e}");
+            }
+        }
+    }
     for l in &image.manifest.layers {
         println!("layer:   {} ({} bytes)", l.digest, l.size);
     }

@@ -186,3 +186,167 @@ fn an_image_is_built_once_listed_kept_by_gc_and_removed() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a Debian package name"));
 }
+
+fn sh(cmd: &str) {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    assert!(out.status.success(), "`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// An OCI archive made with umoci from the small image's tree: a layer
+/// with a file and an env, then a layer that deletes the file (a whiteout).
+fn oci_archive(p: &Project, built: &Value) -> std::path::PathBuf {
+    let found = Command::new("sh").arg("-c").arg("command -v umoci").output().map(|o| o.status.success());
+    assert!(found.unwrap_or(false), "`umoci` is not installed: run scripts/install.sh");
+    let hex = built["digest"].as_str().expect("digest").trim_start_matches("sha256:").to_string();
+    let tree = p.state_dir().join("images").join(hex);
+    assert!(tree.is_dir(), "kiln image build extracts the image: {}", tree.display());
+    let dir = p.path().join("oci");
+    let (l, b) = (dir.join("L"), dir.join("B"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (l, b, tree) = (l.display(), b.display(), tree.display());
+    sh(&format!(
+        "umoci init --layout {l} && umoci new --image {l}:t && umoci unpack --image {l}:t {b} >/dev/null \
+         && cp -a {tree}/. {b}/rootfs/ && echo gone > {b}/rootfs/etc/deleted-later && umoci repack --image {l}:t {b} \
+         && umoci config --image {l}:t --config.env GREETING=from-the-image \
+            --config.env PATH=/opt/tool/bin:/usr/local/bin:/usr/bin:/bin \
+         && rm -rf {b} && umoci unpack --image {l}:t {b} >/dev/null && rm {b}/rootfs/etc/deleted-later \
+         && umoci repack --image {l}:t {b} && tar -C {l} -cf {}/img.tar .",
+        dir.display()
+    ));
+    dir.join("img.tar")
+}
+
+const IN_CONTAINER: &str = r#"
+jobs:
+  in-container:
+    runs-on: ubuntu-latest
+    container:
+      image: test/oci:1
+      env: { FROM_WORKFLOW: "yes" }
+    steps:
+      - run: |
+          echo "greeting $GREETING from-workflow $FROM_WORKFLOW"
+          case ":$PATH:" in *:/opt/tool/bin:*) echo "image path" ;; esac
+          test -e /etc/deleted-later && echo "BROKEN: whiteout ignored" || echo "whiteout applied"
+  missing:
+    container: no/such:1
+    steps: [{ run: echo never }]
+  flags:
+    container: { image: test/oci:1, options: --privileged }
+    steps: [{ run: echo never }]
+"#;
+
+per_tier!(an_imported_oci_image_runs_jobs_with_container, |tier| {
+    let p = Project::new(IN_CONTAINER);
+    let built = build_image(&p);
+    let archive = oci_archive(&p, &built);
+    let out =
+        kiln(&p).args(["image", "import"]).arg(&archive).args(["test/oci:1", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let imported: Value = serde_json::from_slice(&out.stdout).expect("import JSON");
+    assert_eq!(imported["source"]["type"], "oci", "{imported}");
+    assert_eq!(imported["layers"].as_array().map(Vec::len), Some(2), "{imported}");
+    let r = Run::parse(
+        kiln(&p).args(["run", "ci.yml", "--json", "--isolation", tier]).output().expect("run kiln"),
+    );
+    r.expect_code(0);
+    r.assert_lines(
+        "in-container",
+        &["greeting from-the-image from-workflow yes", "image path", "whiteout applied"],
+    );
+    assert!(r.system_lines("in-container").iter().any(|l| l.contains("runs on image test/oci:1@sha256:")));
+    assert_eq!(r.status("missing"), "skipped");
+    assert!(r.job("missing")["reason"].as_str().unwrap_or("").contains("no image `no/such:1` here"));
+    assert_eq!(r.status("flags"), "skipped");
+    assert!(r.job("flags")["reason"].as_str().unwrap_or("").contains("`container.options` is not supported"));
+});
+
+/// Writes an OCI layout whose one layer is `layer` (plain tar) into `dir`,
+/// every digest right unless `lie` (then the layer's bytes differ from the
+/// digest its manifest names).
+fn hostile_layout(dir: &std::path::Path, layer: &[u8], lie: bool) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> String {
+        let d = kiln_store::Digest::of(bytes).to_string();
+        std::fs::write(blobs.join(d.trim_start_matches("sha256:")), bytes).unwrap();
+        d
+    };
+    let layer_digest = put(layer);
+    if lie {
+        let hex = layer_digest.trim_start_matches("sha256:");
+        std::fs::write(blobs.join(hex), b"not the layer the manifest names").unwrap();
+    }
+    let config = put(br#"{"architecture":"amd64","os":"linux","config":{"Env":["A=b"]}}"#);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
+    });
+    let m = put(manifest.to_string().as_bytes());
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": m, "size": 1}]});
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+#[test]
+fn hostile_oci_layouts_are_refused_and_touch_nothing_outside() {
+    let p = Project::new("jobs:\n  a:\n    steps: [{run: echo}]\n");
+    let outside = p.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let target = outside.display().to_string();
+    let cases: Vec<(&str, Vec<u8>, bool, &str)> = vec![
+        (
+            "traversal",
+            kiln_store::tar::RawTarBuilder::new().file("../../escape", 0o644, b"x").finish(),
+            false,
+            "refused",
+        ),
+        (
+            "symlink parent",
+            kiln_store::tar::RawTarBuilder::new()
+                .symlink("esc", &target)
+                .file("esc/pwned", 0o644, b"x")
+                .finish(),
+            false,
+            "refused",
+        ),
+        (
+            "hard link out",
+            kiln_store::tar::RawTarBuilder::new().hardlink("h", "/etc/shadow").finish(),
+            false,
+            "refused",
+        ),
+        (
+            "whiteout through a link",
+            kiln_store::tar::RawTarBuilder::new()
+                .symlink("esc", &target)
+                .file("esc/.wh..wh..opq", 0o644, b"")
+                .finish(),
+            false,
+            "refused",
+        ),
+        (
+            "lying digest",
+            kiln_store::tar::RawTarBuilder::new().file("a", 0o644, b"x").finish(),
+            true,
+            "does not match",
+        ),
+    ];
+    std::fs::write(outside.join("keep"), b"k").unwrap();
+    for (i, (what, layer, lie, want)) in cases.into_iter().enumerate() {
+        let dir = p.path().join(format!("layout-{i}"));
+        hostile_layout(&dir, &layer, lie);
+        let out =
+            kiln(&p).args(["image", "import"]).arg(&dir).arg(format!("hostile/case:{i}")).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: imported");
+        assert!(err.contains(want), "{what}: {err}");
+        let ls = kiln(&p).args(["image", "inspect", &format!("hostile/case:{i}")]).output().unwrap();
+        assert!(!ls.status.success(), "{what}: a refused image is never named");
+    }
+    assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"k", "nothing outside changed");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "nothing was created outside");
+    assert!(!p.path().join("escape").exists() && !p.path().parent().unwrap().join("escape").exists());
+}

@@ -290,19 +290,43 @@ impl<'a> JobRun<'a> {
     /// Mounts the job's writable root over the image its `runs-on` labels
     /// map to; without one the job's sandboxes see the host's `/usr`.
     async fn choose_image(&mut self) -> Result<(), crate::EngineError> {
-        let labels: Vec<String> = {
+        let (labels, container): (Vec<String>, Option<String>) = {
             let job = &self.req.plan.jobs[self.req.job];
             let status = StatusFns::new(true, false, false);
             let ctx = self.contexts();
-            job.spec.runs_on.iter().filter_map(|t| t.render(&ctx, status).ok()).collect()
+            let container = job.spec.container.as_ref().and_then(|t| t.render(&ctx, status).ok());
+            let container = container.map(|c| c.trim().to_string()).filter(|c| !c.is_empty());
+            (job.spec.runs_on.iter().filter_map(|t| t.render(&ctx, status).ok()).collect(), container)
         };
-        let choice = self
-            .runner
-            .cfg
-            .images
-            .iter()
-            .find(|c| labels.iter().any(|l| kiln_workflow::label_matches(&c.pattern, l)));
-        let Some(choice) = choice.cloned() else { return Ok(()) };
+        let choice =
+            match container {
+                // `container:` wins over `runs-on`; the build loop refused the job
+                // already when the image is not here.
+                Some(name) => {
+                    let (store, dir) =
+                        self.runner.cfg.image_store.clone().ok_or_else(|| {
+                            crate::EngineError::Setup("no image store for `container:`".into())
+                        })?;
+                    let image = kiln_image::resolve(&store, &name)
+                        .await
+                        .map_err(|e| crate::EngineError::Setup(format!("container {name}: {e}")))?;
+                    let path = kiln_image::materialize(&store, &image, &dir)
+                        .await
+                        .map_err(|e| crate::EngineError::Setup(format!("container {name}: {e}")))?;
+                    let env = image.manifest.source.env().to_vec();
+                    ImageChoice { pattern: String::new(), name, found: Some((image.digest, path)), env }
+                }
+                None => {
+                    let choice = self
+                        .runner
+                        .cfg
+                        .images
+                        .iter()
+                        .find(|c| labels.iter().any(|l| kiln_workflow::label_matches(&c.pattern, l)));
+                    let Some(choice) = choice.cloned() else { return Ok(()) };
+                    choice
+                }
+            };
         let Some((digest, dir)) = choice.found else {
             self.sys(
                 "",
@@ -329,6 +353,20 @@ impl<'a> JobRun<'a> {
         let image = format!("{}@{digest}", choice.name);
         self.sys("", format!("runs on image {image}"));
         self.image = Some(image);
+        // The image's own environment (OCI config), under the job's.
+        for pair in &choice.env {
+            let Some((k, v)) = pair.split_once('=') else { continue };
+            if k == "PATH" {
+                let default: Vec<&str> = super::env::DEFAULT_PATH.split(':').collect();
+                for dir in v.split(':').filter(|d| d.starts_with('/') && !default.contains(d)) {
+                    if !self.path_prefix.iter().any(|p| p == dir) {
+                        self.path_prefix.push(dir.to_string());
+                    }
+                }
+            } else if !super::env::protected_env(k) && !k.is_empty() {
+                self.env.insert(k.to_string(), Value::String(v.to_string()));
+            }
+        }
         Ok(())
     }
 

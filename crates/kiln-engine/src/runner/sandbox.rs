@@ -57,6 +57,9 @@ pub struct SandboxRunnerConfig {
     /// Tools fetched for setup actions (Node.js from the npm registry): the
     /// store they are kept in and the directory they are extracted to.
     pub tools: Option<(kiln_store::Store, PathBuf)>,
+    /// Where `container:` images are found (the image store) and
+    /// materialized.
+    pub image_store: Option<(kiln_store::Store, PathBuf)>,
 }
 
 /// One entry of the operator's `runs-on` → image map, as found in the store.
@@ -70,6 +73,8 @@ pub struct ImageChoice {
     /// store has no image of that name (the job runs on the host's `/usr`,
     /// and says so).
     pub found: Option<(kiln_store::Digest, PathBuf)>,
+    /// `NAME=value` pairs the image's config sets (OCI images).
+    pub env: Vec<String>,
 }
 
 /// What the egress proxy of every step of a build shares.
