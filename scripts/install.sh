@@ -9,8 +9,9 @@
 # - git and python3 for the example pipeline; curl, xxd, node/npm for the
 #   tests that run real clients inside sandboxes;
 # - mmdebstrap for `kiln image build` (job images made from Debian packages,
-#   apt checking the archive's signatures); umoci for the tests that make
-#   OCI images to import.
+#   apt checking the archive's signatures); umoci, skopeo and Debian's
+#   docker-registry for the tests that make OCI images, push them to a
+#   registry on loopback, and import or pull them.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -39,7 +40,7 @@ fi
 declare -A pkg=(
     [runc]=runc [mkfs.ext4]=e2fsprogs [losetup]=util-linux [git]=git [python3]=python3
     [bash]=bash [pgrep]=procps [curl]=curl [xxd]=xxd [npm]="nodejs npm" [openssl]=openssl
-    [mmdebstrap]=mmdebstrap [umoci]=umoci
+    [mmdebstrap]=mmdebstrap [umoci]=umoci [skopeo]=skopeo [docker-registry]=docker-registry
 )
 missing=()
 for bin in "${!pkg[@]}"; do

@@ -23,6 +23,9 @@ pub enum ImageError {
     /// A layer exceeds an extraction limit.
     #[error("layer {layer}: {what} exceeds the limit of {limit}")]
     Limit { layer: String, what: &'static str, limit: u64 },
+    /// A pull from a registry failed or was refused.
+    #[error("pull: {0}")]
+    Pull(String),
     /// The image manifest does not parse or is inconsistent.
     #[error("image manifest {digest}: {reason}")]
     Manifest { digest: String, reason: String },

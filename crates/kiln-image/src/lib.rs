@@ -27,6 +27,7 @@ pub mod extract;
 mod images;
 mod manifest;
 pub mod oci;
+pub mod registry;
 
 pub use debian::{build_debian, BuildOptions, BuildReport};
 pub use error::{ImageError, Result};
@@ -37,3 +38,4 @@ pub use manifest::{
     DEFAULT_MIRROR, DEFAULT_SUITE, RUNNER_PACKAGES, SCHEMA, SUITES,
 };
 pub use oci::{import_oci, RunConfig};
+pub use registry::{pull, PullOptions, Reference};

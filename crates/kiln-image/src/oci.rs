@@ -148,6 +148,7 @@ pub async fn import_oci(
     store: &Store,
     source: &Path,
     name: &str,
+    reference: &str,
     scratch: &Path,
     images_dir: &Path,
 ) -> Result<(Digest, ImageManifest)> {
@@ -209,7 +210,7 @@ pub async fn import_oci(
     let manifest = ImageManifest {
         schema: SCHEMA.into(),
         source: Source::Oci {
-            reference: source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            reference: reference.to_string(),
             manifest_digest,
             config: RunConfig {
                 env: run.env.unwrap_or_default(),

@@ -16,6 +16,10 @@ pub enum ImageCommand {
     /// `skopeo copy ... oci-archive:FILE` or umoci makes) as image NAME
     /// (`container: NAME` runs a job on it).
     Import(ImportArgs),
+    /// Pull an image from an OCI registry (the distribution API; anonymous
+    /// or with the registry's token challenge) and import it as NAME
+    /// (default: its repository and tag, e.g. `node:20`).
+    Pull(PullArgs),
     /// List the images.
     Ls(ListArgs),
     /// Show an image: digest, source, layers and every package.
@@ -56,6 +60,26 @@ pub struct ImportArgs {
     pub source: std::path::PathBuf,
     /// The image's name (`node:20`, `team/tools`).
     pub name: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// `[registry/]repository[:tag|@sha256:...]` (`node:20` is Docker Hub's).
+    pub reference: String,
+    /// The image's name here (default: repository and tag, `node:20`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// An `ip:port` the egress rules would refuse (a private or loopback
+    /// registry) that this pull may reach. Repeatable.
+    #[arg(long = "allow-private", value_name = "IP:PORT")]
+    pub allow_private: Vec<std::net::SocketAddr>,
+    /// The registry speaks plain http (only with --allow-private).
+    #[arg(long)]
+    pub plain_http: bool,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -124,6 +148,7 @@ pub fn image(cmd: ImageCommand) -> u8 {
     let result = match cmd {
         ImageCommand::Build(args) => build(args),
         ImageCommand::Import(args) => import(args),
+        ImageCommand::Pull(args) => pull(args),
         ImageCommand::Ls(args) => list(args),
         ImageCommand::Inspect(args) => inspect(args),
         ImageCommand::Rm(args) => remove(args),
@@ -175,13 +200,51 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
     let scratch = std::fs::canonicalize(&args.state.state_dir)?.join("tmp");
     let rt = runtime()?;
     let dir = std::fs::canonicalize(&args.state.state_dir)?.join("images");
+    let reference = args.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (digest, _) =
-        rt.block_on(kiln_image::import_oci(&store, &args.source, &args.name, &scratch, &dir))?;
+        rt.block_on(kiln_image::import_oci(&store, &args.source, &args.name, &reference, &scratch, &dir))?;
     let image = rt.block_on(kiln_image::resolve(&store, &args.name))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary(&image))?);
     } else {
         println!("{} imported: {digest} ({} layers)", args.name, image.manifest.layers.len());
+    }
+    Ok(())
+}
+
+fn pull(args: PullArgs) -> anyhow::Result<()> {
+    if args.plain_http && args.allow_private.is_empty() {
+        anyhow::bail!("--plain-http is only for a registry opened with --allow-private IP:PORT");
+    }
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => {
+            // `node:20`, `team/img:1` for `127.0.0.1:5000/team/img:1`.
+            let r = kiln_image::Reference::parse(&args.reference)?;
+            let repo = r.repository.strip_prefix("library/").unwrap_or(&r.repository).to_string();
+            if r.reference.starts_with("sha256:") {
+                repo
+            } else {
+                format!("{repo}:{}", r.reference)
+            }
+        }
+    };
+    let store = store(&args.state)?;
+    std::fs::create_dir_all(&args.state.state_dir)?;
+    let state = std::fs::canonicalize(&args.state.state_dir)?;
+    let opts = kiln_image::PullOptions {
+        open: args.allow_private.clone(),
+        plain_http: args.plain_http,
+        scratch: state.join("tmp"),
+        images_dir: state.join("images"),
+    };
+    let rt = runtime()?;
+    let (digest, _) = rt.block_on(kiln_image::pull(&store, &args.reference, &name, &opts))?;
+    let image = rt.block_on(kiln_image::resolve(&store, &name))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary(&image))?);
+    } else {
+        println!("{name} pulled: {digest} ({} layers)", image.manifest.layers.len());
     }
     Ok(())
 }

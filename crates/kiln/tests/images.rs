@@ -350,3 +350,125 @@ fn hostile_oci_layouts_are_refused_and_touch_nothing_outside() {
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "nothing was created outside");
     assert!(!p.path().join("escape").exists() && !p.path().parent().unwrap().join("escape").exists());
 }
+
+/// Debian's `docker-registry` on a free loopback port, in `dir`.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+    data: std::path::PathBuf,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn registry(dir: &std::path::Path) -> Registry {
+    let found = Command::new("sh").arg("-c").arg("command -v docker-registry && command -v skopeo").output();
+    assert!(
+        found.map(|o| o.status.success()).unwrap_or(false),
+        "`docker-registry` and `skopeo` are not installed: run scripts/install.sh"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let data = dir.join("registry-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let config = dir.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start docker-registry");
+    // From here the child is killed and waited for on every path.
+    let reg = Registry { child, port, data };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return reg;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(reg);
+    panic!("docker-registry did not listen on 127.0.0.1:{port}");
+}
+
+const FROM_REGISTRY: &str = r#"
+jobs:
+  pulled:
+    container: team/pulled:1
+    steps:
+      - run: echo "greeting $GREETING"
+"#;
+
+/// An image pushed with skopeo to a registry on loopback is pulled through
+/// the distribution API: refused until the operator opens the address, its
+/// blobs checked against their digests (a tampered layer in the registry's
+/// storage is refused), and a job runs on it.
+#[test]
+fn an_image_is_pulled_from_a_registry_checked_and_run() {
+    let p = Project::new(FROM_REGISTRY);
+    let built = build_image(&p);
+    let archive = oci_archive(&p, &built);
+    let reg = registry(p.path());
+    let at = format!("127.0.0.1:{}", reg.port);
+    sh(&format!(
+        "skopeo copy --quiet --dest-tls-verify=false oci-archive:{} docker://{at}/team/pulled:1",
+        archive.display()
+    ));
+    let pull = |extra: &[&str]| {
+        kiln(&p)
+            .args(["image", "pull", &format!("{at}/team/pulled:1"), "--json"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = pull(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loopback") && err.contains("--allow-private"), "{err}");
+    let out = pull(&["--allow-private", &at, "--plain-http"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pulled: Value = serde_json::from_slice(&out.stdout).expect("pull JSON");
+    assert_eq!(pulled["name"], "team/pulled:1");
+    assert_eq!(pulled["source"]["reference"], format!("{at}/team/pulled:1"));
+    let r =
+        Run::parse(kiln(&p).args(["run", "ci.yml", "--json", "--isolation", "container"]).output().unwrap());
+    r.expect_code(0);
+    r.assert_lines("pulled", &["greeting from-the-image"]);
+    // Tamper with the biggest layer in the registry's storage: the pull is
+    // refused by digest, and the earlier image is untouched.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("find {} -name data -type f -size +1M | head -n1", reg.data.display()))
+        .output()
+        .unwrap();
+    let blob = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!blob.is_empty(), "no layer found in the registry's storage");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let out = kiln(&p)
+        .args(["image", "pull", &format!("{at}/team/pulled:1"), "--name", "team/tampered:1"])
+        .args(["--allow-private", &at, "--plain-http"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a tampered layer was accepted");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not sha256:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inspect = kiln(&p).args(["image", "inspect", "team/tampered:1"]).output().unwrap();
+    assert!(!inspect.status.success(), "a refused pull names nothing");
+}
