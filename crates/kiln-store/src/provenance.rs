@@ -202,6 +202,14 @@ pub fn statement_for(
             digest: DigestSet { sha256: digest.to_string() },
         });
     }
+    // And the tools its setup actions fetched.
+    for t in &record.build.tools {
+        resolved_dependencies.push(ResourceDescriptor {
+            name: Some(t.name.clone()),
+            uri: Some(t.uri.clone()),
+            digest: DigestSet { sha256: t.digest.hex() },
+        });
+    }
     Statement {
         type_: STATEMENT_TYPE.into(),
         subject: vec![Subject { name: record.name.clone(), digest: DigestSet { sha256: record.id.hex() } }],

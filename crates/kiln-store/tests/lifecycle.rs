@@ -130,6 +130,7 @@ fn record(id: TreeDigest, branch: &str, created: &str, pinned: bool) -> Artifact
             builder_version: "0.1.0".into(),
             environment_digest: Digest::of(b"env").to_string(),
             image: None,
+            tools: vec![],
         },
         files: vec![],
         created_at: created.into(),

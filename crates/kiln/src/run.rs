@@ -681,18 +681,22 @@ pub fn verify(args: crate::cli::VerifyArgs) -> u8 {
     match result {
         Ok(Ok(st)) => {
             let hermetic = st.predicate.hermetic;
-            let images: Vec<String> = st
-                .predicate
-                .build_definition
-                .resolved_dependencies
-                .iter()
-                .filter(|d| d.uri.as_deref().is_some_and(|u| u.starts_with("kiln-image:")))
-                .map(|d| format!("{}@sha256:{}", d.name.as_deref().unwrap_or(""), d.digest.sha256))
-                .collect();
-            let image = match images.is_empty() {
+            let deps = &st.predicate.build_definition.resolved_dependencies;
+            let named = |prefix: &str| -> Vec<String> {
+                deps.iter()
+                    .filter(|d| d.uri.as_deref().is_some_and(|u| u.starts_with(prefix)))
+                    .map(|d| format!("{}@sha256:{}", d.name.as_deref().unwrap_or(""), d.digest.sha256))
+                    .collect()
+            };
+            let images = named("kiln-image:");
+            let mut image = match images.is_empty() {
                 true => "the host's /usr".to_string(),
                 false => format!("image {}", images.join(", ")),
             };
+            let tools = named("pkg:");
+            if !tools.is_empty() {
+                image.push_str(&format!(" with {}", tools.join(", ")));
+            }
             println!(
                 "verified: {} (signature, subject and every file digest); build {}, hermetic: {hermetic}, built on {image}",
                 args.id, st.predicate.run_details.metadata.invocation_id

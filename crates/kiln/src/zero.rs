@@ -396,6 +396,12 @@ pub fn reproduce(args: crate::cli::LogsArgs) -> u8 {
             out["commands"] = json!(rec.build.commands);
             out["environment_digest"] = json!(rec.build.environment_digest);
             out["image"] = json!(rec.build.image);
+            out["tools"] = json!(rec
+                .build
+                .tools
+                .iter()
+                .map(|t| json!({ "name": t.name, "uri": t.uri, "digest": t.digest.to_string() }))
+                .collect::<Vec<_>>());
             out["artifact"] = json!({ "id": a.id, "output_type": a.output_type, "status": a.status });
         }
         let logs = store.logs(&b.id)?;
@@ -419,6 +425,9 @@ pub fn reproduce(args: crate::cli::LogsArgs) -> u8 {
         }
         if let Some(image) = out.get("image").and_then(Value::as_str) {
             println!("# image: {image} (`kiln image inspect {image}` lists every package)");
+        }
+        for t in out.get("tools").and_then(Value::as_array).into_iter().flatten() {
+            println!("# tool: {} ({})", t["name"].as_str().unwrap_or(""), t["digest"].as_str().unwrap_or(""));
         }
         if let Some(bld) = out.get("builder") {
             println!(

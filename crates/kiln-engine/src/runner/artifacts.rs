@@ -55,6 +55,8 @@ pub struct UploadMeta {
     pub commit: Option<String>,
     /// The image the producing job ran on (`NAME@sha256:HEX`).
     pub image: Option<String>,
+    /// Tools its setup actions fetched.
+    pub tools: Vec<kiln_store::ToolInfo>,
 }
 
 /// What an upload stored.
@@ -139,6 +141,7 @@ impl ArtifactSink {
                 builder_version: env!("CARGO_PKG_VERSION").to_string(),
                 environment_digest: meta.environment_digest.clone(),
                 image: meta.image.clone(),
+                tools: meta.tools.clone(),
             },
             files: Vec::new(),
             created_at: kiln_store::now_rfc3339(),

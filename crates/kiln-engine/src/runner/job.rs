@@ -58,6 +58,8 @@ pub(crate) struct JobRun<'a> {
     /// Read-only binds every later sandbox of the job gets (tools a setup
     /// action fetched).
     pub(crate) tool_binds: Vec<kiln_sandbox::Bind>,
+    /// What those tools are, for the provenance of the job's artifacts.
+    pub(crate) tools: Vec<kiln_store::ToolInfo>,
 }
 
 /// Writes kiln's commands into `dir` (root-owned, read-only to steps).
@@ -174,6 +176,7 @@ impl<'a> JobRun<'a> {
             phase_box: None,
             image: None,
             tool_binds: Vec::new(),
+            tools: Vec::new(),
         }
     }
 

@@ -168,6 +168,7 @@ impl JobRun<'_> {
             retention_days: keep.retention_days,
             commit: keep.commit,
             image: self.image.clone(),
+            tools: self.tools.clone(),
         };
         let up = sink.upload(&self.req.build, name, staging, &meta).await?;
         let say =

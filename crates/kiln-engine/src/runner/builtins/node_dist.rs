@@ -235,18 +235,18 @@ pub(crate) async fn provide(
     release: &Release,
     tools_dir: &Path,
     scratch: &Path,
-) -> Result<(PathBuf, bool), String> {
+) -> Result<(PathBuf, bool, kiln_store::Digest), String> {
     let version = release.version.to_string();
     let name = format!("tools/{PACKAGE}/{version}");
     let dir = tools_dir.join(format!("{PACKAGE}-{version}"));
     let ready = dir.join("package/bin/node");
-    if ready.is_file() {
-        return Ok((dir.join("package"), false));
+    let stored = store.image_ref(&name).await.map_err(|e| e.to_string())?;
+    if let (true, Some(r)) = (ready.is_file(), &stored) {
+        return Ok((dir.join("package"), false, r.manifest));
     }
     std::fs::create_dir_all(tools_dir).map_err(|e| format!("creating {}: {e}", tools_dir.display()))?;
     let tgz = scratch.join(format!("{PACKAGE}-{version}.tgz"));
     let mut downloaded = false;
-    let stored = store.image_ref(&name).await.map_err(|e| e.to_string())?;
     let digest = match stored {
         Some(r) => {
             let mut f = std::fs::File::create(&tgz).map_err(|e| e.to_string())?;
@@ -309,6 +309,11 @@ pub(crate) async fn provide(
     }
     // npm packs files owned by whoever packed them: the tree is root's.
     crate::runner::artifacts::chown_tree(&staging, 0, 0).map_err(|e| e.to_string())?;
+    if ready.is_file() {
+        // Extracted before (the store's record was lost and rewritten).
+        let _ = std::fs::remove_dir_all(&staging);
+        return Ok((dir.join("package"), downloaded, digest));
+    }
     match std::fs::rename(&staging, &dir) {
         Ok(()) => {}
         Err(_) if ready.is_file() => {
@@ -319,7 +324,7 @@ pub(crate) async fn provide(
             return Err(format!("placing {}: {e}", dir.display()));
         }
     }
-    Ok((dir.join("package"), downloaded))
+    Ok((dir.join("package"), downloaded, digest))
 }
 
 #[cfg(test)]

@@ -212,8 +212,13 @@ impl JobRun<'_> {
             .map_err(|e| format!("uv version {e}"))?
             .cloned()
             .ok_or_else(|| format!("uv version {shown}: no release on PyPI matches"))?;
-        let (path, downloaded) =
+        let (path, downloaded, digest) =
             uv_dist::provide(&store, &wheel, &dir, &scratch).await.map_err(StepError::User)?;
+        self.tools.push(kiln_store::ToolInfo {
+            name: format!("uv@{}", wheel.version),
+            uri: format!("pkg:pypi/uv@{}", wheel.version),
+            digest,
+        });
         let _ = std::fs::remove_dir_all(&scratch);
         let how = if downloaded { "downloaded from PyPI, SHA-256 checked" } else { "from the tool cache" };
         self.req.emitter.log(
@@ -246,8 +251,13 @@ impl JobRun<'_> {
             .cloned()
             .ok_or_else(|| format!("node-version {want}: no Node.js release on the npm registry matches"))?;
         let version = release.version.to_string();
-        let (path, downloaded) =
+        let (path, downloaded, digest) =
             node_dist::provide(&store, &release, &dir, &scratch).await.map_err(StepError::User)?;
+        self.tools.push(kiln_store::ToolInfo {
+            name: format!("{}@{version}", node_dist::PACKAGE),
+            uri: format!("pkg:npm/{}@{version}", node_dist::PACKAGE),
+            digest,
+        });
         let _ = std::fs::remove_dir_all(&scratch);
         let how = if downloaded {
             "downloaded from the npm registry, integrity checked"

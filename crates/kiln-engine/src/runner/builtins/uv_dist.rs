@@ -142,17 +142,18 @@ pub(crate) async fn provide(
     wheel: &Wheel,
     tools_dir: &Path,
     scratch: &Path,
-) -> Result<(PathBuf, bool), String> {
+) -> Result<(PathBuf, bool, kiln_store::Digest), String> {
     let version = wheel.version.to_string();
     let dir = tools_dir.join(format!("uv-{version}"));
-    if dir.join("bin/uv").is_file() {
-        return Ok((dir, false));
+    let name = format!("tools/uv/{version}");
+    let stored = store.image_ref(&name).await.map_err(|e| e.to_string())?;
+    if let (true, Some(r)) = (dir.join("bin/uv").is_file(), &stored) {
+        return Ok((dir, false, r.manifest));
     }
     std::fs::create_dir_all(tools_dir).map_err(|e| e.to_string())?;
     let file = scratch.join(&wheel.filename);
-    let name = format!("tools/uv/{version}");
     let mut downloaded = false;
-    match store.image_ref(&name).await.map_err(|e| e.to_string())? {
+    match stored {
         Some(r) => {
             let mut f = std::fs::File::create(&file).map_err(|e| e.to_string())?;
             store.copy_blob_to(&r.manifest, None, &mut f).await.map_err(|e| e.to_string())?;
@@ -165,6 +166,8 @@ pub(crate) async fn provide(
     if sha256_hex(&file).map_err(|e| e.to_string())? != wheel.sha256 {
         return Err(format!("uv {version}: the wheel does not match PyPI's SHA-256; refused"));
     }
+    let digest: kiln_store::Digest =
+        format!("sha256:{}", wheel.sha256).parse().map_err(|_| "PyPI's SHA-256 is malformed".to_string())?;
     if downloaded {
         let out = store.put_file(&file).await.map_err(|e| e.to_string())?;
         let created_at = crate::time::now_rfc3339();
@@ -177,6 +180,10 @@ pub(crate) async fn provide(
             })
             .await
             .map_err(|e| e.to_string())?;
+    }
+    if dir.join("bin/uv").is_file() {
+        let _ = std::fs::remove_file(&file);
+        return Ok((dir, downloaded, digest));
     }
     let staging = tools_dir.join(format!(".staging-uv-{version}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
@@ -198,7 +205,7 @@ pub(crate) async fn provide(
             return Err(format!("placing {}: {e}", dir.display()));
         }
     }
-    Ok((dir, downloaded))
+    Ok((dir, downloaded, digest))
 }
 
 #[cfg(test)]
