@@ -80,7 +80,21 @@ impl Patterns {
 
     /// The files (regular files and symbolic links, which are never
     /// followed) under `ws` that the patterns select, sorted by path.
+    /// What cannot be a file of the result (a FIFO, a socket, a device, a
+    /// name that is not UTF-8) is passed over, as `hashFiles()` does.
     pub fn select(&self, ws: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+        self.select_inner(ws, false)
+    }
+
+    /// [`Patterns::select`] for storing the files: a selected entry that
+    /// cannot be stored (a FIFO, a socket, a device, a name that is not
+    /// UTF-8) is an error naming it by its workspace path, never dropped
+    /// in silence.
+    pub fn select_for_upload(&self, ws: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+        self.select_inner(ws, true)
+    }
+
+    fn select_inner(&self, ws: &Path, strict: bool) -> Result<Vec<(String, PathBuf)>, String> {
         let mut out = Vec::new();
         let mut walked = 0usize;
         let mut roots = self.roots.clone();
@@ -100,11 +114,16 @@ impl Patterns {
             let meta = std::fs::symlink_metadata(&start).map_err(|e| format!("`{root}`: {e}"))?;
             if !meta.is_dir() {
                 if self.matches(root) {
-                    out.push((root.clone(), start));
+                    let ft = meta.file_type();
+                    if ft.is_file() || ft.is_symlink() {
+                        out.push((root.clone(), start));
+                    } else if strict {
+                        return Err(unstorable(root, ft));
+                    }
                 }
                 continue;
             }
-            self.walk(&start, root, &mut out, &mut walked)?;
+            self.walk(&start, root, &mut out, &mut walked, strict)?;
         }
         out.sort();
         out.dedup_by(|a, b| a.0 == b.0);
@@ -117,6 +136,7 @@ impl Patterns {
         rel: &str,
         out: &mut Vec<(String, PathBuf)>,
         walked: &mut usize,
+        strict: bool,
     ) -> Result<(), String> {
         let rd = std::fs::read_dir(dir).map_err(|e| format!("reading `{rel}`: {e}"))?;
         for entry in rd {
@@ -125,18 +145,44 @@ impl Patterns {
             if *walked > MAX_WALK {
                 return Err(format!("more than {MAX_WALK} entries under the workspace; narrow the pattern"));
             }
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
+            let raw = entry.file_name();
+            let Some(name) = raw.to_str() else {
+                let lossy = raw.to_string_lossy();
+                let shown = if rel.is_empty() { lossy.to_string() } else { format!("{rel}/{lossy}") };
+                if strict && self.matches(&shown) {
+                    return Err(format!("`{shown}` cannot be stored: its name is not UTF-8"));
+                }
+                continue;
+            };
             let child = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
             let ft = entry.file_type().map_err(|e| format!("`{child}`: {e}"))?;
             if ft.is_dir() {
-                self.walk(&entry.path(), &child, out, walked)?;
-            } else if (ft.is_file() || ft.is_symlink()) && self.matches(&child) {
-                out.push((child, entry.path()));
+                self.walk(&entry.path(), &child, out, walked, strict)?;
+            } else if self.matches(&child) {
+                if ft.is_file() || ft.is_symlink() {
+                    out.push((child, entry.path()));
+                } else if strict {
+                    return Err(unstorable(&child, ft));
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Why an entry of this type cannot be stored, by its workspace path.
+fn unstorable(rel: &str, ft: std::fs::FileType) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let what = if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    };
+    format!("`{rel}` cannot be stored: it is {what} (only files, directories and links are)")
 }
 
 /// `*` stays within one path component; `**` crosses them.
@@ -246,6 +292,37 @@ mod tests {
         std::os::unix::fs::symlink("/etc", d.path().join("dist/etc-link")).unwrap();
         std::os::unix::fs::symlink("/etc", d.path().join("escape")).unwrap();
         d
+    }
+
+    #[test]
+    fn bug_fifo_and_non_utf8_names_were_silently_left_out_of_uploads() {
+        use std::os::unix::ffi::OsStrExt;
+        let d = tree();
+        let fifo = d.path().join("dist/pipe");
+        let ok = std::process::Command::new("mkfifo").arg(&fifo).status().map(|s| s.success());
+        assert!(ok.unwrap_or(false), "mkfifo failed");
+        // A directory, a glob, the FIFO by name: each names it.
+        for pats in [&["dist/"][..], &["dist/**"], &["dist/pipe"]] {
+            let p = Patterns::parse(pats.iter().copied()).unwrap();
+            let err = p.select_for_upload(d.path()).unwrap_err();
+            assert_eq!(
+                err,
+                "`dist/pipe` cannot be stored: it is a FIFO (only files, directories and links are)"
+            );
+            assert!(!err.contains(&d.path().display().to_string()), "no host path in: {err}");
+            // hashFiles() passes over it, as GitHub's does.
+            assert!(p.select(d.path()).is_ok());
+        }
+        std::fs::remove_file(&fifo).unwrap();
+        let odd = d.path().join("dist").join(std::ffi::OsStr::from_bytes(b"bad-\xff.js"));
+        std::fs::write(&odd, b"x").unwrap();
+        let err = Patterns::parse(["dist/"]).unwrap().select_for_upload(d.path()).unwrap_err();
+        assert!(
+            err.starts_with("`dist/bad-") && err.ends_with("cannot be stored: its name is not UTF-8"),
+            "{err}"
+        );
+        // A pattern that does not select it is not disturbed by it.
+        assert!(Patterns::parse(["dist/*.css"]).unwrap().select_for_upload(d.path()).is_ok());
     }
 
     fn names(d: &Path, pats: &[&str]) -> Vec<String> {

@@ -86,7 +86,7 @@ impl JobRun<'_> {
             let roots: Vec<(String, PathBuf)> =
                 patterns.roots.iter().map(|r| (r.clone(), ws.join(r))).collect();
             let base = crate::runner::artifacts::common_ancestor(&roots);
-            let selected = patterns.select(&ws).map_err(|e| format!("path {e}"))?;
+            let selected = patterns.select_for_upload(&ws).map_err(|e| format!("path {e}"))?;
             for (rel, src) in &selected {
                 let stored = Path::new(rel).strip_prefix(&base).unwrap_or(Path::new(rel));
                 found += crate::runner::workspace_copy::copy_path(src, &staging.join(stored))
