@@ -78,6 +78,60 @@ fn shell_single(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// URL-encoding that leaves `/` as it is (Python's `urllib.parse.quote`
+/// default, many path builders).
+fn url_keep_slash(data: &[u8], upper: bool) -> Vec<u8> {
+    let digits: &[u8; 16] = if upper { b"0123456789ABCDEF" } else { b"0123456789abcdef" };
+    let mut out = Vec::with_capacity(data.len() * 3);
+    for &b in data {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', digits[(b >> 4) as usize], digits[(b & 15) as usize]]);
+        }
+    }
+    out
+}
+
+/// Hex digits of each byte joined by `sep` (`od -An -tx1`: ` `; key
+/// fingerprints: `:`).
+fn hex_separated(data: &[u8], upper: bool, sep: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() * 3);
+    for (i, chunk) in hex(data, upper).chunks(2).enumerate() {
+        if i > 0 {
+            out.push(sep);
+        }
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+/// `xxd`'s groups of two bytes: a space before every byte at an even
+/// position of the line; `odd` when the value starts at an odd one.
+fn hex_xxd(data: &[u8], odd: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() * 3);
+    for (i, chunk) in hex(data, false).chunks(2).enumerate() {
+        if i > 0 && (i + odd as usize) % 2 == 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+/// bash's `printf %q`: a backslash before each character that would be
+/// special in a word (`,` too: brace expansion), others as they are.
+fn shell_printf_q(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 8);
+    for &b in data {
+        if b" \t!\"$&'()*,;<>?[\\]^`{|}".contains(&b) {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out
+}
+
 fn shell_backslash(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 8);
     for &b in data {
@@ -123,15 +177,24 @@ pub(crate) fn variants(value: &[u8]) -> Vec<Vec<u8>> {
     out.push(hex(value, false));
     out.push(hex(value, true));
     for upper in [false, true] {
+        for sep in [b' ', b':'] {
+            out.push(hex_separated(value, upper, sep));
+        }
+    }
+    out.push(hex_xxd(value, false));
+    out.push(hex_xxd(value, true));
+    for upper in [false, true] {
         for plus in [false, true] {
             out.push(url(value, upper, plus));
         }
+        out.push(url_keep_slash(value, upper));
     }
     out.push(json(value, false));
     out.push(json(value, true));
     out.push(shell_single(value));
     out.push(shell_backslash(value));
     out.push(shell_double(value));
+    out.push(shell_printf_q(value));
     out
 }
 

@@ -114,6 +114,35 @@ fn hex_url_json_shell() {
     assert_eq!(sc.scrub_str(&doc), r#"{"password":"***"}"#);
 }
 
+/// Found from outside: `od`, `xxd`, Python's `quote` and bash's `printf %q`
+/// printed a secret in forms the scrubber did not know.
+#[test]
+fn bug_hex_with_separators_slash_keeping_urls_and_printf_q_leaked() {
+    let v = "p@ss,w0rd/x y!";
+    let sc = scrubber(&[v]);
+    let hex: Vec<String> = v.bytes().map(|b| format!("{b:02x}")).collect();
+    let od = hex.join(" ");
+    let colons = hex.join(":").to_uppercase();
+    let xxd_even: String = hex.chunks(2).map(|c| c.concat()).collect::<Vec<_>>().join(" ");
+    let xxd_odd =
+        format!("{} {}", hex[0], hex[1..].chunks(2).map(|c| c.concat()).collect::<Vec<_>>().join(" "));
+    let quote = "p%40ss%2Cw0rd/x%20y%21";
+    let printf_q = r"p@ss\,w0rd/x\ y\!";
+    for enc in [od.as_str(), &colons, &xxd_even, &xxd_odd, quote, printf_q] {
+        let out = sc.scrub_str(&format!("<{enc}>"));
+        assert_eq!(out, "<***>", "{enc}");
+    }
+    // od's real output: a leading space, one line for a short value.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("printf '%s' '{v}' | od -An -tx1; printf '%q\\n' '{v}'"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let scrubbed = sc.scrub_str(&text);
+    assert!(!scrubbed.contains("70 40 73") && !scrubbed.contains(r"w0rd/x\ y"), "{scrubbed}");
+}
+
 #[test]
 fn split_across_pushes_every_point() {
     let sc = scrubber(&[SECRET]);
