@@ -111,7 +111,7 @@ fn hex_separated(data: &[u8], upper: bool, sep: u8) -> Vec<u8> {
 fn hex_xxd(data: &[u8], odd: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() * 3);
     for (i, chunk) in hex(data, false).chunks(2).enumerate() {
-        if i > 0 && (i + odd as usize) % 2 == 0 {
+        if i > 0 && (i + odd as usize).is_multiple_of(2) {
             out.push(b' ');
         }
         out.extend_from_slice(chunk);
