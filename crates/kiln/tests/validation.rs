@@ -70,11 +70,11 @@ fn unsupported_uses_refuses_its_job_with_the_line() {
 }
 
 #[test]
-fn container_and_services_refuse_their_job() {
+fn a_missing_container_image_and_services_refuse_their_job() {
     refused_job(
         "jobs:\n  a:\n    container: node:20\n    steps: [{run: echo}]\n  other:\n    steps: [{run: echo}]\n",
         "a",
-        "`container: node:20`: running a job in a container image is not supported yet (line 3:16)",
+        "container node:20: no image `node:20` here (import it with `kiln image import FILE node:20`",
     );
     refused_job(
         "jobs:\n  a:\n    services:\n      db: {image: postgres}\n    steps: [{run: echo}]\n  other:\n    steps: [{run: echo}]\n",
