@@ -43,15 +43,18 @@ pub trait Resolver: Send + Sync + 'static {
     fn resolve(&self, host: &str, port: u16) -> BoxFuture<'_, io::Result<Vec<SocketAddr>>>;
 }
 
-/// The host's resolver (`getaddrinfo` through `tokio::net::lookup_host`).
-/// Names are looked up fully qualified, so search domains never apply.
+/// The host's resolver (`getaddrinfo` through `tokio::net::lookup_host`),
+/// asked the name as the system resolver is asked it: `/etc/hosts` entries
+/// are written without a trailing dot, and a name with one never matches
+/// them. Whatever a search domain may add, every answer still goes through
+/// the address-class checks and the operator's exact openings.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemResolver;
 
 impl Resolver for SystemResolver {
     fn resolve(&self, host: &str, port: u16) -> BoxFuture<'_, io::Result<Vec<SocketAddr>>> {
-        let fqdn = if host.ends_with('.') { host.to_string() } else { format!("{host}.") };
-        Box::pin(async move { Ok(tokio::net::lookup_host((fqdn.as_str(), port)).await?.collect()) })
+        let name = host.trim_end_matches('.').to_string();
+        Box::pin(async move { Ok(tokio::net::lookup_host((name.as_str(), port)).await?.collect()) })
     }
 }
 
@@ -578,6 +581,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `/etc/hosts` says `localhost`, not `localhost.`: looked up with a
+    /// trailing dot the name never matched an entry there.
+    #[tokio::test]
+    async fn bug_names_were_looked_up_with_a_trailing_dot_and_missed_etc_hosts() {
+        let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        assert!(
+            hosts.lines().any(|l| l.split_whitespace().skip(1).any(|n| n == "localhost")),
+            "this test needs the standard `localhost` entry in /etc/hosts"
+        );
+        for name in ["localhost", "localhost."] {
+            let got = SystemResolver.resolve(name, 80).await.expect("resolves");
+            assert!(got.iter().any(|a| a.ip().is_loopback()), "{name}: {got:?}");
+        }
+    }
 
     #[test]
     fn counters_cap() {
