@@ -75,6 +75,11 @@ pub struct BuildCounters {
     pub bytes_out: AtomicU64,
     /// Cap on `bytes_in + bytes_out`.
     pub cap_bytes: u64,
+    /// `bytes_in + bytes_out`, kept at most `cap_bytes`: a read that would
+    /// cross the cap is withheld, so it is not counted either.
+    total: AtomicU64,
+    /// A read was withheld at the cap: no new connection starts.
+    hit: std::sync::atomic::AtomicBool,
 }
 
 impl Default for BuildCounters {
@@ -85,7 +90,13 @@ impl Default for BuildCounters {
 
 impl BuildCounters {
     pub fn with_cap(cap_bytes: u64) -> BuildCounters {
-        BuildCounters { bytes_in: AtomicU64::new(0), bytes_out: AtomicU64::new(0), cap_bytes }
+        BuildCounters {
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            cap_bytes,
+            total: AtomicU64::new(0),
+            hit: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// A fresh shared set of counters.
@@ -93,22 +104,32 @@ impl BuildCounters {
         Arc::new(BuildCounters::with_cap(cap_bytes))
     }
 
+    /// Bytes relayed, in and out (never more than the cap).
     pub fn total(&self) -> u64 {
-        self.bytes_in.load(Ordering::Relaxed).saturating_add(self.bytes_out.load(Ordering::Relaxed))
+        self.total.load(Ordering::Relaxed)
     }
 
+    /// The cap was reached: a read was withheld, or nothing is left.
     pub fn exhausted(&self) -> bool {
-        self.total() > self.cap_bytes
+        self.hit.load(Ordering::Relaxed) || self.total() >= self.cap_bytes
     }
 
-    /// Count `n` bytes; true when the cap is now exceeded.
+    /// Counts `n` bytes about to be relayed; true (and nothing counted)
+    /// when they would take the build past its cap, so the caller withholds
+    /// them.
     fn add(&self, dir: Dir, n: u64) -> bool {
-        let c = match dir {
-            Dir::In => &self.bytes_in,
-            Dir::Out => &self.bytes_out,
+        let fits = self.total.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+            t.checked_add(n).filter(|s| *s <= self.cap_bytes)
+        });
+        if fits.is_err() {
+            self.hit.store(true, Ordering::Relaxed);
+            return true;
+        }
+        match dir {
+            Dir::In => self.bytes_in.fetch_add(n, Ordering::Relaxed),
+            Dir::Out => self.bytes_out.fetch_add(n, Ordering::Relaxed),
         };
-        c.fetch_add(n, Ordering::Relaxed);
-        self.exhausted()
+        false
     }
 }
 
@@ -540,11 +561,13 @@ impl<S> Metered<S> {
         Metered { inner, counters, dir, bytes: 0 }
     }
 
+    /// Counts a read about to be relayed; a read past the cap is withheld
+    /// and counted nowhere.
     fn count(&mut self, n: usize) -> io::Result<()> {
-        self.bytes += n as u64;
         if self.counters.add(self.dir, n as u64) {
             Err(cap_error())
         } else {
+            self.bytes += n as u64;
             Ok(())
         }
     }
@@ -598,12 +621,20 @@ mod tests {
     }
 
     #[test]
-    fn counters_cap() {
+    fn bug_egress_bytes_counted_past_the_cap_were_never_relayed() {
         let c = BuildCounters::new(100);
         assert!(!c.add(Dir::In, 60));
-        assert!(!c.add(Dir::Out, 40));
+        assert!(!c.exhausted());
+        assert!(c.add(Dir::Out, 41), "41 more would cross the cap: withheld");
+        assert_eq!(c.total(), 60, "a withheld read is not counted");
+        assert!(c.exhausted(), "no new connection after a withheld read");
+        assert!(!c.add(Dir::Out, 40), "what still fits is relayed");
+        assert_eq!(
+            (c.total(), c.bytes_in.load(Ordering::Relaxed), c.bytes_out.load(Ordering::Relaxed)),
+            (100, 60, 40)
+        );
         assert!(c.add(Dir::In, 1));
-        assert_eq!(c.total(), 101);
+        assert_eq!(c.total(), 100, "usage never exceeds the cap");
         assert_eq!(BuildCounters::default().cap_bytes, 2 << 30);
     }
 
