@@ -340,6 +340,23 @@ async fn read_head<S: AsyncRead + Unpin>(
     }
 }
 
+/// What a request that did not parse asked for, for the log: the request
+/// line's target, printable and short (`(none)` when there is none).
+fn head_target(buf: &[u8]) -> String {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+    let target = line.split(|&b| b == b' ').filter(|t| !t.is_empty()).nth(1).unwrap_or_default();
+    let shown: String = String::from_utf8_lossy(target)
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(200)
+        .collect();
+    if shown.is_empty() {
+        "(none)".into()
+    } else {
+        shown
+    }
+}
+
 /// Write a short response, then drain what the client still sends for a
 /// moment so closing does not reset the connection under the response.
 async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
@@ -372,6 +389,12 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(ctx: Arc<Ctx>, mut client: S,
     let mut buf = Vec::with_capacity(4096);
     let parsed = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client, &mut buf)).await {
         Err(_) => {
+            // Every refusal is logged and audited, whatever stage refuses it.
+            ctx.emit(EgressEvent::Blocked {
+                scope: ctx.scope.clone(),
+                dest: head_target(&buf),
+                rule: "request head timed out".into(),
+            });
             respond(&mut client, 408, "Request Timeout", "error", "kiln egress: request head timed out")
                 .await;
             return;
@@ -379,6 +402,11 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(ctx: Arc<Ctx>, mut client: S,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             tracing::info!(error = %e, "bad request");
+            ctx.emit(EgressEvent::Blocked {
+                scope: ctx.scope.clone(),
+                dest: head_target(&buf),
+                rule: format!("malformed request: {e}"),
+            });
             let (code, reason) = e.status();
             respond(&mut client, code, reason, "error", &format!("kiln egress: {e}")).await;
             return;

@@ -572,6 +572,38 @@ async fn malformed_requests_get_400() {
     p.stop().await;
 }
 
+/// Refused at parsing, a request left no `egress blocked` line and no audit
+/// row: every refusal is an event, whatever stage refuses it.
+#[tokio::test]
+async fn bug_malformed_requests_left_no_blocked_line_or_audit_row() {
+    let mut p = Proxy::simple(Policy::registries()).await;
+    for (raw, dest) in [
+        (&b"GET http://crates.io@evil.example/ HTTP/1.1\r\n\r\n"[..], "http://crates.io@evil.example/"),
+        (b"GET http://crates.io:99999/ HTTP/1.1\r\n\r\n", "http://crates.io:99999/"),
+        (b"garbage\r\n\r\n", "(none)"),
+    ] {
+        let resp = p.exchange(raw).await;
+        assert!(resp.starts_with("HTTP/1.1 4"), "{raw:?}: {resp}");
+        let e = p.wait_for(|e| matches!(e, EgressEvent::Blocked { .. })).await;
+        let EgressEvent::Blocked { dest: got, rule, .. } = e else { unreachable!() };
+        assert_eq!(got, dest, "{raw:?}");
+        assert!(rule.starts_with("malformed request: "), "{rule}");
+    }
+    // A backslash parses into a name no rule allows: blocked by the policy.
+    let resp = p.exchange(b"GET http://evil.example\\crates.io/ HTTP/1.1\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    p.wait_for(|e| matches!(e, EgressEvent::Blocked { .. })).await;
+    let mut huge = b"GET http://crates.io/ HTTP/1.1\r\n".to_vec();
+    huge.extend(b"X-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n".repeat(600));
+    p.exchange(&huge).await;
+    let e = p.wait_for(|e| matches!(e, EgressEvent::Blocked { .. })).await;
+    assert!(
+        matches!(e, EgressEvent::Blocked { ref rule, .. } if rule.starts_with("malformed request: ")),
+        "{e:?}"
+    );
+    p.stop().await;
+}
+
 #[tokio::test]
 async fn silent_client_gets_408_after_the_head_timeout() {
     let p = Proxy::simple(Policy::registries()).await;
