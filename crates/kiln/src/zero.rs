@@ -31,6 +31,28 @@ fn build_inner(args: BuildArgs) -> anyhow::Result<u8> {
             return Ok(EXIT_INVALID);
         }
     };
+    // A local source that is not a directory is the user's input to fix:
+    // one line, exit 2, nothing recorded.
+    if let Source::Local(dir) = &source {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                eprintln!("error: {}: not a directory (give a repository URL or a directory)", dir.display());
+                return Ok(EXIT_INVALID);
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", dir.display());
+                return Ok(EXIT_INVALID);
+            }
+        }
+        // Refused before anything is cloned.
+        if args.submodules != SubmodulesArg::None {
+            eprintln!(
+                "error: --submodules with a local directory: build from the repository's https URL so submodules are fetched in a sandbox"
+            );
+            return Ok(EXIT_INVALID);
+        }
+    }
     let mut registries = Vec::new();
     for spec in &args.registries {
         match Registry::parse(spec) {
@@ -259,11 +281,6 @@ fn local_source(
     let out = cmd.output().context("running git")?;
     if !out.status.success() {
         return Err(anyhow!("cloning {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    if args.submodules != SubmodulesArg::None {
-        return Err(anyhow!(
-            "--submodules with a local directory: build from the repository's https URL so submodules are fetched in a sandbox"
-        ));
     }
     let mut info = kiln_engine::git::source_info(&target);
     info.repository = format!("file://{}", dir.display());

@@ -541,3 +541,30 @@ fn a_runtime_that_fails_to_start_a_step_is_retried() {
     assert_eq!(r["attempts"], 1, "{r}");
     assert_eq!(r["failure"], "build command exited with 3", "{r}");
 }
+
+/// A missing path exited 3 (kiln's own failure) and a regular file
+/// recorded a failed build: both are bad input — exit 2, one line, nothing
+/// recorded.
+#[test]
+fn bug_a_missing_or_non_directory_source_exited_3_or_recorded_a_build() {
+    let p = Project::new("jobs:\n  a:\n    steps: [{run: echo}]\n");
+    p.write("a-file", "not a repository\n");
+    let file = p.path().join("a-file").display().to_string();
+    let missing = p.path().join("no-such-dir").display().to_string();
+    for (source, want) in
+        [(missing.as_str(), "No such file or directory"), (file.as_str(), "not a directory")]
+    {
+        let out = p.kiln().args(["build", source]).output().expect("run kiln");
+        assert_eq!(out.status.code(), Some(2), "{source}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.starts_with("error: ") && err.contains(want), "{err}");
+    }
+    // --submodules with a local directory is refused before any clone.
+    let dir = p.path().display().to_string();
+    let out = p.kiln().args(["build", &dir, "--submodules", "recursive"]).output().expect("run kiln");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--submodules with a local directory"));
+    let out = p.kiln().args(["builds", "--json"]).output().expect("run kiln");
+    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty(), "nothing recorded");
+}
