@@ -182,10 +182,29 @@ if [ -n "$deep" ]; then
   echo "refused: the tree is deeper than {MAX_TREE_DEPTH} levels ($deep)" >&2
   exit 1
 fi
+# A relative submodule URL resolves against the superproject's: each
+# leading `../` drops one path component of it, and more of them than it
+# has would climb onto another host. `..` anywhere else is refused.
+rel_ok() {{
+  r=$1; ups=0
+  while :; do
+    case "$r" in
+      ./*) r=${{r#./}} ;;
+      ../*) r=${{r#../}}; ups=$((ups + 1)) ;;
+      *) break ;;
+    esac
+  done
+  case "/$r/" in */../*|*/./*) return 1 ;; esac
+  path=${{KILN_FETCH_URL#*://}}; path=${{path#*/}}
+  n=$(printf '%s\n' "$path" | tr '/' '\n' | grep -c .)
+  [ "$ups" -le "$n" ]
+}}
 if [ "$KILN_FETCH_SUBMODULES" != none ] && [ -f .gitmodules ]; then
   g config -f .gitmodules --get-regexp '^submodule\..*\.url$' | while read -r key url; do
     case "$url" in
-      "$KILN_FETCH_PROTO://$KILN_FETCH_HOST"/*|../*|./*) ;;
+      "$KILN_FETCH_PROTO://$KILN_FETCH_HOST"/*) ;;
+      ../*|./*)
+        rel_ok "$url" || {{ echo "refused submodule URL of $key: $url (it climbs out of $KILN_FETCH_HOST)" >&2; exit 1; }} ;;
       *) echo "refused submodule URL of $key: $url (only $KILN_FETCH_PROTO on $KILN_FETCH_HOST)" >&2; exit 1 ;;
     esac
   done

@@ -334,6 +334,30 @@ fn fetch_in_a_sandbox_and_refuse_hostile_submodules() {
     );
     run.expect_code(1);
     assert!(run.all_text().contains("refused submodule URL"), "{}", run.all_text());
+    // A relative URL that climbs past the superproject's host is refused
+    // before git resolves it (the superproject is `/repo.git`: one `../`
+    // stays on the host, two leave it).
+    let origin3 = Origin::start();
+    let url3 = served_repo(
+        &origin3,
+        "repo.git",
+        &[
+            ("README", "x"),
+            (".gitmodules", "[submodule \"e\"]\n\tpath = e\n\turl = ../../evil.example/x.git\n"),
+        ],
+    );
+    let open3 = origin3.addr();
+    let run = build(
+        &p,
+        &url3,
+        &["--full", "--allow-private", &open3, "--submodules", "shallow", "--isolation", "container"],
+    );
+    run.expect_code(1);
+    assert!(
+        run.all_text().contains("refused submodule URL") && run.all_text().contains("climbs out"),
+        "{}",
+        run.all_text()
+    );
     // Plain http anywhere else, ssh, and ext:: are refused up front.
     for bad in ["http://example.com/x.git", "ssh://git@example.com/x.git", "ext::sh -c id"] {
         let out = p.kiln().args(["build", bad]).output().unwrap();
