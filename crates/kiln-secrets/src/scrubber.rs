@@ -329,6 +329,22 @@ fn bloom_index(p: &[u8]) -> usize {
 }
 
 impl ValueMatcher {
+    /// The longest 1 to 3 bytes at the end of `data` that begin some
+    /// longer pattern (0 when none do).
+    fn short_prefix(&self, data: &[u8]) -> usize {
+        for k in (1..=3usize).rev() {
+            if data.len() < k {
+                continue;
+            }
+            let s = &data[data.len() - k..];
+            let i = self.sorted.partition_point(|p| p.as_slice() < s);
+            if self.sorted.get(i).is_some_and(|p| p.len() > k && p.starts_with(s)) {
+                return k;
+            }
+        }
+        0
+    }
+
     fn new(secrets: &[Secret]) -> Option<ValueMatcher> {
         let mut seen: HashMap<Vec<u8>, ()> = HashMap::new();
         let mut pats: Vec<Vec<u8>> = Vec::new();
@@ -656,6 +672,12 @@ impl Core {
                 if let Some(p) = memchr::memrchr2(b' ', b'\t', &data[from..]) {
                     l = from + p + 1;
                 }
+                // A cut inside a line waits for nothing: 1 to 3 bytes that
+                // could begin a secret stay with the rest of it (a complete
+                // line's last bytes are released, see the type's docs).
+                if let Some(vm) = vm {
+                    l -= vm.short_prefix(&data[..l]);
+                }
             }
             // Where to cut when `x` must be held: the start of x's line (lines stay whole for
             // the patterns), or x itself in the unterminated tail / in an over-long line.
@@ -765,7 +787,8 @@ impl Released {
 ///
 /// * the unterminated tail (the partial last line) is held until its terminator arrives, the
 ///   tail reaches [`MAX_LINE`] bytes (then it is released in pieces, cut after the last blank
-///   in its final 4 KiB when there is one), or [`finish`](Self::finish);
+///   in its final 4 KiB when there is one, and never after 1 to 3 bytes that could begin a
+///   value pattern: a cut inside a line waits for nothing), or [`finish`](Self::finish);
 /// * a *match in progress*: if the last `k >= 4` bytes of the shadow view (the bytes minus
 ///   CR, LF, other C0 controls, DEL and ESC sequences) equal the first `k` bytes of some value
 ///   pattern (a value or one of its encodings) that is longer than `k`, the line where that

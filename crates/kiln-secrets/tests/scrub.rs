@@ -143,6 +143,25 @@ fn bug_hex_with_separators_slash_keeping_urls_and_printf_q_leaked() {
     assert!(!scrubbed.contains("70 40 73") && !scrubbed.contains(r"w0rd/x\ y"), "{scrubbed}");
 }
 
+/// Found from outside: a secret whose first 1 to 3 bytes were the last of
+/// an over-long line's forced 64 KiB piece came out in two halves.
+#[test]
+fn bug_a_secret_at_the_64k_line_cut_leaked_in_halves() {
+    let sc = scrubber(&[SECRET]);
+    for k in 1..=3 {
+        let mut st = sc.stream();
+        let mut out = Vec::new();
+        let mut first = "a".repeat(kiln_secrets::MAX_LINE - k).into_bytes();
+        first.extend_from_slice(&SECRET.as_bytes()[..k]);
+        out.extend(st.push(&first));
+        out.extend(st.push(format!("{}\n", &SECRET[k..]).as_bytes()));
+        out.extend(st.finish());
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.contains(&SECRET[k..]), "k={k}: the rest of the secret came out");
+        assert!(text.ends_with("***\n"), "k={k}: {}", &text[text.len().saturating_sub(40)..]);
+    }
+}
+
 #[test]
 fn split_across_pushes_every_point() {
     let sc = scrubber(&[SECRET]);
