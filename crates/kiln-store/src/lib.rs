@@ -39,7 +39,7 @@
 //!   Then files are created with `openat(O_CREAT|O_EXCL|O_NOFOLLOW)` under directory fds
 //!   opened component by component with `O_NOFOLLOW|O_DIRECTORY`.
 //! * **Tar**: own strict ustar+PAX reader ([`tar`] module docs), not the `tar` crate
-//!   (RUSTSEC-2025-0111). Archives become manifests and go through the same validation.
+//!   (RUSTSEC-2026-0068, RUSTSEC-2026-0067). Archives become manifests and go through the same validation.
 //! * **Cache scopes**: [`read_scopes`] = own scope, then the trusted default-branch scope;
 //!   [`write_scope`] = own scope. Trusted builds therefore never read untrusted entries.
 //!

@@ -1,11 +1,14 @@
 //! A minimal, strict ustar + PAX (+ GNU long name) reader, and tar ingest through the
 //! same validation as [`Store::restore_tree`].
 //!
-//! We do not use the `tar` crate: its PAX/ustar size confusion (RUSTSEC-2025-0111, a
+//! We do not use the `tar` crate: its PAX/ustar size confusion (RUSTSEC-2026-0068, a
 //! nonzero ustar size silently winning over the PAX `size` record, letting two parsers
 //! see different entries) is exactly the class of bug a tiny strict reader can rule out:
 //! here a well-formed PAX `size` overrides the ustar field only when the ustar field is
-//! zero or equal; any disagreement is [`ArchiveError::SizeMismatch`].
+//! zero or equal; any disagreement is [`ArchiveError::SizeMismatch`]. (Its
+//! `unpack_in` following a planted symlink to chmod outside the root,
+//! RUSTSEC-2026-0067, is the other class extraction here rules out: nothing
+//! is ever resolved through a link.)
 //!
 //! Accepted: typeflags `0`/NUL (file), `5` (dir), `2` (symlink), `1` (hard link, only to an
 //! earlier regular file of the same archive; materialised as a copy), `x` (PAX, keys

@@ -137,7 +137,7 @@ async fn hostile_archives_are_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pax_size_confusion_is_refused() {
     let lim = RestoreLimits::default();
-    // PAX says 3, ustar says 600: the RUSTSEC-2025-0111 shape.
+    // PAX says 3, ustar says 600: the RUSTSEC-2026-0068 shape.
     let tar =
         RawTarBuilder::new().pax(&[("size", "3")]).raw(b'0', "a", "", 0o644, 600, &[b'x'; 600]).finish();
     let (_td, r) = ingest(tar, lim).await;
