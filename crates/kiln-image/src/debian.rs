@@ -103,30 +103,13 @@ pub async fn build_debian(
         hint: "install it with `apt-get install mmdebstrap` (scripts/install.sh does)",
     })?;
     std::fs::create_dir_all(&opts.work_dir).map_err(io_err("create", &opts.work_dir))?;
-    let work = tempfile_dir(&opts.work_dir)?;
+    let work = tempfile::Builder::new()
+        .prefix(".build-")
+        .tempdir_in(&opts.work_dir)
+        .map_err(io_err("create", &opts.work_dir))?;
     let result = build_in(&tool, work.path(), store, name, recipe, opts, start).await;
     drop(work);
     result
-}
-
-struct TempDir(PathBuf);
-impl TempDir {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempfile_dir(parent: &Path) -> Result<TempDir> {
-    let mut r = [0u8; 8];
-    getrandom::fill(&mut r).map_err(|e| io_err("random", parent)(std::io::Error::other(e.to_string())))?;
-    let p = parent.join(format!(".build-{}", hex::encode(r)));
-    std::fs::create_dir(&p).map_err(io_err("create", &p))?;
-    Ok(TempDir(p))
 }
 
 async fn build_in(

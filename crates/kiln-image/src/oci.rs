@@ -155,11 +155,12 @@ pub async fn import_oci(
     check_image_name(name)?;
     let meta = std::fs::metadata(source).map_err(io_err("read", source))?;
     std::fs::create_dir_all(scratch).map_err(io_err("create", scratch))?;
-    let work = tempdir(scratch)?;
+    let work =
+        tempfile::Builder::new().prefix(".import-").tempdir_in(scratch).map_err(io_err("create", scratch))?;
     let layout = if meta.is_dir() {
         source.to_path_buf()
     } else {
-        let dir = work.0.join("layout");
+        let dir = work.path().join("layout");
         std::fs::create_dir(&dir).map_err(io_err("create", &dir))?;
         let (d, s) = (dir.clone(), source.to_path_buf());
         tokio::task::spawn_blocking(move || {
@@ -194,7 +195,7 @@ pub async fn import_oci(
     let mut layers = Vec::new();
     for (i, l) in m.layers.iter().enumerate() {
         let compressed = blob_path(&layout, &l.digest)?;
-        let plain = work.0.join(format!("layer-{i}.tar"));
+        let plain = work.path().join(format!("layer-{i}.tar"));
         let (c, p, digest, media, size) =
             (compressed.clone(), plain.clone(), l.digest.clone(), l.media_type.clone(), l.size);
         // Decompress while hashing what was read: the layer is used only if
@@ -268,19 +269,4 @@ fn decompress(blob: &Path, out: &Path, digest: &str, media: &str, size: u64) -> 
         return Err(bad(blob, format!("layer {digest} does not match its digest or size")));
     }
     Ok(())
-}
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir(parent: &Path) -> Result<TempDir> {
-    let mut r = [0u8; 8];
-    getrandom::fill(&mut r).map_err(|e| io_err("random", parent)(std::io::Error::other(e.to_string())))?;
-    let p = parent.join(format!(".import-{}", hex::encode(r)));
-    std::fs::create_dir(&p).map_err(io_err("create", &p))?;
-    Ok(TempDir(p))
 }

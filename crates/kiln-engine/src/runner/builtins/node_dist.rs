@@ -262,18 +262,7 @@ pub(crate) async fn provide(
                     "{PACKAGE}@{version}: the download does not match the registry's integrity hash; refused"
                 ));
             }
-            let out = store.put_file(&tgz).await.map_err(|e| e.to_string())?;
-            let created_at = crate::time::now_rfc3339();
-            store
-                .put_image_ref(&kiln_store::ImageRef {
-                    name,
-                    manifest: out.digest,
-                    blobs: Vec::new(),
-                    created_at,
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            out.digest
+            keep(store, &name, &tgz).await?
         }
     };
     // The stored blob is the verified one: re-check its integrity too (a
@@ -310,22 +299,39 @@ pub(crate) async fn provide(
     }
     // npm packs files owned by whoever packed them: the tree is root's.
     crate::runner::artifacts::chown_tree(&staging, 0, 0).map_err(|e| e.to_string())?;
-    if ready.is_file() {
-        // Extracted before (the store's record was lost and rewritten).
-        let _ = std::fs::remove_dir_all(&staging);
-        return Ok((dir.join("package"), downloaded, digest));
-    }
-    match std::fs::rename(&staging, &dir) {
-        Ok(()) => {}
-        Err(_) if ready.is_file() => {
-            let _ = std::fs::remove_dir_all(&staging);
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(format!("placing {}: {e}", dir.display()));
-        }
-    }
+    place(&staging, &dir, &ready)?;
     Ok((dir.join("package"), downloaded, digest))
+}
+
+/// Keeps a downloaded tool's archive in the store under `name` (in the
+/// `_tools` namespace); returns its digest.
+pub(crate) async fn keep(
+    store: &kiln_store::Store,
+    name: &str,
+    file: &Path,
+) -> Result<kiln_store::Digest, String> {
+    let out = store.put_file(file).await.map_err(|e| e.to_string())?;
+    let created_at = crate::time::now_rfc3339();
+    let r =
+        kiln_store::ImageRef { name: name.to_string(), manifest: out.digest, blobs: Vec::new(), created_at };
+    store.put_image_ref(&r).await.map_err(|e| e.to_string())?;
+    Ok(out.digest)
+}
+
+/// Moves a complete `staging` tree to `dir`; when another job placed it
+/// first (`ready` exists), theirs stays and `staging` goes.
+pub(crate) fn place(staging: &Path, dir: &Path, ready: &Path) -> Result<(), String> {
+    let result = if ready.exists() {
+        Ok(())
+    } else {
+        match std::fs::rename(staging, dir) {
+            Ok(()) => return Ok(()),
+            Err(_) if ready.exists() => Ok(()),
+            Err(e) => Err(format!("placing {}: {e}", dir.display())),
+        }
+    };
+    let _ = std::fs::remove_dir_all(staging);
+    result
 }
 
 #[cfg(test)]

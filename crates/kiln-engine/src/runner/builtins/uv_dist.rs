@@ -169,17 +169,7 @@ pub(crate) async fn provide(
     let digest: kiln_store::Digest =
         format!("sha256:{}", wheel.sha256).parse().map_err(|_| "PyPI's SHA-256 is malformed".to_string())?;
     if downloaded {
-        let out = store.put_file(&file).await.map_err(|e| e.to_string())?;
-        let created_at = crate::time::now_rfc3339();
-        store
-            .put_image_ref(&kiln_store::ImageRef {
-                name,
-                manifest: out.digest,
-                blobs: Vec::new(),
-                created_at,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+        super::node_dist::keep(store, &name, &file).await?;
     }
     if dir.join("bin/uv").is_file() {
         let _ = std::fs::remove_file(&file);
@@ -196,16 +186,7 @@ pub(crate) async fn provide(
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
     }
-    match std::fs::rename(&staging, &dir) {
-        Ok(()) => {}
-        Err(_) if dir.join("bin/uv").is_file() => {
-            let _ = std::fs::remove_dir_all(&staging);
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(format!("placing {}: {e}", dir.display()));
-        }
-    }
+    super::node_dist::place(&staging, &dir, &dir.join("bin/uv"))?;
     Ok((dir, downloaded, digest))
 }
 

@@ -12,7 +12,7 @@ if [ -n "${KILN_NODE_DIR:-}" ]; then
     case "$want" in lts/*|'') ;; *) kiln_version_matches "$want" "$have" || kiln_fail "node-version $want: the registry's Node.js $have does not match" ;; esac
     echo "$KILN_NODE_DIR/bin" >> "$GITHUB_PATH"
     echo "node-version=v$have" >> "$GITHUB_OUTPUT"
-    echo "Node.js $have (asked for: ${want:-any}) from the npm registry's $KILN_NODE_PACKAGE; npm $(PATH="$KILN_NODE_DIR/bin:$PATH" npm --version 2>/dev/null || echo '(none)') from the image"
+    echo "Node.js $have (asked for: ${want:-any}) from the npm registry's $KILN_NODE_PACKAGE; npm $(PATH="$KILN_NODE_DIR/bin:$PATH" npm --version 2>/dev/null || echo '(none)') as the job's machine has it"
     exit 0
 fi
 download() {
