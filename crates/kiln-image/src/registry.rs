@@ -271,15 +271,13 @@ pub async fn pull(
     let r = Reference::parse(reference)?;
     kiln_store::check_image_name(name)?;
     std::fs::create_dir_all(&opts.scratch).map_err(io_err("create", &opts.scratch))?;
-    let mut rnd = [0u8; 8];
-    getrandom::fill(&mut rnd)
-        .map_err(|e| io_err("random", &opts.scratch)(std::io::Error::other(e.to_string())))?;
-    let work = opts.scratch.join(format!(".pull-{}", hex::encode(rnd)));
-    let blobs = work.join("blobs/sha256");
+    let work = tempfile::Builder::new()
+        .prefix(".pull-")
+        .tempdir_in(&opts.scratch)
+        .map_err(io_err("create", &opts.scratch))?;
+    let blobs = work.path().join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(io_err("create", &blobs))?;
-    let result = pull_into(store, &r, name, opts, &work).await;
-    let _ = std::fs::remove_dir_all(&work);
-    result
+    pull_into(store, &r, name, opts, work.path()).await
 }
 
 async fn pull_into(

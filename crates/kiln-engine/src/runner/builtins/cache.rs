@@ -184,10 +184,13 @@ impl JobRun<'_> {
             self.cache_saves.push((key.clone(), paths.clone()));
         }
         if let Some(id) = &step.id {
-            self.steps_ctx.insert(
-                id.clone(),
-                json!({ "outputs": { "cache-hit": if exact { "true" } else { "false" } } }),
-            );
+            // Added to what the step already set (a setup action's outputs).
+            let entry = self.steps_ctx.entry(id.clone()).or_insert_with(|| json!({ "outputs": {} }));
+            if let Some(outputs) = entry.get_mut("outputs").and_then(|o| o.as_object_mut()) {
+                outputs.insert("cache-hit".into(), json!(if exact { "true" } else { "false" }));
+            } else {
+                *entry = json!({ "outputs": { "cache-hit": if exact { "true" } else { "false" } } });
+            }
         }
         if fail_on_miss && matches!(found, CacheResult::Miss | CacheResult::Tampered(_)) {
             return Err(format!("cache miss for `{key}` and fail-on-cache-miss is set").into());

@@ -360,27 +360,10 @@ impl JobRun<'_> {
             let key = tpl(&plan.key)?;
             let path = Template::literal(&plan.paths.join("\n"));
             let restore = plan.restore.as_deref().map(tpl).transpose()?;
-            // The setup's outputs stay; the cache adds `cache-hit`, as the
-            // real actions do.
-            let before = step
-                .id
-                .as_ref()
-                .and_then(|id| self.steps_ctx.get(id))
-                .and_then(|s| s.get("outputs"))
-                .cloned();
+            // The cache adds `cache-hit` to the setup's outputs, as the real
+            // actions do.
             let cached =
                 self.cache_step(job, k, step, name, &key, &path, restore.as_ref(), false, false).await?;
-            if let (Some(id), Some(Value::Object(before))) = (&step.id, before) {
-                let entry = self.steps_ctx.entry(id.clone()).or_insert_with(|| serde_json::json!({}));
-                if let Some(obj) = entry.as_object_mut() {
-                    let outputs = obj.entry("outputs").or_insert_with(|| serde_json::json!({}));
-                    if let Some(o) = outputs.as_object_mut() {
-                        for (k, v) in before {
-                            o.entry(k).or_insert(v);
-                        }
-                    }
-                }
-            }
             if cached.0 != StepStatus::Success {
                 return Ok(cached);
             }
