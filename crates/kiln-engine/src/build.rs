@@ -422,7 +422,11 @@ pub fn refusal(plan: &Plan, j: usize, contexts: &Contexts, opts: &BuildOptions) 
     if let Some(r) = spec.refusals.first() {
         return Some(format!("{} (line {}:{})", r.reason, r.location.line, r.location.column));
     }
-    if let Some(t) = &spec.container {
+    // The job's images (its container's, its services'): each must be here,
+    // since nothing is pulled while a build runs.
+    let images = spec.container.iter().map(|t| ("container".to_string(), t));
+    let services = spec.services.iter().map(|s| (format!("service {}", s.id), &s.image));
+    for (what, t) in images.chain(services) {
         match t.render(contexts, status) {
             Ok(image) if image.trim().is_empty() => {}
             Ok(image) => {
@@ -430,12 +434,12 @@ pub fn refusal(plan: &Plan, j: usize, contexts: &Contexts, opts: &BuildOptions) 
                 if let Some(known) = &opts.known_images {
                     if !known.contains(image) {
                         return Some(format!(
-                            "container {image}: no image `{image}` here (import it with `kiln image import FILE {image}` or build one with `kiln image build`)"
+                            "{what}: no image `{image}` here (import it with `kiln image import FILE {image}` or build one with `kiln image build`)"
                         ));
                     }
                 }
             }
-            Err(e) => return Some(format!("container: {e}")),
+            Err(e) => return Some(format!("{what}: {e}")),
         }
     }
     if opts.refuse_uploaders {

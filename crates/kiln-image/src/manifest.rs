@@ -163,6 +163,25 @@ impl Source {
             Source::Debian { .. } => &[],
         }
     }
+
+    /// The command the image's config runs (`Entrypoint` then `Cmd`; none
+    /// for Debian images, which are toolboxes, not services).
+    pub fn command(&self) -> (Vec<String>, Vec<String>) {
+        match self {
+            Source::Oci { config, .. } => {
+                (config.entrypoint.clone().unwrap_or_default(), config.cmd.clone().unwrap_or_default())
+            }
+            Source::Debian { .. } => (Vec::new(), Vec::new()),
+        }
+    }
+
+    /// The config's working directory, if it names one.
+    pub fn working_dir(&self) -> Option<&str> {
+        match self {
+            Source::Oci { config, .. } => config.working_dir.as_deref().filter(|d| d.starts_with('/')),
+            Source::Debian { .. } => None,
+        }
+    }
 }
 
 /// Schema tag of [`ImageManifest`].

@@ -32,6 +32,13 @@ pub struct RunConfig {
     pub working_dir: Option<String>,
     #[serde(default)]
     pub user: Option<String>,
+    /// What the image runs when started as a service (`Entrypoint` then
+    /// `Cmd`); absent from the manifest when the config has none, so
+    /// images imported before these were read keep their digests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -82,6 +89,10 @@ struct ContainerConfig {
     working_dir: Option<String>,
     #[serde(rename = "User", default)]
     user: Option<String>,
+    #[serde(rename = "Entrypoint", default)]
+    entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Cmd", default)]
+    cmd: Option<Vec<String>>,
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> ImageError {
@@ -217,6 +228,8 @@ pub async fn import_oci(
                 env: run.env.unwrap_or_default(),
                 working_dir: run.working_dir,
                 user: run.user,
+                entrypoint: run.entrypoint.filter(|e| !e.is_empty()),
+                cmd: run.cmd.filter(|c| !c.is_empty()),
             },
         },
         layers,

@@ -10,6 +10,13 @@
 //! - optionally listens on `127.0.0.1:<port>` and relays each connection to
 //!   kiln's egress proxy through a Unix socket bound into the sandbox (the
 //!   sandbox itself has no route anywhere);
+//! - optionally forwards addresses on the sandbox's loopback to the job's
+//!   services (`--forward 127.0.0.2:5432=/kiln/services/postgres-5432.sock`),
+//!   each connection relayed to kiln's socket for that service port;
+//! - in a service's sandbox, dials kiln's socket (`--dial`) and keeps a few
+//!   connections waiting there: kiln names a port on each it uses, and the
+//!   init relays it to that port on the sandbox's own loopback (a service
+//!   sandbox has no other way in);
 //! - starts the step's command with stdin from /dev/null, forwards SIGTERM,
 //!   SIGINT, SIGHUP, SIGQUIT and SIGUSR1/2 to it, reaps every orphan, and exits
 //!   with the command's status (128+n for a signal) once the command ends; the
@@ -25,6 +32,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::sys;
 
@@ -36,6 +44,23 @@ pub const INIT_PATH: &str = "/kiln/init";
 pub const EGRESS_DIR: &str = "/kiln/egress";
 /// The socket's file name in [`EGRESS_DIR`].
 pub const EGRESS_SOCKET: &str = "proxy.sock";
+/// The directory (inside the sandbox) holding kiln's sockets of the job's
+/// services.
+pub const SERVICES_DIR: &str = "/kiln/services";
+/// The directory (inside a service's sandbox) holding the socket its init dials.
+pub const DIAL_DIR: &str = "/kiln/dial";
+/// The socket's file name in [`DIAL_DIR`].
+pub const DIAL_SOCKET: &str = "dial.sock";
+/// Connections a service's init keeps waiting on kiln's socket.
+const DIAL_IDLE: usize = 4;
+
+/// An address a sandbox's init listens on for a service of the job, and
+/// the file name (in [`SERVICES_DIR`]) of kiln's socket it relays to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub listen: std::net::SocketAddrV4,
+    pub socket: String,
+}
 
 const MAX_SECRETS: usize = 4096;
 const MAX_SECRET_BYTES: usize = 1 << 20;
@@ -129,14 +154,21 @@ pub struct InitArgs {
     pub secrets: bool,
     /// Serve the step agent on this socket (see [`crate::agent`]).
     pub agent: Option<PathBuf>,
+    /// Listen on each address and relay to the socket.
+    pub forwards: Vec<(std::net::SocketAddrV4, PathBuf)>,
+    /// Keep connections waiting on this socket for kiln to use.
+    pub dial: Option<PathBuf>,
     pub argv: Vec<String>,
 }
 
-/// `kiln-init [--egress PORT:SOCKET] [--secrets] -- COMMAND ARGS...`
+/// `kiln-init [--agent SOCKET] [--egress PORT:SOCKET] [--forward ADDR:PORT=SOCKET]...
+/// [--dial SOCKET] [--secrets] -- COMMAND ARGS...`
 pub fn parse_args(args: &[String]) -> Result<InitArgs, String> {
     let mut egress = None;
     let mut secrets = false;
     let mut agent = None;
+    let mut forwards = Vec::new();
+    let mut dial = None;
     let mut it = args.iter();
     loop {
         match it.next().map(String::as_str) {
@@ -148,6 +180,13 @@ pub fn parse_args(args: &[String]) -> Result<InitArgs, String> {
             }
             Some("--secrets") => secrets = true,
             Some("--agent") => agent = Some(PathBuf::from(it.next().ok_or("--agent needs SOCKET")?)),
+            Some("--forward") => {
+                let v = it.next().ok_or("--forward needs ADDR:PORT=SOCKET")?;
+                let (addr, sock) = v.split_once('=').ok_or("--forward needs ADDR:PORT=SOCKET")?;
+                let addr = addr.parse().map_err(|_| format!("bad forward address `{addr}`"))?;
+                forwards.push((addr, PathBuf::from(sock)));
+            }
+            Some("--dial") => dial = Some(PathBuf::from(it.next().ok_or("--dial needs SOCKET")?)),
             Some("--") => break,
             Some(other) => return Err(format!("unknown argument `{other}`")),
             None => return Err("missing `-- COMMAND`".into()),
@@ -157,21 +196,31 @@ pub fn parse_args(args: &[String]) -> Result<InitArgs, String> {
     if argv.is_empty() {
         return Err("no command given after `--`".into());
     }
-    Ok(InitArgs { egress, secrets, agent, argv })
+    Ok(InitArgs { egress, secrets, agent, forwards, dial, argv })
 }
 
-/// The argv that starts `argv` under kiln's init inside the sandbox.
-pub fn wrap_argv(egress_port: Option<u16>, secrets: bool, agent: bool, argv: &[String]) -> Vec<String> {
+/// The argv that starts `argv` under kiln's init inside the sandbox, as
+/// `spec` asks (its paths are where [`crate::InitSpec`]'s directories are
+/// mounted).
+pub fn wrap_argv(spec: &crate::InitSpec, argv: &[String]) -> Vec<String> {
     let mut out = vec![INIT_PATH.to_string()];
-    if agent {
+    if spec.agent.is_some() {
         out.push("--agent".into());
         out.push(format!("{}/{}", crate::agent::AGENT_DIR, crate::agent::AGENT_SOCKET));
     }
-    if let Some(port) = egress_port {
+    if let Some((_, port)) = &spec.egress {
         out.push("--egress".into());
         out.push(format!("{port}:{EGRESS_DIR}/{EGRESS_SOCKET}"));
     }
-    if secrets {
+    for f in spec.forwards.iter().flat_map(|(_, f)| f) {
+        out.push("--forward".into());
+        out.push(format!("{}={SERVICES_DIR}/{}", f.listen, f.socket));
+    }
+    if spec.dial.is_some() {
+        out.push("--dial".into());
+        out.push(format!("{DIAL_DIR}/{DIAL_SOCKET}"));
+    }
+    if spec.secrets {
         out.push("--secrets".into());
     }
     out.push("--".into());
@@ -181,6 +230,20 @@ pub fn wrap_argv(egress_port: Option<u16>, secrets: bool, agent: bool, argv: &[S
 
 /// Runs the init; returns the process exit status.
 pub fn main(args: &[String]) -> i32 {
+    // `kiln-init --probe PORT`, run by the agent inside a service's
+    // sandbox: does anything accept connections on that loopback port yet?
+    if let [flag, port] = args {
+        if flag == "--probe" {
+            let Ok(port) = port.parse::<u16>() else { return 2 };
+            return match TcpStream::connect_timeout(
+                &(std::net::Ipv4Addr::LOCALHOST, port).into(),
+                Duration::from_secs(1),
+            ) {
+                Ok(_) => 0,
+                Err(_) => 1,
+            };
+        }
+    }
     let args = match parse_args(args) {
         Ok(a) => a,
         Err(e) => {
@@ -224,6 +287,19 @@ fn run(args: &InitArgs) -> Result<i32, String> {
             .name("egress-relay".into())
             .spawn(move || relay_accept(listener, socket))
             .map_err(|e| e.to_string())?;
+    }
+    for (addr, socket) in &args.forwards {
+        let listener = TcpListener::bind(addr).map_err(|e| format!("service forward on {addr}: {e}"))?;
+        let socket = socket.clone();
+        std::thread::Builder::new()
+            .name("service-forward".into())
+            .spawn(move || relay_accept(listener, socket))
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(socket) = &args.dial {
+        for _ in 0..DIAL_IDLE {
+            spawn_dialer(socket.clone());
+        }
     }
     let agent = match &args.agent {
         Some(socket) => Some(crate::agent::Agent::start(socket)?),
@@ -285,11 +361,42 @@ fn write_secret_file(dir: &Path, name: &str, value: &[u8]) -> Result<(), String>
     f.write_all(value).map_err(|e| format!("writing secret file {}: {e}", path.display()))
 }
 
+/// One connection waiting on kiln's socket of a service sandbox: kiln
+/// writes the port (2 bytes, big-endian) when it hands the connection a
+/// client; the dialer then starts its replacement and relays to that port
+/// on the sandbox's loopback (closing at once when nothing listens there).
+fn spawn_dialer(socket: PathBuf) {
+    let _ = std::thread::Builder::new().name("service-dial".into()).spawn(move || {
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let mut conn = match UnixStream::connect(&socket) {
+                Ok(c) => c,
+                Err(_) => {
+                    // kiln is not listening (yet, or any more): try again.
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(20);
+            let mut port = [0u8; 2];
+            if conn.read_exact(&mut port).is_err() {
+                continue;
+            }
+            spawn_dialer(socket.clone());
+            if let Ok(tcp) = TcpStream::connect(("127.0.0.1", u16::from_be_bytes(port))) {
+                relay(tcp, conn);
+            }
+            return;
+        }
+    });
+}
+
 fn relay_accept(listener: TcpListener, socket: PathBuf) {
     for conn in listener.incoming() {
         let Ok(tcp) = conn else { continue };
         let socket = socket.clone();
-        let _ = std::thread::Builder::new().name("egress-conn".into()).spawn(move || {
+        let _ = std::thread::Builder::new().name("relay-conn".into()).spawn(move || {
             if let Ok(unix) = UnixStream::connect(&socket) {
                 relay(tcp, unix);
             }
@@ -339,15 +446,47 @@ mod tests {
     #[test]
     fn args_parse_and_wrap() {
         let argv = vec!["bash".to_string(), "-e".into(), "/kiln/step/script.sh".into()];
-        let wrapped = wrap_argv(Some(3128), true, false, &argv);
+        let spec = crate::InitSpec {
+            binary: "/x".into(),
+            secrets: true,
+            egress: Some(("/h/e".into(), 3128)),
+            agent: None,
+            forwards: None,
+            dial: None,
+        };
+        let wrapped = wrap_argv(&spec, &argv);
         assert_eq!(wrapped[0], INIT_PATH);
         let parsed = parse_args(&wrapped[1..]).unwrap();
         assert_eq!(parsed.argv, argv);
         assert!(parsed.secrets);
         assert_eq!(parsed.agent, None);
-        let agent = parse_args(&wrap_argv(None, false, true, &argv)[1..]).unwrap();
+        assert!(parsed.forwards.is_empty() && parsed.dial.is_none());
+        let phase = crate::InitSpec {
+            secrets: false,
+            egress: None,
+            agent: Some("/h/a".into()),
+            forwards: Some((
+                "/h/s".into(),
+                vec![
+                    Forward { listen: "127.0.0.1:5432".parse().unwrap(), socket: "pg-5432.sock".into() },
+                    Forward { listen: "127.0.0.2:5432".parse().unwrap(), socket: "pg-5432.sock".into() },
+                ],
+            )),
+            dial: Some("/h/d".into()),
+            ..spec
+        };
+        let agent = parse_args(&wrap_argv(&phase, &argv)[1..]).unwrap();
         assert_eq!(agent.agent, Some(PathBuf::from("/kiln/agent/agent.sock")));
+        assert_eq!(
+            agent.forwards,
+            vec![
+                ("127.0.0.1:5432".parse().unwrap(), PathBuf::from("/kiln/services/pg-5432.sock")),
+                ("127.0.0.2:5432".parse().unwrap(), PathBuf::from("/kiln/services/pg-5432.sock")),
+            ]
+        );
+        assert_eq!(agent.dial, Some(PathBuf::from("/kiln/dial/dial.sock")));
         assert_eq!(parsed.egress, Some((3128, PathBuf::from("/kiln/egress/proxy.sock"))));
+        assert!(parse_args(&["--forward".into(), "nohost=/x".into(), "--".into(), "a".into()]).is_err());
         assert!(parse_args(&["--".into()]).is_err());
         assert!(parse_args(&["--bogus".into()]).is_err());
     }

@@ -102,6 +102,16 @@ pub struct InitSpec {
     /// The step agent (a phase sandbox, see [`agent`]): the host directory
     /// holding the socket kiln listens on, mounted at `/kiln/agent`.
     pub agent: Option<PathBuf>,
+    /// The job's services, reached from this sandbox: the host directory
+    /// holding kiln's socket per service port (mounted read-only at
+    /// `/kiln/services`), and per address the init listens on, the socket
+    /// file it relays to (see [`init::Forward`]).
+    pub forwards: Option<(PathBuf, Vec<init::Forward>)>,
+    /// A service sandbox: the host directory holding the socket kiln
+    /// listens on for the service's connections (mounted read-only at
+    /// `/kiln/dial`); the init dials it and relays what kiln asks for to a
+    /// port on the sandbox's loopback.
+    pub dial: Option<PathBuf>,
 }
 
 /// A resource limit the step ran into.

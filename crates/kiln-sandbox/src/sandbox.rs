@@ -244,7 +244,9 @@ impl Sandbox {
             bundle: bundle.clone(),
             cgroups,
             memory_requested: spec.limits.memory_bytes,
-            host_uds: spec.init.as_ref().is_some_and(|i| i.egress.is_some() || i.agent.is_some()),
+            host_uds: spec.init.as_ref().is_some_and(|i| {
+                i.egress.is_some() || i.agent.is_some() || i.forwards.is_some() || i.dial.is_some()
+            }),
             pids_limit: spec.limits.pids,
             started: OnceLock::new(),
             exited: std::sync::atomic::AtomicBool::new(false),

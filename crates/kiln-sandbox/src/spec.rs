@@ -174,12 +174,19 @@ pub fn build_spec(isolation: Isolation, spec: &SandboxSpec, cgroups_path: &str) 
             // its directory, and nothing inside may put files there.
             mounts.push(bind(crate::agent::AGENT_DIR, dir, false)?);
         }
-        argv = crate::init::wrap_argv(
-            init.egress.as_ref().map(|(_, p)| *p),
-            init.secrets,
-            init.agent.is_some(),
-            &spec.argv,
-        );
+        if let Some((dir, forwards)) = &init.forwards {
+            for f in forwards {
+                if f.socket.is_empty() || f.socket.contains('/') || f.socket.starts_with('.') {
+                    return Err(SandboxError::Invalid(format!("bad service socket name `{}`", f.socket)));
+                }
+            }
+            // Read-only, like the agent's: connecting needs no write access.
+            mounts.push(bind(crate::init::SERVICES_DIR, dir, false)?);
+        }
+        if let Some(dir) = &init.dial {
+            mounts.push(bind(crate::init::DIAL_DIR, dir, false)?);
+        }
+        argv = crate::init::wrap_argv(init, &spec.argv);
     }
 
     let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -23,6 +23,7 @@ mod plan;
 mod runners;
 mod scheduler;
 mod secrets_check;
+mod service;
 mod yaml;
 
 pub use action::{parse_action, ActionInput, CompositeAction};

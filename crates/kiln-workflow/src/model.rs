@@ -277,8 +277,11 @@ pub struct JobSpec {
     pub runs_on: Vec<Template>,
     /// `container:` (an image, or an expression; empty means none).
     pub container: Option<Template>,
-    /// What refuses this job (an action kiln does not have, `services:`,
-    /// an unavailable shell), in file order. Empty: the job can run.
+    /// `services:`, in file order.
+    pub services: Vec<ServiceSpec>,
+    /// What refuses this job (an action kiln does not have, a docker
+    /// option kiln has no meaning for, an unavailable shell), in file
+    /// order. Empty: the job can run.
     pub refusals: Vec<Refusal>,
     pub condition: Option<Expr>,
     pub env: Vec<(String, Template)>,
@@ -290,6 +293,60 @@ pub struct JobSpec {
     pub strategy: Option<Strategy>,
     pub steps: Vec<StepSpec>,
     pub kiln: KilnJobSettings,
+}
+
+/// One of a job's `services:`: a sandbox on its own image that runs while
+/// the job does, reached from the job's steps at `ID:PORT` and, for a
+/// mapped port, at `localhost:HOST_PORT`.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// The key under `services:` (also its host name).
+    pub id: String,
+    pub location: Location,
+    /// The image; an expression that renders empty means no service.
+    pub image: Template,
+    pub env: Vec<(String, Template)>,
+    pub ports: Vec<ServicePort>,
+    /// `entrypoint:` (or docker's `--entrypoint`): replaces the image's.
+    pub entrypoint: Option<Template>,
+    /// `command:`: replaces the image's command (split like a shell would).
+    pub command: Option<Template>,
+    /// docker's `--health-cmd` and its timings, from `options:`.
+    pub health: Option<HealthCheck>,
+}
+
+/// A port of a service: the port it listens on, and the port on the job's
+/// `localhost` it is mapped to (`5432:5432`; none: `- 5432`, reached by
+/// the service's name only, as in a container job).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServicePort {
+    pub container: u16,
+    pub host: Option<u16>,
+}
+
+/// How a service says it is ready (docker's health check, which the job
+/// waits for before its first step).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// Run with `/bin/sh -c` in the service's sandbox; exit 0 is healthy.
+    pub command: String,
+    pub interval: std::time::Duration,
+    pub timeout: std::time::Duration,
+    pub retries: u32,
+    pub start_period: std::time::Duration,
+}
+
+impl HealthCheck {
+    /// docker's defaults.
+    pub fn new(command: String) -> HealthCheck {
+        HealthCheck {
+            command,
+            interval: std::time::Duration::from_secs(30),
+            timeout: std::time::Duration::from_secs(30),
+            retries: 3,
+            start_period: std::time::Duration::ZERO,
+        }
+    }
 }
 
 /// `strategy:` of a job.

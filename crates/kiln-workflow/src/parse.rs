@@ -220,7 +220,7 @@ impl Cx<'_> {
         self.err(loc, msg);
     }
 
-    fn env(&mut self, node: &Node, place: &str) -> Vec<(String, Template)> {
+    pub(crate) fn env(&mut self, node: &Node, place: &str) -> Vec<(String, Template)> {
         let mut out = Vec::new();
         let Some(pairs) = self.map(node, &format!("`env` {place}")) else {
             return out;
@@ -447,6 +447,7 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
         needs: Vec::new(),
         runs_on: Vec::new(),
         container: None,
+        services: Vec::new(),
         refusals: Vec::new(),
         condition: None,
         env: Vec::new(),
@@ -517,10 +518,7 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
                     }
                 }
             }
-            "services" if !v.is_null() => spec.refusals.push(Refusal {
-                location: k.loc,
-                reason: "`services:` (service containers) are not supported yet".into(),
-            }),
+            "services" => spec.services = crate::service::parse_services(cx, v, &mut spec.refusals),
             "uses" => {
                 let Some(u) = cx.text(v, "`uses`") else { continue };
                 reusable = true;

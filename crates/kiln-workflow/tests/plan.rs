@@ -268,8 +268,12 @@ fn what_kiln_cannot_run_refuses_its_job_not_the_file() {
         "6:7: `container.options` is not supported: the job runs in kiln's sandbox, not with docker's flags or host volumes"
     );
     assert_eq!(
-        refusal(&wf("  a:\n    services:\n      db: {image: postgres}\n    steps: [{run: x}]\n")),
-        "4:5: `services:` (service containers) are not supported yet"
+        refusal(&wf("  a:\n    services:\n      db:\n        image: postgres\n        options: --health-cmd pg_isready --network-alias x\n    steps: [{run: x}]\n")),
+        "7:18: service `db`: option `--network-alias` is not supported (a service runs in kiln's sandbox, not with docker's flags; kiln keeps --health-*, -e/--env and --entrypoint)"
+    );
+    assert_eq!(
+        refusal(&wf("  a:\n    services:\n      db:\n        image: postgres\n        volumes: [/data:/data]\n    steps: [{run: x}]\n")),
+        "7:9: `services.db.volumes` is not supported: a service runs in kiln's sandbox, not with host volumes"
     );
     assert!(refusal(&wf("  a:\n    uses: org/repo/.github/workflows/x.yml@main\n"))
         .starts_with("4:11: `uses: org/repo/.github/workflows/x.yml@main`: a reusable workflow in another repository is not supported"));

@@ -11,49 +11,19 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Mutex;
 
 use common::{Project, Run};
 use serde_json::Value;
 
-const SHARED_STORE: &str = "/var/tmp/kiln-test-images";
 const IMAGE: &str = "test/small";
 
-/// One image build at a time (the first one builds, the rest find it).
-static BUILD: Mutex<()> = Mutex::new(());
-
-fn store_url() -> String {
-    std::fs::create_dir_all(SHARED_STORE).expect("create the shared image store");
-    format!("file://{SHARED_STORE}")
-}
-
 fn kiln(p: &Project) -> Command {
-    let mut cmd = p.kiln();
-    cmd.env("KILN_IMAGE_STORE", store_url());
-    cmd
-}
-
-fn require_mmdebstrap() {
-    let found =
-        Command::new("sh").arg("-c").arg("command -v mmdebstrap").output().map(|o| o.status.success());
-    assert!(found.unwrap_or(false), "`mmdebstrap` is not installed: run scripts/install.sh");
+    p.kiln_with_images()
 }
 
 /// `kiln image build test/small --packages bash --json`, parsed.
 fn build_image(p: &Project) -> Value {
-    require_mmdebstrap();
-    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let out = kiln(p)
-        .args(["image", "build", IMAGE, "--suite", "trixie", "--packages", "bash", "--json"])
-        .output()
-        .expect("run kiln image build");
-    assert!(
-        out.status.success(),
-        "kiln image build failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("image build prints JSON")
+    p.shared_image(IMAGE, &["--suite", "trixie", "--packages", "bash"])
 }
 
 fn run(p: &Project, tier: &str, extra: &[&str]) -> Run {
@@ -136,7 +106,7 @@ fn an_image_is_built_once_listed_kept_by_gc_and_removed() {
     // gc keeps a named image's layers (no image build meanwhile: a layer
     // stored but not yet named is fair game at grace 0).
     let gc = {
-        let _no_build = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+        let _no_build = common::IMAGE_BUILD.lock().unwrap_or_else(|e| e.into_inner());
         kiln(&p).args(["gc", "--grace", "0"]).output().expect("kiln gc")
     };
     assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));

@@ -9,35 +9,17 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Mutex;
 
 use common::{Project, Run};
 use serde_json::Value;
 
-const SHARED_STORE: &str = "/var/tmp/kiln-test-images";
-
-static BUILD: Mutex<()> = Mutex::new(());
-
 fn kiln(p: &Project) -> Command {
-    std::fs::create_dir_all(SHARED_STORE).expect("create the shared image store");
-    let mut cmd = p.kiln();
-    cmd.env("KILN_IMAGE_STORE", format!("file://{SHARED_STORE}"));
-    cmd
+    p.kiln_with_images()
 }
 
 /// `kiln image build kiln/runner` (the default recipe), once per machine.
 fn runner_image(p: &Project) -> Value {
-    let found =
-        Command::new("sh").arg("-c").arg("command -v mmdebstrap").output().map(|o| o.status.success());
-    assert!(found.unwrap_or(false), "`mmdebstrap` is not installed: run scripts/install.sh");
-    let _one = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let out = kiln(p).args(["image", "build", "kiln/runner", "--json"]).output().expect("kiln image build");
-    assert!(
-        out.status.success(),
-        "kiln image build kiln/runner failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("image build prints JSON")
+    p.shared_image("kiln/runner", &[])
 }
 
 fn run(p: &Project, tier: &str) -> Run {

@@ -74,12 +74,12 @@ fn a_missing_container_image_and_services_refuse_their_job() {
     refused_job(
         "jobs:\n  a:\n    container: node:20\n    steps: [{run: echo}]\n  other:\n    steps: [{run: echo}]\n",
         "a",
-        "container node:20: no image `node:20` here (import it with `kiln image import FILE node:20`",
+        "container: no image `node:20` here (import it with `kiln image import FILE node:20`",
     );
     refused_job(
         "jobs:\n  a:\n    services:\n      db: {image: postgres}\n    steps: [{run: echo}]\n  other:\n    steps: [{run: echo}]\n",
         "a",
-        "`services:` (service containers) are not supported yet (line 3:5)",
+        "service db: no image `postgres` here (import it with `kiln image import FILE postgres`",
     );
 }
 

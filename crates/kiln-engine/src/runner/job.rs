@@ -60,6 +60,8 @@ pub(crate) struct JobRun<'a> {
     pub(crate) tool_binds: Vec<kiln_sandbox::Bind>,
     /// What those tools are, for the provenance of the job's artifacts.
     pub(crate) tools: Vec<kiln_store::ToolInfo>,
+    /// The job's `services:`, running while its steps do.
+    pub(crate) services: super::services::Services,
 }
 
 /// Writes kiln's commands into `dir` (root-owned, read-only to steps).
@@ -177,6 +179,7 @@ impl<'a> JobRun<'a> {
             image: None,
             tool_binds: Vec::new(),
             tools: Vec::new(),
+            services: Default::default(),
         }
     }
 
@@ -196,6 +199,9 @@ impl<'a> JobRun<'a> {
         }
         let status = if self.failed { "failure" } else { "success" };
         c.job = json!({ "status": status });
+        if !self.services.context.is_empty() {
+            c.job["services"] = Value::Object(self.services.context.clone());
+        }
         c
     }
 
@@ -218,12 +224,22 @@ impl<'a> JobRun<'a> {
             o.reason = Some(reason.to_string());
             return o;
         }
+        if let Err(e) = self.start_services(job).await {
+            self.sys("", e.to_string());
+            let mut o = JobOutcome::new(JobResult::Failure);
+            o.reason = Some(match e {
+                StepError::User(e) => e,
+                StepError::Infrastructure(e) => StopReason::Infrastructure(e).to_string(),
+            });
+            return o;
+        }
         for (k, step) in job.spec.steps.iter().enumerate() {
             self.run_step(job, k, step).await;
         }
         // The job's steps are done: what they left running ends now, before
-        // caches are saved from the disk.
+        // caches are saved from the disk, and so do its services.
         self.close_phase(job, "", "").await;
+        self.stop_services().await;
         let cancelled = *self.req.cancel.borrow();
         if !cancelled && !self.failed {
             self.save_caches(job).await;
@@ -381,6 +397,7 @@ impl<'a> JobRun<'a> {
         if let Some(job) = self.req.plan.jobs.get(self.req.job) {
             self.close_phase(job, "", "").await;
         }
+        self.stop_services().await;
         if let Some(ws) = self.workspace.take() {
             let _ = tokio::task::spawn_blocking(move || ws.destroy()).await;
         }

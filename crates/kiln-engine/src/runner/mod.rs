@@ -13,6 +13,7 @@ mod phase;
 mod placement;
 pub mod sandbox;
 mod script;
+mod services;
 mod stepfiles;
 mod workspace_copy;
 pub mod zeroconfig;

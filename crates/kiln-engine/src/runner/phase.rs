@@ -215,6 +215,54 @@ pub(crate) struct PhaseBox {
 /// reaps every orphan the steps leave, until the phase ends.
 const HOLD_ARGV: [&str; 2] = ["sleep", "infinity"];
 
+/// Starts `spec`, whose init serves the step agent (see
+/// [`kiln_sandbox::agent`]) through a socket in `agent_dir`, and returns
+/// once the agent has connected. kiln listens there, the sandbox's PID 1
+/// connects once, then the socket is gone: no process of the sandbox can
+/// reach it later. On an error nothing is left running.
+pub(crate) async fn boot_with_agent(
+    runtime: Runtime,
+    spec: SandboxSpec,
+    bundle: PathBuf,
+    agent_dir: &SocketDir,
+) -> Result<(Sandbox, AgentConn), String> {
+    let io = |e: std::io::Error| format!("preparing the step agent: {e}");
+    std::fs::create_dir_all(&agent_dir.0).map_err(io)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&agent_dir.0, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
+    }
+    let agent_sock = agent_dir.0.join(kiln_sandbox::agent::AGENT_SOCKET);
+    let listener = tokio::net::UnixListener::bind(&agent_sock).map_err(io)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&agent_sock, std::fs::Permissions::from_mode(0o666)).map_err(io)?;
+    }
+    let sandbox = tokio::task::spawn_blocking(move || {
+        let sb = Sandbox::prepare(&runtime, &spec, &bundle)?;
+        sb.start()?;
+        Ok::<_, kiln_sandbox::SandboxError>(sb)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("starting it: {e}"))?;
+    let accepted = tokio::time::timeout(Duration::from_secs(30), listener.accept()).await;
+    drop(listener);
+    let _ = std::fs::remove_file(&agent_sock);
+    match accepted {
+        Ok(Ok((conn, _))) => Ok((sandbox, AgentConn::new(conn))),
+        other => {
+            let why = match other {
+                Ok(Err(e)) => e.to_string(),
+                _ => "no connection within 30 s".to_string(),
+            };
+            let said = std::fs::read_to_string(sandbox.bundle().join("start.log")).unwrap_or_default();
+            let _ = tokio::task::spawn_blocking(move || sandbox.stop()).await;
+            Err(format!("its step agent did not start: {why} {}", said.trim()))
+        }
+    }
+}
+
 impl JobRun<'_> {
     /// Starts the sandbox of `phase` over the job's disk.
     pub(crate) async fn open_phase(
@@ -243,28 +291,17 @@ impl JobRun<'_> {
             proxy = Some(self.start_proxy(job, step_name, phase, network, &ed.0).await?);
             egress_dir = Some(ed);
         }
-        // The agent's socket: kiln listens, the sandbox's PID 1 connects
-        // once, then the socket is gone (no step can reach it).
-        // Under the short root-owned directory of the egress sockets (a
-        // socket path has at most 107 bytes; the state dir can be deep),
-        // named after the build so a crash's leftovers are found.
+        // The agent's socket directory: under the short root-owned
+        // directory of the egress sockets (a socket path has at most 107
+        // bytes; the state dir can be deep), named after the build so a
+        // crash's leftovers are found.
         let agent_dir = SocketDir(Path::new(SOCKET_ROOT).join(format!(
             "{}-{}-a{n}",
             sanitize_id(&self.req.build),
             self.req.job
         )));
-        std::fs::create_dir_all(&agent_dir.0).map_err(infra)?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&agent_dir.0, std::fs::Permissions::from_mode(0o755)).map_err(infra)?;
-        }
-        let agent_sock = agent_dir.0.join(kiln_sandbox::agent::AGENT_SOCKET);
-        let listener = tokio::net::UnixListener::bind(&agent_sock).map_err(infra)?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&agent_sock, std::fs::Permissions::from_mode(0o666)).map_err(infra)?;
-        }
         let disk = self.workspace.as_ref().ok_or(StepError::Infrastructure("no workspace".into()))?;
+        let (service_binds, forwards) = self.service_reach();
         let spec = SandboxSpec {
             id: format!("kiln-{}-{}-{n}", sanitize_id(&self.req.build), self.req.job),
             argv: HOLD_ARGV.iter().map(|s| s.to_string()).collect(),
@@ -279,6 +316,7 @@ impl JobRun<'_> {
             ]
             .into_iter()
             .chain(self.tool_binds.iter().cloned())
+            .chain(service_binds)
             .collect(),
             limits: self.limits.sandbox_limits(),
             uid: STEP_UID,
@@ -289,61 +327,28 @@ impl JobRun<'_> {
                 secrets: false,
                 egress: egress_dir.as_ref().map(|d| (d.0.clone(), EGRESS_PORT)),
                 agent: Some(agent_dir.0.clone()),
+                forwards,
+                dial: None,
             }),
         };
         let runtime =
             self.runner.cfg.runtimes.get(&TierKey::of(self.isolation)).cloned().ok_or_else(|| {
                 StepError::Infrastructure(format!("no verified runtime for tier {:?}", self.isolation))
             })?;
-        let bundle = dir.join("bundle");
-        let started = tokio::task::spawn_blocking(move || {
-            let sb = Sandbox::prepare(&runtime, &spec, &bundle)?;
-            sb.start()?;
-            Ok::<_, kiln_sandbox::SandboxError>(sb)
-        })
-        .await
-        .map_err(|e| StepError::Infrastructure(e.to_string()))?;
-        let sandbox = match started {
-            Ok(sb) => sb,
+        let (sandbox, conn) = match boot_with_agent(runtime, spec, dir.join("bundle"), &agent_dir).await {
+            Ok(booted) => booted,
             Err(e) => {
                 if let Some(p) = proxy {
                     p.stop().await;
                 }
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(StepError::Infrastructure(format!(
-                    "starting the {} sandbox: {e}",
-                    phase.as_str()
-                )));
-            }
-        };
-        let accepted = tokio::time::timeout(Duration::from_secs(30), listener.accept()).await;
-        drop(listener);
-        let _ = std::fs::remove_file(&agent_sock);
-        let conn = match accepted {
-            Ok(Ok((conn, _))) => conn,
-            other => {
-                let why = match other {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "no connection within 30 s".to_string(),
-                };
-                let said = std::fs::read_to_string(dir.join("bundle").join(sandbox.id()).join("start.log"))
-                    .unwrap_or_default();
-                let _ = tokio::task::spawn_blocking(move || sandbox.stop()).await;
-                if let Some(p) = proxy {
-                    p.stop().await;
-                }
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(StepError::Infrastructure(format!(
-                    "the {} sandbox's step agent did not start: {why} {}",
-                    phase.as_str(),
-                    said.trim()
-                )));
+                return Err(StepError::Infrastructure(format!("the {} sandbox: {e}", phase.as_str())));
             }
         };
         self.phase_box = Some(PhaseBox {
             key,
             dir,
-            agent: Some(Arc::new(AgentConn::new(conn))),
+            agent: Some(Arc::new(conn)),
             sandbox: Some(Arc::new(sandbox)),
             proxy,
             egress_dir,
@@ -414,18 +419,8 @@ impl JobRun<'_> {
         let t0 = Instant::now();
         let before = sb.usage();
         sb.reset_peak_memory();
-        let (out_w, out_r) = tokio::io::duplex(64 * 1024);
-        let (err_w, err_r) = tokio::io::duplex(64 * 1024);
-        let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
-        agent
-            .steps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(seq, StepPipes { out: Some(out_w), err: Some(err_w), exit: Some(exit_tx) });
-        let mut out = tokio::spawn(pump(out_r, Stream::Stdout, logger.clone()));
-        let mut err = tokio::spawn(pump(err_r, Stream::Stderr, logger.clone()));
-        let payload = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
-        agent.send(b'R', seq, &payload).await.map_err(|e| format!("starting the step: {e}"))?;
+        let (exit_rx, pumps) = agent.start(seq, &request, Some(&logger)).await?;
+        let (mut out, mut err) = pumps.ok_or("no pipes")?;
         let over = logger.over.clone();
         let mut cancel = self.req.cancel.clone();
         let (status, stopped) = tokio::select! {
@@ -486,6 +481,11 @@ impl JobRun<'_> {
     }
 }
 
+/// How a started step's exit status arrives (or why it could not start).
+pub(crate) type ExitRx = tokio::sync::oneshot::Receiver<Result<i32, String>>;
+/// A task pumping one pipe into the log; its result is the redaction count.
+pub(crate) type Pump = tokio::task::JoinHandle<u64>;
+
 /// Where one step's output and exit go as the agent reports them.
 #[derive(Debug)]
 pub(crate) struct StepPipes {
@@ -509,6 +509,32 @@ impl AgentConn {
         let steps: Arc<std::sync::Mutex<HashMap<u32, StepPipes>>> = Default::default();
         let reader = tokio::spawn(route_frames(read, steps.clone()));
         AgentConn { writer: tokio::sync::Mutex::new(write), steps, reader }
+    }
+
+    /// Starts `request` as step `seq`; its output goes to `logger` (pumped
+    /// by the two tasks returned) or, without one, nowhere. The receiver
+    /// gets its exit status.
+    pub(crate) async fn start(
+        &self,
+        seq: u32,
+        request: &kiln_sandbox::agent::RunRequest,
+        logger: Option<&StepLogger>,
+    ) -> Result<(ExitRx, Option<(Pump, Pump)>), String> {
+        let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
+        let (pipes, pumps) = match logger {
+            Some(logger) => {
+                let (out_w, out_r) = tokio::io::duplex(64 * 1024);
+                let (err_w, err_r) = tokio::io::duplex(64 * 1024);
+                let out = tokio::spawn(pump(out_r, Stream::Stdout, logger.clone()));
+                let err = tokio::spawn(pump(err_r, Stream::Stderr, logger.clone()));
+                (StepPipes { out: Some(out_w), err: Some(err_w), exit: Some(exit_tx) }, Some((out, err)))
+            }
+            None => (StepPipes { out: None, err: None, exit: Some(exit_tx) }, None),
+        };
+        self.steps.lock().unwrap_or_else(|e| e.into_inner()).insert(seq, pipes);
+        let payload = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+        self.send(b'R', seq, &payload).await.map_err(|e| format!("starting the step: {e}"))?;
+        Ok((exit_rx, pumps))
     }
 
     async fn send(&self, kind: u8, seq: u32, payload: &[u8]) -> std::io::Result<()> {

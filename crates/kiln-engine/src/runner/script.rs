@@ -347,6 +347,7 @@ impl JobRun<'_> {
             });
         }
         let id = format!("kiln-{}-{}-{}", sanitize_id(&self.req.build), self.req.job, n);
+        let (service_binds, forwards) = self.service_reach();
         let spec = SandboxSpec {
             id,
             argv: shell.argv(&script_path),
@@ -370,20 +371,26 @@ impl JobRun<'_> {
             ]
             .into_iter()
             .chain(self.tool_binds.iter().cloned())
+            .chain(service_binds)
             .collect(),
             limits: self.limits.sandbox_limits(),
             uid: STEP_UID,
             gid: STEP_GID,
             root: self.workspace.as_ref().and_then(|w| w.root()),
             // kiln-init is PID 1 only where it has work (secrets on stdin,
-            // the egress relay): under gVisor its extra exec costs ~35 ms per
-            // step. Without it the shell is PID 1 and the runtime's teardown
-            // still ends every process the step left behind.
-            init: (stdin_secrets.is_some() || proxy.is_some()).then(|| kiln_sandbox::InitSpec {
-                binary: self.runner.cfg.init.clone(),
-                secrets: stdin_secrets.is_some(),
-                egress: proxy.as_ref().map(|_| (egress_dir.0.clone(), EGRESS_PORT)),
-                agent: None,
+            // the egress relay, the services' forwards): under gVisor its
+            // extra exec costs ~35 ms per step. Without it the shell is
+            // PID 1 and the runtime's teardown still ends every process the
+            // step left behind.
+            init: (stdin_secrets.is_some() || proxy.is_some() || forwards.is_some()).then(|| {
+                kiln_sandbox::InitSpec {
+                    binary: self.runner.cfg.init.clone(),
+                    secrets: stdin_secrets.is_some(),
+                    egress: proxy.as_ref().map(|_| (egress_dir.0.clone(), EGRESS_PORT)),
+                    agent: None,
+                    forwards: forwards.clone(),
+                    dial: None,
+                }
             }),
         };
         let step_timeout = step.timeout_minutes.map(|m| Duration::from_secs_f64(m * 60.0));

@@ -374,3 +374,43 @@ pub fn hex_decode(s: &str) -> Vec<u8> {
     let s = s.trim();
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
+
+/// The image store the tests of every binary share: an image is built there
+/// once per machine, and a recipe already built is found by its digest.
+pub const SHARED_IMAGE_STORE: &str = "/var/tmp/kiln-test-images";
+
+/// One image build at a time within a test binary (the first builds, the
+/// rest find it; across binaries the store's own lock holds).
+pub static IMAGE_BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Project {
+    /// `kiln` with the shared image store.
+    pub fn kiln_with_images(&self) -> Command {
+        std::fs::create_dir_all(SHARED_IMAGE_STORE).expect("create the shared image store");
+        let mut cmd = self.kiln();
+        cmd.env("KILN_IMAGE_STORE", format!("file://{SHARED_IMAGE_STORE}"));
+        cmd
+    }
+
+    /// `kiln image build NAME ARGS... --json` in the shared store, parsed.
+    pub fn shared_image(&self, name: &str, args: &[&str]) -> Value {
+        let found =
+            Command::new("sh").arg("-c").arg("command -v mmdebstrap").output().map(|o| o.status.success());
+        assert!(found.unwrap_or(false), "`mmdebstrap` is not installed: run scripts/install.sh");
+        let _one = IMAGE_BUILD.lock().unwrap_or_else(|e| e.into_inner());
+        let out = self
+            .kiln_with_images()
+            .args(["image", "build", name])
+            .args(args)
+            .arg("--json")
+            .output()
+            .expect("run kiln image build");
+        assert!(
+            out.status.success(),
+            "kiln image build {name} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("image build prints JSON")
+    }
+}

@@ -1,0 +1,139 @@
+//! `services:`: a job's service containers run as sandboxes on their own
+//! images while the job runs, reached from the job's steps by name and on
+//! `localhost` for a mapped port, on both tiers. The common case people's
+//! workflows have — PostgreSQL with a `pg_isready` health check — runs on
+//! an image built here from Debian's `postgresql` package.
+
+mod common;
+
+use common::{Project, Run};
+
+const IMAGE: &str = "test/postgres";
+
+fn postgres_image(p: &Project) {
+    p.shared_image(IMAGE, &["--suite", "trixie", "--packages", "postgresql"]);
+}
+
+fn run(p: &Project, tier: &str) -> Run {
+    postgres_image(p);
+    let out = p
+        .kiln_with_images()
+        .args(["run", "ci.yml", "--json", "--isolation", tier])
+        .output()
+        .expect("run kiln");
+    Run::parse(out)
+}
+
+/// A PostgreSQL server as the step user: a cluster in `/tmp`, listening
+/// on the sandbox's loopback (`PORT` from the service's env).
+const POSTGRES: &str = r#"sh -c 'PG=$(ls -d /usr/lib/postgresql/*/bin); $PG/initdb -U postgres --auth=trust >/dev/null && exec $PG/postgres -k /tmp -p $PORT -c listen_addresses=127.0.0.1'"#;
+
+fn workflow() -> String {
+    format!(
+        r#"
+jobs:
+  test:
+    runs-on: ubuntu-latest
+    container: {IMAGE}
+    services:
+      postgres:
+        image: {IMAGE}
+        env: {{ PGDATA: /tmp/pg, PORT: "5432" }}
+        command: {POSTGRES}
+        ports: ["5432:5432"]
+        options: >-
+          --health-cmd "pg_isready -h 127.0.0.1 -U postgres"
+          --health-interval 10s --health-timeout 5s --health-retries 10
+      # No mapped port and no health check: reached by name, on the port
+      # kiln gives it on localhost, once it listens.
+      replica:
+        image: {IMAGE}
+        env: {{ PGDATA: /tmp/pg, PORT: "5433" }}
+        command: {POSTGRES}
+        ports: ["5433"]
+    steps:
+      - name: by name
+        run: psql -h postgres -U postgres -c 'create table t(x int)' -c 'insert into t values (42)'
+      - name: on localhost
+        run: psql -h localhost -p 5432 -U postgres -tAc 'select x from t'
+      - name: the other service by name and on its given port
+        run: |
+          echo "replica port ${{{{ job.services.replica.ports['5433'] }}}}"
+          psql -h replica -p 5433 -U postgres -tAc 'select 7'
+          psql -h 127.0.0.1 -p ${{{{ job.services.replica.ports['5433'] }}}} -U postgres -tAc 'select 8'
+      - name: only declared ports are reachable
+        run: |
+          if (exec 3<>/dev/tcp/postgres/5433) 2>/dev/null; then echo "BROKEN: an undeclared port"; exit 1; fi
+          if ls /kiln/dial 2>/dev/null; then echo "BROKEN: the dial socket is here"; exit 1; fi
+          echo "only declared"
+  other:
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo "no services here"
+"#
+    )
+}
+
+per_tier!(a_postgres_service_is_reached_by_name_and_on_localhost, |tier| {
+    let p = Project::new(&workflow());
+    let r = run(&p, tier);
+    r.expect_code(0);
+    r.assert_lines("test", &["42", "replica port 49152", "7", "8", "only declared"]);
+    let sys = r.system_lines("test");
+    assert!(sys.iter().any(|l| l.starts_with("service postgres: ready in")), "{sys:?}");
+    assert!(sys.iter().any(|l| l.starts_with("service replica: ready in")), "{sys:?}");
+    // The service's own output is the job's, under its name.
+    let said: Vec<&serde_json::Value> =
+        r.entries.iter().filter(|e| e["job"] == "test" && e["step"] == "service postgres").collect();
+    assert!(
+        said.iter().any(|e| e["text"].as_str().unwrap_or("").contains("ready to accept connections")),
+        "{said:?}"
+    );
+    assert_eq!(r.status("other"), "succeeded");
+    // Nothing of the services outlives the job.
+    let build = r.summary["build"].as_str().expect("build id");
+    let left: Vec<String> = std::fs::read_dir("/run/kiln/egress")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(!left.iter().any(|n| n.contains(build)), "socket dirs left: {left:?}");
+});
+
+#[test]
+fn a_service_that_never_gets_healthy_or_reads_a_secret_fails_only_its_job() {
+    let p = Project::new(&format!(
+        r#"
+jobs:
+  unhealthy:
+    runs-on: ubuntu-latest
+    services:
+      db:
+        image: {IMAGE}
+        command: sleep 600
+        options: --health-cmd "exit 3" --health-interval 1s --health-timeout 1s --health-retries 2
+    steps:
+      - run: echo "BROKEN, steps ran"
+  leaky:
+    runs-on: ubuntu-latest
+    services:
+      db:
+        image: {IMAGE}
+        command: sleep 600
+        env: {{ PASSWORD: "${{{{ secrets.DB }}}}" }}
+    steps:
+      - run: echo "BROKEN, steps ran"
+  other:
+    runs-on: ubuntu-latest
+    steps:
+      - run: echo fine
+"#
+    ));
+    let r = run(&p, "gvisor");
+    r.expect_code(1);
+    assert!(!r.all_text().contains("BROKEN"), "{}", r.all_text());
+    let reason = r.job("unhealthy")["reason"].as_str().unwrap_or("").to_string();
+    assert_eq!(r.status("unhealthy"), "failed", "{reason}");
+    assert!(reason.contains("service db: unhealthy: `exit 3` did not pass"), "{reason}");
+    let reason = r.job("leaky")["reason"].as_str().unwrap_or("").to_string();
+    assert!(reason.contains("service db: env `PASSWORD` may not read `secrets`"), "{reason}");
+    assert_eq!(r.status("other"), "succeeded");
+}
