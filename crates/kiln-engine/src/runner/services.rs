@@ -52,6 +52,10 @@ const FIRST_FREE_PORT: u16 = 49152;
 const LISTEN_WAIT: Duration = Duration::from_secs(30);
 /// How long a client waits for a connection into a service.
 const DIAL_WAIT: Duration = Duration::from_secs(10);
+/// Connections into one service at once: each holds descriptors in kiln's
+/// own process, so a step opening connections in a loop is cut off here,
+/// not at the host's file limit.
+const MAX_CONNECTIONS: usize = 256;
 
 /// The job's services while it runs.
 #[derive(Debug, Default)]
@@ -352,17 +356,23 @@ impl JobRun<'_> {
             }
         }));
         let idle = Arc::new(Mutex::new(idle_rx));
+        let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let front = self.services.front.as_ref().ok_or("no socket directory")?.0.clone();
         for &(container, _) in ports {
             let path = front.join(format!("s{i}-{container}.sock"));
             let listener =
                 UnixListener::bind(&path).map_err(|e| format!("listening for port {container}: {e}"))?;
             world_connectable(&path)?;
-            let idle = idle.clone();
+            let (idle, open) = (idle.clone(), open.clone());
             sbox.tasks.push(tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
+                    // Over the limit: closed at once.
+                    let Ok(permit) = open.clone().try_acquire_owned() else { continue };
                     let idle = idle.clone();
-                    tokio::spawn(async move { carry(client, idle, container).await });
+                    tokio::spawn(async move {
+                        carry(client, idle, container).await;
+                        drop(permit);
+                    });
                 }
             }));
         }
