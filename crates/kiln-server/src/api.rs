@@ -214,6 +214,22 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
+/// For the fuzz targets (`fuzz/`): the private request bodies through
+/// [`parse_json`], as their handlers parse them. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses `body` as `submit`'s or `put_secret`'s request; `None` for any
+    /// other `endpoint`.
+    pub fn parse_body(endpoint: &str, body: &[u8]) -> Option<Result<(), String>> {
+        let r = match endpoint {
+            "submit" => super::parse_json::<super::SubmitRequest>(body).map(drop),
+            "secret" => super::parse_json::<super::SecretRequest>(body).map(drop),
+            _ => return None,
+        };
+        Some(r.map_err(|e| e.message))
+    }
+}
+
 #[cfg(test)]
 mod body_tests {
     use super::*;
@@ -991,8 +1007,18 @@ async fn worker_artifact(
     let worker = format!("remote:{}", req.worker);
     holds_lease(&core, &id, &worker, req.attempt, true)?;
     let b = core.read().build(&id)?.ok_or_else(|| ApiError::not_found("build"))?;
+    // The engine's id of the leased attempt: the record must be of it.
+    let engine_id = core
+        .read()
+        .attempts(&id)?
+        .into_iter()
+        .find(|a| a.attempt == req.attempt)
+        .map(|a| a.engine_id)
+        .ok_or_else(|| ApiError::conflict("no such attempt"))?;
     let artifact = req.record.id.to_string();
-    crate::remote::store_artifact(&core, &b.tenant, req).await.map_err(ApiError::unprocessable)?;
+    crate::remote::store_artifact(&core, &b.tenant, &engine_id, req)
+        .await
+        .map_err(ApiError::unprocessable)?;
     Ok(Json(json!({ "artifact": artifact })))
 }
 

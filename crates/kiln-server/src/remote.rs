@@ -655,7 +655,7 @@ async fn upload_artifact(
 ) -> Result<(), String> {
     let store = exec.blob_store(&l.tenant).map_err(|e| e.to_string())?;
     let digest: kiln_store::TreeDigest = id.parse().map_err(|_| format!("bad artifact id {id}"))?;
-    let record = store.get_artifact(&digest).await.map_err(|e| e.to_string())?;
+    let record = store.get_artifact_of(&digest, &l.engine_id).await.map_err(|e| e.to_string())?;
     let manifest = store.get_manifest(&digest).await.map_err(|e| e.to_string())?;
     let tar = crate::tarout::tree_tar(&store, &manifest).await.map_err(|e| e.to_string())?;
     let provenance = match provenance {
@@ -681,9 +681,22 @@ async fn upload_artifact(
 }
 
 /// The server's side of an artifact upload: the tree through the strict
-/// tar reader (its digest must be the artifact id), then the record and
-/// the provenance envelope, all in the build's tenant namespace.
-pub(crate) async fn store_artifact(core: &Core, tenant: &str, up: ArtifactUpload) -> Result<(), String> {
+/// tar reader (its digest must be the artifact id), then the record (of
+/// the leased build, never another's) and the provenance envelope, all in
+/// the build's tenant namespace; the envelope is indexed with the record,
+/// so gc keeps it as long as the record.
+pub(crate) async fn store_artifact(
+    core: &Core,
+    tenant: &str,
+    build: &str,
+    up: ArtifactUpload,
+) -> Result<(), String> {
+    if up.record.build.build_id != build {
+        return Err(format!(
+            "the record is of build {}, not of build {build}, whose lease this is",
+            up.record.build.build_id
+        ));
+    }
     let b64 = &base64::engine::general_purpose::STANDARD;
     let store = core.tenant_store(tenant).map_err(|e| e.to_string())?;
     let tar = b64.decode(&up.tree_tar_base64).map_err(|e| format!("tree_tar_base64: {e}"))?;
@@ -697,7 +710,8 @@ pub(crate) async fn store_artifact(core: &Core, tenant: &str, up: ArtifactUpload
     store.put_artifact(&up.record).await.map_err(|e| e.to_string())?;
     if let Some(p) = &up.provenance_base64 {
         let bytes = b64.decode(p).map_err(|e| format!("provenance_base64: {e}"))?;
-        store.put_bytes(bytes).await.map_err(|e| e.to_string())?;
+        let envelope = store.put_bytes(bytes).await.map_err(|e| e.to_string())?.digest;
+        store.set_provenance(&stats.digest, build, envelope).await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }

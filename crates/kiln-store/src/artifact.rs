@@ -2,8 +2,13 @@
 //!
 //! Layout (per tenant):
 //! * the record itself: canonical JSON stored as a blob (immutable, digest-verified);
-//! * `<tenant>/artifacts/<tree-hex>.json`: mutable index object
-//!   [`ArtifactIndex`] `{record, name, branch, created_at, pinned}`;
+//! * `<tenant>/artifacts/<tree-hex>/<build>.json`: mutable index object
+//!   [`ArtifactIndex`] `{record, name, branch, created_at, pinned, ...}` of one
+//!   build's artifact. Records belong to a build and blobs are shared: two
+//!   builds that upload the same bytes have one tree and two records, each
+//!   with its own name, branch and retention, and gc keeps the tree while
+//!   any record of it is kept. (`<tree-hex>.json`, one record per tree,
+//!   is the older layout: still read, never written.)
 //! * `<tenant>/refs/branches/<branch>/latest.json`: `{id}` of the newest artifact of a branch.
 
 use serde::{Deserialize, Serialize};
@@ -132,6 +137,25 @@ pub struct ArtifactIndex {
     /// long as the artifact is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provenance: Option<Digest>,
+    /// The build whose record this is (empty in the older layout).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub build: String,
+}
+
+/// Where one build's record of a tree is indexed. A build id that is not
+/// a plain file name is hashed, so no id can name another path.
+fn claim_rel(id: &TreeDigest, build: &str) -> String {
+    let plain = !build.is_empty()
+        && build.len() <= 128
+        && !build.starts_with('.')
+        && build.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    let key = if plain { build.to_string() } else { format!("x-{}", Digest::of(build.as_bytes()).hex()) };
+    format!("artifacts/{}/{key}.json", id.hex())
+}
+
+/// The older layout's index object of a tree.
+fn legacy_rel(id: &TreeDigest) -> String {
+    format!("artifacts/{}.json", id.hex())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -193,8 +217,9 @@ impl Store {
             pinned: rec.pinned,
             expires_at: rec.expires_at.clone(),
             provenance: None,
+            build: rec.build.build_id.clone(),
         };
-        self.put_json(&format!("artifacts/{}.json", rec.id.hex()), &idx).await?;
+        self.put_json(&claim_rel(&rec.id, &rec.build.build_id), &idx).await?;
         let latest = format!("refs/branches/{}/latest.json", rec.branch);
         let newer = match self.get_json::<BranchRef>(&latest).await? {
             Some(r) => match self.artifact_index(&r.id).await? {
@@ -209,15 +234,55 @@ impl Store {
         Ok(d)
     }
 
-    /// Index object of an artifact, if present.
-    pub async fn artifact_index(&self, id: &TreeDigest) -> Result<Option<ArtifactIndex>> {
-        self.get_json(&format!("artifacts/{}.json", id.hex())).await
+    /// Every build's record of a tree, newest first, with where each is indexed.
+    async fn claims(&self, id: &TreeDigest) -> Result<Vec<(String, ArtifactIndex)>> {
+        let mut out = Vec::new();
+        for (rel, _) in self.list_rel(&format!("artifacts/{}", id.hex())).await? {
+            if !rel.ends_with(".json") {
+                continue;
+            }
+            if let Some(idx) = self.get_json::<ArtifactIndex>(&rel).await? {
+                out.push((rel, idx));
+            }
+        }
+        let legacy = legacy_rel(id);
+        if let Some(idx) = self.get_json::<ArtifactIndex>(&legacy).await? {
+            out.push((legacy, idx));
+        }
+        out.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at));
+        Ok(out)
     }
 
-    /// Load an artifact record (verified blob; `pinned` from the index).
+    /// Every build's index object of a tree, newest first.
+    pub async fn artifact_records(&self, id: &TreeDigest) -> Result<Vec<ArtifactIndex>> {
+        Ok(self.claims(id).await?.into_iter().map(|(_, i)| i).collect())
+    }
+
+    /// Index object of the newest record of an artifact, if any.
+    pub async fn artifact_index(&self, id: &TreeDigest) -> Result<Option<ArtifactIndex>> {
+        Ok(self.claims(id).await?.into_iter().next().map(|(_, i)| i))
+    }
+
+    /// Load the newest record of an artifact (verified blob; `pinned` from the index).
     pub async fn get_artifact(&self, id: &TreeDigest) -> Result<ArtifactRecord> {
         let idx =
             self.artifact_index(id).await?.ok_or_else(|| StoreError::NotFound(format!("artifact {id}")))?;
+        self.load_record(id, &idx).await
+    }
+
+    /// Load the record build `build` made of an artifact.
+    pub async fn get_artifact_of(&self, id: &TreeDigest, build: &str) -> Result<ArtifactRecord> {
+        let idx = self
+            .claims(id)
+            .await?
+            .into_iter()
+            .map(|(_, i)| i)
+            .find(|i| i.build == build)
+            .ok_or_else(|| StoreError::NotFound(format!("artifact {id} of build {build}")))?;
+        self.load_record(id, &idx).await
+    }
+
+    async fn load_record(&self, id: &TreeDigest, idx: &ArtifactIndex) -> Result<ArtifactRecord> {
         let data = self.get_bytes(&idx.record, None).await?;
         let mut rec: ArtifactRecord = serde_json::from_slice(&data)
             .map_err(|source| StoreError::Json { what: format!("artifact record {}", idx.record), source })?;
@@ -231,21 +296,29 @@ impl Store {
         Ok(rec)
     }
 
-    /// Pin or unpin an artifact.
+    /// Pin or unpin an artifact (every build's record of it).
     pub async fn set_pinned(&self, id: &TreeDigest, pinned: bool) -> Result<()> {
-        let rel = format!("artifacts/{}.json", id.hex());
-        let mut idx: ArtifactIndex =
-            self.get_json(&rel).await?.ok_or_else(|| StoreError::NotFound(format!("artifact {id}")))?;
-        idx.pinned = pinned;
-        self.put_json(&rel, &idx).await
+        let claims = self.claims(id).await?;
+        if claims.is_empty() {
+            return Err(StoreError::NotFound(format!("artifact {id}")));
+        }
+        for (rel, mut idx) in claims {
+            idx.pinned = pinned;
+            self.put_json(&rel, &idx).await?;
+        }
+        Ok(())
     }
 
-    /// Records the blob of an artifact's signed provenance envelope, so
-    /// that gc keeps it as long as it keeps the artifact.
-    pub async fn set_provenance(&self, id: &TreeDigest, envelope: Digest) -> Result<()> {
-        let rel = format!("artifacts/{}.json", id.hex());
-        let mut idx: ArtifactIndex =
-            self.get_json(&rel).await?.ok_or_else(|| StoreError::NotFound(format!("artifact {id}")))?;
+    /// Records the blob of the signed provenance envelope of build
+    /// `build`'s record of an artifact, so that gc keeps it as long as it
+    /// keeps that record.
+    pub async fn set_provenance(&self, id: &TreeDigest, build: &str, envelope: Digest) -> Result<()> {
+        let (rel, mut idx) = self
+            .claims(id)
+            .await?
+            .into_iter()
+            .find(|(_, i)| i.build == build)
+            .ok_or_else(|| StoreError::NotFound(format!("artifact {id} of build {build}")))?;
         idx.provenance = Some(envelope);
         self.put_json(&rel, &idx).await
     }
@@ -256,26 +329,39 @@ impl Store {
         Ok(self.get_json::<BranchRef>(&format!("refs/branches/{branch}/latest.json")).await?.map(|r| r.id))
     }
 
-    /// All artifacts `(id, index)` of this tenant, newest first.
+    /// Every build's record of every artifact of this tenant `(id, index)`,
+    /// newest first: a tree two builds uploaded is listed twice.
     pub async fn list_artifacts(&self) -> Result<Vec<(TreeDigest, ArtifactIndex)>> {
+        Ok(self.list_claims().await?.into_iter().map(|(id, _, idx)| (id, idx)).collect())
+    }
+
+    /// [`Store::list_artifacts`] with where each record is indexed.
+    pub(crate) async fn list_claims(&self) -> Result<Vec<(TreeDigest, String, ArtifactIndex)>> {
         let mut out = Vec::new();
         for (rel, _) in self.list_rel("artifacts").await? {
             let Some(name) = rel.strip_prefix("artifacts/").and_then(|n| n.strip_suffix(".json")) else {
                 continue;
             };
-            let Ok(id) = Digest::from_hex(name) else {
+            // `<hex>/<build>` or the older `<hex>`.
+            let hex = name.split_once('/').map(|(h, _)| h).unwrap_or(name);
+            let Ok(id) = Digest::from_hex(hex) else {
                 continue;
             };
             if let Some(idx) = self.get_json::<ArtifactIndex>(&rel).await? {
-                out.push((id, idx));
+                out.push((id, rel, idx));
             }
         }
-        out.sort_by(|a, b| b.1.created_at.cmp(&a.1.created_at));
+        out.sort_by(|a, b| b.2.created_at.cmp(&a.2.created_at));
         Ok(out)
     }
 
-    pub(crate) async fn delete_artifact_index(&self, id: &TreeDigest, branch: &str) -> Result<()> {
-        self.delete_rel(&format!("artifacts/{}.json", id.hex())).await?;
+    /// Removes one build's record of a tree (the index at `rel`); the
+    /// branch's latest ref goes with the tree's last record.
+    pub(crate) async fn delete_claim(&self, id: &TreeDigest, rel: &str, branch: &str) -> Result<()> {
+        self.delete_rel(rel).await?;
+        if !self.claims(id).await?.is_empty() {
+            return Ok(());
+        }
         let latest = format!("refs/branches/{branch}/latest.json");
         if let Some(r) = self.get_json::<BranchRef>(&latest).await? {
             if r.id == *id {

@@ -34,7 +34,8 @@ impl Default for GcPolicy {
 pub struct GcReport {
     /// True if nothing was actually deleted.
     pub dry_run: bool,
-    /// Artifacts removed from the index.
+    /// Artifact records removed from the index (one per build's record:
+    /// a tree whose other records are kept stays, blobs and all).
     pub deleted_artifacts: Vec<TreeDigest>,
     /// Cache entries removed: `(trust/ref, key)`.
     pub deleted_cache_entries: Vec<(String, String)>,
@@ -58,10 +59,12 @@ impl Store {
         let mut live: HashSet<Digest> = HashSet::new();
 
         // Artifacts.
-        let arts = self.list_artifacts().await?; // newest first
+        // Every build's record on its own: a tree two builds uploaded is
+        // kept while either record is.
+        let arts = self.list_claims().await?; // newest first
         let now = crate::artifact::now_rfc3339();
         let mut per_branch: HashMap<String, usize> = HashMap::new();
-        for (id, idx) in arts {
+        for (id, rel, idx) in arts {
             // Expired artifacts (`retention-days`) do not count toward the
             // branch's kept ones.
             let expired = idx.expires_at.as_deref().is_some_and(|t| t <= now.as_str());
@@ -77,7 +80,7 @@ impl Store {
                 self.mark_tree(&id, &mut live).await?;
             } else {
                 if !dry_run {
-                    self.delete_artifact_index(&id, &idx.branch).await?;
+                    self.delete_claim(&id, &rel, &idx.branch).await?;
                 }
                 report.deleted_artifacts.push(id);
             }

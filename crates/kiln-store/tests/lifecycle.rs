@@ -302,7 +302,7 @@ async fn bug_gc_deleted_the_provenance_of_kept_artifacts() {
     let t1 = tree_of(&s, &td, "1", &[("a", b"kept")]).await;
     s.put_artifact(&record(t1, "main", "2025-01-01T00:00:00.000000000Z", false)).await.unwrap();
     let envelope = s.put_bytes(b"{\"payloadType\":\"...\"}".to_vec()).await.unwrap().digest;
-    s.set_provenance(&t1, envelope).await.unwrap();
+    s.set_provenance(&t1, "b-2025-01-01T00:00:00.000000000Z", envelope).await.unwrap();
     let policy = GcPolicy { keep_last_per_branch: 5, cache_max_bytes: 0, grace: Duration::ZERO };
     let report = s.gc(&policy, false).await.unwrap();
     assert!(!report.deleted_blobs.contains(&envelope), "{report:?}");
@@ -311,4 +311,55 @@ async fn bug_gc_deleted_the_provenance_of_kept_artifacts() {
     let policy = GcPolicy { keep_last_per_branch: 0, cache_max_bytes: 0, grace: Duration::ZERO };
     let report = s.gc(&policy, false).await.unwrap();
     assert!(report.deleted_blobs.contains(&envelope), "{report:?}");
+}
+
+/// Two builds that upload the same bytes share the tree's blobs, not a
+/// record: each keeps its own name, retention and provenance, and gc
+/// deleting one build's expired record leaves the other build's artifact
+/// whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn bug_artifact_records_were_shared_by_content_digest() {
+    let (td, s) = new_store();
+    let t = tree_of(&s, &td, "same", &[("index.html", b"the same bytes")]).await;
+    let mut kept = record(t, "main", "2025-01-01T00:00:00.000000000Z", false);
+    kept.name = "site".into();
+    kept.expires_at = Some(days_from_now(30));
+    let mut expiring = record(t, "main", "2025-01-02T00:00:00.000000000Z", false);
+    expiring.name = "preview".into();
+    expiring.expires_at = Some("2025-01-03T00:00:00.000000000Z".into());
+    s.put_artifact(&kept).await.unwrap();
+    s.put_artifact(&expiring).await.unwrap();
+    let (b1, b2) = (kept.build.build_id.clone(), expiring.build.build_id.clone());
+    let env1 = s.put_bytes(b"{\"one\":1}".to_vec()).await.unwrap().digest;
+    let env2 = s.put_bytes(b"{\"two\":2}".to_vec()).await.unwrap().digest;
+    s.set_provenance(&t, &b1, env1).await.unwrap();
+    s.set_provenance(&t, &b2, env2).await.unwrap();
+    // Each build reads its own record; the newest is the tree's default.
+    assert_eq!(s.get_artifact_of(&t, &b1).await.unwrap().name, "site");
+    assert_eq!(s.get_artifact_of(&t, &b2).await.unwrap().name, "preview");
+    assert_eq!(s.get_artifact(&t).await.unwrap().name, "preview");
+    assert_eq!(s.list_artifacts().await.unwrap().len(), 2);
+    let policy = GcPolicy { keep_last_per_branch: 5, cache_max_bytes: 0, grace: Duration::ZERO };
+    let report = s.gc(&policy, false).await.unwrap();
+    assert_eq!(report.deleted_artifacts, vec![t], "only the expired record goes");
+    // The other build's artifact is whole: record, files, provenance.
+    let rec = s.get_artifact_of(&t, &b1).await.unwrap();
+    assert_eq!(rec.name, "site");
+    assert!(s.get_manifest(&t).await.is_ok());
+    for f in &rec.files {
+        assert!(s.get_bytes(&f.digest, None).await.is_ok(), "{} is gone", f.path);
+    }
+    assert!(s.get_bytes(&env1, None).await.is_ok(), "the kept record's provenance is gone");
+    assert!(report.deleted_blobs.contains(&env2), "the deleted record's provenance stays: {report:?}");
+    assert!(s.get_artifact_of(&t, &b2).await.is_err());
+    assert_eq!(s.latest_artifact("main").await.unwrap(), Some(t), "the branch still has it");
+    // A build id that is not a file name cannot name another path.
+    let mut odd = record(t, "main", "2025-01-04T00:00:00.000000000Z", false);
+    odd.build.build_id = "../../refs/branches/main/latest".into();
+    s.put_artifact(&odd).await.unwrap();
+    assert_eq!(s.latest_artifact("main").await.unwrap(), Some(t));
+    assert_eq!(
+        s.get_artifact_of(&t, "../../refs/branches/main/latest").await.unwrap().created_at,
+        odd.created_at
+    );
 }

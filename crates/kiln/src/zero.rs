@@ -407,7 +407,7 @@ pub fn reproduce(args: crate::cli::LogsArgs) -> u8 {
         let mut out = json!({ "build": b.id, "pipeline": b.pipeline, "status": b.status });
         if let Some(a) = artifacts.last() {
             let id: kiln_store::TreeDigest = a.id.parse().map_err(|_| anyhow!("bad artifact id {}", a.id))?;
-            let rec = rt.block_on(blob.get_artifact(&id)).map_err(|e| anyhow!("{e}"))?;
+            let rec = rt.block_on(blob.get_artifact_of(&id, &b.id)).map_err(|e| anyhow!("{e}"))?;
             out["builder"] = json!({ "id": kiln_engine::runner::artifacts::BUILDER_ID, "version": rec.build.builder_version });
             out["source"] = json!({ "repository": rec.source.repository, "commit": rec.source.commit, "ref": rec.source.git_ref });
             out["commands"] = json!(rec.build.commands);

@@ -158,7 +158,7 @@ impl ArtifactSink {
                 let envelope = keys.sign(&statement);
                 let json = serde_json::to_vec(&envelope).map_err(|e| e.to_string())?;
                 let envelope = self.store.put_bytes(json).await.map_err(|e| e.to_string())?.digest;
-                self.store.set_provenance(&stats.digest, envelope).await.map_err(|e| e.to_string())?;
+                self.store.set_provenance(&stats.digest, build, envelope).await.map_err(|e| e.to_string())?;
                 Some(envelope)
             }
             None => None,
