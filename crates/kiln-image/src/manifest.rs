@@ -175,6 +175,14 @@ impl Source {
         }
     }
 
+    /// The TCP ports the image's config exposes.
+    pub fn exposed_ports(&self) -> &[u16] {
+        match self {
+            Source::Oci { config, .. } => config.ports.as_deref().unwrap_or(&[]),
+            Source::Debian { .. } => &[],
+        }
+    }
+
     /// The config's working directory, if it names one.
     pub fn working_dir(&self) -> Option<&str> {
         match self {

@@ -39,6 +39,9 @@ pub struct RunConfig {
     pub entrypoint: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
+    /// The TCP ports the config exposes (`ExposedPorts`), sorted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<u16>>,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +96,25 @@ struct ContainerConfig {
     entrypoint: Option<Vec<String>>,
     #[serde(rename = "Cmd", default)]
     cmd: Option<Vec<String>>,
+    #[serde(rename = "ExposedPorts", default)]
+    exposed_ports: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+}
+
+/// `ExposedPorts` keys (`6379/tcp`, `8080`) as TCP port numbers; other
+/// protocols and malformed keys are left out.
+fn tcp_ports(exposed: Option<std::collections::BTreeMap<String, serde_json::Value>>) -> Option<Vec<u16>> {
+    let mut ports: Vec<u16> = exposed?
+        .keys()
+        .filter_map(|k| match k.split_once('/') {
+            Some((p, "tcp")) => p.parse().ok(),
+            Some(_) => None,
+            None => k.parse().ok(),
+        })
+        .filter(|p| *p != 0)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    (!ports.is_empty()).then_some(ports)
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> ImageError {
@@ -230,6 +252,7 @@ pub async fn import_oci(
                 user: run.user,
                 entrypoint: run.entrypoint.filter(|e| !e.is_empty()),
                 cmd: run.cmd.filter(|c| !c.is_empty()),
+                ports: tcp_ports(run.exposed_ports),
             },
         },
         layers,

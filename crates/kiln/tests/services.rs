@@ -10,8 +10,8 @@ use common::{Project, Run};
 
 const IMAGE: &str = "test/postgres";
 
-fn postgres_image(p: &Project) {
-    p.shared_image(IMAGE, &["--suite", "trixie", "--packages", "postgresql"]);
+fn postgres_image(p: &Project) -> serde_json::Value {
+    p.shared_image(IMAGE, &["--suite", "trixie", "--packages", "postgresql"])
 }
 
 fn run(p: &Project, tier: &str) -> Run {
@@ -136,4 +136,66 @@ jobs:
     let reason = r.job("leaky")["reason"].as_str().unwrap_or("").to_string();
     assert!(reason.contains("service db: env `PASSWORD` may not read `secrets`"), "{reason}");
     assert_eq!(r.status("other"), "succeeded");
+}
+
+/// An imported OCI image says how it runs as a service: its `Cmd`, `Env`
+/// and `ExposedPorts` (as the images people pull from a registry do), so
+/// the workflow names only the image.
+#[test]
+fn an_imported_image_runs_as_a_service_by_its_own_config() {
+    let p = Project::new(&format!(
+        r#"
+jobs:
+  test:
+    runs-on: ubuntu-latest
+    container: {IMAGE}
+    services:
+      db:
+        image: test/pg-oci:1
+    steps:
+      - run: psql -h db -p 5432 -U postgres -tAc 'select 40 + 2'
+"#
+    ));
+    let built = postgres_image(&p);
+    let found = std::process::Command::new("sh").arg("-c").arg("command -v umoci").output();
+    assert!(
+        found.map(|o| o.status.success()).unwrap_or(false),
+        "`umoci` is not installed: run scripts/install.sh"
+    );
+    let hex = built["digest"].as_str().expect("digest").trim_start_matches("sha256:").to_string();
+    let tree = p.state_dir().join("images").join(hex);
+    assert!(tree.is_dir(), "kiln image build extracts the image: {}", tree.display());
+    let dir = p.path().join("oci");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (l, b) = (dir.join("L"), dir.join("B"));
+    let script = format!(
+        "set -e; umoci init --layout {l}; umoci new --image {l}:t; umoci unpack --image {l}:t {b} >/dev/null; \
+         cp -a {tree}/. {b}/rootfs/; umoci repack --image {l}:t {b}; \
+         umoci config --image {l}:t --config.env PGDATA=/tmp/pg --config.exposedports 5432/tcp \
+           --config.cmd sh --config.cmd -c \
+           --config.cmd 'PG=$(ls -d /usr/lib/postgresql/*/bin); $PG/initdb -U postgres --auth=trust >/dev/null && exec $PG/postgres -k /tmp -c listen_addresses=127.0.0.1'; \
+         tar -C {l} -cf {d}/img.tar .",
+        l = l.display(),
+        b = b.display(),
+        tree = tree.display(),
+        d = dir.display()
+    );
+    let out = std::process::Command::new("sh").arg("-c").arg(&script).output().expect("sh");
+    assert!(out.status.success(), "making the OCI archive: {}", String::from_utf8_lossy(&out.stderr));
+    let out = p
+        .kiln_with_images()
+        .args(["image", "import"])
+        .arg(dir.join("img.tar"))
+        .arg("test/pg-oci:1")
+        .output()
+        .expect("kiln image import");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = p
+        .kiln_with_images()
+        .args(["run", "ci.yml", "--json", "--isolation", "container"])
+        .output()
+        .expect("run");
+    let r = Run::parse(out);
+    r.expect_code(0);
+    r.assert_lines("test", &["42"]);
 }

@@ -170,7 +170,30 @@ impl JobRun<'_> {
         if wanted.is_empty() {
             return Ok(());
         }
-        let specs: Vec<&ServiceSpec> = wanted.iter().map(|(s, _)| *s).collect();
+        // The images first: a port an image exposes is reachable by the
+        // service's name (and on a free localhost port) without `ports:`.
+        let (store, _) = self
+            .runner
+            .cfg
+            .image_store
+            .clone()
+            .ok_or(StepError::User("there is no image store here for the services' images".into()))?;
+        let mut images = Vec::new();
+        let mut owned: Vec<ServiceSpec> = Vec::new();
+        for (svc, name) in &wanted {
+            let image = kiln_image::resolve(&store, name)
+                .await
+                .map_err(|e| StepError::User(format!("service {}: {e}", svc.id)))?;
+            let mut spec = (*svc).clone();
+            for &port in image.manifest.source.exposed_ports() {
+                if !spec.ports.iter().any(|p| p.container == port) {
+                    spec.ports.push(kiln_workflow::ServicePort { container: port, host: None });
+                }
+            }
+            owned.push(spec);
+            images.push(image);
+        }
+        let specs: Vec<&ServiceSpec> = owned.iter().collect();
         let placement = place_ports(&specs).map_err(StepError::User)?;
         // Where the job's sandboxes connect: one socket per service port.
         let n = self.runner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -189,11 +212,11 @@ impl JobRun<'_> {
             .map_err(|e| StepError::Infrastructure(format!("writing the services' hosts file: {e}")))?;
         self.services.front = Some(front);
         self.services.hosts = Some(hosts_path);
-        for (i, (svc, image)) in wanted.iter().enumerate() {
+        for (i, (svc, image)) in owned.iter().zip(images).enumerate() {
             let ports: Vec<(u16, u16)> =
                 placement.ports.iter().filter(|(j, ..)| *j == i).map(|&(_, c, h)| (c, h)).collect();
             let t0 = Instant::now();
-            self.sys("", format!("service {}: starting on image {image}", svc.id));
+            self.sys("", format!("service {}: starting on image {}@{}", svc.id, wanted[i].1, image.digest));
             let sbox = self.start_service(job, i, svc, image, &ports).await.map_err(|e| match e {
                 StepError::User(e) => StepError::User(format!("service {}: {e}", svc.id)),
                 StepError::Infrastructure(e) => StepError::Infrastructure(format!("service {}: {e}", svc.id)),
@@ -226,7 +249,7 @@ impl JobRun<'_> {
         job: &PlannedJob,
         i: usize,
         svc: &ServiceSpec,
-        image_name: &str,
+        image: kiln_image::Image,
         ports: &[(u16, u16)],
     ) -> Result<ServiceBox, StepError> {
         use StepError::{Infrastructure as Infra, User};
@@ -255,7 +278,6 @@ impl JobRun<'_> {
             .image_store
             .clone()
             .ok_or(User("there is no image store here for its image".into()))?;
-        let image = kiln_image::resolve(&store, image_name).await.map_err(|e| User(e.to_string()))?;
         let image_dir =
             kiln_image::materialize(&store, &image, &images_dir).await.map_err(|e| Infra(e.to_string()))?;
         // Its command: `entrypoint:`/`command:` over the image's.
@@ -271,7 +293,8 @@ impl JobRun<'_> {
         let argv: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
         if argv.is_empty() {
             return Err(User(format!(
-                "image {image_name} names no command to run: give the service a `command:` (or `entrypoint:`)"
+                "image {} names no command to run: give the service a `command:` (or `entrypoint:`)",
+                image.name
             )));
         }
         let mut env: Vec<(String, String)> = Vec::new();
