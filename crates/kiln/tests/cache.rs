@@ -97,3 +97,36 @@ fn cache_hits_scopes_and_tampering() {
     let audit = p.kiln().args(["audit", tampered.summary["build"].as_str().unwrap()]).output().unwrap();
     assert!(String::from_utf8_lossy(&audit.stdout).contains("cache-quarantined"));
 }
+
+/// A step plants a link to a host directory where a cached path (or a
+/// downloaded artifact) goes: kiln refuses the restore by descriptor and
+/// creates nothing on the host through it.
+#[test]
+fn bug_cache_restore_created_directories_through_a_planted_link() {
+    let host = tempfile::Builder::new().prefix("kiln-planted-").tempdir_in("/var/tmp").unwrap();
+    let target = host.path().display().to_string();
+    let save = "jobs:\n  save:\n    steps:\n      - run: mkdir -p deps/sub && echo cached > deps/sub/lib.txt && mkdir -p out && echo art > out/a.txt\n      - uses: actions/cache@v4\n        with:\n          key: planted-v1\n          path: deps/sub\n      - uses: actions/upload-artifact@v4\n        with:\n          name: out\n          path: out\n";
+    let p = Project::new(save);
+    let args = ["--default-branch", "local"];
+    p.run("container", &args).expect_code(0);
+    let plant = format!(
+        "jobs:\n  plant:\n    steps:\n      - run: ln -s {target} deps\n      - uses: actions/cache@v4\n        with:\n          key: planted-v1\n          path: deps/sub\n  download:\n    steps:\n      - run: ln -s {target} dl\n      - uses: actions/download-artifact@v4\n        with:\n          name: out\n          path: dl/inner\n"
+    );
+    // The artifact of this build: upload it again in a first job.
+    let both = format!(
+        "{}\n{}",
+        save.trim_end(),
+        plant
+            .trim_start_matches("jobs:\n")
+            .replace("  download:\n    steps:", "  download:\n    needs: save\n    steps:")
+    );
+    p.write("ci.yml", &both);
+    let r = p.run("container", &args);
+    assert_eq!(r.status("plant"), "failed", "{}", r.all_text());
+    assert_eq!(r.status("download"), "failed", "{}", r.all_text());
+    let text = r.all_text();
+    assert!(text.contains("`deps` is a symbolic link"), "{text}");
+    assert!(text.contains("`dl` is a symbolic link"), "{text}");
+    let left: Vec<_> = std::fs::read_dir(host.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "created on the host through the link: {left:?}");
+}

@@ -373,59 +373,6 @@ pub fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Moves a freshly restored tree `src` (on kiln's side) into `dst` in the
-/// workspace, as GitHub's download does: directories merge, a file replaces
-/// the file of the same name. The workspace was written by steps, so no
-/// link in it is ever followed: a link where a directory must go is an
-/// error, a link where a file goes is removed and replaced, never written
-/// through. Everything created is owned by `uid:gid`.
-pub fn merge_tree(src: &Path, dst: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    use std::io::{Error, ErrorKind};
-    match std::fs::symlink_metadata(dst) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(Error::new(
-                ErrorKind::AlreadyExists,
-                format!("{} exists and is not a directory", dst.display()),
-            ))
-        }
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            std::fs::create_dir(dst)?;
-            lchown(dst, Some(uid), Some(gid))?;
-        }
-        Err(e) => return Err(e),
-    }
-    for entry in std::fs::read_dir(src)? {
-        let entry = entry?;
-        let ft = entry.file_type()?;
-        let target = dst.join(entry.file_name());
-        let existing = std::fs::symlink_metadata(&target).ok();
-        if ft.is_dir() {
-            merge_tree(&entry.path(), &target, uid, gid)?;
-            continue;
-        }
-        if let Some(m) = existing {
-            if m.is_dir() {
-                return Err(Error::new(
-                    ErrorKind::AlreadyExists,
-                    format!("{} is a directory; the artifact has a file there", target.display()),
-                ));
-            }
-            std::fs::remove_file(&target)?;
-        }
-        if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
-        } else {
-            let mut from = std::fs::File::open(entry.path())?;
-            let mut to = std::fs::OpenOptions::new().write(true).create_new(true).open(&target)?;
-            std::io::copy(&mut from, &mut to)?;
-            to.set_permissions(from.metadata()?.permissions())?;
-        }
-        lchown(&target, Some(uid), Some(gid))?;
-    }
-    Ok(())
-}
-
 /// The deepest directory containing every path (a directory counts as
 /// containing itself; a file, its parent).
 pub fn common_ancestor(paths: &[(String, std::path::PathBuf)]) -> std::path::PathBuf {
@@ -442,15 +389,6 @@ pub fn common_ancestor(paths: &[(String, std::path::PathBuf)]) -> std::path::Pat
         });
     }
     common.unwrap_or_default().iter().collect()
-}
-
-/// [`chown_tree`] for a path that may be a single file.
-pub fn chown_tree_or_file(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    if std::fs::symlink_metadata(path)?.is_dir() {
-        chown_tree(path, uid, gid)
-    } else {
-        lchown(path, Some(uid), Some(gid))
-    }
 }
 
 /// Resolves `rel` beneath `root` without passing through a symlink; the
@@ -475,38 +413,6 @@ pub fn resolve_beneath(root: &Path, rel: &str) -> Result<std::path::PathBuf, Str
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn merging_a_download_never_follows_a_workspace_link() {
-        let d = tempfile::tempdir().unwrap();
-        let (src, ws, outside) = (d.path().join("src"), d.path().join("ws"), d.path().join("outside"));
-        for p in [&src, &ws, &outside] {
-            std::fs::create_dir(p).unwrap();
-        }
-        std::fs::create_dir(src.join("sub")).unwrap();
-        std::fs::write(src.join("sub/f"), "new").unwrap();
-        std::fs::write(src.join("top"), "new").unwrap();
-        std::fs::write(outside.join("top"), "host").unwrap();
-        // The workspace already has a file to keep, and a link where a file goes.
-        std::fs::write(ws.join("keep"), "old").unwrap();
-        std::os::unix::fs::symlink(outside.join("top"), ws.join("top")).unwrap();
-        let (uid, gid) = {
-            use std::os::unix::fs::MetadataExt;
-            let m = std::fs::metadata(d.path()).unwrap();
-            (m.uid(), m.gid())
-        };
-        merge_tree(&src, &ws, uid, gid).unwrap();
-        assert_eq!(std::fs::read_to_string(ws.join("keep")).unwrap(), "old");
-        assert_eq!(std::fs::read_to_string(ws.join("sub/f")).unwrap(), "new");
-        assert!(!std::fs::symlink_metadata(ws.join("top")).unwrap().file_type().is_symlink());
-        assert_eq!(std::fs::read_to_string(outside.join("top")).unwrap(), "host", "written through a link");
-        // A link where a directory must go is refused.
-        let ws2 = d.path().join("ws2");
-        std::fs::create_dir(&ws2).unwrap();
-        std::os::unix::fs::symlink(&outside, ws2.join("sub")).unwrap();
-        assert!(merge_tree(&src, &ws2, uid, gid).is_err());
-        assert!(!outside.join("f").exists());
-    }
 
     #[test]
     fn least_common_ancestor_like_github() {

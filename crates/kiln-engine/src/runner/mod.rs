@@ -5,6 +5,7 @@
 //! benchmark's no-op runner measures the loop alone.
 
 pub mod artifacts;
+mod beneath;
 mod builtins;
 mod env;
 pub mod globs;

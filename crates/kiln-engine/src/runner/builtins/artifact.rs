@@ -235,20 +235,10 @@ impl JobRun<'_> {
         let ws = self.workspace.as_ref().ok_or("no workspace")?.path().to_path_buf();
         let rel = rel.trim().trim_start_matches("./").trim_end_matches('/');
         let base = if rel.is_empty() || rel == "." {
-            ws.clone()
+            PathBuf::new()
         } else {
             kiln_workflow::check_relative_path(rel).map_err(|e| format!("path: {e}"))?;
-            // Every existing component must be a real directory (no planted links).
-            let mut existing = PathBuf::new();
-            for part in Path::new(rel).components() {
-                existing.push(part);
-                match std::fs::symlink_metadata(ws.join(&existing)) {
-                    Ok(_) => check_dir_beneath(&ws, &existing.to_string_lossy())
-                        .map_err(|e| format!("path `{rel}`: {e}"))?,
-                    Err(_) => break,
-                }
-            }
-            ws.join(rel)
+            PathBuf::from(rel)
         };
         let names: Vec<String> = match &name {
             Some(n) => vec![n.clone()],
@@ -285,12 +275,11 @@ impl JobRun<'_> {
                 return Err(format!("artifact name `{n}` cannot be a directory name").into());
             }
             let target = if into_base { base.clone() } else { base.join(n) };
-            let (from, to) = (staging.clone(), target.clone());
+            let (from, ws) = (staging.clone(), ws.clone());
+            // Into the workspace by descriptor, never through a link a step planted.
             let merged = tokio::task::spawn_blocking(move || {
-                if let Some(parent) = to.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                crate::runner::artifacts::merge_tree(&from, &to, STEP_UID, STEP_GID)
+                let dst = crate::runner::beneath::Beneath::open(&ws)?.dir(&target, (STEP_UID, STEP_GID))?;
+                crate::runner::beneath::merge_into(&from, &dst, (STEP_UID, STEP_GID))
             })
             .await
             .map_err(|e| e.to_string())?;

@@ -8,7 +8,7 @@ use crate::runner::job::*;
 use crate::runner::StepStatus;
 use kiln_workflow::{PlannedJob, StepSpec, Template};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// A cache path as the store keeps it: workspace-relative (`target`), or
@@ -153,30 +153,22 @@ impl JobRun<'_> {
                     continue;
                 }
                 let (root, rel) = cache_path_root(p, &ws, &home);
-                if let Some(parent) = Path::new(rel).parent().filter(|x| !x.as_os_str().is_empty()) {
-                    // Component by component, never through a link a step planted.
-                    let mut here = PathBuf::new();
-                    for part in parent.components() {
-                        here.push(part);
-                        let at = root.join(&here);
-                        if std::fs::symlink_metadata(&at).is_err() {
-                            std::fs::create_dir(&at).map_err(|e| e.to_string())?;
-                            std::os::unix::fs::lchown(&at, Some(STEP_UID), Some(STEP_GID))
-                                .map_err(|e| e.to_string())?;
-                        }
-                        check_dir_beneath(root, &here.to_string_lossy()).map_err(|e| format!("path: {e}"))?;
-                    }
-                }
-                let to = root.join(rel);
-                if std::fs::symlink_metadata(&to).is_ok() {
+                let rel = Path::new(rel);
+                let (parent, name) = match (rel.parent(), rel.file_name()) {
+                    (Some(parent), Some(name)) => (parent, name),
+                    _ => return Err(format!("cache path `{p}` names no file").into()),
+                };
+                // By descriptor beneath the workspace (or home): a link a
+                // step planted anywhere on the way is an error, never followed.
+                let dir = crate::runner::beneath::Beneath::open(root)
+                    .and_then(|b| b.dir(parent, (STEP_UID, STEP_GID)))
+                    .map_err(|e| format!("restoring `{p}`: {e}"))?;
+                if crate::runner::beneath::exists_at(&dir, name).map_err(|e| e.to_string())? {
                     say(self, format!("cache: `{p}` already exists; kept as is"));
                     continue;
                 }
-                // The workspace is its own filesystem: copy (links stay links).
-                crate::runner::workspace_copy::copy_path(&from, &to)
+                crate::runner::beneath::copy_new(&from, &dir, name, (STEP_UID, STEP_GID))
                     .map_err(|e| format!("restoring `{p}`: {e}"))?;
-                crate::runner::artifacts::chown_tree_or_file(&to, STEP_UID, STEP_GID)
-                    .map_err(|e| e.to_string())?;
             }
         }
         let _ = std::fs::remove_dir_all(&staging);
