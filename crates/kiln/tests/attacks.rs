@@ -242,3 +242,27 @@ fn host_ip() -> Option<String> {
     let addr = text.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
     Some(addr.split('/').next()?.to_string())
 }
+
+/// A step plants a link to a host file where the source has a file, then
+/// checks out again: the copy replaces the link and writes nothing through
+/// it (kiln runs as root on the host).
+#[test]
+fn bug_a_second_checkout_wrote_through_a_planted_link() {
+    let host = tempfile::Builder::new().prefix("kiln-victim-").tempdir_in("/var/tmp").unwrap();
+    let victim = host.path().join("passwd");
+    std::fs::write(&victim, "host data\n").unwrap();
+    let p = Project::new(&format!(
+        "jobs:\n  twice:\n    steps:\n      - uses: actions/checkout@v4\n      - run: rm -f notes.txt && ln -s {} notes.txt && mkdir -p sub && rm -rf sub/dir && ln -s {} sub/dir\n      - uses: actions/checkout@v4\n      - run: |\n          if [ -L notes.txt ]; then echo still-a-link; else echo \"replaced: $(cat notes.txt)\"; fi\n",
+        victim.display(),
+        host.path().display()
+    ));
+    p.write("notes.txt", "from the source\n");
+    p.write("sub/dir/inner.txt", "inner\n");
+    let r = p.run("container", &[]);
+    let text = r.all_text();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host data\n", "written through the link: {text}");
+    assert!(!host.path().join("inner.txt").exists(), "written through the directory link: {text}");
+    // The directory link is an error naming it; the file link was replaced.
+    assert_eq!(r.status("twice"), "failed", "{text}");
+    assert!(text.contains("`dir` is a symbolic link"), "{text}");
+}

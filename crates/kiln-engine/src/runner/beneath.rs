@@ -118,32 +118,53 @@ pub(crate) fn merge_into(src: &Path, dst: &OwnedFd, owner: (u32, u32)) -> Result
         let name = entry.file_name();
         let ft = entry.file_type()?;
         if ft.is_dir() {
-            let sub = match open_dir_at(dst, &name) {
-                Ok(fd) => fd,
-                Err(rustix::io::Errno::NOENT) => {
-                    rustix::fs::mkdirat(dst, &name, Mode::from_raw_mode(0o755))?;
-                    chown_at(dst, &name, owner)?;
-                    open_dir_at(dst, &name)?
-                }
-                Err(e) => return Err(why(Path::new(&name), e)),
-            };
+            let sub = subdir(dst, &name, 0o755, owner)?;
             merge_into(&entry.path(), &sub, owner)?;
-            continue;
+        } else {
+            replace_entry(&entry.path(), &ft, dst, &name, owner)?;
         }
-        match rustix::fs::statat(dst, &name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory => {
-                return Err(Error::new(
-                    ErrorKind::AlreadyExists,
-                    format!("`{}` is a directory; the artifact has a file there", Path::new(&name).display()),
-                ))
-            }
-            Ok(_) => rustix::fs::unlinkat(dst, &name, AtFlags::empty())?,
-            Err(rustix::io::Errno::NOENT) => {}
-            Err(e) => return Err(e.into()),
-        }
-        put_entry(&entry.path(), &ft, dst, &name, owner)?;
     }
     Ok(())
+}
+
+/// The directory `name` in `dst`, made (mode `mode`, owned by `owner`)
+/// when missing; a link or a file there is an error naming it.
+pub(crate) fn subdir(dst: &OwnedFd, name: &OsStr, mode: u32, owner: (u32, u32)) -> Result<OwnedFd> {
+    match open_dir_at(dst, name) {
+        Ok(fd) => Ok(fd),
+        Err(rustix::io::Errno::NOENT) => {
+            rustix::fs::mkdirat(dst, name, Mode::from_raw_mode(0o700))?;
+            chown_at(dst, name, owner)?;
+            let fd = open_dir_at(dst, name)?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777))?;
+            Ok(fd)
+        }
+        Err(e) => Err(why(Path::new(name), e)),
+    }
+}
+
+/// Puts kiln's file or link `src` at `name` in `dst`, replacing what is
+/// there (a link is removed, never written through); a directory there is
+/// an error.
+pub(crate) fn replace_entry(
+    src: &Path,
+    ft: &std::fs::FileType,
+    dst: &OwnedFd,
+    name: &OsStr,
+    owner: (u32, u32),
+) -> Result<()> {
+    match rustix::fs::statat(dst, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory => {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("`{}` is a directory; a file goes there", Path::new(name).display()),
+            ))
+        }
+        Ok(_) => rustix::fs::unlinkat(dst, name, AtFlags::empty())?,
+        Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    put_entry(src, ft, dst, name, owner)
 }
 
 /// Copies kiln's `src` (a file, a link or a directory tree) to the new

@@ -8,78 +8,68 @@
 //! outputs and kiln's own state are left behind.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::{lchown, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::EngineError;
 
 /// Copies `src` into `dst` (which exists), owned by `uid:gid`. Returns the
-/// number of files copied.
+/// number of files copied. `dst` may hold what earlier steps wrote (a
+/// second checkout): it is written by descriptor (see
+/// [`crate::runner::beneath`]), so a link planted there is replaced, never
+/// written through, and a link where a directory goes is an error.
 pub fn copy_source(src: &Path, dst: &Path, uid: u32, gid: u32, skip: &[PathBuf]) -> Result<u64, EngineError> {
     let listed = git_listed_files(src);
     let mut count = 0;
-    copy_dir(src, dst, Path::new(""), uid, gid, skip, listed.as_ref(), &mut count)?;
+    let root = crate::runner::beneath::Beneath::open(dst)
+        .and_then(|b| b.dir(Path::new(""), (uid, gid)))
+        .map_err(|e| EngineError::io("opening", dst, e))?;
+    copy_dir(src, &root, Path::new(""), (uid, gid), skip, listed.as_ref(), &mut count)?;
     Ok(count)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn copy_dir(
     src: &Path,
-    dst: &Path,
+    dst: &std::os::fd::OwnedFd,
     rel: &Path,
-    uid: u32,
-    gid: u32,
+    owner: (u32, u32),
     skip: &[PathBuf],
     listed: Option<&BTreeSet<PathBuf>>,
     count: &mut u64,
 ) -> Result<(), EngineError> {
+    use crate::runner::beneath::{replace_entry, subdir};
     let dir = src.join(rel);
     let entries = std::fs::read_dir(&dir).map_err(|e| EngineError::io("reading source dir", &dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| EngineError::io("reading source dir", &dir, e))?;
-        let rel_path = rel.join(entry.file_name());
+        let name = entry.file_name();
+        let rel_path = rel.join(&name);
         let from = src.join(&rel_path);
         if skip.iter().any(|s| s == &from) {
             continue;
         }
         let in_git_dir = rel_path.components().next().map(|c| c.as_os_str() == ".git").unwrap_or(false);
-        let to = dst.join(&rel_path);
         let meta = std::fs::symlink_metadata(&from).map_err(|e| EngineError::io("reading", &from, e))?;
         let ft = meta.file_type();
+        let at = Path::new(crate::runner::env::WORKSPACE).join(&rel_path);
         if ft.is_dir() {
             if let Some(listed) = listed {
                 if !in_git_dir && !listed.iter().any(|p| p.starts_with(&rel_path)) {
                     continue;
                 }
             }
-            std::fs::create_dir(&to).map_err(|e| EngineError::io("creating", &to, e))?;
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(meta.permissions().mode() & 0o777))
-                .map_err(|e| EngineError::io("chmod", &to, e))?;
-            copy_dir(src, dst, &rel_path, uid, gid, skip, listed, count)?;
+            let sub = subdir(dst, &name, meta.permissions().mode() & 0o777, owner)
+                .map_err(|e| EngineError::io("creating", &at, e))?;
+            copy_dir(src, &sub, &rel_path, owner, skip, listed, count)?;
         } else if ft.is_file() || ft.is_symlink() {
             if let Some(listed) = listed {
                 if !in_git_dir && !listed.contains(&rel_path) {
                     continue;
                 }
             }
-            if ft.is_file() {
-                std::fs::copy(&from, &to).map_err(|e| EngineError::io("copying", &from, e))?;
-                std::fs::set_permissions(
-                    &to,
-                    std::fs::Permissions::from_mode(meta.permissions().mode() & 0o777),
-                )
-                .map_err(|e| EngineError::io("chmod", &to, e))?;
-            } else {
-                let target =
-                    std::fs::read_link(&from).map_err(|e| EngineError::io("reading link", &from, e))?;
-                std::os::unix::fs::symlink(&target, &to)
-                    .map_err(|e| EngineError::io("creating link", &to, e))?;
-            }
+            replace_entry(&from, &ft, dst, &name, owner).map_err(|e| EngineError::io("writing", &at, e))?;
             *count += 1;
-        } else {
-            continue;
         }
-        lchown(&to, Some(uid), Some(gid)).map_err(|e| EngineError::io("chown", &to, e))?;
     }
     Ok(())
 }
@@ -95,7 +85,10 @@ pub fn copy_path(src: &Path, dst: &Path) -> Result<u64, EngineError> {
     if meta.is_dir() {
         std::fs::create_dir_all(dst).map_err(|e| EngineError::io("creating", dst, e))?;
         let mut count = 0;
-        copy_dir(src, dst, Path::new(""), 0, 0, &[], None, &mut count)?;
+        let root = crate::runner::beneath::Beneath::open(dst)
+            .and_then(|b| b.dir(Path::new(""), (0, 0)))
+            .map_err(|e| EngineError::io("opening", dst, e))?;
+        copy_dir(src, &root, Path::new(""), (0, 0), &[], None, &mut count)?;
         Ok(count)
     } else if meta.is_file() {
         std::fs::copy(src, dst).map_err(|e| EngineError::io("copying", src, e))?;
