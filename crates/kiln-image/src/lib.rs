@@ -38,4 +38,4 @@ pub use manifest::{
     DEFAULT_MIRROR, DEFAULT_SUITE, RUNNER_PACKAGES, SCHEMA, SUITES,
 };
 pub use oci::{import_oci, RunConfig};
-pub use registry::{pull, PullOptions, Reference};
+pub use registry::{pull, Credentials, PullOptions, Reference};

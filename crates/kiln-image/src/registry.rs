@@ -7,8 +7,12 @@
 //! is refused unless the operator opened exactly that `ip:port`, and curl
 //! is pinned to the address that was checked (`--resolve`), https only
 //! unless the operator says the registry speaks plain http. Anonymous
-//! pulls and the bearer-token challenge registries answer with are
-//! supported; credentials are not.
+//! pulls, the bearer-token challenge registries answer with, and
+//! credentials (a user name and password or token, for `Basic` registries
+//! and for the token service) are supported. Credentials and tokens go to
+//! curl on its stdin (`--config -`), never on its command line where any
+//! process could read them, and curl does not send them to another host a
+//! blob download is redirected to.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +44,30 @@ pub struct PullOptions {
     pub scratch: PathBuf,
     /// Where the image is materialized (see [`crate::materialize`]).
     pub images_dir: PathBuf,
+    /// A registry login, for a registry that asks for one.
+    pub credentials: Option<Credentials>,
+}
+
+/// A registry login: a user name and a password or token.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials {{ username: {:?}, password: *** }}", self.username)
+    }
+}
+
+impl Credentials {
+    /// `Basic base64(user:password)`.
+    fn basic(&self) -> String {
+        use base64::Engine as _;
+        let raw = format!("{}:{}", self.username, self.password);
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+    }
 }
 
 /// A parsed image reference.
@@ -121,8 +149,28 @@ impl std::fmt::Display for Reference {
 struct Client {
     scheme: &'static str,
     pin: Vec<String>,
-    token: Option<String>,
+    /// The `Authorization` header requests carry (a bearer token, or a
+    /// login for a `Basic` registry).
+    auth: Option<String>,
     open: Vec<SocketAddr>,
+    credentials: Option<Credentials>,
+}
+
+/// A value for curl's config syntax (double-quoted, backslash escapes).
+fn curl_quote(v: &str) -> String {
+    let mut out = String::from("\"");
+    for c in v.chars() {
+        match c {
+            '\\' | '"' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' | '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn fail(what: String) -> ImageError {
@@ -166,6 +214,18 @@ impl Client {
     /// GETs `url` into `out` (at most `max` bytes), following redirects
     /// (to https only).
     async fn get(&self, url: &str, out: &Path, accept: Option<&str>, max: u64) -> Result<Answer> {
+        self.get_with(url, out, accept, max, None).await
+    }
+
+    /// [`Client::get`] with an `Authorization` header of its own.
+    async fn get_with(
+        &self,
+        url: &str,
+        out: &Path,
+        accept: Option<&str>,
+        max: u64,
+        auth: Option<&str>,
+    ) -> Result<Answer> {
         let headers_file = out.with_extension("headers");
         let mut cmd = tokio::process::Command::new("curl");
         cmd.args(["-sS", "-L", "--max-redirs", "5", "--max-time", "1800", "--proto"])
@@ -184,11 +244,22 @@ impl Client {
         if let Some(a) = accept {
             cmd.arg("-H").arg(format!("Accept: {a}"));
         }
-        if let Some(t) = &self.token {
-            cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+        // Secrets through stdin only.
+        let auth = auth.or(self.auth.as_deref());
+        let config = match auth {
+            Some(a) => format!("header = {}\n", curl_quote(&format!("Authorization: {a}"))),
+            None => String::new(),
+        };
+        cmd.args(["--config", "-"]).arg(url).kill_on_drop(true);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| fail(format!("running curl: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            stdin.write_all(config.as_bytes()).await.map_err(|e| fail(format!("curl's config: {e}")))?;
         }
-        cmd.arg(url).stdin(std::process::Stdio::null()).kill_on_drop(true);
-        let o = cmd.output().await.map_err(|e| fail(format!("running curl: {e}")))?;
+        let o = child.wait_with_output().await.map_err(|e| fail(format!("running curl: {e}")))?;
         if !o.status.success() {
             let why = String::from_utf8_lossy(&o.stderr).trim().to_string();
             return Err(fail(format!("GET {url}: {why}")));
@@ -199,9 +270,18 @@ impl Client {
         Ok(Answer { status, headers })
     }
 
-    /// Answers a bearer challenge (`WWW-Authenticate: Bearer realm=...`)
-    /// with an anonymous token.
+    /// Answers the registry's challenge: `Basic` with the login (which
+    /// every later request then carries); `Bearer realm=...` with a token
+    /// from the realm (asked for with the login when there is one,
+    /// anonymously otherwise).
     async fn authenticate(&mut self, challenge: &str, scratch: &Path) -> Result<()> {
+        if challenge.to_ascii_lowercase().starts_with("basic") {
+            let login = self.credentials.as_ref().ok_or_else(|| {
+                fail("the registry wants a login: give --username (and the password on stdin with --password-stdin)".into())
+            })?;
+            self.auth = Some(login.basic());
+            return Ok(());
+        }
         let param = |k: &str| {
             let at = challenge.find(&format!("{k}=\""))? + k.len() + 2;
             challenge[at..].split('"').next().map(str::to_string)
@@ -223,16 +303,19 @@ impl Client {
         let port = url.port_or_known_default().unwrap_or(443);
         self.pin.push(pin(&format!("{host}:{port}"), port, &self.open).await?);
         let out = scratch.join("token.json");
-        let a = self.get(url.as_str(), &out, None, MAX_DOC).await?;
+        let login = self.credentials.as_ref().map(Credentials::basic);
+        let a = self.get_with(url.as_str(), &out, None, MAX_DOC, login.as_deref()).await?;
         if a.status != 200 {
-            return Err(fail(format!("token from {realm}: HTTP {}", a.status)));
+            let hint = if a.status == 401 && login.is_some() { " (the login was refused)" } else { "" };
+            return Err(fail(format!("token from {realm}: HTTP {}{hint}", a.status)));
         }
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&out).map_err(io_err("read", &out))?)
                 .map_err(|e| fail(format!("token from {realm}: {e}")))?;
         let _ = std::fs::remove_file(&out);
         let token = v["token"].as_str().or_else(|| v["access_token"].as_str());
-        self.token = Some(token.ok_or_else(|| fail(format!("no token from {realm}")))?.to_string());
+        let token = token.ok_or_else(|| fail(format!("no token from {realm}")))?;
+        self.auth = Some(format!("Bearer {token}"));
         Ok(())
     }
 }
@@ -243,7 +326,10 @@ fn challenge(headers: &str) -> Option<String> {
         .filter_map(|l| l.split_once(':'))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("www-authenticate"))
         .map(|(_, v)| v.trim().to_string())
-        .filter(|v| v.to_ascii_lowercase().starts_with("bearer "))
+        .filter(|v| {
+            let v = v.to_ascii_lowercase();
+            v.starts_with("bearer ") || v.starts_with("basic")
+        })
 }
 
 fn sha256_file(p: &Path) -> Result<String> {
@@ -292,8 +378,9 @@ async fn pull_into(
     let mut client = Client {
         scheme,
         pin: vec![pin(&r.registry, default_port, &opts.open).await?],
-        token: None,
+        auth: None,
         open: opts.open.clone(),
+        credentials: opts.credentials.clone(),
     };
     let base = format!("{scheme}://{}/v2/{}", r.registry, r.repository);
     let blobs = work.join("blobs/sha256");
@@ -305,6 +392,9 @@ async fn pull_into(
         let c = challenge(&a.headers).ok_or_else(|| fail(format!("{r}: the registry wants credentials")))?;
         client.authenticate(&c, work).await?;
         a = client.get(&top_url, &tmp, Some(ACCEPT), MAX_DOC).await?;
+        if a.status == 401 {
+            return Err(fail(format!("{r}: the registry refused the login")));
+        }
     }
     if a.status != 200 {
         return Err(fail(format!("{r}: manifest: HTTP {}", a.status)));
@@ -415,9 +505,20 @@ mod tests {
     }
 
     #[test]
-    fn bearer_challenges_are_found() {
+    fn bearer_and_basic_challenges_are_found() {
         let h = "HTTP/1.1 401 Unauthorized\r\nWww-Authenticate: Bearer realm=\"https://auth.example/token\",service=\"r\",scope=\"repository:a:pull\"\r\n";
         assert!(challenge(h).unwrap().contains("realm=\"https://auth.example/token\""));
-        assert!(challenge("HTTP/1.1 401\r\nWWW-Authenticate: Basic realm=\"x\"\r\n").is_none());
+        assert!(challenge("HTTP/1.1 401\r\nWWW-Authenticate: Basic realm=\"x\"\r\n")
+            .unwrap()
+            .starts_with("Basic"));
+        assert!(challenge("HTTP/1.1 401\r\nWWW-Authenticate: Negotiate\r\n").is_none());
+    }
+
+    #[test]
+    fn logins_never_print_and_quote_safely_for_curl() {
+        let c = Credentials { username: "u".into(), password: "p\"w\\x".into() };
+        assert!(!format!("{c:?}").contains("p\"w"));
+        assert_eq!(c.basic(), "Basic dTpwIndceA==");
+        assert_eq!(curl_quote("a\"b\\c\nd"), "\"a\\\"b\\\\cd\"");
     }
 }

@@ -80,10 +80,36 @@ pub struct PullArgs {
     /// The registry speaks plain http (only with --allow-private).
     #[arg(long)]
     pub plain_http: bool,
+    /// Log in as this user (the password or token is read from stdin with
+    /// --password-stdin, or from KILN_REGISTRY_PASSWORD).
+    #[arg(long, env = "KILN_REGISTRY_USERNAME")]
+    pub username: Option<String>,
+    /// Read the password or token from stdin (its first line).
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub state: StateArgs,
+}
+
+/// The login of `kiln image pull`: never from the command line, where any
+/// process could read it.
+fn credentials(args: &PullArgs) -> anyhow::Result<Option<kiln_image::Credentials>> {
+    let Some(username) = args.username.clone() else { return Ok(None) };
+    let password = if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        std::env::var("KILN_REGISTRY_PASSWORD").map_err(|_| {
+            anyhow::anyhow!("--username {username}: give the password on stdin with --password-stdin, or in KILN_REGISTRY_PASSWORD")
+        })?
+    };
+    if password.is_empty() {
+        anyhow::bail!("--username {username}: the password is empty");
+    }
+    Ok(Some(kiln_image::Credentials { username, password }))
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +263,7 @@ fn pull(args: PullArgs) -> anyhow::Result<()> {
         plain_http: args.plain_http,
         scratch: state.join("tmp"),
         images_dir: state.join("images"),
+        credentials: credentials(&args)?,
     };
     let rt = runtime()?;
     let (digest, _) = rt.block_on(kiln_image::pull(&store, &args.reference, &name, &opts))?;

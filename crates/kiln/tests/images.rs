@@ -336,6 +336,11 @@ impl Drop for Registry {
 }
 
 fn registry(dir: &std::path::Path) -> Registry {
+    registry_with(dir, None)
+}
+
+/// A registry on loopback; with a login, every request needs it (`Basic`).
+fn registry_with(dir: &std::path::Path, login: Option<(&str, &str)>) -> Registry {
     let found = Command::new("sh").arg("-c").arg("command -v docker-registry && command -v skopeo").output();
     assert!(
         found.map(|o| o.status.success()).unwrap_or(false),
@@ -345,14 +350,31 @@ fn registry(dir: &std::path::Path) -> Registry {
     let data = dir.join("registry-data");
     std::fs::create_dir_all(&data).unwrap();
     let config = dir.join("registry.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            data.display()
-        ),
-    )
-    .unwrap();
+    let mut text = format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        data.display()
+    );
+    if let Some((user, password)) = login {
+        // A bcrypt entry, as htpasswd -B makes (glibc's crypt does bcrypt).
+        let out = Command::new("python3")
+            .args([
+                "-W",
+                "ignore",
+                "-c",
+                "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+                password,
+            ])
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let htpasswd = dir.join("htpasswd");
+        std::fs::write(&htpasswd, format!("{user}:{}", String::from_utf8_lossy(&out.stdout))).unwrap();
+        text.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+            htpasswd.display()
+        ));
+    }
+    std::fs::write(&config, text).unwrap();
     let child = Command::new("docker-registry")
         .arg("serve")
         .arg(&config)
@@ -441,4 +463,50 @@ fn an_image_is_pulled_from_a_registry_checked_and_run() {
     );
     let inspect = kiln(&p).args(["image", "inspect", "team/tampered:1"]).output().unwrap();
     assert!(!inspect.status.success(), "a refused pull names nothing");
+}
+
+/// A registry that wants a login: refused without one (saying how to give
+/// it) and with a wrong one; pulled with the login read from stdin, which
+/// appears in nothing kiln prints.
+#[test]
+fn a_registry_login_is_read_from_stdin_and_never_shown() {
+    let p = Project::new(FROM_REGISTRY);
+    let built = build_image(&p);
+    let archive = oci_archive(&p, &built);
+    let password = "s3cret-registry-pass";
+    let reg = registry_with(p.path(), Some(("kiln", password)));
+    let at = format!("127.0.0.1:{}", reg.port);
+    sh(&format!(
+        "skopeo copy --quiet --dest-tls-verify=false --dest-creds kiln:{password} oci-archive:{} docker://{at}/team/private:1",
+        archive.display()
+    ));
+    let pull = |extra: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = kiln(&p)
+            .args(["image", "pull", &format!("{at}/team/private:1"), "--allow-private", &at, "--plain-http"])
+            .args(extra)
+            .env_remove("KILN_REGISTRY_PASSWORD")
+            .env_remove("KILN_REGISTRY_USERNAME")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = pull(&[], "");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wants a login") && err.contains("--password-stdin"), "{err}");
+    let out = pull(&["--username", "kiln", "--password-stdin"], "wrong-password\n");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused the login"), "{err}");
+    let out = pull(&["--username", "kiln", "--password-stdin", "--json"], &format!("{password}\n"));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stdout.contains(password) && !stderr.contains(password), "{stdout}{stderr}");
+    let pulled: Value = serde_json::from_slice(&out.stdout).expect("pull JSON");
+    assert_eq!(pulled["name"], "team/private:1");
 }
