@@ -237,7 +237,14 @@ pub fn validate(args: ValidateArgs) -> u8 {
                 (None, Some(call)) => {
                     println!("  call  {} ({}, {} jobs)", job.id, call.path, plan.called_jobs(j).count())
                 }
-                (None, None) => println!("  run   {} ({} steps)", job.id, job.spec.steps.len()),
+                (None, None) => {
+                    let services: Vec<&str> = job.spec.services.iter().map(|s| s.id.as_str()).collect();
+                    let services = match services.is_empty() {
+                        true => String::new(),
+                        false => format!(", services: {}", services.join(", ")),
+                    };
+                    println!("  run   {} ({} steps{services})", job.id, job.spec.steps.len())
+                }
                 (Some(r), _) => println!("  skip  {}: {r}", job.id),
             }
             for s in skipped {

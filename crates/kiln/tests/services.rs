@@ -76,6 +76,10 @@ jobs:
 
 per_tier!(a_postgres_service_is_reached_by_name_and_on_localhost, |tier| {
     let p = Project::new(&workflow());
+    // `kiln validate` names a job's services.
+    let out = p.kiln_with_images().args(["validate", "ci.yml"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("run   test (4 steps, services: postgres, replica)"), "{text}");
     let r = run(&p, tier);
     r.expect_code(0);
     r.assert_lines("test", &["42", "replica port 49152", "7", "8", "only declared"]);
