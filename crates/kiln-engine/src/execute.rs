@@ -234,7 +234,7 @@ impl Executor {
         }
         let rt = Runtime::locate(tier).map_err(|e| EngineError::Setup(e.to_string()))?;
         let scratch = self.state_dir.join(format!("probe-{}", std::process::id()));
-        let verified = rt.verify(&scratch).map_err(|e| EngineError::Setup(e.to_string()));
+        let verified = rt.verify_cached(&scratch).map_err(|e| EngineError::Setup(e.to_string()));
         let _ = std::fs::remove_dir_all(&scratch);
         verified?;
         self.runtimes.lock().unwrap_or_else(|e| e.into_inner()).insert(key, rt);
