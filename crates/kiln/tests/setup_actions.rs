@@ -44,6 +44,9 @@ jobs:
           rustup component add clippy rustfmt
           rustup toolchain install stable --profile minimal
           cargo fmt --check && cargo clippy --offline -q -- -D warnings && cargo run --offline -q
+          mkdir -p out && cargo run --offline -q > out/run.txt
+      - uses: actions/upload-artifact@v4
+        with: { name: hello, path: out }
       - name: nightly is not here
         id: nightly
         continue-on-error: true
@@ -69,6 +72,14 @@ per_tier!(rust_toolchain_components_and_rust_cache, |tier| {
     );
     let sys = r.system_lines("rust");
     assert!(sys.iter().any(|l| l.contains("cache saved: v0-rust")), "{sys:?}");
+    // The image's toolchain is named in what the build says it was built with.
+    let build = r.summary["build"].as_str().expect("build id");
+    let out = kiln(&p).args(["reproduce", build, "--json"]).output().expect("kiln reproduce");
+    let rep: Value = serde_json::from_slice(&out.stdout).expect("reproduce JSON");
+    let tools = rep["tools"].as_array().cloned().unwrap_or_default();
+    let rustc = tools.iter().find(|t| t["name"].as_str().is_some_and(|n| n.starts_with("rustc@1.")));
+    let rustc = rustc.unwrap_or_else(|| panic!("no rustc in {rep}"));
+    assert!(rustc["uri"].as_str().is_some_and(|u| u.starts_with("kiln-image:kiln/runner@sha256:")), "{rep}");
     // The second run restores target/ and the registry from the cache.
     let again = run(&p, tier);
     again.expect_code(0);

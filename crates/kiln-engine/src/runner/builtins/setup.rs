@@ -137,6 +137,28 @@ fn cache_plan(
 }
 
 impl JobRun<'_> {
+    /// A toolchain a setup action found in the job's image (`rustc@1.85.1`)
+    /// goes into the provenance of the job's artifacts, named by the image
+    /// it came from; on the host's `/usr` there is no digest to name.
+    fn record_image_tool(&mut self, tool: &str) {
+        let Some(image) = self.image.clone() else { return };
+        let Some(digest) = image.rsplit_once('@').and_then(|(_, d)| d.parse::<kiln_store::Digest>().ok())
+        else {
+            return;
+        };
+        if tool.is_empty() || tool.len() > 100 || !tool.chars().all(|c| c.is_ascii_graphic()) {
+            return;
+        }
+        if self.tools.iter().any(|t| t.name == tool) {
+            return;
+        }
+        self.tools.push(kiln_store::ToolInfo {
+            name: tool.to_string(),
+            uri: format!("kiln-image:{image}#{tool}"),
+            digest,
+        });
+    }
+
     /// Runs a setup action's checks in the job's sandbox, on its image.
     /// Inputs reach the script as the runner passes them (`INPUT_*`), never
     /// spliced into its text. Returns the result (with the script's
@@ -175,7 +197,7 @@ impl JobRun<'_> {
         if let Some(o) =
             self.steps_ctx.get_mut(&id).and_then(|s| s.get_mut("outputs")).and_then(Value::as_object_mut)
         {
-            for key in [REASON_OUTPUT, "kiln-download"] {
+            for key in [REASON_OUTPUT, "kiln-download", "kiln-tool"] {
                 if let Some(v) = o.remove(key) {
                     mine.insert(key.to_string(), v);
                 }
@@ -326,6 +348,9 @@ impl JobRun<'_> {
             result = r;
             if result.0 != StepStatus::Success {
                 return Ok(result);
+            }
+            if let Some(tool) = outputs.get("kiln-tool").and_then(Value::as_str) {
+                self.record_image_tool(tool);
             }
             if let Some(want) = outputs.get("kiln-download") {
                 // The image does not have it: the registry's build, then

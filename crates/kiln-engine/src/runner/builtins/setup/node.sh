@@ -33,5 +33,8 @@ case "$want" in
         kiln_version_matches "$want" "$have" ||
             download "node-version $want is not here: this image has Node.js $have" ;;
 esac
-echo "node-version=v$have" >> "$GITHUB_OUTPUT"
+{
+    echo "node-version=v$have"
+    echo "kiln-tool=node@$have"
+} >> "$GITHUB_OUTPUT"
 echo "Node.js $have (asked for: ${want:-any}) and npm $(npm --version 2>/dev/null || echo '(none)') from the job's image"

@@ -34,6 +34,7 @@ if [ "${INPUT_UPDATE_ENVIRONMENT:-true}" != false ]; then
 fi
 {
     echo "python-version=$have"
+    echo "kiln-tool=python@$have"
     echo "python-path=$dir/bin/python"
 } >> "$GITHUB_OUTPUT"
 echo "Python $have (asked for: ${want:-any}) from the job's image, in a virtual environment at $dir"

@@ -13,6 +13,7 @@ out="$(rustup toolchain install "$want" "${args[@]}" 2>&1)" || kiln_fail "${out#
 have="$(rustc --version | awk '{print $2}')"
 {
     echo "name=$want"
+    echo "kiln-tool=rustc@$have"
     echo "cachekey=$(date -u +%Y%m%d)$(rustc -vV | sha256sum | head -c 12)"
 } >> "$GITHUB_OUTPUT"
 echo "Rust $have (asked for: $want) from the job's image"
