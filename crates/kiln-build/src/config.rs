@@ -260,6 +260,11 @@ pub(crate) fn normalize_output(path: &str) -> Result<String, String> {
     if path.trim().starts_with('/') {
         return Err("must be relative to the repository root".into());
     }
+    // A component that begins or ends with whitespace would not survive
+    // being written back and read again (the value is trimmed): refused.
+    if p.split('/').any(|c| c.trim() != c) {
+        return Err(format!("`{p}`: a path component cannot begin or end with whitespace"));
+    }
     fsread::components(p)?;
     Ok(p.to_string())
 }
@@ -400,6 +405,19 @@ _X1 = ""
         assert_eq!(normalize_output("./.next/standalone/").unwrap(), ".next/standalone");
         for bad in ["", ".", "./", "/abs", "a/../b", "..", "a//b"] {
             assert!(normalize_output(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Found by the `build_kiln_toml` fuzz target: `./ x` was accepted as
+    /// ` x`, which written back read as `x`, another directory.
+    #[test]
+    fn bug_an_output_path_changed_when_written_back() {
+        for bad in ["./ x", "a/ b", "a /b", "./\tx"] {
+            assert!(normalize_output(bad).is_err(), "{bad:?}");
+        }
+        for good in ["dist", "./dist/", "a b/c", " dist "] {
+            let once = normalize_output(good).unwrap();
+            assert_eq!(normalize_output(&once).unwrap(), once, "{good:?}");
         }
     }
 }

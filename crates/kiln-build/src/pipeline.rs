@@ -130,6 +130,13 @@ pub fn parse_source(raw: &str) -> Result<Source, String> {
             other => return Err(format!("{spec}: only https (or a local path) is fetched, not `{other}`")),
         };
         let host = url.host_str().ok_or_else(|| format!("{spec}: no host"))?.to_string();
+        // The URL standard lets through hosts no resolver has (`a`b`); the
+        // build's network rules name the host, so it must be a host name.
+        if let Some(url::Host::Domain(d)) = url.host() {
+            if !is_host_name(d) {
+                return Err(format!("{spec}: `{d}` is not a host name"));
+            }
+        }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(format!("{spec}: credentials in the URL are refused; pass a token as a secret"));
         }
@@ -140,6 +147,21 @@ pub fn parse_source(raw: &str) -> Result<Source, String> {
         return Err(format!("{spec}: scp-style and ssh URLs are not fetched; use https"));
     }
     Ok(Source::Local(PathBuf::from(raw)))
+}
+
+/// Letters, digits and `-` in dot-separated labels of 1 to 63 bytes, not
+/// beginning or ending with `-`; 253 bytes at most.
+fn is_host_name(d: &str) -> bool {
+    let d = d.strip_suffix('.').unwrap_or(d);
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// A source as it may be shown: a URL's userinfo (user, password, token)
@@ -393,6 +415,26 @@ pub fn workflow_text(opts: &PipelineOptions, source: &Source) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `server_api_json` fuzz target: the URL standard accepts
+    /// hosts such as ``a`b``, which then broke the generated pipeline's
+    /// network rule instead of being refused as a source.
+    #[test]
+    fn bug_a_source_host_that_is_not_a_host_name_was_accepted() {
+        for bad in ["https://a`b/", "https://g;it.example/x", "https://-a.example/x", "https://a_b.example/x"]
+        {
+            let e = parse_source(bad).unwrap_err();
+            assert!(e.contains("is not a host name"), "{bad}: {e}");
+        }
+        for good in [
+            "https://git.example/a.git",
+            "https://127.0.0.1:8443/a",
+            "https://[::1]/a",
+            "https://x-1.example./a",
+        ] {
+            assert!(parse_source(good).is_ok(), "{good}");
+        }
+    }
 
     #[test]
     fn bug_build_repeated_the_token_in_its_url_error() {

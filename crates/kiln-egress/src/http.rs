@@ -158,11 +158,13 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, RequestErro
 /// the body is relayed as sent, so the origin must decode it the same way.
 const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "te", "trailer", "upgrade"];
 
+/// `s` without `prefix` (ASCII, any case). Never slices inside a
+/// character: a target such as `http:/Ҽ` from a step is not a prefix
+/// match, where slicing by bytes panicked.
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    if s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix) {
-        Some(&s[prefix.len()..])
-    } else {
-        None
+    match (s.get(..prefix.len()), s.get(prefix.len()..)) {
+        (Some(head), Some(rest)) if head.eq_ignore_ascii_case(prefix) => Some(rest),
+        _ => None,
     }
 }
 
@@ -220,6 +222,25 @@ mod tests {
             (Request::Forward { target, head, .. }, n) => (target, String::from_utf8(head).unwrap(), n),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Found by the `egress_request` fuzz target: a multi-byte character
+    /// where the `http://` prefix is looked for panicked the proxy's
+    /// connection task (slicing a `str` inside a character).
+    #[test]
+    fn bug_a_target_with_a_multibyte_character_panicked_the_parser() {
+        for raw in [
+            &b"GET http:/\xd2\xbc HTTP/1.1\r\n\r\n"[..],
+            b"GET \xd2\xbc HTTP/1.1\r\n\r\n",
+            b"GET https:\xf0\x9f\x98\x80/ HTTP/1.1\r\n\r\n",
+            b"GET h\xc3\xa9 HTTP/1.1\r\n\r\n",
+        ] {
+            // Refused (or not a request at all), never a panic.
+            assert!(!matches!(parse_request(raw), Ok(Some((Request::Forward { .. }, _)))), "{raw:?}");
+        }
+        assert_eq!(strip_prefix_ignore_case("HTTP://x", "http://"), Some("x"));
+        assert_eq!(strip_prefix_ignore_case("http:/Ҽ", "http://"), None);
+        assert_eq!(strip_prefix_ignore_case("ht", "http://"), None);
     }
 
     #[test]
