@@ -8,7 +8,11 @@
 //! interprets step output as commands (no `::set-env::`): the step files are
 //! the only channel from a step to the engine.
 
+use std::sync::Arc;
+
+use kiln_secrets::{Pipe, Scrubber, StepScrubber};
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Longest line kept as one entry; longer lines are split.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
@@ -87,6 +91,132 @@ impl LineFramer {
             Some(sanitize(&std::mem::take(&mut self.buf)))
         }
     }
+}
+
+/// A step's stdout and stderr, scrubbed together and framed into lines per stream.
+///
+/// The two streams go through one [`StepScrubber`], so a secret split between them (half
+/// printed to stdout, the rest to stderr) is redacted in both, in the order the bytes arrived
+/// and in the order the lines come out. Lines stay whole per stream: a partial line of one
+/// stream does not hold back the other's lines.
+#[derive(Debug)]
+pub struct StepOutput {
+    scrub: StepScrubber,
+    framers: [LineFramer; 2],
+    ended: [bool; 2],
+}
+
+fn pipe(stream: Stream) -> Pipe {
+    match stream {
+        Stream::Stderr => Pipe::Stderr,
+        _ => Pipe::Stdout,
+    }
+}
+
+impl StepOutput {
+    pub fn new(scrubber: &Arc<Scrubber>) -> StepOutput {
+        StepOutput { scrub: scrubber.step(), framers: Default::default(), ended: [false; 2] }
+    }
+
+    /// Raw bytes read from one pipe; returns the lines (of either stream) that may be shown
+    /// now, in order.
+    pub fn push(&mut self, stream: Stream, bytes: &[u8]) -> Vec<(Stream, String)> {
+        let pieces = self.scrub.push(pipe(stream), bytes);
+        self.frame(pieces)
+    }
+
+    /// End of one pipe: its last lines, unless the other stream could still complete a
+    /// secret they end with (then they come with the other stream's output).
+    pub fn finish(&mut self, stream: Stream) -> Vec<(Stream, String)> {
+        let i = usize::from(stream == Stream::Stderr);
+        self.ended[i] = true;
+        let pieces = self.scrub.finish(pipe(stream));
+        self.frame(pieces)
+    }
+
+    /// Secret values and token patterns redacted so far.
+    pub fn redactions(&self) -> u64 {
+        self.scrub.counts().total()
+    }
+
+    fn frame(&mut self, pieces: kiln_secrets::Pieces) -> Vec<(Stream, String)> {
+        let mut lines = Vec::new();
+        for (p, bytes) in pieces {
+            let (i, stream) = match p {
+                Pipe::Stdout => (0, Stream::Stdout),
+                Pipe::Stderr => (1, Stream::Stderr),
+            };
+            lines.extend(self.framers[i].push(&bytes).into_iter().map(|l| (stream, l)));
+        }
+        // A stream's unterminated last line, once the scrubber holds nothing more of it.
+        for (i, stream) in [(0, Stream::Stdout), (1, Stream::Stderr)] {
+            let p = pipe(stream);
+            if self.ended[i] && self.scrub.held_by(p) == 0 {
+                if let Some(rest) = self.framers[i].finish() {
+                    lines.push((stream, rest));
+                }
+            }
+        }
+        lines
+    }
+}
+
+/// Reads a step's stdout and stderr until both end, and hands their scrubbed lines to `emit`
+/// as they come (stdout first when both have bytes, the order a step that writes one then the
+/// other most likely used). `admit` is told the size of every read; once it says no (the log
+/// limit), the pipes are still drained, so the step never blocks on a full pipe, but nothing
+/// more is emitted. Returns the number of redactions.
+pub async fn pump_pipes<O, E>(
+    out: O,
+    err: E,
+    scrubber: &Arc<Scrubber>,
+    mut admit: impl FnMut(usize) -> bool,
+    mut emit: impl FnMut(Stream, String),
+) -> u64
+where
+    O: AsyncRead + Unpin,
+    E: AsyncRead + Unpin,
+{
+    async fn read(pipe: &mut Option<impl AsyncRead + Unpin>, buf: &mut [u8]) -> usize {
+        match pipe {
+            // A read error ends the stream like EOF does.
+            Some(p) => p.read(buf).await.unwrap_or(0),
+            None => std::future::pending().await,
+        }
+    }
+    let mut output = StepOutput::new(scrubber);
+    let (mut out, mut err) = (Some(out), Some(err));
+    let (mut out_buf, mut err_buf) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let mut dropping = false;
+    while out.is_some() || err.is_some() {
+        let (stream, n) = tokio::select! {
+            biased;
+            n = read(&mut out, &mut out_buf), if out.is_some() => (Stream::Stdout, n),
+            n = read(&mut err, &mut err_buf), if err.is_some() => (Stream::Stderr, n),
+        };
+        let lines = if n == 0 {
+            match stream {
+                Stream::Stderr => err = None,
+                _ => out = None,
+            }
+            output.finish(stream)
+        } else {
+            if !admit(n) {
+                dropping = true;
+            }
+            if dropping {
+                continue;
+            }
+            let buf = if stream == Stream::Stderr { &err_buf } else { &out_buf };
+            output.push(stream, &buf[..n])
+        };
+        if !dropping {
+            for (stream, line) in lines {
+                emit(stream, line);
+            }
+        }
+    }
+    output.redactions()
 }
 
 /// Makes one line of untrusted output safe to print on a terminal.
@@ -192,6 +322,133 @@ mod tests {
         let lines = f.push(&long);
         assert_eq!(lines.len(), 2);
         assert_eq!(f.finish().map(|s| s.len()), Some(5));
+    }
+
+    /// A secret printed half to stdout and half to stderr, read from two pipes the way the
+    /// runner reads a step's.
+    #[tokio::test]
+    async fn secret_split_between_stdout_and_stderr_is_scrubbed() {
+        use tokio::io::AsyncWriteExt;
+        let value = "s3cr3t-V4lue/x+y";
+        let sc = Arc::new(Scrubber::new(
+            &[kiln_secrets::Secret::new("S", value)],
+            &kiln_secrets::PatternSet::builtin(),
+        ));
+        for k in [1, 3, 5, 8, 15] {
+            for (first, second, tail) in [("", "", ""), ("", "", "\n"), ("\n", "", ""), ("x ", " y\n", "\n")]
+            {
+                let (mut ow, or) = tokio::io::duplex(1024);
+                let (mut ew, er) = tokio::io::duplex(1024);
+                let lines = std::sync::Mutex::new(Vec::new());
+                let pump = pump_pipes(or, er, &sc, |_| true, |s, l| lines.lock().unwrap().push((s, l)));
+                let write = async {
+                    // printf %s "${S:0:k}"; printf %s "${S:k}" >&2 (with some surroundings).
+                    ow.write_all(format!("{first}{}{tail}", &value[..k]).as_bytes()).await.unwrap();
+                    tokio::task::yield_now().await;
+                    ew.write_all(format!("{}{second}", &value[k..]).as_bytes()).await.unwrap();
+                    drop(ow);
+                    drop(ew);
+                };
+                let (redactions, ()) = tokio::join!(pump, write);
+                let lines = lines.into_inner().unwrap();
+                let merged: Vec<u8> =
+                    lines.iter().flat_map(|(_, l)| [l.as_bytes(), b"\n"].concat()).collect();
+                let text = String::from_utf8_lossy(&merged);
+                assert_eq!(sc.contains_secret(&merged), None, "k={k} {first:?}/{tail:?}: {text:?}");
+                for stream in [Stream::Stdout, Stream::Stderr] {
+                    let one: String =
+                        lines.iter().filter(|(s, _)| *s == stream).map(|(_, l)| format!("{l}\n")).collect();
+                    assert!(one.contains("***"), "k={k} {stream:?}: {text:?}");
+                }
+                for part in [&value[..k], &value[k..]] {
+                    assert!(part.len() < 4 || !text.contains(part), "k={k}: {text:?}");
+                }
+                assert!(redactions >= 1);
+            }
+        }
+    }
+
+    /// The same from a real process's pipes, read as the runner reads a sandbox's.
+    #[tokio::test]
+    async fn secret_split_between_stdout_and_stderr_of_a_process_is_scrubbed() {
+        let value = "s3cr3t-V4lue/x+y";
+        let sc = Arc::new(Scrubber::new(
+            &[kiln_secrets::Secret::new("S", value)],
+            &kiln_secrets::PatternSet::builtin(),
+        ));
+        for k in [1, 5, 12] {
+            let script = format!("printf %s '{}'; printf %s '{}' >&2", &value[..k], &value[k..]);
+            let mut child = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("sh runs");
+            let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+            let mut lines = Vec::new();
+            pump_pipes(out, err, &sc, |_| true, |s, l| lines.push((s, l))).await;
+            child.wait().await.unwrap();
+            let merged: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+            assert_eq!(sc.contains_secret(merged.as_bytes()), None, "k={k}: {merged:?}");
+            // Each stream's part is redacted (the lines come in the order the pipes end).
+            for stream in [Stream::Stdout, Stream::Stderr] {
+                assert!(lines.contains(&(stream, "***".to_string())), "k={k}: {lines:?}");
+            }
+            assert_eq!(lines.len(), 2, "k={k}: {lines:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn both_pipes_framed_in_order_and_limit_stops_output() {
+        use tokio::io::AsyncWriteExt;
+        let sc = Arc::new(Scrubber::new(&[], &kiln_secrets::PatternSet::builtin()));
+        let (mut ow, or) = tokio::io::duplex(1024);
+        let (mut ew, er) = tokio::io::duplex(1024);
+        let mut lines = Vec::new();
+        let write = async {
+            ow.write_all(b"one\ntw").await.unwrap();
+            tokio::task::yield_now().await;
+            ew.write_all(b"warn\n").await.unwrap();
+            tokio::task::yield_now().await;
+            ow.write_all(b"o\nlast").await.unwrap();
+            drop(ow);
+            drop(ew);
+        };
+        let pump = pump_pipes(or, er, &sc, |_| true, |s, l| lines.push((s, l)));
+        tokio::join!(pump, write);
+        let want = [
+            (Stream::Stdout, "one"),
+            (Stream::Stderr, "warn"),
+            (Stream::Stdout, "two"),
+            (Stream::Stdout, "last"),
+        ];
+        assert_eq!(lines, want.map(|(s, l)| (s, l.to_string())));
+        // Over the limit: drained, not shown.
+        let (mut ow, or) = tokio::io::duplex(64);
+        let (ew, er) = tokio::io::duplex(64);
+        let mut lines = Vec::new();
+        let mut budget = 10usize;
+        let write = async {
+            for _ in 0..100 {
+                ow.write_all(b"0123456789\n").await.unwrap();
+            }
+            drop(ow);
+            drop(ew);
+        };
+        let pump = pump_pipes(
+            or,
+            er,
+            &sc,
+            |n| {
+                let ok = n <= budget;
+                budget = budget.saturating_sub(n);
+                ok
+            },
+            |s, l| lines.push((s, l)),
+        );
+        tokio::join!(pump, write);
+        assert!(lines.len() <= 1, "{lines:?}");
     }
 
     #[test]

@@ -208,6 +208,14 @@ pub(crate) mod tests {
     pub(crate) fn b64_url_nopad(d: &[u8]) -> String {
         String::from_utf8(b64(d, URL)).unwrap()
     }
+    /// `xxd`'s hex groups of `d`, dumped from its first byte.
+    pub(crate) fn xxd(d: &[u8]) -> Vec<u8> {
+        hex_xxd(d, false)
+    }
+    /// `od -tx1`'s (and `hexdump -C`'s) hex bytes of `d`.
+    pub(crate) fn od(d: &[u8]) -> Vec<u8> {
+        hex_separated(d, false, b' ')
+    }
 
     #[test]
     fn base64_known_answers() {

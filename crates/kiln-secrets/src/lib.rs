@@ -4,7 +4,8 @@
 //!   bytes; the bytes are overwritten with zeros on drop (best effort).
 //! * [`validate`] and [`parse_dotenv`]: input checks whose errors never contain a value.
 //! * [`Scrubber`]: built once per build from the build's secrets and a [`PatternSet`]; immutable,
-//!   `Send + Sync`. [`Scrubber::stream`] gives a [`StreamScrubber`] per output stream of a step,
+//!   `Send + Sync`. [`Scrubber::step`] gives a [`StepScrubber`] for a step's stdout and stderr
+//!   together, [`Scrubber::stream`] a [`StreamScrubber`] for one stream alone,
 //!   [`Scrubber::scrub_str`] scrubs one-shot strings, [`check_tree`] refuses a directory tree
 //!   (artifacts, caches) that contains a secret value.
 //!
@@ -23,6 +24,24 @@
 //! LF, the other C0 controls except TAB, DEL, complete ESC sequences), so a secret printed with
 //! a line break or colour codes in the middle is still caught. LF bytes inside a redacted range
 //! are kept. The bodies of skipped OSC/DCS strings are searched on their own as well.
+//!
+//! Hex dumps get two more views. The hex digits of `od -An -tx1` and `xxd -p` rows are joined by
+//! line breaks alone, so the shadow view reads a dump over many rows as one encoding; `xxd`,
+//! `hexdump -C` and `od -tx1` put offsets and ASCII columns between rows, so the rows of such a
+//! dump are recognised and read once with only their hex groups (the *hex view*) and once with
+//! only their ASCII columns (the *text view*). A value dumped over any number of rows, at any
+//! offset, is matched there by its usual encodings, and redacted from its first row to its last.
+//! Rows are recognised by their offsets' leading zeros: offsets below 16 MiB (`xxd`,
+//! `hexdump -C`) and 32 KiB (`od`'s octal ones).
+//!
+//! # Two streams
+//!
+//! A step writes to two pipes, and a reader sees them together: in the log, one stream's lines
+//! between the other's, or on a terminal, in the order they were written. A [`StepScrubber`]
+//! scrubs each stream alone, the bytes of both in the order they arrived (a value printed half
+//! to stdout and half to stderr is redacted in both), and the output in the order it is handed
+//! out (a line of one stream that ends with the start of a value, and the next line shown, of
+//! the other stream, that completes it).
 //!
 //! # Patterns
 //!
@@ -48,13 +67,19 @@
 //!
 //! # Stream hold-back
 //!
-//! See [`StreamScrubber`] for exactly what is held back between pushes.
+//! See [`StreamScrubber`] and [`StepScrubber`] for exactly what is held back between pushes. In
+//! short: a line comes out on the push that completes it, unless its last bytes could begin a
+//! value; then it waits for the next output (or the end of the stream). No possible start of a
+//! value is ever released while the stream (or, for a step, either stream) could still
+//! complete it.
 
 mod dotenv;
+mod dump;
 mod encode;
 mod patterns;
 mod scrubber;
 mod shadow;
+mod step;
 mod tree;
 
 use std::fmt;
@@ -62,6 +87,7 @@ use std::fmt;
 pub use dotenv::parse_dotenv;
 pub use patterns::PatternSet;
 pub use scrubber::{Counts, ScrubbedBytes, Scrubber, StreamScrubber, MAX_LINE};
+pub use step::{Pieces, Pipe, StepScrubber};
 pub use tree::{check_tree, TreeError};
 
 /// Minimum length of a secret value, in bytes.

@@ -8,16 +8,15 @@ use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 
+use crate::dump::{Dumps, Region};
 use crate::encode;
 use crate::patterns::{Compiled, LineState, PatternSet};
 use crate::shadow::{gram_mask, gram_raw, is_skip, maybe_skip_bytes, skip_bytes, Skips};
+use crate::step::StepScrubber;
 use crate::{Secret, MIN_SECRET_LEN};
 
 /// Lines longer than this are released in pieces (each piece scrubbed).
 pub const MAX_LINE: usize = 64 * 1024;
-
-/// A tail that equals the first `HOLD_MIN` or more (shadow) bytes of a value pattern is held back.
-const HOLD_MIN: usize = 4;
 
 /// Bits in the 4-byte-prefix filter used by the hold-back check.
 const BLOOM_BITS: u32 = 20;
@@ -276,6 +275,10 @@ pub(crate) struct Scratch {
     /// Shadow bytes of a window, and the real offset of each.
     bytes: Vec<u8>,
     map: Vec<usize>,
+    /// Hex dump regions, the skips of one of their views, and the matches in it.
+    regions: Vec<Region>,
+    view: Skips,
+    found: Vec<(usize, usize)>,
 }
 
 impl Scratch {
@@ -320,6 +323,7 @@ pub(crate) struct ValueMatcher {
     bloom: Vec<u64>,
     max_len: usize,
     grams: GramFilter,
+    dumps: Dumps,
 }
 
 #[inline]
@@ -329,22 +333,6 @@ fn bloom_index(p: &[u8]) -> usize {
 }
 
 impl ValueMatcher {
-    /// The longest 1 to 3 bytes at the end of `data` that begin some
-    /// longer pattern (0 when none do).
-    fn short_prefix(&self, data: &[u8]) -> usize {
-        for k in (1..=3usize).rev() {
-            if data.len() < k {
-                continue;
-            }
-            let s = &data[data.len() - k..];
-            let i = self.sorted.partition_point(|p| p.as_slice() < s);
-            if self.sorted.get(i).is_some_and(|p| p.len() > k && p.starts_with(s)) {
-                return k;
-            }
-        }
-        0
-    }
-
     fn new(secrets: &[Secret]) -> Option<ValueMatcher> {
         let mut seen: HashMap<Vec<u8>, ()> = HashMap::new();
         let mut pats: Vec<Vec<u8>> = Vec::new();
@@ -402,7 +390,13 @@ impl ValueMatcher {
             bloom,
             max_len,
             grams,
+            dumps: Dumps::new(),
         })
+    }
+
+    /// Length of the longest pattern, in shadow bytes.
+    pub(crate) fn max_len(&self) -> usize {
+        self.max_len
     }
 
     fn name(&self, pid: usize) -> &str {
@@ -418,26 +412,105 @@ impl ValueMatcher {
         i < self.sorted.len() && self.sorted[i].starts_with(t)
     }
 
-    /// Real offset of the earliest shadow byte `s` such that the shadow from `s` to the end
-    /// (at least `HOLD_MIN` bytes) is a proper prefix of some pattern: a match that may still
-    /// be in progress.
-    fn in_progress(&self, buf: &[u8], sk: &Skips, scratch: &mut Scratch) -> Option<usize> {
+    /// Real offset of the earliest shadow byte `s` such that the shadow from `s` to the end is
+    /// a proper prefix of some pattern: a match that may still be in progress. Any length
+    /// counts, down to a single byte: a value's first byte at the end of a line, with the rest
+    /// on the next, is that value printed with a line break in it.
+    pub(crate) fn in_progress(&self, buf: &[u8], sk: &Skips, scratch: &mut Scratch) -> Option<usize> {
         let lo = sk.backward(buf, buf.len(), self.max_len - 1);
         scratch.load(buf, sk, lo, buf.len());
         let tail = &scratch.bytes;
-        if tail.len() < HOLD_MIN {
-            return None;
-        }
-        (0..=tail.len() - HOLD_MIN)
+        let n = tail.len();
+        // Suffixes of four bytes or more: the 4-byte prefix filter first; then the last three.
+        (0..n.saturating_sub(3))
             .find(|&s| {
                 let i = bloom_index(&tail[s..]);
                 self.bloom[i >> 6] & (1 << (i & 63)) != 0 && self.is_proper_prefix(&tail[s..])
             })
+            .or_else(|| (n.saturating_sub(3)..n).find(|&s| self.is_proper_prefix(&tail[s..])))
             .map(|s| scratch.map[s])
     }
 
+    /// Matches in the hex and text views of the hex dumps among the lines of `buf[..upto]`
+    /// (see [`crate::dump`]), appended to `out` as real ranges (unsorted). With `open`, also
+    /// the real offset where a match may be in progress at the end of a dump that reaches
+    /// `upto` (more rows may follow).
+    fn dump_matches(
+        &self,
+        buf: &[u8],
+        upto: usize,
+        open: bool,
+        out: &mut Vec<(usize, usize)>,
+        scratch: &mut Scratch,
+    ) -> Option<usize> {
+        let mut regions = std::mem::take(&mut scratch.regions);
+        let mut view = std::mem::take(&mut scratch.view);
+        let mut found = std::mem::take(&mut scratch.found);
+        self.dumps.regions(buf, upto, !open, &mut regions);
+        let mut held = None;
+        for r in &regions {
+            let (a, b) = r.range();
+            let region = &buf[a..b];
+            // The dump may go on when only a line terminator follows it.
+            let at_end = open && buf[b..upto].iter().all(|c| matches!(c, b'\n' | b'\r'));
+            for text in [false, true] {
+                if text {
+                    if !r.text_view(&mut view) {
+                        continue;
+                    }
+                } else {
+                    r.hex_view(buf, &mut view);
+                }
+                self.find_all(region, &view, &mut found, scratch);
+                out.extend(found.iter().map(|&(x, y)| (a + x, a + y)));
+                if at_end {
+                    if let Some(x) = self.in_progress(region, &view, scratch) {
+                        held = Some(held.map_or(a + x, |h: usize| h.min(a + x)));
+                    }
+                }
+            }
+        }
+        scratch.regions = regions;
+        scratch.view = view;
+        scratch.found = found;
+        held
+    }
+
+    /// First secret (pattern id) in the hex dumps of `buf`.
+    fn first_in_dumps(&self, buf: &[u8], scratch: &mut Scratch) -> Option<usize> {
+        let mut regions = std::mem::take(&mut scratch.regions);
+        let mut view = std::mem::take(&mut scratch.view);
+        self.dumps.regions(buf, buf.len(), true, &mut regions);
+        let mut hit = None;
+        'regions: for r in &regions {
+            let (a, b) = r.range();
+            for text in [false, true] {
+                if text {
+                    if !r.text_view(&mut view) {
+                        continue;
+                    }
+                } else {
+                    r.hex_view(buf, &mut view);
+                }
+                hit = self.first(&buf[a..b], &view, scratch);
+                if hit.is_some() {
+                    break 'regions;
+                }
+            }
+        }
+        scratch.regions = regions;
+        scratch.view = view;
+        hit
+    }
+
     /// All matches in `buf` (whose skipped sequences are `sk`) as sorted, disjoint real ranges.
-    fn find_all(&self, buf: &[u8], sk: &Skips, out: &mut Vec<(usize, usize)>, scratch: &mut Scratch) {
+    pub(crate) fn find_all(
+        &self,
+        buf: &[u8],
+        sk: &Skips,
+        out: &mut Vec<(usize, usize)>,
+        scratch: &mut Scratch,
+    ) {
         out.clear();
         self.grams.windows(buf, sk, self.max_len, &mut scratch.wins);
         for k in 0..scratch.wins.len() {
@@ -495,15 +568,21 @@ impl ValueMatcher {
             let eof = n == 0;
             buf.extend_from_slice(&chunk[..n]);
             sk.build(&buf, eof);
-            if let Some(pid) = self.first(&buf, &sk, &mut scratch) {
+            let found =
+                self.first(&buf, &sk, &mut scratch).or_else(|| self.first_in_dumps(&buf, &mut scratch));
+            if let Some(pid) = found {
                 return Ok(Some(self.name(pid)));
             }
             if eof {
                 return Ok(None);
             }
             // Keep what a match in progress could still need: the last max_len - 1 shadow
-            // bytes (and what lies between them), bounded.
+            // bytes (and what lies between them), and for a hex dump, whose views spread a
+            // pattern over a few times as many real bytes, whole lines covering six times
+            // max_len; bounded.
             let mut cut = sk.backward(&buf, buf.len(), self.max_len - 1);
+            let dump_from = buf.len().saturating_sub(6 * self.max_len);
+            cut = cut.min(memchr::memrchr(b'\n', &buf[..dump_from]).map_or(0, |p| p + 1));
             cut = cut.max(buf.len().saturating_sub(MAX_CARRY));
             buf.drain(..cut);
         }
@@ -515,6 +594,8 @@ pub struct Scrubber {
     values: Option<ValueMatcher>,
     patterns: Compiled,
     secret_count: usize,
+    /// Tests only: redact byte for byte (see [`redact`]).
+    mask: bool,
 }
 
 impl fmt::Debug for Scrubber {
@@ -535,7 +616,23 @@ impl Scrubber {
             values: ValueMatcher::new(secrets),
             patterns: Compiled::new(patterns),
             secret_count: secrets.len(),
+            mask: false,
         }
+    }
+
+    /// The same scrubber, redacting every byte of a match with `*` (LFs kept) instead of
+    /// `***`, so that outputs line up with inputs.
+    #[cfg(test)]
+    pub(crate) fn masking(mut self) -> Scrubber {
+        self.mask = true;
+        self
+    }
+
+    /// A scrubber for both output streams of one step: what a reader can put together from
+    /// the two (in the order they arrived, or in the order they are handed out) is scrubbed
+    /// as well. See [`StepScrubber`].
+    pub fn step(self: &Arc<Self>) -> StepScrubber {
+        StepScrubber::new(Arc::clone(self))
     }
 
     /// A scrubber for one output stream. Takes `&Arc<Self>` so the stream scrubber is
@@ -550,7 +647,10 @@ impl Scrubber {
         let vm = self.values.as_ref()?;
         let mut sk = Skips::default();
         sk.build(bytes, true);
-        vm.first(bytes, &sk, &mut Scratch::default()).map(|pid| vm.name(pid))
+        let mut scratch = Scratch::default();
+        vm.first(bytes, &sk, &mut scratch)
+            .or_else(|| vm.first_in_dumps(bytes, &mut scratch))
+            .map(|pid| vm.name(pid))
     }
 
     /// Scrubs a complete string (error messages, summaries, step outputs): values and
@@ -562,7 +662,7 @@ impl Scrubber {
     /// Scrubs complete bytes; returns the output and the counts.
     pub fn scrub_bytes(&self, bytes: &[u8]) -> (ScrubbedBytes, Counts) {
         let mut core = Core::default();
-        let (out, l) = core.process(self, bytes, true);
+        let (out, l) = core.process(self, bytes, true, None);
         (ScrubbedBytes(out.into_vec(&bytes[..l])), core.counts)
     }
 
@@ -573,6 +673,10 @@ impl Scrubber {
 
     pub(crate) fn value_matcher(&self) -> Option<&ValueMatcher> {
         self.values.as_ref()
+    }
+
+    pub(crate) fn masks(&self) -> bool {
+        self.mask
     }
 }
 
@@ -589,18 +693,50 @@ impl ScrubbedBytes {
     }
 }
 
+/// The scrubbing state of one output stream.
 #[derive(Default)]
-struct Core {
+pub(crate) struct Core {
     /// Bytes received but not released.
     buf: Vec<u8>,
+    /// Stream offset of `buf[0]` (bytes released so far).
+    base: u64,
     skips: Skips,
     scratch: Scratch,
     matches: Vec<(usize, usize)>,
     line: LineState,
-    counts: Counts,
+    pub(crate) counts: Counts,
+    /// Stream ranges that a view across streams found a value in, redacted when released.
+    forced: Vec<(u64, u64)>,
 }
 
 impl Core {
+    /// Stream offset of the next byte to arrive.
+    pub(crate) fn end(&self) -> u64 {
+        self.base + self.buf.len() as u64
+    }
+
+    /// Stream offset of the first byte not released.
+    pub(crate) fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Bytes received but not released.
+    pub(crate) fn pending(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Adds `bytes` without releasing anything.
+    pub(crate) fn append(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Redacts the stream range `[a, b)` when it is released (it must not be yet).
+    pub(crate) fn force(&mut self, a: u64, b: u64) {
+        debug_assert!(a >= self.base && b <= self.end() && a < b);
+        self.forced.push((a, b));
+    }
+
+    /// Adds `bytes` and releases what may be released.
     fn push(&mut self, sc: &Scrubber, bytes: &[u8]) -> Vec<u8> {
         let has_term = memchr::memchr2(b'\n', b'\r', bytes).is_some();
         if self.buf.is_empty() {
@@ -608,16 +744,28 @@ impl Core {
                 self.buf.extend_from_slice(bytes);
                 return Vec::new();
             }
-            let (out, l) = self.process(sc, bytes, false);
+            let (out, l) = self.process(sc, bytes, false, None);
             self.buf.extend_from_slice(&bytes[l..]);
+            self.base += l as u64;
             return out.into_vec(&bytes[..l]);
         }
         self.buf.extend_from_slice(bytes);
         if !has_term && self.buf.len() < MAX_LINE {
             return Vec::new();
         }
+        self.release(sc, false, None)
+    }
+
+    /// Releases what may be released of the bytes held (at end of stream: all of them up to
+    /// `limit`).
+    pub(crate) fn release(&mut self, sc: &Scrubber, eof: bool, limit: Option<u64>) -> Vec<u8> {
+        let limit = self.rel(limit);
         let mut data = std::mem::take(&mut self.buf);
-        let (out, l) = self.process(sc, &data, false);
+        let (out, l) = self.process(sc, &data, eof, limit);
+        self.base += l as u64;
+        if eof && l == data.len() {
+            self.line = None;
+        }
         match out {
             // The released bytes are the buffer's own: hand the buffer out instead of copying
             // them, and keep only the (short) held tail, unless that tail is the larger part.
@@ -638,32 +786,62 @@ impl Core {
     }
 
     fn finish(&mut self, sc: &Scrubber) -> Vec<u8> {
-        let data = std::mem::take(&mut self.buf);
-        let (out, _) = self.process(sc, &data, true);
-        self.line = None;
-        match out {
-            Released::Unchanged => data,
-            Released::Scrubbed(out) => out,
-        }
+        self.release(sc, true, None)
     }
 
-    /// Scrubs and releases a prefix of `data`; returns the output and the prefix length.
-    fn process(&mut self, sc: &Scrubber, data: &[u8], eof: bool) -> (Released, usize) {
+    /// `limit` as an offset into the buffer.
+    fn rel(&self, limit: Option<u64>) -> Option<usize> {
+        limit.map(|h| h.saturating_sub(self.base).min(usize::MAX as u64) as usize)
+    }
+
+    /// Scrubs and releases a prefix of `data` (which starts at stream offset `self.base`);
+    /// returns the output and the prefix length. Nothing at or after `limit` is released.
+    fn process(&mut self, sc: &Scrubber, data: &[u8], eof: bool, limit: Option<usize>) -> (Released, usize) {
         let n = data.len();
         if n == 0 {
             return (Released::Unchanged, 0);
         }
         let vm = sc.values.as_ref();
+        // Complete lines end at the last LF or CR.
+        let full = if eof { n } else { memchr::memrchr2(b'\n', b'\r', data).map_or(0, |p| p + 1) };
+        let mut dump_open = None;
         if let Some(vm) = vm {
             self.skips.build(data, eof);
             vm.find_all(data, &self.skips, &mut self.matches, &mut self.scratch);
+            let before = self.matches.len();
+            dump_open = vm.dump_matches(data, full, !eof, &mut self.matches, &mut self.scratch);
+            if self.matches.len() > before {
+                sort_merge(&mut self.matches);
+            }
         } else {
             self.matches.clear();
         }
+        if !self.forced.is_empty() {
+            let base = self.base;
+            self.forced.retain(|&(_, b)| b > base);
+            for &(a, b) in &self.forced {
+                let (a, b) = (a.saturating_sub(base) as usize, ((b - base) as usize).min(n));
+                if a < b {
+                    self.matches.push((a, b));
+                }
+            }
+            sort_merge(&mut self.matches);
+        }
+        // Where to cut when `x` must be held: the start of x's line (lines stay whole for the
+        // patterns), or x itself in the unterminated tail / in an over-long line.
+        let cut = |x: usize| -> usize {
+            if x >= full {
+                return x;
+            }
+            let ls = memchr::memrchr2(b'\n', b'\r', &data[..x]).map_or(0, |p| p + 1);
+            if x - ls > MAX_LINE {
+                x
+            } else {
+                ls
+            }
+        };
         let mut l = n;
         if !eof {
-            // Complete lines end at the last LF or CR.
-            let full = memchr::memrchr2(b'\n', b'\r', data).map_or(0, |p| p + 1);
             l = full;
             if n - full >= MAX_LINE {
                 // Over-long line: release it in pieces, preferably at a blank.
@@ -672,33 +850,24 @@ impl Core {
                 if let Some(p) = memchr::memrchr2(b' ', b'\t', &data[from..]) {
                     l = from + p + 1;
                 }
-                // A cut inside a line waits for nothing: 1 to 3 bytes that
-                // could begin a secret stay with the rest of it (a complete
-                // line's last bytes are released, see the type's docs).
-                if let Some(vm) = vm {
-                    l -= vm.short_prefix(&data[..l]);
-                }
             }
-            // Where to cut when `x` must be held: the start of x's line (lines stay whole for
-            // the patterns), or x itself in the unterminated tail / in an over-long line.
-            let cut = |x: usize| -> usize {
-                if x >= full {
-                    return x;
-                }
-                let ls = memchr::memrchr2(b'\n', b'\r', &data[..x]).map_or(0, |p| p + 1);
-                if x - ls > MAX_LINE {
-                    x
-                } else {
-                    ls
-                }
-            };
+            // A match that may be in progress: from its first byte on, nothing is released, in
+            // the shadow view or in a hex dump's views.
             if let Some(vm) = vm {
-                if let Some(r) = vm.in_progress(data, &self.skips, &mut self.scratch) {
+                let r = vm.in_progress(data, &self.skips, &mut self.scratch);
+                if let Some(r) = r.into_iter().chain(dump_open).min() {
                     if r < l {
                         l = cut(r);
                     }
                 }
             }
+        }
+        if let Some(h) = limit {
+            if h < l {
+                l = cut(h);
+            }
+        }
+        if l < n {
             // No released match may straddle the release point.
             loop {
                 let mut changed = false;
@@ -712,13 +881,13 @@ impl Core {
                     break;
                 }
             }
-            if l == 0 {
-                return (Released::Unchanged, 0);
-            }
+        }
+        if l == 0 {
+            return (Released::Unchanged, 0);
         }
         // Values.
         let scrubbed = match self.matches.first() {
-            Some(&(_, b)) if b <= l => Some(self.replace_values(&data[..l])),
+            Some(&(_, b)) if b <= l => Some(self.replace_values(&data[..l], sc.mask)),
             _ => None,
         };
         // Patterns.
@@ -735,7 +904,7 @@ impl Core {
     }
 
     /// `data` with the value matches that end inside it replaced (and counted).
-    fn replace_values(&mut self, data: &[u8]) -> Vec<u8> {
+    fn replace_values(&mut self, data: &[u8], mask: bool) -> Vec<u8> {
         let l = data.len();
         let mut out = Vec::with_capacity(l + 64);
         let mut pos = 0;
@@ -744,22 +913,48 @@ impl Core {
                 break;
             }
             out.extend_from_slice(&data[pos..a]);
-            out.extend_from_slice(b"***");
-            // Keep the line structure: LFs inside the match stay.
-            let mut k = a;
-            while let Some(p) = memchr::memchr(b'\n', &data[k..b]) {
-                out.push(b'\n');
-                k += p + 1;
-                if k < b {
-                    out.extend_from_slice(b"***");
-                }
-            }
+            redact(&data[a..b], mask, &mut out);
             pos = b;
             self.counts.values += 1;
         }
         out.extend_from_slice(&data[pos..l]);
         out
     }
+}
+
+/// Appends the redaction of `hidden` to `out`: `***`, with the LFs of `hidden` kept (the line
+/// structure stays). With `mask` (tests), every other byte becomes `*`, so that the output
+/// lines up with the input byte for byte.
+pub(crate) fn redact(hidden: &[u8], mask: bool, out: &mut Vec<u8>) {
+    if mask {
+        out.extend(hidden.iter().map(|&c| if c == b'\n' { c } else { b'*' }));
+        return;
+    }
+    out.extend_from_slice(b"***");
+    let mut k = 0;
+    while let Some(p) = memchr::memchr(b'\n', &hidden[k..]) {
+        out.push(b'\n');
+        k += p + 1;
+        if k < hidden.len() {
+            out.extend_from_slice(b"***");
+        }
+    }
+}
+
+/// Sorts ranges and merges the overlapping ones (ranges that only touch stay apart: two
+/// values printed back to back are two redactions).
+pub(crate) fn sort_merge(v: &mut Vec<(usize, usize)>) {
+    v.sort_unstable();
+    let mut w = 0;
+    for i in 0..v.len() {
+        if w > 0 && v[i].0 < v[w - 1].1 {
+            v[w - 1].1 = v[w - 1].1.max(v[i].1);
+        } else {
+            v[w] = v[i];
+            w += 1;
+        }
+    }
+    v.truncate(w);
 }
 
 /// What [`Core::process`] releases: its input's prefix as it is, or scrubbed bytes.
@@ -778,7 +973,9 @@ impl Released {
     }
 }
 
-/// Scrubs one output stream (stdout or stderr) of one step.
+/// Scrubs one output stream of one step, alone. A step's stdout and stderr go through a
+/// [`StepScrubber`] instead, which holds each of them back as this does and also scrubs what
+/// the two make together.
 ///
 /// # What is held back
 ///
@@ -787,21 +984,26 @@ impl Released {
 ///
 /// * the unterminated tail (the partial last line) is held until its terminator arrives, the
 ///   tail reaches [`MAX_LINE`] bytes (then it is released in pieces, cut after the last blank
-///   in its final 4 KiB when there is one, and never after 1 to 3 bytes that could begin a
-///   value pattern: a cut inside a line waits for nothing), or [`finish`](Self::finish);
-/// * a *match in progress*: if the last `k >= 4` bytes of the shadow view (the bytes minus
-///   CR, LF, other C0 controls, DEL and ESC sequences) equal the first `k` bytes of some value
-///   pattern (a value or one of its encodings) that is longer than `k`, the line where that
-///   prefix starts and everything after it are held. Suffixes of 1 to 3 bytes are not held:
-///   with many secrets nearly every line would end in one, and ordinary lines must come out on
-///   the push that completes them;
+///   in its final 4 KiB when there is one), or [`finish`](Self::finish);
+/// * a *match in progress*: if the shadow view (the bytes minus CR, LF, other C0 controls, DEL
+///   and ESC sequences) ends in the first `k >= 1` bytes of some value pattern (a value or one
+///   of its encodings) that is longer than `k`, the line where those bytes start and everything
+///   after it are held (from the first of them, in the unterminated tail or an over-long line),
+///   until more output shows whether the value follows, or until [`finish`](Self::finish).
+///   This holds for a single byte too, and whatever the timing of the pushes: the first bytes
+///   of a value at the end of a line, with the rest printed later on the next, are never
+///   released before the rest is seen. The cost is that a complete line whose last bytes could
+///   begin a value waits for the next push (or the end of the stream); the lines before it are
+///   released at once;
+/// * the same for the rows of a hex dump (`xxd`, `hexdump -C`, `od -tx1`): when a dump's hex
+///   or ASCII columns, read across rows, end in the beginning of a value pattern, the row
+///   where it starts and the rest are held;
 /// * a match that starts before the release point and ends after it moves the release point
 ///   back to the start of the match's line.
 ///
-/// So a secret split across pushes at any point is caught, unless the split is a line break
-/// (or other skipped byte) after at most 3 of its bytes *and* the pushes are separated so that
-/// the first part's line completes on its own push. Patterns are applied per released line,
-/// with the private-key block state carried across pushes.
+/// So a secret split across pushes at any point, by line breaks, escape sequences or the rows
+/// of a hex dump, is caught. Patterns are applied per released line, with the private-key
+/// block state carried across pushes.
 pub struct StreamScrubber {
     scrubber: Arc<Scrubber>,
     core: Core,
@@ -948,6 +1150,99 @@ mod tests {
                     "{text:?}"
                 );
                 assert_eq!(windowed(&vm, text.as_bytes(), true).len(), 1, "{text:?}");
+            }
+        }
+    }
+
+    /// Dumps `data` as `xxd`, `hexdump -C` or `od -tx1` print it (16 bytes a row).
+    fn dump_text(data: &[u8], format: usize) -> String {
+        let ascii = |c: &u8| if (0x20..0x7f).contains(c) { *c as char } else { '.' };
+        let mut out = String::new();
+        for (r, row) in data.chunks(16).enumerate() {
+            let o = r * 16;
+            match format {
+                0 => {
+                    let groups: Vec<String> =
+                        row.chunks(2).map(|g| g.iter().map(|b| format!("{b:02x}")).collect()).collect();
+                    let hex = groups.join(" ");
+                    let text: String = row.iter().map(ascii).collect();
+                    out.push_str(&format!("{o:08x}: {hex:<39}  {text}\n"));
+                }
+                1 => {
+                    let mut hex = String::new();
+                    for i in 0..16 {
+                        match row.get(i) {
+                            Some(b) => hex.push_str(&format!("{b:02x} ")),
+                            None => hex.push_str("   "),
+                        }
+                        if i == 7 {
+                            hex.push(' ');
+                        }
+                    }
+                    let text: String = row.iter().map(ascii).collect();
+                    out.push_str(&format!("{o:08x}  {hex} |{text}|\n"));
+                }
+                _ => {
+                    let hex: String = row.iter().map(|b| format!(" {b:02x}")).collect();
+                    out.push_str(&format!("{o:07o}{hex}\n"));
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The hex and text views of a dump, read in place, find exactly what the automaton
+        /// finds in the views built as strings (the hex of the whole dumped data, its ASCII).
+        #[test]
+        fn dump_views_equal_the_dumped_data(
+            pieces in prop::collection::vec(piece(), 1..30),
+            format in 0usize..3,
+            around in "[a-z ]{0,10}",
+        ) {
+            let secrets: Vec<Secret> =
+                VALUES.iter().enumerate().map(|(i, v)| Secret::new(format!("S{i}"), v.as_bytes())).collect();
+            let vm = ValueMatcher::new(&secrets).expect("patterns");
+            let data = pieces.concat();
+            let text = format!("{around}\n{}{around}\n", dump_text(&data, format));
+            let buf = text.as_bytes();
+            let hex_ref = if format == 0 { encode::tests::xxd(&data) } else { encode::tests::od(&data) };
+            let text_ref: Vec<u8> = data.iter().map(|c| if (0x20..0x7f).contains(c) { *c } else { b'.' }).collect();
+            let mut regions = Vec::new();
+            vm.dumps.regions(buf, buf.len(), true, &mut regions);
+            prop_assert_eq!(regions.len(), usize::from(!data.is_empty()));
+            let mut scratch = Scratch::default();
+            let mut sk = Skips::default();
+            for r in &regions {
+                let (a, b) = r.range();
+                let region = &buf[a..b];
+                for (view, want) in [(false, &hex_ref), (true, &text_ref)] {
+                    if view {
+                        if !r.text_view(&mut sk) {
+                            continue;
+                        }
+                    } else {
+                        r.hex_view(buf, &mut sk);
+                    }
+                    let (mut shadow, mut map) = (Vec::new(), Vec::new());
+                    sk.collect(region, 0, region.len(), &mut shadow, &mut map);
+                    prop_assert_eq!(&shadow, want);
+                    let mut found = Vec::new();
+                    vm.find_all(region, &sk, &mut found, &mut scratch);
+                    let got: Vec<Vec<u8>> = found
+                        .iter()
+                        .map(|&(x, y)| {
+                            let (mut v, mut m) = (Vec::new(), Vec::new());
+                            sk.collect(region, x, y, &mut v, &mut m);
+                            v
+                        })
+                        .collect();
+                    let reference: Vec<Vec<u8>> =
+                        vm.ac.find_iter(want.as_slice()).map(|m| want[m.start()..m.end()].to_vec()).collect();
+                    prop_assert_eq!(got, reference);
+                }
             }
         }
     }

@@ -260,20 +260,22 @@ fn ordinary_lines_released_immediately() {
     for line in [
         "   Compiling serde v1.0.200\n",
         "test foo::bar ... ok\n",
-        "Downloaded 12 crates (1.2 MB) in 0.84s\n",
-        "ends with sec\n",       // 3-byte prefix: not held
-        "ends with secretval\n", // in progress: held
+        "Downloaded 12 crates (1.2 MB) in 0.84 seconds.\n",
     ] {
-        let out = s.push(line.as_bytes());
-        if line.starts_with("ends with secretval") {
-            assert_eq!(out, b"");
-        } else {
-            assert_eq!(out, line.as_bytes());
-        }
+        assert_eq!(s.push(line.as_bytes()), line.as_bytes());
     }
+    // Could begin a value: held until the next output shows it does not.
+    assert_eq!(s.push(b"ends with se\n"), b"");
+    assert_eq!(s.push(b"ends with secretval\n"), b"ends with se\n");
     assert_eq!(s.push(b"ue00042 ok\n"), b"ends with ***\n*** ok\n");
     assert_eq!(s.counts().values, 1);
-    assert_eq!(s.finish(), b"");
+    // A line whose last bytes could begin a value waits for the next output only; the lines
+    // before it come out at once.
+    assert_eq!(s.push(b"one\ntwo\nmore s"), b"one\ntwo\n");
+    assert_eq!(s.push(b"\n"), b"");
+    assert_eq!(s.push(b"x\n"), b"more s\nx\n");
+    assert_eq!(s.push(b"last s\n"), b"");
+    assert_eq!(s.finish(), b"last s\n");
 }
 
 #[test]
@@ -524,5 +526,118 @@ fn large_pushes_with_long_held_tails() {
     for size in [1000, 30_000, 50_000, 70_000] {
         let chunks: Vec<&[u8]> = text.as_bytes().chunks(size).collect();
         assert_eq!(String::from_utf8(run(&sc, &chunks)).unwrap(), want, "size {size}");
+    }
+}
+
+/// A secret whose first 1 to 3 bytes end a line, and whose rest comes in a later read (the
+/// step paused in between): the first bytes must not come out before the rest is seen.
+#[test]
+fn secret_split_after_its_first_bytes_with_a_pause_is_scrubbed() {
+    let sc = scrubber(&[SECRET]);
+    for k in 1..=3 {
+        for sep in ["\n", "\r\n", "\r", "\x1b[0m\n"] {
+            let mut st = sc.stream();
+            let mut out = st.push(format!("ok\nvalue: {}{sep}", &SECRET[..k]).as_bytes());
+            // Nothing of the secret is out yet, whatever happens next.
+            assert!(
+                !String::from_utf8_lossy(&out).contains(&SECRET[..k]),
+                "k={k} sep={sep:?}: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+            out.extend(st.push(format!("{} done\n", &SECRET[k..]).as_bytes()));
+            out.extend(st.finish());
+            assert_eq!(sc.contains_secret(&out), None, "k={k} sep={sep:?}");
+            let text = String::from_utf8_lossy(&out);
+            assert!(!text.contains(&SECRET[k..]), "k={k} sep={sep:?}: {text:?}");
+            assert!(text.starts_with("ok\nvalue: ***"), "k={k} sep={sep:?}: {text:?}");
+        }
+    }
+}
+
+fn dump(cmd: &str, value: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(value).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{cmd}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `od`, `xxd` and `hexdump -C` print a secret longer than a row over several rows, with
+/// offsets and ASCII columns between them; every length and alignment must be caught, in one
+/// push and row by row.
+#[test]
+fn od_xxd_hexdump_multi_row_output_is_scrubbed() {
+    let tools = ["od -An -tx1", "od -tx1", "xxd", "xxd -p", "hexdump -C"];
+    for tool in tools {
+        if !have(tool.split(' ').next().unwrap()) {
+            eprintln!("skipping {tool}: not installed");
+            continue;
+        }
+        for len in [8usize, 12, 15, 17, 20, 31, 33, 47, 64] {
+            let value: String = "Zq9-Vx4/Lm2+Kp7_Hr5~Jt3.Wn8!Bs6*Cd1@Fg0#Qa9$Ue4%Yi2^Ow7&Pe5(Rz3)"
+                .chars()
+                .take(len)
+                .collect();
+            let sc = scrubber(&[&value]);
+            for pre in [0usize, 1, 5, 9, 13, 15] {
+                let input = format!("{}{value}\n", "x".repeat(pre));
+                let text = dump(tool, input.as_bytes());
+                let want_gone = |out: &str, how: &str| {
+                    assert_eq!(
+                        sc.contains_secret(out.as_bytes()),
+                        None,
+                        "{tool} len={len} pre={pre} {how}:\n{text}\n->\n{out}"
+                    );
+                    let hexes: Vec<String> = value.bytes().map(|b| format!("{b:02x}")).collect();
+                    // No row keeps 8 or more of the value's bytes in the clear, as hex or text.
+                    for w in 0..=len - 8 {
+                        let raw = &value[w..w + 8];
+                        let od = hexes[w..w + 8].join(" ");
+                        let plain = hexes[w..w + 8].concat();
+                        // `xxd`'s groups of two bytes, the window starting a group or not.
+                        let pairs =
+                            |h: &[String]| h.chunks(2).map(|c| c.concat()).collect::<Vec<_>>().join(" ");
+                        let xxd = [
+                            pairs(&hexes[w..w + 8]),
+                            format!("{} {}", hexes[w], pairs(&hexes[w + 1..w + 8])),
+                        ];
+                        for line in out.lines() {
+                            assert!(
+                                !line.contains(raw)
+                                    && !line.contains(&od)
+                                    && !line.contains(&plain)
+                                    && !xxd.iter().any(|x| line.contains(x.as_str())),
+                                "{tool} len={len} pre={pre} {how}: {line:?} in\n{out}"
+                            );
+                        }
+                    }
+                    assert!(out.contains("***"), "{tool} len={len} pre={pre} {how}:\n{out}");
+                };
+                // Found as it is, in a string and in a file of an artifact tree.
+                assert_eq!(sc.contains_secret(text.as_bytes()), Some("S0"), "{tool} len={len} pre={pre}");
+                let dir = tempfile::tempdir().unwrap();
+                std::fs::write(dir.path().join("dump.txt"), &text).unwrap();
+                assert!(kiln_secrets::check_tree(dir.path(), &sc).is_err(), "{tool} len={len} pre={pre}");
+                want_gone(&sc.scrub_str(&text), "whole");
+                let lines: Vec<&[u8]> = text.as_bytes().split_inclusive(|b| *b == b'\n').collect();
+                let out = String::from_utf8(run(&sc, &lines)).unwrap();
+                want_gone(&out, "row by row");
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! step is stopped at a limit (wall time, log bytes) or on cancellation, and
 //! its accounting is read from the sandbox's cgroups.
 
-use crate::log::{LineFramer, Stream};
+use crate::log::Stream;
 use crate::runner::env::*;
 use crate::runner::job::{sanitize_id, JobRun, StepError};
 use crate::runner::sandbox::{TierKey, EGRESS_PORT};
@@ -70,37 +70,14 @@ impl StepLogger {
 }
 
 pub(crate) async fn pump(
-    mut pipe: impl tokio::io::AsyncRead + Unpin,
-    stream: Stream,
+    out: impl tokio::io::AsyncRead + Unpin,
+    err: impl tokio::io::AsyncRead + Unpin,
     logger: StepLogger,
 ) -> u64 {
-    let mut framer = LineFramer::default();
-    // The scrubber is the boundary: nothing upstream of it is stored or shown.
-    let mut scrub = logger.scrubber.stream();
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if !logger.count(n) {
-            // Keep draining so the sandbox never blocks on a full pipe, but drop the bytes.
-            continue;
-        }
-        for line in framer.push(&scrub.push(&buf[..n])) {
-            logger.scrubbed_line(stream, line);
-        }
-    }
-    let tail = scrub.finish();
-    if !logger.tripped.load(Ordering::Relaxed) {
-        for line in framer.push(&tail) {
-            logger.scrubbed_line(stream, line);
-        }
-        if let Some(rest) = framer.finish() {
-            logger.scrubbed_line(stream, rest);
-        }
-    }
-    scrub.counts().total()
+    // The scrubber is the boundary: nothing upstream of it is stored or shown. Both pipes go
+    // through one, so that a secret split between them is caught (see `log::pump_pipes`).
+    let scrubber = logger.scrubber.clone();
+    crate::log::pump_pipes(out, err, &scrubber, |n| logger.count(n), |s, l| logger.scrubbed_line(s, l)).await
 }
 
 /// Starts the sandbox, streams its output, enforces the deadline, the log
@@ -140,8 +117,11 @@ pub(crate) async fn run_sandbox(
             tracing::warn!("handing secrets to the sandbox: {e}");
         }
     }
-    let out = tokio::spawn(pump(child.stdout.take().expect("piped"), Stream::Stdout, logger.clone()));
-    let err = tokio::spawn(pump(child.stderr.take().expect("piped"), Stream::Stderr, logger.clone()));
+    let pipes = tokio::spawn(pump(
+        child.stdout.take().expect("piped"),
+        child.stderr.take().expect("piped"),
+        logger.clone(),
+    ));
     let over = logger.over.clone();
     let (status, stopped) = tokio::select! {
         s = child.wait() => (Some(s), None),
@@ -164,11 +144,8 @@ pub(crate) async fn run_sandbox(
         }
     };
     // The pipes close when the sandbox is gone; don't wait forever if not.
-    let redactions = tokio::time::timeout(Duration::from_secs(5), async {
-        out.await.unwrap_or(0) + err.await.unwrap_or(0)
-    })
-    .await
-    .unwrap_or(0);
+    let redactions =
+        tokio::time::timeout(Duration::from_secs(5), async { pipes.await.unwrap_or(0) }).await.unwrap_or(0);
     let sandbox = Arc::try_unwrap(sandbox).map_err(|_| "sandbox still shared".to_string())?;
     let outcome = tokio::task::spawn_blocking(move || sandbox.finish(status))
         .await
@@ -245,7 +222,7 @@ pub(crate) async fn boot_with_agent(
     })
     .await
     .map_err(|e| e.to_string())?
-    .map_err(|e| format!("starting it: {e}"))?;
+    .map_err(|e| e.to_string())?;
     let accepted = tokio::time::timeout(Duration::from_secs(30), listener.accept()).await;
     drop(listener);
     let _ = std::fs::remove_file(&agent_sock);
@@ -342,7 +319,7 @@ impl JobRun<'_> {
                     p.stop().await;
                 }
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(StepError::Infrastructure(format!("the {} sandbox: {e}", phase.as_str())));
+                return Err(StepError::Infrastructure(format!("starting the {} sandbox: {e}", phase.as_str())));
             }
         };
         self.phase_box = Some(PhaseBox {
@@ -420,7 +397,7 @@ impl JobRun<'_> {
         let before = sb.usage();
         sb.reset_peak_memory();
         let (exit_rx, pumps) = agent.start(seq, &request, Some(&logger)).await?;
-        let (mut out, mut err) = pumps.ok_or("no pipes")?;
+        let mut pipes = pumps.ok_or("no pipes")?;
         let over = logger.over.clone();
         let mut cancel = self.req.cancel.clone();
         let (status, stopped) = tokio::select! {
@@ -445,18 +422,14 @@ impl JobRun<'_> {
         // started may still hold its pipes: those lines are still read (and
         // logged as this step's) until the phase ends.
         let mut redactions = 0;
-        for h in [&mut out, &mut err] {
-            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(200), &mut *h).await {
-                redactions += r;
-            }
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(200), &mut pipes).await {
+            redactions += r;
         }
         let after = sb.usage();
         drop(sb);
-        for h in [out, err] {
-            if !h.is_finished() {
-                if let Some(pb) = self.phase_box.as_mut() {
-                    pb.leftovers.push(h);
-                }
+        if !pipes.is_finished() {
+            if let Some(pb) = self.phase_box.as_mut() {
+                pb.leftovers.push(pipes);
             }
         }
         let limit = if after.oom_kills > before.oom_kills {
@@ -512,22 +485,21 @@ impl AgentConn {
     }
 
     /// Starts `request` as step `seq`; its output goes to `logger` (pumped
-    /// by the two tasks returned) or, without one, nowhere. The receiver
+    /// by the task returned) or, without one, nowhere. The receiver
     /// gets its exit status.
     pub(crate) async fn start(
         &self,
         seq: u32,
         request: &kiln_sandbox::agent::RunRequest,
         logger: Option<&StepLogger>,
-    ) -> Result<(ExitRx, Option<(Pump, Pump)>), String> {
+    ) -> Result<(ExitRx, Option<Pump>), String> {
         let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
         let (pipes, pumps) = match logger {
             Some(logger) => {
                 let (out_w, out_r) = tokio::io::duplex(64 * 1024);
                 let (err_w, err_r) = tokio::io::duplex(64 * 1024);
-                let out = tokio::spawn(pump(out_r, Stream::Stdout, logger.clone()));
-                let err = tokio::spawn(pump(err_r, Stream::Stderr, logger.clone()));
-                (StepPipes { out: Some(out_w), err: Some(err_w), exit: Some(exit_tx) }, Some((out, err)))
+                let pipes = tokio::spawn(pump(out_r, err_r, logger.clone()));
+                (StepPipes { out: Some(out_w), err: Some(err_w), exit: Some(exit_tx) }, Some(pipes))
             }
             None => (StepPipes { out: None, err: None, exit: Some(exit_tx) }, None),
         };

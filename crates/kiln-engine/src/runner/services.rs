@@ -428,7 +428,9 @@ impl JobRun<'_> {
             .cloned()
             .ok_or_else(|| format!("no verified runtime for tier {:?}", self.isolation))?;
         std::fs::create_dir_all(dir_bundle(&sbox.dir)).map_err(|e| e.to_string())?;
-        let (sandbox, agent) = boot_with_agent(runtime, spec, dir_bundle(&sbox.dir), &sbox.agent_dir).await?;
+        let (sandbox, agent) = boot_with_agent(runtime, spec, dir_bundle(&sbox.dir), &sbox.agent_dir)
+            .await
+            .map_err(|e| format!("starting its sandbox: {e}"))?;
         let sandbox = Arc::new(sandbox);
         let agent = Arc::new(agent);
         sbox.sandbox = Some(sandbox);
