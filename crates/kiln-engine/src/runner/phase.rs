@@ -319,7 +319,10 @@ impl JobRun<'_> {
                     p.stop().await;
                 }
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(StepError::Infrastructure(format!("starting the {} sandbox: {e}", phase.as_str())));
+                return Err(StepError::Infrastructure(format!(
+                    "starting the {} sandbox: {e}",
+                    phase.as_str()
+                )));
             }
         };
         self.phase_box = Some(PhaseBox {
