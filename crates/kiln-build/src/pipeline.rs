@@ -150,9 +150,9 @@ pub fn parse_source(raw: &str) -> Result<Source, String> {
 }
 
 /// Letters, digits and `-` in dot-separated labels of 1 to 63 bytes, not
-/// beginning or ending with `-`; 253 bytes at most.
+/// beginning or ending with `-`; 253 bytes at most; no trailing dot (the
+/// network rules name hosts as the resolver is asked them).
 fn is_host_name(d: &str) -> bool {
-    let d = d.strip_suffix('.').unwrap_or(d);
     !d.is_empty()
         && d.len() <= 253
         && d.split('.').all(|l| {
@@ -430,7 +430,7 @@ mod tests {
             "https://git.example/a.git",
             "https://127.0.0.1:8443/a",
             "https://[::1]/a",
-            "https://x-1.example./a",
+            "https://x-1.example/a",
         ] {
             assert!(parse_source(good).is_ok(), "{good}");
         }

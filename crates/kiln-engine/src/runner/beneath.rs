@@ -9,7 +9,9 @@
 //! path is looked up twice, so nothing can be swapped between a check and
 //! its use, and no link is ever followed.
 //!
-//! The sources (kiln's own staging trees) are trusted and read by path.
+//! The sources are kiln's own staging trees, or (an upload's staging copy)
+//! the workspace, read with `O_NOFOLLOW`: a file there that became a link
+//! or a FIFO is refused, never followed or waited on.
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use std::ffi::OsStr;
@@ -201,7 +203,19 @@ fn put_entry(
         // kiln's staging holds files, links and directories only.
         return Ok(());
     }
-    let mut from = std::fs::File::open(src)?;
+    // The source may be a step's file (an upload's staging copy reads the
+    // workspace): never followed if it became a link, never blocked on if
+    // it became a FIFO.
+    let mut from = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(src)?
+    };
+    if !from.metadata()?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, format!("{} is not a regular file", src.display())));
+    }
     let mode = from.metadata()?.permissions().mode() & 0o777;
     let fd = rustix::fs::openat(
         dst,
