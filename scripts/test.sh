@@ -16,3 +16,10 @@ if ! command -v cargo-deny >/dev/null 2>&1; then
 fi
 cargo deny --offline check licenses bans sources
 cargo test --locked --workspace -- --test-threads=2
+# Fuzzing (fuzz/, its own workspace; docs/testing.md): every target for 15 s
+# on a scratch copy of its seed corpus, on stable Rust (no sanitizer); a
+# crash, hang or out-of-memory fails the run.
+if ! cargo fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz 0.13.2'; then
+    cargo install --locked cargo-fuzz --version 0.13.2
+fi
+./fuzz/run.sh 15

@@ -214,16 +214,23 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-/// For the fuzz targets (`fuzz/`): the private request bodies through
-/// [`parse_json`], as their handlers parse them. Not an API.
+/// For the fuzz targets (`fuzz/`): every JSON request body, through
+/// `parse_json` as its handler parses it. Not an API.
 #[doc(hidden)]
 pub mod fuzzing {
-    /// Parses `body` as `submit`'s or `put_secret`'s request; `None` for any
-    /// other `endpoint`.
+    use crate::remote::{ArtifactUpload, EventsRequest, FinishRequest, LeaseRequest};
+
+    /// Parses `body` as the request of `endpoint` (`submit`, `secret`,
+    /// `lease`, `events`, `artifact`, `finish`); `None` for any other.
     pub fn parse_body(endpoint: &str, body: &[u8]) -> Option<Result<(), String>> {
+        use super::{parse_json as p, SecretRequest, SubmitRequest};
         let r = match endpoint {
-            "submit" => super::parse_json::<super::SubmitRequest>(body).map(drop),
-            "secret" => super::parse_json::<super::SecretRequest>(body).map(drop),
+            "submit" => p::<SubmitRequest>(body).map(drop),
+            "secret" => p::<SecretRequest>(body).map(drop),
+            "lease" => p::<LeaseRequest>(body).map(drop),
+            "events" => p::<EventsRequest>(body).map(drop),
+            "artifact" => p::<ArtifactUpload>(body).map(drop),
+            "finish" => p::<FinishRequest>(body).map(drop),
             _ => return None,
         };
         Some(r.map_err(|e| e.message))

@@ -19,6 +19,12 @@ mod stepfiles;
 mod workspace_copy;
 pub mod zeroconfig;
 
+/// For the fuzz targets (`fuzz/`): the step files' parser. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::stepfiles::{parse_assignments, StepFileError};
+}
+
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
