@@ -240,7 +240,37 @@ pub(crate) async fn boot_with_agent(
     }
 }
 
+/// Ends a sandbox whose PID 1 serves the step agent, and every process in
+/// it. Hanging up on the agent ends PID 1: the runtime then has a stopped
+/// sandbox to delete, much faster under gVisor than killing a running one.
+pub(crate) async fn end_sandbox(agent: Option<Arc<AgentConn>>, sandbox: Option<Arc<Sandbox>>) {
+    let hung_up = agent.is_some();
+    drop(agent);
+    if let Some(sb) = sandbox {
+        let _ = tokio::task::spawn_blocking(move || {
+            if hung_up {
+                sb.wait_stopped(Duration::from_millis(1500));
+            }
+            match Arc::try_unwrap(sb) {
+                Ok(sb) => sb.stop().map(|_| ()),
+                Err(shared) => shared.kill(),
+            }
+        })
+        .await;
+    }
+}
+
 impl JobRun<'_> {
+    /// The verified runtime of the job's tier.
+    pub(crate) fn runtime(&self) -> Result<Runtime, String> {
+        self.runner
+            .cfg
+            .runtimes
+            .get(&TierKey::of(self.isolation))
+            .cloned()
+            .ok_or_else(|| format!("no verified runtime for tier {:?}", self.isolation))
+    }
+
     /// Starts the sandbox of `phase` over the job's disk.
     pub(crate) async fn open_phase(
         &mut self,
@@ -308,10 +338,7 @@ impl JobRun<'_> {
                 dial: None,
             }),
         };
-        let runtime =
-            self.runner.cfg.runtimes.get(&TierKey::of(self.isolation)).cloned().ok_or_else(|| {
-                StepError::Infrastructure(format!("no verified runtime for tier {:?}", self.isolation))
-            })?;
+        let runtime = self.runtime().map_err(StepError::Infrastructure)?;
         let (sandbox, conn) = match boot_with_agent(runtime, spec, dir.join("bundle"), &agent_dir).await {
             Ok(booted) => booted,
             Err(e) => {
@@ -346,19 +373,7 @@ impl JobRun<'_> {
         // Hanging up on the agent ends PID 1, and with it every process of
         // the sandbox: the runtime then has a stopped sandbox to delete,
         // much faster under gVisor than killing a running one.
-        let hung_up = pb.agent.take().is_some();
-        if let Some(sb) = pb.sandbox.take() {
-            let _ = tokio::task::spawn_blocking(move || {
-                if hung_up {
-                    sb.wait_stopped(Duration::from_millis(1500));
-                }
-                match Arc::try_unwrap(sb) {
-                    Ok(sb) => sb.stop().map(|_| ()),
-                    Err(shared) => shared.kill(),
-                }
-            })
-            .await;
-        }
+        end_sandbox(pb.agent.take(), pb.sandbox.take()).await;
         // The sandbox is gone, so are the writers of these pipes.
         for h in pb.leftovers.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(2), h).await;

@@ -398,13 +398,7 @@ impl JobRun<'_> {
             Some(t) if Instant::now() + t < self.deadline => (Instant::now() + t, t),
             _ => (self.deadline, self.job_timeout),
         };
-        let runtime = self
-            .runner
-            .cfg
-            .runtimes
-            .get(&TierKey::of(self.isolation))
-            .cloned()
-            .ok_or_else(|| format!("no verified runtime for tier {:?}", self.isolation))?;
+        let runtime = self.runtime()?;
         let logger = self.step_logger(job, step, name);
         let run = run_sandbox(
             runtime,

@@ -26,7 +26,6 @@
 use crate::runner::env::*;
 use crate::runner::job::{sanitize_id, JobRun, StepError};
 use crate::runner::phase::{boot_with_agent, AgentConn, StepLogger};
-use crate::runner::sandbox::TierKey;
 use crate::runner::script::{SocketDir, SOCKET_ROOT};
 use kiln_sandbox::agent::RunRequest;
 use kiln_sandbox::init::Forward;
@@ -420,13 +419,7 @@ impl JobRun<'_> {
                 dial: Some(sbox.dial_dir.0.clone()),
             }),
         };
-        let runtime = self
-            .runner
-            .cfg
-            .runtimes
-            .get(&TierKey::of(self.isolation))
-            .cloned()
-            .ok_or_else(|| format!("no verified runtime for tier {:?}", self.isolation))?;
+        let runtime = self.runtime()?;
         std::fs::create_dir_all(dir_bundle(&sbox.dir)).map_err(|e| e.to_string())?;
         let (sandbox, agent) = boot_with_agent(runtime, spec, dir_bundle(&sbox.dir), &sbox.agent_dir)
             .await
@@ -573,20 +566,7 @@ async fn stop_box(mut sbox: ServiceBox) {
     for t in sbox.tasks.drain(..) {
         t.abort();
     }
-    // Hanging up on the agent ends PID 1 and every process with it.
-    let hung_up = sbox.agent.take().is_some();
-    if let Some(sb) = sbox.sandbox.take() {
-        let _ = tokio::task::spawn_blocking(move || {
-            if hung_up {
-                sb.wait_stopped(Duration::from_millis(1500));
-            }
-            match Arc::try_unwrap(sb) {
-                Ok(sb) => sb.stop().map(|_| ()),
-                Err(shared) => shared.kill(),
-            }
-        })
-        .await;
-    }
+    crate::runner::phase::end_sandbox(sbox.agent.take(), sbox.sandbox.take()).await;
     if let Some(ws) = sbox.workspace.take() {
         let _ = tokio::task::spawn_blocking(move || ws.destroy()).await;
     }
