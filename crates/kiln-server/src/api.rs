@@ -984,16 +984,20 @@ async fn worker_events(
     let stop = holds_lease(&core, &id, &worker, req.attempt, true)?;
     if !req.events.is_empty() {
         let b = core.read().build(&id)?.ok_or_else(|| ApiError::not_found("build"))?;
-        let engine_id = core
-            .read()
-            .attempts(&id)?
-            .into_iter()
-            .find(|a| a.attempt == req.attempt)
-            .map(|a| a.engine_id)
-            .ok_or_else(|| ApiError::conflict("no such attempt"))?;
+        let engine_id = attempt_engine_id(&core, &id, req.attempt)?;
         core.remote.push(&core, &b.tenant, &id, req.attempt, &engine_id, req.events)?;
     }
     Ok(Json(json!({ "stop": stop })))
+}
+
+/// The engine's build id of attempt `attempt` of build `id` (409 if none).
+fn attempt_engine_id(core: &AppState, id: &str, attempt: i64) -> ApiResult<String> {
+    core.read()
+        .attempts(id)?
+        .into_iter()
+        .find(|a| a.attempt == attempt)
+        .map(|a| a.engine_id)
+        .ok_or_else(|| ApiError::conflict("no such attempt"))
 }
 
 /// 409 unless `worker` still holds `id`'s lease for `attempt` (`renew`
@@ -1015,13 +1019,7 @@ async fn worker_artifact(
     holds_lease(&core, &id, &worker, req.attempt, true)?;
     let b = core.read().build(&id)?.ok_or_else(|| ApiError::not_found("build"))?;
     // The engine's id of the leased attempt: the record must be of it.
-    let engine_id = core
-        .read()
-        .attempts(&id)?
-        .into_iter()
-        .find(|a| a.attempt == req.attempt)
-        .map(|a| a.engine_id)
-        .ok_or_else(|| ApiError::conflict("no such attempt"))?;
+    let engine_id = attempt_engine_id(&core, &id, req.attempt)?;
     let artifact = req.record.id.to_string();
     crate::remote::store_artifact(&core, &b.tenant, &engine_id, req)
         .await
