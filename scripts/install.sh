@@ -41,6 +41,7 @@ declare -A pkg=(
     [runc]=runc [mkfs.ext4]=e2fsprogs [losetup]=util-linux [git]=git [python3]=python3
     [bash]=bash [pgrep]=procps [curl]=curl [xxd]=xxd [npm]="nodejs npm" [openssl]=openssl
     [mmdebstrap]=mmdebstrap [umoci]=umoci [skopeo]=skopeo [docker-registry]=docker-registry
+    [g++]=g++
 )
 missing=()
 for bin in "${!pkg[@]}"; do
