@@ -203,3 +203,45 @@ jobs:
     r.expect_code(0);
     r.assert_lines("test", &["42"]);
 }
+
+/// A step opens 400 connections to a service at once and holds them:
+/// the job goes on (kiln's relay holds up; it carries at most 256 into one
+/// service, a cap this test does not isolate), the first connection is
+/// served meanwhile, and once the step ends the service answers again.
+#[test]
+fn a_connection_flood_into_a_service_leaves_it_answering() {
+    let p = Project::new(
+        r#"
+jobs:
+  flood:
+    runs-on: ubuntu-latest
+    # Room for the step's 400 connections (two relay threads each in the
+    # job's kiln-init): the default process limit would stop the flood
+    # first, which is the other line of defence.
+    kiln: { pids: 4096 }
+    services:
+      web:
+        image: kiln/runner
+        command: python3 -m http.server 8000 --bind 127.0.0.1 --directory /etc
+        ports: ["8000"]
+    steps:
+      - run: |
+          trap '' PIPE
+          fds=()
+          for i in $(seq 400); do exec {fd}<>/dev/tcp/web/8000 && fds+=("$fd"); done
+          ask() { printf 'GET /hostname HTTP/1.0\r\n\r\n' >&"$1" 2>/dev/null; timeout 5 head -c 12 <&"$1" 2>/dev/null || true; }
+          first=$(ask "${fds[0]}")
+          echo "held ${#fds[@]}, first: ${first:-no answer}"
+      - run: curl -s -o /dev/null -w "after %{http_code}\n" http://web:8000/hostname
+"#,
+    );
+    p.shared_image("kiln/runner", &[]);
+    let out = p
+        .kiln_with_images()
+        .args(["run", "ci.yml", "--json", "--isolation", "container"])
+        .output()
+        .expect("run");
+    let r = Run::parse(out);
+    r.expect_code(0);
+    r.assert_lines("flood", &["held 400, first: HTTP/1.0 200", "after 200"]);
+}
