@@ -16,6 +16,11 @@ fn postgres_image(p: &Project) -> serde_json::Value {
 
 fn run(p: &Project, tier: &str) -> Run {
     postgres_image(p);
+    run_as_is(p, tier)
+}
+
+/// `kiln run ci.yml` with the shared image store, the images already there.
+fn run_as_is(p: &Project, tier: &str) -> Run {
     let out = p
         .kiln_with_images()
         .args(["run", "ci.yml", "--json", "--isolation", tier])
@@ -194,12 +199,7 @@ jobs:
         .output()
         .expect("kiln image import");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = p
-        .kiln_with_images()
-        .args(["run", "ci.yml", "--json", "--isolation", "container"])
-        .output()
-        .expect("run");
-    let r = Run::parse(out);
+    let r = run_as_is(&p, "container");
     r.expect_code(0);
     r.assert_lines("test", &["42"]);
 }
@@ -236,12 +236,7 @@ jobs:
 "#,
     );
     p.shared_image("kiln/runner", &[]);
-    let out = p
-        .kiln_with_images()
-        .args(["run", "ci.yml", "--json", "--isolation", "container"])
-        .output()
-        .expect("run");
-    let r = Run::parse(out);
+    let r = run_as_is(&p, "container");
     r.expect_code(0);
     r.assert_lines("flood", &["held 400, first: HTTP/1.0 200", "after 200"]);
 }

@@ -203,18 +203,9 @@ pub(crate) async fn boot_with_agent(
     bundle: PathBuf,
     agent_dir: &SocketDir,
 ) -> Result<(Sandbox, AgentConn), String> {
-    let io = |e: std::io::Error| format!("preparing the step agent: {e}");
-    std::fs::create_dir_all(&agent_dir.0).map_err(io)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&agent_dir.0, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
-    }
+    let listener = crate::runner::script::listen_for_sandbox(&agent_dir.0, kiln_sandbox::agent::AGENT_SOCKET)
+        .map_err(|e| format!("preparing the step agent: {e}"))?;
     let agent_sock = agent_dir.0.join(kiln_sandbox::agent::AGENT_SOCKET);
-    let listener = tokio::net::UnixListener::bind(&agent_sock).map_err(io)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&agent_sock, std::fs::Permissions::from_mode(0o666)).map_err(io)?;
-    }
     let sandbox = tokio::task::spawn_blocking(move || {
         let sb = Sandbox::prepare(&runtime, &spec, &bundle)?;
         sb.start()?;

@@ -49,6 +49,19 @@ pub(crate) const SOCKET_ROOT: &str = "/run/kiln/egress";
 #[derive(Debug)]
 pub(crate) struct SocketDir(pub(crate) PathBuf);
 
+/// Listens on `dir/name` for a sandbox's processes (the step user): the
+/// directory is root's and 0755, so they can neither replace the socket
+/// nor add files; the socket is 0666, so they can connect.
+pub(crate) fn listen_for_sandbox(dir: &Path, name: &str) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let sock = dir.join(name);
+    let listener = tokio::net::UnixListener::bind(&sock)?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
 impl Drop for SocketDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -525,7 +538,6 @@ impl JobRun<'_> {
         network: &kiln_workflow::NetworkSpec,
         dir: &Path,
     ) -> Result<StepProxy, String> {
-        use std::os::unix::fs::PermissionsExt;
         let cfg = &self.runner.cfg.egress;
         let mut policy = match network {
             kiln_workflow::NetworkSpec::Registries(extra) => {
@@ -549,13 +561,8 @@ impl JobRun<'_> {
         for addr in &cfg.open {
             policy = policy.with_open(*addr);
         }
-        std::fs::create_dir_all(dir).map_err(|e| format!("egress dir: {e}"))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
-        let sock = dir.join(kiln_sandbox::init::EGRESS_SOCKET);
-        let listener = tokio::net::UnixListener::bind(&sock).map_err(|e| format!("egress socket: {e}"))?;
-        // The step's uid connects; the directory stays root's, so it can
-        // neither replace the socket nor add files.
-        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).map_err(|e| e.to_string())?;
+        let listener = listen_for_sandbox(dir, kiln_sandbox::init::EGRESS_SOCKET)
+            .map_err(|e| format!("egress socket: {e}"))?;
         let scope = kiln_egress::StepScope {
             build: self.req.build.clone(),
             job: job.id.clone(),

@@ -26,7 +26,7 @@
 use crate::runner::env::*;
 use crate::runner::job::{sanitize_id, JobRun, StepError};
 use crate::runner::phase::{boot_with_agent, AgentConn, StepLogger};
-use crate::runner::script::{SocketDir, SOCKET_ROOT};
+use crate::runner::script::{listen_for_sandbox, SocketDir, SOCKET_ROOT};
 use kiln_sandbox::agent::RunRequest;
 use kiln_sandbox::init::Forward;
 use kiln_sandbox::{Bind, Sandbox, SandboxSpec, Workspace};
@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::{mpsc, Mutex, Notify};
 
 /// What the service sandbox's own process does: nothing (its init serves
@@ -201,7 +201,8 @@ impl JobRun<'_> {
             sanitize_id(&self.req.build),
             self.req.job
         )));
-        make_socket_dir(&front.0).map_err(StepError::Infrastructure)?;
+        std::fs::create_dir_all(&front.0)
+            .map_err(|e| StepError::Infrastructure(format!("creating {}: {e}", front.0.display())))?;
         let mut hosts = String::from("127.0.0.1\tlocalhost kiln\n::1\tlocalhost ip6-localhost\n");
         for (i, s) in specs.iter().enumerate() {
             hosts.push_str(&format!("{}\t{}\n", service_addr(i), s.id));
@@ -365,10 +366,8 @@ impl JobRun<'_> {
     ) -> Result<(), String> {
         // The dialers' socket: kiln listens, the service's init keeps
         // connections waiting on it.
-        make_socket_dir(&sbox.dial_dir.0)?;
-        let dial_sock = sbox.dial_dir.0.join(kiln_sandbox::init::DIAL_SOCKET);
-        let dial = UnixListener::bind(&dial_sock).map_err(|e| format!("listening for its dialers: {e}"))?;
-        world_connectable(&dial_sock)?;
+        let dial = listen_for_sandbox(&sbox.dial_dir.0, kiln_sandbox::init::DIAL_SOCKET)
+            .map_err(|e| format!("listening for its dialers: {e}"))?;
         let (idle_tx, idle_rx) = mpsc::channel::<UnixStream>(64);
         sbox.tasks.push(tokio::spawn(async move {
             while let Ok((conn, _)) = dial.accept().await {
@@ -381,10 +380,8 @@ impl JobRun<'_> {
         let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let front = self.services.front.as_ref().ok_or("no socket directory")?.0.clone();
         for &(container, _) in ports {
-            let path = front.join(format!("s{i}-{container}.sock"));
-            let listener =
-                UnixListener::bind(&path).map_err(|e| format!("listening for port {container}: {e}"))?;
-            world_connectable(&path)?;
+            let listener = listen_for_sandbox(&front, &format!("s{i}-{container}.sock"))
+                .map_err(|e| format!("listening for port {container}: {e}"))?;
             let (idle, open) = (idle.clone(), open.clone());
             sbox.tasks.push(tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
@@ -591,21 +588,6 @@ async fn carry(mut client: UnixStream, idle: Arc<Mutex<mpsc::Receiver<UnixStream
         let _ = tokio::io::copy_bidirectional(&mut client, &mut dialer).await;
         return;
     }
-}
-
-/// A root-owned socket directory the sandboxes' inits (the step user) can
-/// reach through, but not write to.
-fn make_socket_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)
-        .and_then(|_| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)))
-        .map_err(|e| format!("creating {}: {e}", dir.display()))
-}
-
-fn world_connectable(sock: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o666))
-        .map_err(|e| format!("{}: {e}", sock.display()))
 }
 
 #[cfg(test)]
