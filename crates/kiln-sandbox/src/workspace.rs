@@ -107,6 +107,26 @@ impl Workspace {
         Ok(ws)
     }
 
+    /// A job's disk on a plain directory: no image, no quota, nothing
+    /// mounted, owned by whoever runs it. Only for tests that drive the job
+    /// loop against a fake sandbox host without root; kiln's runners always
+    /// use [`Workspace::create`].
+    #[doc(hidden)]
+    pub fn plain(host_dir: &Path) -> Result<Workspace> {
+        for sub in [WORKSPACE_DIR, HOME_DIR, TOOL_DIR] {
+            let d = host_dir.join(sub);
+            fs::create_dir_all(&d).map_err(io_err("create", &d))?;
+        }
+        let mut image = host_dir.as_os_str().to_owned();
+        image.push(".img");
+        Ok(Workspace {
+            dir: host_dir.to_path_buf(),
+            image: PathBuf::from(image),
+            root: Mutex::new(None),
+            destroyed: Mutex::new(false),
+        })
+    }
+
     /// The workspace directory (on the job's disk).
     pub fn path(&self) -> PathBuf {
         self.dir.join(WORKSPACE_DIR)

@@ -5,12 +5,11 @@
 use crate::event::Event;
 use crate::limits::{StepLimits, StopReason};
 use crate::log::Stream;
-use crate::runner::builtins::*;
 use crate::runner::env::*;
 use crate::runner::sandbox::*;
 use crate::runner::{JobOutcome, JobRequest, StepRecord, StepStatus};
 use kiln_sandbox::{Isolation, Workspace};
-use kiln_workflow::{BoolOrExpr, Contexts, JobResult, PlannedJob, StatusFns, StepAction, StepSpec, Template};
+use kiln_workflow::{BoolOrExpr, Contexts, JobResult, PlannedJob, StatusFns, StepSpec, Template};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -280,16 +279,15 @@ impl<'a> JobRun<'a> {
         std::fs::create_dir_all(&self.dir).map_err(|e| crate::EngineError::io("creating", &self.dir, e))?;
         let ws_dir = self.dir.join("disk");
         let disk = self.limits.disk_bytes;
-        let ws = tokio::task::spawn_blocking(move || Workspace::create(&ws_dir, disk, STEP_UID, STEP_GID))
-            .await
-            .map_err(|e| {
-                crate::EngineError::io("creating workspace", PathBuf::new(), std::io::Error::other(e))
-            })??;
+        let host = self.runner.host.clone();
+        let ws = tokio::task::spawn_blocking(move || host.job_disk(&ws_dir, disk)).await.map_err(|e| {
+            crate::EngineError::io("creating workspace", PathBuf::new(), std::io::Error::other(e))
+        })??;
         self.hasher = Some(super::globs::WorkspaceHasher { ws: ws.path(), home: Some(ws.home()) });
         // `RUNNER_TEMP`: GitHub's layout, on the job's disk.
         let temp = ws.home().join(RUNNER_TEMP_REL);
         std::fs::create_dir_all(&temp)
-            .and_then(|_| super::artifacts::chown_tree(&ws.home(), STEP_UID, STEP_GID))
+            .and_then(|_| self.runner.host.give_to_step_user(&ws.home()))
             .map_err(|e| crate::EngineError::io("creating", &temp, e))?;
         // kiln's own commands (`rustup` over the image's toolchain), root's,
         // written before any step ran.
@@ -414,25 +412,7 @@ impl<'a> JobRun<'a> {
             }
         }
         let _ = job;
-        match &step.action {
-            StepAction::Checkout => "Checkout".to_string(),
-            StepAction::UploadArtifact { name, .. } => format!("Upload artifact {}", name.source()),
-            StepAction::Cache { key, .. } => format!("Cache {}", key.source()),
-            StepAction::DownloadArtifact { name: Some(name), .. } => {
-                format!("Download artifact {}", name.source())
-            }
-            StepAction::DownloadArtifact { name: None, .. } => "Download artifacts".to_string(),
-            StepAction::Uploader { uses } | StepAction::Unsupported { uses } => format!("Run {uses}"),
-            StepAction::Setup { tool, .. } => tool.title().to_string(),
-            StepAction::LocalAction { path, .. } => format!("Run ./{path}"),
-            StepAction::Detect { .. } => "Detect".to_string(),
-            StepAction::Package { name, .. } => format!("Package {}", name.source()),
-            StepAction::Run { script, .. } => {
-                let first = script.source().lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-                let first: String = first.chars().take(60).collect();
-                format!("Run {first}")
-            }
-        }
+        super::builtins::of(&step.action).title()
     }
 
     /// Runs what a step does and returns how it ended (the caller logs and
@@ -446,21 +426,12 @@ impl<'a> JobRun<'a> {
         started_at: &'s str,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<StepResult, StepError>> + Send + 's>> {
         Box::pin(async move {
-            let phase = step.phase(&job.spec).as_str();
+            let builtin = super::builtins::of(&step.action);
             // A built-in that works on the job's disk from the host (reads
             // files to store them, writes restored ones) must not race a
             // process of the phase that could swap a path for a link
             // meanwhile: the phase's processes end first.
-            if matches!(
-                step.action,
-                StepAction::Checkout
-                    | StepAction::UploadArtifact { .. }
-                    | StepAction::DownloadArtifact { .. }
-                    | StepAction::Cache { .. }
-                    | StepAction::Detect { .. }
-                    | StepAction::Package { .. }
-                    | StepAction::Setup { tool: kiln_workflow::SetupTool::RustCache, .. }
-            ) {
+            if builtin.on_host() {
                 let current = self.phase_box.as_ref().map(|p| p.key.as_str());
                 if let crate::runner::placement::Placement::Host { close: Some(why) } =
                     crate::runner::placement::place(current, crate::runner::placement::StepKind::HostBuiltin)
@@ -468,87 +439,8 @@ impl<'a> JobRun<'a> {
                     self.close_phase(job, name, &why).await;
                 }
             }
-            match &step.action {
-                StepAction::Checkout => self.checkout().await,
-                StepAction::Run { script, shell } => {
-                    self.run_script(job, k, step, name, script, shell.as_ref()).await
-                }
-                StepAction::UploadArtifact {
-                    name: art,
-                    path,
-                    if_no_files_found,
-                    retention_days,
-                    output_type,
-                } => {
-                    let keep = ArtifactKeep {
-                        output_type: output_type
-                            .as_deref()
-                            .map(output_type_of)
-                            .unwrap_or(kiln_store::OutputType::Static),
-                        retention_days: *retention_days,
-                        commands: None,
-                        commit: None,
-                    };
-                    self.upload_artifact(job, k, name, art, path, if_no_files_found, keep, started_at).await
-                }
-                StepAction::Detect { ignore_scripts } => self.detect(job, step, name, *ignore_scripts).await,
-                StepAction::Package { name: art, path, output_type, retention_days, commit } => {
-                    let pkg = PackageStep {
-                        name: art,
-                        path: path.as_ref(),
-                        output_type: output_type.as_ref(),
-                        retention_days: *retention_days,
-                        commit: commit.as_ref(),
-                    };
-                    self.package(job, k, name, pkg, started_at).await
-                }
-                StepAction::DownloadArtifact { name: art, path, pattern, merge_multiple } => {
-                    let request = DownloadRequest {
-                        name: art.as_ref(),
-                        path: path.as_ref(),
-                        pattern: pattern.as_ref(),
-                        merge_multiple: *merge_multiple,
-                    };
-                    self.download_artifact(job, k, name, request).await
-                }
-                StepAction::Uploader { uses } => {
-                    // The build loop refuses the job first when the operator
-                    // refuses uploaders; here the step is skipped with a notice.
-                    self.req.emitter.log(
-                        &job.id,
-                        name,
-                        phase,
-                        Stream::System,
-                        format!(
-                            "skipped `{uses}`: coverage/report uploaders need a third party's token and host"
-                        ),
-                    );
-                    Ok((StepStatus::Skipped, None, None, 0.0, 0, None))
-                }
-                StepAction::Unsupported { uses } => {
-                    Err(StepError::User(format!("`uses: {uses}` is not an action kiln has")))
-                }
-                StepAction::LocalAction { path, with } => {
-                    self.composite(job, k, step, name, started_at, path, with).await
-                }
-                StepAction::Setup { tool, uses, with } => {
-                    self.setup_step(job, k, step, name, *tool, uses, with).await
-                }
-                StepAction::Cache { key, path, restore_keys, lookup_only, fail_on_miss } => {
-                    self.cache_step(
-                        job,
-                        k,
-                        step,
-                        name,
-                        key,
-                        path,
-                        restore_keys.as_ref(),
-                        *lookup_only,
-                        *fail_on_miss,
-                    )
-                    .await
-                }
-            }
+            let at = super::builtins::StepAt { job, k, step, name, started_at };
+            builtin.run(self, at).await
         })
     }
 

@@ -8,7 +8,10 @@ pub mod artifacts;
 mod beneath;
 mod builtins;
 mod env;
+#[cfg(test)]
+mod fake;
 pub mod globs;
+mod host;
 mod job;
 mod phase;
 mod placement;

@@ -8,14 +8,14 @@
 
 use crate::log::Stream;
 use crate::runner::env::*;
+use crate::runner::host::AgentSandbox;
 use crate::runner::job::{sanitize_id, JobRun, StepError};
 use crate::runner::sandbox::{TierKey, EGRESS_PORT};
 use crate::runner::script::{SocketDir, StepProxy, SOCKET_ROOT};
-use kiln_sandbox::{Bind, Runtime, Sandbox, SandboxSpec};
+use kiln_sandbox::{Bind, Runtime, SandboxSpec};
 use kiln_workflow::PlannedJob;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,80 +80,6 @@ pub(crate) async fn pump(
     crate::log::pump_pipes(out, err, &scrubber, |n| logger.count(n), |s, l| logger.scrubbed_line(s, l)).await
 }
 
-/// Starts the sandbox, streams its output, enforces the deadline, the log
-/// limit and cancellation, and tears it down.
-pub(crate) async fn run_sandbox(
-    runtime: Runtime,
-    spec: SandboxSpec,
-    bundle_dir: PathBuf,
-    logger: StepLogger,
-    deadline: Instant,
-    mut cancel: watch::Receiver<bool>,
-    stdin_secrets: Option<Vec<u8>>,
-) -> Result<(kiln_sandbox::Outcome, Option<Stop>, u64), String> {
-    let sandbox = tokio::task::spawn_blocking(move || Sandbox::prepare(&runtime, &spec, &bundle_dir))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let sandbox = Arc::new(sandbox);
-    let mut cmd = tokio::process::Command::from(sandbox.command());
-    let stdin = if stdin_secrets.is_some() { Stdio::piped() } else { Stdio::null() };
-    cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let sb = sandbox.clone();
-            let _ = tokio::task::spawn_blocking(move || sb.kill()).await;
-            return Err(format!("starting the sandbox runtime: {e}"));
-        }
-    };
-    if let (Some(mut secrets), Some(mut stdin)) = (stdin_secrets, child.stdin.take()) {
-        // kiln-init reads to EOF, then starts the step; the pipe is closed here.
-        use tokio::io::AsyncWriteExt;
-        let written = stdin.write_all(&secrets).await;
-        secrets.fill(0);
-        drop(stdin);
-        if let Err(e) = written {
-            tracing::warn!("handing secrets to the sandbox: {e}");
-        }
-    }
-    let pipes = tokio::spawn(pump(
-        child.stdout.take().expect("piped"),
-        child.stderr.take().expect("piped"),
-        logger.clone(),
-    ));
-    let over = logger.over.clone();
-    let (status, stopped) = tokio::select! {
-        s = child.wait() => (Some(s), None),
-        _ = tokio::time::sleep_until(deadline.into()) => (None, Some(Stop::Timeout)),
-        _ = wait_cancel(&mut cancel) => (None, Some(Stop::Cancelled)),
-        _ = over.notified() => (None, Some(Stop::Log)),
-    };
-    let status = match status {
-        Some(s) => s.map_err(|e| e.to_string())?,
-        None => {
-            let sb = sandbox.clone();
-            let _ = tokio::task::spawn_blocking(move || sb.kill()).await;
-            match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-                Ok(s) => s.map_err(|e| e.to_string())?,
-                Err(_) => {
-                    let _ = child.start_kill();
-                    child.wait().await.map_err(|e| e.to_string())?
-                }
-            }
-        }
-    };
-    // The pipes close when the sandbox is gone; don't wait forever if not.
-    let redactions =
-        tokio::time::timeout(Duration::from_secs(5), async { pipes.await.unwrap_or(0) }).await.unwrap_or(0);
-    let sandbox = Arc::try_unwrap(sandbox).map_err(|_| "sandbox still shared".to_string())?;
-    let outcome = tokio::task::spawn_blocking(move || sandbox.finish(status))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    Ok((outcome, stopped, redactions))
-}
-
 pub(crate) async fn wait_cancel(cancel: &mut watch::Receiver<bool>) {
     loop {
         if *cancel.borrow() {
@@ -174,9 +100,8 @@ pub(crate) struct PhaseBox {
     /// Host directory: `steps/<n>` (scripts, read-only inside) and
     /// `files/<n>` (the `$GITHUB_*` files), and the bundle.
     pub(crate) dir: PathBuf,
-    pub(crate) sandbox: Option<Arc<Sandbox>>,
-    /// The connection to the sandbox's step agent (its PID 1).
-    pub(crate) agent: Option<Arc<AgentConn>>,
+    /// The sandbox, its PID 1 serving the step agent.
+    pub(crate) sandbox: Option<Arc<dyn AgentSandbox>>,
     /// The phase's egress proxy, when it has a network.
     pub(crate) proxy: Option<StepProxy>,
     pub(crate) egress_dir: Option<SocketDir>,
@@ -191,65 +116,6 @@ pub(crate) struct PhaseBox {
 /// What a phase sandbox's own process does: nothing, under kiln-init, which
 /// reaps every orphan the steps leave, until the phase ends.
 const HOLD_ARGV: [&str; 2] = ["sleep", "infinity"];
-
-/// Starts `spec`, whose init serves the step agent (see
-/// [`kiln_sandbox::agent`]) through a socket in `agent_dir`, and returns
-/// once the agent has connected. kiln listens there, the sandbox's PID 1
-/// connects once, then the socket is gone: no process of the sandbox can
-/// reach it later. On an error nothing is left running.
-pub(crate) async fn boot_with_agent(
-    runtime: Runtime,
-    spec: SandboxSpec,
-    bundle: PathBuf,
-    agent_dir: &SocketDir,
-) -> Result<(Sandbox, AgentConn), String> {
-    let listener = crate::runner::script::listen_for_sandbox(&agent_dir.0, kiln_sandbox::agent::AGENT_SOCKET)
-        .map_err(|e| format!("preparing the step agent: {e}"))?;
-    let agent_sock = agent_dir.0.join(kiln_sandbox::agent::AGENT_SOCKET);
-    let sandbox = tokio::task::spawn_blocking(move || {
-        let sb = Sandbox::prepare(&runtime, &spec, &bundle)?;
-        sb.start()?;
-        Ok::<_, kiln_sandbox::SandboxError>(sb)
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
-    let accepted = tokio::time::timeout(Duration::from_secs(30), listener.accept()).await;
-    drop(listener);
-    let _ = std::fs::remove_file(&agent_sock);
-    match accepted {
-        Ok(Ok((conn, _))) => Ok((sandbox, AgentConn::new(conn))),
-        other => {
-            let why = match other {
-                Ok(Err(e)) => e.to_string(),
-                _ => "no connection within 30 s".to_string(),
-            };
-            let said = std::fs::read_to_string(sandbox.bundle().join("start.log")).unwrap_or_default();
-            let _ = tokio::task::spawn_blocking(move || sandbox.stop()).await;
-            Err(format!("its step agent did not start: {why} {}", said.trim()))
-        }
-    }
-}
-
-/// Ends a sandbox whose PID 1 serves the step agent, and every process in
-/// it. Hanging up on the agent ends PID 1: the runtime then has a stopped
-/// sandbox to delete, much faster under gVisor than killing a running one.
-pub(crate) async fn end_sandbox(agent: Option<Arc<AgentConn>>, sandbox: Option<Arc<Sandbox>>) {
-    let hung_up = agent.is_some();
-    drop(agent);
-    if let Some(sb) = sandbox {
-        let _ = tokio::task::spawn_blocking(move || {
-            if hung_up {
-                sb.wait_stopped(Duration::from_millis(1500));
-            }
-            match Arc::try_unwrap(sb) {
-                Ok(sb) => sb.stop().map(|_| ()),
-                Err(shared) => shared.kill(),
-            }
-        })
-        .await;
-    }
-}
 
 impl JobRun<'_> {
     /// The verified runtime of the job's tier.
@@ -330,7 +196,8 @@ impl JobRun<'_> {
             }),
         };
         let runtime = self.runtime().map_err(StepError::Infrastructure)?;
-        let (sandbox, conn) = match boot_with_agent(runtime, spec, dir.join("bundle"), &agent_dir).await {
+        let booted = self.runner.host.boot(runtime, spec, dir.join("bundle"), &agent_dir).await;
+        let sandbox = match booted {
             Ok(booted) => booted,
             Err(e) => {
                 if let Some(p) = proxy {
@@ -346,8 +213,7 @@ impl JobRun<'_> {
         self.phase_box = Some(PhaseBox {
             key,
             dir,
-            agent: Some(Arc::new(conn)),
-            sandbox: Some(Arc::new(sandbox)),
+            sandbox: Some(sandbox),
             proxy,
             egress_dir,
             agent_dir: Some(agent_dir),
@@ -364,7 +230,9 @@ impl JobRun<'_> {
         // Hanging up on the agent ends PID 1, and with it every process of
         // the sandbox: the runtime then has a stopped sandbox to delete,
         // much faster under gVisor than killing a running one.
-        end_sandbox(pb.agent.take(), pb.sandbox.take()).await;
+        if let Some(sb) = pb.sandbox.take() {
+            sb.end().await;
+        }
         // The sandbox is gone, so are the writers of these pipes.
         for h in pb.leftovers.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
@@ -401,11 +269,10 @@ impl JobRun<'_> {
         let seq = self.runner.next_id.fetch_add(1, Ordering::Relaxed) as u32;
         let pb = self.phase_box.as_ref().ok_or("no phase sandbox")?;
         let sb = pb.sandbox.clone().ok_or("no phase sandbox")?;
-        let agent = pb.agent.clone().ok_or("no step agent")?;
         let t0 = Instant::now();
         let before = sb.usage();
         sb.reset_peak_memory();
-        let (exit_rx, pumps) = agent.start(seq, &request, Some(&logger)).await?;
+        let (exit_rx, pumps) = sb.start(seq, &request, Some(&logger)).await?;
         let mut pipes = pumps.ok_or("no pipes")?;
         let over = logger.over.clone();
         let mut cancel = self.req.cancel.clone();
@@ -416,8 +283,7 @@ impl JobRun<'_> {
             _ = over.notified() => (None, Some(Stop::Log)),
         };
         if stopped.is_some() {
-            let killer = sb.killer();
-            let _ = tokio::task::spawn_blocking(move || killer.kill()).await;
+            sb.kill().await;
         }
         let exit_code = match status {
             Some(Ok(code)) => Some(code),

@@ -157,11 +157,14 @@ pub fn effective_isolation(operator: Isolation, job: Option<IsolationTier>) -> (
 pub struct SandboxRunner {
     pub(crate) cfg: SandboxRunnerConfig,
     pub(crate) next_id: AtomicU64,
+    /// What starts the sandboxes (the OCI runtime; a recording fake in
+    /// the unit tests).
+    pub(crate) host: Arc<dyn super::host::SandboxHost>,
 }
 
 impl SandboxRunner {
     pub fn new(cfg: SandboxRunnerConfig) -> SandboxRunner {
-        SandboxRunner { cfg, next_id: AtomicU64::new(0) }
+        SandboxRunner { cfg, next_id: AtomicU64::new(0), host: Arc::new(super::host::RuntimeHost) }
     }
 }
 

@@ -6,6 +6,7 @@ use crate::event::Event;
 use crate::limits::StopReason;
 use crate::log::Stream;
 use crate::runner::env::*;
+use crate::runner::host::{OneShot, SandboxHost};
 use crate::runner::job::*;
 use crate::runner::phase::*;
 use crate::runner::sandbox::*;
@@ -89,8 +90,9 @@ pub(crate) fn prepare_step_dirs(
     files_inside: &str,
     body: &str,
     shell: &Shell,
+    host: &dyn SandboxHost,
 ) -> std::io::Result<()> {
-    use std::os::unix::fs::{chown, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(script_dir)?;
     std::fs::create_dir_all(files_dir)?;
     let script = script_dir.join(format!("script.{}", shell.extension()));
@@ -106,13 +108,34 @@ pub(crate) fn prepare_step_dirs(
     std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o644))?;
     std::fs::set_permissions(script_dir, std::fs::Permissions::from_mode(0o755))?;
     for f in ["output", "env", "path", "summary"] {
-        let p = files_dir.join(f);
-        std::fs::write(&p, "")?;
-        chown(&p, Some(STEP_UID), Some(STEP_GID))?;
+        std::fs::write(files_dir.join(f), "")?;
     }
-    chown(files_dir, Some(STEP_UID), Some(STEP_GID))?;
+    host.give_to_step_user(files_dir)?;
     std::fs::set_permissions(files_dir, std::fs::Permissions::from_mode(0o700))?;
     Ok(())
+}
+
+/// A `run:` step: its script in the phase's sandbox (or, handed secrets,
+/// in one of its own).
+pub(crate) struct Script<'a> {
+    pub(crate) script: &'a Template,
+    pub(crate) shell: Option<&'a ShellSpec>,
+}
+
+impl crate::runner::builtins::Builtin for Script<'_> {
+    fn title(&self) -> String {
+        let first = self.script.source().lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        let first: String = first.chars().take(60).collect();
+        format!("Run {first}")
+    }
+
+    fn run<'s>(
+        &'s self,
+        run: &'s mut JobRun<'_>,
+        at: crate::runner::builtins::StepAt<'s>,
+    ) -> crate::runner::builtins::StepFut<'s> {
+        Box::pin(run.run_script(at.job, at.k, at.step, at.name, self.script, self.shell))
+    }
 }
 
 impl JobRun<'_> {
@@ -280,7 +303,7 @@ impl JobRun<'_> {
                 format!("{PHASE_FILES_DIR}/{n}"),
             )
         };
-        prepare_step_dirs(&script_dir, &files_dir, &files_inside, &body, &shell)
+        prepare_step_dirs(&script_dir, &files_dir, &files_inside, &body, &shell, &*self.runner.host)
             .map_err(|e| e.to_string())?;
         let script_path = format!("{script_inside}/script.{}", shell.extension());
 
@@ -413,16 +436,15 @@ impl JobRun<'_> {
         };
         let runtime = self.runtime()?;
         let logger = self.step_logger(job, step, name);
-        let run = run_sandbox(
-            runtime,
+        let one = OneShot {
             spec,
-            bundle_dir,
-            logger.clone(),
+            bundle: bundle_dir,
+            logger,
             deadline,
-            self.req.cancel.clone(),
+            cancel: self.req.cancel.clone(),
             stdin_secrets,
-        )
-        .await;
+        };
+        let run = self.runner.host.run_once(runtime, one).await;
         if let Some(proxy) = proxy {
             proxy.stop().await;
         }

@@ -24,12 +24,13 @@
 //! its `env:` (which may not read `secrets`).
 
 use crate::runner::env::*;
+use crate::runner::host::AgentSandbox;
 use crate::runner::job::{sanitize_id, JobRun, StepError};
-use crate::runner::phase::{boot_with_agent, AgentConn, StepLogger};
+use crate::runner::phase::StepLogger;
 use crate::runner::script::{listen_for_sandbox, SocketDir, SOCKET_ROOT};
 use kiln_sandbox::agent::RunRequest;
 use kiln_sandbox::init::Forward;
-use kiln_sandbox::{Bind, Sandbox, SandboxSpec, Workspace};
+use kiln_sandbox::{Bind, SandboxSpec, Workspace};
 use kiln_workflow::{PlannedJob, ServiceSpec, StatusFns};
 use serde_json::{json, Map, Value};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -73,8 +74,8 @@ pub(crate) struct Services {
 #[derive(Debug)]
 struct ServiceBox {
     id: String,
-    sandbox: Option<Arc<Sandbox>>,
-    agent: Option<Arc<AgentConn>>,
+    /// The service's sandbox, its PID 1 serving the step agent.
+    sandbox: Option<Arc<dyn AgentSandbox>>,
     workspace: Option<Workspace>,
     dir: PathBuf,
     agent_dir: SocketDir,
@@ -337,7 +338,6 @@ impl JobRun<'_> {
         let mut sbox = ServiceBox {
             id: svc.id.clone(),
             sandbox: None,
-            agent: None,
             workspace: Some(ws),
             dir: dir.clone(),
             agent_dir,
@@ -418,13 +418,13 @@ impl JobRun<'_> {
         };
         let runtime = self.runtime()?;
         std::fs::create_dir_all(dir_bundle(&sbox.dir)).map_err(|e| e.to_string())?;
-        let (sandbox, agent) = boot_with_agent(runtime, spec, dir_bundle(&sbox.dir), &sbox.agent_dir)
+        let agent = self
+            .runner
+            .host
+            .boot(runtime, spec, dir_bundle(&sbox.dir), &sbox.agent_dir)
             .await
             .map_err(|e| format!("starting its sandbox: {e}"))?;
-        let sandbox = Arc::new(sandbox);
-        let agent = Arc::new(agent);
-        sbox.sandbox = Some(sandbox);
-        sbox.agent = Some(agent.clone());
+        sbox.sandbox = Some(agent.clone());
         // The service's command, logged as the job's `service ID` lines.
         let logger = self.service_logger(job, &sbox.id);
         let seq = self.runner.next_id.fetch_add(1, Ordering::Relaxed) as u32;
@@ -450,7 +450,7 @@ impl JobRun<'_> {
     /// connections on its ports.
     async fn await_ready(&self, svc: &ServiceSpec, i: usize, ports: &[(u16, u16)]) -> Result<(), String> {
         let sbox = &self.services.boxes[i];
-        let agent = sbox.agent.clone().ok_or("no agent")?;
+        let agent = sbox.sandbox.clone().ok_or("no agent")?;
         let exited = sbox.exited.clone();
         let check = |argv: Vec<String>, timeout: Duration| {
             let agent = agent.clone();
@@ -563,7 +563,9 @@ async fn stop_box(mut sbox: ServiceBox) {
     for t in sbox.tasks.drain(..) {
         t.abort();
     }
-    crate::runner::phase::end_sandbox(sbox.agent.take(), sbox.sandbox.take()).await;
+    if let Some(sb) = sbox.sandbox.take() {
+        sb.end().await;
+    }
     if let Some(ws) = sbox.workspace.take() {
         let _ = tokio::task::spawn_blocking(move || ws.destroy()).await;
     }

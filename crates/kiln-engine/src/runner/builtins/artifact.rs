@@ -11,8 +11,8 @@ use kiln_workflow::{PlannedJob, StepAction, Template};
 use std::path::{Path, PathBuf};
 
 /// A `kiln/package` step's inputs.
-#[derive(Debug, Clone, Copy)]
 /// The inputs of one `actions/download-artifact` step.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct DownloadRequest<'a> {
     pub(crate) name: Option<&'a Template>,
     pub(crate) path: Option<&'a Template>,
@@ -299,5 +299,63 @@ impl JobRun<'_> {
             );
         }
         Ok((StepStatus::Success, Some(0), None, 0.0, 0, None))
+    }
+}
+
+/// `actions/upload-artifact`: files of the workspace into the store.
+pub(super) struct Upload<'a> {
+    pub(super) name: &'a Template,
+    pub(super) path: &'a Template,
+    pub(super) if_no_files_found: &'a str,
+    pub(super) retention_days: Option<u32>,
+    pub(super) output_type: Option<&'a str>,
+}
+
+impl Builtin for Upload<'_> {
+    fn title(&self) -> String {
+        format!("Upload artifact {}", self.name.source())
+    }
+
+    fn on_host(&self) -> bool {
+        true
+    }
+
+    fn run<'s>(&'s self, run: &'s mut JobRun<'_>, at: StepAt<'s>) -> StepFut<'s> {
+        let keep = ArtifactKeep {
+            output_type: self.output_type.map(output_type_of).unwrap_or(kiln_store::OutputType::Static),
+            retention_days: self.retention_days,
+            commands: None,
+            commit: None,
+        };
+        Box::pin(run.upload_artifact(
+            at.job,
+            at.k,
+            at.name,
+            self.name,
+            self.path,
+            self.if_no_files_found,
+            keep,
+            at.started_at,
+        ))
+    }
+}
+
+/// `actions/download-artifact`: this build's artifacts into the workspace.
+pub(super) struct Download<'a>(pub(super) DownloadRequest<'a>);
+
+impl Builtin for Download<'_> {
+    fn title(&self) -> String {
+        match self.0.name {
+            Some(name) => format!("Download artifact {}", name.source()),
+            None => "Download artifacts".into(),
+        }
+    }
+
+    fn on_host(&self) -> bool {
+        true
+    }
+
+    fn run<'s>(&'s self, run: &'s mut JobRun<'_>, at: StepAt<'s>) -> StepFut<'s> {
+        Box::pin(run.download_artifact(at.job, at.k, at.name, self.0))
     }
 }

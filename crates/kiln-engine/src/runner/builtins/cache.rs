@@ -243,6 +243,39 @@ impl JobRun<'_> {
     }
 }
 
+/// `actions/cache`: restore now, save when the job succeeds.
+pub(super) struct Cache<'a> {
+    pub(super) key: &'a Template,
+    pub(super) path: &'a Template,
+    pub(super) restore_keys: Option<&'a Template>,
+    pub(super) lookup_only: bool,
+    pub(super) fail_on_miss: bool,
+}
+
+impl super::Builtin for Cache<'_> {
+    fn title(&self) -> String {
+        format!("Cache {}", self.key.source())
+    }
+
+    fn on_host(&self) -> bool {
+        true
+    }
+
+    fn run<'s>(&'s self, run: &'s mut JobRun<'_>, at: super::StepAt<'s>) -> super::StepFut<'s> {
+        Box::pin(run.cache_step(
+            at.job,
+            at.k,
+            at.step,
+            at.name,
+            self.key,
+            self.path,
+            self.restore_keys,
+            self.lookup_only,
+            self.fail_on_miss,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

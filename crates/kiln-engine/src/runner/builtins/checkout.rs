@@ -29,3 +29,20 @@ impl JobRun<'_> {
         Ok((StepStatus::Success, Some(0), None, 0.0, 0, None))
     }
 }
+
+/// `actions/checkout`: the build's source into the workspace.
+pub(super) struct Checkout;
+
+impl super::Builtin for Checkout {
+    fn title(&self) -> String {
+        "Checkout".into()
+    }
+
+    fn on_host(&self) -> bool {
+        true
+    }
+
+    fn run<'s>(&'s self, run: &'s mut JobRun<'_>, _at: super::StepAt<'s>) -> super::StepFut<'s> {
+        Box::pin(run.checkout())
+    }
+}

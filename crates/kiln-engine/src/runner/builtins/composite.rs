@@ -148,3 +148,19 @@ impl JobRun<'_> {
         Ok(result)
     }
 }
+
+/// A composite action in the repository (`uses: ./path`).
+pub(super) struct Local<'a> {
+    pub(super) path: &'a str,
+    pub(super) with: &'a [(String, Template)],
+}
+
+impl super::Builtin for Local<'_> {
+    fn title(&self) -> String {
+        format!("Run ./{}", self.path)
+    }
+
+    fn run<'s>(&'s self, run: &'s mut JobRun<'_>, at: super::StepAt<'s>) -> super::StepFut<'s> {
+        Box::pin(run.composite(at.job, at.k, at.step, at.name, at.started_at, self.path, self.with))
+    }
+}

@@ -57,3 +57,22 @@ impl JobRun<'_> {
         Ok((StepStatus::Success, Some(0), None, 0.0, 0, None))
     }
 }
+
+/// `kiln/detect`: what the workspace is and how it builds.
+pub(super) struct Detect {
+    pub(super) ignore_scripts: bool,
+}
+
+impl super::Builtin for Detect {
+    fn title(&self) -> String {
+        "Detect".into()
+    }
+
+    fn on_host(&self) -> bool {
+        true
+    }
+
+    fn run<'s>(&'s self, run: &'s mut JobRun<'_>, at: super::StepAt<'s>) -> super::StepFut<'s> {
+        Box::pin(run.detect(at.job, at.step, at.name, self.ignore_scripts))
+    }
+}

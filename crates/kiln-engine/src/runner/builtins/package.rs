@@ -6,6 +6,7 @@ use crate::runner::job::*;
 use kiln_workflow::{PlannedJob, Template};
 use std::path::Path;
 
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct PackageStep<'a> {
     pub(crate) name: &'a Template,
     pub(crate) path: Option<&'a Template>,
@@ -103,5 +104,22 @@ impl JobRun<'_> {
         };
         let _ = std::fs::remove_dir_all(&staging);
         stored
+    }
+}
+
+/// `kiln/package`: the build's output as a deployable artifact.
+pub(super) struct Package<'a>(pub(super) PackageStep<'a>);
+
+impl Builtin for Package<'_> {
+    fn title(&self) -> String {
+        format!("Package {}", self.0.name.source())
+    }
+
+    fn on_host(&self) -> bool {
+        true
+    }
+
+    fn run<'s>(&'s self, run: &'s mut JobRun<'_>, at: StepAt<'s>) -> StepFut<'s> {
+        Box::pin(run.package(at.job, at.k, at.name, self.0, at.started_at))
     }
 }

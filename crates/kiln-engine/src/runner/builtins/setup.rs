@@ -398,6 +398,28 @@ impl JobRun<'_> {
     }
 }
 
+/// A setup action (`actions/setup-node`, `dtolnay/rust-toolchain`, ...).
+pub(super) struct Setup<'a> {
+    pub(super) tool: SetupTool,
+    pub(super) uses: &'a str,
+    pub(super) with: &'a [(String, Template)],
+}
+
+impl super::Builtin for Setup<'_> {
+    fn title(&self) -> String {
+        self.tool.title().to_string()
+    }
+
+    /// A dependency cache is restored to the job's disk from the host.
+    fn on_host(&self) -> bool {
+        self.tool == SetupTool::RustCache
+    }
+
+    fn run<'s>(&'s self, run: &'s mut JobRun<'_>, at: super::StepAt<'s>) -> super::StepFut<'s> {
+        Box::pin(run.setup_step(at.job, at.k, at.step, at.name, self.tool, self.uses, self.with))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
