@@ -23,6 +23,11 @@ pub fn rfc3339(t: SystemTime) -> String {
     }
 }
 
+/// Reads an RFC 3339 timestamp (as [`rfc3339`] writes them).
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    OffsetDateTime::parse(s, &Rfc3339).ok().map(SystemTime::from)
+}
+
 /// A new build id: sortable by time and readable (`20261123T144512Z-3fa9c1`).
 pub fn new_build_id() -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();

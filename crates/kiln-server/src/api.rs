@@ -653,8 +653,7 @@ async fn logs(
             .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a log position (a number)"))?,
         None => q.after.unwrap_or(0).max(0),
     };
-    let stream =
-        LogStream { core: core.clone(), build: b.id.clone(), after, pending: VecDeque::new(), done: false };
+    let stream = LogStream::new(core.clone(), b.id.clone(), after);
     let events = futures::stream::unfold(stream, |mut s| async move {
         let ev = s.next().await?;
         Some((Ok::<_, Infallible>(ev), s))
@@ -662,16 +661,39 @@ async fn logs(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
 }
 
-/// A live log: polls the state store for new lines until the build is over.
+/// A live log: the lines stored so far, then each line as it is committed,
+/// until the build is over. It waits on this process's signals (a commit
+/// of the build's log, a change of a build's state) rather than polling;
+/// lines written by another process (a second server on the same state)
+/// are still found within [`LOG_FALLBACK`].
 struct LogStream {
     core: Arc<Core>,
     build: String,
     after: i64,
     pending: VecDeque<SseEvent>,
     done: bool,
+    /// Build state changes, and log commits of the build's newest attempt
+    /// (by engine id).
+    changes: tokio::sync::watch::Receiver<u64>,
+    commits: Option<(String, tokio::sync::watch::Receiver<u64>)>,
 }
 
+/// How long a live log waits without a signal before it looks anyway.
+const LOG_FALLBACK: Duration = Duration::from_secs(1);
+
 impl LogStream {
+    fn new(core: Arc<Core>, build: String, after: i64) -> LogStream {
+        let changes = core.watch_changes();
+        LogStream { core, build, after, pending: VecDeque::new(), done: false, changes, commits: None }
+    }
+
+    /// Follows the commits of the build's newest attempt.
+    fn follow(&mut self, engine_id: &str) {
+        if self.commits.as_ref().is_none_or(|(id, _)| id != engine_id) {
+            self.commits = Some((engine_id.to_string(), kiln_engine::store::watch_commits(engine_id)));
+        }
+    }
+
     async fn next(&mut self) -> Option<SseEvent> {
         loop {
             if let Some(e) = self.pending.pop_front() {
@@ -680,10 +702,19 @@ impl LogStream {
             if self.done {
                 return None;
             }
+            // Seen before reading: a change after this point wakes the wait below.
+            self.changes.borrow_and_update();
+            if let Some((_, c)) = self.commits.as_mut() {
+                c.borrow_and_update();
+            }
             // The state first: lines read after seeing a final state are all
             // the lines there will be.
             let row = self.core.read().build(&self.build).ok().flatten()?;
             let finished = is_terminal(&row.state);
+            let newest = self.core.read().attempts(&self.build).ok().and_then(|mut a| a.pop());
+            if let Some(a) = newest {
+                self.follow(&a.engine_id);
+            }
             let lines = match read_logs(&self.core, &self.build, self.after, 500) {
                 Ok(l) => l,
                 Err(e) => {
@@ -704,7 +735,21 @@ impl LogStream {
                     let end = json!({"build": row.id, "state": row.state, "failure": row.failure, "reason": row.reason});
                     return SseEvent::default().event("end").json_data(end).ok();
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                let commits = async {
+                    match self.commits.as_mut() {
+                        Some((_, c)) => {
+                            if c.changed().await.is_err() {
+                                std::future::pending::<()>().await
+                            }
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    _ = self.changes.changed() => {}
+                    _ = commits => {}
+                    _ = tokio::time::sleep(LOG_FALLBACK) => {}
+                }
             }
         }
     }

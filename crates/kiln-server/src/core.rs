@@ -204,6 +204,9 @@ pub struct Core {
     pub(crate) remote: crate::remote::Sinks,
     /// This core, for work handed to other threads (webhook deliveries).
     me: std::sync::OnceLock<std::sync::Weak<Core>>,
+    /// Changes every time a build changes state: live log streams wait on
+    /// it (and on their build's log commits) instead of polling.
+    changes: watch::Sender<u64>,
 }
 
 impl Core {
@@ -247,10 +250,20 @@ impl Core {
             quota_checked: Mutex::new(HashMap::new()),
             remote: Default::default(),
             me: std::sync::OnceLock::new(),
+            changes: watch::channel(0).0,
         });
         let _ = core.me.set(Arc::downgrade(&core));
         core.recover()?;
         Ok(core)
+    }
+
+    /// A signal that changes whenever a build changes state.
+    pub fn watch_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn state_changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -392,6 +405,7 @@ impl Core {
             e => e.name(),
         };
         g.db.record_transition(id, state, failure, reason, retries, event_name, detail, now)?;
+        self.state_changed();
         let bid = BuildId(row.n as u64);
         match effect {
             Effect::Retry | Effect::Finish => {
@@ -617,6 +631,7 @@ impl Core {
                 continue;
             }
             g.db.record_transition(&id, "provisioning", None, None, row.retries, "lease", worker, now)?;
+            self.state_changed();
             let ttl = if remote { self.cfg.lease_ttl_ms } else { IN_PROCESS_TTL_MS };
             if let Err(e) = g.leases.grant(bid, WorkerId::new(worker), now as u64, Some(ttl)) {
                 tracing::warn!(build = %id, "lease: {e}");

@@ -43,6 +43,12 @@ pub struct BenchServeArgs {
     /// State dir (default: a fresh scratch dir, removed afterwards).
     #[arg(long)]
     pub state_dir: Option<std::path::PathBuf>,
+    /// After the load, builds run one at a time on the idle server while a
+    /// client follows each one's live log (SSE): how long from submit to
+    /// the first log event, and from a line's engine timestamp to its
+    /// arrival at the client.
+    #[arg(long, default_value_t = 20)]
+    pub live_logs: usize,
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -273,6 +279,8 @@ fn run(args: BenchServeArgs) -> anyhow::Result<()> {
     }
     let gaps = sorted(gaps);
 
+    let live = live_logs(&client, &tenants[0].1, args.live_logs)?;
+
     let _ = stop_tx.send(());
     let _ = rt.block_on(server);
     rt.shutdown_timeout(Duration::from_secs(5));
@@ -297,7 +305,9 @@ fn run(args: BenchServeArgs) -> anyhow::Result<()> {
          | queue wait p50 / p99 / max | {:.1} s / {:.1} s / {:.1} s |\n\
          | build run time p50 / p99 | {} / {} |\n\
          | submit latency p50 / p99 (POST /v1/builds, {} clients) | {} / {} |\n\
-         | list latency under load p50 / p99 (GET /v1/builds) | {} / {} |\n",
+         | list latency under load p50 / p99 (GET /v1/builds) | {} / {} |\n\
+         | live log, idle server ({} builds): submit → first log event p50 / p99 | {} / {} |\n\
+         | live log, idle server: a line's engine timestamp → at the client p50 / p99 | {} / {} |\n",
         args.tenants,
         args.workers,
         args.clients,
@@ -316,6 +326,11 @@ fn run(args: BenchServeArgs) -> anyhow::Result<()> {
         ms(pct(&submit_lat, 0.99)),
         ms(pct(&probe_lat, 0.5)),
         ms(pct(&probe_lat, 0.99)),
+        live.first.len(),
+        ms(pct(&live.first, 0.5)),
+        ms(pct(&live.first, 0.99)),
+        ms(pct(&live.lag, 0.5)),
+        ms(pct(&live.lag, 0.99)),
     );
     println!("{report}");
     if let Some(path) = &args.markdown {
@@ -325,4 +340,66 @@ fn run(args: BenchServeArgs) -> anyhow::Result<()> {
         bail!("not every build ran exactly once and succeeded");
     }
     Ok(())
+}
+
+/// What following builds' live logs measured (seconds, sorted).
+struct LiveLogs {
+    /// Submit → the first `log` event at the client.
+    first: Vec<f64>,
+    /// A line's engine timestamp → its arrival at the client (every line).
+    lag: Vec<f64>,
+}
+
+/// Runs `n` builds one after another, following each one's log over SSE
+/// from right after its submit until its `end` event.
+fn live_logs(client: &Client, token: &str, n: usize) -> anyhow::Result<LiveLogs> {
+    use std::io::BufRead;
+    let workflow = "jobs:\n  live:\n    steps:\n      - run: echo one; sleep 0.3; echo two\n";
+    let (mut first, mut lag) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let t0 = Instant::now();
+        let key = format!("live-{i}");
+        let (status, v) =
+            client.call("POST", "/v1/builds", token, Some(&json!({"workflow": workflow})), Some(&key))?;
+        if status != 201 {
+            bail!("submit live-{i}: {status} {v}");
+        }
+        let id = v["id"].as_str().unwrap_or_default().to_string();
+        let url = format!("{}/v1/builds/{id}/logs", client.url);
+        let resp = client
+            .agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .header("Accept", "text/event-stream")
+            .call()
+            .with_context(|| format!("GET {url}"))?;
+        let reader = std::io::BufReader::new(resp.into_body().into_reader());
+        let mut event = String::new();
+        let mut seen_first = false;
+        for line in reader.lines() {
+            let line = line.context("reading the log stream")?;
+            let arrived = std::time::SystemTime::now();
+            if let Some(e) = line.strip_prefix("event:") {
+                event = e.trim().to_string();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                if event == "end" {
+                    break;
+                }
+                if event != "log" {
+                    continue;
+                }
+                if !seen_first {
+                    seen_first = true;
+                    first.push(t0.elapsed().as_secs_f64());
+                }
+                let l: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+                if let Some(ts) = l["ts"].as_str().and_then(kiln_engine::time::parse_rfc3339) {
+                    if let Ok(d) = arrived.duration_since(ts) {
+                        lag.push(d.as_secs_f64());
+                    }
+                }
+            }
+        }
+    }
+    Ok(LiveLogs { first: sorted(first), lag: sorted(lag) })
 }

@@ -45,6 +45,35 @@ impl Drop for LiveBuild {
     }
 }
 
+/// Commit signals, per build: a reader of a build's log in this process
+/// (a live log stream) waits on its build's signal instead of polling.
+/// Entries whose readers are all gone are dropped at the next commit.
+static COMMITS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Sender<u64>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// A signal that changes every time this process's writer commits
+/// events of `build` (its log lines among them).
+pub fn watch_commits(build: &str) -> tokio::sync::watch::Receiver<u64> {
+    let mut g = COMMITS.lock().unwrap_or_else(|e| e.into_inner());
+    if g.len() > 4096 {
+        g.retain(|_, tx| tx.receiver_count() > 0);
+    }
+    g.entry(build.to_string()).or_insert_with(|| tokio::sync::watch::channel(0).0).subscribe()
+}
+
+/// Wakes the readers of `build` after a commit.
+pub(crate) fn signal_commit(build: &str) {
+    let mut g = COMMITS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(tx) = g.get(build) {
+        if tx.receiver_count() == 0 {
+            g.remove(build);
+        } else {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+}
+
 fn is_live(id: &str) -> bool {
     LIVE.lock().unwrap_or_else(|e| e.into_inner()).contains(id)
 }

@@ -9,8 +9,12 @@ use rusqlite::params;
 use super::Store;
 use crate::event::Event;
 
-/// How long events may wait before they are committed.
-const BATCH_WINDOW: Duration = Duration::from_millis(100);
+/// How long the writer lingers for more events after the first of a batch.
+/// Group commit: a batch is what arrived while the last one was being
+/// committed plus this, so an idle build's line is stored (and shown to
+/// its live readers) within a few milliseconds, and a flood is still
+/// written in large transactions.
+const LINGER: Duration = Duration::from_millis(2);
 const BATCH_MAX: usize = 1000;
 
 /// A thread that owns a [`Store`] and records every event sent to it.
@@ -53,7 +57,7 @@ fn run(store: Store, build: String, rx: mpsc::Receiver<Event>) -> Result<(), cra
             Err(_) => return Ok(()),
         };
         batch.push(first);
-        let deadline = Instant::now() + BATCH_WINDOW;
+        let deadline = Instant::now() + LINGER;
         while batch.len() < BATCH_MAX {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -63,6 +67,7 @@ fn run(store: Store, build: String, rx: mpsc::Receiver<Event>) -> Result<(), cra
         }
         apply(&store, &build, &batch)?;
         batch.clear();
+        super::signal_commit(&build);
     }
 }
 
