@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install.sh
+# The servers tests run on loopback (S3, Azure), from PyPI and npm.
+./scripts/test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 # Licenses, banned crates and sources of the dependency tree (deny.toml).

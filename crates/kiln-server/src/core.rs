@@ -62,6 +62,9 @@ pub struct ServerConfig {
     pub allow_private: Vec<std::net::SocketAddr>,
     /// The trusted branch whose caches every build reads.
     pub default_branch: String,
+    /// The content store (artifacts, caches, sources, provenance) as an
+    /// object_store URL; `None`: `store/` under the state dir.
+    pub store_url: Option<String>,
 }
 
 impl ServerConfig {
@@ -76,6 +79,7 @@ impl ServerConfig {
             egress_cap: 2 << 30,
             allow_private: Vec::new(),
             default_branch: "main".into(),
+            store_url: None,
         }
     }
 }
@@ -220,9 +224,14 @@ impl Core {
         let db = ControlDb::open(&state_dir)?;
         let reader = ControlDb::open(&state_dir)?;
         let vault = Vault::load_or_create(&state_dir)?;
-        let store_dir = state_dir.join("store");
-        std::fs::create_dir_all(&store_dir).map_err(|e| ServerError::io("creating", &store_dir, e))?;
-        let blobs = kiln_store::Store::open_local(&store_dir)?;
+        let blobs = match &cfg.store_url {
+            Some(url) => kiln_store::Store::open_url(url)?,
+            None => {
+                let store_dir = state_dir.join("store");
+                std::fs::create_dir_all(&store_dir).map_err(|e| ServerError::io("creating", &store_dir, e))?;
+                kiln_store::Store::open_local(&store_dir)?
+            }
+        };
         let mut sched = Scheduler::new();
         for (tenant, plan) in db.tenants()? {
             if let Some(p) = plan_limits(&plan) {

@@ -52,7 +52,7 @@ pub async fn serve(
         allow_private: cfg.allow_private.clone(),
         egress_cap: cfg.egress_cap,
         default_branch: cfg.default_branch.clone(),
-        store_url: None,
+        store_url: cfg.store_url.clone(),
         registries: Vec::new(),
         // Every artifact passes the scanning gate before it is recorded.
         scanner: Some(Arc::new(kiln_scan::Scanner::builtin())),

@@ -99,9 +99,27 @@ impl Store {
         Ok(Self::from_object_store(Arc::new(fs), ""))
     }
 
-    /// Open any `object_store` URL (`file:///...`, `memory:///`, and cloud schemes
-    /// only if those `object_store` features are compiled in; they are not by default).
+    /// Open any `object_store` URL: `file:///...`, `memory:///`, and the cloud
+    /// schemes compiled in (`s3://BUCKET/PREFIX`, `az://CONTAINER/PREFIX`,
+    /// `gs://BUCKET/PREFIX`; kiln's binary has them by default, this crate's
+    /// `s3`/`azure`/`gcs` features). A cloud backend takes its settings from
+    /// the environment, under the names its own tools use: `AWS_*` for S3
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+    /// `AWS_ENDPOINT_URL` for an S3-compatible server, `AWS_ALLOW_HTTP`),
+    /// `AZURE_*` for Azure (`AZURE_STORAGE_ACCOUNT_NAME`,
+    /// `AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_STORAGE_USE_EMULATOR` with
+    /// `AZURITE_BLOB_STORAGE_URL`), `GOOGLE_*` for GCS.
     pub fn open_url(url: &str) -> Result<Self> {
+        let env = std::env::vars().filter(|(k, _)| {
+            ["AWS_", "AZURE_", "GOOGLE_", "OBJECT_STORE_"].iter().any(|p| k.starts_with(p))
+        });
+        Self::open_url_with(url, env)
+    }
+
+    /// [`Store::open_url`] with the backend's settings given as
+    /// (key, value) pairs (`aws_endpoint`, `azure_storage_account_key`, ...)
+    /// instead of read from the environment.
+    pub fn open_url_with(url: &str, options: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
         let parsed = url::Url::parse(url)
             .map_err(|e| StoreError::BadUrl { url: url.to_string(), reason: e.to_string() })?;
         if parsed.scheme() == "file" {
@@ -111,7 +129,7 @@ impl Store {
             })?;
             return Self::open_local(p);
         }
-        let (os, path) = object_store::parse_url(&parsed)
+        let (os, path) = object_store::parse_url_opts(&parsed, options)
             .map_err(|e| StoreError::BadUrl { url: url.to_string(), reason: e.to_string() })?;
         Ok(Self::from_object_store(Arc::from(os), path.as_ref()))
     }

@@ -136,6 +136,7 @@ pub fn serve(args: ServeArgs) -> u8 {
     cfg.max_body_bytes = usize::try_from(max_body).unwrap_or(usize::MAX);
     cfg.egress_cap = egress_cap;
     cfg.allow_private = args.allow_private.clone();
+    cfg.store_url = args.state.store.clone();
     let result = (|| -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         rt.block_on(async {

@@ -22,10 +22,15 @@ struct Server {
     child: Option<Child>,
     url: String,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
+        Server::start_with_env(extra, &[])
+    }
+
+    fn start_with_env(extra: &[&str], env: &[(String, String)]) -> Server {
         common::require_sandboxes();
         let dir = tempfile::Builder::new().prefix("kiln-serve-test-").tempdir().unwrap();
         let mut s = Server {
@@ -33,6 +38,7 @@ impl Server {
             child: None,
             url: String::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.to_vec(),
         };
         s.spawn();
         s
@@ -54,6 +60,7 @@ impl Server {
             .kiln()
             .args(["serve", "--listen", "127.0.0.1:0", "--isolation", "gvisor"])
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(self.dir.path().join("serve.log")).unwrap()))
             .spawn()
@@ -744,4 +751,35 @@ fn a_succeeded_build_is_handed_to_the_deployment_webhook() {
     let (status, _) =
         a.req("POST", "/v1/builds", Some(&json!({ "workflow": wf, "notify": "file:///etc/passwd" })), &[]);
     assert_eq!(status, 400);
+}
+
+/// `kiln serve --store s3://...`: the server's builds keep their sources,
+/// artifacts and caches in the bucket (moto's S3 server on loopback), and
+/// an artifact is served back from it, verified.
+#[test]
+fn the_server_keeps_its_store_in_s3() {
+    let bucket = common::objstore::Backend::s3();
+    let server = Server::start_with_env(&["--store", &bucket.url, "--workers", "1"], &bucket.env);
+    let api = server.tenant("acme", "team");
+    let id = api.submit(
+        "jobs:\n  site:\n    steps:\n      - run: mkdir -p dist && echo hello > dist/index.html\n      - uses: actions/upload-artifact@v4\n        with: { name: site, path: dist }\n",
+        json!({}),
+    );
+    let b = api.wait_final(&id);
+    assert_eq!(b["state"], "succeeded", "{b}\n{}", server.log());
+    let (status, arts) = api.get(&format!("/v1/builds/{id}/artifacts"));
+    assert_eq!(status, 200, "{arts}");
+    let art =
+        arts["artifacts"][0]["id"].as_str().unwrap_or_else(|| panic!("an artifact: {arts}")).to_string();
+    let url = format!("{}/v1/artifacts/{art}", api.url);
+    let mut resp =
+        agent().get(&url).header("Authorization", &format!("Bearer {}", api.token)).call().unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let tar = resp.body_mut().with_config().limit(1 << 20).read_to_vec().unwrap();
+    assert!(tar.windows(6).any(|w| w == b"hello\n"), "the artifact's file is in the tar");
+    // The bytes are in the bucket, under the tenant; nothing under the state dir.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let blobs = rt.block_on(bucket.store().tenant("acme").unwrap().list_blobs()).unwrap();
+    assert!(!blobs.is_empty(), "the tenant's blobs are in the bucket");
+    assert!(!server.state().join("store").exists(), "a local store was made next to the bucket");
 }

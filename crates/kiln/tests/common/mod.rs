@@ -4,6 +4,8 @@
 //! with the reason: they never skip silently.
 #![allow(dead_code)]
 
+pub mod objstore;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
