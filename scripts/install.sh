@@ -11,7 +11,10 @@
 # - mmdebstrap for `kiln image build` (job images made from Debian packages,
 #   apt checking the archive's signatures); umoci, skopeo and Debian's
 #   docker-registry for the tests that make OCI images, push them to a
-#   registry on loopback, and import or pull them.
+#   registry on loopback, and import or pull them;
+# - user-mode-linux (a Linux kernel run as a process) for the tests that
+#   run kiln's cgroup v2 driver, runc and `kiln doctor` on a real cgroup v2
+#   hierarchy when the host mounts cgroup v1.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -41,7 +44,7 @@ declare -A pkg=(
     [runc]=runc [mkfs.ext4]=e2fsprogs [losetup]=util-linux [git]=git [python3]=python3
     [bash]=bash [pgrep]=procps [curl]=curl [xxd]=xxd [npm]="nodejs npm" [openssl]=openssl
     [mmdebstrap]=mmdebstrap [umoci]=umoci [skopeo]=skopeo [docker-registry]=docker-registry
-    [g++]=g++
+    [g++]=g++ [linux.uml]=user-mode-linux
 )
 missing=()
 for bin in "${!pkg[@]}"; do

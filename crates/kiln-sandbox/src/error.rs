@@ -22,7 +22,7 @@ pub enum SandboxError {
         #[source]
         source: io::Error,
     },
-    /// The host does not provide what the sandbox needs (root, cgroup v1 controllers...).
+    /// The host does not provide what the sandbox needs (root, cgroup controllers...).
     #[error("unsupported host: {0}")]
     Host(String),
     /// Filesystem work on the bundle / workspace failed.

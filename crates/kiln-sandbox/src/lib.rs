@@ -33,10 +33,23 @@ pub mod spec;
 mod sys;
 mod workspace;
 
+pub use cgroup::{probe_cgroups, probe_cgroups_at, CgroupHost, CgroupMode};
 pub use error::{Result, SandboxError};
-pub use runtime::{Runtime, RuntimeInfo, STATE_BASE};
+pub use runtime::{Runtime, RuntimeInfo, RUNC_ENV, RUNSC_ENV, STATE_BASE};
 pub use sandbox::{cleanup_stale, host_pids_max, CleanupReport, Killer, Sandbox, GVISOR_MEMORY_OVERHEAD};
 pub use workspace::{Workspace, WorkspaceUsage, FULL_THRESHOLD};
+
+/// The effective uid of this process (sandboxes need 0).
+pub fn effective_uid() -> u32 {
+    sys::euid()
+}
+
+/// Space on the filesystem that holds `path` (free: what an unprivileged
+/// writer may still use).
+pub fn disk_space(path: &std::path::Path) -> std::io::Result<WorkspaceUsage> {
+    let (total_bytes, used_bytes, free_bytes) = sys::fs_usage(path)?;
+    Ok(WorkspaceUsage { total_bytes, used_bytes, free_bytes })
+}
 
 /// Which OCI runtime runs the sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

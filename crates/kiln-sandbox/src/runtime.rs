@@ -37,7 +37,8 @@ impl Isolation {
         }
     }
 
-    fn install_hint(self) -> &'static str {
+    /// How to install the tier's runtime on Debian.
+    pub fn install_hint(self) -> &'static str {
         match self {
             Isolation::Gvisor => "apt-get install -t bookworm-backports runsc",
             Isolation::Container => "apt-get install runc",

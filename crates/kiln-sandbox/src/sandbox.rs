@@ -212,8 +212,8 @@ impl Sandbox {
         if sys::euid() != 0 {
             return Err(SandboxError::Host("kiln-sandbox must run as root (OCI runtimes + cgroups)".into()));
         }
-        cgroup::check_host()?;
-        let mut cgroups = StepCgroups::new(&spec.id);
+        let driver = cgroup::check_host()?;
+        let mut cgroups = StepCgroups::new(driver, &spec.id);
         let mut oci = build_spec(runtime.isolation(), spec, &cgroups.cgroups_path())?;
         if !seccomp {
             if let Some(linux) = oci.linux_mut() {
@@ -274,7 +274,8 @@ impl Sandbox {
         &self.inner.bundle
     }
 
-    /// kiln's parent cgroup directory of this sandbox in `controller`.
+    /// kiln's parent cgroup directory of this sandbox in `controller`'s
+    /// hierarchy (cgroup v2: the one directory of every controller).
     pub fn cgroup_dir(&self, controller: &str) -> PathBuf {
         self.inner.cgroups.dir(controller)
     }

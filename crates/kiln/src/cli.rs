@@ -49,6 +49,9 @@ pub enum Command {
     Image(crate::image::ImageCommand),
     /// Measure step start latency per tier and the scheduler's overhead.
     Bench(BenchArgs),
+    /// Check that this host can run kiln's sandboxes (runtimes, cgroups,
+    /// root, loop devices, overlayfs, sockets, disk) and say what to fix.
+    Doctor(crate::doctor::DoctorArgs),
 
     // `kiln serve` and its clients (serve.rs, client.rs, serve_bench.rs).
     /// Run the multi-tenant control plane: API, queue, in-process workers.
@@ -81,9 +84,10 @@ pub struct StateArgs {
     /// Where builds are recorded (SQLite) and workspaces live.
     #[arg(long, env = "KILN_STATE_DIR", default_value = ".kiln")]
     pub state_dir: PathBuf,
-    /// The content store (artifacts, caches) as an object_store URL:
-    /// `file:///path`, or `s3://`, `gs://`, `az://` in a build with the
-    /// `cloud` feature (credentials from the usual environment variables).
+    /// The content store (artifacts, caches, sources) as an object_store
+    /// URL: `file:///path`, `s3://BUCKET/PREFIX`, `az://CONTAINER/PREFIX`,
+    /// `gs://BUCKET/PREFIX` (settings from the backend's usual environment
+    /// variables: AWS_*, AZURE_*, GOOGLE_*; see docs/store.md).
     /// Default: `store/` under the state dir.
     #[arg(long, env = "KILN_STORE")]
     pub store: Option<String>,

@@ -8,6 +8,7 @@
 mod bench;
 mod cli;
 mod client;
+mod doctor;
 mod image;
 mod render;
 mod run;
@@ -68,6 +69,7 @@ fn main() -> ExitCode {
         cli::Command::Gc(args) => run::gc(args),
         cli::Command::Image(cmd) => image::image(cmd),
         cli::Command::Bench(args) => bench::bench(args),
+        cli::Command::Doctor(args) => doctor::doctor(args),
         // `kiln serve` and its clients.
         cli::Command::Serve(args) => serve::serve(args),
         cli::Command::Worker(args) => serve::worker(args),

@@ -10,7 +10,7 @@
 use crate::limits::StepLimits;
 pub use crate::runner::env::{HOME, STEP_GID, STEP_UID, TOOL_CACHE, WORKSPACE};
 use crate::runner::job::{sanitize_id, JobRun};
-use crate::runner::script::SOCKET_ROOT;
+pub use crate::runner::script::SOCKET_ROOT;
 use crate::runner::{JobOutcome, JobRequest, JobRunner};
 use kiln_sandbox::{Isolation, Runtime};
 use kiln_workflow::IsolationTier;

@@ -43,7 +43,7 @@ impl StepProxy {
 /// Where kiln's Unix sockets into sandboxes live (the egress proxy's, the
 /// step agent's): one root-owned directory each, named after the build,
 /// under a short path (a socket path has at most 107 bytes).
-pub(crate) const SOCKET_ROOT: &str = "/run/kiln/egress";
+pub const SOCKET_ROOT: &str = "/run/kiln/egress";
 
 /// A socket directory under [`SOCKET_ROOT`], removed when its step or
 /// phase is done (or its run ends early).

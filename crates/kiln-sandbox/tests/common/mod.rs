@@ -1,6 +1,6 @@
 #![allow(dead_code)]
 //! Helpers for the real-runtime integration tests. No mocks: these need root,
-//! cgroup v1, and runsc + runc installed, and FAIL (not skip) otherwise.
+//! cgroups (v1 or v2), and runsc + runc installed, and FAIL (not skip) otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -113,9 +113,10 @@ pub fn assert_clean(tier: Isolation, id: &str) {
     let rt = runtime(tier);
     let list = rt.list().expect("list");
     assert!(!list.iter().any(|c| c == id), "container {id} still listed: {list:?}");
-    for c in
-        ["memory", "pids", "cpu", "cpuacct", "freezer", "devices", "cpuset", "blkio", "systemd", "unified"]
-    {
+    // v1 and hybrid hosts: one hierarchy per controller; v2: "" (the root).
+    for c in [
+        "memory", "pids", "cpu", "cpuacct", "freezer", "devices", "cpuset", "blkio", "systemd", "unified", "",
+    ] {
         let p = Path::new("/sys/fs/cgroup").join(c).join("kiln").join(id);
         assert!(!p.exists(), "cgroup {} left behind", p.display());
     }
