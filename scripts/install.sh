@@ -14,7 +14,8 @@
 #   registry on loopback, and import or pull them;
 # - user-mode-linux (a Linux kernel run as a process) for the tests that
 #   run kiln's cgroup v2 driver, runc and `kiln doctor` on a real cgroup v2
-#   hierarchy when the host mounts cgroup v1.
+#   hierarchy when the host mounts cgroup v1;
+# - PostgreSQL's server, for the control plane's tests on PostgreSQL.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -50,6 +51,10 @@ missing=()
 for bin in "${!pkg[@]}"; do
     command -v "$bin" >/dev/null 2>&1 || missing+=(${pkg[$bin]})
 done
+# PostgreSQL's server, for `kiln serve --database postgres://...`'s tests
+# (each starts a throwaway cluster with initdb; Debian keeps the server's
+# programs under /usr/lib/postgresql/N/bin).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 # What builds use inside sandboxes, which see the host's /usr only: the
 # Debian toolchains (not a user's rustup or pyenv), and ClamAV's daemon for
 # the optional scan (its signature updates are not needed: tests bring their

@@ -65,6 +65,9 @@ pub struct ServerConfig {
     /// The content store (artifacts, caches, sources, provenance) as an
     /// object_store URL; `None`: `store/` under the state dir.
     pub store_url: Option<String>,
+    /// The control database (`postgres://...`); `None`: `control.db` in
+    /// the state dir.
+    pub database: Option<String>,
 }
 
 impl ServerConfig {
@@ -80,6 +83,7 @@ impl ServerConfig {
             allow_private: Vec::new(),
             default_branch: "main".into(),
             store_url: None,
+            database: None,
         }
     }
 }
@@ -221,14 +225,15 @@ impl Core {
             .map_err(|e| ServerError::io("creating", &cfg.state_dir, e))?;
         let state_dir = std::fs::canonicalize(&cfg.state_dir)
             .map_err(|e| ServerError::io("resolving", &cfg.state_dir, e))?;
-        let db = ControlDb::open(&state_dir)?;
-        let reader = ControlDb::open(&state_dir)?;
+        let db = ControlDb::connect_server(cfg.database.as_deref(), &state_dir)?;
+        let reader = ControlDb::connect(cfg.database.as_deref(), &state_dir)?;
         let vault = Vault::load_or_create(&state_dir)?;
         let blobs = match &cfg.store_url {
             Some(url) => kiln_store::Store::open_url(url)?,
             None => {
                 let store_dir = state_dir.join("store");
-                std::fs::create_dir_all(&store_dir).map_err(|e| ServerError::io("creating", &store_dir, e))?;
+                std::fs::create_dir_all(&store_dir)
+                    .map_err(|e| ServerError::io("creating", &store_dir, e))?;
                 kiln_store::Store::open_local(&store_dir)?
             }
         };

@@ -23,113 +23,8 @@ pub type Notification = (String, Option<bool>, Option<String>);
 
 const SCHEMA_VERSION: i64 = 1;
 
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS tenants (
-    name       TEXT PRIMARY KEY,
-    plan       TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tokens (
-    hash       TEXT PRIMARY KEY,
-    tenant     TEXT,
-    operator   INTEGER NOT NULL,
-    worker     INTEGER NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS builds (
-    n                INTEGER PRIMARY KEY,
-    id               TEXT NOT NULL UNIQUE,
-    tenant           TEXT NOT NULL,
-    priority         TEXT NOT NULL,
-    state            TEXT NOT NULL,
-    failure          TEXT,
-    reason           TEXT,
-    retries          INTEGER NOT NULL DEFAULT 0,
-    attempt          INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    timeout_secs     INTEGER NOT NULL,
-    pipeline         TEXT NOT NULL,
-    workflow         TEXT NOT NULL,
-    git_ref          TEXT NOT NULL,
-    source_tar       TEXT,
-    source_tree      TEXT,
-    idem_key         TEXT,
-    body_hash        TEXT NOT NULL,
-    worker           TEXT,
-    created_at       TEXT NOT NULL,
-    enqueued_ms      INTEGER NOT NULL,
-    started_ms       INTEGER,
-    finished_ms      INTEGER,
-    UNIQUE (tenant, idem_key)
-);
-CREATE INDEX IF NOT EXISTS builds_by_tenant ON builds (tenant, n);
-CREATE INDEX IF NOT EXISTS builds_by_state ON builds (state, n);
-CREATE TABLE IF NOT EXISTS transitions (
-    n        INTEGER PRIMARY KEY,
-    build_id TEXT NOT NULL,
-    at_ms    INTEGER NOT NULL,
-    ts       TEXT NOT NULL,
-    state    TEXT NOT NULL,
-    event    TEXT NOT NULL,
-    detail   TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS transitions_by_build ON transitions (build_id, n);
-CREATE TABLE IF NOT EXISTS attempts (
-    build_id   TEXT NOT NULL,
-    attempt    INTEGER NOT NULL,
-    engine_id  TEXT NOT NULL,
-    log_base   INTEGER NOT NULL,
-    worker     TEXT NOT NULL,
-    started_ms INTEGER NOT NULL,
-    PRIMARY KEY (build_id, attempt)
-);
-CREATE TABLE IF NOT EXISTS secrets (
-    tenant     TEXT NOT NULL,
-    name       TEXT NOT NULL,
-    phases     TEXT NOT NULL,
-    nonce      BLOB NOT NULL,
-    ciphertext BLOB NOT NULL,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (tenant, name)
-);
-CREATE TABLE IF NOT EXISTS usage (
-    build_id          TEXT PRIMARY KEY,
-    tenant            TEXT NOT NULL,
-    status            TEXT NOT NULL,
-    queue_wait_seconds REAL NOT NULL,
-    wall_seconds      REAL NOT NULL,
-    cpu_seconds       REAL NOT NULL,
-    peak_memory_bytes INTEGER NOT NULL,
-    egress_bytes      INTEGER NOT NULL,
-    artifact_bytes    INTEGER NOT NULL,
-    cache_read_bytes  INTEGER NOT NULL,
-    cache_write_bytes INTEGER NOT NULL,
-    log_bytes         INTEGER NOT NULL,
-    attempts          INTEGER NOT NULL,
-    finished_at       TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS usage_by_tenant ON usage (tenant);
-CREATE TABLE IF NOT EXISTS notifications (
-    build_id  TEXT PRIMARY KEY,
-    url       TEXT NOT NULL,
-    delivered INTEGER,
-    attempts  TEXT,
-    at        TEXT
-);
-CREATE TABLE IF NOT EXISTS audit (
-    n        INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts       TEXT NOT NULL,
-    tenant   TEXT,
-    build_id TEXT,
-    kind     TEXT NOT NULL,
-    actor    TEXT NOT NULL,
-    detail   TEXT NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-"#;
+/// The SQLite schema, version [`SCHEMA_VERSION`] (`PRAGMA user_version`).
+const SCHEMA: &str = include_str!("../migrations/sqlite/0001_control.sql");
 
 /// Who a bearer token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -291,15 +186,167 @@ pub struct AuditRow {
     pub detail: String,
 }
 
-/// A connection to `control.db`.
+/// A connection to the control database: SQLite (`control.db` in the
+/// state dir, the embedded default) or PostgreSQL (`--database
+/// postgres://...`). Its methods are those of [`ControlStore`].
 #[derive(Debug)]
-pub struct ControlDb {
-    conn: Connection,
+pub struct ControlDb(Box<dyn ControlStore>);
+
+impl std::ops::Deref for ControlDb {
+    type Target = dyn ControlStore;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
 }
 
 impl ControlDb {
     /// Opens (creating) `control.db` in `dir`.
     pub fn open(dir: &Path) -> Result<ControlDb, ServerError> {
+        Ok(ControlDb(Box::new(SqliteControl::open(dir)?)))
+    }
+
+    /// The database `url` names (`postgres://...`), or `control.db` in
+    /// `dir` without one.
+    pub fn connect(url: Option<&str>, dir: &Path) -> Result<ControlDb, ServerError> {
+        ControlDb::connect_as(url, dir, false)
+    }
+
+    /// [`ControlDb::connect`] for the server process that runs the queue
+    /// (see [`crate::pg::PgControl::connect_exclusive`]).
+    pub fn connect_server(url: Option<&str>, dir: &Path) -> Result<ControlDb, ServerError> {
+        ControlDb::connect_as(url, dir, true)
+    }
+
+    fn connect_as(url: Option<&str>, dir: &Path, exclusive: bool) -> Result<ControlDb, ServerError> {
+        match url {
+            None => ControlDb::open(dir),
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => Ok(ControlDb(Box::new(
+                if exclusive { crate::pg::PgControl::connect_exclusive(u)? } else { crate::pg::PgControl::connect(u)? },
+            ))),
+            Some(u) => Err(ServerError::Setup(format!(
+                "--database {}: only postgres:// URLs are understood (without one, control.db in the state dir)",
+                redact_url(u)
+            ))),
+        }
+    }
+}
+
+/// `url` without its password, to be said in errors and logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(an unreadable URL)".into(),
+    }
+}
+
+/// Every statement the control plane makes, named after what it means. One
+/// implementation per database; the API, the queue and the workers see
+/// only these.
+pub trait ControlStore: Send + std::fmt::Debug {
+    /// Creates a tenant; `false` if it already existed (its plan is updated).
+    fn upsert_tenant(&self, name: &str, plan: &str) -> Result<bool, ServerError>;
+    fn tenant_plan(&self, name: &str) -> Result<Option<String>, ServerError>;
+    fn tenants(&self) -> Result<Vec<(String, String)>, ServerError>;
+    fn insert_token(&self, hash: &str, p: &Principal) -> Result<(), ServerError>;
+    fn principal(&self, hash: &str) -> Result<Option<Principal>, ServerError>;
+    /// Inserts a queued build and its first transition; returns its queue number.
+    fn insert_build(&self, b: &NewBuild) -> Result<i64, ServerError>;
+    /// The build a tenant submitted with an idempotency key.
+    fn build_by_key(&self, tenant: &str, key: &str) -> Result<Option<BuildRecord>, ServerError>;
+    fn build(&self, id: &str) -> Result<Option<BuildRecord>, ServerError>;
+    fn build_by_n(&self, n: i64) -> Result<Option<BuildRecord>, ServerError>;
+    /// A tenant's builds (every tenant's for `None`), newest first.
+    fn builds(
+        &self,
+        tenant: Option<&str>,
+        state: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<BuildRecord>, ServerError>;
+    /// Builds in the given states, oldest first (recovery at start-up).
+    fn builds_in(&self, states: &[&str]) -> Result<Vec<BuildRecord>, ServerError>;
+    /// Records a state change (and the fields that go with it) atomically.
+    #[allow(clippy::too_many_arguments)]
+    fn record_transition(
+        &self,
+        id: &str,
+        state: &str,
+        failure: Option<&str>,
+        reason: Option<&str>,
+        retries: i64,
+        event: &str,
+        detail: &str,
+        at_ms: i64,
+    ) -> Result<(), ServerError>;
+    /// A worker took the build: a new attempt with its engine build id,
+    /// whose log starts at `log_base` of the build's log.
+    fn start_attempt(
+        &self,
+        id: &str,
+        worker: &str,
+        at_ms: i64,
+        log_base: i64,
+    ) -> Result<AttemptRow, ServerError>;
+    /// The attempts of a build, in order.
+    fn attempts(&self, id: &str) -> Result<Vec<AttemptRow>, ServerError>;
+    fn set_cancel_requested(&self, id: &str, reason: Option<&str>) -> Result<(), ServerError>;
+    fn transitions(&self, id: &str) -> Result<Vec<TransitionRow>, ServerError>;
+    /// The order in which builds were handed to workers (every lease,
+    /// retries included): `(build, tenant, priority)`.
+    fn lease_order(&self, tenant: Option<&str>) -> Result<Vec<(String, String, String)>, ServerError>;
+    fn put_secret(
+        &self,
+        tenant: &str,
+        name: &str,
+        phases: &[String],
+        nonce: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<(), ServerError>;
+    fn delete_secret(&self, tenant: &str, name: &str) -> Result<bool, ServerError>;
+    fn secrets(&self, tenant: &str) -> Result<Vec<SecretRow>, ServerError>;
+    fn insert_usage(&self, u: &UsageRow) -> Result<(), ServerError>;
+    /// Usage records of a tenant's builds, or of one build with `build`.
+    fn usage_rows(&self, tenant: &str, build: Option<&str>) -> Result<Vec<UsageRow>, ServerError>;
+    fn usage(&self, tenant: &str) -> Result<Vec<UsageRow>, ServerError> {
+        self.usage_rows(tenant, None)
+    }
+    fn usage_of(&self, tenant: &str, build: &str) -> Result<Option<UsageRow>, ServerError> {
+        Ok(self.usage_rows(tenant, Some(build))?.pop())
+    }
+    /// Where a build's deployment webhook goes, set at submit.
+    fn set_notify(&self, build: &str, url: &str) -> Result<(), ServerError>;
+    /// The webhook of a build (see [`Notification`]).
+    fn notification(&self, build: &str) -> Result<Option<Notification>, ServerError>;
+    fn record_delivery(&self, build: &str, delivered: bool, attempts: &str) -> Result<(), ServerError>;
+    fn audit(
+        &self,
+        tenant: Option<&str>,
+        build: Option<&str>,
+        kind: &str,
+        actor: &str,
+        detail: &str,
+    ) -> Result<(), ServerError>;
+    /// Audit events of a tenant (every tenant's for `None`), oldest first,
+    /// after `after`.
+    fn audit_events(
+        &self,
+        tenant: Option<&str>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, ServerError>;
+}
+
+/// `control.db` on SQLite (WAL).
+#[derive(Debug)]
+struct SqliteControl {
+    conn: Connection,
+}
+
+impl SqliteControl {
+    fn open(dir: &Path) -> Result<SqliteControl, ServerError> {
         std::fs::create_dir_all(dir).map_err(|e| ServerError::io("creating", dir, e))?;
         let conn = Connection::open(dir.join("control.db"))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -315,13 +362,15 @@ impl ControlDb {
         }
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        Ok(ControlDb { conn })
+        Ok(SqliteControl { conn })
     }
+}
 
+impl ControlStore for SqliteControl {
     // ---- tenants and tokens ----
 
     /// Creates a tenant; `false` if it already existed (its plan is updated).
-    pub fn upsert_tenant(&self, name: &str, plan: &str) -> Result<bool, ServerError> {
+    fn upsert_tenant(&self, name: &str, plan: &str) -> Result<bool, ServerError> {
         let existed = self.tenant_plan(name)?.is_some();
         self.conn.execute(
             "INSERT INTO tenants (name, plan, created_at) VALUES (?1, ?2, ?3) \
@@ -331,20 +380,20 @@ impl ControlDb {
         Ok(!existed)
     }
 
-    pub fn tenant_plan(&self, name: &str) -> Result<Option<String>, ServerError> {
+    fn tenant_plan(&self, name: &str) -> Result<Option<String>, ServerError> {
         Ok(self
             .conn
             .query_row("SELECT plan FROM tenants WHERE name = ?1", [name], |r| r.get(0))
             .optional()?)
     }
 
-    pub fn tenants(&self) -> Result<Vec<(String, String)>, ServerError> {
+    fn tenants(&self) -> Result<Vec<(String, String)>, ServerError> {
         let mut stmt = self.conn.prepare("SELECT name, plan FROM tenants ORDER BY name")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
         Ok(rows)
     }
 
-    pub fn insert_token(&self, hash: &str, p: &Principal) -> Result<(), ServerError> {
+    fn insert_token(&self, hash: &str, p: &Principal) -> Result<(), ServerError> {
         self.conn.execute(
             "INSERT INTO tokens (hash, tenant, operator, worker, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![hash, p.tenant, p.operator as i64, p.worker as i64, now()],
@@ -352,7 +401,7 @@ impl ControlDb {
         Ok(())
     }
 
-    pub fn principal(&self, hash: &str) -> Result<Option<Principal>, ServerError> {
+    fn principal(&self, hash: &str) -> Result<Option<Principal>, ServerError> {
         Ok(self
             .conn
             .query_row("SELECT tenant, operator, worker FROM tokens WHERE hash = ?1", [hash], |r| {
@@ -368,7 +417,7 @@ impl ControlDb {
     // ---- builds ----
 
     /// Inserts a queued build and its first transition; returns its queue number.
-    pub fn insert_build(&self, b: &NewBuild) -> Result<i64, ServerError> {
+    fn insert_build(&self, b: &NewBuild) -> Result<i64, ServerError> {
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
             "INSERT INTO builds (id, tenant, priority, state, timeout_secs, pipeline, workflow, git_ref, source_tar, \
@@ -400,23 +449,23 @@ impl ControlDb {
     }
 
     /// The build a tenant submitted with an idempotency key.
-    pub fn build_by_key(&self, tenant: &str, key: &str) -> Result<Option<BuildRecord>, ServerError> {
+    fn build_by_key(&self, tenant: &str, key: &str) -> Result<Option<BuildRecord>, ServerError> {
         let sql = format!("SELECT {BUILD_COLS} FROM builds WHERE tenant = ?1 AND idem_key = ?2");
         Ok(self.conn.query_row(&sql, params![tenant, key], build_row).optional()?)
     }
 
-    pub fn build(&self, id: &str) -> Result<Option<BuildRecord>, ServerError> {
+    fn build(&self, id: &str) -> Result<Option<BuildRecord>, ServerError> {
         let sql = format!("SELECT {BUILD_COLS} FROM builds WHERE id = ?1");
         Ok(self.conn.query_row(&sql, [id], build_row).optional()?)
     }
 
-    pub fn build_by_n(&self, n: i64) -> Result<Option<BuildRecord>, ServerError> {
+    fn build_by_n(&self, n: i64) -> Result<Option<BuildRecord>, ServerError> {
         let sql = format!("SELECT {BUILD_COLS} FROM builds WHERE n = ?1");
         Ok(self.conn.query_row(&sql, [n], build_row).optional()?)
     }
 
     /// A tenant's builds (every tenant's for `None`), newest first.
-    pub fn builds(
+    fn builds(
         &self,
         tenant: Option<&str>,
         state: Option<&str>,
@@ -432,7 +481,7 @@ impl ControlDb {
     }
 
     /// Builds in the given states, oldest first (recovery at start-up).
-    pub fn builds_in(&self, states: &[&str]) -> Result<Vec<BuildRecord>, ServerError> {
+    fn builds_in(&self, states: &[&str]) -> Result<Vec<BuildRecord>, ServerError> {
         let mut out = Vec::new();
         let sql = format!("SELECT {BUILD_COLS} FROM builds WHERE state = ?1 ORDER BY n");
         let mut stmt = self.conn.prepare(&sql)?;
@@ -446,7 +495,7 @@ impl ControlDb {
 
     /// Records a state change (and the fields that go with it) atomically.
     #[allow(clippy::too_many_arguments)]
-    pub fn record_transition(
+    fn record_transition(
         &self,
         id: &str,
         state: &str,
@@ -477,7 +526,7 @@ impl ControlDb {
 
     /// A worker took the build: a new attempt with its engine build id,
     /// whose log starts at `log_base` of the build's log.
-    pub fn start_attempt(
+    fn start_attempt(
         &self,
         id: &str,
         worker: &str,
@@ -501,7 +550,7 @@ impl ControlDb {
     }
 
     /// The attempts of a build, in order.
-    pub fn attempts(&self, id: &str) -> Result<Vec<AttemptRow>, ServerError> {
+    fn attempts(&self, id: &str) -> Result<Vec<AttemptRow>, ServerError> {
         let mut stmt = self.conn.prepare(
             "SELECT attempt, engine_id, log_base, worker, started_ms FROM attempts WHERE build_id = ?1 ORDER BY attempt",
         )?;
@@ -519,7 +568,7 @@ impl ControlDb {
         Ok(rows)
     }
 
-    pub fn set_cancel_requested(&self, id: &str, reason: Option<&str>) -> Result<(), ServerError> {
+    fn set_cancel_requested(&self, id: &str, reason: Option<&str>) -> Result<(), ServerError> {
         self.conn.execute(
             "UPDATE builds SET cancel_requested = 1, reason = COALESCE(?2, reason) WHERE id = ?1",
             params![id, reason],
@@ -527,7 +576,7 @@ impl ControlDb {
         Ok(())
     }
 
-    pub fn transitions(&self, id: &str) -> Result<Vec<TransitionRow>, ServerError> {
+    fn transitions(&self, id: &str) -> Result<Vec<TransitionRow>, ServerError> {
         let mut stmt = self.conn.prepare(
             "SELECT ts, at_ms, state, event, detail FROM transitions WHERE build_id = ?1 ORDER BY n",
         )?;
@@ -547,7 +596,7 @@ impl ControlDb {
 
     /// The order in which builds were handed to workers (every lease,
     /// retries included): `(build, tenant, priority)`.
-    pub fn lease_order(&self, tenant: Option<&str>) -> Result<Vec<(String, String, String)>, ServerError> {
+    fn lease_order(&self, tenant: Option<&str>) -> Result<Vec<(String, String, String)>, ServerError> {
         let mut stmt = self.conn.prepare(
             "SELECT t.build_id, b.tenant, b.priority FROM transitions t JOIN builds b ON b.id = t.build_id \
              WHERE t.state = 'provisioning' AND (?1 IS NULL OR b.tenant = ?1) ORDER BY t.n",
@@ -559,7 +608,7 @@ impl ControlDb {
 
     // ---- secrets ----
 
-    pub fn put_secret(
+    fn put_secret(
         &self,
         tenant: &str,
         name: &str,
@@ -575,12 +624,12 @@ impl ControlDb {
         Ok(())
     }
 
-    pub fn delete_secret(&self, tenant: &str, name: &str) -> Result<bool, ServerError> {
+    fn delete_secret(&self, tenant: &str, name: &str) -> Result<bool, ServerError> {
         Ok(self.conn.execute("DELETE FROM secrets WHERE tenant = ?1 AND name = ?2", params![tenant, name])?
             > 0)
     }
 
-    pub fn secrets(&self, tenant: &str) -> Result<Vec<SecretRow>, ServerError> {
+    fn secrets(&self, tenant: &str) -> Result<Vec<SecretRow>, ServerError> {
         let mut stmt = self.conn.prepare(
             "SELECT name, phases, nonce, ciphertext, updated_at FROM secrets WHERE tenant = ?1 ORDER BY name",
         )?;
@@ -601,7 +650,7 @@ impl ControlDb {
 
     // ---- usage ----
 
-    pub fn insert_usage(&self, u: &UsageRow) -> Result<(), ServerError> {
+    fn insert_usage(&self, u: &UsageRow) -> Result<(), ServerError> {
         self.conn.execute(
             "INSERT OR REPLACE INTO usage (build_id, tenant, status, queue_wait_seconds, wall_seconds, cpu_seconds, \
              peak_memory_bytes, egress_bytes, artifact_bytes, cache_read_bytes, cache_write_bytes, log_bytes, attempts, \
@@ -626,16 +675,7 @@ impl ControlDb {
         Ok(())
     }
 
-    /// Usage records of a tenant's builds, or of one build with `build`.
-    pub fn usage(&self, tenant: &str) -> Result<Vec<UsageRow>, ServerError> {
-        self.usage_where(tenant, None)
-    }
-
-    pub fn usage_of(&self, tenant: &str, build: &str) -> Result<Option<UsageRow>, ServerError> {
-        Ok(self.usage_where(tenant, Some(build))?.pop())
-    }
-
-    fn usage_where(&self, tenant: &str, build: Option<&str>) -> Result<Vec<UsageRow>, ServerError> {
+    fn usage_rows(&self, tenant: &str, build: Option<&str>) -> Result<Vec<UsageRow>, ServerError> {
         let mut stmt = self.conn.prepare(
             "SELECT build_id, tenant, status, queue_wait_seconds, wall_seconds, cpu_seconds, peak_memory_bytes, \
              egress_bytes, artifact_bytes, cache_read_bytes, cache_write_bytes, log_bytes, attempts, finished_at \
@@ -668,7 +708,7 @@ impl ControlDb {
     // ---- audit ----
 
     /// Where a build's deployment webhook goes, set at submit.
-    pub fn set_notify(&self, build: &str, url: &str) -> Result<(), ServerError> {
+    fn set_notify(&self, build: &str, url: &str) -> Result<(), ServerError> {
         self.conn.execute(
             "INSERT OR REPLACE INTO notifications (build_id, url) VALUES (?1, ?2)",
             params![build, url],
@@ -677,7 +717,7 @@ impl ControlDb {
     }
 
     /// The webhook of a build (see [`Notification`]).
-    pub fn notification(&self, build: &str) -> Result<Option<Notification>, ServerError> {
+    fn notification(&self, build: &str) -> Result<Option<Notification>, ServerError> {
         Ok(self
             .conn
             .query_row(
@@ -688,7 +728,7 @@ impl ControlDb {
             .optional()?)
     }
 
-    pub fn record_delivery(&self, build: &str, delivered: bool, attempts: &str) -> Result<(), ServerError> {
+    fn record_delivery(&self, build: &str, delivered: bool, attempts: &str) -> Result<(), ServerError> {
         self.conn.execute(
             "UPDATE notifications SET delivered = ?2, attempts = ?3, at = ?4 WHERE build_id = ?1",
             params![build, delivered, attempts, now()],
@@ -696,7 +736,7 @@ impl ControlDb {
         Ok(())
     }
 
-    pub fn audit(
+    fn audit(
         &self,
         tenant: Option<&str>,
         build: Option<&str>,
@@ -713,7 +753,7 @@ impl ControlDb {
 
     /// Audit events of a tenant (every tenant's for `None`), oldest first,
     /// after `after`.
-    pub fn audit_events(
+    fn audit_events(
         &self,
         tenant: Option<&str>,
         after: i64,

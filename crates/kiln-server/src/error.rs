@@ -9,6 +9,8 @@ use axum::Json;
 pub enum ServerError {
     #[error("control database: {0}")]
     Db(#[from] rusqlite::Error),
+    #[error("control database (PostgreSQL): {0}")]
+    Postgres(String),
     #[error(transparent)]
     Engine(#[from] kiln_engine::EngineError),
     #[error("content store: {0}")]

@@ -24,6 +24,8 @@ pub mod error;
 pub mod metrics;
 pub mod notify;
 pub mod openapi;
+pub mod pg;
+pub mod pgcluster;
 pub mod policy;
 pub mod remote;
 pub mod statedb;

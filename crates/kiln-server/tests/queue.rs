@@ -1,21 +1,69 @@
 //! The queue core without sandboxes: claims, fairness, leases, timeouts of
-//! reports and recovery, driven through `Core` directly.
+//! reports and recovery, driven through `Core` directly. Every test runs on
+//! both control databases: SQLite, and a PostgreSQL cluster it starts.
 
 use std::sync::Arc;
 
 use kiln_server::core::AttemptOutcome;
 use kiln_server::db::{now_ms, ControlDb, NewBuild};
+use kiln_server::pgcluster::LocalCluster;
 use kiln_server::{Core, ServerConfig};
 
-fn config(dir: &std::path::Path) -> ServerConfig {
-    let mut cfg = ServerConfig::new(dir.join("state"));
-    cfg.workers = 0;
-    cfg.lease_ttl_ms = 1;
-    cfg
+/// The control database a test runs on.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
 }
 
+/// A test's state dir, its database, and the server's settings.
+struct Env {
+    _dir: tempfile::TempDir,
+    _cluster: Option<LocalCluster>,
+    cfg: ServerConfig,
+}
+
+fn env(backend: Backend) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ServerConfig::new(dir.path().join("state"));
+    cfg.workers = 0;
+    cfg.lease_ttl_ms = 1;
+    let cluster = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let c = LocalCluster::start().unwrap_or_else(|e| panic!("the PostgreSQL test cluster: {e}"));
+            cfg.database = Some(c.database("kiln").unwrap());
+            Some(c)
+        }
+    };
+    Env { _dir: dir, _cluster: cluster, cfg }
+}
+
+/// Each named test, once per backend.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name(super::Backend::Sqlite)
+            }
+            #[test]
+            fn postgres() {
+                super::$name(super::Backend::Postgres)
+            }
+        }
+    )*};
+}
+
+on_both!(
+    claims_follow_priority_fairness_and_plan_caps,
+    expired_leases_retry_twice_then_fail_as_infrastructure,
+    a_restart_requeues_held_builds_and_keeps_the_queue_order,
+    cancelling_a_queued_build_is_immediate_and_a_held_one_waits_for_its_worker,
+);
+
 fn tenants(cfg: &ServerConfig, list: &[(&str, &str)]) {
-    let db = ControlDb::open(&cfg.state_dir).unwrap();
+    let db = ControlDb::connect(cfg.database.as_deref(), &cfg.state_dir).unwrap();
     for (t, plan) in list {
         db.upsert_tenant(t, plan).unwrap();
     }
@@ -56,10 +104,9 @@ fn finish_ok(core: &Core, id: &str, attempt: i64) {
     .unwrap();
 }
 
-#[test]
-fn claims_follow_priority_fairness_and_plan_caps() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
+fn claims_follow_priority_fairness_and_plan_caps(backend: Backend) {
+    let env = env(backend);
+    let cfg = env.cfg.clone();
     tenants(&cfg, &[("flood", "team"), ("solo", "team"), ("free", "free")]);
     let core: Arc<Core> = Core::start(cfg).unwrap();
     let floods: Vec<String> = (0..20).map(|_| submit(&core, "flood", "normal")).collect();
@@ -90,10 +137,9 @@ fn claims_follow_priority_fairness_and_plan_caps() {
     let _ = free2;
 }
 
-#[test]
-fn expired_leases_retry_twice_then_fail_as_infrastructure() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
+fn expired_leases_retry_twice_then_fail_as_infrastructure(backend: Backend) {
+    let env = env(backend);
+    let cfg = env.cfg.clone();
     tenants(&cfg, &[("t", "team")]);
     let core = Core::start(cfg).unwrap();
     let id = submit(&core, "t", "normal");
@@ -117,10 +163,9 @@ fn expired_leases_retry_twice_then_fail_as_infrastructure() {
     assert_eq!(events.iter().filter(|e| **e == "lease-expired").count(), 3, "{events:?}");
 }
 
-#[test]
-fn a_restart_requeues_held_builds_and_keeps_the_queue_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
+fn a_restart_requeues_held_builds_and_keeps_the_queue_order(backend: Backend) {
+    let env = env(backend);
+    let cfg = env.cfg.clone();
     tenants(&cfg, &[("t", "team")]);
     let (held, queued) = {
         let core = Core::start(cfg.clone()).unwrap();
@@ -145,10 +190,9 @@ fn a_restart_requeues_held_builds_and_keeps_the_queue_order() {
     assert_eq!(core.read().attempts(&held).unwrap().len(), 2);
 }
 
-#[test]
-fn cancelling_a_queued_build_is_immediate_and_a_held_one_waits_for_its_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
+fn cancelling_a_queued_build_is_immediate_and_a_held_one_waits_for_its_worker(backend: Backend) {
+    let env = env(backend);
+    let cfg = env.cfg.clone();
     tenants(&cfg, &[("t", "team")]);
     let core = Core::start(cfg).unwrap();
     let running = submit(&core, "t", "normal");

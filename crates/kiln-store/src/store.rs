@@ -110,9 +110,8 @@ impl Store {
     /// `AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_STORAGE_USE_EMULATOR` with
     /// `AZURITE_BLOB_STORAGE_URL`), `GOOGLE_*` for GCS.
     pub fn open_url(url: &str) -> Result<Self> {
-        let env = std::env::vars().filter(|(k, _)| {
-            ["AWS_", "AZURE_", "GOOGLE_", "OBJECT_STORE_"].iter().any(|p| k.starts_with(p))
-        });
+        let env = std::env::vars()
+            .filter(|(k, _)| ["AWS_", "AZURE_", "GOOGLE_", "OBJECT_STORE_"].iter().any(|p| k.starts_with(p)));
         Self::open_url_with(url, env)
     }
 

@@ -35,7 +35,24 @@ pub struct ServeArgs {
     #[arg(long = "allow-private", value_name = "IP:PORT")]
     pub allow_private: Vec<SocketAddr>,
     #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
     pub state: StateArgs,
+}
+
+/// Where the control plane's state is.
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// The control database: `postgres://USER:PASSWORD@HOST:PORT/DB`
+    /// (migrated on start). Default: `control.db` (SQLite) in the state dir.
+    #[arg(long, env = "KILN_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
+}
+
+impl DbArgs {
+    fn open(&self, state: &StateArgs) -> anyhow::Result<ControlDb> {
+        ControlDb::connect(self.database.as_deref(), &state.state_dir).map_err(|e| anyhow!("{e}"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -90,11 +107,15 @@ pub enum TenantCommand {
         plan: PlanArg,
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        db: DbArgs,
     },
     /// List tenants.
     List {
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        db: DbArgs,
     },
 }
 
@@ -113,6 +134,8 @@ pub enum TokenCommand {
         worker: bool,
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        db: DbArgs,
     },
 }
 
@@ -137,6 +160,7 @@ pub fn serve(args: ServeArgs) -> u8 {
     cfg.egress_cap = egress_cap;
     cfg.allow_private = args.allow_private.clone();
     cfg.store_url = args.state.store.clone();
+    cfg.database = args.db.database.clone();
     let result = (|| -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         rt.block_on(async {
@@ -213,7 +237,7 @@ fn valid_tenant(name: &str) -> bool {
 pub fn admin(cmd: AdminCommand) -> u8 {
     let result = (|| -> anyhow::Result<u8> {
         match cmd {
-            AdminCommand::Tenant(TenantCommand::Create { name, plan, state }) => {
+            AdminCommand::Tenant(TenantCommand::Create { name, plan, state, db }) => {
                 if !valid_tenant(&name) {
                     eprintln!(
                         "error: tenant names are 1-63 lower-case letters, digits and `-` (and not `local`)"
@@ -224,21 +248,21 @@ pub fn admin(cmd: AdminCommand) -> u8 {
                     PlanArg::Free => "free",
                     PlanArg::Team => "team",
                 };
-                let db = ControlDb::open(&state.state_dir).map_err(|e| anyhow!("{e}"))?;
+                let db = db.open(&state)?;
                 let created = db.upsert_tenant(&name, plan).map_err(|e| anyhow!("{e}"))?;
                 let what = if created { "created" } else { "plan set" };
                 db.audit(Some(&name), None, "admin", "kiln admin", &format!("tenant {name} {what}: {plan}"))
                     .map_err(|e| anyhow!("{e}"))?;
                 println!("tenant {name} {what} (plan {plan})");
             }
-            AdminCommand::Tenant(TenantCommand::List { state }) => {
-                let db = ControlDb::open(&state.state_dir).map_err(|e| anyhow!("{e}"))?;
+            AdminCommand::Tenant(TenantCommand::List { state, db }) => {
+                let db = db.open(&state)?;
                 for (name, plan) in db.tenants().map_err(|e| anyhow!("{e}"))? {
                     println!("{name}\t{plan}");
                 }
             }
-            AdminCommand::Token(TokenCommand::Create { tenant, operator, worker, state }) => {
-                let db = ControlDb::open(&state.state_dir).map_err(|e| anyhow!("{e}"))?;
+            AdminCommand::Token(TokenCommand::Create { tenant, operator, worker, state, db }) => {
+                let db = db.open(&state)?;
                 if let Some(t) = &tenant {
                     if db.tenant_plan(t).map_err(|e| anyhow!("{e}"))?.is_none() {
                         eprintln!("error: no tenant `{t}` (kiln admin tenant create {t})");

@@ -49,6 +49,11 @@ pub struct BenchServeArgs {
     /// arrival at the client.
     #[arg(long, default_value_t = 20)]
     pub live_logs: usize,
+    /// The control database: a `postgres://` URL, or `postgres` for a
+    /// throwaway cluster this command starts (initdb on loopback). Default:
+    /// SQLite in the state dir.
+    #[arg(long)]
+    pub database: Option<String>,
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -113,8 +118,16 @@ fn run(args: BenchServeArgs) -> anyhow::Result<()> {
             .unwrap_or(0);
         std::env::temp_dir().join(format!("kiln-bench-serve-{nanos}"))
     });
+    let cluster = match args.database.as_deref() {
+        Some("postgres") => Some(kiln_server::pgcluster::LocalCluster::start().map_err(|e| anyhow!("{e}"))?),
+        _ => None,
+    };
+    let database = match &cluster {
+        Some(c) => Some(c.database("kiln").map_err(|e| anyhow!("{e}"))?),
+        None => args.database.clone(),
+    };
     let tenants: Vec<(String, String)> = {
-        let db = ControlDb::open(&state_dir).map_err(|e| anyhow!("{e}"))?;
+        let db = ControlDb::connect(database.as_deref(), &state_dir).map_err(|e| anyhow!("{e}"))?;
         (0..args.tenants.max(1))
             .map(|i| {
                 let name = format!("bench-{i}");
@@ -127,6 +140,7 @@ fn run(args: BenchServeArgs) -> anyhow::Result<()> {
     let mut cfg = kiln_server::ServerConfig::new(state_dir.clone());
     cfg.workers = args.workers;
     cfg.isolation = isolation(args.isolation);
+    cfg.database = database.clone();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -294,8 +308,9 @@ fn run(args: BenchServeArgs) -> anyhow::Result<()> {
     };
     let ms = |s: f64| format!("{:.1} ms", s * 1000.0);
     let report = format!(
-        "`kiln bench-serve --builds {n} --tenants {} --workers {} --clients {} --isolation {iso}` \
-         (one `run: \"true\"` step per build; server, workers and clients on this machine, {} CPUs)\n\n\
+        "`kiln bench-serve --builds {n} --tenants {} --workers {} --clients {} --isolation {iso}{}` \
+         (one `run: \"true\"` step per build; server, workers and clients on this machine, {} CPUs; \
+         control database: {})\n\n\
          | measure | value |\n| --- | --- |\n\
          | builds submitted / distinct ids / finished / succeeded | {n} / {} / {} / {succeeded} |\n\
          | lost / duplicate usage records / builds retried | {lost} / {usage_dups} / {retried} |\n\
@@ -311,7 +326,9 @@ fn run(args: BenchServeArgs) -> anyhow::Result<()> {
         args.tenants,
         args.workers,
         args.clients,
+        if cluster.is_some() { " --database postgres" } else { "" },
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        if database.is_some() { "PostgreSQL" } else { "SQLite" },
         distinct.len(),
         usage.len(),
         ms(pct(&gaps, 0.5)),

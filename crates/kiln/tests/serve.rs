@@ -4,6 +4,10 @@
 //!
 //! Every wait polls with a generous deadline; assertions are on recorded
 //! order and state, never on how long something took.
+//!
+//! The control plane's tests run twice: on SQLite (`control.db` in the
+//! state dir) and on a PostgreSQL cluster each test starts itself
+//! (`kiln serve --database postgres://...`).
 
 mod common;
 
@@ -16,13 +20,60 @@ use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(240);
 
+/// The control database a test's servers use.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+thread_local! {
+    /// Set by the `postgres` variant of each test (every test runs on its own thread).
+    static BACKEND: std::cell::Cell<Backend> = const { std::cell::Cell::new(Backend::Sqlite) };
+}
+
+/// Each named test, once per control database.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name()
+            }
+            #[test]
+            fn postgres() {
+                super::BACKEND.with(|b| b.set(super::Backend::Postgres));
+                super::$name()
+            }
+        }
+    )*};
+}
+
+on_both!(
+    tenants_cannot_see_each_others_builds_logs_artifacts_or_secrets,
+    submit_is_idempotent_per_tenant,
+    log_stream_is_live_and_resumes_without_loss_or_duplicates,
+    a_running_build_is_cancelled,
+    urgent_first_fifo_within_a_tenant_and_no_tenant_starves,
+    plan_limits_cap_concurrency_and_time,
+    kill_9_of_the_server_mid_build_loses_nothing,
+    kill_9_of_a_remote_worker_moves_the_build_to_another,
+    metrics_and_openapi_are_served,
+    a_repository_url_is_built_with_no_configuration,
+    usage_records_count_cache_bytes_read_and_written,
+    a_succeeded_build_is_handed_to_the_deployment_webhook,
+);
+
 /// A `kiln serve` process with its own state dir.
 struct Server {
-    dir: tempfile::TempDir,
     child: Option<Child>,
     url: String,
     extra: Vec<String>,
     env: Vec<(String, String)>,
+    /// The PostgreSQL cluster of a `postgres` test (after `child`: dropped
+    /// once the server has stopped).
+    _cluster: Option<kiln_server::pgcluster::LocalCluster>,
+    dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -33,12 +84,20 @@ impl Server {
     fn start_with_env(extra: &[&str], env: &[(String, String)]) -> Server {
         common::require_sandboxes();
         let dir = tempfile::Builder::new().prefix("kiln-serve-test-").tempdir().unwrap();
+        let mut env = env.to_vec();
+        let cluster = (BACKEND.with(|b| b.get()) == Backend::Postgres).then(|| {
+            let c = kiln_server::pgcluster::LocalCluster::start()
+                .unwrap_or_else(|e| panic!("the PostgreSQL test cluster: {e}"));
+            env.push(("KILN_DATABASE".into(), c.database("kiln").unwrap()));
+            c
+        });
         let mut s = Server {
             dir,
             child: None,
             url: String::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            env: env.to_vec(),
+            env,
+            _cluster: cluster,
         };
         s.spawn();
         s
@@ -48,9 +107,11 @@ impl Server {
         self.dir.path().join("state")
     }
 
+    /// `kiln` with this server's state dir and database (`admin` too).
     fn kiln(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
         c.env("KILN_STATE_DIR", self.state()).env("NO_COLOR", "1").env_remove("KILN_SERVER");
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
@@ -60,7 +121,6 @@ impl Server {
             .kiln()
             .args(["serve", "--listen", "127.0.0.1:0", "--isolation", "gvisor"])
             .args(&self.extra)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(self.dir.path().join("serve.log")).unwrap()))
             .spawn()
@@ -72,6 +132,12 @@ impl Server {
         });
         self.url = url.to_string();
         self.child = Some(child);
+        if self._cluster.is_some() {
+            assert!(
+                !self.state().join("control.db").exists(),
+                "a server given --database postgres://... made a control.db"
+            );
+        }
     }
 
     fn log(&self) -> String {
@@ -233,7 +299,6 @@ const QUICK: &str = "jobs:\n  quick:\n    steps:\n      - run: echo quick\n";
 const GATE: &str =
     "jobs:\n  gate:\n    steps:\n      - run: |\n          echo gate-up\n          sleep 600\n";
 
-#[test]
 fn tenants_cannot_see_each_others_builds_logs_artifacts_or_secrets() {
     let server = Server::start(&["--workers", "2"]);
     let a = server.tenant("alpha", "team");
@@ -304,7 +369,6 @@ fn tenants_cannot_see_each_others_builds_logs_artifacts_or_secrets() {
     assert!(all.to_string().contains("auth failure"), "{all}");
 }
 
-#[test]
 fn submit_is_idempotent_per_tenant() {
     let server = Server::start(&["--workers", "1"]);
     let a = server.tenant("alpha", "team");
@@ -397,7 +461,6 @@ fn read_sse(
     (got, false)
 }
 
-#[test]
 fn log_stream_is_live_and_resumes_without_loss_or_duplicates() {
     let server = Server::start(&["--workers", "1"]);
     let a = server.tenant("alpha", "team");
@@ -431,7 +494,6 @@ fn log_stream_is_live_and_resumes_without_loss_or_duplicates() {
     assert!(text.contains("line-12") && text.contains("succeeded"), "{text}");
 }
 
-#[test]
 fn a_running_build_is_cancelled() {
     let server = Server::start(&["--workers", "1"]);
     let a = server.tenant("alpha", "team");
@@ -450,7 +512,6 @@ fn a_running_build_is_cancelled() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("cancelled"));
 }
 
-#[test]
 fn urgent_first_fifo_within_a_tenant_and_no_tenant_starves() {
     let server = Server::start(&["--workers", "1"]);
     let gate = server.tenant("gate", "team");
@@ -493,7 +554,6 @@ fn urgent_first_fifo_within_a_tenant_and_no_tenant_starves() {
     assert_eq!(flood_order, floods.iter().map(String::as_str).collect::<Vec<_>>(), "FIFO within a tenant");
 }
 
-#[test]
 fn plan_limits_cap_concurrency_and_time() {
     let server = Server::start(&["--workers", "2"]);
     let free = server.tenant("freebie", "free");
@@ -523,7 +583,6 @@ fn plan_limits_cap_concurrency_and_time() {
     assert!(audit.to_string().contains("quota hit"), "{audit}");
 }
 
-#[test]
 fn kill_9_of_the_server_mid_build_loses_nothing() {
     let mut server = Server::start(&["--workers", "1"]);
     let a = server.tenant("alpha", "team");
@@ -573,7 +632,6 @@ fn worker(server: &Server, token: &str, name: &str, state: &Path) -> Child {
         .unwrap()
 }
 
-#[test]
 fn kill_9_of_a_remote_worker_moves_the_build_to_another() {
     let server = Server::start(&["--workers", "0", "--lease-timeout-ms", "5000"]);
     let a = server.tenant("alpha", "team");
@@ -616,7 +674,6 @@ fn kill_9_of_a_remote_worker_moves_the_build_to_another() {
     assert_eq!(std::fs::read_to_string(out.join("hello.txt")).unwrap(), "hello from the source\n");
 }
 
-#[test]
 fn metrics_and_openapi_are_served() {
     let server = Server::start(&["--workers", "1"]);
     let a = server.tenant("alpha", "team");
@@ -643,7 +700,6 @@ fn metrics_and_openapi_are_served() {
     assert!(doc["paths"]["/v1/builds/{id}/logs"].is_object());
 }
 
-#[test]
 fn a_repository_url_is_built_with_no_configuration() {
     // A Node site in a git repository this test serves on 127.0.0.2.
     let origin = common::Origin::start();
@@ -687,7 +743,6 @@ fn a_repository_url_is_built_with_no_configuration() {
     }
 }
 
-#[test]
 fn usage_records_count_cache_bytes_read_and_written() {
     let server = Server::start(&["--workers", "1"]);
     let a = server.tenant("alpha", "team");
@@ -710,7 +765,6 @@ fn usage_records_count_cache_bytes_read_and_written() {
     assert_eq!(row(&second)["cache_read_bytes"], 5000, "{usage:?}");
 }
 
-#[test]
 fn a_succeeded_build_is_handed_to_the_deployment_webhook() {
     let (hook, seen) = common::receiver(1);
     let server = Server::start(&["--workers", "1"]);

@@ -1,0 +1,696 @@
+//! The control database on PostgreSQL (`kiln serve --database
+//! postgres://...`): the statements of [`ControlStore`] in PostgreSQL's
+//! dialect, and the schema's migrations.
+//!
+//! One connection per [`PgControl`], owned by a thread of its own: the
+//! `postgres` client drives its connection with a runtime of its own, which
+//! must not run inside the server's tokio runtime, and the control plane's
+//! calls are synchronous (as they are on SQLite). A call sends its
+//! statements to that thread and waits for the answer. A connection the
+//! server lost (PostgreSQL restarted) is made again at the next call.
+//!
+//! Migrations (`migrations/postgres/NNNN_*.sql`) are applied at start-up in
+//! order, each in its own transaction, under an advisory lock so that two
+//! servers starting at once do not both apply one; a database whose schema
+//! is newer than this binary knows is refused.
+
+use std::sync::mpsc;
+use std::sync::Mutex;
+
+use postgres::{Client, NoTls, Row};
+
+use crate::db::{
+    now, redact_url, AttemptRow, AuditRow, BuildRecord, ControlStore, NewBuild, Notification, Principal,
+    SecretRow, TransitionRow, UsageRow,
+};
+use crate::error::ServerError;
+
+/// The migrations, in order: (version, SQL).
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_control.sql"))];
+
+/// The advisory lock key under which migrations run ("kiln" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6b69_6c6e;
+
+type Job = Box<dyn FnOnce(Result<&mut Client, String>) + Send>;
+
+/// The advisory lock a server holds on its connection while it runs: the
+/// queue is decided in one server process, so a second server on the same
+/// database is refused rather than allowed to decide the same things.
+const SERVER_LOCK: i64 = 0x6b69_6c6e_0001;
+
+/// The control database on PostgreSQL.
+pub struct PgControl {
+    url: String,
+    /// `None` once dropped.
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for PgControl {
+    /// Ends the connection (and the locks it holds) before returning.
+    fn drop(&mut self) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for PgControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgControl").field("url", &redact_url(&self.url)).finish()
+    }
+}
+
+fn pg_err(e: postgres::Error) -> ServerError {
+    ServerError::Postgres(e.to_string())
+}
+
+impl PgControl {
+    /// Connects, and brings the schema up to date (or refuses a newer one).
+    pub fn connect(url: &str) -> Result<PgControl, ServerError> {
+        PgControl::start(url, false)
+    }
+
+    /// [`PgControl::connect`] for the server that runs the queue: its
+    /// connection holds the server lock (taken again after a reconnect), and
+    /// it is refused while another server holds it.
+    pub fn connect_exclusive(url: &str) -> Result<PgControl, ServerError> {
+        PgControl::start(url, true)
+    }
+
+    fn start(url: &str, exclusive: bool) -> Result<PgControl, ServerError> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let conn_url = url.to_string();
+        let shown = redact_url(url);
+        let thread = std::thread::Builder::new()
+            .name("kiln-postgres".into())
+            .spawn(move || {
+                let mut client: Option<Client> = None;
+                let mut why = String::new();
+                while let Ok(job) = rx.recv() {
+                    if client.as_ref().is_none_or(|c| c.is_closed()) {
+                        client = None;
+                        match Client::connect(&conn_url, NoTls) {
+                            Ok(mut c) => {
+                                let locked = !exclusive
+                                    || c.query_one("SELECT pg_try_advisory_lock($1)", &[&SERVER_LOCK])
+                                        .map(|r| r.get::<_, bool>(0))
+                                        .unwrap_or(false);
+                                if locked {
+                                    client = Some(c);
+                                } else {
+                                    why = format!(
+                                        "another kiln serve is running on {shown}: one server per database \
+                                         (it decides the queue)"
+                                    );
+                                }
+                            }
+                            Err(e) => why = format!("cannot connect to {shown}: {e}"),
+                        }
+                    }
+                    job(client.as_mut().ok_or_else(|| why.clone()));
+                }
+            })
+            .map_err(|e| ServerError::Setup(format!("starting the database thread: {e}")))?;
+        let pg = PgControl { url: url.to_string(), jobs: Mutex::new(Some(tx)), thread: Some(thread) };
+        pg.call(migrate)?;
+        Ok(pg)
+    }
+
+    /// Runs `f` on the connection's thread and waits for it.
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, ServerError> + Send + 'static,
+    ) -> Result<T, ServerError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |client| {
+            let r = match client {
+                Ok(c) => f(c),
+                Err(why) => Err(ServerError::Postgres(why)),
+            };
+            let _ = tx.send(r);
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .ok_or_else(|| ServerError::Postgres("the connection is closed".into()))?
+            .send(job)
+            .map_err(|_| ServerError::Postgres("the database thread has stopped".into()))?;
+        rx.recv().map_err(|_| ServerError::Postgres("the database thread has stopped".into()))?
+    }
+}
+
+/// Applies the migrations this database lacks, or refuses a newer schema.
+fn migrate(c: &mut Client) -> Result<(), ServerError> {
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    let mut tx = c.transaction().map_err(pg_err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).map_err(pg_err)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS kiln_schema (version BIGINT PRIMARY KEY, applied_at TEXT NOT NULL)",
+    )
+    .map_err(pg_err)?;
+    let have: i64 =
+        tx.query_one("SELECT COALESCE(MAX(version), 0) FROM kiln_schema", &[]).map_err(pg_err)?.get(0);
+    if have > known {
+        return Err(ServerError::Setup(format!(
+            "the control database's schema is version {have}, newer than this kiln understands ({known}): \
+             run a kiln at least as new as the one that migrated it"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > have) {
+        tx.batch_execute(sql).map_err(|e| ServerError::Postgres(format!("migration {version}: {e}")))?;
+        tx.execute("INSERT INTO kiln_schema (version, applied_at) VALUES ($1, $2)", &[version, &now()])
+            .map_err(pg_err)?;
+    }
+    tx.commit().map_err(pg_err)
+}
+
+const BUILD_COLS: &str = "n, id, tenant, priority, state, failure, reason, retries, attempt, cancel_requested, \
+    timeout_secs, pipeline, workflow, git_ref, source_tree, source_tar, body_hash, worker, created_at, enqueued_ms, \
+    started_ms, finished_ms";
+
+fn build_row(r: &Row) -> BuildRecord {
+    BuildRecord {
+        n: r.get(0),
+        id: r.get(1),
+        tenant: r.get(2),
+        priority: r.get(3),
+        state: r.get(4),
+        failure: r.get(5),
+        reason: r.get(6),
+        retries: r.get(7),
+        attempt: r.get(8),
+        cancel_requested: r.get(9),
+        timeout_seconds: r.get(10),
+        pipeline: r.get(11),
+        workflow: r.get(12),
+        git_ref: r.get(13),
+        source_tree: r.get(14),
+        source_tar: r.get(15),
+        body_hash: r.get(16),
+        worker: r.get(17),
+        created_at: r.get(18),
+        enqueued_ms: r.get(19),
+        started_ms: r.get(20),
+        finished_ms: r.get(21),
+    }
+}
+
+fn one_build(
+    c: &mut Client,
+    filter: &str,
+    arg: &(dyn postgres::types::ToSql + Sync),
+) -> Result<Option<BuildRecord>, ServerError> {
+    let sql = format!("SELECT {BUILD_COLS} FROM builds WHERE {filter}");
+    Ok(c.query_opt(&sql, &[arg]).map_err(pg_err)?.as_ref().map(build_row))
+}
+
+fn owned(s: &str) -> String {
+    s.to_string()
+}
+
+impl ControlStore for PgControl {
+    fn upsert_tenant(&self, name: &str, plan: &str) -> Result<bool, ServerError> {
+        let (name, plan) = (owned(name), owned(plan));
+        self.call(move |c| {
+            // `xmax = 0`: the row was inserted, not updated.
+            let row = c
+                .query_one(
+                    "INSERT INTO tenants (name, plan, created_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET plan = EXCLUDED.plan RETURNING (xmax = 0)",
+                    &[&name, &plan, &now()],
+                )
+                .map_err(pg_err)?;
+            Ok(row.get(0))
+        })
+    }
+
+    fn tenant_plan(&self, name: &str) -> Result<Option<String>, ServerError> {
+        let name = owned(name);
+        self.call(move |c| {
+            Ok(c.query_opt("SELECT plan FROM tenants WHERE name = $1", &[&name])
+                .map_err(pg_err)?
+                .map(|r| r.get(0)))
+        })
+    }
+
+    fn tenants(&self) -> Result<Vec<(String, String)>, ServerError> {
+        self.call(|c| {
+            let rows = c.query("SELECT name, plan FROM tenants ORDER BY name", &[]).map_err(pg_err)?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn insert_token(&self, hash: &str, p: &Principal) -> Result<(), ServerError> {
+        let (hash, p) = (owned(hash), p.clone());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO tokens (hash, tenant, operator, worker, created_at) VALUES ($1, $2, $3, $4, $5)",
+                &[&hash, &p.tenant, &p.operator, &p.worker, &now()],
+            )
+            .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn principal(&self, hash: &str) -> Result<Option<Principal>, ServerError> {
+        let hash = owned(hash);
+        self.call(move |c| {
+            let row = c
+                .query_opt("SELECT tenant, operator, worker FROM tokens WHERE hash = $1", &[&hash])
+                .map_err(pg_err)?;
+            Ok(row.map(|r| Principal { tenant: r.get(0), operator: r.get(1), worker: r.get(2) }))
+        })
+    }
+
+    fn insert_build(&self, b: &NewBuild) -> Result<i64, ServerError> {
+        let b = b.clone();
+        self.call(move |c| {
+            let mut tx = c.transaction().map_err(pg_err)?;
+            let n: i64 = tx
+                .query_one(
+                    "INSERT INTO builds (id, tenant, priority, state, timeout_secs, pipeline, workflow, git_ref, \
+                     source_tar, source_tree, idem_key, body_hash, created_at, enqueued_ms) \
+                     VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING n",
+                    &[
+                        &b.id,
+                        &b.tenant,
+                        &b.priority,
+                        &b.timeout_secs,
+                        &b.pipeline,
+                        &b.workflow,
+                        &b.git_ref,
+                        &b.source_tar,
+                        &b.source_tree,
+                        &b.idem_key,
+                        &b.body_hash,
+                        &now(),
+                        &b.enqueued_ms,
+                    ],
+                )
+                .map_err(pg_err)?
+                .get(0);
+            tx.execute(
+                "INSERT INTO transitions (build_id, at_ms, ts, state, event, detail) \
+                 VALUES ($1, $2, $3, 'queued', 'submit', '')",
+                &[&b.id, &b.enqueued_ms, &now()],
+            )
+            .map_err(pg_err)?;
+            tx.commit().map_err(pg_err)?;
+            Ok(n)
+        })
+    }
+
+    fn build_by_key(&self, tenant: &str, key: &str) -> Result<Option<BuildRecord>, ServerError> {
+        let (tenant, key) = (owned(tenant), owned(key));
+        self.call(move |c| {
+            let sql = format!("SELECT {BUILD_COLS} FROM builds WHERE tenant = $1 AND idem_key = $2");
+            Ok(c.query_opt(&sql, &[&tenant, &key]).map_err(pg_err)?.as_ref().map(build_row))
+        })
+    }
+
+    fn build(&self, id: &str) -> Result<Option<BuildRecord>, ServerError> {
+        let id = owned(id);
+        self.call(move |c| one_build(c, "id = $1", &id))
+    }
+
+    fn build_by_n(&self, n: i64) -> Result<Option<BuildRecord>, ServerError> {
+        self.call(move |c| one_build(c, "n = $1", &n))
+    }
+
+    fn builds(
+        &self,
+        tenant: Option<&str>,
+        state: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<BuildRecord>, ServerError> {
+        let (tenant, state) = (tenant.map(owned), state.map(owned));
+        self.call(move |c| {
+            let sql = format!(
+                "SELECT {BUILD_COLS} FROM builds WHERE ($1::text IS NULL OR tenant = $1) \
+                 AND ($2::text IS NULL OR state = $2) ORDER BY n DESC LIMIT $3"
+            );
+            Ok(c.query(&sql, &[&tenant, &state, &limit]).map_err(pg_err)?.iter().map(build_row).collect())
+        })
+    }
+
+    fn builds_in(&self, states: &[&str]) -> Result<Vec<BuildRecord>, ServerError> {
+        let states: Vec<String> = states.iter().map(|s| owned(s)).collect();
+        self.call(move |c| {
+            let sql = format!("SELECT {BUILD_COLS} FROM builds WHERE state = ANY($1) ORDER BY n");
+            Ok(c.query(&sql, &[&states]).map_err(pg_err)?.iter().map(build_row).collect())
+        })
+    }
+
+    fn record_transition(
+        &self,
+        id: &str,
+        state: &str,
+        failure: Option<&str>,
+        reason: Option<&str>,
+        retries: i64,
+        event: &str,
+        detail: &str,
+        at_ms: i64,
+    ) -> Result<(), ServerError> {
+        let (id, state, failure, reason, event, detail) =
+            (owned(id), owned(state), failure.map(owned), reason.map(owned), owned(event), owned(detail));
+        self.call(move |c| {
+            let terminal = matches!(state.as_str(), "succeeded" | "failed" | "cancelled");
+            let mut tx = c.transaction().map_err(pg_err)?;
+            tx.execute(
+                "UPDATE builds SET state = $2, failure = $3, reason = COALESCE($4, reason), retries = $5, \
+                 finished_ms = CASE WHEN $6 THEN $7 ELSE finished_ms END, \
+                 started_ms = CASE WHEN $2 = 'running' AND started_ms IS NULL THEN $7 ELSE started_ms END, \
+                 worker = CASE WHEN $2 = 'queued' THEN NULL ELSE worker END \
+                 WHERE id = $1",
+                &[&id, &state, &failure, &reason, &retries, &terminal, &at_ms],
+            )
+            .map_err(pg_err)?;
+            tx.execute(
+                "INSERT INTO transitions (build_id, at_ms, ts, state, event, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&id, &at_ms, &now(), &state, &event, &detail],
+            )
+            .map_err(pg_err)?;
+            tx.commit().map_err(pg_err)
+        })
+    }
+
+    fn start_attempt(
+        &self,
+        id: &str,
+        worker: &str,
+        at_ms: i64,
+        log_base: i64,
+    ) -> Result<AttemptRow, ServerError> {
+        let (id, worker) = (owned(id), owned(worker));
+        self.call(move |c| {
+            let mut tx = c.transaction().map_err(pg_err)?;
+            // The row is locked until the commit: two replicas never start
+            // the same attempt number.
+            let attempt: i64 = tx
+                .query_one(
+                    "UPDATE builds SET attempt = attempt + 1, worker = $2 WHERE id = $1 RETURNING attempt",
+                    &[&id, &worker],
+                )
+                .map_err(pg_err)?
+                .get(0);
+            let engine_id = if attempt == 1 { id.clone() } else { format!("{id}.{attempt}") };
+            tx.execute(
+                "INSERT INTO attempts (build_id, attempt, engine_id, log_base, worker, started_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&id, &attempt, &engine_id, &log_base, &worker, &at_ms],
+            )
+            .map_err(pg_err)?;
+            tx.commit().map_err(pg_err)?;
+            Ok(AttemptRow { attempt, engine_id, log_base, worker, started_ms: at_ms })
+        })
+    }
+
+    fn attempts(&self, id: &str) -> Result<Vec<AttemptRow>, ServerError> {
+        let id = owned(id);
+        self.call(move |c| {
+            let rows = c
+                .query(
+                    "SELECT attempt, engine_id, log_base, worker, started_ms FROM attempts WHERE build_id = $1 \
+                     ORDER BY attempt",
+                    &[&id],
+                )
+                .map_err(pg_err)?;
+            Ok(rows
+                .iter()
+                .map(|r| AttemptRow {
+                    attempt: r.get(0),
+                    engine_id: r.get(1),
+                    log_base: r.get(2),
+                    worker: r.get(3),
+                    started_ms: r.get(4),
+                })
+                .collect())
+        })
+    }
+
+    fn set_cancel_requested(&self, id: &str, reason: Option<&str>) -> Result<(), ServerError> {
+        let (id, reason) = (owned(id), reason.map(owned));
+        self.call(move |c| {
+            c.execute(
+                "UPDATE builds SET cancel_requested = TRUE, reason = COALESCE($2, reason) WHERE id = $1",
+                &[&id, &reason],
+            )
+            .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn transitions(&self, id: &str) -> Result<Vec<TransitionRow>, ServerError> {
+        let id = owned(id);
+        self.call(move |c| {
+            let rows = c
+                .query(
+                    "SELECT ts, at_ms, state, event, detail FROM transitions WHERE build_id = $1 ORDER BY n",
+                    &[&id],
+                )
+                .map_err(pg_err)?;
+            Ok(rows
+                .iter()
+                .map(|r| TransitionRow {
+                    ts: r.get(0),
+                    at_ms: r.get(1),
+                    state: r.get(2),
+                    event: r.get(3),
+                    detail: r.get(4),
+                })
+                .collect())
+        })
+    }
+
+    fn lease_order(&self, tenant: Option<&str>) -> Result<Vec<(String, String, String)>, ServerError> {
+        let tenant = tenant.map(owned);
+        self.call(move |c| {
+            let rows = c
+                .query(
+                    "SELECT t.build_id, b.tenant, b.priority FROM transitions t JOIN builds b ON b.id = t.build_id \
+                     WHERE t.state = 'provisioning' AND ($1::text IS NULL OR b.tenant = $1) ORDER BY t.n",
+                    &[&tenant],
+                )
+                .map_err(pg_err)?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        })
+    }
+
+    fn put_secret(
+        &self,
+        tenant: &str,
+        name: &str,
+        phases: &[String],
+        nonce: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<(), ServerError> {
+        let (tenant, name, phases, nonce, ciphertext) =
+            (owned(tenant), owned(name), phases.join(","), nonce.to_vec(), ciphertext.to_vec());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO secrets (tenant, name, phases, nonce, ciphertext, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant, name) DO UPDATE SET \
+                 phases = EXCLUDED.phases, nonce = EXCLUDED.nonce, ciphertext = EXCLUDED.ciphertext, \
+                 updated_at = EXCLUDED.updated_at",
+                &[&tenant, &name, &phases, &nonce, &ciphertext, &now()],
+            )
+            .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn delete_secret(&self, tenant: &str, name: &str) -> Result<bool, ServerError> {
+        let (tenant, name) = (owned(tenant), owned(name));
+        self.call(move |c| {
+            Ok(c.execute("DELETE FROM secrets WHERE tenant = $1 AND name = $2", &[&tenant, &name])
+                .map_err(pg_err)?
+                > 0)
+        })
+    }
+
+    fn secrets(&self, tenant: &str) -> Result<Vec<SecretRow>, ServerError> {
+        let tenant = owned(tenant);
+        self.call(move |c| {
+            let rows = c
+                .query(
+                    "SELECT name, phases, nonce, ciphertext, updated_at FROM secrets WHERE tenant = $1 ORDER BY name",
+                    &[&tenant],
+                )
+                .map_err(pg_err)?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let phases: String = r.get(1);
+                    SecretRow {
+                        name: r.get(0),
+                        phases: phases.split(',').filter(|p| !p.is_empty()).map(str::to_string).collect(),
+                        nonce: r.get(2),
+                        ciphertext: r.get(3),
+                        updated_at: r.get(4),
+                    }
+                })
+                .collect())
+        })
+    }
+
+    fn insert_usage(&self, u: &UsageRow) -> Result<(), ServerError> {
+        let u = u.clone();
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO usage (build_id, tenant, status, queue_wait_seconds, wall_seconds, cpu_seconds, \
+                 peak_memory_bytes, egress_bytes, artifact_bytes, cache_read_bytes, cache_write_bytes, log_bytes, \
+                 attempts, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                 ON CONFLICT (build_id) DO UPDATE SET tenant = EXCLUDED.tenant, status = EXCLUDED.status, \
+                 queue_wait_seconds = EXCLUDED.queue_wait_seconds, wall_seconds = EXCLUDED.wall_seconds, \
+                 cpu_seconds = EXCLUDED.cpu_seconds, peak_memory_bytes = EXCLUDED.peak_memory_bytes, \
+                 egress_bytes = EXCLUDED.egress_bytes, artifact_bytes = EXCLUDED.artifact_bytes, \
+                 cache_read_bytes = EXCLUDED.cache_read_bytes, cache_write_bytes = EXCLUDED.cache_write_bytes, \
+                 log_bytes = EXCLUDED.log_bytes, attempts = EXCLUDED.attempts, finished_at = EXCLUDED.finished_at",
+                &[
+                    &u.build,
+                    &u.tenant,
+                    &u.status,
+                    &u.queue_wait_seconds,
+                    &u.wall_seconds,
+                    &u.cpu_seconds,
+                    &u.peak_memory_bytes,
+                    &u.egress_bytes,
+                    &u.artifact_bytes,
+                    &u.cache_read_bytes,
+                    &u.cache_write_bytes,
+                    &u.log_bytes,
+                    &u.attempts,
+                    &u.finished_at,
+                ],
+            )
+            .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn usage_rows(&self, tenant: &str, build: Option<&str>) -> Result<Vec<UsageRow>, ServerError> {
+        let (tenant, build) = (owned(tenant), build.map(owned));
+        self.call(move |c| {
+            let rows = c
+                .query(
+                    "SELECT build_id, tenant, status, queue_wait_seconds, wall_seconds, cpu_seconds, \
+                     peak_memory_bytes, egress_bytes, artifact_bytes, cache_read_bytes, cache_write_bytes, log_bytes, \
+                     attempts, finished_at FROM usage WHERE tenant = $1 AND ($2::text IS NULL OR build_id = $2) \
+                     ORDER BY finished_at, build_id",
+                    &[&tenant, &build],
+                )
+                .map_err(pg_err)?;
+            Ok(rows
+                .iter()
+                .map(|r| UsageRow {
+                    build: r.get(0),
+                    tenant: r.get(1),
+                    status: r.get(2),
+                    queue_wait_seconds: r.get(3),
+                    wall_seconds: r.get(4),
+                    cpu_seconds: r.get(5),
+                    peak_memory_bytes: r.get(6),
+                    egress_bytes: r.get(7),
+                    artifact_bytes: r.get(8),
+                    cache_read_bytes: r.get(9),
+                    cache_write_bytes: r.get(10),
+                    log_bytes: r.get(11),
+                    attempts: r.get(12),
+                    finished_at: r.get(13),
+                })
+                .collect())
+        })
+    }
+
+    fn set_notify(&self, build: &str, url: &str) -> Result<(), ServerError> {
+        let (build, url) = (owned(build), owned(url));
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO notifications (build_id, url) VALUES ($1, $2) \
+                 ON CONFLICT (build_id) DO UPDATE SET url = EXCLUDED.url, delivered = NULL, attempts = NULL, at = NULL",
+                &[&build, &url],
+            )
+            .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn notification(&self, build: &str) -> Result<Option<Notification>, ServerError> {
+        let build = owned(build);
+        self.call(move |c| {
+            let row = c
+                .query_opt(
+                    "SELECT url, delivered, attempts FROM notifications WHERE build_id = $1",
+                    &[&build],
+                )
+                .map_err(pg_err)?;
+            Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+        })
+    }
+
+    fn record_delivery(&self, build: &str, delivered: bool, attempts: &str) -> Result<(), ServerError> {
+        let (build, attempts) = (owned(build), owned(attempts));
+        self.call(move |c| {
+            c.execute(
+                "UPDATE notifications SET delivered = $2, attempts = $3, at = $4 WHERE build_id = $1",
+                &[&build, &delivered, &attempts, &now()],
+            )
+            .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn audit(
+        &self,
+        tenant: Option<&str>,
+        build: Option<&str>,
+        kind: &str,
+        actor: &str,
+        detail: &str,
+    ) -> Result<(), ServerError> {
+        let (tenant, build, kind, actor, detail) =
+            (tenant.map(owned), build.map(owned), owned(kind), owned(actor), owned(detail));
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO audit (ts, tenant, build_id, kind, actor, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&now(), &tenant, &build, &kind, &actor, &detail],
+            )
+            .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    fn audit_events(
+        &self,
+        tenant: Option<&str>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, ServerError> {
+        let tenant = tenant.map(owned);
+        self.call(move |c| {
+            let rows = c
+                .query(
+                    "SELECT n, ts, tenant, build_id, kind, actor, detail FROM audit \
+                     WHERE ($1::text IS NULL OR tenant = $1) AND n > $2 ORDER BY n LIMIT $3",
+                    &[&tenant, &after, &limit],
+                )
+                .map_err(pg_err)?;
+            Ok(rows
+                .iter()
+                .map(|r| AuditRow {
+                    seq: r.get(0),
+                    ts: r.get(1),
+                    tenant: r.get(2),
+                    build: r.get(3),
+                    kind: r.get(4),
+                    actor: r.get(5),
+                    detail: r.get(6),
+                })
+                .collect())
+        })
+    }
+}
