@@ -27,7 +27,7 @@ const SCHEMA_VERSION: i64 = 1;
 const SCHEMA: &str = include_str!("../migrations/sqlite/0001_control.sql");
 
 /// Who a bearer token speaks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Principal {
     /// The tenant (`None` for operator or worker tokens made without one).
     pub tenant: Option<String>,
@@ -36,6 +36,19 @@ pub struct Principal {
     /// May lease builds and report on them (`kiln worker`).
     pub worker: bool,
 }
+
+/// A token as `kiln admin token list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRow {
+    /// The first 16 hex digits of the token's SHA-256: enough to name it,
+    /// nothing to authenticate with.
+    pub id: String,
+    pub principal: Principal,
+    pub created_at: String,
+}
+
+/// The length of a token id.
+pub const TOKEN_ID_LEN: usize = 16;
 
 /// A build as the control plane knows it.
 #[derive(Debug, Clone, Serialize)]
@@ -253,6 +266,11 @@ pub trait ControlStore: Send + std::fmt::Debug {
     fn tenants(&self) -> Result<Vec<(String, String)>, ServerError>;
     fn insert_token(&self, hash: &str, p: &Principal) -> Result<(), ServerError>;
     fn principal(&self, hash: &str) -> Result<Option<Principal>, ServerError>;
+    /// Every token (never the token itself: its id and what it may do).
+    fn tokens(&self) -> Result<Vec<TokenRow>, ServerError>;
+    /// Deletes the tokens whose hash starts with `id` (see [`TokenRow::id`]);
+    /// returns how many. A revoked token is refused at its next request.
+    fn revoke_tokens(&self, id: &str) -> Result<usize, ServerError>;
     /// Inserts a queued build and its first transition; returns its queue number.
     fn insert_build(&self, b: &NewBuild) -> Result<i64, ServerError>;
     /// The build a tenant submitted with an idempotency key.
@@ -412,6 +430,34 @@ impl ControlStore for SqliteControl {
                 })
             })
             .optional()?)
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRow>, ServerError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT hash, tenant, operator, worker, created_at FROM tokens ORDER BY created_at, hash",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                let hash: String = r.get(0)?;
+                Ok(TokenRow {
+                    id: hash.chars().take(TOKEN_ID_LEN).collect(),
+                    principal: Principal {
+                        tenant: r.get(1)?,
+                        operator: r.get::<_, i64>(2)? != 0,
+                        worker: r.get::<_, i64>(3)? != 0,
+                    },
+                    created_at: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn revoke_tokens(&self, id: &str) -> Result<usize, ServerError> {
+        // `substr` rather than LIKE: an id is hex, but never a pattern.
+        Ok(self
+            .conn
+            .execute("DELETE FROM tokens WHERE substr(hash, 1, ?2) = ?1", params![id, id.len() as i64])?)
     }
 
     // ---- builds ----

@@ -21,7 +21,7 @@ use postgres::{Client, NoTls, Row};
 
 use crate::db::{
     now, redact_url, AttemptRow, AuditRow, BuildRecord, ControlStore, NewBuild, Notification, Principal,
-    SecretRow, TransitionRow, UsageRow,
+    SecretRow, TokenRow, TransitionRow, UsageRow, TOKEN_ID_LEN,
 };
 use crate::error::ServerError;
 
@@ -262,6 +262,38 @@ impl ControlStore for PgControl {
                 .query_opt("SELECT tenant, operator, worker FROM tokens WHERE hash = $1", &[&hash])
                 .map_err(pg_err)?;
             Ok(row.map(|r| Principal { tenant: r.get(0), operator: r.get(1), worker: r.get(2) }))
+        })
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRow>, ServerError> {
+        self.call(|c| {
+            let rows = c
+                .query(
+                    "SELECT hash, tenant, operator, worker, created_at FROM tokens ORDER BY created_at, hash",
+                    &[],
+                )
+                .map_err(pg_err)?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let hash: String = r.get(0);
+                    TokenRow {
+                        id: hash.chars().take(TOKEN_ID_LEN).collect(),
+                        principal: Principal { tenant: r.get(1), operator: r.get(2), worker: r.get(3) },
+                        created_at: r.get(4),
+                    }
+                })
+                .collect())
+        })
+    }
+
+    fn revoke_tokens(&self, id: &str) -> Result<usize, ServerError> {
+        let id = owned(id);
+        self.call(move |c| {
+            let n = c
+                .execute("DELETE FROM tokens WHERE substr(hash, 1, $2) = $1", &[&id, &(id.len() as i32)])
+                .map_err(pg_err)?;
+            Ok(n as usize)
         })
     }
 

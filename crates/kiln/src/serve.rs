@@ -137,6 +137,24 @@ pub enum TokenCommand {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// List tokens: id, who they speak for, when made (never the token).
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Revoke a token by its id (as `list` shows it, or a longer prefix of
+    /// its SHA-256): refused at its next request.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 fn size(flag: &str, s: &str) -> Result<u64, u8> {
@@ -293,6 +311,54 @@ pub fn admin(cmd: AdminCommand) -> u8 {
                 )
                 .map_err(|e| anyhow!("{e}"))?;
                 println!("{token}");
+                let id = &kiln_server::auth::hash_token(&token)[..kiln_server::db::TOKEN_ID_LEN];
+                eprintln!("token id {id} (kiln admin token revoke {id})");
+            }
+            AdminCommand::Token(TokenCommand::List { json, state, db }) => {
+                let db = db.open(&state)?;
+                for t in db.tokens().map_err(|e| anyhow!("{e}"))? {
+                    if json {
+                        println!("{}", serde_json::to_string(&t)?);
+                        continue;
+                    }
+                    let p = &t.principal;
+                    let kind: Vec<&str> =
+                        [(p.operator, "operator"), (p.worker, "worker"), (p.tenant.is_some(), "tenant")]
+                            .iter()
+                            .filter(|(on, _)| *on)
+                            .map(|(_, k)| *k)
+                            .collect();
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        t.id,
+                        p.tenant.as_deref().unwrap_or("-"),
+                        kind.join("+"),
+                        t.created_at
+                    );
+                }
+            }
+            AdminCommand::Token(TokenCommand::Revoke { id, state, db }) => {
+                let id = id.trim().to_ascii_lowercase();
+                if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    eprintln!(
+                        "error: a token id is at least 8 hex digits (kiln admin token list shows them)"
+                    );
+                    return Ok(EXIT_INVALID);
+                }
+                let db = db.open(&state)?;
+                let matching = db.tokens().map_err(|e| anyhow!("{e}"))?;
+                let n = matching.iter().filter(|t| t.id.starts_with(&id) || id.starts_with(&t.id)).count();
+                if n > 1 {
+                    eprintln!("error: {n} tokens have ids starting {id}: give more of it");
+                    return Ok(EXIT_INVALID);
+                }
+                if db.revoke_tokens(&id).map_err(|e| anyhow!("{e}"))? == 0 {
+                    eprintln!("error: no token {id}");
+                    return Ok(EXIT_INVALID);
+                }
+                db.audit(None, None, "admin", "kiln admin", &format!("token {id} revoked"))
+                    .map_err(|e| anyhow!("{e}"))?;
+                println!("token {id} revoked");
             }
         }
         Ok(0)

@@ -62,6 +62,7 @@ on_both!(
     a_repository_url_is_built_with_no_configuration,
     usage_records_count_cache_bytes_read_and_written,
     a_succeeded_build_is_handed_to_the_deployment_webhook,
+    a_revoked_token_is_refused_at_its_next_request,
 );
 
 /// A `kiln serve` process with its own state dir.
@@ -836,4 +837,33 @@ fn the_server_keeps_its_store_in_s3() {
     let blobs = rt.block_on(bucket.store().tenant("acme").unwrap().list_blobs()).unwrap();
     assert!(!blobs.is_empty(), "the tenant's blobs are in the bucket");
     assert!(!server.state().join("store").exists(), "a local store was made next to the bucket");
+}
+
+/// `kiln admin token revoke`: a token stops working at its next request,
+/// the other tokens go on, and the revocation is in the audit log.
+fn a_revoked_token_is_refused_at_its_next_request() {
+    let server = Server::start(&["--workers", "0"]);
+    let acme = server.tenant("acme", "free");
+    let beta = server.tenant("beta", "free");
+    assert_eq!(acme.get("/v1/builds").0, 200);
+    let list = server.admin(&["token", "list", "--json"]);
+    let rows: Vec<Value> = list.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        rows.iter().all(|r| !list.contains(&acme.token) && r["id"].as_str().unwrap().len() == 16),
+        "{list}"
+    );
+    let id = rows
+        .iter()
+        .find(|r| r["principal"]["tenant"] == "acme")
+        .and_then(|r| r["id"].as_str())
+        .expect("acme's token is listed")
+        .to_string();
+    let out = server.kiln().args(["admin", "token", "revoke", "zz"]).output().unwrap();
+    assert!(!out.status.success(), "a malformed id is refused");
+    assert!(server.admin(&["token", "revoke", &id]).contains("revoked"));
+    let (status, body) = acme.get("/v1/builds");
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(beta.get("/v1/builds").0, 200, "other tokens go on");
+    let out = server.kiln().args(["admin", "token", "revoke", &id]).output().unwrap();
+    assert!(!out.status.success(), "revoking twice says there is no such token");
 }
