@@ -30,6 +30,7 @@ pub mod policy;
 pub mod remote;
 pub mod statedb;
 pub mod tarout;
+pub mod tls;
 pub mod vault;
 pub mod worker;
 
@@ -41,11 +42,15 @@ pub use error::{ApiError, ServerError};
 
 /// Runs the server on `listener` until `shutdown` resolves: recovers the
 /// queue, starts the in-process workers and the reaper, serves the API.
-pub async fn serve(
+pub async fn serve<L>(
     cfg: ServerConfig,
-    listener: tokio::net::TcpListener,
+    listener: L,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
+) -> Result<(), ServerError>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let workers = cfg.workers;
     let exec_cfg = kiln_engine::ExecutorConfig {
         state_dir: cfg.state_dir.clone(),
@@ -88,7 +93,7 @@ pub async fn serve(
         });
     }
     let app = api::router(core);
-    tracing::info!("listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    tracing::info!("listening on {:?}", listener.local_addr().ok());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

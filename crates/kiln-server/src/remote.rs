@@ -385,8 +385,10 @@ impl Sinks {
 /// How a remote worker runs.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// `http://host:port` of `kiln serve`.
+    /// `https://host:port` of `kiln serve` (`http://` on loopback).
     pub server: String,
+    /// The only certificate trusted for an https server (PEM), if given.
+    pub ca: Option<PathBuf>,
     pub token: String,
     /// This worker's name (in leases and logs).
     pub name: String,
@@ -469,9 +471,11 @@ pub async fn run_worker(cfg: WorkerConfig) -> Result<(), ServerError> {
         scanner: Some(Arc::new(kiln_scan::Scanner::builtin())),
         policy: Default::default(),
     })?);
+    crate::tls::check_server_url(&cfg.server)?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(120)))
+        .tls_config(crate::tls::client_tls(cfg.ca.as_deref())?)
         .build()
         .into();
     let api = Api {

@@ -1,6 +1,8 @@
 //! API clients: `kiln submit`, `status`, `cancel`, and `logs` / `artifact
 //! get` when `KILN_SERVER` is set. Configured by `KILN_SERVER` (the
-//! server's URL) and `KILN_TOKEN` (a tenant token).
+//! server's URL), `KILN_TOKEN` (a tenant token) and, for an https server
+//! whose certificate Mozilla's roots do not vouch for, `KILN_CA` (PEM: the
+//! only certificate trusted).
 //!
 //! Exit status: 0 done (or the build succeeded), 1 the build failed,
 //! 2 the server refused the request (4xx), 3 the server could not be reached
@@ -101,9 +103,13 @@ impl Client {
             .map_err(|_| Failure(EXIT_INVALID, "KILN_SERVER is not set".into()))?;
         let token =
             std::env::var("KILN_TOKEN").map_err(|_| Failure(EXIT_INVALID, "KILN_TOKEN is not set".into()))?;
+        let ca = std::env::var_os("KILN_CA").filter(|c| !c.is_empty()).map(PathBuf::from);
+        let tls =
+            kiln_server::tls::client_tls(ca.as_deref()).map_err(|e| Failure(EXIT_INVALID, e.to_string()))?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
+            .tls_config(tls)
             .build()
             .into();
         Ok(Client {

@@ -34,6 +34,15 @@ pub struct ServeArgs {
     /// Open a private `IP:PORT` to steps that have network.
     #[arg(long = "allow-private", value_name = "IP:PORT")]
     pub allow_private: Vec<SocketAddr>,
+    /// Serve HTTPS with this certificate chain (PEM); with --tls-key.
+    /// Without them the server speaks plain HTTP: fine on loopback or
+    /// behind a TLS-terminating proxy, and remote workers refuse plain
+    /// HTTP to any other address.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]
@@ -75,6 +84,10 @@ pub struct WorkerArgs {
     pub egress_cap: String,
     #[arg(long = "allow-private", value_name = "IP:PORT")]
     pub allow_private: Vec<SocketAddr>,
+    /// Trust only this certificate (PEM: the server's own, or the CA that
+    /// signed it) for an https:// server. Default: Mozilla's roots.
+    #[arg(long, value_name = "PEM", env = "KILN_CA")]
+    pub ca: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub state: StateArgs,
 }
@@ -182,17 +195,37 @@ pub fn serve(args: ServeArgs) -> u8 {
     let result = (|| -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         rt.block_on(async {
+            let tls = match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => {
+                    Some(kiln_server::tls::server_config(cert, key).map_err(|e| anyhow!("{e}"))?)
+                }
+                _ => None,
+            };
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("listening on {}", args.listen))?;
             let addr = listener.local_addr()?;
+            if tls.is_none() && !addr.ip().is_loopback() {
+                eprintln!(
+                    "kiln serve: warning: plain HTTP on {addr}: tokens and secrets cross the network in the clear \
+                     unless a TLS proxy is in front (--tls-cert/--tls-key serve HTTPS)"
+                );
+            }
             {
                 use std::io::Write;
                 let mut out = std::io::stdout().lock();
-                writeln!(out, "kiln serve: listening on http://{addr}")?;
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                writeln!(out, "kiln serve: listening on {scheme}://{addr}")?;
                 out.flush()?;
             }
-            kiln_server::serve(cfg, listener, shutdown_signal()).await.map_err(|e| anyhow!("{e}"))
+            match tls {
+                Some(config) => {
+                    let listener = kiln_server::tls::TlsListener::new(listener, config)?;
+                    kiln_server::serve(cfg, listener, shutdown_signal()).await
+                }
+                None => kiln_server::serve(cfg, listener, shutdown_signal()).await,
+            }
+            .map_err(|e| anyhow!("{e}"))
         })?;
         rt.shutdown_timeout(std::time::Duration::from_secs(5));
         Ok(())
@@ -219,7 +252,12 @@ pub fn worker(args: WorkerArgs) -> u8 {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
         format!("{}-{}", host.trim(), std::process::id())
     });
+    if let Err(e) = kiln_server::tls::check_server_url(&args.server) {
+        eprintln!("error: {e}");
+        return EXIT_INVALID;
+    }
     let cfg = kiln_server::remote::WorkerConfig {
+        ca: args.ca.clone(),
         server: args.server.clone(),
         token: args.token.clone(),
         name,

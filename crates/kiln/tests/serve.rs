@@ -867,3 +867,84 @@ fn a_revoked_token_is_refused_at_its_next_request() {
     let out = server.kiln().args(["admin", "token", "revoke", &id]).output().unwrap();
     assert!(!out.status.success(), "revoking twice says there is no such token");
 }
+
+/// A CA and a server certificate for 127.0.0.1 it signed (openssl, P-256).
+fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let sh = |script: &str| {
+        let out = Command::new("bash").arg("-ec").arg(script).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem \
+        -days 2 -subj /CN=kiln-test-ca 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key -out server.csr \
+        -subj /CN=127.0.0.1 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nkeyUsage=digitalSignature\\nextendedKeyUsage=serverAuth\\n' > ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 \
+        -extfile ext 2>/dev/null");
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+/// `kiln serve --tls-cert/--tls-key`: a remote worker pinned to the CA
+/// (`--ca`) leases and runs a build over HTTPS and a client (`KILN_CA`)
+/// follows it; a client that does not trust the certificate is refused,
+/// and a worker is refused plain HTTP to an address off this host.
+#[test]
+fn workers_and_clients_reach_the_server_over_tls() {
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(pki.path());
+    let server = Server::start(&[
+        "--workers",
+        "0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(server.url.starts_with("https://127.0.0.1:"), "{}", server.url);
+    let acme = server.tenant("acme", "team");
+    let token = server.admin(&["token", "create", "--worker"]);
+
+    // Not trusted: the client says why and never sends its token.
+    let out = server.client(&acme).args(["status", "nothing"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"), "{err}");
+
+    // Plain HTTP off this host: refused before any connection.
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["worker", "--server", "http://192.0.2.10:8420", "--token", &token])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.contains("in the clear"), "{err}");
+
+    // Pinned: a worker runs the build, a client follows it.
+    let wstate = server.dir.path().join("worker-state");
+    let mut w = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["worker", "--name", "tls", "--isolation", "container", "--state-dir"])
+        .arg(&wstate)
+        .arg("--ca")
+        .arg(&ca)
+        .env("KILN_SERVER", &server.url)
+        .env("KILN_TOKEN", &token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(server.dir.path().join("tls-worker.log")).unwrap()))
+        .spawn()
+        .unwrap();
+    let wf = server.dir.path().join("ci.yml");
+    std::fs::write(&wf, "jobs:\n  hello:\n    steps:\n      - run: echo over-tls\n").unwrap();
+    let out = server.client(&acme).env("KILN_CA", &ca).arg("submit").arg(&wf).arg("--wait").output().unwrap();
+    let _ = w.kill();
+    let _ = w.wait();
+    let worker_log = std::fs::read_to_string(server.dir.path().join("tls-worker.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}{}\n{worker_log}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    // The step's own output line, not its name.
+    assert!(said.lines().any(|l| l.trim_end().ends_with("] over-tls")), "{said}");
+}
