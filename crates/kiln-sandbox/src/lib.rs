@@ -31,6 +31,7 @@ mod runtime;
 mod sandbox;
 pub mod spec;
 mod sys;
+pub mod uml;
 mod workspace;
 
 pub use cgroup::{probe_cgroups, probe_cgroups_at, CgroupHost, CgroupMode};

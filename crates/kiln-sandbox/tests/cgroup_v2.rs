@@ -18,12 +18,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+
+use std::time::Duration;
 
 use common::*;
-use kiln_sandbox::{CgroupMode, Isolation, LimitHit};
+use kiln_sandbox::{uml, CgroupMode, Isolation, LimitHit};
 
 const INSIDE_ENV: &str = "KILN_UML_INSIDE";
 
@@ -40,65 +40,26 @@ fn runc_on_cgroup_v2_in_user_mode_linux() {
 /// Boots user-mode-linux with this test binary running `test` inside;
 /// returns what it printed. Panics with the reason when it fails.
 fn boot_uml(test: &str) -> String {
-    let uml = Path::new("/usr/bin/linux.uml");
-    assert!(
-        uml.exists(),
-        "`linux.uml` is not installed: this test boots Debian's user-mode-linux kernel to run runc \
-         on a real cgroup v2 hierarchy; apt-get install user-mode-linux (scripts/install.sh does)"
-    );
     let exe = std::env::current_exe().unwrap();
     // Not under /tmp: the kernel mounts its own tmpfs there.
     let tmp = tempfile::Builder::new().prefix("kiln-uml-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let dir = tmp.path();
-    let script = dir.join("init.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n\
-             export PATH=/usr/sbin:/usr/bin:/sbin:/bin {INSIDE_ENV}=1 RUST_BACKTRACE=1\n\
-             mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t cgroup2 none /sys/fs/cgroup \\\n\
-               && mount -t tmpfs -o mode=755 tmpfs /run && mount -t tmpfs -o mode=1777 tmpfs /tmp \\\n\
-               || echo 'mounting proc, sysfs, cgroup2 or tmpfs failed' > {dir}/inner.log\n\
-             {exe} --exact {test} --nocapture --test-threads=1 >> {dir}/inner.log 2>&1\n\
-             echo $? > {dir}/inner.rc\n\
-             echo o > /proc/sysrq-trigger\n\
-             sleep 30\n",
-            dir = dir.display(),
-            exe = exe.display(),
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let console = std::fs::File::create(dir.join("console.log")).unwrap();
-    let mut kernel = Command::new(uml)
-        .args(["mem=768M", "rootfstype=hostfs", "rootflags=/", "rw", "con=null", "con0=null,fd:1", "quiet"])
-        .arg(format!("init={}", script.display()))
-        .arg(format!("uml_dir={}", dir.display()))
-        .stdin(Stdio::null())
-        .stdout(console.try_clone().unwrap())
-        .stderr(console)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", uml.display()));
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let status = loop {
-        if let Some(s) = kernel.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() >= deadline {
-            let _ = kernel.kill();
-            let _ = kernel.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let commands = format!(
+        "export {INSIDE_ENV}=1 RUST_BACKTRACE=1\n\
+         {exe} --exact {test} --nocapture --test-threads=1 >> {dir}/inner.log 2>&1\n\
+         echo $? > {dir}/inner.rc",
+        dir = dir.display(),
+        exe = exe.display(),
+    );
+    let run =
+        uml::UmlRun { commands: &commands, mem_mb: 768, tmpfs: true, timeout: Duration::from_secs(600) };
+    let outcome = uml::boot(dir, &run).unwrap_or_else(|e| panic!("{e}"));
     let inner = std::fs::read_to_string(dir.join("inner.log")).unwrap_or_default();
     let rc = std::fs::read_to_string(dir.join("inner.rc")).unwrap_or_default();
-    let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
-    let lines: Vec<&str> = console.lines().collect();
-    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+    let tail = outcome.console_tail;
     println!("{inner}");
     assert!(
-        status.is_some(),
+        outcome.powered_off,
         "user-mode-linux did not power off within 600 s\ninner:\n{inner}\nconsole:\n{tail}"
     );
     assert_eq!(

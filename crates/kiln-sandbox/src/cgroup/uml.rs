@@ -13,8 +13,8 @@
 //! the test fails and says so.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use super::cgfs::CgFs;
@@ -30,74 +30,35 @@ fn v2_driver_in_user_mode_linux() {
         inside();
         return;
     }
-    let uml = ["/usr/bin/linux.uml", "/usr/bin/linux"].iter().map(PathBuf::from).find(|p| p.exists()).expect(
-        "`linux.uml` is not installed: this test boots Debian's user-mode-linux kernel to run the \
-             cgroup v2 driver against real v2 controllers; apt-get install user-mode-linux \
-             (scripts/install.sh does)",
-    );
     let exe = std::env::current_exe().unwrap();
     let tmp = tempfile::Builder::new().prefix("kiln-uml-").tempdir().unwrap();
     let dir = tmp.path();
-    let script = dir.join("init.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n\
-             export PATH=/usr/sbin:/usr/bin:/sbin:/bin {INSIDE_ENV}=1 RUST_BACKTRACE=1\n\
-             mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t cgroup2 none /sys/fs/cgroup \\\n\
-               || echo 'mounting proc, sysfs or cgroup2 failed' > {dir}/inner.log\n\
-             cd {dir} && {exe} --exact {TEST_NAME} --nocapture --test-threads=1 >> {dir}/inner.log 2>&1\n\
-             echo $? > {dir}/inner.rc\n\
-             echo o > /proc/sysrq-trigger\n\
-             sleep 30\n",
-            dir = dir.display(),
-            exe = exe.display(),
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let console = std::fs::File::create(dir.join("console.log")).unwrap();
-    let mut kernel = Command::new(&uml)
-        .arg("mem=384M")
-        .arg("rootfstype=hostfs")
-        .arg("rootflags=/")
-        .arg("rw")
-        .arg(format!("init={}", script.display()))
-        .arg(format!("uml_dir={}", dir.display()))
-        .arg("con=null")
-        .arg("con0=null,fd:1")
-        .arg("quiet")
-        .stdin(Stdio::null())
-        .stdout(console.try_clone().unwrap())
-        .stderr(console)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", uml.display()));
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(s) = kernel.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() >= deadline {
-            let _ = kernel.kill();
-            let _ = kernel.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let commands = format!(
+        "export {INSIDE_ENV}=1 RUST_BACKTRACE=1\n\
+         cd {dir} && {exe} --exact {TEST_NAME} --nocapture --test-threads=1 >> {dir}/inner.log 2>&1\n\
+         echo $? > {dir}/inner.rc",
+        dir = dir.display(),
+        exe = exe.display(),
+    );
+    let run = crate::uml::UmlRun {
+        commands: &commands,
+        mem_mb: 384,
+        tmpfs: false,
+        timeout: Duration::from_secs(300),
     };
+    let outcome = crate::uml::boot(dir, &run).unwrap_or_else(|e| panic!("{e}"));
     let inner = std::fs::read_to_string(dir.join("inner.log")).unwrap_or_default();
     let rc = std::fs::read_to_string(dir.join("inner.rc")).unwrap_or_default();
-    let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
-    let tail: String =
-        console.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    let tail = outcome.console_tail;
     println!("{inner}");
     assert!(
-        status.is_some(),
+        outcome.powered_off,
         "user-mode-linux did not power off within 300 s\ninner:\n{inner}\nconsole:\n{tail}"
     );
     assert_eq!(
         rc.trim(),
         "0",
-        "the checks inside user-mode-linux failed (exit {rc:?}, kernel {status:?})\ninner:\n{inner}\nconsole:\n{tail}"
+        "the checks inside user-mode-linux failed (exit {rc:?})\ninner:\n{inner}\nconsole:\n{tail}"
     );
     assert!(inner.contains("uml: all checks passed"), "{inner}");
 }
