@@ -56,7 +56,7 @@ pub use fair::{Plan, Priority, QueuedBuild, SchedError, SchedStatus, Scheduler};
 pub use lease::{Lease, LeaseError, Leases, DEFAULT_LEASE_TTL_MS};
 pub use state::{
     transition, transition_with, BuildState, Effect, Event, FailureClass, History, Record, TransitionError,
-    DEFAULT_MAX_RETRIES,
+    UnknownState, DEFAULT_MAX_RETRIES,
 };
 
 /// Identifier of one build.

@@ -89,6 +89,55 @@ impl BuildState {
     pub fn is_terminal(self) -> bool {
         matches!(self, BuildState::Succeeded | BuildState::Failed(_) | BuildState::Cancelled)
     }
+
+    /// The names a state is stored and shown under: the state, and for a
+    /// failure its class (`failed`, `user`). The only place they are spelt.
+    pub fn names(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            BuildState::Queued => ("queued", None),
+            BuildState::Provisioning => ("provisioning", None),
+            BuildState::Running => ("running", None),
+            BuildState::Extracting => ("extracting", None),
+            BuildState::Succeeded => ("succeeded", None),
+            BuildState::Failed(FailureClass::User) => ("failed", Some("user")),
+            BuildState::Failed(FailureClass::Infrastructure) => ("failed", Some("infrastructure")),
+            BuildState::Cancelled => ("cancelled", None),
+        }
+    }
+
+    /// The state stored under `names` (see [`BuildState::names`]). An
+    /// unknown name, or a failure without a known class, is an error, never
+    /// a guess.
+    pub fn from_names(state: &str, failure: Option<&str>) -> Result<BuildState, UnknownState> {
+        let unknown = || UnknownState { state: state.to_string(), failure: failure.map(str::to_string) };
+        Ok(match state {
+            "queued" => BuildState::Queued,
+            "provisioning" => BuildState::Provisioning,
+            "running" => BuildState::Running,
+            "extracting" => BuildState::Extracting,
+            "succeeded" => BuildState::Succeeded,
+            "cancelled" => BuildState::Cancelled,
+            "failed" => BuildState::Failed(match failure {
+                Some("user") => FailureClass::User,
+                Some("infrastructure") => FailureClass::Infrastructure,
+                _ => return Err(unknown()),
+            }),
+            _ => return Err(unknown()),
+        })
+    }
+
+    /// Whether the state stored as `state` is terminal (unknown: not).
+    pub fn is_terminal_name(state: &str) -> bool {
+        matches!(state, "succeeded" | "failed" | "cancelled")
+    }
+}
+
+/// A stored state this version of kiln does not know.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown build state `{state}`{}", failure.as_deref().map(|f| format!(" (failure `{f}`)")).unwrap_or_default())]
+pub struct UnknownState {
+    pub state: String,
+    pub failure: Option<String>,
 }
 
 impl fmt::Display for BuildState {
@@ -313,6 +362,31 @@ impl History {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_state_round_trips_through_its_names_and_unknown_names_are_errors() {
+        let all = [
+            BuildState::Queued,
+            BuildState::Provisioning,
+            BuildState::Running,
+            BuildState::Extracting,
+            BuildState::Succeeded,
+            BuildState::Failed(FailureClass::User),
+            BuildState::Failed(FailureClass::Infrastructure),
+            BuildState::Cancelled,
+        ];
+        for st in all {
+            let (name, failure) = st.names();
+            assert_eq!(BuildState::from_names(name, failure), Ok(st));
+            assert_eq!(BuildState::is_terminal_name(name), st.is_terminal(), "{name}");
+        }
+        assert!(BuildState::from_names("exploded", None).is_err());
+        assert!(BuildState::from_names("failed", None).is_err(), "a failure without a class is not guessed");
+        assert!(BuildState::from_names("failed", Some("cosmic")).is_err());
+        let e = BuildState::from_names("Running", None).unwrap_err().to_string();
+        assert!(e.contains("`Running`"), "{e}");
+    }
+
     use super::*;
     use BuildState as S;
     use Effect as F;

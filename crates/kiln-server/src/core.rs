@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use kiln_queue::{
-    transition_with, BuildId, BuildState, Effect, Event as QEvent, FailureClass, Leases, Plan, Priority,
-    QueuedBuild, SchedStatus, Scheduler, TenantId, WorkerId,
+    transition_with, BuildId, BuildState, Effect, Event as QEvent, Leases, Plan, Priority, QueuedBuild,
+    SchedStatus, Scheduler, TenantId, WorkerId,
 };
 use tokio::sync::{watch, Notify};
 
@@ -109,38 +109,15 @@ pub(crate) fn priority_of(s: &str) -> Priority {
     }
 }
 
-/// The queue state of a stored build.
-pub(crate) fn parse_state(b: &BuildRecord) -> BuildState {
-    match b.state.as_str() {
-        "queued" => BuildState::Queued,
-        "provisioning" => BuildState::Provisioning,
-        "running" => BuildState::Running,
-        "extracting" => BuildState::Extracting,
-        "succeeded" => BuildState::Succeeded,
-        "cancelled" => BuildState::Cancelled,
-        _ => BuildState::Failed(if b.failure.as_deref() == Some("user") {
-            FailureClass::User
-        } else {
-            FailureClass::Infrastructure
-        }),
-    }
-}
-
-fn state_str(s: BuildState) -> (&'static str, Option<&'static str>) {
-    match s {
-        BuildState::Queued => ("queued", None),
-        BuildState::Provisioning => ("provisioning", None),
-        BuildState::Running => ("running", None),
-        BuildState::Extracting => ("extracting", None),
-        BuildState::Succeeded => ("succeeded", None),
-        BuildState::Failed(FailureClass::User) => ("failed", Some("user")),
-        BuildState::Failed(FailureClass::Infrastructure) => ("failed", Some("infrastructure")),
-        BuildState::Cancelled => ("cancelled", None),
-    }
+/// The queue state of a stored build (an unknown stored state is an
+/// error, never taken for a failure).
+pub(crate) fn parse_state(b: &BuildRecord) -> Result<BuildState, ServerError> {
+    BuildState::from_names(&b.state, b.failure.as_deref())
+        .map_err(|e| ServerError::Setup(format!("build {}: {e}", b.id)))
 }
 
 pub(crate) fn is_terminal(state: &str) -> bool {
-    matches!(state, "succeeded" | "failed" | "cancelled")
+    BuildState::is_terminal_name(state)
 }
 
 /// A build handed to a worker.
@@ -398,7 +375,7 @@ impl Core {
     pub fn apply(&self, id: &str, event: QEvent, detail: &str) -> Result<Option<BuildState>, ServerError> {
         let mut g = self.lock();
         let Some(row) = g.db.build(id)? else { return Ok(None) };
-        let current = parse_state(&row);
+        let current = parse_state(&row)?;
         let (next, effect) = match transition_with(current, &event, row.retries as u32, self.cfg.max_retries)
         {
             Ok(x) => x,
@@ -411,7 +388,7 @@ impl Core {
             return Ok(Some(next));
         }
         let retries = row.retries + i64::from(effect == Effect::Retry);
-        let (state, failure) = state_str(next);
+        let (state, failure) = next.names();
         let reason = matches!(next, BuildState::Failed(_) | BuildState::Cancelled).then_some(detail);
         let now = now_ms();
         let event_name = match &event {
@@ -637,7 +614,7 @@ impl Core {
                 continue;
             };
             if !matches!(
-                transition_with(parse_state(&row), &QEvent::Lease, row.retries as u32, self.cfg.max_retries),
+                transition_with(parse_state(&row)?, &QEvent::Lease, row.retries as u32, self.cfg.max_retries),
                 Ok((BuildState::Provisioning, Effect::Advance))
             ) {
                 let _ = g.sched.cancel(bid);

@@ -553,7 +553,7 @@ impl ControlStore for SqliteControl {
         at_ms: i64,
     ) -> Result<(), ServerError> {
         let tx = self.conn.unchecked_transaction()?;
-        let terminal = matches!(state, "succeeded" | "failed" | "cancelled");
+        let terminal = kiln_queue::BuildState::is_terminal_name(state);
         tx.execute(
             "UPDATE builds SET state = ?2, failure = ?3, reason = COALESCE(?4, reason), retries = ?5, \
              finished_ms = CASE WHEN ?6 THEN ?7 ELSE finished_ms END, \

@@ -390,7 +390,7 @@ impl ControlStore for PgControl {
         let (id, state, failure, reason, event, detail) =
             (owned(id), owned(state), failure.map(owned), reason.map(owned), owned(event), owned(detail));
         self.call(move |c| {
-            let terminal = matches!(state.as_str(), "succeeded" | "failed" | "cancelled");
+            let terminal = kiln_queue::BuildState::is_terminal_name(&state);
             let mut tx = c.transaction().map_err(pg_err)?;
             tx.execute(
                 "UPDATE builds SET state = $2, failure = $3, reason = COALESCE($4, reason), retries = $5, \
