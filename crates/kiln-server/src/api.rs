@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
 use crate::core::{is_terminal, plan_limits, Core};
-use crate::db::{now_ms, BuildRecord, NewBuild, Principal};
+use crate::db::{BuildRecord, NewBuild, Principal};
 use crate::error::ApiError;
 use crate::statedb::LogLine;
 
@@ -487,7 +487,7 @@ async fn submit(
         source_tree,
         idem_key: key,
         body_hash: body_hash.clone(),
-        enqueued_ms: now_ms(),
+        enqueued_ms: core.cfg.clock.now_ms(),
     };
     if let Some(url) = &notify {
         // Recorded before the build can be claimed, so it cannot finish unseen.

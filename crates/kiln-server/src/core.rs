@@ -68,6 +68,48 @@ pub struct ServerConfig {
     /// The control database (`postgres://...`); `None`: `control.db` in
     /// the state dir.
     pub database: Option<String>,
+    /// Where the queue reads the time (leases, timeouts, queue waits).
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Where the control plane reads the time: the system's, or in tests one
+/// moved by hand, so that lease expiry and timeouts are tested without
+/// sleeping.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system's clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    /// Starts at the system's time now.
+    pub fn new() -> Arc<ManualClock> {
+        Arc::new(ManualClock(std::sync::atomic::AtomicI64::new(now_ms())))
+    }
+
+    /// Moves it forward by `ms`.
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl ServerConfig {
@@ -84,6 +126,7 @@ impl ServerConfig {
             default_branch: "main".into(),
             store_url: None,
             database: None,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -390,7 +433,7 @@ impl Core {
         let retries = row.retries + i64::from(effect == Effect::Retry);
         let (state, failure) = next.names();
         let reason = matches!(next, BuildState::Failed(_) | BuildState::Cancelled).then_some(detail);
-        let now = now_ms();
+        let now = self.cfg.clock.now_ms();
         let event_name = match &event {
             QEvent::InfraFailure(_) => "infra-failure",
             e => e.name(),
@@ -603,7 +646,7 @@ impl Core {
     pub fn try_claim(&self, worker: &str, remote: bool) -> Result<Option<Claim>, ServerError> {
         loop {
             let mut g = self.lock();
-            let now = now_ms();
+            let now = self.cfg.clock.now_ms();
             let Some(bid) = g.sched.next(now as u64) else { return Ok(None) };
             let Some(id) = g.ids.get(&bid.0).cloned() else {
                 let _ = g.sched.cancel(bid);
@@ -716,7 +759,9 @@ impl Core {
         }
         let stop = h.cancel_requested || h.timed_out;
         let n = h.n;
-        if heartbeat && g.leases.heartbeat(BuildId(n), &WorkerId::new(worker), now_ms() as u64).is_err() {
+        if heartbeat
+            && g.leases.heartbeat(BuildId(n), &WorkerId::new(worker), self.cfg.clock.now_ms() as u64).is_err()
+        {
             return Err(LeaseLost);
         }
         Ok(stop)
@@ -809,7 +854,7 @@ impl Core {
     /// Takes back leases whose worker went quiet and stops builds that ran
     /// past their timeout. Called periodically.
     pub fn reap(&self) -> Result<(), ServerError> {
-        let now = now_ms();
+        let now = self.cfg.clock.now_ms();
         let (expired, timeouts) = {
             let mut g = self.lock();
             let expired: Vec<(String, bool, String)> = g

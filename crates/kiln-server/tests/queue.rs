@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use kiln_server::core::AttemptOutcome;
+use kiln_server::core::{AttemptOutcome, ManualClock};
 use kiln_server::db::{now_ms, ControlDb, NewBuild};
 use kiln_server::pgcluster::LocalCluster;
 use kiln_server::{Core, ServerConfig};
@@ -21,6 +21,8 @@ struct Env {
     _dir: tempfile::TempDir,
     _cluster: Option<LocalCluster>,
     cfg: ServerConfig,
+    /// The queue's time: moved by hand, never slept for.
+    clock: Arc<ManualClock>,
 }
 
 fn env(backend: Backend) -> Env {
@@ -28,6 +30,8 @@ fn env(backend: Backend) -> Env {
     let mut cfg = ServerConfig::new(dir.path().join("state"));
     cfg.workers = 0;
     cfg.lease_ttl_ms = 1;
+    let clock = ManualClock::new();
+    cfg.clock = clock.clone();
     let cluster = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => {
@@ -36,7 +40,7 @@ fn env(backend: Backend) -> Env {
             Some(c)
         }
     };
-    Env { _dir: dir, _cluster: cluster, cfg }
+    Env { _dir: dir, _cluster: cluster, cfg, clock }
 }
 
 /// Each named test, once per backend.
@@ -147,7 +151,8 @@ fn expired_leases_retry_twice_then_fail_as_infrastructure(backend: Backend) {
         let c = core.try_claim("remote:w", true).unwrap().expect("claimable");
         assert_eq!(c.attempt.attempt, round + 1);
         core.started(&id, c.attempt.attempt).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        // The lease is 1 ms; the worker says nothing for 5.
+        env.clock.advance(5);
         core.reap().unwrap();
         // A late report of the lost attempt changes nothing.
         core.finish_attempt(
