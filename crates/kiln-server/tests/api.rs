@@ -11,8 +11,43 @@ use kiln_server::{Core, ServerConfig};
 use proptest::prelude::*;
 use tower::ServiceExt;
 
+/// The control database a test runs on: every test here runs on both.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+thread_local! {
+    /// Set by the `postgres` variant of each test (each runs on its own thread).
+    static BACKEND: std::cell::Cell<Backend> = const { std::cell::Cell::new(Backend::Sqlite) };
+}
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name()
+            }
+            #[test]
+            fn postgres() {
+                super::BACKEND.with(|b| b.set(super::Backend::Postgres));
+                super::$name()
+            }
+        }
+    )*};
+}
+
+on_both!(
+    every_route_is_documented_and_every_documented_route_is_served,
+    unauthenticated_requests_are_refused_and_audited,
+    invalid_workflows_are_422_with_line_numbers_and_large_bodies_413,
+);
+
 struct Fixture {
     _dir: tempfile::TempDir,
+    _cluster: Option<kiln_server::pgcluster::LocalCluster>,
     core: Arc<Core>,
     tenant: String,
     worker: String,
@@ -24,8 +59,14 @@ fn fixture() -> Fixture {
     let mut cfg = ServerConfig::new(dir.path().join("state"));
     cfg.workers = 0;
     cfg.max_body_bytes = 256 << 10;
+    let cluster = (BACKEND.with(|b| b.get()) == Backend::Postgres).then(|| {
+        let c = kiln_server::pgcluster::LocalCluster::start()
+            .unwrap_or_else(|e| panic!("the PostgreSQL test cluster: {e}"));
+        cfg.database = Some(c.database("kiln").unwrap());
+        c
+    });
     let (tenant, worker, operator) = {
-        let db = ControlDb::open(&cfg.state_dir).unwrap();
+        let db = ControlDb::connect(cfg.database.as_deref(), &cfg.state_dir).unwrap();
         db.upsert_tenant("acme", "free").unwrap();
         let t = Core::admin_token(
             &db,
@@ -36,7 +77,7 @@ fn fixture() -> Fixture {
         (t.unwrap(), w.unwrap(), o.unwrap())
     };
     let core = Core::start(cfg).unwrap();
-    Fixture { _dir: dir, core, tenant, worker, operator }
+    Fixture { _dir: dir, _cluster: cluster, core, tenant, worker, operator }
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -62,7 +103,6 @@ fn fill(path: &str, id: &str) -> String {
     path.replace("{id}", id).replace("{artifact}", id).replace("{name}", id)
 }
 
-#[test]
 fn every_route_is_documented_and_every_documented_route_is_served() {
     let f = fixture();
     let doc = kiln_server::openapi::document();
@@ -96,7 +136,6 @@ fn every_route_is_documented_and_every_documented_route_is_served() {
     });
 }
 
-#[test]
 fn unauthenticated_requests_are_refused_and_audited() {
     let f = fixture();
     rt().block_on(async {
@@ -136,7 +175,6 @@ fn unauthenticated_requests_are_refused_and_audited() {
     });
 }
 
-#[test]
 fn invalid_workflows_are_422_with_line_numbers_and_large_bodies_413() {
     let f = fixture();
     rt().block_on(async {
@@ -251,6 +289,54 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// One arbitrary request to one route, as one of the tokens (or none).
+#[allow(clippy::too_many_arguments)]
+fn arbitrary_request(
+    f: &Shared,
+    route: usize,
+    id: String,
+    who: usize,
+    body: Vec<u8>,
+    key: Option<String>,
+    last_id: Option<String>,
+    query: Option<String>,
+) -> Result<(), TestCaseError> {
+    let (method, path) = kiln_server::api::ROUTES[route];
+    let id: String = id.chars().filter(|c| !matches!(c, '/' | '?' | '#' | '%' | ' ')).collect();
+    let mut uri = fill(path, if id.is_empty() { "x" } else { &id });
+    if let Some(q) = &query {
+        let q: String = q.chars().filter(|c| !c.is_whitespace()).collect();
+        uri = format!("{uri}?{q}");
+    }
+    let mut req = Request::builder().method(method).uri(uri);
+    let token = match who {
+        0 => Some(f.1.clone()),
+        1 => Some(f.2.clone()),
+        2 => Some(f.3.clone()),
+        _ => None,
+    };
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(k) = &key {
+        req = req.header("idempotency-key", k.as_str());
+    }
+    if let Some(l) = &last_id {
+        req = req.header("last-event-id", l.as_str());
+    }
+    let Ok(req) = req.body(Body::from(body)) else { return Ok(()) };
+    // A worker's long poll waits for work; this server has none to give.
+    let (status, text) = rt().block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(60), call(&f.0, req)).await.unwrap()
+    });
+    prop_assert!(
+        status.is_success() || status.is_client_error(),
+        "{method} {path}: {status} {}",
+        String::from_utf8_lossy(&text)
+    );
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
@@ -265,41 +351,45 @@ proptest! {
         query in prop::option::of("[a-z]{1,8}=[ -~&&[^#%]]{0,12}"),
     ) {
         let f = FIXTURE.with(|f| f.clone());
-        let (method, path) = kiln_server::api::ROUTES[route];
-        let id: String = id.chars().filter(|c| !matches!(c, '/' | '?' | '#' | '%' | ' ')).collect();
-        let mut uri = fill(path, if id.is_empty() { "x" } else { &id });
-        if let Some(q) = &query {
-            let q: String = q.chars().filter(|c| !c.is_whitespace()).collect();
-            uri = format!("{uri}?{q}");
-        }
-        let mut req = Request::builder().method(method).uri(uri);
-        let token = match who { 0 => Some(f.1.clone()), 1 => Some(f.2.clone()), 2 => Some(f.3.clone()), _ => None };
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        if let Some(k) = &key {
-            req = req.header("idempotency-key", k.as_str());
-        }
-        if let Some(l) = &last_id {
-            req = req.header("last-event-id", l.as_str());
-        }
-        let Ok(req) = req.body(Body::from(body)) else { return Ok(()) };
-        // A worker's long poll waits for work; this server has none to give.
-        let (status, text) = rt().block_on(async {
-            tokio::time::timeout(std::time::Duration::from_secs(60), call(&f.0, req)).await.unwrap()
-        });
-        prop_assert!(
-            status.is_success() || status.is_client_error(),
-            "{method} {path}: {status} {}", String::from_utf8_lossy(&text)
-        );
+        arbitrary_request(&f, route, id, who, body, key, last_id, query)?;
     }
 }
 
-type Shared = (Arc<Core>, String, String, String, Arc<tempfile::TempDir>);
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+
+    /// The same on PostgreSQL (fewer cases: each is a round trip more).
+    #[test]
+    fn arbitrary_requests_get_only_2xx_or_4xx_on_postgres(
+        route in 0..kiln_server::api::ROUTES.len(),
+        id in prop_oneof![Just("nope".to_string()), "[ -~]{0,30}", Just("sha256:".to_string() + &"a".repeat(64))],
+        who in 0..4usize,
+        body in body(),
+        key in prop::option::of("[ -~]{0,40}"),
+        last_id in prop::option::of("[ -~]{0,12}"),
+        query in prop::option::of("[a-z]{1,8}=[ -~&&[^#%]]{0,12}"),
+    ) {
+        let f = PG_FIXTURE.with(|f| f.clone());
+        arbitrary_request(&f, route, id, who, body, key, last_id, query)?;
+    }
+}
+
+type Shared = (
+    Arc<Core>,
+    String,
+    String,
+    String,
+    Arc<(tempfile::TempDir, Option<kiln_server::pgcluster::LocalCluster>)>,
+);
+
+fn shared(f: Fixture) -> Shared {
+    (f.core, f.tenant, f.worker, f.operator, Arc::new((f._dir, f._cluster)))
+}
 
 thread_local! {
-    static FIXTURE: Shared = {
-        let f = fixture();
-        (f.core, f.tenant, f.worker, f.operator, Arc::new(f._dir))
+    static FIXTURE: Shared = shared(fixture());
+    static PG_FIXTURE: Shared = {
+        BACKEND.with(|b| b.set(Backend::Postgres));
+        shared(fixture())
     };
 }
