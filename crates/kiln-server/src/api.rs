@@ -57,6 +57,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/builds/{id}/artifacts"),
     ("GET", "/v1/artifacts/{artifact}"),
     ("GET", "/v1/artifacts/{artifact}/provenance"),
+    ("GET", "/v1/key"),
     ("GET", "/v1/usage"),
     ("GET", "/v1/audit"),
     ("GET", "/v1/secrets"),
@@ -82,6 +83,7 @@ pub fn router(core: Arc<Core>) -> Router {
         ("GET", "/v1/builds/{id}/artifacts", get(build_artifacts)),
         ("GET", "/v1/artifacts/{artifact}", get(artifact_tar)),
         ("GET", "/v1/artifacts/{artifact}/provenance", get(provenance)),
+        ("GET", "/v1/key", get(signing_key)),
         ("GET", "/v1/usage", get(usage)),
         ("GET", "/v1/audit", get(audit)),
         ("GET", "/v1/secrets", get(list_secrets)),
@@ -815,7 +817,16 @@ async fn provenance(
     Path(artifact): Path<String>,
 ) -> ApiResult<Response> {
     let (store, digest) = tenant_artifact(&core, &auth, &artifact).await?;
-    let candidates = core.with_state(|s| s.provenances(&digest.to_string()))?;
+    // The store's records first (a remote worker's statement, signed here
+    // with the deployment's key), then what the engine recorded.
+    let mut candidates: Vec<String> = store
+        .artifact_records(&digest)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| i.provenance.map(|d| d.to_string()))
+        .collect();
+    candidates.extend(core.with_state(|s| s.provenances(&digest.to_string()))?);
     for c in candidates {
         let Ok(d) = c.parse::<kiln_store::Digest>() else { continue };
         if let Ok(bytes) = store.get_bytes(&d, None).await {
@@ -823,6 +834,12 @@ async fn provenance(
         }
     }
     Err(ApiError::not_found("provenance"))
+}
+
+/// The public key every artifact's provenance is signed with (this
+/// deployment's, for in-process and remote workers alike).
+async fn signing_key(State(core): State<AppState>, _auth: Auth) -> Json<Value> {
+    Json(json!({"public_key": core.keys.public_key_hex(), "keyid": core.keys.keyid()}))
 }
 
 // ---- usage and audit ----

@@ -223,6 +223,10 @@ pub struct Core {
     notify: Notify,
     pub metrics: Metrics,
     pub vault: Vault,
+    /// The deployment's signing key (the state dir's, which the
+    /// in-process engine signs with too): remote workers' provenance is
+    /// signed with it, never with a worker's own key.
+    pub keys: Arc<kiln_store::Keys>,
     blobs: kiln_store::Store,
     busy: AtomicU64,
     /// Egress bytes of builds that finished, until their usage is recorded.
@@ -248,6 +252,10 @@ impl Core {
         let db = ControlDb::connect_server(cfg.database.as_deref(), &state_dir)?;
         let reader = ControlDb::connect(cfg.database.as_deref(), &state_dir)?;
         let vault = Vault::load_or_create(&state_dir)?;
+        let keys = Arc::new(
+            kiln_store::Keys::load_or_create(&state_dir)
+                .map_err(|e| ServerError::Key(format!("the provenance signing key: {e}")))?,
+        );
         let blobs = match &cfg.store_url {
             Some(url) => kiln_store::Store::open_url(url)?,
             None => {
@@ -278,6 +286,7 @@ impl Core {
             notify: Notify::new(),
             metrics: Metrics::default(),
             vault,
+            keys,
             blobs,
             busy: AtomicU64::new(0),
             egress: Mutex::new(HashMap::new()),

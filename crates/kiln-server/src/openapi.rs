@@ -82,6 +82,7 @@ pub fn document() -> Value {
             "/v1/artifacts/{artifact}": {"get": with(op("an artifact's files as a tar (each file verified against its digest)", &[("200", "application/x-tar"), ("404", "no such artifact of this tenant")]), &artifact)},
             "/v1/artifacts/{artifact}/provenance": {"get": with(op("the artifact's signed provenance (DSSE envelope)", &[("200", "application/json"), ("404", "none")]), &artifact)},
             "/v1/usage": {"get": with(op("usage records of the tenant's finished builds; CSV with `Accept: text/csv` or `?format=csv`", &[("200", "JSON `{usage: [...]}` or CSV")]), &json!([{"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]}}]))},
+            "/v1/key": {"get": op("the public key (hex) and key id that sign every artifact's provenance in this deployment", &[("200", "`{public_key, keyid}`")])},
             "/v1/audit": {"get": with(op("audit events (the tenant's; every tenant's for operators), append-only", &[("200", "`{events: [...]}`")]), &json!([{"name": "after", "in": "query", "schema": {"type": "integer"}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}]))},
             "/v1/secrets": {"get": op("the tenant's secrets: names and phases, never values", &[("200", "`{secrets: [{name, phases, updated_at}]}`")])},
             "/v1/secrets/{name}": {

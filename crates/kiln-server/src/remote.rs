@@ -714,10 +714,41 @@ pub(crate) async fn store_artifact(
     store.put_artifact(&up.record).await.map_err(|e| e.to_string())?;
     if let Some(p) = &up.provenance_base64 {
         let bytes = b64.decode(p).map_err(|e| format!("provenance_base64: {e}"))?;
-        let envelope = store.put_bytes(bytes).await.map_err(|e| e.to_string())?.digest;
+        let signed = sign_for_deployment(&core.keys, &bytes, &stats.digest)?;
+        let envelope = store.put_bytes(signed).await.map_err(|e| e.to_string())?.digest;
         store.set_provenance(&stats.digest, build, envelope).await.map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// A remote worker's provenance, signed with the deployment's key instead
+/// of the worker's: its statement must be of kiln's types and about the
+/// artifact the worker uploaded (its subject is the tree's digest); the
+/// worker's own signature, by a key nobody verifies against, is dropped.
+/// What the statement says of the build is the worker's word, as it is for
+/// any build: the server signs it only for the build whose lease it holds.
+fn sign_for_deployment(
+    keys: &kiln_store::Keys,
+    envelope: &[u8],
+    tree: &kiln_store::TreeDigest,
+) -> Result<Vec<u8>, String> {
+    use kiln_store::provenance::{Envelope, Statement, PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE};
+    let env: Envelope =
+        serde_json::from_slice(envelope).map_err(|e| format!("the provenance envelope: {e}"))?;
+    if env.payload_type != PAYLOAD_TYPE {
+        return Err(format!("the provenance envelope's payloadType is `{}`", env.payload_type));
+    }
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let payload = b64.decode(&env.payload).map_err(|e| format!("the provenance payload: {e}"))?;
+    let st: Statement =
+        serde_json::from_slice(&payload).map_err(|e| format!("the provenance statement: {e}"))?;
+    if st.type_ != STATEMENT_TYPE || st.predicate_type != PREDICATE_TYPE {
+        return Err("the provenance statement is not kiln's".into());
+    }
+    if st.subject.len() != 1 || st.subject[0].digest.sha256 != tree.hex() {
+        return Err(format!("the provenance statement is not about artifact {tree}"));
+    }
+    serde_json::to_vec(&keys.sign(&st)).map_err(|e| e.to_string())
 }
 
 /// The server's side of `finish`.

@@ -326,7 +326,11 @@ fn tenants_cannot_see_each_others_builds_logs_artifacts_or_secrets() {
     assert_eq!(status, 200);
     assert_eq!(list["secrets"][0]["name"], "DEPLOY_TOKEN");
     assert!(!list.to_string().contains(secret), "values are never listed: {list}");
-    assert_eq!(a.get(&format!("/v1/artifacts/{art}/provenance")).0, 200);
+    // Its provenance is signed with the key the server publishes.
+    let (status, env) = a.get(&format!("/v1/artifacts/{art}/provenance"));
+    assert_eq!(status, 200, "{env}");
+    let (_, key) = a.get("/v1/key");
+    assert_eq!(env["signatures"][0]["keyid"], key["keyid"], "{env}");
     let out = server.dir.path().join("restored");
     let got = server.client(&a).args(["artifact", "get", &art, "--out"]).arg(&out).output().unwrap();
     assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
@@ -668,7 +672,20 @@ fn kill_9_of_a_remote_worker_moves_the_build_to_another() {
     // The artifact the remote worker stored is served by the server.
     let (_, arts) = a.get(&format!("/v1/builds/{id}/artifacts"));
     let art = arts["artifacts"][0]["id"].as_str().expect("an artifact").to_string();
-    assert_eq!(a.get(&format!("/v1/artifacts/{art}/provenance")).0, 200);
+    // Its provenance is signed with the deployment's key, not the worker's.
+    let (status, env) = a.get(&format!("/v1/artifacts/{art}/provenance"));
+    assert_eq!(status, 200, "{env}");
+    let (_, key) = a.get("/v1/key");
+    let keyids: Vec<&str> =
+        env["signatures"].as_array().unwrap().iter().filter_map(|s| s["keyid"].as_str()).collect();
+    assert_eq!(keyids, [key["keyid"].as_str().unwrap()], "{env}");
+    let worker_key =
+        Command::new(env!("CARGO_BIN_EXE_kiln")).args(["key", "--state-dir"]).arg(&wstate).output().unwrap();
+    let worker_key = String::from_utf8_lossy(&worker_key.stdout).to_string();
+    assert!(
+        !worker_key.trim().is_empty() && !worker_key.contains(key["public_key"].as_str().unwrap()),
+        "{worker_key}"
+    );
     let out = server.dir.path().join("restored");
     let got = server.client(&a).args(["artifact", "get", &art, "--out"]).arg(&out).output().unwrap();
     assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
