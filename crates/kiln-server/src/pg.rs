@@ -31,7 +31,43 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/00
 /// The advisory lock key under which migrations run ("kiln" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6b69_6c6e;
 
-type Job = Box<dyn FnOnce(Result<&mut Client, String>) + Send>;
+type Job = Box<dyn FnOnce(&mut Conn) + Send>;
+
+/// The thread's connection, made (again) when it is needed.
+struct Conn {
+    url: String,
+    shown: String,
+    exclusive: bool,
+    client: Option<Client>,
+}
+
+impl Conn {
+    /// The connection, made anew when there is none or the server closed it.
+    fn get(&mut self) -> Result<&mut Client, String> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = None;
+            let mut c = Client::connect(&self.url, NoTls)
+                .map_err(|e| format!("cannot connect to {}: {e}", self.shown))?;
+            let locked = !self.exclusive
+                || c.query_one("SELECT pg_try_advisory_lock($1)", &[&SERVER_LOCK])
+                    .map(|r| r.get::<_, bool>(0))
+                    .unwrap_or(false);
+            if !locked {
+                return Err(format!(
+                    "another kiln serve is running on {}: one server per database (it decides the queue)",
+                    self.shown
+                ));
+            }
+            self.client = Some(c);
+        }
+        self.client.as_mut().ok_or_else(|| "no connection".to_string())
+    }
+
+    /// Whether the last statement found the connection gone.
+    fn lost(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| c.is_closed())
+    }
+}
 
 /// The advisory lock a server holds on its connection while it runs: the
 /// queue is decided in one server process, so a second server on the same
@@ -81,35 +117,12 @@ impl PgControl {
 
     fn start(url: &str, exclusive: bool) -> Result<PgControl, ServerError> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let conn_url = url.to_string();
-        let shown = redact_url(url);
+        let mut conn = Conn { url: url.to_string(), shown: redact_url(url), exclusive, client: None };
         let thread = std::thread::Builder::new()
             .name("kiln-postgres".into())
             .spawn(move || {
-                let mut client: Option<Client> = None;
-                let mut why = String::new();
                 while let Ok(job) = rx.recv() {
-                    if client.as_ref().is_none_or(|c| c.is_closed()) {
-                        client = None;
-                        match Client::connect(&conn_url, NoTls) {
-                            Ok(mut c) => {
-                                let locked = !exclusive
-                                    || c.query_one("SELECT pg_try_advisory_lock($1)", &[&SERVER_LOCK])
-                                        .map(|r| r.get::<_, bool>(0))
-                                        .unwrap_or(false);
-                                if locked {
-                                    client = Some(c);
-                                } else {
-                                    why = format!(
-                                        "another kiln serve is running on {shown}: one server per database \
-                                         (it decides the queue)"
-                                    );
-                                }
-                            }
-                            Err(e) => why = format!("cannot connect to {shown}: {e}"),
-                        }
-                    }
-                    job(client.as_mut().ok_or_else(|| why.clone()));
+                    job(&mut conn);
                 }
             })
             .map_err(|e| ServerError::Setup(format!("starting the database thread: {e}")))?;
@@ -121,14 +134,22 @@ impl PgControl {
     /// Runs `f` on the connection's thread and waits for it.
     fn call<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, ServerError> + Send + 'static,
+        mut f: impl FnMut(&mut Client) -> Result<T, ServerError> + Send + 'static,
     ) -> Result<T, ServerError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        let job: Job = Box::new(move |client| {
-            let r = match client {
+        let job: Job = Box::new(move |conn| {
+            let mut attempt = |conn: &mut Conn| match conn.get() {
                 Ok(c) => f(c),
                 Err(why) => Err(ServerError::Postgres(why)),
             };
+            // A connection PostgreSQL closed (a restart) is found closed
+            // only by the statement that tries it: that statement runs
+            // again, once, on a new connection. Its transaction, if any,
+            // did not commit: the server ended the session first.
+            let mut r = attempt(conn);
+            if r.is_err() && conn.lost() {
+                r = attempt(conn);
+            }
             let _ = tx.send(r);
         });
         self.jobs
@@ -437,7 +458,7 @@ impl ControlStore for PgControl {
             )
             .map_err(pg_err)?;
             tx.commit().map_err(pg_err)?;
-            Ok(AttemptRow { attempt, engine_id, log_base, worker, started_ms: at_ms })
+            Ok(AttemptRow { attempt, engine_id, log_base, worker: worker.clone(), started_ms: at_ms })
         })
     }
 

@@ -965,3 +965,26 @@ fn workers_and_clients_reach_the_server_over_tls() {
     // The step's own output line, not its name.
     assert!(said.lines().any(|l| l.trim_end().ends_with("] over-tls")), "{said}");
 }
+
+/// PostgreSQL restarts while a build runs: the server reconnects, the build
+/// finishes and is recorded, and a build submitted after it runs too.
+#[test]
+fn a_postgres_restart_mid_build_loses_nothing() {
+    BACKEND.with(|b| b.set(Backend::Postgres));
+    let server = Server::start(&["--workers", "1"]);
+    let a = server.tenant("alpha", "team");
+    let id =
+        a.submit("jobs:\n  slow:\n    steps:\n      - run: echo before; sleep 6; echo after\n", json!({}));
+    a.wait_log(&id, "before");
+    let cluster = server._cluster.as_ref().unwrap();
+    cluster.stop().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.restart().unwrap();
+    let b = a.wait_final(&id);
+    assert_eq!(b["state"], "succeeded", "{b}\n{}", server.log());
+    assert!(a.log_text(&id).contains("] after"), "{}", a.log_text(&id));
+    let (_, usage) = a.get("/v1/usage");
+    assert_eq!(usage["usage"].as_array().map(|u| u.len()), Some(1), "{usage}");
+    let next = a.submit(QUICK, json!({}));
+    assert_eq!(a.wait_final(&next)["state"], "succeeded", "{}", server.log());
+}
