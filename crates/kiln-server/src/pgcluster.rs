@@ -185,3 +185,43 @@ impl Drop for LocalCluster {
         });
     }
 }
+
+/// The control database a test runs on: each test that
+/// [`on_both_databases!`](crate::on_both_databases) lists runs once on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestDatabase {
+    Sqlite,
+    Postgres,
+}
+
+thread_local! {
+    /// Set by the `postgres` variant of a listed test (every test runs on
+    /// a thread of its own).
+    pub static TEST_DATABASE: std::cell::Cell<TestDatabase> = const { std::cell::Cell::new(TestDatabase::Sqlite) };
+}
+
+/// The database the current test runs on.
+pub fn test_database() -> TestDatabase {
+    TEST_DATABASE.with(|d| d.get())
+}
+
+/// Makes each named function (a test body with no arguments) two tests,
+/// `NAME::sqlite` and `NAME::postgres`; the body asks [`test_database`]
+/// which one it is.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name()
+            }
+            #[test]
+            fn postgres() {
+                $crate::pgcluster::TEST_DATABASE
+                    .with(|d| d.set($crate::pgcluster::TestDatabase::Postgres));
+                super::$name()
+            }
+        }
+    )*};
+}

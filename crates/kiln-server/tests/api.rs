@@ -7,39 +7,12 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use kiln_server::db::{ControlDb, Principal};
+use kiln_server::pgcluster::{test_database, TestDatabase, TEST_DATABASE};
 use kiln_server::{Core, ServerConfig};
 use proptest::prelude::*;
 use tower::ServiceExt;
 
-/// The control database a test runs on: every test here runs on both.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-thread_local! {
-    /// Set by the `postgres` variant of each test (each runs on its own thread).
-    static BACKEND: std::cell::Cell<Backend> = const { std::cell::Cell::new(Backend::Sqlite) };
-}
-
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$name()
-            }
-            #[test]
-            fn postgres() {
-                super::BACKEND.with(|b| b.set(super::Backend::Postgres));
-                super::$name()
-            }
-        }
-    )*};
-}
-
-on_both!(
+kiln_server::on_both_databases!(
     every_route_is_documented_and_every_documented_route_is_served,
     unauthenticated_requests_are_refused_and_audited,
     invalid_workflows_are_422_with_line_numbers_and_large_bodies_413,
@@ -59,7 +32,7 @@ fn fixture() -> Fixture {
     let mut cfg = ServerConfig::new(dir.path().join("state"));
     cfg.workers = 0;
     cfg.max_body_bytes = 256 << 10;
-    let cluster = (BACKEND.with(|b| b.get()) == Backend::Postgres).then(|| {
+    let cluster = (test_database() == TestDatabase::Postgres).then(|| {
         let c = kiln_server::pgcluster::LocalCluster::start()
             .unwrap_or_else(|e| panic!("the PostgreSQL test cluster: {e}"));
         cfg.database = Some(c.database("kiln").unwrap());
@@ -389,7 +362,7 @@ fn shared(f: Fixture) -> Shared {
 thread_local! {
     static FIXTURE: Shared = shared(fixture());
     static PG_FIXTURE: Shared = {
-        BACKEND.with(|b| b.set(Backend::Postgres));
+        TEST_DATABASE.with(|d| d.set(TestDatabase::Postgres));
         shared(fixture())
     };
 }

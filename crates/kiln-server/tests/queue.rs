@@ -6,15 +6,8 @@ use std::sync::Arc;
 
 use kiln_server::core::{AttemptOutcome, ManualClock};
 use kiln_server::db::{now_ms, ControlDb, NewBuild};
-use kiln_server::pgcluster::LocalCluster;
+use kiln_server::pgcluster::{test_database, LocalCluster, TestDatabase};
 use kiln_server::{Core, ServerConfig};
-
-/// The control database a test runs on.
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
 
 /// A test's state dir, its database, and the server's settings.
 struct Env {
@@ -25,16 +18,16 @@ struct Env {
     clock: Arc<ManualClock>,
 }
 
-fn env(backend: Backend) -> Env {
+fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = ServerConfig::new(dir.path().join("state"));
     cfg.workers = 0;
     cfg.lease_ttl_ms = 1;
     let clock = ManualClock::new();
     cfg.clock = clock.clone();
-    let cluster = match backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => {
+    let cluster = match test_database() {
+        TestDatabase::Sqlite => None,
+        TestDatabase::Postgres => {
             let c = LocalCluster::start().unwrap_or_else(|e| panic!("the PostgreSQL test cluster: {e}"));
             cfg.database = Some(c.database("kiln").unwrap());
             Some(c)
@@ -43,23 +36,7 @@ fn env(backend: Backend) -> Env {
     Env { _dir: dir, _cluster: cluster, cfg, clock }
 }
 
-/// Each named test, once per backend.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$name(super::Backend::Sqlite)
-            }
-            #[test]
-            fn postgres() {
-                super::$name(super::Backend::Postgres)
-            }
-        }
-    )*};
-}
-
-on_both!(
+kiln_server::on_both_databases!(
     claims_follow_priority_fairness_and_plan_caps,
     expired_leases_retry_twice_then_fail_as_infrastructure,
     a_restart_requeues_held_builds_and_keeps_the_queue_order,
@@ -108,8 +85,8 @@ fn finish_ok(core: &Core, id: &str, attempt: i64) {
     .unwrap();
 }
 
-fn claims_follow_priority_fairness_and_plan_caps(backend: Backend) {
-    let env = env(backend);
+fn claims_follow_priority_fairness_and_plan_caps() {
+    let env = env();
     let cfg = env.cfg.clone();
     tenants(&cfg, &[("flood", "team"), ("solo", "team"), ("free", "free")]);
     let core: Arc<Core> = Core::start(cfg).unwrap();
@@ -141,8 +118,8 @@ fn claims_follow_priority_fairness_and_plan_caps(backend: Backend) {
     let _ = free2;
 }
 
-fn expired_leases_retry_twice_then_fail_as_infrastructure(backend: Backend) {
-    let env = env(backend);
+fn expired_leases_retry_twice_then_fail_as_infrastructure() {
+    let env = env();
     let cfg = env.cfg.clone();
     tenants(&cfg, &[("t", "team")]);
     let core = Core::start(cfg).unwrap();
@@ -168,8 +145,8 @@ fn expired_leases_retry_twice_then_fail_as_infrastructure(backend: Backend) {
     assert_eq!(events.iter().filter(|e| **e == "lease-expired").count(), 3, "{events:?}");
 }
 
-fn a_restart_requeues_held_builds_and_keeps_the_queue_order(backend: Backend) {
-    let env = env(backend);
+fn a_restart_requeues_held_builds_and_keeps_the_queue_order() {
+    let env = env();
     let cfg = env.cfg.clone();
     tenants(&cfg, &[("t", "team")]);
     let (held, queued) = {
@@ -195,8 +172,8 @@ fn a_restart_requeues_held_builds_and_keeps_the_queue_order(backend: Backend) {
     assert_eq!(core.read().attempts(&held).unwrap().len(), 2);
 }
 
-fn cancelling_a_queued_build_is_immediate_and_a_held_one_waits_for_its_worker(backend: Backend) {
-    let env = env(backend);
+fn cancelling_a_queued_build_is_immediate_and_a_held_one_waits_for_its_worker() {
+    let env = env();
     let cfg = env.cfg.clone();
     tenants(&cfg, &[("t", "team")]);
     let core = Core::start(cfg).unwrap();

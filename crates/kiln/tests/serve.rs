@@ -20,36 +20,7 @@ use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(240);
 
-/// The control database a test's servers use.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-thread_local! {
-    /// Set by the `postgres` variant of each test (every test runs on its own thread).
-    static BACKEND: std::cell::Cell<Backend> = const { std::cell::Cell::new(Backend::Sqlite) };
-}
-
-/// Each named test, once per control database.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn sqlite() {
-                super::$name()
-            }
-            #[test]
-            fn postgres() {
-                super::BACKEND.with(|b| b.set(super::Backend::Postgres));
-                super::$name()
-            }
-        }
-    )*};
-}
-
-on_both!(
+kiln_server::on_both_databases!(
     tenants_cannot_see_each_others_builds_logs_artifacts_or_secrets,
     submit_is_idempotent_per_tenant,
     log_stream_is_live_and_resumes_without_loss_or_duplicates,
@@ -86,12 +57,14 @@ impl Server {
         common::require_sandboxes();
         let dir = tempfile::Builder::new().prefix("kiln-serve-test-").tempdir().unwrap();
         let mut env = env.to_vec();
-        let cluster = (BACKEND.with(|b| b.get()) == Backend::Postgres).then(|| {
-            let c = kiln_server::pgcluster::LocalCluster::start()
-                .unwrap_or_else(|e| panic!("the PostgreSQL test cluster: {e}"));
-            env.push(("KILN_DATABASE".into(), c.database("kiln").unwrap()));
-            c
-        });
+        let cluster = (kiln_server::pgcluster::test_database()
+            == kiln_server::pgcluster::TestDatabase::Postgres)
+            .then(|| {
+                let c = kiln_server::pgcluster::LocalCluster::start()
+                    .unwrap_or_else(|e| panic!("the PostgreSQL test cluster: {e}"));
+                env.push(("KILN_DATABASE".into(), c.database("kiln").unwrap()));
+                c
+            });
         let mut s = Server {
             dir,
             child: None,
@@ -970,7 +943,7 @@ fn workers_and_clients_reach_the_server_over_tls() {
 /// finishes and is recorded, and a build submitted after it runs too.
 #[test]
 fn a_postgres_restart_mid_build_loses_nothing() {
-    BACKEND.with(|b| b.set(Backend::Postgres));
+    kiln_server::pgcluster::TEST_DATABASE.with(|d| d.set(kiln_server::pgcluster::TestDatabase::Postgres));
     let server = Server::start(&["--workers", "1"]);
     let a = server.tenant("alpha", "team");
     let id =
