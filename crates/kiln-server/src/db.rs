@@ -238,21 +238,9 @@ impl ControlDb {
             ))),
             Some(u) => Err(ServerError::Setup(format!(
                 "--database {}: only postgres:// URLs are understood (without one, control.db in the state dir)",
-                redact_url(u)
+                kiln_build::pipeline::redacted(u)
             ))),
         }
-    }
-}
-
-/// `url` without its password, to be said in errors and logs.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "(an unreadable URL)".into(),
     }
 }
 

@@ -20,8 +20,8 @@ use std::sync::Mutex;
 use postgres::{Client, NoTls, Row};
 
 use crate::db::{
-    now, redact_url, AttemptRow, AuditRow, BuildRecord, ControlStore, NewBuild, Notification, Principal,
-    SecretRow, TokenRow, TransitionRow, UsageRow, TOKEN_ID_LEN,
+    now, AttemptRow, AuditRow, BuildRecord, ControlStore, NewBuild, Notification, Principal, SecretRow,
+    TokenRow, TransitionRow, UsageRow, TOKEN_ID_LEN,
 };
 use crate::error::ServerError;
 
@@ -94,7 +94,7 @@ impl Drop for PgControl {
 
 impl std::fmt::Debug for PgControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgControl").field("url", &redact_url(&self.url)).finish()
+        f.debug_struct("PgControl").field("url", &kiln_build::pipeline::redacted(&self.url)).finish()
     }
 }
 
@@ -117,7 +117,12 @@ impl PgControl {
 
     fn start(url: &str, exclusive: bool) -> Result<PgControl, ServerError> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let mut conn = Conn { url: url.to_string(), shown: redact_url(url), exclusive, client: None };
+        let mut conn = Conn {
+            url: url.to_string(),
+            shown: kiln_build::pipeline::redacted(url),
+            exclusive,
+            client: None,
+        };
         let thread = std::thread::Builder::new()
             .name("kiln-postgres".into())
             .spawn(move || {

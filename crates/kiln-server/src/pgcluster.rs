@@ -58,15 +58,6 @@ fn server_bin() -> Result<PathBuf, ServerError> {
     }
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 impl LocalCluster {
     /// Creates and starts a cluster; returns once it accepts connections.
     pub fn start() -> Result<LocalCluster, ServerError> {
@@ -75,7 +66,7 @@ impl LocalCluster {
             .prefix("kiln-pg-")
             .tempdir()
             .map_err(|e| setup(format!("scratch dir for PostgreSQL: {e}")))?;
-        let user = is_root().then(|| "postgres".to_string());
+        let user = (kiln_sandbox::effective_uid() == 0).then(|| "postgres".to_string());
         if let Some(u) = &user {
             let ok = Command::new("chown")
                 .arg(format!("{u}:"))

@@ -209,16 +209,7 @@ impl Allowed {
 
 /// `scheme://user:pass@host/...` → `scheme://***@host/...`: URLs go into logs.
 pub(crate) fn redact(url: &str) -> String {
-    let url = url.trim();
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}://***@{}", &url[..scheme_end], &rest[at + 1..]),
-        None => url.to_string(),
-    }
+    crate::pipeline::redacted(url.trim())
 }
 
 /// Violations reported per file; past this they are counted. A hostile lockfile with a
