@@ -141,6 +141,10 @@ pub fn parse_source(raw: &str) -> Result<Source, String> {
             return Err(format!("{spec}: credentials in the URL are refused; pass a token as a secret"));
         }
         let port = url.port_or_known_default().unwrap_or(443);
+        // The build's network rule names this port; no connection goes to 0.
+        if port == 0 {
+            return Err(format!("{spec}: port 0 is not a port to fetch from"));
+        }
         return Ok(Source::Remote { url: url.to_string(), host, port, plain_http });
     }
     if raw.contains(':') && !Path::new(raw).exists() {
@@ -433,6 +437,25 @@ mod tests {
             "https://x-1.example/a",
         ] {
             assert!(parse_source(good).is_ok(), "{good}");
+        }
+    }
+
+    /// Found by the `server_api_json` fuzz target: `http://s:0/x` was
+    /// accepted, and the pipeline's network rule `s:0` then failed to load.
+    /// Every source accepted must give a rule the workflow accepts.
+    #[test]
+    fn bug_a_source_on_port_0_was_accepted() {
+        for bad in ["http://s:0/git", "https://git.example:0/a.git", "https://127.0.0.1:0/a"] {
+            let e = parse_source(bad).unwrap_err();
+            assert!(e.contains("port 0"), "{bad}: {e}");
+        }
+        for good in ["http://s:1/git", "https://git.example:65535/a.git", "http://git.example/a"] {
+            let Ok(src @ Source::Remote { .. }) = parse_source(good) else { panic!("{good}") };
+            let wf = workflow_text(
+                &PipelineOptions { name: good.into(), depth: Some(1), ..Default::default() },
+                &src,
+            );
+            kiln_workflow::load("workflow.yml", &wf).unwrap_or_else(|d| panic!("{good}: {d}\n{wf}"));
         }
     }
 
