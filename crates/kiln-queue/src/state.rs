@@ -201,10 +201,10 @@ pub enum Effect {
     /// The state advanced; nothing else to do.
     Advance,
     /// Put the build back at the front of its tenant's queue
-    /// ([`crate::Scheduler::requeue`]) and count one retry used.
+    /// and count one retry used.
     Retry,
     /// The build reached a terminal state: release its lease and slot
-    /// ([`crate::Scheduler::finished`], [`crate::Leases::release`]).
+    /// and its tenant's slot.
     Finish,
 }
 

@@ -1,18 +1,29 @@
-//! The control plane's core: the queue (the `kiln-queue` state machine,
-//! scheduler and leases behind one lock, persisted in `control.db`), the
-//! claims workers make, what their reports do, lease expiry, plan timeouts
-//! and recovery after a restart.
+//! The control plane's core: the queue (the `kiln-queue` state machine over
+//! the control database), the claims workers make, what their reports do,
+//! lease expiry, plan timeouts and recovery after a restart.
 //!
-//! # Durability
+//! # Decided in the database
 //!
-//! `control.db` is the truth; the in-memory [`kiln_queue::Scheduler`] and
-//! [`kiln_queue::Leases`] are derived from it. Every transition is written
-//! (with its time and cause) before its effect on the scheduler, in the same
-//! critical section, so a `kill -9` at any point leaves a database from
-//! which [`Core::start`] rebuilds the queue: queued builds are queued again
-//! in their order, and builds a worker held (provisioning, running,
-//! extracting) get the infrastructure-failure transition — a retry counted,
-//! or `failed (infrastructure)` when retries are spent.
+//! Every decision about a build is a statement on the control database
+//! that applies only if the build is still as it was read: a claim takes a
+//! queued build in one transaction (on PostgreSQL with `FOR UPDATE SKIP
+//! LOCKED`, the tenant's plan cap counted again under a per-tenant lock),
+//! and a transition names the state and attempt it changes. Servers
+//! sharing a database (replicas on PostgreSQL) therefore never hand one
+//! build out twice, never both take a lease back, and never both finish a
+//! build; nothing in a server's memory decides anything another could.
+//! What a server keeps in memory is its own: the cancel switches of the
+//! builds its in-process workers run.
+//!
+//! # Leases and recovery
+//!
+//! Every holder has a lease in the database. A remote worker renews it
+//! with its heartbeats, a server renews those of its in-process workers
+//! every reaper tick; whichever server's reaper finds a lease run out
+//! takes the build back (a retry counted, or `failed (infrastructure)`
+//! when retries are spent). A server that starts again at once gives the
+//! builds its own in-process workers held the same transition, without
+//! waiting for their leases.
 //!
 //! # Attempts
 //!
@@ -27,20 +38,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use kiln_queue::{
-    transition_with, BuildId, BuildState, Effect, Event as QEvent, Leases, Plan, Priority, QueuedBuild,
-    SchedStatus, Scheduler, TenantId, WorkerId,
-};
+use kiln_queue::{transition_with, BuildState, Effect, Event as QEvent, Plan};
 use tokio::sync::{watch, Notify};
 
-use crate::db::{now_ms, AttemptRow, BuildRecord, ControlDb, NewBuild, Principal, UsageRow};
+use crate::db::{
+    now_ms, AttemptRow, BuildRecord, ClaimRequest, ControlDb, Expect, LogBase, NewBuild, Principal, UsageRow,
+    HELD_STATES,
+};
 use crate::error::ServerError;
 use crate::metrics::{Gauges, Metrics};
 use crate::statedb::StateReader;
 use crate::vault::Vault;
-
-/// Leases of in-process workers never expire: they die with the server.
-const IN_PROCESS_TTL_MS: u64 = u64::MAX / 4;
 
 /// How the control plane runs.
 #[derive(Debug, Clone)]
@@ -50,7 +58,9 @@ pub struct ServerConfig {
     /// In-process workers (0: only remote `kiln worker`s run builds).
     pub workers: usize,
     pub isolation: kiln_sandbox::Isolation,
-    /// A remote worker's lease without a heartbeat for this long is taken back.
+    /// A lease not renewed for this long is taken back: a remote worker's
+    /// (its heartbeats renew it) or an in-process worker's (its server's
+    /// reaper renews it while the server runs).
     pub lease_ttl_ms: u64,
     /// Infrastructure retries per build.
     pub max_retries: u32,
@@ -144,11 +154,20 @@ pub fn plan_limits(name: &str) -> Option<Plan> {
     }
 }
 
-pub(crate) fn priority_of(s: &str) -> Priority {
-    if s == "urgent" {
-        Priority::Urgent
-    } else {
-        Priority::Normal
+/// This server's id: made once, kept in `server-id` in its state dir.
+fn server_id(state_dir: &Path) -> Result<String, ServerError> {
+    let path = state_dir.join("server-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        Ok(_) | Err(_) => {
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).map_err(|e| ServerError::Setup(format!("randomness: {e}")))?;
+            let id = format!("server-{}", hex::encode(b));
+            let tmp = state_dir.join("server-id.tmp");
+            std::fs::write(&tmp, &id).map_err(|e| ServerError::io("writing", &tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| ServerError::io("writing", &path, e))?;
+            Ok(id)
+        }
     }
 }
 
@@ -185,29 +204,22 @@ pub enum AttemptOutcome {
 #[error("this worker does not hold the build's lease")]
 pub struct LeaseLost;
 
-/// What the core tracks of a build a worker holds.
+/// What this server keeps of a build one of its workers holds (or that it
+/// leased to a remote worker): nothing the queue decides by.
 #[derive(Debug)]
-struct Held {
-    n: u64,
+struct Local {
     attempt: i64,
     worker: String,
     leased_ms: i64,
-    started_ms: Option<i64>,
-    timeout_secs: i64,
+    /// An in-process worker's switch that stops the build.
     cancel: Option<watch::Sender<bool>>,
-    cancel_requested: bool,
-    timed_out: bool,
     remote: bool,
 }
 
 #[derive(Debug)]
 struct Inner {
     db: ControlDb,
-    sched: Scheduler,
-    leases: Leases,
-    /// Scheduler ids (control.db row numbers) to build ids.
-    ids: HashMap<u64, String>,
-    held: HashMap<String, Held>,
+    local: HashMap<String, Local>,
 }
 
 /// The control plane's state; shared by the API, the workers and the reaper.
@@ -216,6 +228,9 @@ pub struct Core {
     pub cfg: ServerConfig,
     /// The canonical state directory.
     pub state_dir: PathBuf,
+    /// This server's id (kept in its state dir), recorded on the builds its
+    /// in-process workers hold.
+    pub server_id: String,
     inner: Mutex<Inner>,
     /// A second connection for reads, so listing builds never waits on a claim.
     reader: Mutex<ControlDb>,
@@ -265,22 +280,12 @@ impl Core {
                 kiln_store::Store::open_local(&store_dir)?
             }
         };
-        let mut sched = Scheduler::new();
-        for (tenant, plan) in db.tenants()? {
-            if let Some(p) = plan_limits(&plan) {
-                sched.set_plan(&TenantId::new(tenant), p);
-            }
-        }
+        let server_id = server_id(&state_dir)?;
         let core = Arc::new(Core {
             cfg,
             state_dir,
-            inner: Mutex::new(Inner {
-                db,
-                sched,
-                leases: Leases::new(),
-                ids: HashMap::new(),
-                held: HashMap::new(),
-            }),
+            server_id,
+            inner: Mutex::new(Inner { db, local: HashMap::new() }),
             reader: Mutex::new(reader),
             state_reader: Mutex::new(None),
             notify: Notify::new(),
@@ -343,45 +348,31 @@ impl Core {
         Ok(self.blobs.tenant(tenant)?)
     }
 
+    /// Builds this server's in-process workers held when it stopped get the
+    /// infrastructure-failure transition at once (their workers are gone);
+    /// builds other servers or remote workers hold are left to their leases.
     fn recover(&self) -> Result<(), ServerError> {
-        let queued = self.lock().db.builds_in(&["queued"])?;
-        let held = self.lock().db.builds_in(&["provisioning", "running", "extracting"])?;
-        for b in &held {
-            // Not in the scheduler yet: a retry queues it (ahead of the
-            // tenant's queued builds, tracked below), a final state needs
-            // nothing more.
+        let held = self.lock().db.builds_in(HELD_STATES)?;
+        let mine: Vec<&BuildRecord> =
+            held.iter().filter(|b| b.server.as_deref() == Some(self.server_id.as_str())).collect();
+        for b in &mine {
             let event = if b.cancel_requested {
                 QEvent::Cancel
             } else {
                 QEvent::InfraFailure("the server stopped while the build ran".into())
             };
-            self.apply(&b.id, event, "the server restarted while a worker held the build")?;
+            self.apply_to(
+                &b.id,
+                Some(b.attempt),
+                None,
+                event,
+                "the server restarted while a worker held the build",
+            )?;
         }
-        for b in &queued {
-            self.track(b);
-        }
-        let n = queued.len() + held.len();
-        if n > 0 {
-            tracing::info!("recovered {} queued and {} interrupted builds", queued.len(), held.len());
+        if !mine.is_empty() {
+            tracing::info!("recovered {} builds this server's workers held", mine.len());
         }
         Ok(())
-    }
-
-    /// Puts a stored queued build into the scheduler.
-    fn track(&self, b: &BuildRecord) {
-        let mut g = self.lock();
-        let tenant = TenantId::new(b.tenant.clone());
-        if let Ok(Some(plan)) = g.db.tenant_plan(&b.tenant) {
-            if let Some(p) = plan_limits(&plan) {
-                g.sched.set_plan(&tenant, p);
-            }
-        }
-        let id = BuildId(b.n as u64);
-        let qb =
-            QueuedBuild { id, tenant, priority: priority_of(&b.priority), enqueued_at: b.enqueued_ms as u64 };
-        if g.sched.enqueue(qb).is_ok() {
-            g.ids.insert(id.0, b.id.clone());
-        }
     }
 
     // ---- submit ----
@@ -390,7 +381,7 @@ impl Core {
     /// tenant, returns the earlier build instead (`false`), or `Err(Some)`
     /// with it when the request differs.
     pub fn submit(&self, b: NewBuild) -> Result<Result<(BuildRecord, bool), BuildRecord>, ServerError> {
-        let mut g = self.lock();
+        let g = self.lock();
         if let Some(key) = &b.idem_key {
             if let Some(existing) = g.db.build_by_key(&b.tenant, key)? {
                 return Ok(if existing.body_hash == b.body_hash {
@@ -400,18 +391,7 @@ impl Core {
                 });
             }
         }
-        let n = g.db.insert_build(&b)?;
-        let tenant = TenantId::new(b.tenant.clone());
-        if let Some(p) = g.db.tenant_plan(&b.tenant)?.as_deref().and_then(plan_limits) {
-            g.sched.set_plan(&tenant, p);
-        }
-        let id = BuildId(n as u64);
-        let qb =
-            QueuedBuild { id, tenant, priority: priority_of(&b.priority), enqueued_at: b.enqueued_ms as u64 };
-        if let Err(e) = g.sched.enqueue(qb) {
-            return Err(ServerError::Setup(format!("queue: {e}")));
-        }
-        g.ids.insert(id.0, b.id.clone());
+        g.db.insert_build(&b)?;
         let row = g.db.build(&b.id)?.ok_or_else(|| ServerError::Setup("build vanished".into()))?;
         drop(g);
         self.notify.notify_waiters();
@@ -425,85 +405,90 @@ impl Core {
     /// (`None` for an unknown build or an event not valid in its state:
     /// late and duplicate reports are normal and change nothing).
     pub fn apply(&self, id: &str, event: QEvent, detail: &str) -> Result<Option<BuildState>, ServerError> {
-        let mut g = self.lock();
-        let Some(row) = g.db.build(id)? else { return Ok(None) };
-        let current = parse_state(&row)?;
-        let (next, effect) = match transition_with(current, &event, row.retries as u32, self.cfg.max_retries)
-        {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(build = id, "ignored: {e}");
+        self.apply_to(id, None, None, event, detail)
+    }
+
+    /// [`Core::apply`] to attempt `attempt` only (a report about an attempt
+    /// that is no longer current changes nothing), and with
+    /// `lease_ended_by`, only if the holder's lease ran out before then.
+    /// The transition is written only if the build is still as it was read;
+    /// if another server changed it first, the event is decided again on
+    /// what the build is now.
+    fn apply_to(
+        &self,
+        id: &str,
+        attempt: Option<i64>,
+        lease_ended_by: Option<i64>,
+        event: QEvent,
+        detail: &str,
+    ) -> Result<Option<BuildState>, ServerError> {
+        for _ in 0..8 {
+            let mut g = self.lock();
+            let Some(row) = g.db.build(id)? else { return Ok(None) };
+            if attempt.is_some_and(|a| a != row.attempt)
+                || lease_ended_by.is_some_and(|t| row.lease_until_ms.unwrap_or(0) >= t)
+            {
                 return Ok(None);
             }
-        };
-        if effect == Effect::None {
+            let current = parse_state(&row)?;
+            let (next, effect) =
+                match transition_with(current, &event, row.retries as u32, self.cfg.max_retries) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::debug!(build = id, "ignored: {e}");
+                        return Ok(None);
+                    }
+                };
+            if effect == Effect::None {
+                return Ok(Some(next));
+            }
+            let retries = row.retries + i64::from(effect == Effect::Retry);
+            let (state, failure) = next.names();
+            let reason = matches!(next, BuildState::Failed(_) | BuildState::Cancelled).then_some(detail);
+            let now = self.cfg.clock.now_ms();
+            let event_name = match &event {
+                QEvent::InfraFailure(_) => "infra-failure",
+                e => e.name(),
+            };
+            let expect = Expect { state: &row.state, attempt: row.attempt, lease_ended_by };
+            if !g
+                .db
+                .record_transition(id, expect, state, failure, reason, retries, event_name, detail, now)?
+            {
+                continue;
+            }
+            self.state_changed();
+            match effect {
+                Effect::Retry | Effect::Finish => {
+                    let local = g.local.remove(id);
+                    drop(g);
+                    if effect == Effect::Retry {
+                        self.metrics.infra_failure();
+                    } else {
+                        if failure == Some("infrastructure") {
+                            self.metrics.infra_failure();
+                        }
+                        let duration = local.map(|h| (now - h.leased_ms) as f64 / 1000.0);
+                        self.metrics.build_finished(state, failure, duration);
+                        self.record_usage(id);
+                        if state == "succeeded" {
+                            self.deliver_notification(id);
+                        }
+                    }
+                    self.notify.notify_waiters();
+                }
+                _ => {
+                    if next == BuildState::Running {
+                        if let Some(h) = g.local.get(id) {
+                            self.metrics.provisioning((now - h.leased_ms) as f64 / 1000.0);
+                        }
+                    }
+                }
+            }
             return Ok(Some(next));
         }
-        let retries = row.retries + i64::from(effect == Effect::Retry);
-        let (state, failure) = next.names();
-        let reason = matches!(next, BuildState::Failed(_) | BuildState::Cancelled).then_some(detail);
-        let now = self.cfg.clock.now_ms();
-        let event_name = match &event {
-            QEvent::InfraFailure(_) => "infra-failure",
-            e => e.name(),
-        };
-        g.db.record_transition(id, state, failure, reason, retries, event_name, detail, now)?;
-        self.state_changed();
-        let bid = BuildId(row.n as u64);
-        match effect {
-            Effect::Retry | Effect::Finish => {
-                if let Some(l) = g.leases.get(bid).cloned() {
-                    let _ = g.leases.release(bid, &l.worker);
-                }
-                let held = g.held.remove(id);
-                if effect == Effect::Retry {
-                    if g.sched.requeue(bid).is_err() {
-                        let qb = QueuedBuild {
-                            id: bid,
-                            tenant: TenantId::new(row.tenant.clone()),
-                            priority: priority_of(&row.priority),
-                            enqueued_at: row.enqueued_ms as u64,
-                        };
-                        let _ = g.sched.enqueue(qb);
-                        g.ids.insert(bid.0, id.to_string());
-                    }
-                    self.metrics.infra_failure();
-                } else {
-                    match g.sched.status(bid) {
-                        Some(SchedStatus::Queued) => {
-                            let _ = g.sched.cancel(bid);
-                        }
-                        Some(_) => {
-                            let _ = g.sched.finished(bid);
-                        }
-                        None => {}
-                    }
-                    g.ids.remove(&bid.0);
-                    if failure == Some("infrastructure") {
-                        self.metrics.infra_failure();
-                    }
-                    let duration = held.map(|h| (now - h.leased_ms) as f64 / 1000.0);
-                    self.metrics.build_finished(state, failure, duration);
-                }
-                drop(g);
-                if effect == Effect::Finish {
-                    self.record_usage(id);
-                    if state == "succeeded" {
-                        self.deliver_notification(id);
-                    }
-                }
-                self.notify.notify_waiters();
-            }
-            _ => {
-                if next == BuildState::Running {
-                    if let Some(h) = g.held.get_mut(id) {
-                        h.started_ms = Some(now);
-                        self.metrics.provisioning((now - h.leased_ms) as f64 / 1000.0);
-                    }
-                }
-            }
-        }
-        Ok(Some(next))
+        tracing::warn!(build = id, "the build kept changing under this server; event dropped");
+        Ok(None)
     }
 
     /// Posts a succeeded build's deployment webhook, if it has one, from a
@@ -651,62 +636,52 @@ impl Core {
 
     // ---- claims ----
 
-    /// Hands the next build (fair, by priority, within plan caps) to `worker`.
+    /// Hands the next build (by priority, tenants in turn, within plan
+    /// caps) to `worker`: decided by the database in one transaction.
     pub fn try_claim(&self, worker: &str, remote: bool) -> Result<Option<Claim>, ServerError> {
-        loop {
-            let mut g = self.lock();
-            let now = self.cfg.clock.now_ms();
-            let Some(bid) = g.sched.next(now as u64) else { return Ok(None) };
-            let Some(id) = g.ids.get(&bid.0).cloned() else {
-                let _ = g.sched.cancel(bid);
-                continue;
-            };
-            let Some(row) = g.db.build(&id)? else {
-                let _ = g.sched.cancel(bid);
-                continue;
-            };
-            if !matches!(
-                transition_with(parse_state(&row)?, &QEvent::Lease, row.retries as u32, self.cfg.max_retries),
-                Ok((BuildState::Provisioning, Effect::Advance))
-            ) {
-                let _ = g.sched.cancel(bid);
-                g.ids.remove(&bid.0);
-                continue;
-            }
-            g.db.record_transition(&id, "provisioning", None, None, row.retries, "lease", worker, now)?;
-            self.state_changed();
-            let ttl = if remote { self.cfg.lease_ttl_ms } else { IN_PROCESS_TTL_MS };
-            if let Err(e) = g.leases.grant(bid, WorkerId::new(worker), now as u64, Some(ttl)) {
-                tracing::warn!(build = %id, "lease: {e}");
-            }
-            let prev = g.db.attempts(&id)?.pop();
-            let base = match &prev {
-                Some(a) => a.log_base + self.with_state(|s| s.max_seq(&a.engine_id)).unwrap_or(0),
-                None => 0,
-            };
-            let attempt = g.db.start_attempt(&id, worker, now, base)?;
-            g.held.insert(
-                id.clone(),
-                Held {
-                    n: bid.0,
-                    attempt: attempt.attempt,
-                    worker: worker.to_string(),
-                    leased_ms: now,
-                    started_ms: None,
-                    timeout_secs: row.timeout_seconds,
-                    cancel: None,
-                    cancel_requested: row.cancel_requested,
-                    timed_out: false,
-                    remote,
-                },
-            );
-            let build = g.db.build(&id)?.unwrap_or(row);
-            drop(g);
-            if attempt.attempt == 1 {
-                self.metrics.queue_wait(&build.priority, (now - build.enqueued_ms).max(0) as f64 / 1000.0);
-            }
-            return Ok(Some(Claim { build, attempt }));
+        let now = self.cfg.clock.now_ms();
+        let req = ClaimRequest {
+            worker: worker.to_string(),
+            server: (!remote).then(|| self.server_id.clone()),
+            now_ms: now,
+            lease_until_ms: now.saturating_add(self.cfg.lease_ttl_ms as i64),
+            caps: PLANS
+                .iter()
+                .filter_map(|p| plan_limits(p).map(|l| (p.to_string(), i64::from(l.max_concurrent))))
+                .collect(),
+            default_cap: i64::from(Plan::free().max_concurrent),
+        };
+        let mut g = self.lock();
+        let Some((build, attempt)) = g.db.claim(&req, self.log_base())? else { return Ok(None) };
+        g.local.insert(
+            build.id.clone(),
+            Local {
+                attempt: attempt.attempt,
+                worker: worker.to_string(),
+                leased_ms: now,
+                cancel: None,
+                remote,
+            },
+        );
+        drop(g);
+        self.state_changed();
+        if attempt.attempt == 1 {
+            self.metrics.queue_wait(&build.priority, (now - build.enqueued_ms).max(0) as f64 / 1000.0);
         }
+        Ok(Some(Claim { build, attempt }))
+    }
+
+    /// Where a new attempt's log starts: after the attempt before it (whose
+    /// length is in `state.db`).
+    fn log_base(&self) -> Arc<LogBase> {
+        let me = self.me.get().cloned().unwrap_or_default();
+        Arc::new(move |prev: &AttemptRow| {
+            let len = me
+                .upgrade()
+                .and_then(|core| core.with_state(|s| s.max_seq(&prev.engine_id)).ok())
+                .unwrap_or(0);
+            prev.log_base + len
+        })
     }
 
     /// Waits for a claim until `deadline` (forever for `None`).
@@ -743,9 +718,10 @@ impl Core {
 
     /// An in-process worker's cancel switch for the build it runs.
     pub fn attach_cancel(&self, id: &str, tx: watch::Sender<bool>) {
+        let stop = self.read().build(id).ok().flatten().is_some_and(|b| b.cancel_requested || b.timed_out);
         let mut g = self.lock();
-        if let Some(h) = g.held.get_mut(id) {
-            if h.cancel_requested || h.timed_out {
+        if let Some(h) = g.local.get_mut(id) {
+            if stop {
                 let _ = tx.send(true);
             }
             h.cancel = Some(tx);
@@ -753,7 +729,8 @@ impl Core {
     }
 
     /// Whether the holder of `id` should stop (cancel asked, or timed out);
-    /// with `heartbeat`, extends its lease.
+    /// with `heartbeat`, renews its lease. Read from the database: the
+    /// cancel may have been asked of another server.
     pub fn holder_check(
         &self,
         id: &str,
@@ -761,73 +738,65 @@ impl Core {
         attempt: i64,
         heartbeat: bool,
     ) -> Result<bool, LeaseLost> {
-        let mut g = self.lock();
-        let Some(h) = g.held.get(id) else { return Err(LeaseLost) };
-        if h.worker != worker || h.attempt != attempt {
-            return Err(LeaseLost);
+        let g = self.lock();
+        let row = match g.db.build(id) {
+            Ok(Some(row)) if row.held_by(worker, attempt) => row,
+            _ => return Err(LeaseLost),
+        };
+        if heartbeat {
+            let until = self.cfg.clock.now_ms().saturating_add(self.cfg.lease_ttl_ms as i64);
+            if !g.db.renew_lease(id, worker, attempt, until).unwrap_or(false) {
+                return Err(LeaseLost);
+            }
         }
-        let stop = h.cancel_requested || h.timed_out;
-        let n = h.n;
-        if heartbeat
-            && g.leases.heartbeat(BuildId(n), &WorkerId::new(worker), self.cfg.clock.now_ms() as u64).is_err()
-        {
-            return Err(LeaseLost);
-        }
-        Ok(stop)
+        Ok(row.cancel_requested || row.timed_out)
     }
 
     /// The worker's engine started the build (its first event).
     pub fn started(&self, id: &str, attempt: i64) -> Result<(), ServerError> {
-        if self.lock().held.get(id).is_some_and(|h| h.attempt == attempt) {
-            self.apply(id, QEvent::Started, "")?;
-        }
+        self.apply_to(id, Some(attempt), None, QEvent::Started, "")?;
         Ok(())
     }
 
     /// The end of an attempt, from its worker. Reports about an attempt that
     /// is no longer current (its lease was taken back) change nothing.
     pub fn finish_attempt(&self, id: &str, attempt: i64, outcome: AttemptOutcome) -> Result<(), ServerError> {
-        let held = {
-            let g = self.lock();
-            match g.held.get(id) {
-                Some(h) if h.attempt == attempt => (h.cancel_requested, h.timed_out, h.timeout_secs),
-                _ => return Ok(()),
-            }
+        let row = match self.read().build(id)? {
+            Some(row) if row.attempt == attempt && HELD_STATES.contains(&row.state.as_str()) => row,
+            _ => return Ok(()),
         };
-        let (cancel_requested, timed_out, timeout_secs) = held;
+        let (cancel_requested, timed_out, timeout_secs) =
+            (row.cancel_requested, row.timed_out, row.timeout_seconds);
+        let apply = |event: QEvent, detail: &str| self.apply_to(id, Some(attempt), None, event, detail);
         match outcome {
             AttemptOutcome::Finished { status, egress_bytes } => {
                 self.egress.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), egress_bytes);
-                self.apply(id, QEvent::Started, "")?;
+                apply(QEvent::Started, "")?;
                 match status.as_str() {
                     "succeeded" => {
-                        self.apply(id, QEvent::StepsDone, "")?;
-                        self.apply(id, QEvent::Extracted, "")?;
+                        apply(QEvent::StepsDone, "")?;
+                        apply(QEvent::Extracted, "")?;
                     }
                     "failed" => {
-                        self.apply(id, QEvent::UserFailure, "a job failed")?;
+                        apply(QEvent::UserFailure, "a job failed")?;
                     }
                     _ if timed_out => {
                         let why = format!("timeout: the build ran longer than its {timeout_secs} s limit");
-                        self.apply(id, QEvent::UserFailure, &why)?;
+                        apply(QEvent::UserFailure, &why)?;
                     }
                     _ if cancel_requested => {
-                        self.apply(id, QEvent::Cancel, "cancelled on request")?;
+                        apply(QEvent::Cancel, "cancelled on request")?;
                     }
                     _ => {
-                        self.apply(
-                            id,
-                            QEvent::InfraFailure("the build was stopped".into()),
-                            "the build was stopped",
-                        )?;
+                        apply(QEvent::InfraFailure("the build was stopped".into()), "the build was stopped")?;
                     }
                 }
             }
             AttemptOutcome::Infra(msg) => {
                 if cancel_requested {
-                    self.apply(id, QEvent::Cancel, "cancelled on request")?;
+                    apply(QEvent::Cancel, "cancelled on request")?;
                 } else {
-                    self.apply(id, QEvent::InfraFailure(msg.clone()), &msg)?;
+                    apply(QEvent::InfraFailure(msg.clone()), &msg)?;
                 }
             }
         }
@@ -837,7 +806,7 @@ impl Core {
     /// Cancels a build: a queued one at once, a held one by telling its
     /// worker (the build is `cancelled` when the worker reports).
     pub fn cancel(&self, id: &str, actor: &str) -> Result<(), ServerError> {
-        let state = {
+        let row = {
             let mut g = self.lock();
             let Some(row) = g.db.build(id)? else { return Ok(()) };
             if is_terminal(&row.state) {
@@ -845,73 +814,88 @@ impl Core {
             }
             if row.state != "queued" {
                 g.db.set_cancel_requested(id, Some(&format!("cancelled by {actor}")))?;
-                if let Some(h) = g.held.get_mut(id) {
-                    h.cancel_requested = true;
-                    if let Some(tx) = &h.cancel {
-                        let _ = tx.send(true);
-                    }
+                if let Some(tx) = g.local.get_mut(id).and_then(|h| h.cancel.as_ref()) {
+                    let _ = tx.send(true);
                 }
             }
-            row.state
+            row
         };
-        if state == "queued" {
-            self.apply(id, QEvent::Cancel, &format!("cancelled by {actor}"))?;
+        if row.state == "queued" {
+            // A worker claimed it between the read and the transition: ask
+            // its holder instead.
+            if self
+                .apply_to(id, Some(row.attempt), None, QEvent::Cancel, &format!("cancelled by {actor}"))?
+                .is_none()
+            {
+                return self.cancel(id, actor);
+            }
         }
         Ok(())
     }
 
-    /// Takes back leases whose worker went quiet and stops builds that ran
-    /// past their timeout. Called periodically.
+    /// Renews the leases of this server's in-process workers, stops those
+    /// whose build was cancelled or timed out (wherever that was asked),
+    /// takes back leases that ran out (whichever server or worker held
+    /// them) and marks builds that ran past their timeout. Called
+    /// periodically by every server; each build is taken back once.
     pub fn reap(&self) -> Result<(), ServerError> {
         let now = self.cfg.clock.now_ms();
-        let (expired, timeouts) = {
-            let mut g = self.lock();
-            let expired: Vec<(String, bool, String)> = g
-                .leases
-                .expired(now as u64)
-                .into_iter()
-                .filter_map(|b| g.ids.get(&b.0).cloned())
-                .map(|id| {
-                    let h = g.held.get(&id);
-                    let cancel = h.is_some_and(|h| h.cancel_requested);
-                    let worker = h.map(|h| h.worker.clone()).unwrap_or_default();
-                    (id, cancel, worker)
-                })
-                .collect();
-            let mut timeouts = Vec::new();
-            for (id, h) in g.held.iter_mut() {
-                if let Some(started) = h.started_ms {
-                    if !h.timed_out && now - started > h.timeout_secs * 1000 {
-                        h.timed_out = true;
-                        if let Some(tx) = &h.cancel {
-                            let _ = tx.send(true);
-                        }
-                        timeouts.push((id.clone(), h.timeout_secs));
-                    }
+        let until = now.saturating_add(self.cfg.lease_ttl_ms as i64);
+        let timeouts = self.lock().db.mark_timed_out(now)?;
+        // This server's in-process builds: renew, and pass on a stop.
+        let local: Vec<(String, String, i64)> = self
+            .lock()
+            .local
+            .iter()
+            .filter(|(_, h)| !h.remote)
+            .map(|(id, h)| (id.clone(), h.worker.clone(), h.attempt))
+            .collect();
+        for (id, worker, attempt) in local {
+            let (row, renewed) = {
+                let g = self.lock();
+                (g.db.build(&id)?, g.db.renew_lease(&id, &worker, attempt, until)?)
+            };
+            let stop = !renewed || row.is_some_and(|b| b.cancel_requested || b.timed_out);
+            if stop {
+                if let Some(tx) = self.lock().local.get(&id).and_then(|h| h.cancel.as_ref()) {
+                    let _ = tx.send(true);
                 }
             }
-            (expired, timeouts)
-        };
-        for (id, cancel, worker) in expired {
-            self.remote.abandon(&id);
-            let tenant = self.read().build(&id)?.map(|b| b.tenant);
-            self.audit(
-                tenant.as_deref(),
-                Some(&id),
-                "lease expired",
-                "server",
-                &format!("worker {worker} stopped heartbeating"),
-            );
-            if cancel {
-                self.apply(&id, QEvent::Cancel, "cancelled on request (the worker went away)")?;
+        }
+        let expired = self.lock().db.expired_leases(now)?;
+        for b in expired {
+            let worker = b.worker.clone().unwrap_or_default();
+            let applied = if b.cancel_requested {
+                self.apply_to(
+                    &b.id,
+                    Some(b.attempt),
+                    Some(now),
+                    QEvent::Cancel,
+                    "cancelled on request (the worker went away)",
+                )?
             } else {
-                self.apply(&id, QEvent::LeaseExpired, &format!("worker {worker} stopped heartbeating"))?;
+                self.apply_to(
+                    &b.id,
+                    Some(b.attempt),
+                    Some(now),
+                    QEvent::LeaseExpired,
+                    &format!("worker {worker} stopped heartbeating"),
+                )?
+            };
+            if applied.is_some() {
+                self.remote.abandon(&b.id);
+                self.audit(
+                    Some(&b.tenant),
+                    Some(&b.id),
+                    "lease expired",
+                    "server",
+                    &format!("worker {worker} stopped heartbeating"),
+                );
             }
         }
-        for (id, secs) in timeouts {
-            let tenant = self.read().build(&id)?.map(|b| b.tenant);
+        for (id, tenant, secs) in timeouts {
             self.audit(
-                tenant.as_deref(),
+                Some(&tenant),
                 Some(&id),
                 "quota hit",
                 "server",
@@ -954,10 +938,12 @@ impl Core {
                 return Ok(());
             }
             let busy = {
-                let g = self.lock();
-                g.sched.active(&TenantId::new(tenant.clone())) > 0
-                    || g.sched.queued_for(&TenantId::new(tenant.clone()), Priority::Normal) > 0
-                    || g.sched.queued_for(&TenantId::new(tenant.clone()), Priority::Urgent) > 0
+                let db = self.read();
+                let mut busy = false;
+                for state in std::iter::once("queued").chain(HELD_STATES.iter().copied()) {
+                    busy |= !db.builds(Some(&tenant), Some(state), 1)?.is_empty();
+                }
+                busy
             };
             let detail = if busy {
                 format!(
@@ -1024,13 +1010,13 @@ impl Core {
     }
 
     pub fn gauges(&self) -> Gauges {
-        let g = self.lock();
+        let counts = self.read().queue_counts().unwrap_or_default();
         Gauges {
-            queued: g.sched.queued_len() as u64,
-            active_builds: g.held.len() as u64,
+            queued: counts.queued as u64,
+            active_builds: counts.held as u64,
             workers_in_process: self.cfg.workers as u64,
             workers_busy: self.busy.load(Ordering::Relaxed),
-            remote_leases: g.held.values().filter(|h| h.remote).count() as u64,
+            remote_leases: counts.held_remote as u64,
         }
     }
 

@@ -11,6 +11,7 @@
 //! change to the API or the scheduler.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -21,10 +22,61 @@ use crate::error::ServerError;
 /// the attempts as JSON.
 pub type Notification = (String, Option<bool>, Option<String>);
 
-const SCHEMA_VERSION: i64 = 1;
+/// The SQLite migrations, in order: (version, SQL). `PRAGMA user_version`
+/// holds the version a database is at.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_control.sql")),
+    (2, include_str!("../migrations/sqlite/0002_shared_queue.sql")),
+];
 
-/// The SQLite schema, version [`SCHEMA_VERSION`] (`PRAGMA user_version`).
-const SCHEMA: &str = include_str!("../migrations/sqlite/0001_control.sql");
+/// The states in which a worker holds a build (under a lease).
+pub const HELD_STATES: &[&str] = &["provisioning", "running", "extracting"];
+
+/// What a build must still be for a transition to apply: the state and
+/// attempt it was read in. Servers sharing a database may decide on the
+/// same build at once; only the first decision applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Expect<'a> {
+    pub state: &'a str,
+    pub attempt: i64,
+    /// Only if the holder's lease ran out before this time (taking it back).
+    pub lease_ended_by: Option<i64>,
+}
+
+/// What a claim needs besides the database: who takes the build, until
+/// when, and how many builds each plan may hold at once.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub worker: String,
+    /// The server claiming for one of its in-process workers (`None`: for
+    /// a remote worker).
+    pub server: Option<String>,
+    pub now_ms: i64,
+    pub lease_until_ms: i64,
+    /// (plan, builds held at once); a tenant on another plan (or none) gets
+    /// `default_cap`.
+    pub caps: Vec<(String, i64)>,
+    pub default_cap: i64,
+}
+
+impl ClaimRequest {
+    /// How many builds a tenant on `plan` may hold at once.
+    pub fn cap(&self, plan: Option<&str>) -> i64 {
+        plan.and_then(|p| self.caps.iter().find(|(name, _)| name == p)).map_or(self.default_cap, |c| c.1)
+    }
+}
+
+/// The log offset of a new attempt, given the attempt before it (its logs
+/// live outside the control database).
+pub type LogBase = dyn Fn(&AttemptRow) -> i64 + Send + Sync;
+
+/// How many builds wait and how many are held (for the metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub queued: i64,
+    pub held: i64,
+    pub held_remote: i64,
+}
 
 /// Who a bearer token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -86,11 +138,53 @@ pub struct BuildRecord {
     pub enqueued_ms: i64,
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
+    /// The holder's lease runs out then unless renewed.
+    #[serde(skip)]
+    pub lease_until_ms: Option<i64>,
+    /// When the current attempt started running.
+    #[serde(skip)]
+    pub attempt_started_ms: Option<i64>,
+    /// The current attempt ran past the build's timeout.
+    #[serde(skip)]
+    pub timed_out: bool,
+    /// The server whose in-process worker holds the build (`None`: a
+    /// remote worker, or not held).
+    #[serde(skip)]
+    pub server: Option<String>,
 }
 
-const BUILD_COLS: &str = "n, id, tenant, priority, state, failure, reason, retries, attempt, cancel_requested, \
-    timeout_secs, pipeline, workflow, git_ref, source_tree, source_tar, body_hash, worker, created_at, enqueued_ms, \
-    started_ms, finished_ms";
+impl BuildRecord {
+    /// Whether `worker` holds attempt `attempt` of this build.
+    pub fn held_by(&self, worker: &str, attempt: i64) -> bool {
+        self.attempt == attempt
+            && self.worker.as_deref() == Some(worker)
+            && HELD_STATES.contains(&self.state.as_str())
+    }
+}
+
+pub(crate) const BUILD_COLS: &str = "n, id, tenant, priority, state, failure, reason, retries, attempt, \
+    cancel_requested, timeout_secs, pipeline, workflow, git_ref, source_tree, source_tar, body_hash, worker, \
+    created_at, enqueued_ms, started_ms, finished_ms, lease_until_ms, attempt_started_ms, timed_out, server";
+
+/// Tenants with queued builds: (tenant, plan, builds held now).
+pub(crate) const WAITING_TENANTS: &str = "SELECT q.tenant, t.plan, \
+    (SELECT COUNT(*) FROM builds a WHERE a.tenant = q.tenant \
+     AND a.state IN ('provisioning', 'running', 'extracting')) \
+    FROM (SELECT DISTINCT tenant FROM builds WHERE state = 'queued') q LEFT JOIN tenants t ON t.name = q.tenant";
+
+/// The order of claims: urgent first; then the tenant served longest ago;
+/// within a tenant, a retried build first, then first come first served.
+pub(crate) const CLAIM_ORDER: &str =
+    "ORDER BY (b.priority = 'urgent') DESC, COALESCE(tt.turn, 0), (b.attempt > 0) DESC, b.n";
+
+/// The engine's build id of an attempt.
+pub(crate) fn engine_id(build: &str, attempt: i64) -> String {
+    if attempt == 1 {
+        build.to_string()
+    } else {
+        format!("{build}.{attempt}")
+    }
+}
 
 fn build_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRecord> {
     Ok(BuildRecord {
@@ -116,6 +210,20 @@ fn build_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRecord> {
         enqueued_ms: r.get(19)?,
         started_ms: r.get(20)?,
         finished_ms: r.get(21)?,
+        lease_until_ms: r.get(22)?,
+        attempt_started_ms: r.get(23)?,
+        timed_out: r.get::<_, i64>(24)? != 0,
+        server: r.get(25)?,
+    })
+}
+
+fn attempt_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRow> {
+    Ok(AttemptRow {
+        attempt: r.get(0)?,
+        engine_id: r.get(1)?,
+        log_base: r.get(2)?,
+        worker: r.get(3)?,
+        started_ms: r.get(4)?,
     })
 }
 
@@ -221,21 +329,22 @@ impl ControlDb {
     /// The database `url` names (`postgres://...`), or `control.db` in
     /// `dir` without one.
     pub fn connect(url: Option<&str>, dir: &Path) -> Result<ControlDb, ServerError> {
-        ControlDb::connect_as(url, dir, false)
+        ControlDb::connect_as(url, dir)
     }
 
-    /// [`ControlDb::connect`] for the server process that runs the queue
-    /// (see [`crate::pg::PgControl::connect_exclusive`]).
+    /// [`ControlDb::connect`]: any number of servers may share a
+    /// PostgreSQL database (claims are decided in it); `control.db` is one
+    /// server's.
     pub fn connect_server(url: Option<&str>, dir: &Path) -> Result<ControlDb, ServerError> {
-        ControlDb::connect_as(url, dir, true)
+        ControlDb::connect(url, dir)
     }
 
-    fn connect_as(url: Option<&str>, dir: &Path, exclusive: bool) -> Result<ControlDb, ServerError> {
+    fn connect_as(url: Option<&str>, dir: &Path) -> Result<ControlDb, ServerError> {
         match url {
             None => ControlDb::open(dir),
-            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => Ok(ControlDb(Box::new(
-                if exclusive { crate::pg::PgControl::connect_exclusive(u)? } else { crate::pg::PgControl::connect(u)? },
-            ))),
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                Ok(ControlDb(Box::new(crate::pg::PgControl::connect(u)?)))
+            }
             Some(u) => Err(ServerError::Setup(format!(
                 "--database {}: only postgres:// URLs are understood (without one, control.db in the state dir)",
                 kiln_build::pipeline::redacted(u)
@@ -274,11 +383,13 @@ pub trait ControlStore: Send + std::fmt::Debug {
     ) -> Result<Vec<BuildRecord>, ServerError>;
     /// Builds in the given states, oldest first (recovery at start-up).
     fn builds_in(&self, states: &[&str]) -> Result<Vec<BuildRecord>, ServerError>;
-    /// Records a state change (and the fields that go with it) atomically.
+    /// Records a state change (and the fields that go with it) atomically,
+    /// if the build is still as `expect` says; returns whether it was.
     #[allow(clippy::too_many_arguments)]
     fn record_transition(
         &self,
         id: &str,
+        expect: Expect<'_>,
         state: &str,
         failure: Option<&str>,
         reason: Option<&str>,
@@ -286,16 +397,25 @@ pub trait ControlStore: Send + std::fmt::Debug {
         event: &str,
         detail: &str,
         at_ms: i64,
-    ) -> Result<(), ServerError>;
-    /// A worker took the build: a new attempt with its engine build id,
-    /// whose log starts at `log_base` of the build's log.
-    fn start_attempt(
+    ) -> Result<bool, ServerError>;
+    /// Hands the next queued build to `req.worker`, in one transaction:
+    /// the build goes to `provisioning` under a lease, with a new attempt.
+    /// Decided in the database alone, so servers sharing it never hand out
+    /// one build twice nor a tenant more than its plan's builds at once.
+    fn claim(
         &self,
-        id: &str,
-        worker: &str,
-        at_ms: i64,
-        log_base: i64,
-    ) -> Result<AttemptRow, ServerError>;
+        req: &ClaimRequest,
+        log_base: Arc<LogBase>,
+    ) -> Result<Option<(BuildRecord, AttemptRow)>, ServerError>;
+    /// Extends `worker`'s lease on attempt `attempt` to `until_ms`; `false`
+    /// if it no longer holds it.
+    fn renew_lease(&self, id: &str, worker: &str, attempt: i64, until_ms: i64) -> Result<bool, ServerError>;
+    /// Held builds whose lease ran out before `now_ms`.
+    fn expired_leases(&self, now_ms: i64) -> Result<Vec<BuildRecord>, ServerError>;
+    /// Marks running builds past their timeout; returns those newly marked
+    /// as (build, tenant, timeout in seconds).
+    fn mark_timed_out(&self, now_ms: i64) -> Result<Vec<(String, String, i64)>, ServerError>;
+    fn queue_counts(&self) -> Result<QueueCounts, ServerError>;
     /// The attempts of a build, in order.
     fn attempts(&self, id: &str) -> Result<Vec<AttemptRow>, ServerError>;
     fn set_cancel_requested(&self, id: &str, reason: Option<&str>) -> Result<(), ServerError>;
@@ -356,18 +476,43 @@ impl SqliteControl {
         std::fs::create_dir_all(dir).map_err(|e| ServerError::io("creating", dir, e))?;
         let conn = Connection::open(dir.join("control.db"))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Switching a new database to WAL needs it to itself, and SQLite
+        // answers "locked" at once (no busy wait) while another process
+        // opens it too: tried again for as long as the busy timeout.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)) {
+                Ok(_) => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         // NORMAL in WAL mode: a committed transaction survives a crash of the
         // process (kill -9); only a power loss may lose the last ones.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
+        let known = MIGRATIONS.last().map_or(0, |m| m.0);
+        if version > known {
             return Err(ServerError::Setup(format!(
-                "control.db schema version {version} is newer than this kiln understands ({SCHEMA_VERSION})"
+                "control.db schema version {version} is newer than this kiln understands ({known})"
             )));
         }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        for (v, sql) in MIGRATIONS.iter().filter(|m| m.0 > version) {
+            // Under the write lock, the version read again: another process
+            // opening the database at the same time may have applied it.
+            let tx = rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)?;
+            let now: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            if now < *v {
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", v)?;
+            }
+            tx.commit()?;
+        }
         Ok(SqliteControl { conn })
     }
 }
@@ -527,11 +672,11 @@ impl ControlStore for SqliteControl {
         Ok(out)
     }
 
-    /// Records a state change (and the fields that go with it) atomically.
     #[allow(clippy::too_many_arguments)]
     fn record_transition(
         &self,
         id: &str,
+        expect: Expect<'_>,
         state: &str,
         failure: Option<&str>,
         reason: Option<&str>,
@@ -539,48 +684,159 @@ impl ControlStore for SqliteControl {
         event: &str,
         detail: &str,
         at_ms: i64,
-    ) -> Result<(), ServerError> {
+    ) -> Result<bool, ServerError> {
         let tx = self.conn.unchecked_transaction()?;
         let terminal = kiln_queue::BuildState::is_terminal_name(state);
-        tx.execute(
+        let changed = tx.execute(
             "UPDATE builds SET state = ?2, failure = ?3, reason = COALESCE(?4, reason), retries = ?5, \
              finished_ms = CASE WHEN ?6 THEN ?7 ELSE finished_ms END, \
              started_ms = CASE WHEN ?2 = 'running' AND started_ms IS NULL THEN ?7 ELSE started_ms END, \
-             worker = CASE WHEN ?2 = 'queued' THEN NULL ELSE worker END \
-             WHERE id = ?1",
-            params![id, state, failure, reason, retries, terminal, at_ms],
+             attempt_started_ms = CASE WHEN ?2 = 'running' THEN ?7 \
+                 WHEN ?2 = 'queued' THEN NULL ELSE attempt_started_ms END, \
+             worker = CASE WHEN ?2 = 'queued' THEN NULL ELSE worker END, \
+             server = CASE WHEN ?6 OR ?2 = 'queued' THEN NULL ELSE server END, \
+             lease_until_ms = CASE WHEN ?6 OR ?2 = 'queued' THEN NULL ELSE lease_until_ms END, \
+             timed_out = CASE WHEN ?2 = 'queued' THEN 0 ELSE timed_out END \
+             WHERE id = ?1 AND state = ?8 AND attempt = ?9 \
+             AND (?10 IS NULL OR COALESCE(lease_until_ms, 0) < ?10)",
+            params![
+                id,
+                state,
+                failure,
+                reason,
+                retries,
+                terminal,
+                at_ms,
+                expect.state,
+                expect.attempt,
+                expect.lease_ended_by
+            ],
         )?;
+        if changed == 0 {
+            return Ok(false);
+        }
         tx.execute(
             "INSERT INTO transitions (build_id, at_ms, ts, state, event, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![id, at_ms, now(), state, event, detail],
         )?;
         tx.commit()?;
-        Ok(())
+        Ok(true)
     }
 
-    /// A worker took the build: a new attempt with its engine build id,
-    /// whose log starts at `log_base` of the build's log.
-    fn start_attempt(
+    fn claim(
         &self,
-        id: &str,
-        worker: &str,
-        at_ms: i64,
-        log_base: i64,
-    ) -> Result<AttemptRow, ServerError> {
-        let tx = self.conn.unchecked_transaction()?;
-        let attempt: i64 =
-            tx.query_row("SELECT attempt FROM builds WHERE id = ?1", [id], |r| r.get::<_, i64>(0))? + 1;
-        let engine_id = if attempt == 1 { id.to_string() } else { format!("{id}.{attempt}") };
-        tx.execute(
-            "INSERT INTO attempts (build_id, attempt, engine_id, log_base, worker, started_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, attempt, engine_id, log_base, worker, at_ms],
+        req: &ClaimRequest,
+        log_base: Arc<LogBase>,
+    ) -> Result<Option<(BuildRecord, AttemptRow)>, ServerError> {
+        // IMMEDIATE: the claim holds the write lock from its first read, so
+        // no other connection (another process on this file) decides between.
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)?;
+        let mut stmt = tx.prepare(WAITING_TENANTS)?;
+        let eligible: Vec<String> = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, i64>(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|(_, plan, held)| *held < req.cap(plan.as_deref()))
+            .map(|(t, _, _)| t)
+            .collect();
+        drop(stmt);
+        if eligible.is_empty() {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT b.id, b.tenant FROM builds b LEFT JOIN tenant_turns tt ON tt.tenant = b.tenant \
+             WHERE b.state = 'queued' AND b.tenant IN (SELECT value FROM json_each(?1)) {CLAIM_ORDER} LIMIT 1"
+        );
+        let list = serde_json::to_string(&eligible).map_err(|e| ServerError::Setup(e.to_string()))?;
+        let Some((id, tenant)) = tx
+            .query_row(&sql, [list], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let attempt: i64 = tx.query_row(
+            "UPDATE builds SET state = 'provisioning', worker = ?2, attempt = attempt + 1, lease_until_ms = ?3, \
+             attempt_started_ms = NULL, timed_out = 0, server = ?4 WHERE id = ?1 AND state = 'queued' \
+             RETURNING attempt",
+            params![id, req.worker, req.lease_until_ms, req.server],
+            |r| r.get(0),
         )?;
         tx.execute(
-            "UPDATE builds SET attempt = ?2, worker = ?3 WHERE id = ?1",
-            params![id, attempt, worker],
+            "INSERT INTO transitions (build_id, at_ms, ts, state, event, detail) \
+             VALUES (?1, ?2, ?3, 'provisioning', 'lease', ?4)",
+            params![id, req.now_ms, now(), req.worker],
         )?;
+        let prev = tx
+            .query_row(
+                "SELECT attempt, engine_id, log_base, worker, started_ms FROM attempts WHERE build_id = ?1 \
+                 ORDER BY attempt DESC LIMIT 1",
+                [&id],
+                attempt_row,
+            )
+            .optional()?;
+        let row = AttemptRow {
+            attempt,
+            engine_id: engine_id(&id, attempt),
+            log_base: prev.as_ref().map_or(0, |p| log_base(p)),
+            worker: req.worker.clone(),
+            started_ms: req.now_ms,
+        };
+        tx.execute(
+            "INSERT INTO attempts (build_id, attempt, engine_id, log_base, worker, started_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, row.attempt, row.engine_id, row.log_base, row.worker, row.started_ms],
+        )?;
+        tx.execute(
+            "INSERT INTO tenant_turns (tenant, turn) VALUES (?1, (SELECT COALESCE(MAX(turn), 0) + 1 FROM tenant_turns)) \
+             ON CONFLICT (tenant) DO UPDATE SET turn = excluded.turn",
+            [&tenant],
+        )?;
+        let build =
+            tx.query_row(&format!("SELECT {BUILD_COLS} FROM builds WHERE id = ?1"), [&id], build_row)?;
         tx.commit()?;
-        Ok(AttemptRow { attempt, engine_id, log_base, worker: worker.to_string(), started_ms: at_ms })
+        Ok(Some((build, row)))
+    }
+
+    fn renew_lease(&self, id: &str, worker: &str, attempt: i64, until_ms: i64) -> Result<bool, ServerError> {
+        Ok(self.conn.execute(
+            "UPDATE builds SET lease_until_ms = MAX(COALESCE(lease_until_ms, 0), ?4) \
+             WHERE id = ?1 AND worker = ?2 AND attempt = ?3 AND state IN ('provisioning', 'running', 'extracting')",
+            params![id, worker, attempt, until_ms],
+        )? == 1)
+    }
+
+    fn expired_leases(&self, now_ms: i64) -> Result<Vec<BuildRecord>, ServerError> {
+        let sql = format!(
+            "SELECT {BUILD_COLS} FROM builds WHERE state IN ('provisioning', 'running', 'extracting') \
+             AND COALESCE(lease_until_ms, 0) < ?1 ORDER BY n"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([now_ms], build_row)?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn mark_timed_out(&self, now_ms: i64) -> Result<Vec<(String, String, i64)>, ServerError> {
+        let mut stmt = self.conn.prepare(
+            "UPDATE builds SET timed_out = 1 WHERE state = 'running' AND timed_out = 0 \
+             AND attempt_started_ms IS NOT NULL AND attempt_started_ms + timeout_secs * 1000 < ?1 \
+             RETURNING id, tenant, timeout_secs",
+        )?;
+        let rows =
+            stmt.query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn queue_counts(&self) -> Result<QueueCounts, ServerError> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(SUM(state = 'queued'), 0), \
+             COALESCE(SUM(state IN ('provisioning', 'running', 'extracting')), 0), \
+             COALESCE(SUM(state IN ('provisioning', 'running', 'extracting') AND worker LIKE 'remote:%'), 0) \
+             FROM builds WHERE state IN ('queued', 'provisioning', 'running', 'extracting')",
+            [],
+            |r| Ok(QueueCounts { queued: r.get(0)?, held: r.get(1)?, held_remote: r.get(2)? }),
+        )?)
     }
 
     /// The attempts of a build, in order.
@@ -588,17 +844,7 @@ impl ControlStore for SqliteControl {
         let mut stmt = self.conn.prepare(
             "SELECT attempt, engine_id, log_base, worker, started_ms FROM attempts WHERE build_id = ?1 ORDER BY attempt",
         )?;
-        let rows = stmt
-            .query_map([id], |r| {
-                Ok(AttemptRow {
-                    attempt: r.get(0)?,
-                    engine_id: r.get(1)?,
-                    log_base: r.get(2)?,
-                    worker: r.get(3)?,
-                    started_ms: r.get(4)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
+        let rows = stmt.query_map([id], attempt_row)?.collect::<Result<_, _>>()?;
         Ok(rows)
     }
 

@@ -19,14 +19,25 @@ use std::sync::Mutex;
 
 use postgres::{Client, NoTls, Row};
 
+use std::sync::Arc;
+
 use crate::db::{
-    now, AttemptRow, AuditRow, BuildRecord, ControlStore, NewBuild, Notification, Principal, SecretRow,
-    TokenRow, TransitionRow, UsageRow, TOKEN_ID_LEN,
+    engine_id, now, AttemptRow, AuditRow, BuildRecord, ClaimRequest, ControlStore, Expect, LogBase, NewBuild,
+    Notification, Principal, QueueCounts, SecretRow, TokenRow, TransitionRow, UsageRow, BUILD_COLS,
+    CLAIM_ORDER, TOKEN_ID_LEN, WAITING_TENANTS,
 };
 use crate::error::ServerError;
 
 /// The migrations, in order: (version, SQL).
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_control.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_control.sql")),
+    (2, include_str!("../migrations/postgres/0002_shared_queue.sql")),
+];
+
+/// The first key of the advisory locks that serialise the claims of one
+/// tenant (the second is the tenant's hash), so that servers sharing the
+/// database never hand a tenant more builds than its plan allows.
+const TENANT_CLAIM_LOCK: i32 = 0x6b69_6c6e;
 
 /// The advisory lock key under which migrations run ("kiln" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6b69_6c6e;
@@ -37,7 +48,6 @@ type Job = Box<dyn FnOnce(&mut Conn) + Send>;
 struct Conn {
     url: String,
     shown: String,
-    exclusive: bool,
     client: Option<Client>,
 }
 
@@ -46,18 +56,8 @@ impl Conn {
     fn get(&mut self) -> Result<&mut Client, String> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             self.client = None;
-            let mut c = Client::connect(&self.url, NoTls)
+            let c = Client::connect(&self.url, NoTls)
                 .map_err(|e| format!("cannot connect to {}: {e}", self.shown))?;
-            let locked = !self.exclusive
-                || c.query_one("SELECT pg_try_advisory_lock($1)", &[&SERVER_LOCK])
-                    .map(|r| r.get::<_, bool>(0))
-                    .unwrap_or(false);
-            if !locked {
-                return Err(format!(
-                    "another kiln serve is running on {}: one server per database (it decides the queue)",
-                    self.shown
-                ));
-            }
             self.client = Some(c);
         }
         self.client.as_mut().ok_or_else(|| "no connection".to_string())
@@ -68,11 +68,6 @@ impl Conn {
         self.client.as_ref().is_some_and(|c| c.is_closed())
     }
 }
-
-/// The advisory lock a server holds on its connection while it runs: the
-/// queue is decided in one server process, so a second server on the same
-/// database is refused rather than allowed to decide the same things.
-const SERVER_LOCK: i64 = 0x6b69_6c6e_0001;
 
 /// The control database on PostgreSQL.
 pub struct PgControl {
@@ -105,24 +100,9 @@ fn pg_err(e: postgres::Error) -> ServerError {
 impl PgControl {
     /// Connects, and brings the schema up to date (or refuses a newer one).
     pub fn connect(url: &str) -> Result<PgControl, ServerError> {
-        PgControl::start(url, false)
-    }
-
-    /// [`PgControl::connect`] for the server that runs the queue: its
-    /// connection holds the server lock (taken again after a reconnect), and
-    /// it is refused while another server holds it.
-    pub fn connect_exclusive(url: &str) -> Result<PgControl, ServerError> {
-        PgControl::start(url, true)
-    }
-
-    fn start(url: &str, exclusive: bool) -> Result<PgControl, ServerError> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let mut conn = Conn {
-            url: url.to_string(),
-            shown: kiln_build::pipeline::redacted(url),
-            exclusive,
-            client: None,
-        };
+        let mut conn =
+            Conn { url: url.to_string(), shown: kiln_build::pipeline::redacted(url), client: None };
         let thread = std::thread::Builder::new()
             .name("kiln-postgres".into())
             .spawn(move || {
@@ -193,10 +173,6 @@ fn migrate(c: &mut Client) -> Result<(), ServerError> {
     tx.commit().map_err(pg_err)
 }
 
-const BUILD_COLS: &str = "n, id, tenant, priority, state, failure, reason, retries, attempt, cancel_requested, \
-    timeout_secs, pipeline, workflow, git_ref, source_tree, source_tar, body_hash, worker, created_at, enqueued_ms, \
-    started_ms, finished_ms";
-
 fn build_row(r: &Row) -> BuildRecord {
     BuildRecord {
         n: r.get(0),
@@ -221,6 +197,20 @@ fn build_row(r: &Row) -> BuildRecord {
         enqueued_ms: r.get(19),
         started_ms: r.get(20),
         finished_ms: r.get(21),
+        lease_until_ms: r.get(22),
+        attempt_started_ms: r.get(23),
+        timed_out: r.get(24),
+        server: r.get(25),
+    }
+}
+
+fn attempt_row(r: &Row) -> AttemptRow {
+    AttemptRow {
+        attempt: r.get(0),
+        engine_id: r.get(1),
+        log_base: r.get(2),
+        worker: r.get(3),
+        started_ms: r.get(4),
     }
 }
 
@@ -235,6 +225,108 @@ fn one_build(
 
 fn owned(s: &str) -> String {
     s.to_string()
+}
+
+/// One try at a claim (see [`ControlStore::claim`]): `Ok(None)` when the
+/// tenant picked reached its cap meanwhile (another server claimed for it),
+/// `Ok(Some(None))` when nothing can be claimed.
+#[allow(clippy::type_complexity)]
+fn claim_once(
+    c: &mut Client,
+    req: &ClaimRequest,
+    log_base: &Arc<LogBase>,
+) -> Result<Option<Option<(BuildRecord, AttemptRow)>>, ServerError> {
+    let mut tx = c.transaction().map_err(pg_err)?;
+    let eligible: Vec<String> = tx
+        .query(WAITING_TENANTS, &[])
+        .map_err(pg_err)?
+        .iter()
+        .filter(|r| r.get::<_, i64>(2) < req.cap(r.get::<_, Option<&str>>(1)))
+        .map(|r| r.get(0))
+        .collect();
+    if eligible.is_empty() {
+        return Ok(Some(None));
+    }
+    // SKIP LOCKED: a build another server is claiming right now is passed
+    // over, not waited for.
+    let sql = format!(
+        "SELECT b.id, b.tenant FROM builds b LEFT JOIN tenant_turns tt ON tt.tenant = b.tenant \
+         WHERE b.state = 'queued' AND b.tenant = ANY($1) {CLAIM_ORDER} LIMIT 1 FOR UPDATE OF b SKIP LOCKED"
+    );
+    let Some(pick) = tx.query_opt(&sql, &[&eligible]).map_err(pg_err)? else {
+        return Ok(Some(None));
+    };
+    let (id, tenant): (String, String) = (pick.get(0), pick.get(1));
+    // The tenant's claims one at a time, counted again under the lock: two
+    // servers each picking one of its builds cannot both take its last slot.
+    tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&TENANT_CLAIM_LOCK, &tenant])
+        .map_err(pg_err)?;
+    let plan: Option<String> = tx
+        .query_opt("SELECT plan FROM tenants WHERE name = $1", &[&tenant])
+        .map_err(pg_err)?
+        .map(|r| r.get(0));
+    let held: i64 = tx
+        .query_one(
+            "SELECT COUNT(*) FROM builds WHERE tenant = $1 AND state IN ('provisioning', 'running', 'extracting')",
+            &[&tenant],
+        )
+        .map_err(pg_err)?
+        .get(0);
+    if held >= req.cap(plan.as_deref()) {
+        return Ok(None);
+    }
+    // `state = 'queued'` again: the row lock makes this true, and says so.
+    let Some(updated) = tx
+        .query_opt(
+            "UPDATE builds SET state = 'provisioning', worker = $2, attempt = attempt + 1, lease_until_ms = $3, \
+             attempt_started_ms = NULL, timed_out = FALSE, server = $4 WHERE id = $1 AND state = 'queued' \
+             RETURNING attempt",
+            &[&id, &req.worker, &req.lease_until_ms, &req.server],
+        )
+        .map_err(pg_err)?
+    else {
+        return Ok(None);
+    };
+    let attempt: i64 = updated.get(0);
+    tx.execute(
+        "INSERT INTO transitions (build_id, at_ms, ts, state, event, detail) \
+         VALUES ($1, $2, $3, 'provisioning', 'lease', $4)",
+        &[&id, &req.now_ms, &now(), &req.worker],
+    )
+    .map_err(pg_err)?;
+    let prev = tx
+        .query_opt(
+            "SELECT attempt, engine_id, log_base, worker, started_ms FROM attempts WHERE build_id = $1 \
+             ORDER BY attempt DESC LIMIT 1",
+            &[&id],
+        )
+        .map_err(pg_err)?
+        .map(|r| attempt_row(&r));
+    let row = AttemptRow {
+        attempt,
+        engine_id: engine_id(&id, attempt),
+        log_base: prev.as_ref().map_or(0, |p| log_base(p)),
+        worker: req.worker.clone(),
+        started_ms: req.now_ms,
+    };
+    tx.execute(
+        "INSERT INTO attempts (build_id, attempt, engine_id, log_base, worker, started_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&id, &row.attempt, &row.engine_id, &row.log_base, &row.worker, &row.started_ms],
+    )
+    .map_err(pg_err)?;
+    tx.execute(
+        "INSERT INTO tenant_turns (tenant, turn) VALUES ($1, nextval('kiln_turns')) \
+         ON CONFLICT (tenant) DO UPDATE SET turn = EXCLUDED.turn",
+        &[&tenant],
+    )
+    .map_err(pg_err)?;
+    let build = tx
+        .query_one(&format!("SELECT {BUILD_COLS} FROM builds WHERE id = $1"), &[&id])
+        .map(|r| build_row(&r))
+        .map_err(pg_err)?;
+    tx.commit().map_err(pg_err)?;
+    Ok(Some(Some((build, row))))
 }
 
 impl ControlStore for PgControl {
@@ -405,6 +497,7 @@ impl ControlStore for PgControl {
     fn record_transition(
         &self,
         id: &str,
+        expect: Expect<'_>,
         state: &str,
         failure: Option<&str>,
         reason: Option<&str>,
@@ -412,58 +505,110 @@ impl ControlStore for PgControl {
         event: &str,
         detail: &str,
         at_ms: i64,
-    ) -> Result<(), ServerError> {
+    ) -> Result<bool, ServerError> {
         let (id, state, failure, reason, event, detail) =
             (owned(id), owned(state), failure.map(owned), reason.map(owned), owned(event), owned(detail));
+        let (from, attempt, ended_by) = (owned(expect.state), expect.attempt, expect.lease_ended_by);
         self.call(move |c| {
             let terminal = kiln_queue::BuildState::is_terminal_name(&state);
             let mut tx = c.transaction().map_err(pg_err)?;
-            tx.execute(
-                "UPDATE builds SET state = $2, failure = $3, reason = COALESCE($4, reason), retries = $5, \
-                 finished_ms = CASE WHEN $6 THEN $7 ELSE finished_ms END, \
-                 started_ms = CASE WHEN $2 = 'running' AND started_ms IS NULL THEN $7 ELSE started_ms END, \
-                 worker = CASE WHEN $2 = 'queued' THEN NULL ELSE worker END \
-                 WHERE id = $1",
-                &[&id, &state, &failure, &reason, &retries, &terminal, &at_ms],
-            )
-            .map_err(pg_err)?;
+            let changed = tx
+                .execute(
+                    "UPDATE builds SET state = $2, failure = $3, reason = COALESCE($4, reason), retries = $5, \
+                     finished_ms = CASE WHEN $6 THEN $7 ELSE finished_ms END, \
+                     started_ms = CASE WHEN $2 = 'running' AND started_ms IS NULL THEN $7 ELSE started_ms END, \
+                     attempt_started_ms = CASE WHEN $2 = 'running' THEN $7 \
+                         WHEN $2 = 'queued' THEN NULL ELSE attempt_started_ms END, \
+                     worker = CASE WHEN $2 = 'queued' THEN NULL ELSE worker END, \
+                     server = CASE WHEN $6 OR $2 = 'queued' THEN NULL ELSE server END, \
+                     lease_until_ms = CASE WHEN $6 OR $2 = 'queued' THEN NULL ELSE lease_until_ms END, \
+                     timed_out = CASE WHEN $2 = 'queued' THEN FALSE ELSE timed_out END \
+                     WHERE id = $1 AND state = $8 AND attempt = $9 \
+                     AND ($10::BIGINT IS NULL OR COALESCE(lease_until_ms, 0) < $10)",
+                    &[&id, &state, &failure, &reason, &retries, &terminal, &at_ms, &from, &attempt, &ended_by],
+                )
+                .map_err(pg_err)?;
+            if changed == 0 {
+                return Ok(false);
+            }
             tx.execute(
                 "INSERT INTO transitions (build_id, at_ms, ts, state, event, detail) VALUES ($1, $2, $3, $4, $5, $6)",
                 &[&id, &at_ms, &now(), &state, &event, &detail],
             )
             .map_err(pg_err)?;
-            tx.commit().map_err(pg_err)
+            tx.commit().map_err(pg_err)?;
+            Ok(true)
         })
     }
 
-    fn start_attempt(
+    fn claim(
         &self,
-        id: &str,
-        worker: &str,
-        at_ms: i64,
-        log_base: i64,
-    ) -> Result<AttemptRow, ServerError> {
+        req: &ClaimRequest,
+        log_base: Arc<LogBase>,
+    ) -> Result<Option<(BuildRecord, AttemptRow)>, ServerError> {
+        let req = req.clone();
+        self.call(move |c| {
+            // A lost race for a tenant's last slot is tried again with the
+            // queue as it is then.
+            for _ in 0..8 {
+                if let Some(claimed) = claim_once(c, &req, &log_base)? {
+                    return Ok(claimed);
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    fn renew_lease(&self, id: &str, worker: &str, attempt: i64, until_ms: i64) -> Result<bool, ServerError> {
         let (id, worker) = (owned(id), owned(worker));
         self.call(move |c| {
-            let mut tx = c.transaction().map_err(pg_err)?;
-            // The row is locked until the commit: two replicas never start
-            // the same attempt number.
-            let attempt: i64 = tx
-                .query_one(
-                    "UPDATE builds SET attempt = attempt + 1, worker = $2 WHERE id = $1 RETURNING attempt",
-                    &[&id, &worker],
-                )
-                .map_err(pg_err)?
-                .get(0);
-            let engine_id = if attempt == 1 { id.clone() } else { format!("{id}.{attempt}") };
-            tx.execute(
-                "INSERT INTO attempts (build_id, attempt, engine_id, log_base, worker, started_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                &[&id, &attempt, &engine_id, &log_base, &worker, &at_ms],
+            Ok(c.execute(
+                "UPDATE builds SET lease_until_ms = GREATEST(COALESCE(lease_until_ms, 0), $4) \
+                 WHERE id = $1 AND worker = $2 AND attempt = $3 \
+                 AND state IN ('provisioning', 'running', 'extracting')",
+                &[&id, &worker, &attempt, &until_ms],
             )
-            .map_err(pg_err)?;
-            tx.commit().map_err(pg_err)?;
-            Ok(AttemptRow { attempt, engine_id, log_base, worker: worker.clone(), started_ms: at_ms })
+            .map_err(pg_err)?
+                == 1)
+        })
+    }
+
+    fn expired_leases(&self, now_ms: i64) -> Result<Vec<BuildRecord>, ServerError> {
+        self.call(move |c| {
+            let sql = format!(
+                "SELECT {BUILD_COLS} FROM builds WHERE state IN ('provisioning', 'running', 'extracting') \
+                 AND COALESCE(lease_until_ms, 0) < $1 ORDER BY n"
+            );
+            Ok(c.query(&sql, &[&now_ms]).map_err(pg_err)?.iter().map(build_row).collect())
+        })
+    }
+
+    fn mark_timed_out(&self, now_ms: i64) -> Result<Vec<(String, String, i64)>, ServerError> {
+        self.call(move |c| {
+            let rows = c
+                .query(
+                    "UPDATE builds SET timed_out = TRUE WHERE state = 'running' AND NOT timed_out \
+                     AND attempt_started_ms IS NOT NULL AND attempt_started_ms + timeout_secs * 1000 < $1 \
+                     RETURNING id, tenant, timeout_secs",
+                    &[&now_ms],
+                )
+                .map_err(pg_err)?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        })
+    }
+
+    fn queue_counts(&self) -> Result<QueueCounts, ServerError> {
+        self.call(move |c| {
+            let r = c
+                .query_one(
+                    "SELECT COUNT(*) FILTER (WHERE state = 'queued'), \
+                     COUNT(*) FILTER (WHERE state <> 'queued'), \
+                     COUNT(*) FILTER (WHERE state <> 'queued' AND worker LIKE 'remote:%') \
+                     FROM builds WHERE state IN ('queued', 'provisioning', 'running', 'extracting')",
+                    &[],
+                )
+                .map_err(pg_err)?;
+            Ok(QueueCounts { queued: r.get(0), held: r.get(1), held_remote: r.get(2) })
         })
     }
 
@@ -477,16 +622,7 @@ impl ControlStore for PgControl {
                     &[&id],
                 )
                 .map_err(pg_err)?;
-            Ok(rows
-                .iter()
-                .map(|r| AttemptRow {
-                    attempt: r.get(0),
-                    engine_id: r.get(1),
-                    log_base: r.get(2),
-                    worker: r.get(3),
-                    started_ms: r.get(4),
-                })
-                .collect())
+            Ok(rows.iter().map(attempt_row).collect())
         })
     }
 

@@ -2,7 +2,9 @@
 //! PostgreSQL cluster the test starts itself (`initdb` in a scratch
 //! directory, a loopback port): the two backends must answer alike.
 
-use kiln_server::db::{ControlDb, NewBuild, Principal, UsageRow};
+use kiln_server::db::{
+    AttemptRow, ClaimRequest, ControlDb, Expect, NewBuild, Principal, QueueCounts, UsageRow,
+};
 use kiln_server::pgcluster::LocalCluster;
 
 /// A fresh database of each kind.
@@ -49,6 +51,22 @@ fn build(id: &str, tenant: &str, key: Option<&str>) -> NewBuild {
     }
 }
 
+fn claim_request(worker: &str, now_ms: i64) -> ClaimRequest {
+    ClaimRequest {
+        worker: worker.into(),
+        server: Some("server-a".into()),
+        now_ms,
+        lease_until_ms: now_ms + 30_000,
+        caps: vec![("free".into(), 1), ("team".into(), 4)],
+        default_cap: 1,
+    }
+}
+
+/// The build must still be in `state` at `attempt`.
+fn at(state: &str, attempt: i64) -> Expect<'_> {
+    Expect { state, attempt, lease_ended_by: None }
+}
+
 fn every_statement(db: &Db) {
     let c = db.open();
     // Tenants and tokens.
@@ -80,27 +98,109 @@ fn every_statement(db: &Db) {
     assert_eq!(c.builds(Some("acme"), None, 10).unwrap().len(), 1);
     assert_eq!(c.builds(None, Some("running"), 10).unwrap().len(), 0);
 
-    // Transitions and attempts.
-    c.record_transition("b1", "provisioning", None, None, 0, "lease", "w1", 2000).unwrap();
-    let a1 = c.start_attempt("b1", "w1", 2000, 0).unwrap();
-    assert_eq!((a1.attempt, a1.engine_id.as_str()), (1, "b1"));
-    c.record_transition("b1", "running", None, None, 0, "start", "", 2500).unwrap();
-    c.record_transition("b1", "queued", None, None, 1, "infra-failure", "disk", 3000).unwrap();
-    assert_eq!(c.build("b1").unwrap().unwrap().worker, None, "a requeued build has no worker");
-    let a2 = c.start_attempt("b1", "w2", 3500, 7).unwrap();
+    // Claims, transitions and attempts.
+    let claim = |worker: &str, at: i64| {
+        let req = claim_request(worker, at);
+        c.claim(&req, std::sync::Arc::new(|prev: &AttemptRow| prev.log_base + 7)).unwrap()
+    };
+    let (b, a1) = claim("w1", 2000).expect("b1 is claimable");
+    assert_eq!(
+        (b.id.as_str(), b.state.as_str(), b.lease_until_ms),
+        ("b1", "provisioning", Some(2000 + 30_000))
+    );
+    assert_eq!((a1.attempt, a1.engine_id.as_str(), a1.log_base), (1, "b1", 0));
+    assert_eq!(b.server.as_deref(), Some("server-a"));
+    let (b2, _) = claim("w9", 2001).expect("b2 is claimable");
+    assert_eq!(b2.id, "b2");
+    assert!(claim("w9", 2002).is_none(), "beta is on the free plan: one build at a time");
+    assert!(!c
+        .record_transition("b1", at("queued", 1), "running", None, None, 0, "start", "", 2500)
+        .unwrap());
+    assert!(!c
+        .record_transition("b1", at("provisioning", 2), "running", None, None, 0, "start", "", 2500)
+        .unwrap());
+    assert!(c
+        .record_transition("b1", at("provisioning", 1), "running", None, None, 0, "start", "", 2500)
+        .unwrap());
+    assert_eq!(c.build("b1").unwrap().unwrap().attempt_started_ms, Some(2500));
+    // Leases: renewed only by their holder; taken back only once run out.
+    assert!(c.renew_lease("b1", "w1", 1, 40_000).unwrap());
+    assert!(!c.renew_lease("b1", "w2", 1, 90_000).unwrap(), "not its lease");
+    assert!(!c.renew_lease("b1", "w1", 2, 90_000).unwrap(), "not its attempt");
+    assert!(c.expired_leases(39_000).unwrap().iter().all(|b| b.id != "b1"));
+    assert_eq!(
+        c.expired_leases(40_001).unwrap().iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
+        ["b1", "b2"]
+    );
+    let not_yet = Expect { state: "running", attempt: 1, lease_ended_by: Some(39_000) };
+    assert!(!c.record_transition("b1", not_yet, "queued", None, None, 1, "lease-expired", "", 3000).unwrap());
+    // Timeouts are marked once.
+    assert!(c.mark_timed_out(2500 + 600_000).unwrap().is_empty());
+    assert_eq!(c.mark_timed_out(2501 + 600_000).unwrap(), vec![("b1".to_string(), "acme".to_string(), 600)]);
+    assert!(c.mark_timed_out(2502 + 600_000).unwrap().is_empty());
+    assert!(c.build("b1").unwrap().unwrap().timed_out);
+    assert_eq!(c.queue_counts().unwrap(), QueueCounts { queued: 0, held: 2, held_remote: 0 });
+    let ended = Expect { state: "running", attempt: 1, lease_ended_by: Some(40_001) };
+    assert!(c
+        .record_transition("b1", ended, "queued", None, None, 1, "infra-failure", "disk", 3000)
+        .unwrap());
+    let b1 = c.build("b1").unwrap().unwrap();
+    assert_eq!((b1.worker, b1.lease_until_ms, b1.server, b1.timed_out), (None, None, None, false));
+    assert_eq!(c.queue_counts().unwrap(), QueueCounts { queued: 1, held: 1, held_remote: 0 });
+    let (_, a2) = claim("w2", 3500).expect("the retry is claimable");
     assert_eq!((a2.attempt, a2.engine_id.as_str(), a2.log_base), (2, "b1.2", 7));
-    c.record_transition("b1", "failed", Some("user"), Some("exit 1"), 1, "finish", "", 4000).unwrap();
+    assert!(c
+        .record_transition(
+            "b1",
+            at("provisioning", 2),
+            "failed",
+            Some("user"),
+            Some("exit 1"),
+            1,
+            "finish",
+            "",
+            4000
+        )
+        .unwrap());
+    assert!(
+        !c.record_transition(
+            "b1",
+            at("provisioning", 2),
+            "failed",
+            Some("user"),
+            Some("again"),
+            1,
+            "finish",
+            "",
+            4001
+        )
+        .unwrap(),
+        "only the first decision applies"
+    );
     let b1 = c.build("b1").unwrap().unwrap();
     assert_eq!(b1.state, "failed");
     assert_eq!(b1.failure.as_deref(), Some("user"));
     assert_eq!(b1.reason.as_deref(), Some("exit 1"));
     assert_eq!((b1.started_ms, b1.finished_ms, b1.retries, b1.attempt), (Some(2500), Some(4000), 1, 2));
     assert_eq!(b1.worker.as_deref(), Some("w2"));
+    assert_eq!(b1.lease_until_ms, None, "a finished build holds no lease");
     let states: Vec<String> = c.transitions("b1").unwrap().into_iter().map(|t| t.state).collect();
-    assert_eq!(states, ["queued", "provisioning", "running", "queued", "failed"]);
+    assert_eq!(states, ["queued", "provisioning", "running", "queued", "provisioning", "failed"]);
     assert_eq!(c.attempts("b1").unwrap().len(), 2);
-    assert_eq!(c.lease_order(None).unwrap(), vec![("b1".into(), "acme".into(), "normal".into())]);
-    assert_eq!(c.lease_order(Some("beta")).unwrap(), vec![]);
+    // b2 goes back to the queue for what follows.
+    assert!(c
+        .record_transition("b2", at("provisioning", 1), "queued", None, None, 1, "lease-expired", "", 4100)
+        .unwrap());
+    assert_eq!(
+        c.lease_order(None).unwrap(),
+        vec![
+            ("b1".into(), "acme".into(), "normal".into()),
+            ("b2".into(), "beta".into(), "normal".into()),
+            ("b1".into(), "acme".into(), "normal".into())
+        ]
+    );
+    assert_eq!(c.lease_order(Some("beta")).unwrap(), vec![("b2".into(), "beta".into(), "normal".into())]);
+    assert_eq!(c.lease_order(Some("nobody")).unwrap(), vec![]);
     assert_eq!(
         c.builds_in(&["queued", "failed"]).unwrap().iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
         ["b1", "b2"]
@@ -224,30 +324,137 @@ fn postgres_migrations_apply_once_and_a_newer_schema_is_refused() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2]);
     raw.execute("INSERT INTO kiln_schema (version, applied_at) VALUES (99, 'later')", &[]).unwrap();
     let e = ControlDb::connect(Some(url), std::path::Path::new("/nonexistent")).unwrap_err().to_string();
     assert!(e.contains("version 99") && e.contains("newer"), "{e}");
 }
 
-/// One server runs the queue of a database: a second is refused while the
-/// first holds it, and a restart of PostgreSQL is survived (the next call
-/// connects again).
+/// Servers sharing a database (replicas) claim from one queue: four
+/// connections claiming and finishing at once hand each build out exactly
+/// once and never give a tenant more than its plan's builds at a time.
+fn concurrent_claims_hand_each_build_out_once_within_plan_caps(db: &Db) {
+    let c = db.open();
+    c.upsert_tenant("acme", "team").unwrap();
+    c.upsert_tenant("beta", "free").unwrap();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let tenant = if i % 3 == 0 { "beta" } else { "acme" };
+        let id = format!("c{i}");
+        c.insert_build(&build(&id, tenant, None)).unwrap();
+        ids.push(id);
+    }
+    let max_held = std::sync::Mutex::new(std::collections::HashMap::<String, i64>::new());
+    let claimed = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for w in 0..4 {
+            let (max_held, claimed) = (&max_held, &claimed);
+            s.spawn(move || {
+                let c = db.open();
+                let worker = format!("w{w}");
+                let mut idle = 0;
+                while idle < 50 {
+                    let req = claim_request(&worker, 10_000);
+                    let Some((b, a)) = c.claim(&req, std::sync::Arc::new(|_: &AttemptRow| 0)).unwrap() else {
+                        idle += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        continue;
+                    };
+                    idle = 0;
+                    // What the tenant holds now, this claim included.
+                    let held: i64 = ["provisioning", "running", "extracting"]
+                        .iter()
+                        .map(|st| c.builds(Some(&b.tenant), Some(st), 100).unwrap().len() as i64)
+                        .sum();
+                    let mut m = max_held.lock().unwrap();
+                    let e = m.entry(b.tenant.clone()).or_default();
+                    *e = (*e).max(held);
+                    drop(m);
+                    claimed.lock().unwrap().push((b.id.clone(), a.attempt));
+                    assert!(c
+                        .record_transition(
+                            &b.id,
+                            at("provisioning", 1),
+                            "running",
+                            None,
+                            None,
+                            0,
+                            "start",
+                            "",
+                            1
+                        )
+                        .unwrap());
+                    assert!(c
+                        .record_transition(
+                            &b.id,
+                            at("running", 1),
+                            "succeeded",
+                            None,
+                            None,
+                            0,
+                            "finish",
+                            "",
+                            2
+                        )
+                        .unwrap());
+                }
+            });
+        }
+    });
+    let mut claimed = claimed.into_inner().unwrap();
+    claimed.sort();
+    let mut want: Vec<(String, i64)> = ids.iter().map(|i| (i.clone(), 1)).collect();
+    want.sort();
+    assert_eq!(claimed, want, "every build handed out exactly once");
+    let m = max_held.into_inner().unwrap();
+    assert!(m["acme"] <= 4 && m["beta"] <= 1, "plan caps held across connections: {m:?}");
+    assert!(ids.iter().all(|i| c.build(i).unwrap().unwrap().state == "succeeded"));
+}
+
 #[test]
-fn postgres_has_one_queue_server_and_survives_a_restart() {
+fn sqlite_concurrent_claims_hand_each_build_out_once_within_plan_caps() {
+    concurrent_claims_hand_each_build_out_once_within_plan_caps(&Db::sqlite());
+}
+
+#[test]
+fn postgres_concurrent_claims_hand_each_build_out_once_within_plan_caps() {
+    concurrent_claims_hand_each_build_out_once_within_plan_caps(&Db::postgres());
+}
+
+/// Any number of servers connect to one PostgreSQL database, and a restart
+/// of PostgreSQL is survived (the next call connects again).
+#[test]
+fn postgres_is_shared_by_servers_and_survives_a_restart() {
     let db = Db::postgres();
     let Db::Postgres(cluster, url) = &db else { unreachable!() };
     let dir = std::path::Path::new("/nonexistent");
     let first = ControlDb::connect_server(Some(url), dir).unwrap();
-    let e = ControlDb::connect_server(Some(url), dir).unwrap_err().to_string();
-    assert!(e.contains("another kiln serve"), "{e}");
+    let second = ControlDb::connect_server(Some(url), dir).unwrap();
     first.upsert_tenant("acme", "free").unwrap();
+    assert_eq!(second.tenants().unwrap().len(), 1, "one database, seen by both");
     cluster.stop().unwrap();
     assert!(first.tenants().is_err(), "the database is down");
     cluster.restart().unwrap();
     assert_eq!(first.tenants().unwrap().len(), 1, "connected again after the restart");
-    drop(first);
-    // The lock went with the first server's connection.
-    let second = ControlDb::connect_server(Some(url), dir);
-    assert!(second.is_ok(), "{:?}", second.err());
+    assert_eq!(second.tenants().unwrap().len(), 1, "connected again after the restart");
+}
+
+/// Found by the `kiln serve` tests: a server and `kiln admin` opening a
+/// version-1 `control.db` at once both applied migration 2, and the second
+/// failed (`duplicate column name`). Each migration is now decided under
+/// the write lock.
+#[test]
+fn bug_two_processes_migrating_control_db_at_once_collided() {
+    for _ in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = std::sync::Barrier::new(6);
+        std::thread::scope(|s| {
+            for _ in 0..6 {
+                s.spawn(|| {
+                    barrier.wait();
+                    ControlDb::open(dir.path()).map(|_| ()).unwrap_or_else(|e| panic!("opening: {e}"));
+                });
+            }
+        });
+    }
 }

@@ -194,3 +194,108 @@ fn cancelling_a_queued_build_is_immediate_and_a_held_one_waits_for_its_worker() 
     assert_eq!(state(&core, &running).0, "cancelled");
     assert!(core.try_claim("w", false).unwrap().is_none());
 }
+
+/// Two servers (replicas: each its own state dir) on one PostgreSQL
+/// database. A server "dies" by being dropped without any shutdown.
+struct Replicas {
+    _dirs: [tempfile::TempDir; 2],
+    _cluster: LocalCluster,
+    cfgs: [ServerConfig; 2],
+    clock: Arc<ManualClock>,
+}
+
+fn replicas() -> Replicas {
+    let cluster = LocalCluster::start().unwrap_or_else(|e| panic!("the PostgreSQL test cluster: {e}"));
+    let url = cluster.database("kiln").unwrap();
+    let clock = ManualClock::new();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let cfgs = [0, 1].map(|i| {
+        let mut cfg = ServerConfig::new(dirs[i].path().join("state"));
+        cfg.workers = 0;
+        cfg.lease_ttl_ms = 1000;
+        cfg.clock = clock.clone();
+        cfg.database = Some(url.clone());
+        cfg
+    });
+    Replicas { _dirs: dirs, _cluster: cluster, cfgs, clock }
+}
+
+/// Claims, reports and cancels reach the build through either replica:
+/// each build is handed out once, a report to the other replica counts, a
+/// cancel asked of one stops the worker of the other.
+#[test]
+fn replicas_on_one_postgres_share_one_queue() {
+    let r = replicas();
+    tenants(&r.cfgs[0], &[("t", "team"), ("u", "team")]);
+    let a = Core::start(r.cfgs[0].clone()).unwrap();
+    let b = Core::start(r.cfgs[1].clone()).unwrap();
+    let mut ids: Vec<String> = (0..4).map(|_| submit(&a, "t", "normal")).collect();
+    ids.extend((0..4).map(|_| submit(&b, "u", "normal")));
+    let mut claimed = Vec::new();
+    for i in 0.. {
+        let (mine, other) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let Some(c) = mine.try_claim("w", false).unwrap() else { break };
+        // The worker reports to the other replica (behind a load balancer).
+        finish_ok(other, &c.build.id, c.attempt.attempt);
+        claimed.push(c.build.id);
+    }
+    claimed.sort();
+    ids.sort();
+    assert_eq!(claimed, ids, "each build handed out once, whichever replica was asked");
+    assert!(ids.iter().all(|id| state(&a, id).0 == "succeeded"));
+
+    // A cancel asked of b stops a's in-process worker at a's next tick.
+    let id = submit(&b, "t", "normal");
+    let c = a.try_claim("w", false).unwrap().unwrap();
+    a.started(&id, c.attempt.attempt).unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    a.attach_cancel(&id, tx);
+    b.cancel(&id, "test").unwrap();
+    assert!(!*rx.borrow());
+    a.reap().unwrap();
+    assert!(*rx.borrow(), "the cancel reached the replica running the build");
+    a.finish_attempt(&id, 1, AttemptOutcome::Finished { status: "cancelled".into(), egress_bytes: 0 })
+        .unwrap();
+    assert_eq!(state(&b, &id).0, "cancelled");
+}
+
+/// A replica killed while its worker holds a build: the other takes the
+/// build back once its lease runs out (exactly once, however many reapers
+/// run), hands it out again, and the dead attempt's late report is refused.
+/// The killed replica, started again, leaves the new holder alone.
+#[test]
+fn a_dead_replicas_builds_are_taken_back_once_by_the_other() {
+    let r = replicas();
+    tenants(&r.cfgs[0], &[("t", "team")]);
+    let a = Core::start(r.cfgs[0].clone()).unwrap();
+    let b = Core::start(r.cfgs[1].clone()).unwrap();
+    let id = submit(&a, "t", "normal");
+    let first = a.try_claim("w", false).unwrap().unwrap();
+    a.started(&id, 1).unwrap();
+    drop(a);
+    // Still within the lease: nothing happens.
+    r.clock.advance(500);
+    b.reap().unwrap();
+    assert_eq!(state(&b, &id).0, "running");
+    r.clock.advance(600);
+    let b2 = Core::start(r.cfgs[1].clone()).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| b.reap().unwrap());
+        s.spawn(|| b2.reap().unwrap());
+    });
+    assert_eq!(state(&b, &id), ("queued".into(), None, 1));
+    let events: Vec<String> = b.read().transitions(&id).unwrap().into_iter().map(|t| t.event).collect();
+    assert_eq!(events.iter().filter(|e| *e == "lease-expired").count(), 1, "{events:?}");
+    let second = b.try_claim("w", false).unwrap().unwrap();
+    assert_eq!(second.attempt.attempt, 2);
+    // The dead attempt's worker reports late: refused.
+    assert!(b.holder_check(&id, "w", first.attempt.attempt, true).is_err());
+    b.finish_attempt(&id, 1, AttemptOutcome::Finished { status: "succeeded".into(), egress_bytes: 0 })
+        .unwrap();
+    assert_eq!(state(&b, &id).0, "provisioning");
+    // The killed replica comes back: the build is not its to recover now.
+    let a = Core::start(r.cfgs[0].clone()).unwrap();
+    assert_eq!(state(&a, &id).0, "provisioning");
+    finish_ok(&b, &id, 2);
+    assert_eq!(state(&a, &id), ("succeeded".into(), None, 1));
+}

@@ -22,7 +22,8 @@ pub struct ServeArgs {
     /// Isolation tier for every job; a job may ask for a stronger one.
     #[arg(long, value_enum, default_value = "gvisor", env = "KILN_ISOLATION")]
     pub isolation: IsolationArg,
-    /// A remote worker's lease is taken back after this long without a heartbeat.
+    /// A lease not renewed for this long is taken back: a remote worker renews
+    /// its lease with heartbeats, a server those of its in-process workers.
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
     pub lease_timeout_ms: u64,
     /// Largest request body (413 above).
