@@ -1047,7 +1047,27 @@ async fn worker_events(
     if !req.events.is_empty() {
         let b = core.read().build(&id)?.ok_or_else(|| ApiError::not_found("build"))?;
         let engine_id = attempt_engine_id(&core, &id, req.attempt)?;
-        core.remote.push(&core, &b.tenant, &id, req.attempt, &engine_id, req.events)?;
+        if core.replicated() {
+            // Stored for every server before the worker hears back, so its
+            // batches keep their order whichever replica each reaches.
+            let events: Vec<kiln_engine::Event> =
+                req.events.into_iter().map(|w| w.into_event(&engine_id)).collect();
+            let events = {
+                let (core, id, engine_id) = (core.clone(), id.clone(), engine_id.clone());
+                tokio::task::spawn_blocking(move || {
+                    core.publish(false, &id, req.attempt, &engine_id, &events).map(|()| events)
+                })
+                .await
+                .map_err(|e| {
+                    ApiError::from(crate::error::ServerError::Setup(format!("storing events: {e}")))
+                })??
+            };
+            for ev in &events {
+                crate::worker::observe(&core, &b.tenant, &id, req.attempt, ev);
+            }
+        } else {
+            core.remote.push(&core, &b.tenant, &id, req.attempt, &engine_id, req.events)?;
+        }
     }
     Ok(Json(json!({ "stop": stop })))
 }

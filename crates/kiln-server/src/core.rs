@@ -254,6 +254,8 @@ pub struct Core {
     /// Changes every time a build changes state: live log streams wait on
     /// it (and on their build's log commits) instead of polling.
     changes: watch::Sender<u64>,
+    /// On PostgreSQL: the build records and logs shared with other servers.
+    replication: Option<crate::replicate::Replication>,
 }
 
 impl Core {
@@ -281,6 +283,20 @@ impl Core {
             }
         };
         let server_id = server_id(&state_dir)?;
+        let replication = match cfg.database.as_deref() {
+            Some(url) if crate::db::is_postgres(url) => {
+                let r = crate::replicate::Replication::start(url, &server_id, &state_dir)?;
+                let notify = crate::notify::load_or_create_key(&state_dir.join("notify.key"))
+                    .map_err(|e| ServerError::Key(format!("the webhook key: {e}")))?;
+                r.check_keys(&[
+                    ("secrets.key", vault.fingerprint().to_string()),
+                    (kiln_store::provenance::PRIVATE_KEY_FILE, keys.keyid()),
+                    ("notify.key", crate::vault::fingerprint(&notify)),
+                ])?;
+                Some(r)
+            }
+            _ => None,
+        };
         let core = Arc::new(Core {
             cfg,
             state_dir,
@@ -299,10 +315,44 @@ impl Core {
             remote: Default::default(),
             me: std::sync::OnceLock::new(),
             changes: watch::channel(0).0,
+            replication,
         });
         let _ = core.me.set(Arc::downgrade(&core));
         core.recover()?;
         Ok(core)
+    }
+
+    /// Whether build records and logs are shared with other servers (on
+    /// PostgreSQL): events then go through [`Core::publish`].
+    pub fn replicated(&self) -> bool {
+        self.replication.is_some()
+    }
+
+    /// Shares an attempt's events with every server (see
+    /// [`crate::replicate`]); `own`: this server's in-process worker made
+    /// them (its `state.db` has them). Blocks until committed.
+    pub fn publish(
+        &self,
+        own: bool,
+        id: &str,
+        attempt: i64,
+        engine_id: &str,
+        events: &[kiln_engine::Event],
+    ) -> Result<(), ServerError> {
+        match &self.replication {
+            Some(r) => r.publish(own, id, attempt, engine_id, events),
+            None => Ok(()),
+        }
+    }
+
+    /// Brings this server's `state.db` up to the shared events committed so
+    /// far (nothing to do unless replicated).
+    pub fn catch_up(&self) {
+        if let Some(r) = &self.replication {
+            if let Err(e) = r.catch_up() {
+                tracing::warn!("catching up with shared events: {e}");
+            }
+        }
     }
 
     /// A signal that changes whenever a build changes state.
@@ -883,7 +933,7 @@ impl Core {
                 )?
             };
             if applied.is_some() {
-                self.remote.abandon(&b.id);
+                self.abandon_attempt(&b);
                 self.audit(
                     Some(&b.tenant),
                     Some(&b.id),
@@ -903,6 +953,27 @@ impl Core {
             );
         }
         Ok(())
+    }
+
+    /// The records of an attempt whose lease was taken back say it was
+    /// interrupted, as the engine's own recovery says after a crash: in
+    /// this server's `state.db`, and when replicated, in every server's.
+    fn abandon_attempt(&self, b: &BuildRecord) {
+        self.remote.abandon(&b.id);
+        if self.replicated() {
+            let engine_id = crate::db::engine_id(&b.id, b.attempt);
+            let end = kiln_engine::Event::BuildFinished(kiln_engine::BuildSummary {
+                kind: "summary",
+                build: engine_id.clone(),
+                status: "interrupted".into(),
+                jobs: Vec::new(),
+                egress_bytes_in: 0,
+                egress_bytes_out: 0,
+            });
+            if let Err(e) = self.publish(false, &b.id, b.attempt, &engine_id, &[end]) {
+                tracing::warn!(build = %b.id, "sharing the end of an abandoned attempt: {e}");
+            }
+        }
     }
 
     // ---- cache quota ----

@@ -178,7 +178,7 @@ pub(crate) const CLAIM_ORDER: &str =
     "ORDER BY (b.priority = 'urgent') DESC, COALESCE(tt.turn, 0), (b.attempt > 0) DESC, b.n";
 
 /// The engine's build id of an attempt.
-pub(crate) fn engine_id(build: &str, attempt: i64) -> String {
+pub fn engine_id(build: &str, attempt: i64) -> String {
     if attempt == 1 {
         build.to_string()
     } else {
@@ -342,7 +342,7 @@ impl ControlDb {
     fn connect_as(url: Option<&str>, dir: &Path) -> Result<ControlDb, ServerError> {
         match url {
             None => ControlDb::open(dir),
-            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            Some(u) if is_postgres(u) => {
                 Ok(ControlDb(Box::new(crate::pg::PgControl::connect(u)?)))
             }
             Some(u) => Err(ServerError::Setup(format!(
@@ -351,6 +351,11 @@ impl ControlDb {
             ))),
         }
     }
+}
+
+/// Whether a `--database` URL names PostgreSQL.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Every statement the control plane makes, named after what it means. One

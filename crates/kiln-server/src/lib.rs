@@ -28,6 +28,7 @@ pub mod pg;
 pub mod pgcluster;
 pub mod policy;
 pub mod remote;
+pub mod replicate;
 pub mod statedb;
 pub mod tarout;
 pub mod tls;
@@ -41,11 +42,14 @@ pub use crate::core::{Core, ServerConfig};
 pub use error::{ApiError, ServerError};
 
 /// Runs the server on `listener` until `shutdown` resolves: recovers the
-/// queue, starts the in-process workers and the reaper, serves the API.
+/// queue, starts the in-process workers and the reaper, calls `ready` (the
+/// databases are open, the keys made: a caller announces the server then),
+/// serves the API.
 pub async fn serve<L>(
     cfg: ServerConfig,
     listener: L,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(),
 ) -> Result<(), ServerError>
 where
     L: axum::serve::Listener,
@@ -94,6 +98,7 @@ where
     }
     let app = api::router(core);
     tracing::info!("listening on {:?}", listener.local_addr().ok());
+    ready();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -32,7 +32,40 @@ use crate::error::ServerError;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_control.sql")),
     (2, include_str!("../migrations/postgres/0002_shared_queue.sql")),
+    (3, include_str!("../migrations/postgres/0003_shared_events.sql")),
 ];
+
+/// The channel on which a commit of shared events is announced.
+const EVENTS_CHANNEL: &str = "kiln_events";
+
+/// One engine event of an attempt, as replicas share it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedEvent {
+    /// The server that has it already (its in-process worker made it);
+    /// empty for a remote worker's event, which every server applies.
+    pub origin: String,
+    pub build: String,
+    pub attempt: i64,
+    pub engine_id: String,
+    /// A log line's position in its attempt's log.
+    pub seq: Option<i64>,
+    /// The event as JSON (`remote::WireEvent`).
+    pub event: String,
+}
+
+/// How far a follower has read the shared events: the last row's
+/// transaction id (decimal) and number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventPosition {
+    pub xid: String,
+    pub n: i64,
+}
+
+impl Default for EventPosition {
+    fn default() -> Self {
+        EventPosition { xid: "0".into(), n: 0 }
+    }
+}
 
 /// The first key of the advisory locks that serialise the claims of one
 /// tenant (the second is the tenant's hash), so that servers sharing the
@@ -145,6 +178,97 @@ impl PgControl {
             .send(job)
             .map_err(|_| ServerError::Postgres("the database thread has stopped".into()))?;
         rx.recv().map_err(|_| ServerError::Postgres("the database thread has stopped".into()))?
+    }
+}
+
+impl PgControl {
+    /// Records the fingerprint of a deployment key the first time a server
+    /// gives one; returns the fingerprint recorded.
+    pub fn deployment_key(&self, name: &str, fingerprint: &str) -> Result<String, ServerError> {
+        let (name, fingerprint) = (owned(name), owned(fingerprint));
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO deployment_keys (name, fingerprint) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                &[&name, &fingerprint],
+            )
+            .map_err(pg_err)?;
+            Ok(c.query_one("SELECT fingerprint FROM deployment_keys WHERE name = $1", &[&name])
+                .map_err(pg_err)?
+                .get(0))
+        })
+    }
+
+    /// Appends events in one transaction and announces the commit.
+    pub fn append_events(&self, rows: Vec<SharedEvent>) -> Result<(), ServerError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.call(move |c| {
+            let mut tx = c.transaction().map_err(pg_err)?;
+            let insert = tx
+                .prepare(
+                    "INSERT INTO attempt_events (origin, build_id, attempt, engine_id, seq, event) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .map_err(pg_err)?;
+            for r in &rows {
+                tx.execute(&insert, &[&r.origin, &r.build, &r.attempt, &r.engine_id, &r.seq, &r.event])
+                    .map_err(pg_err)?;
+            }
+            tx.batch_execute(&format!("NOTIFY {EVENTS_CHANNEL}")).map_err(pg_err)?;
+            tx.commit().map_err(pg_err)
+        })
+    }
+
+    /// Up to `limit` events after `pos`, in commit order: only those of
+    /// transactions older than every transaction still running, so that a
+    /// row committed later is never numbered before one already read.
+    pub fn events_after(
+        &self,
+        pos: &EventPosition,
+        limit: i64,
+    ) -> Result<Vec<(EventPosition, SharedEvent)>, ServerError> {
+        let pos = pos.clone();
+        self.call(move |c| {
+            let rows = c
+                .query(
+                    "SELECT xid::text, n, origin, build_id, attempt, engine_id, seq, event FROM attempt_events \
+                     WHERE xid < pg_snapshot_xmin(pg_current_snapshot()) AND (xid, n) > ($1::text::xid8, $2) \
+                     ORDER BY xid, n LIMIT $3",
+                    &[&pos.xid, &pos.n, &limit],
+                )
+                .map_err(pg_err)?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    (
+                        EventPosition { xid: r.get(0), n: r.get(1) },
+                        SharedEvent {
+                            origin: r.get(2),
+                            build: r.get(3),
+                            attempt: r.get(4),
+                            engine_id: r.get(5),
+                            seq: r.get(6),
+                            event: r.get(7),
+                        },
+                    )
+                })
+                .collect())
+        })
+    }
+
+    /// Waits up to `timeout` for a commit of shared events to be announced
+    /// (this connection listens from its first call on).
+    pub fn wait_for_events(&self, timeout: std::time::Duration) -> Result<(), ServerError> {
+        self.call(move |c| {
+            c.batch_execute(&format!("LISTEN {EVENTS_CHANNEL}")).map_err(pg_err)?;
+            let mut n = c.notifications();
+            use postgres::fallible_iterator::FallibleIterator;
+            let _ = n.timeout_iter(timeout).next().map_err(pg_err)?;
+            // Several commits may have been announced: one catch-up reads them all.
+            while n.iter().next().map_err(pg_err)?.is_some() {}
+            Ok(())
+        })
     }
 }
 
@@ -302,10 +426,25 @@ fn claim_once(
         )
         .map_err(pg_err)?
         .map(|r| attempt_row(&r));
+    // The previous attempt's log is in the shared events: every replica
+    // numbers the new attempt's lines alike.
+    let log_base = match &prev {
+        None => 0,
+        Some(p) => {
+            let shared: Option<i64> = tx
+                .query_one("SELECT MAX(seq) FROM attempt_events WHERE engine_id = $1", &[&p.engine_id])
+                .map_err(pg_err)?
+                .get(0);
+            match shared {
+                Some(max) => p.log_base + max,
+                None => log_base(p),
+            }
+        }
+    };
     let row = AttemptRow {
         attempt,
         engine_id: engine_id(&id, attempt),
-        log_base: prev.as_ref().map_or(0, |p| log_base(p)),
+        log_base,
         worker: req.worker.clone(),
         started_ms: req.now_ms,
     };

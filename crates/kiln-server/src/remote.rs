@@ -359,15 +359,14 @@ impl Sinks {
             let ev = wire.into_event(&sink.engine_id);
             if let Event::BuildStarted { pipeline, jobs, .. } = &ev {
                 if sink.writer.is_none() {
-                    let live = LiveBuild::new(&sink.engine_id);
-                    let store = Store::open(&core.state_dir)?;
-                    store.insert_build(
+                    let (writer, live) = open_writer(
+                        &core.state_dir,
                         &sink.engine_id,
                         pipeline,
                         &format!("remote attempt {attempt}"),
                         jobs,
                     )?;
-                    sink.writer = Some(StoreWriter::spawn(store, sink.engine_id.clone()));
+                    sink.writer = Some(writer);
                     sink._live = Some(live);
                 }
             }
@@ -378,6 +377,22 @@ impl Sinks {
         }
         Ok(())
     }
+}
+
+/// The `state.db` writer of an attempt this server did not run itself (a
+/// remote worker's, or another replica's), from its `BuildStarted` event;
+/// log streams of the attempt wait while the returned [`LiveBuild`] lives.
+pub(crate) fn open_writer(
+    state_dir: &std::path::Path,
+    engine_id: &str,
+    pipeline: &str,
+    trigger: &str,
+    jobs: &[(String, String)],
+) -> Result<(StoreWriter, LiveBuild), ServerError> {
+    let live = LiveBuild::new(engine_id);
+    let store = Store::open(state_dir)?;
+    store.insert_build(engine_id, pipeline, trigger, jobs)?;
+    Ok((StoreWriter::spawn(store, engine_id.to_string()), live))
 }
 
 // ---- `kiln worker` ----
@@ -754,6 +769,9 @@ fn sign_for_deployment(
 /// The server's side of `finish`.
 pub(crate) fn finish(core: &Core, id: &str, req: &FinishRequest) -> Result<(), ServerError> {
     core.remote.close(id);
+    // The attempt's last events are in this server's records before its end
+    // is (its usage record reads them).
+    core.catch_up();
     let outcome = match (&req.status, &req.infra) {
         (Some(status), _) => {
             AttemptOutcome::Finished { status: status.clone(), egress_bytes: req.egress_bytes }

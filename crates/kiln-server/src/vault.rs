@@ -19,6 +19,7 @@ const KEY_FILE: &str = "secrets.key";
 /// The secrets key of one state directory.
 pub struct Vault {
     cipher: ChaCha20Poly1305,
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for Vault {
@@ -66,7 +67,13 @@ impl Vault {
                 )));
             }
         }
-        Ok(Vault { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)) })
+        Ok(Vault { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)), fingerprint: fingerprint(&key) })
+    }
+
+    /// Names the key without revealing it (a domain-separated hash), so
+    /// that servers sharing a database can check they share the key.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     fn aad(tenant: &str, name: &str) -> Vec<u8> {
@@ -95,6 +102,16 @@ impl Vault {
             ServerError::Key(format!("secret {name} of {tenant} does not decrypt with this key"))
         })
     }
+}
+
+/// A key's fingerprint: the first 16 bytes of SHA-256 over a label and the
+/// key, in hex.
+pub fn fingerprint(key: &[u8]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"kiln key fingerprint\0");
+    h.update(key);
+    hex::encode(&h.finalize()[..16])
 }
 
 #[cfg(test)]

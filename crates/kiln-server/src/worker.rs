@@ -14,7 +14,8 @@ use crate::core::{AttemptOutcome, Claim, Core};
 /// Starts `n` worker tasks.
 pub fn spawn_workers(core: Arc<Core>, exec: Arc<Executor>, n: usize) {
     for i in 0..n {
-        let name = format!("in-process-{}", i + 1);
+        // Named after their server: replicas' workers stay apart in the records.
+        let name = format!("{}/in-process-{}", core.server_id, i + 1);
         tokio::spawn(worker_loop(core.clone(), exec.clone(), name));
     }
 }
@@ -117,9 +118,31 @@ async fn run_claim(core: &Arc<Core>, exec: &Arc<Executor>, claim: Claim) {
             let (tap, mut rx) = mpsc::unbounded_channel::<Event>();
             let consumer = {
                 let (core, id, tenant) = (core.clone(), id.clone(), tenant.clone());
+                let engine_id = claim.attempt.engine_id.clone();
                 tokio::spawn(async move {
                     while let Some(ev) = rx.recv().await {
-                        observe(&core, &tenant, &id, attempt, &ev);
+                        // What arrived meanwhile goes with it: one shared
+                        // commit per batch, off the engine's path.
+                        let mut batch = vec![ev];
+                        while batch.len() < 512 {
+                            match rx.try_recv() {
+                                Ok(ev) => batch.push(ev),
+                                Err(_) => break,
+                            }
+                        }
+                        for ev in &batch {
+                            observe(&core, &tenant, &id, attempt, ev);
+                        }
+                        if core.replicated() {
+                            let (core, id, engine_id) = (core.clone(), id.clone(), engine_id.clone());
+                            let shared = tokio::task::spawn_blocking(move || {
+                                core.publish(true, &id, attempt, &engine_id, &batch)
+                            })
+                            .await;
+                            if let Ok(Err(e)) = shared {
+                                tracing::error!("sharing the build's events: {e}");
+                            }
+                        }
                     }
                 })
             };

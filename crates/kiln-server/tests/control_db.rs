@@ -324,7 +324,7 @@ fn postgres_migrations_apply_once_and_a_newer_schema_is_refused() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
     raw.execute("INSERT INTO kiln_schema (version, applied_at) VALUES (99, 'later')", &[]).unwrap();
     let e = ControlDb::connect(Some(url), std::path::Path::new("/nonexistent")).unwrap_err().to_string();
     assert!(e.contains("version 99") && e.contains("newer"), "{e}");

@@ -220,6 +220,33 @@ fn replicas() -> Replicas {
     Replicas { _dirs: dirs, _cluster: cluster, cfgs, clock }
 }
 
+/// The keys a deployment's servers share, copied from one state dir to
+/// another (as an operator adding a replica does).
+const SHARED_KEYS: &[&str] =
+    &["secrets.key", "provenance-ed25519.key", "provenance-ed25519.pub", "notify.key"];
+
+impl Replicas {
+    /// Starts replica 0, then replica 1 with replica 0's keys.
+    fn start(&self) -> (Arc<Core>, Arc<Core>) {
+        let a = Core::start(self.cfgs[0].clone()).unwrap();
+        std::fs::create_dir_all(&self.cfgs[1].state_dir).unwrap();
+        for f in SHARED_KEYS {
+            std::fs::copy(self.cfgs[0].state_dir.join(f), self.cfgs[1].state_dir.join(f)).unwrap();
+        }
+        (a, Core::start(self.cfgs[1].clone()).unwrap())
+    }
+}
+
+/// A server whose keys are not the deployment's is refused at start,
+/// naming the file to copy: it could open no secret the others stored.
+#[test]
+fn a_replica_with_other_keys_is_refused() {
+    let r = replicas();
+    let _a = Core::start(r.cfgs[0].clone()).unwrap();
+    let e = Core::start(r.cfgs[1].clone()).unwrap_err().to_string();
+    assert!(e.contains("secrets.key") && e.contains("copy"), "{e}");
+}
+
 /// Claims, reports and cancels reach the build through either replica:
 /// each build is handed out once, a report to the other replica counts, a
 /// cancel asked of one stops the worker of the other.
@@ -227,8 +254,7 @@ fn replicas() -> Replicas {
 fn replicas_on_one_postgres_share_one_queue() {
     let r = replicas();
     tenants(&r.cfgs[0], &[("t", "team"), ("u", "team")]);
-    let a = Core::start(r.cfgs[0].clone()).unwrap();
-    let b = Core::start(r.cfgs[1].clone()).unwrap();
+    let (a, b) = r.start();
     let mut ids: Vec<String> = (0..4).map(|_| submit(&a, "t", "normal")).collect();
     ids.extend((0..4).map(|_| submit(&b, "u", "normal")));
     let mut claimed = Vec::new();
@@ -267,8 +293,7 @@ fn replicas_on_one_postgres_share_one_queue() {
 fn a_dead_replicas_builds_are_taken_back_once_by_the_other() {
     let r = replicas();
     tenants(&r.cfgs[0], &[("t", "team")]);
-    let a = Core::start(r.cfgs[0].clone()).unwrap();
-    let b = Core::start(r.cfgs[1].clone()).unwrap();
+    let (a, b) = r.start();
     let id = submit(&a, "t", "normal");
     let first = a.try_claim("w", false).unwrap().unwrap();
     a.started(&id, 1).unwrap();

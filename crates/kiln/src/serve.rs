@@ -212,19 +212,21 @@ pub fn serve(args: ServeArgs) -> u8 {
                      unless a TLS proxy is in front (--tls-cert/--tls-key serve HTTPS)"
                 );
             }
-            {
+            // Announced once the server can answer: its databases open, its
+            // keys made (a script may copy them to a replica then).
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let ready = move || {
                 use std::io::Write;
                 let mut out = std::io::stdout().lock();
-                let scheme = if tls.is_some() { "https" } else { "http" };
-                writeln!(out, "kiln serve: listening on {scheme}://{addr}")?;
-                out.flush()?;
-            }
+                let _ = writeln!(out, "kiln serve: listening on {scheme}://{addr}");
+                let _ = out.flush();
+            };
             match tls {
                 Some(config) => {
                     let listener = kiln_server::tls::TlsListener::new(listener, config)?;
-                    kiln_server::serve(cfg, listener, shutdown_signal()).await
+                    kiln_server::serve(cfg, listener, shutdown_signal(), ready).await
                 }
-                None => kiln_server::serve(cfg, listener, shutdown_signal()).await,
+                None => kiln_server::serve(cfg, listener, shutdown_signal(), ready).await,
             }
             .map_err(|e| anyhow!("{e}"))
         })?;

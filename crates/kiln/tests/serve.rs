@@ -54,6 +54,14 @@ impl Server {
     }
 
     fn start_with_env(extra: &[&str], env: &[(String, String)]) -> Server {
+        let mut s = Server::unstarted(extra, env);
+        s.spawn();
+        s
+    }
+
+    /// A server with its state dir (and its own PostgreSQL cluster in a
+    /// `postgres` test), not started yet.
+    fn unstarted(extra: &[&str], env: &[(String, String)]) -> Server {
         common::require_sandboxes();
         let dir = tempfile::Builder::new().prefix("kiln-serve-test-").tempdir().unwrap();
         let mut env = env.to_vec();
@@ -65,7 +73,7 @@ impl Server {
                 env.push(("KILN_DATABASE".into(), c.database("kiln").unwrap()));
                 c
             });
-        let mut s = Server {
+        let s = Server {
             dir,
             child: None,
             url: String::new(),
@@ -73,7 +81,7 @@ impl Server {
             env,
             _cluster: cluster,
         };
-        s.spawn();
+        std::fs::create_dir_all(s.state()).unwrap();
         s
     }
 
@@ -960,4 +968,97 @@ fn a_postgres_restart_mid_build_loses_nothing() {
     assert_eq!(usage["usage"].as_array().map(|u| u.len()), Some(1), "{usage}");
     let next = a.submit(QUICK, json!({}));
     assert_eq!(a.wait_final(&next)["state"], "succeeded", "{}", server.log());
+}
+
+/// Two `kiln serve` replicas on one PostgreSQL database and one store, the
+/// second given the first's keys. A build submitted through one and run by
+/// the other's worker streams through either, and a stream broken on one
+/// resumes on the other without losing or repeating a line. With the first
+/// replica killed, a remote worker on the second runs a build with a secret
+/// stored through the first; the first, started again, serves its log and
+/// records.
+#[test]
+fn replicas_answer_for_each_others_builds_and_logs() {
+    use kiln_server::pgcluster::{TestDatabase, TEST_DATABASE};
+    TEST_DATABASE.with(|d| d.set(TestDatabase::Postgres));
+    let store = tempfile::Builder::new().prefix("kiln-replicas-store-").tempdir().unwrap();
+    let store_url = format!("file://{}", store.path().display());
+    let mut a = Server::start(&["--workers", "1", "--store", &store_url]);
+    // The second replica: the first's database (no cluster of its own) and keys.
+    TEST_DATABASE.with(|d| d.set(TestDatabase::Sqlite));
+    let mut b = Server::unstarted(&["--workers", "0", "--store", &store_url], &a.env);
+    for f in ["secrets.key", "provenance-ed25519.key", "provenance-ed25519.pub", "notify.key"] {
+        std::fs::copy(a.state().join(f), b.state().join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
+    b.spawn();
+    let ta = a.tenant("alpha", "team");
+    let tb = b.api(&ta.token);
+
+    // Submitted through b, run by a's in-process worker.
+    let wf = "jobs:\n  count:\n    steps:\n      - run: |\n          for i in $(seq 1 12); do echo \"line-$i\"; sleep 0.5; done\n";
+    let id = tb.submit(wf, json!({}));
+    let (first, ended) = read_sse(&tb, &id, None, |got| got.iter().any(|(_, t)| t == "line-3"));
+    assert!(!ended, "the stream through b is live");
+    let last = first.last().unwrap().0;
+    let (rest, ended) = read_sse(&ta, &id, Some(last), |_| false);
+    assert!(ended, "the stream resumed on a ends with the build");
+    let all: Vec<(i64, String)> = first.into_iter().chain(rest).collect();
+    let ids: Vec<i64> = all.iter().map(|(i, _)| *i).collect();
+    let expected: Vec<i64> = (ids[0]..ids[0] + ids.len() as i64).collect();
+    assert_eq!(ids, expected, "no line lost or repeated across replicas");
+    let lines: Vec<&str> = all.iter().map(|(_, t)| t.as_str()).filter(|t| t.starts_with("line-")).collect();
+    assert_eq!(lines, (1..=12).map(|i| format!("line-{i}")).collect::<Vec<_>>());
+    let on_b = tb.wait_final(&id);
+    assert_eq!(on_b["state"], "succeeded", "{on_b}");
+    let steps = poll("b to have the build's records", || {
+        let jobs = tb.build(&id)["jobs"].clone();
+        (jobs[0]["status"] == "succeeded").then_some(jobs)
+    });
+    assert_eq!(steps, ta.build(&id)["jobs"], "both replicas hold the same records");
+
+    // a is killed; a remote worker talks to b only.
+    a.kill9();
+    let (status, v) = tb.req(
+        "PUT",
+        "/v1/secrets/DEPLOY_TOKEN",
+        Some(&json!({"value": "replica-secret-1", "phases": ["build"]})),
+        &[],
+    );
+    assert_eq!(status, 200, "{v}");
+    let token = b.admin(&["token", "create", "--worker"]);
+    let wstate = b.dir.path().join("worker-state");
+    let mut w = worker(&b, &token, "w1", &wstate);
+    let wf2 = "kiln:\n  secrets:\n    DEPLOY_TOKEN: { phases: [build] }\njobs:\n  remote:\n    steps:\n      - env:\n          T: ${{ secrets.DEPLOY_TOKEN }}\n        run: |\n          test \"${#T}:${T:0:8}\" = 16:replica- && echo secret-ok\n          for i in $(seq 1 4); do echo \"remote-$i\"; sleep 0.5; done\n";
+    let id2 = tb.submit(wf2, json!({}));
+    let deadline = Instant::now() + DEADLINE;
+    while !tb.log_text(&id2).contains("] remote-1") {
+        assert!(
+            Instant::now() < deadline,
+            "no `remote-1` in the log of {id2}: {}\n--- log:\n{}\n--- b:\n{}\n--- worker:\n{}",
+            tb.build(&id2)["jobs"],
+            tb.log_text(&id2),
+            b.log(),
+            std::fs::read_to_string(b.dir.path().join("w1.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // a again, without workers: it follows what b stored meanwhile.
+    a.extra = ["--workers", "0", "--store", &store_url].iter().map(|s| s.to_string()).collect();
+    a.spawn();
+    let ta = a.api(&ta.token);
+    let (got, ended) = read_sse(&ta, &id2, None, |_| false);
+    let _ = w.kill();
+    let _ = w.wait();
+    assert!(ended, "{}", a.log());
+    let texts: Vec<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
+    assert!(texts.contains(&"secret-ok"), "b opened the secret stored through a: {texts:?}");
+    assert!(texts.contains(&"remote-4"), "{texts:?}");
+    let done = ta.wait_final(&id2);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["worker"], "remote:w1");
+    let jobs = poll("a to have the remote build's records", || {
+        let jobs = ta.build(&id2)["jobs"].clone();
+        (jobs[0]["status"] == "succeeded").then_some(jobs)
+    });
+    assert_eq!(jobs, tb.build(&id2)["jobs"]);
 }
