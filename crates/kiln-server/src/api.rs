@@ -713,6 +713,11 @@ impl LogStream {
             // the lines there will be.
             let row = self.core.read().build(&self.build).ok().flatten()?;
             let finished = is_terminal(&row.state);
+            if finished {
+                // Another replica may have run it: its last lines were
+                // shared before its end was recorded; have them here too.
+                self.core.catch_up();
+            }
             let newest = self.core.read().attempts(&self.build).ok().and_then(|mut a| a.pop());
             if let Some(a) = newest {
                 self.follow(&a.engine_id);

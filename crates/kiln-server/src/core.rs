@@ -283,9 +283,10 @@ impl Core {
             }
         };
         let server_id = server_id(&state_dir)?;
+        let changes = watch::channel(0).0;
         let replication = match cfg.database.as_deref() {
             Some(url) if crate::db::is_postgres(url) => {
-                let r = crate::replicate::Replication::start(url, &server_id, &state_dir)?;
+                let r = crate::replicate::Replication::start(url, &server_id, &state_dir, changes.clone())?;
                 let notify = crate::notify::load_or_create_key(&state_dir.join("notify.key"))
                     .map_err(|e| ServerError::Key(format!("the webhook key: {e}")))?;
                 r.check_keys(&[
@@ -314,7 +315,7 @@ impl Core {
             quota_checked: Mutex::new(HashMap::new()),
             remote: Default::default(),
             me: std::sync::OnceLock::new(),
-            changes: watch::channel(0).0,
+            changes,
             replication,
         });
         let _ = core.me.set(Arc::downgrade(&core));

@@ -24,6 +24,9 @@ pub struct LocalCluster {
     port: u16,
     /// Run the server's commands as this user (root cannot).
     user: Option<String>,
+    /// Where it listens besides loopback, and the network it trusts there
+    /// (test hosts in network namespaces).
+    also: Option<(std::net::Ipv4Addr, String)>,
 }
 
 fn setup(msg: impl Into<String>) -> ServerError {
@@ -61,6 +64,17 @@ fn server_bin() -> Result<PathBuf, ServerError> {
 impl LocalCluster {
     /// Creates and starts a cluster; returns once it accepts connections.
     pub fn start() -> Result<LocalCluster, ServerError> {
+        LocalCluster::start_with(None)
+    }
+
+    /// [`LocalCluster::start`], listening on `addr` too and trusting the
+    /// hosts of `network` (a CIDR) there: for tests whose servers run on
+    /// hosts of their own (network namespaces on a bridge).
+    pub fn start_on(addr: std::net::Ipv4Addr, network: &str) -> Result<LocalCluster, ServerError> {
+        LocalCluster::start_with(Some((addr, network.to_string())))
+    }
+
+    fn start_with(also: Option<(std::net::Ipv4Addr, String)>) -> Result<LocalCluster, ServerError> {
         let bin = server_bin()?;
         let dir = tempfile::Builder::new()
             .prefix("kiln-pg-")
@@ -85,11 +99,20 @@ impl LocalCluster {
             .map_err(|e| setup(format!("a free port: {e}")))?
             .port();
         let data = dir.path().join("data");
-        let cluster = LocalCluster { bin, data, dir, port, user };
+        let cluster = LocalCluster { bin, data, dir, port, user, also };
         cluster.run("initdb", |c| {
             c.args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C", "-D"])
                 .arg(&cluster.data);
         })?;
+        if let Some((_, network)) = &cluster.also {
+            use std::io::Write;
+            let hba = cluster.data.join("pg_hba.conf");
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&hba)
+                .and_then(|mut f| writeln!(f, "host all all {network} trust"))
+                .map_err(|e| setup(format!("{}: {e}", hba.display())))?;
+        }
         cluster.restart()?;
         Ok(cluster)
     }
@@ -136,6 +159,12 @@ impl LocalCluster {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// The URL of database `db` as the hosts of [`LocalCluster::start_on`]'s
+    /// network reach it.
+    pub fn url_on_network(&self, db: &str) -> Option<String> {
+        self.also.as_ref().map(|(addr, _)| format!("postgres://postgres@{addr}:{}/{db}", self.port))
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -149,8 +178,12 @@ impl LocalCluster {
 
     /// Starts it again after [`LocalCluster::stop`], on the same port.
     pub fn restart(&self) -> Result<(), ServerError> {
+        let listen = match &self.also {
+            Some((addr, _)) => format!("127.0.0.1,{addr}"),
+            None => "127.0.0.1".into(),
+        };
         let opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=200",
+            "-c listen_addresses={listen} -p {} -k {} -c fsync=off -c max_connections=200",
             self.port,
             self.dir.path().display()
         );

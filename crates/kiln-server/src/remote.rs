@@ -400,7 +400,9 @@ pub(crate) fn open_writer(
 /// How a remote worker runs.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// `https://host:port` of `kiln serve` (`http://` on loopback).
+    /// `https://host:port` of `kiln serve` (`http://` on loopback); several,
+    /// comma-separated, for replicas: the worker moves to the next when one
+    /// cannot be reached.
     pub server: String,
     /// The only certificate trusted for an https server (PEM), if given.
     pub ca: Option<PathBuf>,
@@ -419,7 +421,10 @@ pub struct WorkerConfig {
 #[derive(Debug, Clone)]
 struct Api {
     agent: ureq::Agent,
-    base: String,
+    /// The servers (replicas) this worker may talk to, and which one it
+    /// talks to now: it moves on to the next when one cannot be reached.
+    bases: Arc<Vec<String>>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
     auth: String,
 }
 
@@ -436,13 +441,25 @@ impl Api {
         path: &str,
         body: &impl Serialize,
     ) -> Result<Option<T>, CallError> {
-        let url = format!("{}{path}", self.base);
-        let mut resp = self
-            .agent
-            .post(&url)
-            .header("Authorization", &self.auth)
-            .send_json(body)
-            .map_err(|e| CallError::Other(format!("POST {url}: {e}")))?;
+        use std::sync::atomic::Ordering;
+        // A server that cannot be reached (killed, cut off) is passed over
+        // for the next; one that answers, whatever it answers, is kept.
+        let mut tries = 0;
+        let (url, mut resp) = loop {
+            let i = self.current.load(Ordering::Relaxed);
+            let url = format!("{}{path}", self.bases[i % self.bases.len()]);
+            match self.agent.post(&url).header("Authorization", &self.auth).send_json(body) {
+                Ok(r) => break (url, r),
+                Err(e) => {
+                    tries += 1;
+                    if tries >= self.bases.len() {
+                        return Err(CallError::Other(format!("POST {url}: {e}")));
+                    }
+                    let _ = self.current.compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed);
+                    tracing::warn!("{url}: {e}; trying the next server");
+                }
+            }
+        };
         match resp.status().as_u16() {
             204 => Ok(None),
             409 => Err(CallError::LeaseLost),
@@ -486,7 +503,18 @@ pub async fn run_worker(cfg: WorkerConfig) -> Result<(), ServerError> {
         scanner: Some(Arc::new(kiln_scan::Scanner::builtin())),
         policy: Default::default(),
     })?);
-    crate::tls::check_server_url(&cfg.server)?;
+    let bases: Vec<String> = cfg
+        .server
+        .split(',')
+        .map(|s| s.trim().trim_end_matches('/').to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if bases.is_empty() {
+        return Err(ServerError::Setup("no server URL given".into()));
+    }
+    for b in &bases {
+        crate::tls::check_server_url(b)?;
+    }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(120)))
@@ -495,7 +523,8 @@ pub async fn run_worker(cfg: WorkerConfig) -> Result<(), ServerError> {
         .into();
     let api = Api {
         agent,
-        base: cfg.server.trim_end_matches('/').to_string(),
+        bases: Arc::new(bases),
+        current: Default::default(),
         auth: format!("Bearer {}", cfg.token),
     };
     let mut tasks = tokio::task::JoinSet::new();

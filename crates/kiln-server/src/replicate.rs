@@ -35,6 +35,23 @@ use crate::error::ServerError;
 use crate::pg::{EventPosition, PgControl, SharedEvent};
 use crate::remote::WireEvent;
 
+/// The files in a server's state dir that every server of a deployment
+/// must share: the secrets key, the provenance signing key pair and the
+/// webhook key.
+pub const SHARED_KEY_FILES: [&str; 4] =
+    ["secrets.key", "provenance-ed25519.key", "provenance-ed25519.pub", "notify.key"];
+
+/// Copies the shared keys from a server's state dir into a new replica's
+/// (creating it), as an operator adding a replica does.
+pub fn copy_shared_keys(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for f in SHARED_KEY_FILES {
+        std::fs::copy(from.join(f), to.join(f))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", from.join(f).display())))?;
+    }
+    Ok(())
+}
+
 /// Rows read per query while catching up.
 const BATCH: i64 = 1000;
 
@@ -61,6 +78,9 @@ struct Follower {
     listen: PgControl,
     state: Mutex<FollowState>,
     stop: AtomicBool,
+    /// Told after every batch that brought another server's events: log
+    /// streams of builds that run elsewhere wait on it.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 struct FollowState {
@@ -71,7 +91,12 @@ struct FollowState {
 
 impl Replication {
     /// Connects and starts following from where this state dir stopped.
-    pub fn start(url: &str, server_id: &str, state_dir: &Path) -> Result<Replication, ServerError> {
+    pub fn start(
+        url: &str,
+        server_id: &str,
+        state_dir: &Path,
+        changed: tokio::sync::watch::Sender<u64>,
+    ) -> Result<Replication, ServerError> {
         let follower = Arc::new(Follower {
             server_id: server_id.to_string(),
             state_dir: state_dir.to_path_buf(),
@@ -79,6 +104,7 @@ impl Replication {
             listen: PgControl::connect(url)?,
             state: Mutex::new(FollowState { pos: load_position(state_dir), open: HashMap::new() }),
             stop: AtomicBool::new(false),
+            changed,
         });
         let thread = std::thread::Builder::new()
             .name("kiln-follow".into())
@@ -193,13 +219,18 @@ impl Follower {
             let Some((last, _)) = rows.last() else { break };
             let last = last.clone();
             read += rows.len();
+            let mut applied = false;
             for (_, ev) in rows {
                 if ev.origin != self.server_id {
                     self.apply(&mut st, ev);
+                    applied = true;
                 }
             }
             st.pos = last;
             save_position(&self.state_dir, &st.pos);
+            if applied {
+                self.changed.send_modify(|n| *n = n.wrapping_add(1));
+            }
         }
         Ok(read)
     }

@@ -220,19 +220,11 @@ fn replicas() -> Replicas {
     Replicas { _dirs: dirs, _cluster: cluster, cfgs, clock }
 }
 
-/// The keys a deployment's servers share, copied from one state dir to
-/// another (as an operator adding a replica does).
-const SHARED_KEYS: &[&str] =
-    &["secrets.key", "provenance-ed25519.key", "provenance-ed25519.pub", "notify.key"];
-
 impl Replicas {
     /// Starts replica 0, then replica 1 with replica 0's keys.
     fn start(&self) -> (Arc<Core>, Arc<Core>) {
         let a = Core::start(self.cfgs[0].clone()).unwrap();
-        std::fs::create_dir_all(&self.cfgs[1].state_dir).unwrap();
-        for f in SHARED_KEYS {
-            std::fs::copy(self.cfgs[0].state_dir.join(f), self.cfgs[1].state_dir.join(f)).unwrap();
-        }
+        kiln_server::replicate::copy_shared_keys(&self.cfgs[0].state_dir, &self.cfgs[1].state_dir).unwrap();
         (a, Core::start(self.cfgs[1].clone()).unwrap())
     }
 }

@@ -67,7 +67,9 @@ impl DbArgs {
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// The server (`http://host:port`).
+    /// The server (`https://host:port`; `http://` on loopback), or several
+    /// replicas comma-separated: the worker moves to the next when one
+    /// cannot be reached.
     #[arg(long, env = "KILN_SERVER")]
     pub server: String,
     /// A worker token (`kiln admin token create --worker`).
@@ -255,9 +257,11 @@ pub fn worker(args: WorkerArgs) -> u8 {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
         format!("{}-{}", host.trim(), std::process::id())
     });
-    if let Err(e) = kiln_server::tls::check_server_url(&args.server) {
-        eprintln!("error: {e}");
-        return EXIT_INVALID;
+    for url in args.server.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        if let Err(e) = kiln_server::tls::check_server_url(url) {
+            eprintln!("error: {e}");
+            return EXIT_INVALID;
+        }
     }
     let cfg = kiln_server::remote::WorkerConfig {
         ca: args.ca.clone(),

@@ -8,6 +8,12 @@
 //! that every build finished exactly once (one build per key, one attempt
 //! each, one usage record each) and reports queue wait p50/p99, dispatch
 //! throughput and API latencies.
+//!
+//! With `--replicas N` (PostgreSQL only), N servers share the database,
+//! each with its own state dir (the first's keys copied to the others, as
+//! an operator adds a replica); the in-process workers are spread over
+//! them, clients submit to them in turn (as behind a load balancer), and
+//! each live log is followed on a replica other than the one submitted to.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,9 +35,13 @@ pub struct BenchServeArgs {
     /// Tenants the builds are spread over.
     #[arg(long, default_value_t = 4)]
     pub tenants: usize,
-    /// In-process workers.
+    /// In-process workers (in all: spread over the replicas).
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// `kiln serve` replicas sharing the database (more than one needs
+    /// `--database`).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
     /// Threads submitting at once.
     #[arg(long, default_value_t = 4)]
     pub clients: usize,
@@ -71,7 +81,8 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 
 struct Client {
     agent: ureq::Agent,
-    url: String,
+    /// One URL per replica.
+    urls: Vec<String>,
 }
 
 impl Client {
@@ -83,7 +94,20 @@ impl Client {
         body: Option<&Value>,
         key: Option<&str>,
     ) -> anyhow::Result<(u16, Value)> {
-        let url = format!("{}{path}", self.url);
+        self.call_at(0, method, path, token, body, key)
+    }
+
+    /// A call to replica `i` (modulo the replicas).
+    fn call_at(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let url = format!("{}{path}", self.urls[i % self.urls.len()]);
         let auth = format!("Bearer {token}");
         let mut resp = match method {
             "GET" => self.agent.get(&url).header("Authorization", &auth).call(),
@@ -137,27 +161,56 @@ fn run(args: BenchServeArgs) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?
     };
-    let mut cfg = kiln_server::ServerConfig::new(state_dir.clone());
-    cfg.workers = args.workers;
-    cfg.isolation = isolation(args.isolation);
-    cfg.database = database.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(kiln_server::serve(cfg, listener, async {
-        let _ = stop_rx.await;
-    }));
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let client = Arc::new(Client { agent, url });
-    // Wait for the server (the engine proves the runtime first).
-    let ready = Instant::now() + Duration::from_secs(120);
-    while client.call("GET", "/v1/builds?limit=1", &tenants[0].1, None, None).is_err() {
-        if Instant::now() > ready {
-            bail!("the server did not come up");
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    let replicas = args.replicas.max(1);
+    if replicas > 1 && database.is_none() {
+        bail!("--replicas {replicas} share a PostgreSQL database: give --database");
     }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut servers = Vec::new();
+    let mut stops = Vec::new();
+    let mut urls = Vec::new();
+    for r in 0..replicas {
+        // Replica 0 keeps the state dir; the others get their own beside it.
+        let dir = if r == 0 { state_dir.clone() } else { state_dir.join(format!("replica-{r}")) };
+        if r > 0 {
+            kiln_server::replicate::copy_shared_keys(&state_dir, &dir).context("the replica's keys")?;
+        }
+        let mut cfg = kiln_server::ServerConfig::new(dir);
+        cfg.workers = args.workers / replicas + usize::from(r < args.workers % replicas);
+        cfg.isolation = isolation(args.isolation);
+        cfg.database = database.clone();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        urls.push(format!("http://{}", listener.local_addr()?));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let server = rt.spawn(kiln_server::serve(
+            cfg,
+            listener,
+            async {
+                let _ = stop_rx.await;
+            },
+            move || {
+                let _ = ready_tx.send(());
+            },
+        ));
+        // Ready: its databases open and its keys made (the next replica
+        // copies them). The engine proves the runtime first.
+        if ready_rx.recv_timeout(Duration::from_secs(120)).is_err() {
+            let why = if server.is_finished() {
+                match rt.block_on(server) {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "it stopped".into(),
+                }
+            } else {
+                "not ready in 120 s".into()
+            };
+            bail!("replica {r} did not come up: {why}");
+        }
+        servers.push(server);
+        stops.push(stop_tx);
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let client = Arc::new(Client { agent, urls });
 
     let workflow = "jobs:\n  noop:\n    steps:\n      - run: \"true\"\n";
     let n = args.builds;
@@ -197,7 +250,8 @@ fn run(args: BenchServeArgs) -> anyhow::Result<()> {
                     let (tenant, token) = &tenants[i % tenants.len()];
                     let key = format!("bench-{i}");
                     let t = Instant::now();
-                    let (status, v) = client.call(
+                    let (status, v) = client.call_at(
+                        i,
                         "POST",
                         "/v1/builds",
                         token,
@@ -295,8 +349,12 @@ fn run(args: BenchServeArgs) -> anyhow::Result<()> {
 
     let live = live_logs(&client, &tenants[0].1, args.live_logs)?;
 
-    let _ = stop_tx.send(());
-    let _ = rt.block_on(server);
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for server in servers {
+        let _ = rt.block_on(server);
+    }
     rt.shutdown_timeout(Duration::from_secs(5));
     if scratch {
         let _ = std::fs::remove_dir_all(&state_dir);
@@ -308,8 +366,8 @@ fn run(args: BenchServeArgs) -> anyhow::Result<()> {
     };
     let ms = |s: f64| format!("{:.1} ms", s * 1000.0);
     let report = format!(
-        "`kiln bench-serve --builds {n} --tenants {} --workers {} --clients {} --isolation {iso}{}` \
-         (one `run: \"true\"` step per build; server, workers and clients on this machine, {} CPUs; \
+        "`kiln bench-serve --builds {n} --tenants {} --workers {} --clients {} --isolation {iso}{}{}` \
+         (one `run: \"true\"` step per build; {}, workers and clients on this machine, {} CPUs; \
          control database: {})\n\n\
          | measure | value |\n| --- | --- |\n\
          | builds submitted / distinct ids / finished / succeeded | {n} / {} / {} / {succeeded} |\n\
@@ -321,12 +379,14 @@ fn run(args: BenchServeArgs) -> anyhow::Result<()> {
          | build run time p50 / p99 | {} / {} |\n\
          | submit latency p50 / p99 (POST /v1/builds, {} clients) | {} / {} |\n\
          | list latency under load p50 / p99 (GET /v1/builds) | {} / {} |\n\
-         | live log, idle server ({} builds): submit → first log event p50 / p99 | {} / {} |\n\
+         | live log, idle server ({} builds{}): submit → first log event p50 / p99 | {} / {} |\n\
          | live log, idle server: a line's engine timestamp → at the client p50 / p99 | {} / {} |\n",
         args.tenants,
         args.workers,
         args.clients,
         if cluster.is_some() { " --database postgres" } else { "" },
+        if replicas > 1 { format!(" --replicas {replicas}") } else { String::new() },
+        if replicas > 1 { format!("{replicas} server replicas") } else { "server".to_string() },
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         if database.is_some() { "PostgreSQL" } else { "SQLite" },
         distinct.len(),
@@ -344,6 +404,7 @@ fn run(args: BenchServeArgs) -> anyhow::Result<()> {
         ms(pct(&probe_lat, 0.5)),
         ms(pct(&probe_lat, 0.99)),
         live.first.len(),
+        if replicas > 1 { ", each followed on a replica other than the one submitted to" } else { "" },
         ms(pct(&live.first, 0.5)),
         ms(pct(&live.first, 0.99)),
         ms(pct(&live.lag, 0.5)),
@@ -376,13 +437,20 @@ fn live_logs(client: &Client, token: &str, n: usize) -> anyhow::Result<LiveLogs>
     for i in 0..n {
         let t0 = Instant::now();
         let key = format!("live-{i}");
-        let (status, v) =
-            client.call("POST", "/v1/builds", token, Some(&json!({"workflow": workflow})), Some(&key))?;
+        let (status, v) = client.call_at(
+            i,
+            "POST",
+            "/v1/builds",
+            token,
+            Some(&json!({"workflow": workflow})),
+            Some(&key),
+        )?;
         if status != 201 {
             bail!("submit live-{i}: {status} {v}");
         }
         let id = v["id"].as_str().unwrap_or_default().to_string();
-        let url = format!("{}/v1/builds/{id}/logs", client.url);
+        // Followed on the next replica (the same one when there is one).
+        let url = format!("{}/v1/builds/{id}/logs", client.urls[(i + 1) % client.urls.len()]);
         let resp = client
             .agent
             .get(&url)

@@ -987,9 +987,7 @@ fn replicas_answer_for_each_others_builds_and_logs() {
     // The second replica: the first's database (no cluster of its own) and keys.
     TEST_DATABASE.with(|d| d.set(TestDatabase::Sqlite));
     let mut b = Server::unstarted(&["--workers", "0", "--store", &store_url], &a.env);
-    for f in ["secrets.key", "provenance-ed25519.key", "provenance-ed25519.pub", "notify.key"] {
-        std::fs::copy(a.state().join(f), b.state().join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
-    }
+    kiln_server::replicate::copy_shared_keys(&a.state(), &b.state()).unwrap();
     b.spawn();
     let ta = a.tenant("alpha", "team");
     let tb = b.api(&ta.token);
