@@ -8,6 +8,8 @@
 //!   server's side of it.
 //! * [`vault`]: tenant secrets encrypted at rest; [`auth`]: bearer tokens.
 //! * [`metrics`]: Prometheus exposition.
+//! * [`ui`]: the web UI under `/ui/` (server-rendered pages, a little
+//!   JavaScript for the live parts, all embedded in the binary).
 //!
 //! Embedded defaults: SQLite files and a local content store in one state
 //! directory, workers inside the server process. Each has its seam for
@@ -31,6 +33,7 @@ pub mod remote;
 pub mod statedb;
 pub mod tarout;
 pub mod tls;
+pub mod ui;
 pub mod vault;
 pub mod worker;
 
@@ -39,6 +42,11 @@ use std::time::Duration;
 
 pub use crate::core::{Core, ServerConfig};
 pub use error::{ApiError, ServerError};
+
+/// Everything `kiln serve` answers: the API and, beside it, the web UI.
+pub fn app(core: Arc<Core>) -> axum::Router {
+    ui::router(core.clone()).merge(api::router(core))
+}
 
 /// Runs the server on `listener` until `shutdown` resolves: recovers the
 /// queue, starts the in-process workers and the reaper, serves the API.
@@ -92,7 +100,7 @@ where
             }
         });
     }
-    let app = api::router(core);
+    let app = app(core);
     tracing::info!("listening on {:?}", listener.local_addr().ok());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
