@@ -288,6 +288,33 @@ async fn dag(c: &Client) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// The ids of the `line` events of a finished build's UI log stream
+/// (read to its end), optionally resuming with `Last-Event-ID`.
+fn sse_ids(url: &str, token: &str, path: &str, last: Option<u64>) -> Vec<u64> {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut req = agent.get(&format!("{url}{path}")).header("Authorization", &format!("Bearer {token}"));
+    if let Some(l) = last {
+        req = req.header("Last-Event-ID", &l.to_string());
+    }
+    let mut resp = req.call().unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = resp.body_mut().read_to_string().unwrap();
+    let mut ids = Vec::new();
+    let mut id: Option<u64> = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("id:") {
+            id = v.trim().parse().ok();
+        } else if line.starts_with("event:") && line.contains("line") {
+            ids.extend(id.take());
+        }
+    }
+    assert!(
+        text.contains("event: end") || text.contains("event:end"),
+        "the stream ends with the build: {text}"
+    );
+    ids
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
@@ -396,6 +423,22 @@ fn a_running_build_is_watched_live_from_sign_in_to_its_artifact() {
         .await;
         assert!(text_of(&c, "#build-state").await.contains("succeeded"));
         shot(&c, "build").await;
+
+        // At 200 % zoom (half the width in CSS pixels) the page still fits
+        // its window: text wraps, wide tables and the graph scroll inside
+        // their own boxes.
+        c.set_window_size(640, 500).await.unwrap();
+        c.refresh().await.unwrap();
+        let fits = js(&c, "return document.documentElement.scrollWidth <= window.innerWidth + 1").await;
+        assert_eq!(fits, json!(true), "no page-wide horizontal scrolling at 200 % zoom");
+        shot(&c, "build-zoom-200").await;
+        c.set_window_size(1280, 1000).await.unwrap();
+        // Keyboard: the first Tab reaches the skip link, then the navigation.
+        c.refresh().await.unwrap();
+        js(&c, "document.activeElement.blur(); return null;").await;
+        c.find(Locator::Css("body")).await.unwrap().send_keys("\u{E004}").await.unwrap();
+        let focused = js(&c, "return document.activeElement.className").await;
+        assert_eq!(focused, json!("skip"), "Tab first reaches the skip link");
 
         // The artifact: listed, downloadable, with its provenance verified.
         c.goto(&format!("{}/ui/builds/{id}/artifacts", server.url)).await.unwrap();
@@ -522,6 +565,13 @@ fn a_failure_is_followed_to_its_step_hostile_names_stay_text_and_other_tenants_s
             .unwrap();
         assert_eq!(status, json!(403), "a quarantined artifact is refused");
         shot(&c, "artifacts-quarantined").await;
+
+        // The log's stream resumes after the last line the browser got
+        // (Last-Event-ID), with neither a loss nor a repeat.
+        let ids = sse_ids(&server.url, &alpha, &format!("/ui/builds/{id}/logs/stream"), None);
+        assert!(ids.len() >= 3 && ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+        let resumed = sse_ids(&server.url, &alpha, &format!("/ui/builds/{id}/logs/stream"), Some(ids[1]));
+        assert_eq!(resumed, ids[2..].to_vec(), "resumed after line {}", ids[1]);
 
         // The security view lists the audit of this build.
         c.goto(&format!("{}/ui/builds/{id}/security", server.url)).await.unwrap();

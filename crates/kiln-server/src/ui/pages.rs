@@ -273,7 +273,8 @@ fn build_detail(core: &Core, b: &BuildRecord) -> UiResult<Markup> {
                     @if j["redactions"].as_i64().unwrap_or(0) > 0 { " · " (j["redactions"]) " secret(s) scrubbed" }
                 }
                 @if let Some(r) = j["reason"].as_str() { p class="reason" role="note" { (r) } }
-                div class="scroll" {
+                @if j["steps"].as_array().is_none_or(|s| s.is_empty()) { p class="empty" { "No steps have run yet." } }
+                @else { div class="scroll" {
                     table class="steps" {
                         thead { tr {
                             th scope="col" { "Step" } th scope="col" { "Phase" } th scope="col" { "State" }
@@ -299,7 +300,7 @@ fn build_detail(core: &Core, b: &BuildRecord) -> UiResult<Markup> {
                             }
                         }
                     }
-                }
+                } }
             }
         }
         details class="transitions" {
