@@ -260,12 +260,18 @@ async fn text_of(c: &Client, css: &str) -> String {
 
 /// Signs in through the form, as a person would.
 async fn sign_in(c: &Client, url: &str, token: &str) {
+    sign_in_to(c, url, token, "/ui/builds").await
+}
+
+/// Signs in and waits for the page a sign-in leads to (`/ui/queue` for an
+/// operator of no tenant).
+async fn sign_in_to(c: &Client, url: &str, token: &str, landing: &str) {
     c.goto(&format!("{url}/ui/login")).await.unwrap();
     shot(c, "login").await;
     c.find(Locator::Id("token")).await.unwrap().send_keys(token).await.unwrap();
     c.find(Locator::Css("form.login button[type=submit]")).await.unwrap().click().await.unwrap();
-    poll("the builds page after signing in", || async {
-        c.current_url().await.ok().filter(|u| u.path() == "/ui/builds").map(drop)
+    poll("the first page after signing in", || async {
+        c.current_url().await.ok().filter(|u| u.path() == landing).map(drop)
     })
     .await;
     let cookie = js(c, "return document.cookie").await;
@@ -404,10 +410,13 @@ fn a_running_build_is_watched_live_from_sign_in_to_its_artifact() {
         c.find(Locator::Id("log-search")).await.unwrap().send_keys("live-line").await.unwrap();
         let shown = js(
             &c,
-            "return Array.from(document.querySelectorAll('#log .line')).filter(l => !l.hidden).length",
+            "return Array.from(document.querySelectorAll('#log .line')).filter(l => l.getClientRects().length > 0).length",
         )
         .await;
-        assert_eq!(shown, json!(1), "one line matches");
+        assert_eq!(shown, json!(1), "one line matches, the others are not displayed");
+        shot(&c, "log-search").await;
+        c.find(Locator::Id("log-search")).await.unwrap().clear().await.unwrap();
+        js(&c, "document.getElementById('log-search').dispatchEvent(new Event('input')); return null;").await;
         shot(&c, "log").await;
         poll("the end of the log", || async {
             text_of(&c, "#log-status").await.contains("succeeded").then_some(())
@@ -602,6 +611,16 @@ fn a_failure_is_followed_to_its_step_hostile_names_stay_text_and_other_tenants_s
             assert!(!text_of(&c, "body").await.contains("red-failure"), "{path}");
         }
         shot(&c, "other-tenant-404").await;
+
+        // An operator sees the queue; a tenant does not.
+        c.goto(&format!("{}/ui/queue", server.url)).await.unwrap();
+        assert!(text_of(&c, "h1").await.starts_with("403"));
+        c.goto(&format!("{}/ui/builds", server.url)).await.unwrap();
+        c.find(Locator::Css("header form button[type=submit]")).await.unwrap().click().await.unwrap();
+        let operator = server.admin(&["token", "create", "--operator"]);
+        sign_in_to(&c, &server.url, &operator, "/ui/queue").await;
+        assert!(text_of(&c, "main").await.contains("Wait p99"));
+        shot(&c, "queue").await;
         c.close().await.unwrap();
     });
 }
