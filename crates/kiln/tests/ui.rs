@@ -78,6 +78,7 @@ impl Server {
         let auth = format!("Bearer {token}");
         let mut resp = match method {
             "GET" => agent.get(&url).header("Authorization", &auth).call(),
+            "PUT" => agent.put(&url).header("Authorization", &auth).send_json(body.unwrap_or(json!({}))),
             _ => agent.post(&url).header("Authorization", &auth).send_json(body.unwrap_or(json!({}))),
         }
         .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
@@ -485,8 +486,12 @@ fn a_running_build_is_watched_live_from_sign_in_to_its_artifact() {
     });
 }
 
-/// A step whose name and output are HTML, a failure, and a quarantined artifact.
-const HOSTILE: &str = r#"jobs:
+/// A step whose name and output are HTML, a failure, a quarantined
+/// artifact, a secret handed out and egress refused.
+const HOSTILE: &str = r#"kiln:
+  secrets:
+    DEPLOY_TOKEN: { phases: [build] }
+jobs:
   bad:
     steps:
       - name: "<script>document.title='pwned'</script>"
@@ -499,13 +504,32 @@ const HOSTILE: &str = r#"jobs:
       - run: mkdir -p dist && cp /bin/true dist/tool && echo '<p>hi</p>' > dist/index.html
       - uses: actions/upload-artifact@v4
         with: { name: site, path: dist }
+  net:
+    kiln:
+      network: { allow: ["registry.npmjs.org"] }
+    steps:
+      - env:
+          DEPLOY_TOKEN: ${{ secrets.DEPLOY_TOKEN }}
+        run: |
+          echo "token is $DEPLOY_TOKEN"
+          curl -fsS --max-time 10 -o /dev/null http://example.com/ || echo "refused as expected"
 "#;
+
+/// The value of the secret the hostile build is handed.
+const SECRET: &str = "s3cr3t-value-of-alpha";
 
 #[test]
 fn a_failure_is_followed_to_its_step_hostile_names_stay_text_and_other_tenants_see_nothing() {
     let server = Server::start();
     let alpha = server.tenant("alpha");
     let beta = server.tenant("beta");
+    let (status, v) = server.api(
+        &alpha,
+        "PUT",
+        "/v1/secrets/DEPLOY_TOKEN",
+        Some(json!({"value": SECRET, "phases": ["build"]})),
+    );
+    assert_eq!(status, 200, "{v}");
     let id = server.submit(&alpha, HOSTILE);
     poll_sync("the build to finish", || {
         let b = server.build(&alpha, &id);
@@ -520,7 +544,7 @@ fn a_failure_is_followed_to_its_step_hostile_names_stay_text_and_other_tenants_s
         // From the list to the failed job, to its failed step, to its log.
         c.goto(&format!("{}/ui/builds?state=failed", server.url)).await.unwrap();
         c.find(Locator::Css(&format!("a[href='/ui/builds/{id}']"))).await.unwrap().click().await.unwrap();
-        let d = poll("the DAG", || async { Some(dag(&c).await).filter(|d| d.len() == 2) }).await;
+        let d = poll("the DAG", || async { Some(dag(&c).await).filter(|d| d.len() == 3) }).await;
         assert!(d.contains(&("bad".into(), "failed".into())), "{d:?}");
         shot(&c, "build-failed").await;
         c.find(Locator::Css("svg.dag a.node[data-job='bad']")).await.unwrap().click().await.unwrap();
@@ -547,6 +571,10 @@ fn a_failure_is_followed_to_its_step_hostile_names_stay_text_and_other_tenants_s
         assert!(log.contains("<script>window.pwned = 1</script>"), "the line as text: {log}");
         assert_eq!(text_of(&c, "#log span.fg1").await, "red-failure");
         shot(&c, "log-failed").await;
+
+        // The scrubbed secret is marked as such in the log.
+        assert_eq!(text_of(&c, "#log mark.redacted").await, "***");
+        assert!(!text_of(&c, "body").await.contains(SECRET));
 
         // Nothing the payloads carried ran.
         assert_eq!(js(&c, "return typeof window.pwned").await, json!("undefined"));
@@ -582,9 +610,13 @@ fn a_failure_is_followed_to_its_step_hostile_names_stay_text_and_other_tenants_s
         let resumed = sse_ids(&server.url, &alpha, &format!("/ui/builds/{id}/logs/stream"), Some(ids[1]));
         assert_eq!(resumed, ids[2..].to_vec(), "resumed after line {}", ids[1]);
 
-        // The security view lists the audit of this build.
+        // The security view: the refused destination and the secret's name.
         c.goto(&format!("{}/ui/builds/{id}/security", server.url)).await.unwrap();
         assert!(text_of(&c, "h1").await.contains(&id));
+        let egress = text_of(&c, "#egress").await;
+        assert!(egress.contains("example.com"), "{egress}");
+        let secrets = text_of(&c, "#secrets").await;
+        assert!(secrets.contains("DEPLOY_TOKEN") && !secrets.contains(SECRET), "{secrets}");
         shot(&c, "security").await;
 
         // Signed out, then in as beta: none of alpha's pages.

@@ -517,11 +517,15 @@ pub(super) async fn security(
     let body = html! {
         h1 { "Security of build " code { (b.id) } }
         (build_nav(&b.id, "security"))
-        h2 { "Egress refused or capped (" (egress.len()) ")" }
-        (table(&egress, "egress events"))
-        h2 { "Secrets handed out (" (secrets.len()) ")" }
-        p class="hint" { "Names only: a secret's value is never stored in the audit log or shown." }
-        (table(&secrets, "secrets handed out"))
+        section id="egress" aria-labelledby="egress-h" {
+            h2 id="egress-h" { "Egress refused or capped (" (egress.len()) ")" }
+            (table(&egress, "egress events"))
+        }
+        section id="secrets" aria-labelledby="secrets-h" {
+            h2 id="secrets-h" { "Secrets handed out (" (secrets.len()) ")" }
+            p class="hint" { "The variable or file each secret was handed to a step as; a secret's value is never stored in the audit log or shown." }
+            (table(&secrets, "secrets handed out"))
+        }
         h2 { "Every audit event of this build (" (all.len()) ")" }
         (table(&all, "audit events"))
     };
