@@ -328,7 +328,8 @@ fn rt() -> tokio::runtime::Runtime {
 
 // ---- the tests ----
 
-/// Three jobs in a chain; the second prints a line, waits, prints another.
+/// Jobs in a chain, the middle one a matrix of two legs that each print a
+/// line, wait, and print another.
 const CHAIN: &str = r#"jobs:
   build:
     steps:
@@ -337,6 +338,9 @@ const CHAIN: &str = r#"jobs:
           printf '\033[32mbuild ok\033[0m\n'
   test:
     needs: build
+    strategy:
+      matrix:
+        shard: [1, 2]
     steps:
       - run: |
           echo "test-started"
@@ -372,7 +376,7 @@ fn a_running_build_is_watched_live_from_sign_in_to_its_artifact() {
         // Its DAG, live: not all green at first, then green on the same
         // page load (a global set now survives: no reload).
         c.find(Locator::Css(&format!("a[href='/ui/builds/{id}']"))).await.unwrap().click().await.unwrap();
-        let first = poll("the DAG", || async { Some(dag(&c).await).filter(|d| d.len() == 3) }).await;
+        let first = poll("the DAG", || async { Some(dag(&c).await).filter(|d| d.len() == 4) }).await;
         assert!(first.iter().any(|(_, s)| s != "succeeded"), "not green before it ran: {first:?}");
         js(&c, "window.kilnSamePage = true; return null;").await;
         poll("the build job to turn green", || async {
@@ -414,7 +418,10 @@ fn a_running_build_is_watched_live_from_sign_in_to_its_artifact() {
             "return Array.from(document.querySelectorAll('#log .line')).filter(l => l.getClientRects().length > 0).length",
         )
         .await;
-        assert_eq!(shown, json!(1), "one line matches, the others are not displayed");
+        let matching = js(&c, "return Array.from(document.querySelectorAll('#log .line')).filter(l => l.textContent.includes('live-line')).length").await;
+        let total = js(&c, "return document.querySelectorAll('#log .line').length").await;
+        assert_eq!(shown, matching, "the matching lines are displayed, the others are not");
+        assert!(shown.as_u64().unwrap_or(0) >= 1 && shown.as_u64() < total.as_u64(), "{shown} of {total}");
         shot(&c, "log-search").await;
         c.find(Locator::Id("log-search")).await.unwrap().clear().await.unwrap();
         js(&c, "document.getElementById('log-search').dispatchEvent(new Event('input')); return null;").await;
@@ -428,10 +435,12 @@ fn a_running_build_is_watched_live_from_sign_in_to_its_artifact() {
         c.goto(&format!("{}/ui/builds/{id}", server.url)).await.unwrap();
         poll("every job green", || async {
             let d = dag(&c).await;
-            (d.len() == 3 && d.iter().all(|(_, s)| s == "succeeded")).then_some(())
+            (d.len() == 4 && d.iter().all(|(_, s)| s == "succeeded")).then_some(())
         })
         .await;
         assert!(text_of(&c, "#build-state").await.contains("succeeded"));
+        let boxes = js(&c, "return document.querySelectorAll('svg.dag rect.group').length").await;
+        assert_eq!(boxes, json!(1), "the matrix's legs are drawn together");
         shot(&c, "build").await;
 
         // At 200 % zoom (half the width in CSS pixels) the page still fits
@@ -439,8 +448,19 @@ fn a_running_build_is_watched_live_from_sign_in_to_its_artifact() {
         // their own boxes.
         c.set_window_size(640, 500).await.unwrap();
         c.refresh().await.unwrap();
+        // (What sticks out, for the message: elements beyond the window's
+        // right edge that no scrolling box of their own holds.)
         let fits = js(&c, "return document.documentElement.scrollWidth <= window.innerWidth + 1").await;
-        assert_eq!(fits, json!(true), "no page-wide horizontal scrolling at 200 % zoom");
+        let wide = js(
+            &c,
+            "return [document.documentElement.scrollWidth, window.innerWidth].concat(\
+               Array.from(document.querySelectorAll('body *'))\
+                 .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)\
+                 .filter(e => !(e.parentElement && e.parentElement.closest('.scroll')))\
+                 .map(e => e.tagName + '.' + e.className).slice(0, 10));",
+        )
+        .await;
+        assert_eq!(fits, json!(true), "no page-wide horizontal scrolling at 200 % zoom: {wide}");
         shot(&c, "build-zoom-200").await;
         c.set_window_size(1280, 1000).await.unwrap();
         // Keyboard: the first Tab reaches the skip link, then the navigation.

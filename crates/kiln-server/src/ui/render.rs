@@ -290,10 +290,33 @@ const NODE_H: usize = 46;
 const GAP_X: usize = 60;
 const GAP_Y: usize = 18;
 
+/// The matrix groups to draw as boxes: `(key, column, first row, last
+/// row)` for each group whose legs all sit in one column (legs of one job
+/// need the same jobs, so they do).
+pub fn groups(nodes: &[DagNode], pos: &[(usize, usize)]) -> Vec<(String, usize, usize, usize)> {
+    let mut out: Vec<(String, usize, usize, usize)> = Vec::new();
+    let mut mixed: Vec<String> = Vec::new();
+    for (n, &(col, row)) in nodes.iter().zip(pos) {
+        let Some(g) = &n.group else { continue };
+        match out.iter_mut().find(|(k, ..)| k == g) {
+            Some((_, c, lo, hi)) if *c == col => {
+                *lo = (*lo).min(row);
+                *hi = (*hi).max(row);
+            }
+            Some(_) => mixed.push(g.clone()),
+            None => out.push((g.clone(), col, row, row)),
+        }
+    }
+    out.retain(|(k, ..)| !mixed.contains(k));
+    out
+}
+
 /// The DAG as inline SVG: one link per job (to its steps on the page),
-/// edges from `needs`, each node's state as a class and as a word.
+/// edges from `needs`, each node's state as a class and as a word, and
+/// the legs of a matrix inside one dashed box.
 pub fn dag_svg(nodes: &[DagNode]) -> Markup {
     let pos = layout(nodes);
+    let boxes = groups(nodes, &pos);
     let cols = pos.iter().map(|p| p.0 + 1).max().unwrap_or(1);
     let rows = pos.iter().map(|p| p.1 + 1).max().unwrap_or(1);
     let w = cols * (NODE_W + GAP_X) - GAP_X + 8;
@@ -309,6 +332,12 @@ pub fn dag_svg(nodes: &[DagNode]) -> Markup {
     html! {
         svg class="dag" role="group" aria-label="job graph" viewBox={ "0 0 " (w) " " (h) }
             width=(w) height=(h) xmlns="http://www.w3.org/2000/svg" {
+            @for (key, col, lo, hi) in &boxes {
+                @let (x, y) = (4 + col * (NODE_W + GAP_X), 4 + lo * (NODE_H + GAP_Y));
+                rect class="group" x=(x - 3) y=(y - 3) width=(NODE_W + 6) height=((hi - lo) * (NODE_H + GAP_Y) + NODE_H + 6) rx="8" {
+                    title { "matrix " (key) }
+                }
+            }
             @for (i, node) in nodes.iter().enumerate() {
                 @for &j in node.needs.iter().filter(|&&j| j < nodes.len() && j != i) {
                     @let (x1, y1) = xy(j);
@@ -435,6 +464,42 @@ mod tests {
         assert!(svg.contains("&lt;script&gt;"), "{svg}");
         assert!(svg.contains("✗ failed") && svg.contains("… queued"), "{svg}");
         assert!(svg.contains("class=\"edge\""), "{svg}");
+    }
+
+    #[test]
+    fn matrix_legs_in_one_column_are_boxed_together() {
+        let mut nodes = vec![node("build", &[])];
+        for leg in ["test (shard: 1)", "test (shard: 2)", "test (shard: 3)"] {
+            let mut n = node(leg, &[0]);
+            n.group = Some("test".into());
+            nodes.push(n);
+        }
+        nodes.push(node("deploy", &[1, 2, 3]));
+        let pos = layout(&nodes);
+        assert_eq!(groups(&nodes, &pos), vec![("test".to_string(), 1, 0, 2)]);
+        let svg = dag_svg(&nodes).into_string();
+        assert_eq!(svg.matches("class=\"group\"").count(), 1, "{svg}");
+        assert!(svg.contains("· test"), "each leg names its group: {svg}");
+    }
+
+    proptest::proptest! {
+        /// Whatever a step prints, the only markup in its line is the
+        /// renderer's own spans and marks.
+        #[test]
+        fn any_line_renders_to_text_and_our_own_tags_only(s in r#"(\PC|[<>&"'\x1b\[;0-9m*\x07\]])*"#) {
+            let out = ansi_to_html(&s);
+            let allowed = ["<span class=\"", "</span>", "<mark class=\"redacted\"", "</mark>"];
+            let mut text = String::new();
+            let mut rest = out.as_str();
+            while let Some(i) = rest.find('<') {
+                text.push_str(&rest[..i]);
+                proptest::prop_assert!(allowed.iter().any(|a| rest[i..].starts_with(a)), "{}", out);
+                let close = rest[i..].find('>').map(|j| i + j + 1).unwrap_or(rest.len());
+                rest = &rest[close..];
+            }
+            text.push_str(rest);
+            proptest::prop_assert!(!text.contains(['"', '>', '\'']), "{}", out);
+        }
     }
 
     #[test]
