@@ -217,6 +217,7 @@ pub fn serve(args: ServeArgs) -> u8 {
                 let scheme = if tls.is_some() { "https" } else { "http" };
                 writeln!(out, "kiln serve: listening on {scheme}://{addr}")?;
                 out.flush()?;
+                eprintln!("kiln serve: web UI at {scheme}://{addr}/ui/ (sign in with a tenant token)");
             }
             match tls {
                 Some(config) => {

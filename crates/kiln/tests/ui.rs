@@ -358,6 +358,7 @@ const CHAIN: &str = r#"jobs:
 
 #[test]
 fn a_running_build_is_watched_live_from_sign_in_to_its_artifact() {
+    require_browser();
     let server = Server::start();
     let token = server.tenant("alpha");
     let driver = Driver::start();
@@ -540,6 +541,7 @@ const SECRET: &str = "s3cr3t-value-of-alpha";
 
 #[test]
 fn a_failure_is_followed_to_its_step_hostile_names_stay_text_and_other_tenants_see_nothing() {
+    require_browser();
     let server = Server::start();
     let alpha = server.tenant("alpha");
     let beta = server.tenant("beta");
