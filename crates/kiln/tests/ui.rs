@@ -380,11 +380,15 @@ fn a_running_build_is_watched_live_from_sign_in_to_its_artifact() {
         let first = poll("the DAG", || async { Some(dag(&c).await).filter(|d| d.len() == 4) }).await;
         assert!(first.iter().any(|(_, s)| s != "succeeded"), "not green before it ran: {first:?}");
         js(&c, "window.kilnSamePage = true; return null;").await;
+        // A keyboard user on a job's node keeps the focus through updates.
+        js(&c, "document.querySelector(\"svg.dag a.node[data-job='package']\").focus(); return null;").await;
         poll("the build job to turn green", || async {
             dag(&c).await.iter().any(|(j, s)| j == "build" && s == "succeeded").then_some(())
         })
         .await;
         assert_eq!(js(&c, "return window.kilnSamePage === true").await, json!(true));
+        let focused = js(&c, "return document.activeElement.dataset ? document.activeElement.dataset.job : null").await;
+        assert_eq!(focused, json!("package"), "the focus survived the live update");
         let labels = text_of(&c, "svg.dag").await;
         assert!(labels.contains("succeeded"), "the state is a word too: {labels}");
         shot(&c, "build-running").await;

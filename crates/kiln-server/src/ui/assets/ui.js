@@ -17,12 +17,15 @@
         .then(function (r) { return r.ok ? r.text() : null; })
         .then(function (html) {
           if (html !== null) {
-            var focused = document.activeElement && document.activeElement.id;
+            // Keyboard users keep their place: the focused link (by id or
+            // href) is focused again in the new fragment.
+            var a = document.activeElement;
+            var id = a && el.contains(a) ? a.id : "";
+            var href = a && el.contains(a) ? a.getAttribute("href") : null;
             el.innerHTML = html;
-            if (focused) {
-              var f = document.getElementById(focused);
-              if (f) { f.focus(); }
-            }
+            var f = id ? document.getElementById(id)
+              : href ? el.querySelector('[href="' + CSS.escape(href) + '"]') : null;
+            if (f) { f.focus(); }
           }
         })
         .catch(function () {})
