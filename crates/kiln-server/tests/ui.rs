@@ -133,6 +133,9 @@ fn sign_in_sets_a_strict_http_only_cookie_only_from_this_origin() {
     }
     assert!(!ok.headers["location"].to_str().unwrap().contains("kiln_"), "never the token in a URL");
     assert_eq!(get(&f.core, "/ui/builds", Some(&f.alpha)).status, StatusCode::OK);
+    // The API takes the bearer header only: with a cookie, each of its
+    // POSTs would be a cross-site request forgery target.
+    assert_eq!(get(&f.core, "/v1/builds", Some(&f.alpha)).status, StatusCode::UNAUTHORIZED);
     // Sign-out clears it, and also needs this origin.
     let out = |origin: &str| {
         call(

@@ -134,6 +134,10 @@ impl IntoResponse for UiError {
                     h1 { (status.as_u16()) " " (title) }
                     p class="error" role="alert" { (message) }
                     p { a href="/ui/builds" { "Back to the builds" } }
+                    // The error does not know who asked: both ways out.
+                    form method="post" action="/ui/logout" class="inline" {
+                        "Or " button type="submit" { "sign out" } " to use another token."
+                    }
                 };
                 (status, Html(bare(title, body).into_string())).into_response()
             }
