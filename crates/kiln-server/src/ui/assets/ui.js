@@ -5,6 +5,12 @@
 "use strict";
 
 (function () {
+  // The build's state on a build page (none on the list).
+  function stateOf(el) {
+    var s = el.querySelector("#build-state");
+    return s ? s.dataset.state : "";
+  }
+
   // Pages with live state: re-fetch the fragment when the server says
   // something this user may see has changed.
   function live(el) {
@@ -22,10 +28,16 @@
             var a = document.activeElement;
             var id = a && el.contains(a) ? a.id : "";
             var href = a && el.contains(a) ? a.getAttribute("href") : null;
+            var before = stateOf(el);
             el.innerHTML = html;
             var f = id ? document.getElementById(id)
               : href ? el.querySelector('[href="' + CSS.escape(href) + '"]') : null;
             if (f) { f.focus(); }
+            // Screen readers hear what changed, not the whole region again.
+            var after = stateOf(el);
+            var status = document.getElementById("live-status");
+            if (status && after && after !== before) { status.textContent = "Build " + after + "."; }
+            else if (status && !after) { status.textContent = "The list of builds was updated."; }
           }
         })
         .catch(function () {})

@@ -61,7 +61,8 @@ pub(crate) async fn builds(
             }
             button type="submit" { "Filter" }
         }
-        div id="live" aria-live="polite" data-live={ "/ui/live?" (qs) }
+        p id="live-status" class="sr" role="status" {}
+        div id="live" data-live={ "/ui/live?" (qs) }
             data-fragment={ "/ui/builds?fragment=1&" (qs) } { (table) }
     };
     Ok(page(&user, "Builds", "builds", body))
@@ -118,7 +119,8 @@ pub(crate) async fn build(
     let body = html! {
         h1 { "Build " code { (b.id) } }
         (build_nav(&b.id, "build"))
-        div id="live" aria-live="polite" data-live={ "/ui/live?build=" (b.id) }
+        p id="live-status" class="sr" role="status" {}
+        div id="live" data-live={ "/ui/live?build=" (b.id) }
             data-fragment={ "/ui/builds/" (b.id) "?fragment=1" } { (detail) }
     };
     Ok(page(&user, &format!("Build {}", b.id), "builds", body))
