@@ -2,7 +2,18 @@
 
 use super::*;
 
-fn builds_table(rows: &[BuildRecord]) -> Markup {
+/// How long a build ran, or has run so far (at `now_ms`).
+fn run_time(b: &BuildRecord, now_ms: i64) -> String {
+    match (b.started_ms, b.finished_ms) {
+        (Some(a), Some(z)) => seconds((z - a).max(0) as f64 / 1000.0),
+        (Some(a), None) if !is_terminal(&b.state) => {
+            format!("{} so far", seconds((now_ms - a).max(0) as f64 / 1000.0))
+        }
+        _ => "—".into(),
+    }
+}
+
+fn builds_table(rows: &[BuildRecord], now_ms: i64) -> Markup {
     html! {
         @if rows.is_empty() {
             p class="empty" { "No builds." }
@@ -26,7 +37,7 @@ fn builds_table(rows: &[BuildRecord]) -> Markup {
                                 td { (b.priority) }
                                 td { (b.created_at) }
                                 td { (opt_secs(ms_between(Some(b.enqueued_ms), b.started_ms))) }
-                                td { (opt_secs(ms_between(b.started_ms, b.finished_ms))) }
+                                td { (run_time(b, now_ms)) }
                                 td { (b.attempt) @if b.retries > 0 { " (" (b.retries) " retried)" } }
                             }
                         }
@@ -46,7 +57,7 @@ pub(crate) async fn builds(
     let tenant = user.tenant()?;
     let state = state_filter(q.state.as_deref())?;
     let rows = core.read().builds(Some(tenant), state, 200)?;
-    let table = builds_table(&rows);
+    let table = builds_table(&rows, core.cfg.clock.now_ms());
     if q.fragment.is_some() {
         return Ok(Html(table.into_string()));
     }
@@ -153,7 +164,7 @@ fn build_detail(core: &Core, b: &BuildRecord) -> UiResult<Markup> {
             div { dt { "Priority" } dd { (b.priority) } }
             div { dt { "Submitted" } dd { (b.created_at) } }
             div { dt { "Queue wait" } dd { (opt_secs(queue_wait)) } }
-            div { dt { "Run time" } dd { (opt_secs(ms_between(b.started_ms, b.finished_ms))) } }
+            div { dt { "Run time" } dd { (run_time(b, core.cfg.clock.now_ms())) } }
             div { dt { "Attempts" } dd { (attempts.len()) @if b.retries > 0 { " (" (b.retries) " retried)" } } }
             @if let Some(u) = &usage {
                 div { dt { "CPU" } dd { (seconds(u.cpu_seconds)) } }
