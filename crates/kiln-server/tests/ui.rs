@@ -1,18 +1,28 @@
 //! The web UI without sandboxes: a server with no workers, driven
 //! in-process through the router. Sign-in and its cookie, the CSRF check,
-//! the security headers, tenant isolation and the operators' queue. (The
-//! pages in a real browser, with builds that run: `kiln`'s `tests/ui.rs`.)
+//! the security headers, tenant isolation and the operators' queue, each
+//! on SQLite and on PostgreSQL. (The pages in a real browser, with builds
+//! that run: `kiln`'s `tests/ui.rs`.)
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use kiln_server::db::{ControlDb, Principal};
+use kiln_server::pgcluster::{test_database, TestDatabase};
 use kiln_server::{Core, ServerConfig};
 use tower::ServiceExt;
 
+kiln_server::on_both_databases!(
+    pages_need_a_token_and_carry_a_strict_csp,
+    sign_in_sets_a_strict_http_only_cookie_only_from_this_origin,
+    another_tenants_build_is_404_on_every_page,
+    the_queue_is_for_operators,
+);
+
 struct Fixture {
     _dir: tempfile::TempDir,
+    _cluster: Option<kiln_server::pgcluster::LocalCluster>,
     core: Arc<Core>,
     alpha: String,
     beta: String,
@@ -23,18 +33,24 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = ServerConfig::new(dir.path().join("state"));
     cfg.workers = 0;
+    let cluster = (test_database() == TestDatabase::Postgres).then(|| {
+        let c = kiln_server::pgcluster::LocalCluster::start()
+            .unwrap_or_else(|e| panic!("the PostgreSQL test cluster: {e}"));
+        cfg.database = Some(c.database("kiln").unwrap());
+        c
+    });
     let token = |db: &ControlDb, tenant: Option<&str>, operator: bool| {
         Core::admin_token(db, &Principal { tenant: tenant.map(str::to_string), operator, worker: false })
             .unwrap()
     };
     let (alpha, beta, operator) = {
-        let db = ControlDb::connect(None, &cfg.state_dir).unwrap();
+        let db = ControlDb::connect(cfg.database.as_deref(), &cfg.state_dir).unwrap();
         db.upsert_tenant("alpha", "team").unwrap();
         db.upsert_tenant("beta", "team").unwrap();
         (token(&db, Some("alpha"), false), token(&db, Some("beta"), false), token(&db, None, true))
     };
     let core = Core::start(cfg).unwrap();
-    Fixture { _dir: dir, core, alpha, beta, operator }
+    Fixture { _dir: dir, _cluster: cluster, core, alpha, beta, operator }
 }
 
 struct Resp {
@@ -89,7 +105,6 @@ fn submit(core: &Arc<Core>, token: &str, workflow: &str) -> String {
     v["id"].as_str().unwrap().to_string()
 }
 
-#[test]
 fn pages_need_a_token_and_carry_a_strict_csp() {
     let f = fixture();
     let r = get(&f.core, "/ui/builds", None);
@@ -117,7 +132,6 @@ fn pages_need_a_token_and_carry_a_strict_csp() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
 
-#[test]
 fn sign_in_sets_a_strict_http_only_cookie_only_from_this_origin() {
     let f = fixture();
     assert_eq!(login(&f.core, &f.alpha, None).status, StatusCode::FORBIDDEN, "no Origin");
@@ -155,7 +169,6 @@ fn sign_in_sets_a_strict_http_only_cookie_only_from_this_origin() {
     assert!(r.headers["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
 }
 
-#[test]
 fn another_tenants_build_is_404_on_every_page() {
     let f = fixture();
     let wf = "jobs:\n  build:\n    steps:\n      - run: echo hi\n  test:\n    needs: build\n    steps:\n      - run: echo t\n";
@@ -189,7 +202,6 @@ fn another_tenants_build_is_404_on_every_page() {
     );
 }
 
-#[test]
 fn the_queue_is_for_operators() {
     let f = fixture();
     submit(&f.core, &f.alpha, "jobs:\n  a:\n    steps:\n      - run: echo a\n");
