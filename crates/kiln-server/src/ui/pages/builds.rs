@@ -160,6 +160,12 @@ fn build_detail(core: &Core, b: &BuildRecord) -> UiResult<Markup> {
             }
             @if let Some(r) = &b.reason { div { dt { "Reason" } dd { (r) } } }
             div { dt { "Pipeline" } dd { (b.pipeline) } }
+            div { dt { "Source" } dd {
+                @match &b.source_tree {
+                    Some(t) => { "uploaded tree " code { (t.get(..19).unwrap_or(t)) "…" } }
+                    None => { "none uploaded (the workflow fetches its own)" }
+                }
+            } }
             div { dt { "Ref" } dd { @if b.git_ref.is_empty() { "—" } @else { code { (b.git_ref) } } } }
             div { dt { "Priority" } dd { (b.priority) } }
             div { dt { "Submitted" } dd { (b.created_at) } }
