@@ -15,7 +15,9 @@
 # - user-mode-linux (a Linux kernel run as a process) for the tests that
 #   run kiln's cgroup v2 driver, runc and `kiln doctor` on a real cgroup v2
 #   hierarchy when the host mounts cgroup v1;
-# - PostgreSQL's server, for the control plane's tests on PostgreSQL.
+# - PostgreSQL's server, for the control plane's tests on PostgreSQL;
+# - Chromium and its WebDriver (chromium-driver), for the web UI's tests in
+#   a real headless browser.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -45,7 +47,7 @@ declare -A pkg=(
     [runc]=runc [mkfs.ext4]=e2fsprogs [losetup]=util-linux [git]=git [python3]=python3
     [bash]=bash [pgrep]=procps [curl]=curl [xxd]=xxd [npm]="nodejs npm" [openssl]=openssl
     [mmdebstrap]=mmdebstrap [umoci]=umoci [skopeo]=skopeo [docker-registry]=docker-registry
-    [g++]=g++ [linux.uml]=user-mode-linux
+    [g++]=g++ [linux.uml]=user-mode-linux [chromium]=chromium [chromedriver]=chromium-driver
 )
 missing=()
 for bin in "${!pkg[@]}"; do

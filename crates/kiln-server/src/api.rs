@@ -183,7 +183,7 @@ impl FromRequestParts<AppState> for Auth {
 }
 
 impl Auth {
-    fn tenant(&self) -> ApiResult<&str> {
+    pub(crate) fn tenant(&self) -> ApiResult<&str> {
         self.0.tenant.as_deref().ok_or_else(|| ApiError::forbidden("this token belongs to no tenant"))
     }
     fn worker(&self) -> ApiResult<()> {
@@ -193,7 +193,7 @@ impl Auth {
             Err(ApiError::forbidden("this token is not a worker token"))
         }
     }
-    fn actor(&self) -> String {
+    pub(crate) fn actor(&self) -> String {
         match (&self.0.tenant, self.0.operator, self.0.worker) {
             (_, true, _) => {
                 format!("operator{}", self.0.tenant.as_deref().map(|t| format!(" ({t})")).unwrap_or_default())
@@ -259,7 +259,7 @@ mod body_tests {
 }
 
 /// A build of the caller's tenant, or 404.
-fn tenant_build(core: &Core, auth: &Auth, id: &str) -> ApiResult<BuildRecord> {
+pub(crate) fn tenant_build(core: &Core, auth: &Auth, id: &str) -> ApiResult<BuildRecord> {
     let tenant = auth.tenant()?;
     if id.len() > 100 {
         return Err(ApiError::not_found("build"));
@@ -630,17 +630,7 @@ async fn logs(
 ) -> ApiResult<Response> {
     let b = tenant_build(&core, &auth, &id)?;
     if q.format.as_deref() == Some("text") {
-        let mut text = String::new();
-        let mut after = 0;
-        loop {
-            let lines = read_logs(&core, &b.id, after, 5000)?;
-            let Some(last) = lines.last() else { break };
-            after = last.id;
-            for l in &lines {
-                let step = if l.step.is_empty() { String::new() } else { format!(" / {}", l.step) };
-                text.push_str(&format!("[{}{}] {}\n", l.job, step, l.text));
-            }
-        }
+        let text = log_text(&core, &b.id)?;
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
     }
     if let Some(f) = q.format.as_deref().filter(|f| *f != "sse") {
@@ -655,12 +645,58 @@ async fn logs(
             .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a log position (a number)"))?,
         None => q.after.unwrap_or(0).max(0),
     };
-    let stream = LogStream::new(core.clone(), b.id.clone(), after);
-    let events = futures::stream::unfold(stream, |mut s| async move {
-        let ev = s.next().await?;
-        Some((Ok::<_, Infallible>(ev), s))
-    });
+    let events =
+        futures::StreamExt::filter_map(log_stream(core.clone(), b.id.clone(), after), |item| async move {
+            let ev = match item {
+                LogItem::Line(l) => SseEvent::default().id(l.id.to_string()).event("log").json_data(&l),
+                LogItem::End(end) => SseEvent::default().event("end").json_data(end),
+            };
+            ev.ok().map(Ok::<_, Infallible>)
+        });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+/// A build's whole log as text, one `[job / step] text` line per entry
+/// (every attempt).
+pub(crate) fn log_text(core: &Core, id: &str) -> ApiResult<String> {
+    let mut text = String::new();
+    let mut after = 0;
+    loop {
+        let lines = read_logs(core, id, after, 5000)?;
+        let Some(last) = lines.last() else { break };
+        after = last.id;
+        for l in &lines {
+            let step = if l.step.is_empty() { String::new() } else { format!(" / {}", l.step) };
+            text.push_str(&format!("[{}{}] {}\n", l.job, step, l.text));
+        }
+    }
+    Ok(text)
+}
+
+/// Log lines of a build after position `after` (at most `limit`), for the UI.
+pub(crate) fn log_lines(core: &Core, id: &str, after: i64, limit: i64) -> ApiResult<Vec<LogLine>> {
+    read_logs(core, id, after, limit)
+}
+
+/// What a live log yields: each line, then the build's end.
+#[derive(Debug)]
+pub(crate) enum LogItem {
+    Line(LogLine),
+    /// `{"build", "state", "failure", "reason"}` once the build is over.
+    End(Value),
+}
+
+/// The live log of build `id` after position `after` (see [`LogStream`]),
+/// shared by the API's SSE and the UI's.
+pub(crate) fn log_stream(
+    core: Arc<Core>,
+    id: String,
+    after: i64,
+) -> impl futures::Stream<Item = LogItem> + Send + 'static {
+    futures::stream::unfold(LogStream::new(core, id, after), |mut s| async move {
+        let item = s.next().await?;
+        Some((item, s))
+    })
 }
 
 /// A live log: the lines stored so far, then each line as it is committed,
@@ -672,7 +708,7 @@ struct LogStream {
     core: Arc<Core>,
     build: String,
     after: i64,
-    pending: VecDeque<SseEvent>,
+    pending: VecDeque<LogItem>,
     done: bool,
     /// Build state changes, and log commits of the build's newest attempt
     /// (by engine id).
@@ -696,7 +732,7 @@ impl LogStream {
         }
     }
 
-    async fn next(&mut self) -> Option<SseEvent> {
+    async fn next(&mut self) -> Option<LogItem> {
         loop {
             if let Some(e) = self.pending.pop_front() {
                 return Some(e);
@@ -731,16 +767,13 @@ impl LogStream {
             };
             for l in lines {
                 self.after = l.id;
-                let ev = SseEvent::default().id(l.id.to_string()).event("log");
-                if let Ok(ev) = ev.json_data(&l) {
-                    self.pending.push_back(ev);
-                }
+                self.pending.push_back(LogItem::Line(l));
             }
             if self.pending.is_empty() {
                 if finished {
                     self.done = true;
                     let end = json!({"build": row.id, "state": row.state, "failure": row.failure, "reason": row.reason});
-                    return SseEvent::default().event("end").json_data(end).ok();
+                    return Some(LogItem::End(end));
                 }
                 let commits = async {
                     match self.commits.as_mut() {
@@ -779,7 +812,7 @@ async fn build_artifacts(
 }
 
 /// An artifact of the caller's tenant, or 404.
-async fn tenant_artifact(
+pub(crate) async fn tenant_artifact(
     core: &Core,
     auth: &Auth,
     artifact: &str,
@@ -822,10 +855,22 @@ async fn provenance(
     Path(artifact): Path<String>,
 ) -> ApiResult<Response> {
     let (store, digest) = tenant_artifact(&core, &auth, &artifact).await?;
-    // The store's records first (a remote worker's statement, signed here
-    // with the deployment's key), then what the engine recorded.
+    match provenance_bytes(&core, &store, &digest).await? {
+        Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response()),
+        None => Err(ApiError::not_found("provenance")),
+    }
+}
+
+/// The provenance envelope of an artifact of `store`: the store's records
+/// first (a remote worker's statement, signed here with the deployment's
+/// key), then what the engine recorded.
+pub(crate) async fn provenance_bytes(
+    core: &Core,
+    store: &kiln_store::Store,
+    digest: &kiln_store::TreeDigest,
+) -> ApiResult<Option<Bytes>> {
     let mut candidates: Vec<String> = store
-        .artifact_records(&digest)
+        .artifact_records(digest)
         .await
         .unwrap_or_default()
         .into_iter()
@@ -835,10 +880,10 @@ async fn provenance(
     for c in candidates {
         let Ok(d) = c.parse::<kiln_store::Digest>() else { continue };
         if let Ok(bytes) = store.get_bytes(&d, None).await {
-            return Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response());
+            return Ok(Some(bytes));
         }
     }
-    Err(ApiError::not_found("provenance"))
+    Ok(None)
 }
 
 /// The public key every artifact's provenance is signed with (this

@@ -8,6 +8,8 @@
 //!   server's side of it.
 //! * [`vault`]: tenant secrets encrypted at rest; [`auth`]: bearer tokens.
 //! * [`metrics`]: Prometheus exposition.
+//! * [`ui`]: the web UI under `/ui/` (server-rendered pages, a little
+//!   JavaScript for the live parts, all embedded in the binary).
 //!
 //! Embedded defaults: SQLite files and a local content store in one state
 //! directory, workers inside the server process. Each has its seam for
@@ -32,6 +34,7 @@ pub mod replicate;
 pub mod statedb;
 pub mod tarout;
 pub mod tls;
+pub mod ui;
 pub mod vault;
 pub mod worker;
 
@@ -40,6 +43,11 @@ use std::time::Duration;
 
 pub use crate::core::{Core, ServerConfig};
 pub use error::{ApiError, ServerError};
+
+/// Everything `kiln serve` answers: the API and, beside it, the web UI.
+pub fn app(core: Arc<Core>) -> axum::Router {
+    ui::router(core.clone()).merge(api::router(core))
+}
 
 /// Runs the server on `listener` until `shutdown` resolves: recovers the
 /// queue, starts the in-process workers and the reaper, calls `ready` (the
@@ -96,7 +104,7 @@ where
             }
         });
     }
-    let app = api::router(core);
+    let app = app(core);
     tracing::info!("listening on {:?}", listener.local_addr().ok());
     ready();
     axum::serve(listener, app)

@@ -88,6 +88,19 @@ impl StateReader {
         Ok(rows)
     }
 
+    /// The phase each step of an attempt ran in, as its log recorded it:
+    /// `(job, step, phase)`, in order of first appearance.
+    pub fn step_phases(&self, engine_id: &str) -> Result<Vec<(String, String, String)>, ServerError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT job, step, phase FROM logs WHERE build_id = ?1 AND phase != '' \
+             GROUP BY job, step, phase ORDER BY MIN(seq)",
+        )?;
+        let rows = stmt
+            .query_map([engine_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
     /// Bytes of log text of one attempt.
     pub fn log_bytes(&self, engine_id: &str) -> Result<i64, ServerError> {
         Ok(self.conn.query_row(
@@ -188,6 +201,20 @@ impl StateReader {
             })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
+    }
+
+    /// The scan's verdict of an artifact id: `(status, findings)`, where
+    /// status is `ready` or `quarantined`; `None` if the engine recorded none.
+    pub fn scan_of(&self, artifact: &str) -> Result<Option<(String, Option<String>)>, ServerError> {
+        use rusqlite::OptionalExtension as _;
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT status, scan FROM artifacts WHERE id = ?1 ORDER BY rowid DESC LIMIT 1",
+                [artifact],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
     }
 
     /// Provenance envelope digests recorded for an artifact id, newest first.

@@ -222,6 +222,7 @@ pub fn serve(args: ServeArgs) -> u8 {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "kiln serve: listening on {scheme}://{addr}");
                 let _ = out.flush();
+                eprintln!("kiln serve: web UI at {scheme}://{addr}/ui/ (sign in with a tenant token)");
             };
             match tls {
                 Some(config) => {
