@@ -156,7 +156,9 @@ async fn count_requests(State(core): State<AppState>, req: Request, next: Next) 
 
 /// The caller, authenticated.
 #[derive(Debug, Clone)]
-pub struct Auth(pub Principal);
+/// The caller: what its token may do, and the token's id (the first
+/// [`crate::db::TOKEN_ID_LEN`] hex digits of its hash).
+pub struct Auth(pub Principal, pub String);
 
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
@@ -170,7 +172,7 @@ impl FromRequestParts<AppState> for Auth {
         let why = match token {
             None => "no bearer token",
             Some(t) => match core.read().principal(&crate::auth::hash_token(t)) {
-                Ok(Some(p)) => return Ok(Auth(p)),
+                Ok(Some(p)) => return Ok(Auth(p, token_id(t))),
                 Ok(None) => "unknown token",
                 Err(e) => return Err(e.into()),
             },
@@ -193,6 +195,11 @@ impl Auth {
             Err(ApiError::forbidden("this token is not a worker token"))
         }
     }
+    /// Who this is, for the records: the token's id and the actor.
+    pub(crate) fn who(&self) -> String {
+        format!("{} ({})", self.1, self.actor())
+    }
+
     pub(crate) fn actor(&self) -> String {
         match (&self.0.tenant, self.0.operator, self.0.worker) {
             (_, true, _) => {
@@ -203,6 +210,11 @@ impl Auth {
             (None, _, _) => "anonymous".into(),
         }
     }
+}
+
+/// A token's id: the start of its hash, as `kiln admin token list` names it.
+pub(crate) fn token_id(token: &str) -> String {
+    crate::auth::hash_token(token).chars().take(crate::db::TOKEN_ID_LEN).collect()
 }
 
 /// Every JSON body of the API is an object: serde would otherwise take an
@@ -490,6 +502,7 @@ async fn submit(
         idem_key: key,
         body_hash: body_hash.clone(),
         enqueued_ms: core.cfg.clock.now_ms(),
+        submitted_by: Some(auth.who()),
     };
     if let Some(url) = &notify {
         // Recorded before the build can be claimed, so it cannot finish unseen.

@@ -27,6 +27,7 @@ pub type Notification = (String, Option<bool>, Option<String>);
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_control.sql")),
     (2, include_str!("../migrations/sqlite/0002_shared_queue.sql")),
+    (3, include_str!("../migrations/sqlite/0003_submitted_by.sql")),
 ];
 
 /// The states in which a worker holds a build (under a lease).
@@ -151,6 +152,10 @@ pub struct BuildRecord {
     /// remote worker, or not held).
     #[serde(skip)]
     pub server: Option<String>,
+    /// Who submitted it: the token's id and what it spoke for
+    /// (`3fa2c1d09b7e4455 (tenant acme)`); `None` for builds from before
+    /// this was recorded.
+    pub submitted_by: Option<String>,
 }
 
 impl BuildRecord {
@@ -164,7 +169,8 @@ impl BuildRecord {
 
 pub(crate) const BUILD_COLS: &str = "n, id, tenant, priority, state, failure, reason, retries, attempt, \
     cancel_requested, timeout_secs, pipeline, workflow, git_ref, source_tree, source_tar, body_hash, worker, \
-    created_at, enqueued_ms, started_ms, finished_ms, lease_until_ms, attempt_started_ms, timed_out, server";
+    created_at, enqueued_ms, started_ms, finished_ms, lease_until_ms, attempt_started_ms, timed_out, server, \
+    submitted_by";
 
 /// Tenants with queued builds: (tenant, plan, builds held now).
 pub(crate) const WAITING_TENANTS: &str = "SELECT q.tenant, t.plan, \
@@ -214,6 +220,7 @@ fn build_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRecord> {
         attempt_started_ms: r.get(23)?,
         timed_out: r.get::<_, i64>(24)? != 0,
         server: r.get(25)?,
+        submitted_by: r.get(26)?,
     })
 }
 
@@ -242,6 +249,8 @@ pub struct NewBuild {
     pub idem_key: Option<String>,
     pub body_hash: String,
     pub enqueued_ms: i64,
+    /// Who submitted it (see [`BuildRecord::submitted_by`]).
+    pub submitted_by: Option<String>,
 }
 
 /// One recorded state change.
@@ -605,8 +614,8 @@ impl ControlStore for SqliteControl {
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
             "INSERT INTO builds (id, tenant, priority, state, timeout_secs, pipeline, workflow, git_ref, source_tar, \
-             source_tree, idem_key, body_hash, created_at, enqueued_ms) \
-             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             source_tree, idem_key, body_hash, created_at, enqueued_ms, submitted_by) \
+             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 b.id,
                 b.tenant,
@@ -620,7 +629,8 @@ impl ControlStore for SqliteControl {
                 b.idem_key,
                 b.body_hash,
                 now(),
-                b.enqueued_ms
+                b.enqueued_ms,
+                b.submitted_by
             ],
         )?;
         let n = tx.last_insert_rowid();

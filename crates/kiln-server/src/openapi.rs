@@ -47,6 +47,7 @@ pub fn document() -> Value {
                     "state": {"enum": ["queued", "provisioning", "running", "extracting", "succeeded", "failed", "cancelled"]},
                     "failure": {"enum": ["user", "infrastructure", null]}, "reason": {"type": ["string", "null"]},
                     "retries": {"type": "integer"}, "attempt": {"type": "integer"}, "timings": {"type": "object"},
+                    "submitted_by": {"type": ["string", "null"], "description": "the submitting token's id and what it spoke for"},
                     "jobs": {"type": "array"}, "transitions": {"type": "array"}, "attempts": {"type": "array"}, "usage": {"type": ["object", "null"]}}},
                 "Secret": {"type": "object", "required": ["value", "phases"], "additionalProperties": false, "properties": {
                     "value": {"type": "string", "minLength": 8},

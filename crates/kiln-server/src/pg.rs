@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_control.sql")),
     (2, include_str!("../migrations/postgres/0002_shared_queue.sql")),
     (3, include_str!("../migrations/postgres/0003_shared_events.sql")),
+    (4, include_str!("../migrations/postgres/0004_submitted_by.sql")),
 ];
 
 /// The channel on which a commit of shared events is announced.
@@ -325,6 +326,7 @@ fn build_row(r: &Row) -> BuildRecord {
         attempt_started_ms: r.get(23),
         timed_out: r.get(24),
         server: r.get(25),
+        submitted_by: r.get(26),
     }
 }
 
@@ -561,8 +563,8 @@ impl ControlStore for PgControl {
             let n: i64 = tx
                 .query_one(
                     "INSERT INTO builds (id, tenant, priority, state, timeout_secs, pipeline, workflow, git_ref, \
-                     source_tar, source_tree, idem_key, body_hash, created_at, enqueued_ms) \
-                     VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING n",
+                     source_tar, source_tree, idem_key, body_hash, created_at, enqueued_ms, submitted_by) \
+                     VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING n",
                     &[
                         &b.id,
                         &b.tenant,
@@ -577,6 +579,7 @@ impl ControlStore for PgControl {
                         &b.body_hash,
                         &now(),
                         &b.enqueued_ms,
+                        &b.submitted_by,
                     ],
                 )
                 .map_err(pg_err)?

@@ -48,6 +48,7 @@ fn build(id: &str, tenant: &str, key: Option<&str>) -> NewBuild {
         idem_key: key.map(str::to_string),
         body_hash: "h".into(),
         enqueued_ms: 1000,
+        submitted_by: Some(format!("0123456789abcdef (tenant {tenant})")),
     }
 }
 
@@ -90,6 +91,7 @@ fn every_statement(db: &Db) {
     assert_eq!(c.build_by_key("acme", "k1").unwrap().unwrap().id, "b1");
     let b1 = c.build("b1").unwrap().unwrap();
     assert_eq!((b1.state.as_str(), b1.n, b1.cancel_requested), ("queued", n1, false));
+    assert_eq!(b1.submitted_by.as_deref(), Some("0123456789abcdef (tenant acme)"));
     assert_eq!(c.build_by_n(n2).unwrap().unwrap().id, "b2");
     assert_eq!(
         c.builds(None, None, 10).unwrap().iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
@@ -324,7 +326,7 @@ fn postgres_migrations_apply_once_and_a_newer_schema_is_refused() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
     raw.execute("INSERT INTO kiln_schema (version, applied_at) VALUES (99, 'later')", &[]).unwrap();
     let e = ControlDb::connect(Some(url), std::path::Path::new("/nonexistent")).unwrap_err().to_string();
     assert!(e.contains("version 99") && e.contains("newer"), "{e}");

@@ -64,6 +64,7 @@ fn submit(core: &Core, tenant: &str, priority: &str) -> String {
         idem_key: None,
         body_hash: String::new(),
         enqueued_ms: now_ms(),
+        submitted_by: Some("t0 (tenant test)".into()),
     };
     let id = n.id.clone();
     core.submit(n).unwrap().unwrap();

@@ -294,6 +294,11 @@ fn tenants_cannot_see_each_others_builds_logs_artifacts_or_secrets() {
     assert_eq!(status, 422, "a value under 8 bytes is refused: {v}");
     let wf = "kiln:\n  secrets:\n    DEPLOY_TOKEN: { phases: [build] }\njobs:\n  make:\n    steps:\n      - env:\n          T: ${{ secrets.DEPLOY_TOKEN }}\n        run: |\n          echo \"token is $T\"\n          mkdir -p dist && echo alpha-artifact > dist/out.txt\n      - uses: actions/upload-artifact@v4\n        with:\n          name: site\n          path: dist\n";
     let id = a.submit(wf, json!({}));
+    // Who submitted it: the token's id (as `kiln admin token list` shows it) and its tenant.
+    let by = a.build(&id)["submitted_by"].as_str().unwrap_or_default().to_string();
+    let listed = server.admin(&["token", "list", "--json"]);
+    let (tok, who) = by.split_once(' ').unwrap_or_default();
+    assert!(tok.len() == 16 && listed.contains(tok) && who == "(tenant alpha)", "{by}\n{listed}");
     let done = a.wait_final(&id);
     assert_eq!(done["state"], "succeeded", "{done}\n{}", a.log_text(&id));
     let log = a.log_text(&id);

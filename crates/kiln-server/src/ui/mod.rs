@@ -151,11 +151,11 @@ type UiResult<T> = Result<T, UiError>;
 
 /// The caller of a UI page: the bearer header, else the cookie.
 #[derive(Debug, Clone)]
-pub struct UiUser(pub Principal);
+pub struct UiUser(pub Principal, pub String);
 
 impl UiUser {
     fn auth(&self) -> Auth {
-        Auth(self.0.clone())
+        Auth(self.0.clone(), self.1.clone())
     }
     fn tenant(&self) -> UiResult<&str> {
         self.0.tenant.as_deref().ok_or_else(|| {
@@ -197,7 +197,7 @@ impl FromRequestParts<AppState> for UiUser {
             return Err(UiError::Login);
         };
         match principal(core, token)? {
-            Some(p) => Ok(UiUser(p)),
+            Some(p) => Ok(UiUser(p, crate::api::token_id(token))),
             None => {
                 core.metrics.auth_failure();
                 let path: String = parts.uri.path().chars().take(200).collect();

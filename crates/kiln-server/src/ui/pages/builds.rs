@@ -24,6 +24,7 @@ fn builds_table(rows: &[BuildRecord], now_ms: i64) -> Markup {
                     thead { tr {
                         th scope="col" { "Build" } th scope="col" { "State" } th scope="col" { "Pipeline" }
                         th scope="col" { "Ref" } th scope="col" { "Priority" } th scope="col" { "Submitted" }
+                        th scope="col" { "By" }
                         th scope="col" { "Queue wait" } th scope="col" { "Run time" } th scope="col" { "Attempts" }
                     } }
                     tbody {
@@ -36,6 +37,7 @@ fn builds_table(rows: &[BuildRecord], now_ms: i64) -> Markup {
                                 td { @if b.git_ref.is_empty() { "—" } @else { code { (b.git_ref) } } }
                                 td { (b.priority) }
                                 td { (b.created_at) }
+                                td { (b.submitted_by.as_deref().unwrap_or("—")) }
                                 td { (opt_secs(ms_between(Some(b.enqueued_ms), b.started_ms))) }
                                 td { (run_time(b, now_ms)) }
                                 td { (b.attempt) @if b.retries > 0 { " (" (b.retries) " retried)" } }
@@ -169,6 +171,7 @@ fn build_detail(core: &Core, b: &BuildRecord) -> UiResult<Markup> {
             div { dt { "Ref" } dd { @if b.git_ref.is_empty() { "—" } @else { code { (b.git_ref) } } } }
             div { dt { "Priority" } dd { (b.priority) } }
             div { dt { "Submitted" } dd { (b.created_at) } }
+            div { dt { "By" } dd { (b.submitted_by.as_deref().unwrap_or("—")) } }
             div { dt { "Queue wait" } dd { (opt_secs(queue_wait)) } }
             div { dt { "Run time" } dd { (run_time(b, core.cfg.clock.now_ms())) } }
             div { dt { "Attempts" } dd { (attempts.len()) @if b.retries > 0 { " (" (b.retries) " retried)" } } }
