@@ -412,16 +412,24 @@ fn count(b: &Value, state: &str) -> usize {
 
 const SLOW: &str = "jobs:\n  slow:\n    steps:\n      - run: |\n          echo first-half\n          sleep 8\n          echo second-half\n";
 
-/// A worker host killed mid-build: its lease runs out, the build is
-/// retried on another host and finishes there.
-#[test]
-fn a_worker_host_killed_mid_build_is_retried_on_another_host() {
+/// One server, two worker hosts, w0 alone running [`SLOW`] (past its
+/// first half); returns the site, the tenant's API, the worker token and
+/// the build.
+fn slow_build_on_w0() -> (Site, Api, String, String) {
     let mut site = Site::new(1, 2);
     let api = site.api(0, &site.tenant("alpha"));
     let token = site.admin(&["token", "create", "--worker"]);
     site.start_worker(0, &token);
     let id = api.submit(SLOW);
     wait("the first half on w0", || site.logs(), || api.log_text(&id).contains("] first-half").then_some(()));
+    (site, api, token, id)
+}
+
+/// A worker host killed mid-build: its lease runs out, the build is
+/// retried on another host and finishes there.
+#[test]
+fn a_worker_host_killed_mid_build_is_retried_on_another_host() {
+    let (mut site, api, token, id) = slow_build_on_w0();
     assert_eq!(api.build(&id)["worker"], "remote:w0");
     site.kill_worker_host(0);
     site.start_worker(1, &token);
@@ -437,12 +445,7 @@ fn a_worker_host_killed_mid_build_is_retried_on_another_host() {
 /// reports are refused and exactly one attempt's result counts.
 #[test]
 fn a_worker_host_cut_off_past_its_lease_counts_once() {
-    let mut site = Site::new(1, 2);
-    let api = site.api(0, &site.tenant("alpha"));
-    let token = site.admin(&["token", "create", "--worker"]);
-    site.start_worker(0, &token);
-    let id = api.submit(SLOW);
-    wait("the first half on w0", || site.logs(), || api.log_text(&id).contains("] first-half").then_some(()));
+    let (mut site, api, token, id) = slow_build_on_w0();
     site.workers[0].0.cut_off();
     // The lease runs out; the build goes back to the queue.
     wait(

@@ -302,18 +302,25 @@ async fn logout(headers: HeaderMap) -> UiResult<Response> {
 
 // ---- layout ----
 
+/// Every page's `<head>`: the embedded stylesheet and script only.
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · kiln" }
+            link rel="stylesheet" href="/ui/assets/ui.css";
+            script src="/ui/assets/ui.js" defer {}
+        }
+    }
+}
+
 /// A page without navigation (sign-in, errors).
 fn bare(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · kiln" }
-                link rel="stylesheet" href="/ui/assets/ui.css";
-                script src="/ui/assets/ui.js" defer {}
-            }
+            (head(title))
             body { main id="main" class="narrow" { (body) } }
         }
     }
@@ -337,13 +344,7 @@ fn page(user: &UiUser, title: &str, active: &str, body: Markup) -> Html<String> 
         html! {
             (DOCTYPE)
             html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    meta name="viewport" content="width=device-width, initial-scale=1";
-                    title { (title) " · kiln" }
-                    link rel="stylesheet" href="/ui/assets/ui.css";
-                    script src="/ui/assets/ui.js" defer {}
-                }
+                (head(title))
                 body {
                     a class="skip" href="#main" { "Skip to content" }
                     header class="top" {
