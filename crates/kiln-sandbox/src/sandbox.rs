@@ -148,7 +148,10 @@ fn is_gone(stderr: &str) -> bool {
 
 /// `<rt> delete [--force] <id>`; "does not exist" is success. Without
 /// `--force` for a sandbox whose processes are all gone: runsc's forced
-/// delete first tries to stop the (dead) sandbox and waits for it.
+/// delete first tries to stop the (dead) sandbox and waits for it. The
+/// runtime may not have recorded the stop yet when the last process is
+/// seen gone ("not stopped"): then the delete is forced, so no ended
+/// sandbox stays in the runtime's state directory.
 fn delete_container(rt: &Runtime, id: &str, force: bool) -> Result<()> {
     if !rt.state_root().exists() {
         return Ok(());
@@ -162,8 +165,18 @@ fn delete_container(rt: &Runtime, id: &str, force: bool) -> Result<()> {
     match crate::runtime::run_checked(&mut cmd) {
         Ok(_) => Ok(()),
         Err(SandboxError::Runtime { stderr, .. }) if is_gone(&stderr) => Ok(()),
+        Err(SandboxError::Runtime { stderr, .. }) if !force && is_not_stopped(&stderr) => {
+            delete_container(rt, id, true)
+        }
         Err(e) => Err(e),
     }
+}
+
+/// The runtime refused a plain delete because it still counts the
+/// container as running.
+fn is_not_stopped(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    s.contains("not stopped") || s.contains("is running") || s.contains("without --force")
 }
 
 /// A prepared sandbox for one step.

@@ -75,6 +75,26 @@ fn leftovers(p: &Project, marker: u32) -> Vec<String> {
             found.push(format!("build dir: {}", e.path().display()));
         }
     }
+    found.extend(runtime_containers(&state).into_iter().map(|c| format!("runtime container: {c}")));
+    found
+}
+
+/// The containers the runtimes' state directories still hold whose bundle
+/// lies under `state` (`list` names each container's bundle).
+fn runtime_containers(state: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for (binary, root) in [("runsc", "/run/kiln/runsc"), ("runc", "/run/kiln/runc")] {
+        if !std::path::Path::new(root).exists() {
+            continue;
+        }
+        let Ok(out) = Command::new(binary).args(["--root", root, "list"]).output() else {
+            continue;
+        };
+        let listed = String::from_utf8_lossy(&out.stdout);
+        found.extend(
+            listed.lines().filter(|l| l.contains(state.to_str().unwrap())).map(|l| format!("{binary}: {l}")),
+        );
+    }
     found
 }
 
@@ -192,3 +212,18 @@ fn bug_a_closed_pipe_made_kiln_panic() {
         );
     }
 }
+
+// Every phase sandbox of a finished run stayed in the runtime's state
+// directory as "stopped": the runtime had not yet recorded the stop when
+// kiln, having seen the sandbox's last process gone, asked for a plain
+// delete, and the refusal went unseen. Thousands piled up under /run.
+per_tier!(bug_ended_phase_sandboxes_stayed_in_the_runtime_state, |tier| {
+    let p = Project::new(
+        "jobs:\n  a:\n    steps:\n      - run: echo one\n      - run: echo two\n  b:\n    needs: a\n    steps:\n      - run: echo three\n",
+    );
+    let out = p.kiln().args(["run", "ci.yml", "--isolation", tier]).output().unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let state = p.state_dir().canonicalize().unwrap();
+    let left = runtime_containers(&state);
+    assert!(left.is_empty(), "ended sandboxes left in the runtime's state: {left:#?}");
+});
