@@ -117,6 +117,9 @@ pub struct BuildRequest {
     /// Untrusted builds (a fork's pull request) never write caches that
     /// trusted builds read.
     pub untrusted: bool,
+    /// The deployment's shared cache (a remote worker's server), used
+    /// instead of this executor's own.
+    pub shared_cache: Option<Arc<dyn crate::runner::artifacts::SharedCache>>,
 }
 
 /// Runs builds: owns the proven runtimes and the signing key.
@@ -276,11 +279,7 @@ impl Executor {
         let mut egress = EgressConfig::new(self.cfg.allow_private.clone(), self.cfg.egress_cap);
         egress.registries = self.cfg.registries.clone();
         let sink = {
-            // A source outside git has no branch: its artifacts are `local`'s.
-            let branch = Some(req.source_info.git_ref.rsplit('/').next().unwrap_or(""))
-                .filter(|b| !b.is_empty())
-                .unwrap_or("local")
-                .to_string();
+            let branch = crate::runner::artifacts::branch_of(&req.source_info.git_ref);
             let mut sink = ArtifactSink::new(
                 self.blob_store(&req.tenant)?,
                 kiln_store::SourceInfo {
@@ -297,6 +296,7 @@ impl Executor {
             if req.untrusted {
                 sink.cache_scope.trust = kiln_store::Trust::Untrusted;
             }
+            sink.shared_cache = req.shared_cache.clone();
             sink
         };
         let build_dir = self.state_dir.join("builds").join(&req.build);

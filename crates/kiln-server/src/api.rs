@@ -66,6 +66,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/worker/lease"),
     ("POST", "/v1/worker/builds/{id}/events"),
     ("POST", "/v1/worker/builds/{id}/artifacts"),
+    ("POST", "/v1/worker/builds/{id}/cache/restore"),
+    ("POST", "/v1/worker/builds/{id}/cache/save"),
     ("POST", "/v1/worker/builds/{id}/finish"),
 ];
 
@@ -92,6 +94,8 @@ pub fn router(core: Arc<Core>) -> Router {
         ("POST", "/v1/worker/lease", post(worker_lease)),
         ("POST", "/v1/worker/builds/{id}/events", post(worker_events)),
         ("POST", "/v1/worker/builds/{id}/artifacts", post(worker_artifact)),
+        ("POST", "/v1/worker/builds/{id}/cache/restore", post(worker_cache_restore)),
+        ("POST", "/v1/worker/builds/{id}/cache/save", post(worker_cache_save)),
         ("POST", "/v1/worker/builds/{id}/finish", post(worker_finish)),
     ];
     debug_assert_eq!(routes.iter().map(|(m, p, _)| (*m, *p)).collect::<Vec<_>>(), ROUTES.to_vec());
@@ -1170,6 +1174,41 @@ async fn worker_artifact(
         .await
         .map_err(ApiError::unprocessable)?;
     Ok(Json(json!({ "artifact": artifact })))
+}
+
+/// Looks a cache entry up for a remote attempt, in the scope of the build
+/// its lease is for: the worker names a key, never a scope.
+async fn worker_cache_restore(
+    State(core): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<crate::remote::CacheRestoreReply>> {
+    auth.worker()?;
+    let req: crate::remote::CacheRestoreRequest = parse_json(&body)?;
+    crate::remote::check_cache_key(&req.key, &req.restore_keys).map_err(ApiError::bad_request)?;
+    let worker = format!("remote:{}", req.worker);
+    holds_lease(&core, &id, &worker, req.attempt, true)?;
+    let b = core.read().build(&id)?.ok_or_else(|| ApiError::not_found("build"))?;
+    let reply = crate::remote::cache_restore(&core, &b, &req).await.map_err(ApiError::unprocessable)?;
+    Ok(Json(reply))
+}
+
+/// Saves a remote attempt's cache entry into the build's own scope.
+async fn worker_cache_save(
+    State(core): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    auth.worker()?;
+    let req: crate::remote::CacheSaveRequest = parse_json(&body)?;
+    crate::remote::check_cache_key(&req.key, &[]).map_err(ApiError::bad_request)?;
+    let worker = format!("remote:{}", req.worker);
+    holds_lease(&core, &id, &worker, req.attempt, true)?;
+    let b = core.read().build(&id)?.ok_or_else(|| ApiError::not_found("build"))?;
+    let tree = crate::remote::cache_save(&core, &b, req).await.map_err(ApiError::unprocessable)?;
+    Ok(Json(json!({ "tree": tree })))
 }
 
 async fn worker_finish(

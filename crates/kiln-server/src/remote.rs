@@ -96,6 +96,45 @@ pub struct ArtifactUpload {
     pub provenance_base64: Option<String>,
 }
 
+/// A remote attempt asks for a cache entry (see [`cache_restore`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheRestoreRequest {
+    pub worker: String,
+    pub attempt: i64,
+    pub key: String,
+    #[serde(default)]
+    pub restore_keys: Vec<String>,
+    /// Only say whether there is one (no archive).
+    #[serde(default)]
+    pub lookup_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheRestoreReply {
+    pub hit: Option<CacheHit>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheHit {
+    /// The key that matched.
+    pub key: String,
+    /// The entry's tree digest: the archive must hash to it.
+    pub tree: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub tree_tar_base64: Option<String>,
+}
+
+/// A remote attempt saves a cache entry (see [`cache_save`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheSaveRequest {
+    pub worker: String,
+    pub attempt: i64,
+    pub key: String,
+    pub tree: String,
+    pub tree_tar_base64: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FinishRequest {
     pub worker: String,
@@ -652,6 +691,12 @@ async fn run_lease(
             },
             secrets: Arc::new(secrets),
             untrusted: false,
+            shared_cache: Some(Arc::new(ServerCache {
+                api: api.clone(),
+                build: l.build.clone(),
+                worker: name.to_string(),
+                attempt: l.attempt,
+            })),
         };
         exec.execute(req, Some(tap), cancel_rx).await.map_err(|e| e.to_string())
     }
@@ -763,6 +808,177 @@ pub(crate) async fn store_artifact(
         store.set_provenance(&stats.digest, build, envelope).await.map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// GitHub's bounds on a cache key and on restore keys.
+const CACHE_KEY_MAX: usize = 512;
+const RESTORE_KEYS_MAX: usize = 10;
+
+/// A cache key (and restore keys) a worker may ask for.
+pub(crate) fn check_cache_key(key: &str, restore_keys: &[String]) -> Result<(), String> {
+    if restore_keys.len() > RESTORE_KEYS_MAX {
+        return Err(format!("at most {RESTORE_KEYS_MAX} restore keys"));
+    }
+    for k in std::iter::once(key).chain(restore_keys.iter().map(String::as_str)) {
+        if k.trim().is_empty() || k.len() > CACHE_KEY_MAX || k.contains(',') {
+            return Err(format!("a cache key must be 1 to {CACHE_KEY_MAX} bytes with no comma"));
+        }
+    }
+    Ok(())
+}
+
+/// The cache scope of a build run for the server: its tenant and branch.
+/// Builds the server runs are trusted (it has no fork builds).
+fn cache_scope(b: &crate::db::BuildRecord) -> kiln_store::Scope {
+    kiln_store::Scope {
+        tenant: b.tenant.clone(),
+        trust: kiln_store::Trust::Trusted,
+        ref_name: kiln_engine::runner::artifacts::branch_of(&b.git_ref),
+    }
+}
+
+/// Looks a remote attempt's cache key up in the scopes its build reads
+/// (its own branch, then the default branch), in the deployment's store:
+/// a cache one worker filled is hit on every other.
+pub(crate) async fn cache_restore(
+    core: &Core,
+    b: &crate::db::BuildRecord,
+    req: &CacheRestoreRequest,
+) -> Result<CacheRestoreReply, String> {
+    let store = core.tenant_store(&b.tenant).map_err(|e| e.to_string())?;
+    let scopes = kiln_store::read_scopes(&cache_scope(b), &core.cfg.default_branch);
+    let rks: Vec<&str> = req.restore_keys.iter().map(String::as_str).collect();
+    let kiln_store::CacheLookup::Hit { key, tree, .. } =
+        store.cache_get(&scopes, &req.key, &rks).await.map_err(|e| e.to_string())?
+    else {
+        return Ok(CacheRestoreReply { hit: None });
+    };
+    let manifest = store.get_manifest(&tree).await.map_err(|e| e.to_string())?;
+    let (files, bytes) = manifest.entries.iter().fold((0, 0), |(f, n), e| match e {
+        kiln_store::Entry::File { size, .. } => (f + 1, n + size),
+        _ => (f, n),
+    });
+    let tree_tar_base64 = if req.lookup_only {
+        None
+    } else {
+        // Every byte read through the store, checked against its digest.
+        let tar = crate::tarout::tree_tar(&store, &manifest).await.map_err(|e| e.to_string())?;
+        Some(base64::engine::general_purpose::STANDARD.encode(tar))
+    };
+    Ok(CacheRestoreReply {
+        hit: Some(CacheHit { key, tree: tree.to_string(), files, bytes, tree_tar_base64 }),
+    })
+}
+
+/// Saves a remote attempt's cache entry into its build's own scope (never
+/// one the worker names), read back through the strict archive reader.
+pub(crate) async fn cache_save(
+    core: &Core,
+    b: &crate::db::BuildRecord,
+    req: CacheSaveRequest,
+) -> Result<String, String> {
+    let store = core.tenant_store(&b.tenant).map_err(|e| e.to_string())?;
+    let tar = base64::engine::general_purpose::STANDARD
+        .decode(&req.tree_tar_base64)
+        .map_err(|e| format!("tree_tar_base64: {e}"))?;
+    let stats = store
+        .put_tar(std::io::Cursor::new(tar), &kiln_store::RestoreLimits::default())
+        .await
+        .map_err(|e| format!("the cache entry's archive was refused: {e}"))?;
+    if stats.digest.to_string() != req.tree {
+        return Err(format!("the archive is tree {}, not {}", stats.digest, req.tree));
+    }
+    let scope = kiln_store::write_scope(&cache_scope(b));
+    store.cache_put(&scope, &req.key, &stats.digest).await.map_err(|e| e.to_string())?;
+    Ok(stats.digest.to_string())
+}
+
+/// The worker's side of the deployment's cache: every lookup and save goes
+/// to the server, for the build whose lease this worker holds.
+#[derive(Debug)]
+struct ServerCache {
+    api: Api,
+    build: String,
+    worker: String,
+    attempt: i64,
+}
+
+impl ServerCache {
+    async fn post<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        what: &str,
+        body: serde_json::Value,
+    ) -> Result<T, String> {
+        let path = format!("/v1/worker/builds/{}/cache/{what}", self.build);
+        match self.api.call::<T>(path, body).await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err("the server's cache gave no answer".into()),
+            Err(CallError::LeaseLost) => Err("the build's lease was taken back".into()),
+            Err(CallError::Other(e)) => Err(format!("the server's cache: {e}")),
+        }
+    }
+}
+
+impl kiln_engine::runner::artifacts::SharedCache for ServerCache {
+    fn restore<'a>(
+        &'a self,
+        key: &'a str,
+        restore_keys: &'a [String],
+        lookup_only: bool,
+        store: &'a kiln_store::Store,
+    ) -> kiln_engine::runner::artifacts::CacheFut<'a, Option<kiln_engine::runner::artifacts::SharedHit>> {
+        Box::pin(async move {
+            let body = serde_json::json!({
+                "worker": self.worker, "attempt": self.attempt, "key": key,
+                "restore_keys": restore_keys, "lookup_only": lookup_only,
+            });
+            let reply: CacheRestoreReply = self.post("restore", body).await?;
+            let Some(hit) = reply.hit else { return Ok(None) };
+            let tree = match &hit.tree_tar_base64 {
+                Some(b64) => {
+                    let tar = base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .map_err(|e| format!("the server's cache entry: {e}"))?;
+                    let stats = store
+                        .put_tar(std::io::Cursor::new(tar), &kiln_store::RestoreLimits::default())
+                        .await
+                        .map_err(|e| format!("the server's cache entry was refused: {e}"))?;
+                    if stats.digest.to_string() != hit.tree {
+                        return Err(format!(
+                            "the server's cache entry is tree {}, not {}",
+                            stats.digest, hit.tree
+                        ));
+                    }
+                    Some(stats.digest)
+                }
+                None => None,
+            };
+            Ok(Some(kiln_engine::runner::artifacts::SharedHit {
+                key: hit.key,
+                tree,
+                files: hit.files,
+                bytes: hit.bytes,
+            }))
+        })
+    }
+
+    fn save<'a>(
+        &'a self,
+        key: &'a str,
+        tree: &'a kiln_store::TreeDigest,
+        store: &'a kiln_store::Store,
+    ) -> kiln_engine::runner::artifacts::CacheFut<'a, ()> {
+        Box::pin(async move {
+            let manifest = store.get_manifest(tree).await.map_err(|e| e.to_string())?;
+            let tar = crate::tarout::tree_tar(store, &manifest).await.map_err(|e| e.to_string())?;
+            let body = serde_json::json!({
+                "worker": self.worker, "attempt": self.attempt, "key": key, "tree": tree.to_string(),
+                "tree_tar_base64": base64::engine::general_purpose::STANDARD.encode(tar),
+            });
+            let _: serde_json::Value = self.post("save", body).await?;
+            Ok(())
+        })
+    }
 }
 
 /// A remote worker's provenance, signed with the deployment's key instead

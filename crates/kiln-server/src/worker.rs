@@ -154,6 +154,7 @@ async fn run_claim(core: &Arc<Core>, exec: &Arc<Executor>, claim: Claim) {
                 source_info: p.source_info,
                 secrets: p.secrets,
                 untrusted: false,
+                shared_cache: None,
             };
             let result = exec.execute(req, Some(tap), cancel_rx).await;
             // Every event is observed (the start above all) before the end.

@@ -16,6 +16,7 @@ kiln_server::on_both_databases!(
     every_route_is_documented_and_every_documented_route_is_served,
     unauthenticated_requests_are_refused_and_audited,
     invalid_workflows_are_422_with_line_numbers_and_large_bodies_413,
+    the_shared_cache_answers_only_the_lease_holder_and_refuses_bad_archives,
 );
 
 struct Fixture {
@@ -365,4 +366,75 @@ thread_local! {
         TEST_DATABASE.with(|d| d.set(TestDatabase::Postgres));
         shared(fixture())
     };
+}
+
+/// The worker routes of the deployment's cache: only the worker holding a
+/// build's lease reads or writes its cache, keys are bounded, and an
+/// archive that does not hash to the tree it names, or that climbs out of
+/// its root, is refused.
+fn the_shared_cache_answers_only_the_lease_holder_and_refuses_bad_archives() {
+    use base64::Engine as _;
+    let f = fixture();
+    rt().block_on(async {
+        let post = |token: &str, uri: String, body: serde_json::Value| {
+            Request::builder()
+                .method("POST")
+                .uri(uri)
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::from(body.to_string()))
+                .unwrap()
+        };
+        let submit = serde_json::json!({"workflow": "jobs:\n  a:\n    steps:\n      - run: echo\n"});
+        let (status, body) = call(&f.core, post(&f.tenant, "/v1/builds".into(), submit)).await;
+        assert_eq!(status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+        let id = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["id"].as_str().unwrap().to_string();
+        let restore = format!("/v1/worker/builds/{id}/cache/restore");
+        let save = format!("/v1/worker/builds/{id}/cache/save");
+        let ask = |worker: &str, attempt: i64| serde_json::json!({"worker": worker, "attempt": attempt, "key": "k"});
+        // Nobody holds the lease yet.
+        let (status, _) = call(&f.core, post(&f.worker, restore.clone(), ask("w1", 1))).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let (status, body) = call(
+            &f.core,
+            post(&f.worker, "/v1/worker/lease".into(), serde_json::json!({"worker": "w1", "wait_seconds": 5})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        let attempt = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["attempt"].as_i64().unwrap();
+        // A tenant's token, another worker, another attempt: refused.
+        let (status, _) = call(&f.core, post(&f.tenant, restore.clone(), ask("w1", attempt))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = call(&f.core, post(&f.worker, restore.clone(), ask("w2", attempt))).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let (status, _) = call(&f.core, post(&f.worker, restore.clone(), ask("w1", attempt + 1))).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        // The holder: nothing cached yet.
+        let (status, body) = call(&f.core, post(&f.worker, restore.clone(), ask("w1", attempt))).await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["hit"], serde_json::Value::Null);
+        // Keys are bounded as GitHub bounds them.
+        for bad in [
+            serde_json::json!({"worker": "w1", "attempt": attempt, "key": "k".repeat(513)}),
+            serde_json::json!({"worker": "w1", "attempt": attempt, "key": " "}),
+            serde_json::json!({"worker": "w1", "attempt": attempt, "key": "k", "restore_keys": vec!["r"; 11]}),
+        ] {
+            let (status, body) = call(&f.core, post(&f.worker, restore.clone(), bad.clone())).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {}", String::from_utf8_lossy(&body));
+        }
+        // Archives: one that climbs out, one that is not the tree it names.
+        let b64 = |t: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(t);
+        let climbing = kiln_store::tar::RawTarBuilder::new().file("../escape", 0o644, b"x").finish();
+        let honest = kiln_store::tar::RawTarBuilder::new().file("deps/a", 0o644, b"x").finish();
+        let other_tree = kiln_store::Digest::of(b"not this tree").to_string();
+        for (tar, tree) in [(climbing, other_tree.clone()), (honest, other_tree)] {
+            let body = serde_json::json!({
+                "worker": "w1", "attempt": attempt, "key": "k", "tree": tree, "tree_tar_base64": b64(tar),
+            });
+            let (status, body) = call(&f.core, post(&f.worker, save.clone(), body)).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{}", String::from_utf8_lossy(&body));
+        }
+        // Nothing was saved by either.
+        let (_, body) = call(&f.core, post(&f.worker, restore.clone(), ask("w1", attempt))).await;
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["hit"], serde_json::Value::Null);
+    });
 }

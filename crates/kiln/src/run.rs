@@ -350,6 +350,7 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
         source,
         secrets: setup.secrets,
         untrusted: args.engine.untrusted,
+        shared_cache: None,
     };
     let summary = execute_with_terminal(&executor, request, args.engine.json)?;
     Ok(summary.exit_code() as u8)

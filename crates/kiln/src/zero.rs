@@ -168,6 +168,7 @@ fn build_inner(args: BuildArgs) -> anyhow::Result<u8> {
             source_info: source_info.clone(),
             secrets: setup.secrets.clone(),
             untrusted: args.engine.untrusted,
+            shared_cache: None,
         };
         let summary = crate::run::execute_with_terminal(&executor, request, args.engine.json)?;
         let infra = summary.status == "failed"

@@ -29,6 +29,7 @@ kiln_server::on_both_databases!(
     plan_limits_cap_concurrency_and_time,
     kill_9_of_the_server_mid_build_loses_nothing,
     kill_9_of_a_remote_worker_moves_the_build_to_another,
+    a_cache_filled_on_one_remote_worker_is_hit_on_another,
     metrics_and_openapi_are_served,
     a_repository_url_is_built_with_no_configuration,
     usage_records_count_cache_bytes_read_and_written,
@@ -745,6 +746,70 @@ fn a_repository_url_is_built_with_no_configuration() {
         let (status, v) = a.req("POST", "/v1/builds", Some(&body), &[]);
         assert!(status == 422 || status == 400, "{body}: {status} {v}");
     }
+}
+
+/// Remote workers keep no cache of their own: a cache one fills is hit
+/// on another (through the server, in the deployment's store), and only in
+/// the scopes the build's own branch may read, whatever the worker asks.
+fn a_cache_filled_on_one_remote_worker_is_hit_on_another() {
+    let server = Server::start(&["--workers", "0"]);
+    let a = server.tenant("alpha", "team");
+    let token = server.admin(&["token", "create", "--worker"]);
+    let wf = |key: &str| {
+        format!(
+            "jobs:\n  deps:\n    steps:\n      - uses: actions/cache@v4\n        with:\n          key: {key}\n          path: |\n            deps\n            ~/.cache/tool\n      - run: |\n          if [ -f deps/made-by ]; then echo \"restored: $(cat deps/made-by) $(cat ~/.cache/tool/v)\"; exit 0; fi\n          mkdir -p deps ~/.cache/tool\n          echo \"$KILN_WORKER_MARK\" > deps/made-by\n          echo tool-7 > ~/.cache/tool/v\n    env:\n      KILN_WORKER_MARK: first-build\n"
+        )
+    };
+    let run_on = |name: &str, builds: &[(&str, Value)]| -> Vec<String> {
+        let state = server.dir.path().join(format!("{name}-state"));
+        let mut w = worker(&server, &token, name, &state);
+        let ids: Vec<String> = builds
+            .iter()
+            .map(|(key, extra)| {
+                let id = a.submit(&wf(key), extra.clone());
+                let b = a.wait_final(&id);
+                assert_eq!(b["state"], "succeeded", "{b}\n{}", a.log_text(&id));
+                assert_eq!(b["worker"], format!("remote:{name}"), "{b}");
+                id
+            })
+            .collect();
+        let _ = w.kill();
+        let _ = w.wait();
+        ids
+    };
+    // Worker 1 fills two caches: one on main, one on a feature branch.
+    let filled = run_on("w1", &[("deps-1", json!({})), ("feature-1", json!({"ref": "refs/heads/feature"}))]);
+    for id in &filled {
+        let log = a.log_text(id);
+        assert!(log.contains("cache miss") && log.contains("cache saved"), "{log}");
+    }
+    // Worker 2, with a state directory of its own, hits main's cache; the
+    // feature branch's entry stays invisible to a build on main.
+    let read = run_on("w2", &[("deps-1", json!({})), ("feature-1", json!({}))]);
+    let hit = a.log_text(&read[0]);
+    assert!(hit.contains("cache hit: deps-1"), "{hit}");
+    assert!(hit.contains("restored: first-build tool-7"), "{hit}");
+    let other = a.log_text(&read[1]);
+    assert!(other.contains("cache miss: feature-1") && !other.contains("restored: first-build"), "{other}");
+    // The worker's own store holds no cache entry: the server's is the one.
+    let entries = walk_names(&server.dir.path().join("w2-state"));
+    assert!(!entries.iter().any(|p| p.contains("/cache/")), "{entries:?}");
+}
+
+/// Every path under `dir`.
+fn walk_names(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                todo.push(p.clone());
+            }
+            out.push(p.display().to_string());
+        }
+    }
+    out
 }
 
 fn usage_records_count_cache_bytes_read_and_written() {

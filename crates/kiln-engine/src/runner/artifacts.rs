@@ -31,6 +31,56 @@ pub struct ArtifactSink {
     /// The scanning gate every artifact passes before it is recorded
     /// (none: recorded `ready` unscanned).
     pub scanner: Option<std::sync::Arc<kiln_scan::Scanner>>,
+    /// The deployment's cache, when the build runs on a remote worker: it is
+    /// looked up and saved there instead of in `store` (which then only
+    /// holds the bytes this worker fetched or made).
+    pub shared_cache: Option<std::sync::Arc<dyn SharedCache>>,
+}
+
+/// A boxed future (the trait below is used as an object).
+pub type CacheFut<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// A cache kept by someone else for every worker of a deployment (the
+/// server of a remote worker): a cache one worker filled is hit on another.
+/// The keeper decides the scope from the build it handed out, never from
+/// what the worker says.
+pub trait SharedCache: Send + Sync + std::fmt::Debug {
+    /// Looks `key` up, then the restore-key prefixes. On a hit, unless
+    /// `lookup_only`, the entry's tree is put into `store` (every byte
+    /// checked against its digest on the way in).
+    fn restore<'a>(
+        &'a self,
+        key: &'a str,
+        restore_keys: &'a [String],
+        lookup_only: bool,
+        store: &'a kiln_store::Store,
+    ) -> CacheFut<'a, Option<SharedHit>>;
+
+    /// Saves `tree` (in `store`) under `key`.
+    fn save<'a>(
+        &'a self,
+        key: &'a str,
+        tree: &'a kiln_store::TreeDigest,
+        store: &'a kiln_store::Store,
+    ) -> CacheFut<'a, ()>;
+}
+
+/// What a [`SharedCache`] found.
+#[derive(Debug, Clone)]
+pub struct SharedHit {
+    /// The key that matched (`key` itself or a restore-key's match).
+    pub key: String,
+    /// The entry's tree, now in the worker's store (none when only looked up).
+    pub tree: Option<kiln_store::TreeDigest>,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// The branch a build's artifacts and cache entries are kept under: the
+/// last part of its ref. A source outside git has none: it is `local`'s.
+pub fn branch_of(git_ref: &str) -> String {
+    Some(git_ref.rsplit('/').next().unwrap_or("")).filter(|b| !b.is_empty()).unwrap_or("local").to_string()
 }
 
 /// The builder id written into provenance.
@@ -89,6 +139,7 @@ impl ArtifactSink {
             cache_scope,
             default_branch: "main".into(),
             scanner: None,
+            shared_cache: None,
         }
     }
 
@@ -241,6 +292,27 @@ impl ArtifactSink {
         staging: &Path,
         lookup_only: bool,
     ) -> Result<CacheResult, String> {
+        if let Some(shared) = &self.shared_cache {
+            let _ = self.store.take_events();
+            let Some(hit) = shared.restore(key, restore_keys, lookup_only, &self.store).await? else {
+                return Ok(CacheResult::Miss);
+            };
+            if let Some(tree) = &hit.tree {
+                let restored =
+                    self.store.restore_tree(tree, staging, &kiln_store::RestoreLimits::default()).await;
+                let tampered: Vec<String> = self.store.take_events().iter().map(|e| e.to_string()).collect();
+                if !tampered.is_empty() {
+                    return Ok(CacheResult::Tampered(tampered.join("; ")));
+                }
+                restored.map_err(|e| e.to_string())?;
+            }
+            let SharedHit { key: got, files, bytes, .. } = hit;
+            return Ok(if got == key {
+                CacheResult::Hit { files, bytes }
+            } else {
+                CacheResult::Partial { key: got, files, bytes }
+            });
+        }
         let scopes = kiln_store::read_scopes(&self.cache_scope, &self.default_branch);
         let rks: Vec<&str> = restore_keys.iter().map(String::as_str).collect();
         let _ = self.store.take_events();
@@ -276,8 +348,12 @@ impl ArtifactSink {
     /// Stores `staging` under `key` in this build's own cache scope.
     pub async fn cache_save(&self, key: &str, staging: &Path) -> Result<Uploaded, String> {
         let stats = self.store.put_tree_stats(staging).await.map_err(|e| e.to_string())?;
-        let scope = kiln_store::write_scope(&self.cache_scope);
-        self.store.cache_put(&scope, key, &stats.digest).await.map_err(|e| e.to_string())?;
+        if let Some(shared) = &self.shared_cache {
+            shared.save(key, &stats.digest, &self.store).await?;
+        } else {
+            let scope = kiln_store::write_scope(&self.cache_scope);
+            self.store.cache_put(&scope, key, &stats.digest).await.map_err(|e| e.to_string())?;
+        }
         Ok(Uploaded {
             id: stats.digest,
             files: stats.files,
