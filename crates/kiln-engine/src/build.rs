@@ -7,7 +7,7 @@ use std::sync::Arc;
 use kiln_workflow::{
     BoolOrExpr, Contexts, JobResult, Plan, RunnerLabels, Scheduler, StatusFns, StepAction, Workflow,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -72,13 +72,13 @@ pub struct JobSummary {
 }
 
 /// The end of a build.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BuildSummary {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
+    #[serde(default)]
     pub build: String,
     /// `succeeded`, `failed` or `cancelled`.
     pub status: String,
+    #[serde(default)]
     pub jobs: Vec<JobSummary>,
     /// Bytes the build received and sent through the egress proxy.
     pub egress_bytes_in: u64,
@@ -340,7 +340,6 @@ pub async fn run_build<R: JobRunner>(
         })
         .unwrap_or((0, 0));
     let summary = BuildSummary {
-        kind: "summary",
         build: opts.build.clone(),
         status: status.to_string(),
         jobs,

@@ -11,14 +11,14 @@
 use std::sync::Arc;
 
 use kiln_secrets::{Pipe, Scrubber, StepScrubber};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Longest line kept as one entry; longer lines are split.
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 
 /// Which pipe a line came from, or `system` for kiln's own markers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     Stdout,
@@ -45,9 +45,10 @@ impl Stream {
 }
 
 /// One line of a build's log (DESIGN.md's shape).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogEntry {
     pub ts: String,
+    #[serde(default)]
     pub build: String,
     /// The job's id (`test (shard: 2)`), empty for build-level entries.
     pub job: String,

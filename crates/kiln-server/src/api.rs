@@ -1118,7 +1118,7 @@ async fn worker_events(
             // Stored for every server before the worker hears back, so its
             // batches keep their order whichever replica each reaches.
             let events: Vec<kiln_engine::Event> =
-                req.events.into_iter().map(|w| w.into_event(&engine_id)).collect();
+                req.events.into_iter().map(|ev| ev.for_build(&engine_id)).collect();
             let events = {
                 let (core, id, engine_id) = (core.clone(), id.clone(), engine_id.clone());
                 tokio::task::spawn_blocking(move || {

@@ -964,7 +964,6 @@ impl Core {
         if self.replicated() {
             let engine_id = crate::db::engine_id(&b.id, b.attempt);
             let end = kiln_engine::Event::BuildFinished(kiln_engine::BuildSummary {
-                kind: "summary",
                 build: engine_id.clone(),
                 status: "interrupted".into(),
                 jobs: Vec::new(),

@@ -50,7 +50,7 @@ pub struct SharedEvent {
     pub engine_id: String,
     /// A log line's position in its attempt's log.
     pub seq: Option<i64>,
-    /// The event as JSON (`remote::WireEvent`).
+    /// The engine's event as JSON.
     pub event: String,
 }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use kiln_engine::store::{LiveBuild, Store, StoreWriter};
-use kiln_engine::{BuildSummary, Event, LogEntry, Stream};
+use kiln_engine::{BuildSummary, Event};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
@@ -75,7 +75,7 @@ pub struct EventsRequest {
     pub worker: String,
     pub attempt: i64,
     #[serde(default)]
-    pub events: Vec<WireEvent>,
+    pub events: Vec<Event>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,172 +147,6 @@ pub struct FinishRequest {
     pub infra: Option<String>,
 }
 
-/// An engine [`Event`] on the wire.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum WireEvent {
-    Cache {
-        job: String,
-        key: String,
-        write: bool,
-        files: u64,
-        bytes: u64,
-    },
-    BuildStarted {
-        pipeline: String,
-        jobs: Vec<(String, String)>,
-    },
-    JobStarted {
-        job: usize,
-        id: String,
-        started_at: String,
-    },
-    StepFinished {
-        job: usize,
-        step: usize,
-        record: kiln_engine::runner::StepRecord,
-    },
-    JobFinished {
-        job: usize,
-        summary: kiln_engine::JobSummary,
-    },
-    Log {
-        ts: String,
-        job: String,
-        step: String,
-        phase: String,
-        stream: String,
-        seq: u64,
-        text: String,
-    },
-    Artifact {
-        job: String,
-        name: String,
-        id: String,
-        files: u64,
-        bytes: u64,
-        provenance: Option<String>,
-        #[serde(default = "static_type")]
-        output_type: String,
-        #[serde(default = "ready_status")]
-        status: String,
-        #[serde(default)]
-        scan: Option<String>,
-    },
-    Audit {
-        kind: String,
-        job: String,
-        step: String,
-        detail: String,
-    },
-    BuildFinished {
-        status: String,
-        egress_bytes_in: u64,
-        egress_bytes_out: u64,
-    },
-}
-
-impl WireEvent {
-    /// The wire form of an engine event (`None` for the ones only the
-    /// terminal needs).
-    pub fn from_event(ev: &Event) -> Option<WireEvent> {
-        Some(match ev {
-            Event::BuildStarted { pipeline, jobs, .. } => {
-                WireEvent::BuildStarted { pipeline: pipeline.clone(), jobs: jobs.clone() }
-            }
-            Event::JobStarted { job, id, started_at } => {
-                WireEvent::JobStarted { job: *job, id: id.clone(), started_at: started_at.clone() }
-            }
-            Event::StepStarted { .. } => return None,
-            Event::StepFinished { job, step, record } => {
-                WireEvent::StepFinished { job: *job, step: *step, record: record.clone() }
-            }
-            Event::JobFinished { job, summary } => {
-                WireEvent::JobFinished { job: *job, summary: summary.clone() }
-            }
-            Event::Log(l) => WireEvent::Log {
-                ts: l.ts.clone(),
-                job: l.job.clone(),
-                step: l.step.clone(),
-                phase: l.phase.clone(),
-                stream: l.stream.as_str().into(),
-                seq: l.seq,
-                text: l.text.clone(),
-            },
-            Event::Artifact { job, name, id, files, bytes, provenance, output_type, status, scan } => {
-                WireEvent::Artifact {
-                    job: job.clone(),
-                    name: name.clone(),
-                    id: id.clone(),
-                    files: *files,
-                    bytes: *bytes,
-                    provenance: provenance.clone(),
-                    output_type: output_type.clone(),
-                    status: status.clone(),
-                    scan: scan.clone(),
-                }
-            }
-            Event::Cache { job, key, write, files, bytes } => WireEvent::Cache {
-                job: job.clone(),
-                key: key.clone(),
-                write: *write,
-                files: *files,
-                bytes: *bytes,
-            },
-            Event::Audit { kind, job, step, detail } => WireEvent::Audit {
-                kind: kind.clone(),
-                job: job.clone(),
-                step: step.clone(),
-                detail: detail.clone(),
-            },
-            Event::BuildFinished(s) => WireEvent::BuildFinished {
-                status: s.status.clone(),
-                egress_bytes_in: s.egress_bytes_in,
-                egress_bytes_out: s.egress_bytes_out,
-            },
-        })
-    }
-
-    /// The engine event this stands for, for `engine_id`.
-    pub fn into_event(self, engine_id: &str) -> Event {
-        match self {
-            WireEvent::BuildStarted { pipeline, jobs } => {
-                Event::BuildStarted { build: engine_id.to_string(), pipeline, jobs }
-            }
-            WireEvent::JobStarted { job, id, started_at } => Event::JobStarted { job, id, started_at },
-            WireEvent::StepFinished { job, step, record } => Event::StepFinished { job, step, record },
-            WireEvent::JobFinished { job, summary } => Event::JobFinished { job, summary },
-            WireEvent::Log { ts, job, step, phase, stream, seq, text } => Event::Log(LogEntry {
-                ts,
-                build: engine_id.to_string(),
-                job,
-                step,
-                phase,
-                stream: Stream::parse(&stream),
-                seq,
-                text,
-            }),
-            WireEvent::Artifact { job, name, id, files, bytes, provenance, output_type, status, scan } => {
-                Event::Artifact { job, name, id, files, bytes, provenance, output_type, status, scan }
-            }
-            WireEvent::Audit { kind, job, step, detail } => Event::Audit { kind, job, step, detail },
-            WireEvent::Cache { job, key, write, files, bytes } => {
-                Event::Cache { job, key, write, files, bytes }
-            }
-            WireEvent::BuildFinished { status, egress_bytes_in, egress_bytes_out } => {
-                Event::BuildFinished(BuildSummary {
-                    kind: "summary",
-                    build: engine_id.to_string(),
-                    status,
-                    jobs: Vec::new(),
-                    egress_bytes_in,
-                    egress_bytes_out,
-                })
-            }
-        }
-    }
-}
-
 // ---- the server's side ----
 
 #[derive(Debug)]
@@ -342,7 +176,6 @@ impl Sinks {
                 // The attempt's rows say it was interrupted, as the engine's
                 // own recovery would after a crash.
                 let _ = w.sender().send(Event::BuildFinished(BuildSummary {
-                    kind: "summary",
                     build: sink.engine_id.clone(),
                     status: "interrupted".into(),
                     jobs: Vec::new(),
@@ -378,7 +211,7 @@ impl Sinks {
         id: &str,
         attempt: i64,
         engine_id: &str,
-        events: Vec<WireEvent>,
+        events: Vec<Event>,
     ) -> Result<(), ServerError> {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let sink = g.entry(id.to_string()).or_insert_with(|| Sink {
@@ -394,8 +227,8 @@ impl Sinks {
             }
             *sink = Sink { attempt, engine_id: engine_id.to_string(), writer: None, _live: None };
         }
-        for wire in events {
-            let ev = wire.into_event(&sink.engine_id);
+        for ev in events {
+            let ev = ev.for_build(&sink.engine_id);
             if let Event::BuildStarted { pipeline, jobs, .. } = &ev {
                 if sink.writer.is_none() {
                     let (writer, live) = open_writer(
@@ -633,7 +466,7 @@ async fn run_lease(
                                 if let Event::Artifact { id, provenance, .. } = &ev {
                                     artifacts.lock().unwrap_or_else(|e| e.into_inner()).push((id.clone(), provenance.clone()));
                                 }
-                                if let Some(w) = WireEvent::from_event(&ev) { batch.push(w) }
+                                batch.push(ev);
                                 if batch.len() >= 500 { break }
                             }
                             None => { open = false; break }
@@ -728,14 +561,6 @@ async fn run_lease(
 /// An artifact id and its provenance envelope's digest, as the engine
 /// reported them.
 type StoredArtifact = (String, Option<String>);
-
-fn static_type() -> String {
-    "static".into()
-}
-
-fn ready_status() -> String {
-    "ready".into()
-}
 
 /// Copies one artifact of the worker's store to the server.
 async fn upload_artifact(

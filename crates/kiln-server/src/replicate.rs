@@ -33,7 +33,6 @@ use kiln_engine::Event;
 
 use crate::error::ServerError;
 use crate::pg::{EventPosition, PgControl, SharedEvent};
-use crate::remote::WireEvent;
 
 /// The files in a server's state dir that every server of a deployment
 /// must share: the secrets key, the provenance signing key pair and the
@@ -152,12 +151,11 @@ impl Replication {
         let origin = if own { self.server_id.clone() } else { String::new() };
         let mut rows = Vec::with_capacity(events.len());
         for ev in events {
-            let Some(wire) = WireEvent::from_event(ev) else { continue };
-            let seq = match &wire {
-                WireEvent::Log { seq, .. } => Some(*seq as i64),
+            let seq = match ev {
+                Event::Log(l) => Some(l.seq as i64),
                 _ => None,
             };
-            let event = serde_json::to_string(&wire).map_err(|e| ServerError::Setup(e.to_string()))?;
+            let event = serde_json::to_string(ev).map_err(|e| ServerError::Setup(e.to_string()))?;
             rows.push(SharedEvent {
                 origin: origin.clone(),
                 build: build.to_string(),
@@ -236,14 +234,14 @@ impl Follower {
     }
 
     fn apply(&self, st: &mut FollowState, ev: SharedEvent) {
-        let wire: WireEvent = match serde_json::from_str(&ev.event) {
-            Ok(w) => w,
+        let event: Event = match serde_json::from_str(&ev.event) {
+            Ok(e) => e,
             Err(e) => {
                 tracing::warn!(build = %ev.build, "a shared event that does not parse: {e}");
                 return;
             }
         };
-        let event = wire.into_event(&ev.engine_id);
+        let event = event.for_build(&ev.engine_id);
         if let Event::BuildStarted { pipeline, jobs, .. } = &event {
             if !st.open.contains_key(&ev.engine_id) {
                 let trigger = format!("attempt {} of {}", ev.attempt, ev.build);

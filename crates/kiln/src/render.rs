@@ -105,7 +105,14 @@ impl Renderer {
             }
             Event::BuildFinished(summary) => {
                 if self.json {
-                    let _ = writeln!(out, "{}", serde_json::to_string(&summary).unwrap_or_default());
+                    // The summary line of `--json` output, marked as such.
+                    let mut line = serde_json::json!({"type": "summary"});
+                    if let (Some(obj), Ok(serde_json::Value::Object(fields))) =
+                        (line.as_object_mut(), serde_json::to_value(&summary))
+                    {
+                        obj.extend(fields);
+                    }
+                    let _ = writeln!(out, "{line}");
                 } else {
                     self.clear(&mut out);
                     let _ = write!(out, "{}", self.table(&summary));
