@@ -144,6 +144,10 @@ impl ServerConfig {
 /// The plans a tenant can be on.
 pub const PLANS: &[&str] = &["free", "team"];
 
+/// Why a build this server's worker held when the server stopped is
+/// retried (see [`Core::recover`]).
+const SERVER_STOPPED: &str = "the server stopped while the build ran";
+
 /// What a plan allows.
 pub fn plan_limits(name: &str) -> Option<Plan> {
     match name {
@@ -399,19 +403,18 @@ impl Core {
         Ok(self.blobs.tenant(tenant)?)
     }
 
-    /// Builds this server's in-process workers held when it stopped get the
-    /// infrastructure-failure transition at once (their workers are gone);
-    /// builds other servers or remote workers hold are left to their leases.
+    /// Builds this server's in-process workers held when it stopped get an
+    /// infrastructure failure at once, recorded as `server-restart` (their
+    /// workers are gone, but no worker failed them: any may retry them at
+    /// once); builds other servers or remote workers hold are left to their
+    /// leases.
     fn recover(&self) -> Result<(), ServerError> {
         let held = self.lock().db.builds_in(HELD_STATES)?;
         let mine: Vec<&BuildRecord> =
             held.iter().filter(|b| b.server.as_deref() == Some(self.server_id.as_str())).collect();
         for b in &mine {
-            let event = if b.cancel_requested {
-                QEvent::Cancel
-            } else {
-                QEvent::InfraFailure("the server stopped while the build ran".into())
-            };
+            let event =
+                if b.cancel_requested { QEvent::Cancel } else { QEvent::InfraFailure(SERVER_STOPPED.into()) };
             self.apply_to(
                 &b.id,
                 Some(b.attempt),
@@ -498,6 +501,8 @@ impl Core {
             let reason = matches!(next, BuildState::Failed(_) | BuildState::Cancelled).then_some(detail);
             let now = self.cfg.clock.now_ms();
             let event_name = match &event {
+                // Not the worker's failure: it may take the retry at once.
+                QEvent::InfraFailure(m) if m == SERVER_STOPPED => "server-restart",
                 QEvent::InfraFailure(_) => "infra-failure",
                 e => e.name(),
             };

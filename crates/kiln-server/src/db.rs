@@ -180,6 +180,24 @@ pub(crate) const WAITING_TENANTS: &str = "SELECT q.tenant, t.plan, \
 
 /// The order of claims: urgent first; then the tenant served longest ago;
 /// within a tenant, a retried build first, then first come first served.
+/// How long a build whose attempt ended in an infrastructure failure waits
+/// for another worker before the worker that failed it may take it again:
+/// a host that fails once (a full disk, a broken runtime) would otherwise
+/// take the build straight back and spend every retry in a moment. After
+/// this it may (it may be the only worker there is).
+pub const RETRY_ELSEWHERE_MS: i64 = 30_000;
+
+/// The claim's filter for [`RETRY_ELSEWHERE_MS`]: not a build whose last
+/// attempt was `worker`'s and failed for the infrastructure since `since`
+/// (both are placeholders of the engine's dialect).
+pub(crate) fn not_just_failed_by(worker: &str, since: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM attempts a JOIN transitions t ON t.build_id = a.build_id \
+         WHERE a.build_id = b.id AND a.attempt = b.attempt AND a.worker = {worker} \
+         AND t.event = 'infra-failure' AND t.at_ms >= a.started_ms AND t.at_ms > {since})"
+    )
+}
+
 pub(crate) const CLAIM_ORDER: &str =
     "ORDER BY (b.priority = 'urgent') DESC, COALESCE(tt.turn, 0), (b.attempt > 0) DESC, b.n";
 
@@ -762,11 +780,16 @@ impl ControlStore for SqliteControl {
         }
         let sql = format!(
             "SELECT b.id, b.tenant FROM builds b LEFT JOIN tenant_turns tt ON tt.tenant = b.tenant \
-             WHERE b.state = 'queued' AND b.tenant IN (SELECT value FROM json_each(?1)) {CLAIM_ORDER} LIMIT 1"
+             WHERE b.state = 'queued' AND b.tenant IN (SELECT value FROM json_each(?1)) AND {} \
+             {CLAIM_ORDER} LIMIT 1",
+            not_just_failed_by("?2", "?3")
         );
         let list = serde_json::to_string(&eligible).map_err(|e| ServerError::Setup(e.to_string()))?;
+        let since = req.now_ms - RETRY_ELSEWHERE_MS;
         let Some((id, tenant)) = tx
-            .query_row(&sql, [list], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .query_row(&sql, params![list, req.worker, since], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
             .optional()?
         else {
             return Ok(None);

@@ -22,9 +22,9 @@ use postgres::{Client, NoTls, Row};
 use std::sync::Arc;
 
 use crate::db::{
-    engine_id, now, AttemptRow, AuditRow, BuildRecord, ClaimRequest, ControlStore, Expect, LogBase, NewBuild,
-    Notification, Principal, QueueCounts, SecretRow, TokenRow, TransitionRow, UsageRow, BUILD_COLS,
-    CLAIM_ORDER, TOKEN_ID_LEN, WAITING_TENANTS,
+    engine_id, not_just_failed_by, now, AttemptRow, AuditRow, BuildRecord, ClaimRequest, ControlStore,
+    Expect, LogBase, NewBuild, Notification, Principal, QueueCounts, SecretRow, TokenRow, TransitionRow,
+    UsageRow, BUILD_COLS, CLAIM_ORDER, RETRY_ELSEWHERE_MS, TOKEN_ID_LEN, WAITING_TENANTS,
 };
 use crate::error::ServerError;
 
@@ -377,9 +377,12 @@ fn claim_once(
     // over, not waited for.
     let sql = format!(
         "SELECT b.id, b.tenant FROM builds b LEFT JOIN tenant_turns tt ON tt.tenant = b.tenant \
-         WHERE b.state = 'queued' AND b.tenant = ANY($1) {CLAIM_ORDER} LIMIT 1 FOR UPDATE OF b SKIP LOCKED"
+         WHERE b.state = 'queued' AND b.tenant = ANY($1) AND {} \
+         {CLAIM_ORDER} LIMIT 1 FOR UPDATE OF b SKIP LOCKED",
+        not_just_failed_by("$2", "$3")
     );
-    let Some(pick) = tx.query_opt(&sql, &[&eligible]).map_err(pg_err)? else {
+    let since = req.now_ms - RETRY_ELSEWHERE_MS;
+    let Some(pick) = tx.query_opt(&sql, &[&eligible, &req.worker, &since]).map_err(pg_err)? else {
         return Ok(Some(None));
     };
     let (id, tenant): (String, String) = (pick.get(0), pick.get(1));

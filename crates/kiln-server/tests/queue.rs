@@ -39,6 +39,7 @@ fn env() -> Env {
 kiln_server::on_both_databases!(
     claims_follow_priority_fairness_and_plan_caps,
     expired_leases_retry_twice_then_fail_as_infrastructure,
+    an_infrastructure_failure_is_retried_on_another_worker_first,
     a_restart_requeues_held_builds_and_keeps_the_queue_order,
     cancelling_a_queued_build_is_immediate_and_a_held_one_waits_for_its_worker,
 );
@@ -144,6 +145,40 @@ fn expired_leases_retry_twice_then_fail_as_infrastructure() {
     let transitions = core.read().transitions(&id).unwrap();
     let events: Vec<&str> = transitions.iter().map(|t| t.event.as_str()).collect();
     assert_eq!(events.iter().filter(|e| **e == "lease-expired").count(), 3, "{events:?}");
+}
+
+fn an_infrastructure_failure_is_retried_on_another_worker_first() {
+    let env = env();
+    let cfg = env.cfg.clone();
+    tenants(&cfg, &[("t", "team")]);
+    let core = Core::start(cfg).unwrap();
+    let id = submit(&core, "t", "normal");
+    let c = core.try_claim("remote:sick", true).unwrap().expect("claimable");
+    core.finish_attempt(&id, c.attempt.attempt, AttemptOutcome::Infra("No space left on device".into()))
+        .unwrap();
+    assert_eq!(state(&core, &id).0, "queued");
+    // The worker that failed it does not get it straight back...
+    assert!(core.try_claim("remote:sick", true).unwrap().is_none());
+    env.clock.advance(kiln_server::db::RETRY_ELSEWHERE_MS - 1);
+    assert!(core.try_claim("remote:sick", true).unwrap().is_none());
+    // ...another does.
+    let other = core.try_claim("remote:well", true).unwrap().expect("another worker takes the retry");
+    assert_eq!((other.build.id.as_str(), other.attempt.attempt), (id.as_str(), 2));
+    core.finish_attempt(&id, 2, AttemptOutcome::Infra("the runtime is gone".into())).unwrap();
+    // Once the wait is over, the first worker may take it again (it may be
+    // the only one): here "well" failed it last, so "sick" gets it now.
+    let again = core.try_claim("remote:sick", true).unwrap().expect("the other worker may retry it");
+    assert_eq!(again.attempt.attempt, 3);
+    core.finish_attempt(&id, 3, AttemptOutcome::Finished { status: "succeeded".into(), egress_bytes: 0 })
+        .unwrap();
+    assert_eq!(state(&core, &id).0, "succeeded");
+    // A build the only worker failed waits RETRY_ELSEWHERE_MS, then runs there.
+    let lone = submit(&core, "t", "normal");
+    let c = core.try_claim("remote:sick", true).unwrap().expect("claimable");
+    core.finish_attempt(&lone, c.attempt.attempt, AttemptOutcome::Infra("disk full".into())).unwrap();
+    assert!(core.try_claim("remote:sick", true).unwrap().is_none());
+    env.clock.advance(kiln_server::db::RETRY_ELSEWHERE_MS);
+    assert_eq!(core.try_claim("remote:sick", true).unwrap().expect("after the wait").build.id, lone);
 }
 
 fn a_restart_requeues_held_builds_and_keeps_the_queue_order() {

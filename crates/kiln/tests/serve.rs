@@ -30,6 +30,7 @@ kiln_server::on_both_databases!(
     kill_9_of_the_server_mid_build_loses_nothing,
     kill_9_of_a_remote_worker_moves_the_build_to_another,
     a_cache_filled_on_one_remote_worker_is_hit_on_another,
+    a_worker_whose_disk_is_full_fails_the_attempt_not_the_build,
     metrics_and_openapi_are_served,
     a_repository_url_is_built_with_no_configuration,
     usage_records_count_cache_bytes_read_and_written,
@@ -794,6 +795,90 @@ fn a_cache_filled_on_one_remote_worker_is_hit_on_another() {
     // The worker's own store holds no cache entry: the server's is the one.
     let entries = walk_names(&server.dir.path().join("w2-state"));
     assert!(!entries.iter().any(|p| p.contains("/cache/")), "{entries:?}");
+}
+
+/// A tmpfs of `size` mounted on `dir` for the test's life.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "kiln-test-disk"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs needs root: run the tests as root");
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A worker whose disk is full cannot run a build: that is the host's
+/// failure, not the build's. The attempt ends as an infrastructure failure
+/// and the build is retried on another worker, where it succeeds.
+fn a_worker_whose_disk_is_full_fails_the_attempt_not_the_build() {
+    let server = Server::start(&["--workers", "0"]);
+    let a = server.tenant("alpha", "team");
+    let token = server.admin(&["token", "create", "--worker"]);
+    let full = server.dir.path().join("full-state");
+    let _disk = SmallDisk::mount(&full, "48m");
+    // The worker starts (its keys and databases fit), then its disk fills.
+    let mut w1 = worker(&server, &token, "w1", &full);
+    poll("w1's state", || full.join("state.db").exists().then_some(()));
+    std::thread::sleep(Duration::from_secs(2));
+    let filler = full.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "count=100"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(Stdio::null())
+        .status();
+    let src = server.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("data.txt"), "x".repeat(64 << 10)).unwrap();
+    let wf = server.dir.path().join("ci.yml");
+    std::fs::write(
+        &wf,
+        "jobs:\n  build:\n    steps:\n      - uses: actions/checkout@v4\n      - run: wc -c data.txt && echo built\n",
+    )
+    .unwrap();
+    let out = server.client(&a).arg("submit").arg(&wf).arg("--source").arg(&src).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // w1 takes it and fails it as an infrastructure failure...
+    let failures = |b: &Value| -> Vec<String> {
+        b["transitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["event"] == "infra-failure")
+            .map(|t| t["detail"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    poll("the first attempt to fail", || (!failures(&a.build(&id)).is_empty()).then_some(()));
+    // ...and, still running and asking for work, does not take it back:
+    // the retry waits for another worker.
+    let mut w2 = worker(&server, &token, "w2", &server.dir.path().join("w2-state"));
+    let b = a.wait_final(&id);
+    for w in [&mut w1, &mut w2] {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let w1_log = std::fs::read_to_string(server.dir.path().join("w1.log")).unwrap_or_default();
+    assert_eq!(b["state"], "succeeded", "{b}\n{w1_log}\n{}", server.log());
+    assert_eq!(b["worker"], "remote:w2", "{b}");
+    assert_eq!(b["retries"], 1, "{b}");
+    let attempts = b["attempts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(attempts.first().map(|a| a["worker"].clone()), Some(json!("remote:w1")), "{b}");
+    let why = failures(&b);
+    assert!(why.len() == 1 && why[0].contains("No space left on device"), "the failure says why: {why:?}");
+    assert!(a.log_text(&id).contains("built"));
 }
 
 /// Every path under `dir`.
