@@ -547,11 +547,24 @@ impl Core {
         Ok(None)
     }
 
-    /// Posts a succeeded build's deployment webhook, if it has one, from a
-    /// thread of its own (deliveries retry with backoff for a while): the
-    /// artifact, its signed provenance, output type and source, signed with
-    /// the server's webhook key (`notify.key` in the state dir).
+    /// Posts a succeeded build's deployment webhook, if it has one and no
+    /// other server is delivering it, from a thread of its own (deliveries
+    /// retry with backoff for a while): the artifact, its signed provenance,
+    /// output type and source, signed with the deployment's webhook key
+    /// (`notify.key` in the state dir). The delivery is leased like a build:
+    /// renewed while it runs; when this server dies, another server's
+    /// reaper finds it due and delivers it (with the same idempotency key).
     fn deliver_notification(&self, id: &str) {
+        let now = self.cfg.clock.now_ms();
+        let until = now.saturating_add(self.cfg.lease_ttl_ms as i64);
+        match self.lock().db.claim_notification(id, &self.server_id, now, until) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(build = id, "taking the deployment webhook's delivery: {e}");
+                return;
+            }
+        }
         // Off the caller's thread (an async worker or handler): the store
         // read blocks and deliveries retry with backoff for a while.
         let Some(core) = self.me.get().and_then(std::sync::Weak::upgrade) else { return };
@@ -559,37 +572,50 @@ impl Core {
         std::thread::spawn(move || {
             let span = tracing::info_span!("notify", build = %id);
             let _enter = span.enter();
+            let give_up = |why: String| {
+                tracing::warn!("deployment webhook: {why}");
+                let attempts = serde_json::json!([{ "status": null, "error": why }]).to_string();
+                let _ = core.lock().db.record_delivery(&id, &core.server_id, false, &attempts);
+            };
             let (url, artifact, body) = match core.notification_payload(&id) {
                 Ok(Some(p)) => p,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!("deployment webhook: {e}");
-                    return;
-                }
+                Ok(None) => return give_up("no deployable artifact to hand over".into()),
+                Err(e) => return give_up(e.to_string()),
+            };
+            let mut keep = || {
+                let until = core.cfg.clock.now_ms().saturating_add(core.cfg.lease_ttl_ms as i64);
+                core.lock().db.renew_notification(&id, &core.server_id, until).unwrap_or(false)
             };
             let delivery = crate::notify::load_or_create_key(&core.state_dir.join("notify.key"))
                 .and_then(|key| crate::notify::Notifier::new(&url, key).map_err(|e| e.to_string()))
                 .map(|n| {
-                    n.deliver(&body, &format!("{id}:{artifact}"), crate::notify::RetryPolicy::default())
+                    let key = format!("{id}:{artifact}");
+                    n.deliver_while(&body, &key, crate::notify::RetryPolicy::default(), &mut keep)
                 });
             let tenant = body["tenant"].as_str().map(str::to_string);
             match delivery {
+                Ok(d) if d.handed_over => {
+                    tracing::info!("the webhook's delivery was taken over by another server");
+                }
                 Ok(d) => {
                     let attempts = serde_json::to_string(&d.attempts).unwrap_or_default();
-                    if let Err(e) = core.lock().db.record_delivery(&id, d.delivered, &attempts) {
-                        tracing::error!("recording the delivery: {e}");
+                    let recorded =
+                        core.lock().db.record_delivery(&id, &core.server_id, d.delivered, &attempts);
+                    match recorded {
+                        Ok(true) => {
+                            let kind = if d.delivered { "notify delivered" } else { "notify failed" };
+                            let detail = format!("{url} after {} attempt(s)", d.attempts.len());
+                            core.audit(tenant.as_deref(), Some(&id), kind, "server", &detail);
+                        }
+                        Ok(false) => tracing::info!("the webhook's delivery was taken over before it ended"),
+                        Err(e) => tracing::error!("recording the delivery: {e}"),
                     }
-                    let kind = if d.delivered { "notify delivered" } else { "notify failed" };
-                    let detail = format!("{url} after {} attempt(s)", d.attempts.len());
-                    core.audit(tenant.as_deref(), Some(&id), kind, "server", &detail);
                 }
-                Err(e) => core.audit(
-                    tenant.as_deref(),
-                    Some(&id),
-                    "notify failed",
-                    "server",
-                    &format!("{url}: {e}"),
-                ),
+                Err(e) => {
+                    let why = format!("{url}: {e}");
+                    core.audit(tenant.as_deref(), Some(&id), "notify failed", "server", &why);
+                    give_up(why);
+                }
             }
         });
     }
@@ -917,6 +943,11 @@ impl Core {
                     let _ = tx.send(true);
                 }
             }
+        }
+        // Webhooks whose deliverer died (or never began) are taken over.
+        let due = self.lock().db.due_notifications(now)?;
+        for id in due {
+            self.deliver_notification(&id);
         }
         let expired = self.lock().db.expired_leases(now)?;
         for b in expired {

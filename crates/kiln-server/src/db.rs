@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_control.sql")),
     (2, include_str!("../migrations/sqlite/0002_shared_queue.sql")),
     (3, include_str!("../migrations/sqlite/0003_submitted_by.sql")),
+    (4, include_str!("../migrations/sqlite/0004_notify_lease.sql")),
 ];
 
 /// The states in which a worker holds a build (under a lease).
@@ -197,6 +198,12 @@ pub(crate) fn not_just_failed_by(worker: &str, since: &str) -> String {
          AND t.event = 'infra-failure' AND t.at_ms >= a.started_ms AND t.at_ms > {since})"
     )
 }
+
+/// Succeeded builds whose webhook is due: not delivered (nor given up on)
+/// and not leased past `now` (placeholder 1 of either dialect).
+pub(crate) const DUE_NOTIFICATIONS: &str = "SELECT n.build_id FROM notifications n \
+    JOIN builds b ON b.id = n.build_id WHERE b.state = 'succeeded' AND n.delivered IS NULL \
+    AND COALESCE(n.lease_until_ms, 0) < $1 ORDER BY b.n";
 
 pub(crate) const CLAIM_ORDER: &str =
     "ORDER BY (b.priority = 'urgent') DESC, COALESCE(tt.turn, 0), (b.attempt > 0) DESC, b.n";
@@ -478,7 +485,29 @@ pub trait ControlStore: Send + std::fmt::Debug {
     fn set_notify(&self, build: &str, url: &str) -> Result<(), ServerError>;
     /// The webhook of a build (see [`Notification`]).
     fn notification(&self, build: &str) -> Result<Option<Notification>, ServerError>;
-    fn record_delivery(&self, build: &str, delivered: bool, attempts: &str) -> Result<(), ServerError>;
+    /// Takes the delivery of `build`'s webhook for `server` until
+    /// `until_ms`, if it is not delivered and nobody's lease on it runs
+    /// past `now_ms`; true if taken.
+    fn claim_notification(
+        &self,
+        build: &str,
+        server: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, ServerError>;
+    /// Extends `server`'s lease on a delivery; false if it is not its any more.
+    fn renew_notification(&self, build: &str, server: &str, until_ms: i64) -> Result<bool, ServerError>;
+    /// Succeeded builds whose webhook is not delivered and not leased
+    /// past `now_ms` (its deliverer died, or never began).
+    fn due_notifications(&self, now_ms: i64) -> Result<Vec<String>, ServerError>;
+    /// Records how a delivery ended, if `server` still holds it.
+    fn record_delivery(
+        &self,
+        build: &str,
+        server: &str,
+        delivered: bool,
+        attempts: &str,
+    ) -> Result<bool, ServerError>;
     fn audit(
         &self,
         tenant: Option<&str>,
@@ -1046,12 +1075,46 @@ impl ControlStore for SqliteControl {
             .optional()?)
     }
 
-    fn record_delivery(&self, build: &str, delivered: bool, attempts: &str) -> Result<(), ServerError> {
-        self.conn.execute(
-            "UPDATE notifications SET delivered = ?2, attempts = ?3, at = ?4 WHERE build_id = ?1",
-            params![build, delivered, attempts, now()],
-        )?;
-        Ok(())
+    fn claim_notification(
+        &self,
+        build: &str,
+        server: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, ServerError> {
+        Ok(self.conn.execute(
+            "UPDATE notifications SET server = ?2, lease_until_ms = ?4 WHERE build_id = ?1 \
+             AND delivered IS NULL AND COALESCE(lease_until_ms, 0) < ?3",
+            params![build, server, now_ms, until_ms],
+        )? == 1)
+    }
+
+    fn renew_notification(&self, build: &str, server: &str, until_ms: i64) -> Result<bool, ServerError> {
+        Ok(self.conn.execute(
+            "UPDATE notifications SET lease_until_ms = MAX(COALESCE(lease_until_ms, 0), ?3) \
+             WHERE build_id = ?1 AND server = ?2 AND delivered IS NULL",
+            params![build, server, until_ms],
+        )? == 1)
+    }
+
+    fn due_notifications(&self, now_ms: i64) -> Result<Vec<String>, ServerError> {
+        let mut stmt = self.conn.prepare(DUE_NOTIFICATIONS)?;
+        let rows = stmt.query_map([now_ms], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    fn record_delivery(
+        &self,
+        build: &str,
+        server: &str,
+        delivered: bool,
+        attempts: &str,
+    ) -> Result<bool, ServerError> {
+        Ok(self.conn.execute(
+            "UPDATE notifications SET delivered = ?3, attempts = ?4, at = ?5 \
+             WHERE build_id = ?1 AND server = ?2 AND delivered IS NULL",
+            params![build, server, delivered, attempts, now()],
+        )? == 1)
     }
 
     fn audit(

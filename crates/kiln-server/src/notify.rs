@@ -71,7 +71,14 @@ pub struct Delivery {
     pub delivered: bool,
     /// Every attempt, in order.
     pub attempts: Vec<Attempt>,
+    /// Stopped because the delivery was handed to someone else (see
+    /// [`Notifier::deliver_while`]): theirs is the one to record.
+    pub handed_over: bool,
 }
+
+/// How often [`Notifier::deliver_while`] asks whether to go on while it
+/// waits between attempts.
+pub const KEEP_EVERY: Duration = Duration::from_millis(500);
 
 /// Sends signed webhooks to one URL.
 pub struct Notifier {
@@ -141,6 +148,20 @@ impl Notifier {
         idempotency_key: &str,
         policy: RetryPolicy,
     ) -> Delivery {
+        self.deliver_while(payload, idempotency_key, policy, &mut || true)
+    }
+
+    /// [`Notifier::deliver`], asking `keep` before each attempt and at
+    /// least every [`KEEP_EVERY`] while it waits between attempts: once
+    /// it says no (the delivery was handed to someone else), nothing more
+    /// is sent and the delivery ends with `handed_over` set.
+    pub fn deliver_while(
+        &self,
+        payload: &serde_json::Value,
+        idempotency_key: &str,
+        policy: RetryPolicy,
+        keep: &mut dyn FnMut() -> bool,
+    ) -> Delivery {
         let body = serde_json::to_vec(payload).unwrap_or_default();
         let mut attempts = Vec::new();
         if idempotency_key.is_empty() || !idempotency_key.bytes().all(|b| b.is_ascii_graphic()) {
@@ -149,10 +170,13 @@ impl Notifier {
                 error: Some("the idempotency key must be non-empty visible ASCII".into()),
                 at: SystemTime::now(),
             });
-            return Delivery { delivered: false, attempts };
+            return Delivery { delivered: false, attempts, handed_over: false };
         }
         let mut delay = policy.base_delay;
         for n in 1..=policy.attempts.max(1) {
+            if !keep() {
+                return Delivery { delivered: false, attempts, handed_over: true };
+            }
             let at = SystemTime::now();
             let timestamp = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()).to_string();
             let result = self
@@ -179,7 +203,7 @@ impl Notifier {
                         at,
                     });
                     if ok {
-                        return Delivery { delivered: true, attempts };
+                        return Delivery { delivered: true, attempts, handed_over: false };
                     }
                     (status == 408 || status == 429 || status >= 500, retry_after)
                 }
@@ -191,10 +215,21 @@ impl Notifier {
             if !retry || n == policy.attempts.max(1) {
                 break;
             }
-            thread::sleep(delay.max(retry_after.unwrap_or_default()).min(policy.max_delay));
+            let wait = delay.max(retry_after.unwrap_or_default()).min(policy.max_delay);
+            let until = std::time::Instant::now() + wait;
+            loop {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                thread::sleep(left.min(KEEP_EVERY));
+                if !keep() {
+                    return Delivery { delivered: false, attempts, handed_over: true };
+                }
+            }
             delay = delay.saturating_mul(2).min(policy.max_delay);
         }
-        Delivery { delivered: false, attempts }
+        Delivery { delivered: false, attempts, handed_over: false }
     }
 }
 
@@ -307,6 +342,24 @@ mod tests {
 
     fn quick(attempts: u32) -> RetryPolicy {
         RetryPolicy { attempts, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5) }
+    }
+
+    #[test]
+    fn a_delivery_handed_over_sends_nothing_more() {
+        let (url, rx) = receiver(vec![503, 503, 200]);
+        let n = Notifier::new(&url, b"0123456789abcdef0123456789abcdef".to_vec()).unwrap();
+        let policy =
+            RetryPolicy { attempts: 3, base_delay: Duration::from_millis(1200), max_delay: Duration::from_secs(2) };
+        let mut asked = 0;
+        // Yes before the first attempt, no at the first check while waiting.
+        let d = n.deliver_while(&serde_json::json!({}), "b:1", policy, &mut || {
+            asked += 1;
+            asked == 1
+        });
+        assert!(d.handed_over && !d.delivered, "{d:?}");
+        assert_eq!(d.attempts.len(), 1);
+        assert_eq!(asked, 2, "asked while waiting, not only before the next attempt");
+        assert_eq!(rx.try_iter().count(), 1);
     }
 
     #[test]

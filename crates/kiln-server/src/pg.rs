@@ -24,7 +24,7 @@ use std::sync::Arc;
 use crate::db::{
     engine_id, not_just_failed_by, now, AttemptRow, AuditRow, BuildRecord, ClaimRequest, ControlStore,
     Expect, LogBase, NewBuild, Notification, Principal, QueueCounts, SecretRow, TokenRow, TransitionRow,
-    UsageRow, BUILD_COLS, CLAIM_ORDER, RETRY_ELSEWHERE_MS, TOKEN_ID_LEN, WAITING_TENANTS,
+    UsageRow, BUILD_COLS, CLAIM_ORDER, DUE_NOTIFICATIONS, RETRY_ELSEWHERE_MS, TOKEN_ID_LEN, WAITING_TENANTS,
 };
 use crate::error::ServerError;
 
@@ -34,6 +34,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/postgres/0002_shared_queue.sql")),
     (3, include_str!("../migrations/postgres/0003_shared_events.sql")),
     (4, include_str!("../migrations/postgres/0004_submitted_by.sql")),
+    (5, include_str!("../migrations/postgres/0005_notify_lease.sql")),
 ];
 
 /// The channel on which a commit of shared events is announced.
@@ -971,15 +972,60 @@ impl ControlStore for PgControl {
         })
     }
 
-    fn record_delivery(&self, build: &str, delivered: bool, attempts: &str) -> Result<(), ServerError> {
-        let (build, attempts) = (owned(build), owned(attempts));
+    fn claim_notification(
+        &self,
+        build: &str,
+        server: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, ServerError> {
+        let (build, server) = (owned(build), owned(server));
         self.call(move |c| {
-            c.execute(
-                "UPDATE notifications SET delivered = $2, attempts = $3, at = $4 WHERE build_id = $1",
-                &[&build, &delivered, &attempts, &now()],
+            Ok(c.execute(
+                "UPDATE notifications SET server = $2, lease_until_ms = $4 WHERE build_id = $1 \
+                 AND delivered IS NULL AND COALESCE(lease_until_ms, 0) < $3",
+                &[&build, &server, &now_ms, &until_ms],
             )
-            .map_err(pg_err)?;
-            Ok(())
+            .map_err(pg_err)?
+                == 1)
+        })
+    }
+
+    fn renew_notification(&self, build: &str, server: &str, until_ms: i64) -> Result<bool, ServerError> {
+        let (build, server) = (owned(build), owned(server));
+        self.call(move |c| {
+            Ok(c.execute(
+                "UPDATE notifications SET lease_until_ms = GREATEST(COALESCE(lease_until_ms, 0), $3) \
+                 WHERE build_id = $1 AND server = $2 AND delivered IS NULL",
+                &[&build, &server, &until_ms],
+            )
+            .map_err(pg_err)?
+                == 1)
+        })
+    }
+
+    fn due_notifications(&self, now_ms: i64) -> Result<Vec<String>, ServerError> {
+        self.call(move |c| {
+            Ok(c.query(DUE_NOTIFICATIONS, &[&now_ms]).map_err(pg_err)?.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn record_delivery(
+        &self,
+        build: &str,
+        server: &str,
+        delivered: bool,
+        attempts: &str,
+    ) -> Result<bool, ServerError> {
+        let (build, server, attempts) = (owned(build), owned(server), owned(attempts));
+        self.call(move |c| {
+            Ok(c.execute(
+                "UPDATE notifications SET delivered = $3, attempts = $4, at = $5 \
+                 WHERE build_id = $1 AND server = $2 AND delivered IS NULL",
+                &[&build, &server, &delivered, &attempts, &now()],
+            )
+            .map_err(pg_err)?
+                == 1)
         })
     }
 

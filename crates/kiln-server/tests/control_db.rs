@@ -253,7 +253,20 @@ fn every_statement(db: &Db) {
     // Webhooks.
     c.set_notify("b1", "https://deploy.example/hook").unwrap();
     assert_eq!(c.notification("b1").unwrap(), Some(("https://deploy.example/hook".into(), None, None)));
-    c.record_delivery("b1", true, "[200]").unwrap();
+    // A delivery is leased: one server at a time, taken over once the
+    // holder's lease runs out, recorded only by whoever holds it then.
+    assert!(c.claim_notification("b1", "s1", 1000, 2000).unwrap());
+    assert!(!c.claim_notification("b1", "s2", 1500, 2500).unwrap(), "s1 holds it");
+    assert!(!c.renew_notification("b1", "s2", 9000).unwrap(), "not s2's to renew");
+    assert!(c.renew_notification("b1", "s1", 3000).unwrap());
+    assert!(!c.claim_notification("b1", "s2", 2500, 3500).unwrap(), "renewed past 2500");
+    assert!(c.claim_notification("b1", "s2", 3001, 4000).unwrap(), "s1's lease ran out: s2 takes over");
+    assert!(!c.renew_notification("b1", "s1", 9000).unwrap(), "s1 learns it lost it");
+    assert!(!c.record_delivery("b1", "s1", true, "[200]").unwrap(), "a late record of s1 changes nothing");
+    assert_eq!(c.notification("b1").unwrap(), Some(("https://deploy.example/hook".into(), None, None)));
+    assert!(c.record_delivery("b1", "s2", true, "[200]").unwrap());
+    assert!(!c.claim_notification("b1", "s3", 9000, 9500).unwrap(), "delivered: nothing to take");
+    assert!(!c.due_notifications(i64::MAX).unwrap().contains(&"b1".to_string()));
     assert_eq!(
         c.notification("b1").unwrap(),
         Some(("https://deploy.example/hook".into(), Some(true), Some("[200]".into())))
@@ -326,7 +339,7 @@ fn postgres_migrations_apply_once_and_a_newer_schema_is_refused() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
     raw.execute("INSERT INTO kiln_schema (version, applied_at) VALUES (99, 'later')", &[]).unwrap();
     let e = ControlDb::connect(Some(url), std::path::Path::new("/nonexistent")).unwrap_err().to_string();
     assert!(e.contains("version 99") && e.contains("newer"), "{e}");

@@ -1215,3 +1215,71 @@ fn replicas_answer_for_each_others_builds_and_logs() {
     });
     assert_eq!(jobs, tb.build(&id2)["jobs"]);
 }
+
+/// The replica delivering a build's deployment webhook dies between two
+/// attempts (the receiver answered 503): the other replica takes the
+/// delivery over once its lease runs out, with the same idempotency key
+/// and the deployment's signature, and records it once.
+#[test]
+fn a_webhook_is_delivered_by_the_other_replica_when_its_deliverer_dies() {
+    use kiln_server::pgcluster::{TestDatabase, TEST_DATABASE};
+    let (hook, seen) = common::receiver(2);
+    TEST_DATABASE.with(|d| d.set(TestDatabase::Postgres));
+    let store = tempfile::Builder::new().prefix("kiln-replicas-store-").tempdir().unwrap();
+    let store_url = format!("file://{}", store.path().display());
+    let lease = ["--lease-timeout-ms", "2000"];
+    let mut a = Server::start(&[&["--workers", "1", "--store", &store_url][..], &lease[..]].concat());
+    TEST_DATABASE.with(|d| d.set(TestDatabase::Sqlite));
+    let mut b =
+        Server::unstarted(&[&["--workers", "0", "--store", &store_url][..], &lease[..]].concat(), &a.env);
+    kiln_server::replicate::copy_shared_keys(&a.state(), &b.state()).unwrap();
+    b.spawn();
+    let ta = a.tenant("alpha", "team");
+    let tb = b.api(&ta.token);
+    let wf = "jobs:\n  site:\n    steps:\n      - run: mkdir -p dist && echo hi > dist/index.html\n      - uses: actions/upload-artifact@v4\n        with: { name: site, path: dist }\n";
+    let id = ta.submit(wf, json!({ "notify": hook }));
+    assert_eq!(ta.wait_final(&id)["state"], "succeeded");
+    // a sent the first attempt (503) and waits to send the next: kill it.
+    poll("a's first attempt", || (!seen.lock().unwrap().is_empty()).then_some(()));
+    a.kill9();
+    let after_kill = seen.lock().unwrap().len();
+    let done = poll("b to deliver and record it", || {
+        let v = tb.build(&id);
+        (v["notify"]["delivered"] == true).then_some(v)
+    });
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.len() >= 3 && after_kill < seen.len(),
+        "{} requests, {after_kill} before the kill",
+        seen.len()
+    );
+    let header = |head: &str, name: &str| {
+        head.lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let keys: Vec<String> = seen.iter().map(|(h, _)| header(h, "idempotency-key")).collect();
+    assert!(keys.iter().all(|k| !k.is_empty() && *k == keys[0]), "one idempotency key: {keys:?}");
+    let key = common::hex_decode(&std::fs::read_to_string(b.state().join("notify.key")).unwrap());
+    let (head, body) = seen.last().unwrap();
+    assert!(kiln_server::notify::verify_signature(
+        &key,
+        &header(head, "x-kiln-timestamp"),
+        body,
+        &header(head, "x-kiln-signature")
+    ));
+    let payload: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(payload["build"], id.as_str());
+    // b's record holds only its own attempts: a's were never recorded.
+    let attempts = done["notify"]["attempts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(attempts.last().map(|a| a["status"].clone()), Some(json!(200)), "{done}");
+    let (_, audit) = tb.get("/v1/audit");
+    let delivered =
+        audit["events"].as_array().into_iter().flatten().filter(|e| e["kind"] == "notify delivered");
+    assert_eq!(delivered.count(), 1, "{audit}");
+    drop(b);
+}
