@@ -3,6 +3,7 @@
 //! resource looked up within the caller's tenant (another tenant's ids are
 //! 404, exactly like ids that do not exist).
 
+use crate::statedb::AttemptRecords as _;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -563,7 +564,7 @@ fn build_json(core: &Core, b: &BuildRecord, detail: bool) -> ApiResult<Value> {
             (db.attempts(&b.id)?, db.transitions(&b.id)?, usage)
         };
         let jobs = match attempts.last() {
-            Some(a) => core.with_state(|s| s.jobs(&a.engine_id))?,
+            Some(a) => core.with_state(|s| s.jobs_json(&a.engine_id))?,
             None => Vec::new(),
         };
         if let Some(first) = attempts.first() {
@@ -631,7 +632,7 @@ fn read_logs(core: &Core, id: &str, after: i64, limit: i64) -> ApiResult<Vec<Log
         }
         let after_seq = (after - a.log_base).max(0);
         let lines =
-            core.with_state(|s| s.logs_after(&a.engine_id, a.attempt, a.log_base, after_seq, limit))?;
+            core.with_state(|s| s.log_lines(&a.engine_id, a.attempt, a.log_base, after_seq, limit))?;
         out.extend(lines.into_iter().filter(|l| l.id > after));
     }
     out.truncate(limit.max(0) as usize);
@@ -823,7 +824,7 @@ async fn build_artifacts(
     let attempts = core.read().attempts(&b.id)?;
     let mut list = Vec::new();
     for a in &attempts {
-        list.extend(core.with_state(|s| s.artifacts(&a.engine_id))?);
+        list.extend(core.with_state(|s| s.artifacts_json(&a.engine_id))?);
     }
     Ok(Json(json!({ "artifacts": list })))
 }
@@ -893,7 +894,7 @@ pub(crate) async fn provenance_bytes(
         .into_iter()
         .filter_map(|i| i.provenance.map(|d| d.to_string()))
         .collect();
-    candidates.extend(core.with_state(|s| s.provenances(&digest.to_string()))?);
+    candidates.extend(core.with_state(|s| Ok(s.provenances(&digest.to_string())?))?);
     for c in candidates {
         let Ok(d) = c.parse::<kiln_store::Digest>() else { continue };
         if let Ok(bytes) = store.get_bytes(&d, None).await {

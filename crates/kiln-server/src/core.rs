@@ -32,6 +32,7 @@
 //! apart; the API stitches the attempts' logs into one log whose positions
 //! keep growing across retries.
 
+use crate::statedb::AttemptRecords as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -633,7 +634,7 @@ impl Core {
             (row, g.db.attempts(id)?, url)
         };
         let Some(last) = attempts.last() else { return Ok(None) };
-        let arts = self.with_state(|s| s.artifacts(&last.engine_id))?;
+        let arts = self.with_state(|s| s.artifacts_json(&last.engine_id))?;
         let Some(a) = arts.into_iter().rev().find(|a| a["status"] != "quarantined") else { return Ok(None) };
         let provenance = match a["provenance"].as_str().and_then(|d| d.parse::<kiln_store::Digest>().ok()) {
             Some(d) => {
@@ -689,12 +690,12 @@ impl Core {
             };
             self.with_state(|s| {
                 for a in &attempts {
-                    for job in s.jobs(&a.engine_id)? {
+                    for job in s.jobs_json(&a.engine_id)? {
                         u.cpu_seconds += job["cpu_seconds"].as_f64().unwrap_or(0.0);
                         u.peak_memory_bytes =
                             u.peak_memory_bytes.max(job["peak_memory_bytes"].as_i64().unwrap_or(0));
                     }
-                    for art in s.artifacts(&a.engine_id)? {
+                    for art in s.artifacts_json(&a.engine_id)? {
                         u.artifact_bytes += art["bytes"].as_i64().unwrap_or(0);
                     }
                     u.log_bytes += s.log_bytes(&a.engine_id)?;
@@ -760,7 +761,7 @@ impl Core {
         Arc::new(move |prev: &AttemptRow| {
             let len = me
                 .upgrade()
-                .and_then(|core| core.with_state(|s| s.max_seq(&prev.engine_id)).ok())
+                .and_then(|core| core.with_state(|s| Ok(s.max_seq(&prev.engine_id)?)).ok())
                 .unwrap_or(0);
             prev.log_base + len
         })

@@ -348,8 +348,11 @@ mod tests {
     fn a_delivery_handed_over_sends_nothing_more() {
         let (url, rx) = receiver(vec![503, 503, 200]);
         let n = Notifier::new(&url, b"0123456789abcdef0123456789abcdef".to_vec()).unwrap();
-        let policy =
-            RetryPolicy { attempts: 3, base_delay: Duration::from_millis(1200), max_delay: Duration::from_secs(2) };
+        let policy = RetryPolicy {
+            attempts: 3,
+            base_delay: Duration::from_millis(1200),
+            max_delay: Duration::from_secs(2),
+        };
         let mut asked = 0;
         // Yes before the first attempt, no at the first check while waiting.
         let d = n.deliver_while(&serde_json::json!({}), "b:1", policy, &mut || {

@@ -7,6 +7,7 @@
 //! Builds left `running` by a process that no longer exists are marked
 //! `interrupted` when a store is next opened.
 
+mod reader;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -14,10 +15,11 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+pub use reader::{JobDetail, StateReader, StepRow};
 pub use writer::StoreWriter;
 
 use crate::error::EngineError;
-use crate::log::{LogEntry, Stream};
+use crate::log::LogEntry;
 
 const SCHEMA_VERSION: i64 = 2;
 
@@ -370,82 +372,20 @@ impl Store {
     }
 
     pub fn jobs(&self, build: &str) -> Result<Vec<JobRow>, EngineError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, name, status, started_at, finished_at, exit_code, reason, cpu_seconds, peak_memory_bytes, \
-             redactions FROM jobs WHERE build_id = ?1 ORDER BY idx",
-        )?;
-        let rows = stmt
-            .query_map([build], |r| {
-                Ok(JobRow {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    status: r.get(2)?,
-                    started_at: r.get(3)?,
-                    finished_at: r.get(4)?,
-                    exit_code: r.get(5)?,
-                    reason: r.get(6)?,
-                    cpu_seconds: r.get(7)?,
-                    peak_memory_bytes: r.get(8)?,
-                    redactions: r.get(9)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+        reader::jobs(&self.conn, build)
     }
 
     pub fn logs(&self, build: &str) -> Result<Vec<LogEntry>, EngineError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT ts, job, step, phase, stream, seq, text FROM logs WHERE build_id = ?1 ORDER BY seq",
-        )?;
-        let rows = stmt
-            .query_map([build], |r| {
-                Ok(LogEntry {
-                    ts: r.get(0)?,
-                    build: build.to_string(),
-                    job: r.get(1)?,
-                    step: r.get(2)?,
-                    phase: r.get(3)?,
-                    stream: Stream::parse(&r.get::<_, String>(4)?),
-                    seq: r.get::<_, i64>(5)? as u64,
-                    text: r.get(6)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+        reader::logs(&self.conn, build)
     }
 
     pub fn artifacts(&self, build: &str) -> Result<Vec<ArtifactRow>, EngineError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT name, id, job, files, bytes, created_at, provenance, output_type, status, scan FROM artifacts WHERE build_id = ?1 \
-             ORDER BY rowid",
-        )?;
-        let rows = stmt
-            .query_map([build], |r| {
-                Ok(ArtifactRow {
-                    name: r.get(0)?,
-                    id: r.get(1)?,
-                    job: r.get(2)?,
-                    files: r.get(3)?,
-                    bytes: r.get(4)?,
-                    created_at: r.get(5)?,
-                    provenance: r.get(6)?,
-                    output_type: r.get(7)?,
-                    status: r.get(8)?,
-                    scan: r.get(9)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+        reader::artifacts(&self.conn, build)
     }
 
     /// Bytes a build restored from and saved to the build cache.
     pub fn cache_bytes(&self, build: &str) -> Result<(u64, u64), EngineError> {
-        Ok(self.conn.query_row(
-            "SELECT COALESCE(SUM(CASE WHEN op = 'restore' THEN bytes END), 0), \
-                    COALESCE(SUM(CASE WHEN op = 'save' THEN bytes END), 0) FROM cache_ops WHERE build_id = ?1",
-            [build],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-        )?)
+        reader::cache_bytes(&self.conn, build)
     }
 
     /// Records a deployment webhook delivery.
@@ -458,63 +398,21 @@ impl Store {
     }
 
     pub fn deliveries(&self, build: &str) -> Result<Vec<DeliveryRow>, EngineError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT url, artifact, delivered, attempts, at FROM deliveries WHERE build_id = ?1 ORDER BY rowid",
-        )?;
-        let rows = stmt
-            .query_map([build], |r| {
-                Ok(DeliveryRow {
-                    url: r.get(0)?,
-                    artifact: r.get(1)?,
-                    delivered: r.get(2)?,
-                    attempts: r.get(3)?,
-                    at: r.get(4)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+        reader::deliveries(&self.conn, build)
     }
 
     /// The scan verdict recorded for an artifact id (newest), and its findings.
     pub fn scan_of(&self, artifact: &str) -> Result<Option<(String, Option<String>)>, EngineError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT status, scan FROM artifacts WHERE id = ?1 ORDER BY rowid DESC LIMIT 1",
-                [artifact],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?)
+        reader::scan_of(&self.conn, artifact)
     }
 
     /// The newest provenance envelope digest recorded for an artifact id.
     pub fn provenance_of(&self, artifact: &str) -> Result<Option<String>, EngineError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT provenance FROM artifacts WHERE id = ?1 AND provenance IS NOT NULL ORDER BY rowid DESC LIMIT 1",
-                [artifact],
-                |r| r.get(0),
-            )
-            .optional()?)
+        Ok(reader::provenances(&self.conn, artifact)?.into_iter().next())
     }
 
     pub fn audit(&self, build: &str) -> Result<Vec<AuditRow>, EngineError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT ts, kind, job, step, detail FROM audit WHERE build_id = ?1 ORDER BY rowid")?;
-        let rows = stmt
-            .query_map([build], |r| {
-                Ok(AuditRow {
-                    ts: r.get(0)?,
-                    kind: r.get(1)?,
-                    job: r.get(2)?,
-                    step: r.get(3)?,
-                    detail: r.get(4)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+        reader::audit(&self.conn, build)
     }
 
     /// The status of one build, if it exists.

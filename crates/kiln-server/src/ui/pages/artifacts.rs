@@ -1,6 +1,7 @@
 //! Artifacts: a build's list, one artifact with its provenance, the download.
 
 use super::*;
+use crate::statedb::AttemptRecords as _;
 
 pub(crate) async fn artifacts(
     State(core): State<AppState>,
@@ -11,7 +12,7 @@ pub(crate) async fn artifacts(
     let attempts = core.read().attempts(&b.id)?;
     let mut list = Vec::new();
     for a in &attempts {
-        list.extend(core.with_state(|s| s.artifacts(&a.engine_id))?);
+        list.extend(core.with_state(|s| s.artifacts_json(&a.engine_id))?);
     }
     let body = html! {
         h1 { "Artifacts of build " code { (b.id) } }
@@ -55,7 +56,7 @@ pub(crate) async fn artifacts(
 
 /// The scan verdict of an artifact as the engine recorded it.
 fn scan_of(core: &Core, id: &str) -> UiResult<Option<(String, Option<String>)>> {
-    Ok(core.with_state(|s| s.scan_of(id))?)
+    Ok(core.with_state(|s| Ok(s.scan_of(id)?))?)
 }
 
 fn copyable(id: &str, text: &str) -> Markup {

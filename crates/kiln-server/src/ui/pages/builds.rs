@@ -1,6 +1,7 @@
 //! The builds list and one build: its summary, DAG, jobs and steps.
 
 use super::*;
+use crate::statedb::AttemptRecords as _;
 
 /// How long a build ran, or has run so far (at `now_ms`).
 fn run_time(b: &BuildRecord, now_ms: i64) -> String {
@@ -145,7 +146,7 @@ fn build_detail(core: &Core, b: &BuildRecord) -> UiResult<Markup> {
         (db.attempts(&b.id)?, db.transitions(&b.id)?, db.usage_of(&b.tenant, &b.id)?)
     };
     let (jobs, phases) = match attempts.last() {
-        Some(a) => core.with_state(|s| Ok((s.jobs(&a.engine_id)?, s.step_phases(&a.engine_id)?)))?,
+        Some(a) => core.with_state(|s| Ok((s.jobs_json(&a.engine_id)?, s.step_phases(&a.engine_id)?)))?,
         None => (Vec::new(), Vec::new()),
     };
     let phase_of: HashMap<(&str, &str), &str> =
@@ -248,7 +249,7 @@ pub(crate) fn fingerprint(
             let Some(b) = b else { return Err(UiError::Page(StatusCode::NOT_FOUND, "no such build".into())) };
             let attempts = core.read().attempts(&b.id)?;
             let jobs = match attempts.last() {
-                Some(a) => core.with_state(|s| s.jobs(&a.engine_id))?,
+                Some(a) => core.with_state(|s| s.jobs_json(&a.engine_id))?,
                 None => Vec::new(),
             };
             Ok(format!("{}|{}|{}", b.state, attempts.len(), Value::Array(jobs)))
