@@ -149,9 +149,11 @@ fn is_gone(stderr: &str) -> bool {
 /// `<rt> delete [--force] <id>`; "does not exist" is success. Without
 /// `--force` for a sandbox whose processes are all gone: runsc's forced
 /// delete first tries to stop the (dead) sandbox and waits for it. The
-/// runtime may not have recorded the stop yet when the last process is
-/// seen gone ("not stopped"): then the delete is forced, so no ended
-/// sandbox stays in the runtime's state directory.
+/// runtime may not have noticed the stop ("not stopped": runsc only learns
+/// it by waiting up to ~1.5 s for a sandbox that is gone): then the forced
+/// delete runs in the background (see [`delete_in_background`]), so no
+/// ended sandbox stays in the runtime's state directory and nobody waits
+/// for it.
 fn delete_container(rt: &Runtime, id: &str, force: bool) -> Result<()> {
     if !rt.state_root().exists() {
         return Ok(());
@@ -166,10 +168,24 @@ fn delete_container(rt: &Runtime, id: &str, force: bool) -> Result<()> {
         Ok(_) => Ok(()),
         Err(SandboxError::Runtime { stderr, .. }) if is_gone(&stderr) => Ok(()),
         Err(SandboxError::Runtime { stderr, .. }) if !force && is_not_stopped(&stderr) => {
-            delete_container(rt, id, true)
+            delete_in_background(rt, id)
         }
         Err(e) => Err(e),
     }
+}
+
+/// `<rt> delete --force <id>` as a process of its own that kiln does not
+/// wait for: it outlives a `kiln run` that ends first (and is then reaped
+/// by init). Only for a sandbox none of whose processes is left.
+fn delete_in_background(rt: &Runtime, id: &str) -> Result<()> {
+    let mut cmd = rt.base_command();
+    cmd.args(["delete", "--force", id]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let desc = format!("{cmd:?}");
+    let mut child =
+        cmd.spawn().map_err(|e| SandboxError::Runtime { command: desc, stderr: e.to_string() })?;
+    // Reaped here while this process lives.
+    std::thread::spawn(move || child.wait());
+    Ok(())
 }
 
 /// The runtime refused a plain delete because it still counts the
