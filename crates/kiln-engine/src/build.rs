@@ -85,17 +85,6 @@ pub struct BuildSummary {
     pub egress_bytes_out: u64,
 }
 
-impl BuildSummary {
-    /// The process exit status this build means: 0, 1 or 130.
-    pub fn exit_code(&self) -> i32 {
-        match self.status.as_str() {
-            "succeeded" => 0,
-            "cancelled" => 130,
-            _ => 1,
-        }
-    }
-}
-
 fn status_word(r: JobResult) -> &'static str {
     match r {
         JobResult::Success => "succeeded",

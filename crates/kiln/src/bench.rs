@@ -11,6 +11,7 @@
 //! first byte of output. The two are interleaved one for one so that machine
 //! noise falls on both alike; the table reports medians, p99s and the ratio.
 
+use crate::exit::Exit;
 use std::collections::HashMap;
 use std::io::Read;
 use std::process::Stdio;
@@ -47,9 +48,9 @@ const JOB_STEPS: usize = 8;
 /// Runs of that job per mode.
 const JOB_RUNS: usize = 3;
 
-pub fn bench(args: BenchArgs) -> u8 {
+pub fn bench(args: BenchArgs) -> Exit {
     match bench_inner(args) {
-        Ok(()) => 0,
+        Ok(()) => Exit::Ok,
         Err(e) => crate::run::report_error(&e),
     }
 }

@@ -8,6 +8,7 @@
 //! 2 the server refused the request (4xx), 3 the server could not be reached
 //! or failed (5xx), 130 the build was cancelled.
 
+use crate::exit::Exit;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,8 +17,6 @@ use anyhow::{anyhow, Context};
 use base64::Engine as _;
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
-
-use crate::run::{EXIT_INFRA, EXIT_INVALID};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PriorityArg {
@@ -79,15 +78,15 @@ struct Client {
 }
 
 /// An API failure: the exit status it means and its message.
-struct Failure(u8, String);
+struct Failure(Exit, String);
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Failure {
-        Failure(EXIT_INFRA, format!("{e:#}"))
+        Failure(Exit::Infra, format!("{e:#}"))
     }
 }
 
-fn finish(r: Result<u8, Failure>) -> u8 {
+fn finish(r: Result<Exit, Failure>) -> Exit {
     match r {
         Ok(c) => c,
         Err(Failure(code, msg)) => {
@@ -100,12 +99,12 @@ fn finish(r: Result<u8, Failure>) -> u8 {
 impl Client {
     fn from_env() -> Result<Client, Failure> {
         let base = std::env::var("KILN_SERVER")
-            .map_err(|_| Failure(EXIT_INVALID, "KILN_SERVER is not set".into()))?;
-        let token =
-            std::env::var("KILN_TOKEN").map_err(|_| Failure(EXIT_INVALID, "KILN_TOKEN is not set".into()))?;
+            .map_err(|_| Failure(Exit::Invalid, "KILN_SERVER is not set".into()))?;
+        let token = std::env::var("KILN_TOKEN")
+            .map_err(|_| Failure(Exit::Invalid, "KILN_TOKEN is not set".into()))?;
         let ca = std::env::var_os("KILN_CA").filter(|c| !c.is_empty()).map(PathBuf::from);
         let tls =
-            kiln_server::tls::client_tls(ca.as_deref()).map_err(|e| Failure(EXIT_INVALID, e.to_string()))?;
+            kiln_server::tls::client_tls(ca.as_deref()).map_err(|e| Failure(Exit::Invalid, e.to_string()))?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
@@ -143,7 +142,7 @@ impl Client {
                 Some(m)
             })
             .unwrap_or(text);
-        let code = if status < 500 { EXIT_INVALID } else { EXIT_INFRA };
+        let code = if status < 500 { Exit::Invalid } else { Exit::Infra };
         Err(Failure(code, format!("server: {status}: {msg}")))
     }
 
@@ -183,11 +182,11 @@ impl Client {
 }
 
 /// The exit status a final build state means.
-fn state_code(state: &str) -> u8 {
+fn state_code(state: &str) -> Exit {
     match state {
-        "succeeded" => 0,
-        "cancelled" => 130,
-        _ => 1,
+        "succeeded" => Exit::Ok,
+        "cancelled" => Exit::Cancelled,
+        _ => Exit::Failed,
     }
 }
 
@@ -214,7 +213,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-pub fn submit(args: SubmitArgs) -> u8 {
+pub fn submit(args: SubmitArgs) -> Exit {
     finish((|| {
         let client = Client::from_env()?;
         let priority = match args.priority {
@@ -227,14 +226,14 @@ pub fn submit(args: SubmitArgs) -> u8 {
             }
             (Some(wf), None) => {
                 let workflow = std::fs::read_to_string(wf)
-                    .map_err(|e| Failure(EXIT_INVALID, format!("cannot read {}: {e}", wf.display())))?;
+                    .map_err(|e| Failure(Exit::Invalid, format!("cannot read {}: {e}", wf.display())))?;
                 json!({
                     "workflow": workflow,
                     "file": wf.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "workflow.yml".into()),
                     "priority": priority,
                 })
             }
-            (None, None) => return Err(Failure(EXIT_INVALID, "a workflow file or --repository".into())),
+            (None, None) => return Err(Failure(Exit::Invalid, "a workflow file or --repository".into())),
         };
         if let Some(dir) = &args.source {
             let tar = source_tar(dir)?;
@@ -259,11 +258,11 @@ pub fn submit(args: SubmitArgs) -> u8 {
         if args.wait {
             return follow(&client, &id, args.json);
         }
-        Ok(0)
+        Ok(Exit::Ok)
     })())
 }
 
-pub fn status(args: BuildArgs) -> u8 {
+pub fn status(args: BuildArgs) -> Exit {
     finish((|| {
         let client = Client::from_env()?;
         let b = client.get_json(&format!("/v1/builds/{}", args.build))?;
@@ -291,11 +290,11 @@ pub fn status(args: BuildArgs) -> u8 {
                 );
             }
         }
-        Ok(0)
+        Ok(Exit::Ok)
     })())
 }
 
-pub fn cancel(args: BuildArgs) -> u8 {
+pub fn cancel(args: BuildArgs) -> Exit {
     finish((|| {
         let client = Client::from_env()?;
         let (_, b) = client.post_json(&format!("/v1/builds/{}/cancel", args.build), &json!({}), &[])?;
@@ -304,13 +303,13 @@ pub fn cancel(args: BuildArgs) -> u8 {
         } else {
             println!("build {}: cancel requested ({})", args.build, b["state"].as_str().unwrap_or(""));
         }
-        Ok(0)
+        Ok(Exit::Ok)
     })())
 }
 
 /// `kiln logs BUILD` against the server: the whole log, or with `-f` the
 /// live stream until the build ends.
-pub fn logs(args: crate::cli::LogsArgs) -> u8 {
+pub fn logs(args: crate::cli::LogsArgs) -> Exit {
     finish((|| {
         let client = Client::from_env()?;
         if args.follow {
@@ -320,14 +319,14 @@ pub fn logs(args: crate::cli::LogsArgs) -> u8 {
         let text =
             resp.body_mut().with_config().limit(1 << 32).read_to_string().map_err(|e| anyhow!("{e}"))?;
         print!("{text}");
-        Ok(0)
+        Ok(Exit::Ok)
     })())
 }
 
 /// Follows a build's log over Server-Sent Events, reconnecting with
 /// `Last-Event-ID` after a dropped connection, and returns the build's exit
 /// status.
-fn follow(client: &Client, build: &str, json_out: bool) -> Result<u8, Failure> {
+fn follow(client: &Client, build: &str, json_out: bool) -> Result<Exit, Failure> {
     let mut last: Option<String> = None;
     let mut failures = 0;
     loop {
@@ -345,7 +344,7 @@ fn follow(client: &Client, build: &str, json_out: bool) -> Result<u8, Failure> {
             Err(e) => {
                 failures += 1;
                 if failures > 30 {
-                    return Err(Failure(EXIT_INFRA, format!("GET {url}: {e}")));
+                    return Err(Failure(Exit::Infra, format!("GET {url}: {e}")));
                 }
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
@@ -410,11 +409,11 @@ fn follow(client: &Client, build: &str, json_out: bool) -> Result<u8, Failure> {
 
 /// `kiln artifact get ID --out DIR` against the server: the tar is checked
 /// by the content store's strict reader and every file by its digest.
-pub fn artifact_get(id: &str, out: &std::path::Path) -> u8 {
+pub fn artifact_get(id: &str, out: &std::path::Path) -> Exit {
     finish((|| {
         if std::fs::symlink_metadata(out).is_ok() {
             return Err(Failure(
-                EXIT_INVALID,
+                Exit::Invalid,
                 format!("{} already exists; name a new directory", out.display()),
             ));
         }
@@ -436,11 +435,11 @@ pub fn artifact_get(id: &str, out: &std::path::Path) -> u8 {
         if stats.digest.to_string() != id {
             let _ = std::fs::remove_dir_all(out);
             return Err(Failure(
-                EXIT_INFRA,
+                Exit::Infra,
                 format!("the server sent tree {} for artifact {id}", stats.digest),
             ));
         }
         println!("restored {id} ({} files, {} bytes) into {}", stats.files, stats.bytes, out.display());
-        Ok(0)
+        Ok(Exit::Ok)
     })())
 }

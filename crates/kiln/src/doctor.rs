@@ -3,6 +3,7 @@
 //!
 //! Exit status 0 when no check failed (warnings allowed), 1 when one did.
 
+use crate::exit::Exit;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -68,7 +69,7 @@ fn bad(name: &str, status: Status, detail: impl Into<String>, fix: impl Into<Str
     Check { name: name.into(), status, detail: detail.into(), fix: Some(fix.into()) }
 }
 
-pub fn doctor(args: DoctorArgs) -> u8 {
+pub fn doctor(args: DoctorArgs) -> Exit {
     let chosen = match args.isolation {
         IsolationArg::Gvisor => Isolation::Gvisor,
         IsolationArg::Container => Isolation::Container,
@@ -106,7 +107,11 @@ pub fn doctor(args: DoctorArgs) -> u8 {
     } else {
         print_table(&checks);
     }
-    u8::from(failed > 0)
+    if failed > 0 {
+        Exit::Failed
+    } else {
+        Exit::Ok
+    }
 }
 
 fn print_table(checks: &[Check]) {

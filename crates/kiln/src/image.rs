@@ -1,5 +1,6 @@
 //! `kiln image`: the images jobs run on.
 
+use crate::exit::Exit;
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -170,7 +171,7 @@ fn headline(m: &kiln_image::ImageManifest) -> String {
     HEADLINE.iter().filter_map(|p| m.package(p).map(|v| format!("{p} {v}"))).collect::<Vec<_>>().join(", ")
 }
 
-pub fn image(cmd: ImageCommand) -> u8 {
+pub fn image(cmd: ImageCommand) -> Exit {
     let result = match cmd {
         ImageCommand::Build(args) => build(args),
         ImageCommand::Import(args) => import(args),

@@ -9,6 +9,7 @@ mod bench;
 mod cli;
 mod client;
 mod doctor;
+mod exit;
 mod image;
 mod render;
 mod run;
@@ -19,10 +20,6 @@ mod zero;
 use std::process::ExitCode;
 
 use clap::Parser;
-
-/// The status of a process a closed pipe stopped (128 + SIGPIPE), as the
-/// shell reports it for tools that die of SIGPIPE.
-const EXIT_BROKEN_PIPE: i32 = 141;
 
 /// Output to a reader that went away (`kiln logs latest | head`) ends the
 /// command quietly, whatever command it is: Rust ignores SIGPIPE, so a
@@ -37,7 +34,7 @@ fn exit_quietly_on_broken_pipe() {
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or("");
         if msg.contains("Broken pipe") {
-            std::process::exit(EXIT_BROKEN_PIPE);
+            std::process::exit(i32::from(exit::Exit::BrokenPipe.code()));
         }
         default(info);
     }));
@@ -79,5 +76,5 @@ fn main() -> ExitCode {
         cli::Command::Cancel(args) => client::cancel(args),
         cli::Command::BenchServe(args) => serve_bench::bench_serve(args),
     };
-    ExitCode::from(code)
+    code.into()
 }

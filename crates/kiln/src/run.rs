@@ -14,31 +14,24 @@ use tokio::sync::{mpsc, watch};
 use crate::cli::{BuildsArgs, IsolationArg, LogsArgs, RunArgs, ValidateArgs};
 use crate::render::Renderer;
 
-pub const EXIT_INVALID: u8 = 2;
-pub const EXIT_INFRA: u8 = 3;
-/// The status of a command whose reader went away (`kiln logs | head`):
-/// what a tool killed by SIGPIPE reports (128 + 13).
-pub const EXIT_BROKEN_PIPE: u8 = 141;
+use crate::exit::Exit;
 
 /// Prints kiln's own failure and gives its exit status, except that a
 /// reader that went away (a broken pipe anywhere in the chain) ends the
 /// command quietly.
-pub fn report_error(e: &anyhow::Error) -> u8 {
-    let broken = e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    });
-    if broken {
-        return EXIT_BROKEN_PIPE;
+pub fn report_error(e: &anyhow::Error) -> Exit {
+    let exit = Exit::of_error(e);
+    if exit != Exit::BrokenPipe {
+        eprintln!("error: {e:#}");
     }
-    eprintln!("error: {e:#}");
-    EXIT_INFRA
+    exit
 }
 
 /// The exit status of a command that either worked or could not run
 /// (the error goes to stderr).
-pub fn exit_status(result: anyhow::Result<()>) -> u8 {
+pub fn exit_status(result: anyhow::Result<()>) -> Exit {
     match result {
-        Ok(()) => 0,
+        Ok(()) => Exit::Ok,
         Err(e) => crate::run::report_error(&e),
     }
 }
@@ -115,12 +108,12 @@ fn read_in_repository(root: &Path, rel: &str) -> Result<String, String> {
 
 /// Reads and loads a workflow, printing diagnostics on failure. The
 /// workflows its jobs call are read from the repository at `root`.
-fn load_plan(path: &Path, json: bool, root: &Path) -> Result<Plan, u8> {
+fn load_plan(path: &Path, json: bool, root: &Path) -> Result<Plan, Exit> {
     let source = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: cannot read {}: {e}", path.display());
-            return Err(EXIT_INVALID);
+            return Err(Exit::Invalid);
         }
     };
     let name = path.display().to_string();
@@ -134,7 +127,7 @@ fn load_plan(path: &Path, json: bool, root: &Path) -> Result<Plan, u8> {
         }
         Err(diags) => {
             print_diagnostics(&diags, json);
-            Err(EXIT_INVALID)
+            Err(Exit::Invalid)
         }
     }
 }
@@ -153,7 +146,7 @@ fn print_diagnostics(diags: &Diagnostics, json: bool) {
     }
 }
 
-pub fn validate(args: ValidateArgs) -> u8 {
+pub fn validate(args: ValidateArgs) -> Exit {
     let root = default_source(&args.workflow);
     let plan = match load_plan(&args.workflow, args.json, &root) {
         Ok(plan) => plan,
@@ -252,7 +245,7 @@ pub fn validate(args: ValidateArgs) -> u8 {
             }
         }
     }
-    0
+    Exit::Ok
 }
 
 /// The build loop's view of the operator's runner flags.
@@ -303,21 +296,21 @@ fn default_source(workflow: &Path) -> PathBuf {
     dir
 }
 
-pub fn run(args: RunArgs) -> u8 {
+pub fn run(args: RunArgs) -> Exit {
     match run_inner(args) {
         Ok(code) => code,
         Err(e) => crate::run::report_error(&e),
     }
 }
 
-fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
+fn run_inner(args: RunArgs) -> anyhow::Result<Exit> {
     let workflow = match args.workflow.clone() {
         Some(w) => w,
         None => match default_workflow() {
             Ok(w) => w,
             Err(e) => {
                 eprintln!("error: {e}");
-                return Ok(EXIT_INVALID);
+                return Ok(Exit::Invalid);
             }
         },
     };
@@ -332,7 +325,7 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 eprintln!("error: {e}");
-                return Ok(EXIT_INVALID);
+                return Ok(Exit::Invalid);
             }
         },
         Err(code) => return Ok(code),
@@ -353,7 +346,7 @@ fn run_inner(args: RunArgs) -> anyhow::Result<u8> {
         shared_cache: None,
     };
     let summary = execute_with_terminal(&executor, request, args.engine.json)?;
-    Ok(summary.exit_code() as u8)
+    Ok(Exit::of_build(&summary.status))
 }
 
 /// The validated settings of [`EngineArgs`].
@@ -365,19 +358,19 @@ pub struct EngineSetup {
 impl EngineSetup {
     /// Reads secrets and limits; a bad flag is reported and gives the exit
     /// code for invalid input.
-    pub fn from_args(args: &crate::cli::EngineArgs) -> Result<EngineSetup, u8> {
+    pub fn from_args(args: &crate::cli::EngineArgs) -> Result<EngineSetup, Exit> {
         let secrets = match load_secrets(args) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 eprintln!("error: {e}");
-                return Err(EXIT_INVALID);
+                return Err(Exit::Invalid);
             }
         };
         let egress_cap = match kiln_workflow::parse_size(&args.egress_cap) {
             Ok(n) => n,
             Err(e) => {
                 eprintln!("error: --egress-cap: {e}");
-                return Err(EXIT_INVALID);
+                return Err(Exit::Invalid);
             }
         };
         let config = ExecutorConfig {
@@ -484,7 +477,7 @@ async fn watch_signals(cancel: watch::Sender<bool>) {
     }
 }
 
-pub fn builds(args: BuildsArgs) -> u8 {
+pub fn builds(args: BuildsArgs) -> Exit {
     let result = (|| -> anyhow::Result<()> {
         let store = Store::open(&args.state.state_dir)?;
         let rows = store.builds(args.limit)?;
@@ -510,19 +503,19 @@ pub fn builds(args: BuildsArgs) -> u8 {
 fn with_build(
     args: &LogsArgs,
     print: impl FnOnce(&Store, &kiln_engine::store::BuildRow, &mut std::io::StdoutLock<'_>) -> anyhow::Result<()>,
-) -> u8 {
-    let result = (|| -> anyhow::Result<u8> {
+) -> Exit {
+    let result = (|| -> anyhow::Result<Exit> {
         let store = Store::open(&args.state.state_dir)?;
         let build = match store.resolve_build(&args.build) {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("error: {e}");
-                return Ok(EXIT_INVALID);
+                return Ok(Exit::Invalid);
             }
         };
         let mut out = std::io::stdout().lock();
         print(&store, &build, &mut out)?;
-        Ok(0)
+        Ok(Exit::Ok)
     })();
     match result {
         Ok(c) => c,
@@ -530,7 +523,7 @@ fn with_build(
     }
 }
 
-pub fn logs(args: LogsArgs) -> u8 {
+pub fn logs(args: LogsArgs) -> Exit {
     with_build(&args, |store, build, out| {
         let entries = store.logs(&build.id)?;
         for e in &entries {
@@ -554,7 +547,7 @@ pub fn logs(args: LogsArgs) -> u8 {
     })
 }
 
-pub fn audit(args: LogsArgs) -> u8 {
+pub fn audit(args: LogsArgs) -> Exit {
     with_build(&args, |store, build, out| {
         for a in store.audit(&build.id)? {
             if args.json {
@@ -567,7 +560,7 @@ pub fn audit(args: LogsArgs) -> u8 {
     })
 }
 
-pub fn artifacts(args: LogsArgs) -> u8 {
+pub fn artifacts(args: LogsArgs) -> Exit {
     with_build(&args, |store, build, out| {
         for a in store.artifacts(&build.id)? {
             if args.json {
@@ -626,21 +619,21 @@ fn recorded_provenance(state_dir: &Path, store: &kiln_store::Store, id: &str) ->
     Ok(bytes.to_vec())
 }
 
-pub fn key(args: crate::cli::StateOnly) -> u8 {
+pub fn key(args: crate::cli::StateOnly) -> Exit {
     match kiln_store::Keys::load_or_create(&args.state.state_dir) {
         Ok(k) => {
             println!("{}", k.public_key_hex());
-            0
+            Exit::Ok
         }
         Err(e) => {
             eprintln!("error: {e}");
-            EXIT_INFRA
+            Exit::Infra
         }
     }
 }
 
-pub fn verify(args: crate::cli::VerifyArgs) -> u8 {
-    let Some(digest) = parse_artifact_id(&args.id) else { return EXIT_INVALID };
+pub fn verify(args: crate::cli::VerifyArgs) -> Exit {
+    let Some(digest) = parse_artifact_id(&args.id) else { return Exit::Invalid };
     // Outer error: kiln could not check (exit 3). Inner error: the check
     // ran and the artifact did not pass (exit 1): a missing, unreadable or
     // edited envelope, a bad signature or digest, a quarantined artifact.
@@ -709,27 +702,27 @@ pub fn verify(args: crate::cli::VerifyArgs) -> u8 {
                 "verified: {} (signature, subject and every file digest); build {}, hermetic: {hermetic}, built on {image}",
                 args.id, st.predicate.run_details.metadata.invocation_id
             );
-            0
+            Exit::Ok
         }
         Ok(Err(e)) => {
             eprintln!("verification failed: {e}");
-            1
+            Exit::Failed
         }
         Err(e) => crate::run::report_error(&e),
     }
 }
 
-pub fn artifact(cmd: crate::cli::ArtifactCommand) -> u8 {
+pub fn artifact(cmd: crate::cli::ArtifactCommand) -> Exit {
     let (id, out, quarantined, state) = match cmd {
         crate::cli::ArtifactCommand::Get { id, out, quarantined, state } => (id, out, quarantined, state),
         crate::cli::ArtifactCommand::Provenance { id, state } => {
             if parse_artifact_id(&id).is_none() {
-                return EXIT_INVALID;
+                return Exit::Invalid;
             }
             return match open_store(&state).and_then(|s| recorded_provenance(&state.state_dir, &s, &id)) {
                 Ok(bytes) => {
                     println!("{}", String::from_utf8_lossy(&bytes));
-                    0
+                    Exit::Ok
                 }
                 Err(e) => crate::run::report_error(&e),
             };
@@ -739,12 +732,12 @@ pub fn artifact(cmd: crate::cli::ArtifactCommand) -> u8 {
         Ok(d) => d,
         Err(_) => {
             eprintln!("error: `{id}` is not an artifact id (expected sha256:<64 hex digits>)");
-            return EXIT_INVALID;
+            return Exit::Invalid;
         }
     };
     if std::fs::symlink_metadata(&out).is_ok() {
         eprintln!("error: {} already exists; name a new directory", out.display());
-        return EXIT_INVALID;
+        return Exit::Invalid;
     }
     // The scan's verdict gates a restore as it gates a deployment.
     if let Ok(Some((status, scan))) = Store::open(&state.state_dir).and_then(|db| db.scan_of(&id)) {
@@ -753,7 +746,7 @@ pub fn artifact(cmd: crate::cli::ArtifactCommand) -> u8 {
                 "error: {id} is quarantined by the artifact scan ({}); restore it only to inspect it, with --quarantined",
                 scan.unwrap_or_default().lines().next().unwrap_or("no findings recorded")
             );
-            return 1;
+            return Exit::Failed;
         }
     }
     let result = (|| -> anyhow::Result<kiln_store::TreeStats> {
@@ -771,18 +764,18 @@ pub fn artifact(cmd: crate::cli::ArtifactCommand) -> u8 {
                 stats.bytes,
                 out.display()
             );
-            0
+            Exit::Ok
         }
         Err(e) => crate::run::report_error(&e),
     }
 }
 
-pub fn gc(args: crate::cli::GcArgs) -> u8 {
+pub fn gc(args: crate::cli::GcArgs) -> Exit {
     let cache_max = match kiln_workflow::parse_size(&args.cache_max) {
         Ok(n) => n,
         Err(e) => {
             eprintln!("error: --cache-max: {e}");
-            return EXIT_INVALID;
+            return Exit::Invalid;
         }
     };
     let result = (|| -> anyhow::Result<kiln_store::GcReport> {
@@ -819,7 +812,7 @@ pub fn gc(args: crate::cli::GcArgs) -> u8 {
                 r.deleted_bytes,
                 r.deleted_temp
             );
-            0
+            Exit::Ok
         }
         Err(e) => crate::run::report_error(&e),
     }

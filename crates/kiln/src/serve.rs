@@ -1,6 +1,7 @@
 //! `kiln serve`, `kiln worker` and `kiln admin`: flags and process glue
 //! around `kiln-server`.
 
+use crate::exit::Exit;
 use std::net::SocketAddr;
 
 use anyhow::{anyhow, Context};
@@ -8,7 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use kiln_server::db::{ControlDb, Principal};
 
 use crate::cli::{IsolationArg, StateArgs};
-use crate::run::{isolation, EXIT_INVALID};
+use crate::run::isolation;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -173,14 +174,14 @@ pub enum TokenCommand {
     },
 }
 
-fn size(flag: &str, s: &str) -> Result<u64, u8> {
+fn size(flag: &str, s: &str) -> Result<u64, Exit> {
     kiln_workflow::parse_size(s).map_err(|e| {
         eprintln!("error: {flag}: {e}");
-        EXIT_INVALID
+        Exit::Invalid
     })
 }
 
-pub fn serve(args: ServeArgs) -> u8 {
+pub fn serve(args: ServeArgs) -> Exit {
     let (max_body, egress_cap) =
         match (size("--max-body", &args.max_body), size("--egress-cap", &args.egress_cap)) {
             (Ok(a), Ok(b)) => (a, b),
@@ -249,7 +250,7 @@ async fn shutdown_signal() {
     }
 }
 
-pub fn worker(args: WorkerArgs) -> u8 {
+pub fn worker(args: WorkerArgs) -> Exit {
     let egress_cap = match size("--egress-cap", &args.egress_cap) {
         Ok(n) => n,
         Err(c) => return c,
@@ -261,7 +262,7 @@ pub fn worker(args: WorkerArgs) -> u8 {
     for url in args.server.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         if let Err(e) = kiln_server::tls::check_server_url(url) {
             eprintln!("error: {e}");
-            return EXIT_INVALID;
+            return Exit::Invalid;
         }
     }
     let cfg = kiln_server::remote::WorkerConfig {
@@ -298,15 +299,15 @@ fn valid_tenant(name: &str) -> bool {
         && name != crate::run::LOCAL_TENANT
 }
 
-pub fn admin(cmd: AdminCommand) -> u8 {
-    let result = (|| -> anyhow::Result<u8> {
+pub fn admin(cmd: AdminCommand) -> Exit {
+    let result = (|| -> anyhow::Result<Exit> {
         match cmd {
             AdminCommand::Tenant(TenantCommand::Create { name, plan, state, db }) => {
                 if !valid_tenant(&name) {
                     eprintln!(
                         "error: tenant names are 1-63 lower-case letters, digits and `-` (and not `local`)"
                     );
-                    return Ok(EXIT_INVALID);
+                    return Ok(Exit::Invalid);
                 }
                 let plan = match plan {
                     PlanArg::Free => "free",
@@ -330,11 +331,11 @@ pub fn admin(cmd: AdminCommand) -> u8 {
                 if let Some(t) = &tenant {
                     if db.tenant_plan(t).map_err(|e| anyhow!("{e}"))?.is_none() {
                         eprintln!("error: no tenant `{t}` (kiln admin tenant create {t})");
-                        return Ok(EXIT_INVALID);
+                        return Ok(Exit::Invalid);
                     }
                 } else if !operator && !worker {
                     eprintln!("error: a token needs --tenant, --operator or --worker");
-                    return Ok(EXIT_INVALID);
+                    return Ok(Exit::Invalid);
                 }
                 let p = Principal { tenant: tenant.clone(), operator, worker };
                 let token = kiln_server::Core::admin_token(&db, &p).map_err(|e| anyhow!("{e}"))?;
@@ -389,25 +390,25 @@ pub fn admin(cmd: AdminCommand) -> u8 {
                     eprintln!(
                         "error: a token id is at least 8 hex digits (kiln admin token list shows them)"
                     );
-                    return Ok(EXIT_INVALID);
+                    return Ok(Exit::Invalid);
                 }
                 let db = db.open(&state)?;
                 let matching = db.tokens().map_err(|e| anyhow!("{e}"))?;
                 let n = matching.iter().filter(|t| t.id.starts_with(&id) || id.starts_with(&t.id)).count();
                 if n > 1 {
                     eprintln!("error: {n} tokens have ids starting {id}: give more of it");
-                    return Ok(EXIT_INVALID);
+                    return Ok(Exit::Invalid);
                 }
                 if db.revoke_tokens(&id).map_err(|e| anyhow!("{e}"))? == 0 {
                     eprintln!("error: no token {id}");
-                    return Ok(EXIT_INVALID);
+                    return Ok(Exit::Invalid);
                 }
                 db.audit(None, None, "admin", "kiln admin", &format!("token {id} revoked"))
                     .map_err(|e| anyhow!("{e}"))?;
                 println!("token {id} revoked");
             }
         }
-        Ok(0)
+        Ok(Exit::Ok)
     })();
     match result {
         Ok(c) => c,

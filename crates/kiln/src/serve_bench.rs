@@ -15,6 +15,7 @@
 //! them, clients submit to them in turn (as behind a load balancer), and
 //! each live log is followed on a replica other than the one submitted to.
 
+use crate::exit::Exit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -126,9 +127,9 @@ impl Client {
     }
 }
 
-pub fn bench_serve(args: BenchServeArgs) -> u8 {
+pub fn bench_serve(args: BenchServeArgs) -> Exit {
     match run(args) {
-        Ok(()) => 0,
+        Ok(()) => Exit::Ok,
         Err(e) => crate::run::report_error(&e),
     }
 }

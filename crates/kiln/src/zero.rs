@@ -4,6 +4,7 @@
 //! in their own sandbox with their phase's network. The host side of detect
 //! and package reads files; it never runs what the repository contains.
 
+use crate::exit::Exit;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,21 +15,21 @@ use serde_json::{json, Value};
 use kiln_build::pipeline::{parse_source, workflow_text, PipelineOptions, Registry, Source, Submodules};
 
 use crate::cli::{BuildArgs, LfsArg, SubmodulesArg};
-use crate::run::{EngineSetup, EXIT_INFRA, EXIT_INVALID, LOCAL_TENANT};
+use crate::run::{EngineSetup, LOCAL_TENANT};
 
-pub fn build(args: BuildArgs) -> u8 {
+pub fn build(args: BuildArgs) -> Exit {
     match build_inner(args) {
         Ok(code) => code,
         Err(e) => crate::run::report_error(&e),
     }
 }
 
-fn build_inner(args: BuildArgs) -> anyhow::Result<u8> {
+fn build_inner(args: BuildArgs) -> anyhow::Result<Exit> {
     let source = match parse_source(&args.source) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
-            return Ok(EXIT_INVALID);
+            return Ok(Exit::Invalid);
         }
     };
     // A local source that is not a directory is the user's input to fix:
@@ -38,11 +39,11 @@ fn build_inner(args: BuildArgs) -> anyhow::Result<u8> {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
                 eprintln!("error: {}: not a directory (give a repository URL or a directory)", dir.display());
-                return Ok(EXIT_INVALID);
+                return Ok(Exit::Invalid);
             }
             Err(e) => {
                 eprintln!("error: {}: {e}", dir.display());
-                return Ok(EXIT_INVALID);
+                return Ok(Exit::Invalid);
             }
         }
         // Refused before anything is cloned.
@@ -50,7 +51,7 @@ fn build_inner(args: BuildArgs) -> anyhow::Result<u8> {
             eprintln!(
                 "error: --submodules with a local directory: build from the repository's https URL so submodules are fetched in a sandbox"
             );
-            return Ok(EXIT_INVALID);
+            return Ok(Exit::Invalid);
         }
     }
     let mut registries = Vec::new();
@@ -59,18 +60,18 @@ fn build_inner(args: BuildArgs) -> anyhow::Result<u8> {
             Ok(r) => registries.push(r),
             Err(e) => {
                 eprintln!("error: {e}");
-                return Ok(EXIT_INVALID);
+                return Ok(Exit::Invalid);
             }
         }
     }
     for p in &args.sparse {
         if let Err(e) = kiln_workflow::check_relative_path(p) {
             eprintln!("error: --sparse {p}: {e}");
-            return Ok(EXIT_INVALID);
+            return Ok(Exit::Invalid);
         }
         if p.contains(char::is_whitespace) {
             eprintln!("error: --sparse {p}: paths with spaces are not supported");
-            return Ok(EXIT_INVALID);
+            return Ok(Exit::Invalid);
         }
     }
     let opts = PipelineOptions {
@@ -90,7 +91,7 @@ fn build_inner(args: BuildArgs) -> anyhow::Result<u8> {
     let text = workflow_text(&opts, &source);
     if args.print_workflow {
         print!("{text}");
-        return Ok(0);
+        return Ok(Exit::Ok);
     }
     let plan = match kiln_workflow::load("kiln-build.yml", &text) {
         Ok(p) => Arc::new(p),
@@ -99,7 +100,7 @@ fn build_inner(args: BuildArgs) -> anyhow::Result<u8> {
             for d in &diags.0 {
                 eprintln!("error: {d}");
             }
-            return Ok(EXIT_INFRA);
+            return Ok(Exit::Infra);
         }
     };
     let mut setup = match EngineSetup::from_args(&args.engine) {
@@ -124,7 +125,7 @@ fn build_inner(args: BuildArgs) -> anyhow::Result<u8> {
                 "error: {}: plain http is fetched only from an address opened with --allow-private",
                 args.source
             );
-            return Ok(EXIT_INVALID);
+            return Ok(Exit::Invalid);
         }
     }
     let mut scanner = kiln_scan::Scanner::builtin();
@@ -193,7 +194,7 @@ fn build_inner(args: BuildArgs) -> anyhow::Result<u8> {
     } else {
         eprint!("{}", render_result(&result));
     }
-    Ok(summary.exit_code() as u8)
+    Ok(Exit::of_build(&summary.status))
 }
 
 /// The result block for a human.
@@ -398,7 +399,7 @@ fn notify(
 
 /// `kiln reproduce BUILD`: the builder, environment, commands and source a
 /// user needs to rebuild by hand.
-pub fn reproduce(args: crate::cli::LogsArgs) -> u8 {
+pub fn reproduce(args: crate::cli::LogsArgs) -> Exit {
     let result = (|| -> anyhow::Result<()> {
         let store = kiln_engine::store::Store::open(&args.state.state_dir)?;
         let b = store.resolve_build(&args.build)?;
