@@ -1157,6 +1157,13 @@ fn holds_lease(core: &AppState, id: &str, worker: &str, attempt: i64, renew: boo
         .map_err(|_| ApiError::conflict("this worker does not hold the build's lease"))
 }
 
+/// The build a worker's request is about, once the worker is found to
+/// hold its lease for `attempt` (which counts as a heartbeat).
+fn leased_build(core: &AppState, id: &str, worker: &str, attempt: i64) -> ApiResult<crate::db::BuildRecord> {
+    holds_lease(core, id, &format!("remote:{worker}"), attempt, true)?;
+    core.read().build(id)?.ok_or_else(|| ApiError::not_found("build"))
+}
+
 async fn worker_artifact(
     State(core): State<AppState>,
     auth: Auth,
@@ -1165,9 +1172,7 @@ async fn worker_artifact(
 ) -> ApiResult<Json<Value>> {
     auth.worker()?;
     let req: crate::remote::ArtifactUpload = parse_json(&body)?;
-    let worker = format!("remote:{}", req.worker);
-    holds_lease(&core, &id, &worker, req.attempt, true)?;
-    let b = core.read().build(&id)?.ok_or_else(|| ApiError::not_found("build"))?;
+    let b = leased_build(&core, &id, &req.worker, req.attempt)?;
     // The engine's id of the leased attempt: the record must be of it.
     let engine_id = attempt_engine_id(&core, &id, req.attempt)?;
     let artifact = req.record.id.to_string();
@@ -1188,9 +1193,7 @@ async fn worker_cache_restore(
     auth.worker()?;
     let req: crate::remote::CacheRestoreRequest = parse_json(&body)?;
     crate::remote::check_cache_key(&req.key, &req.restore_keys).map_err(ApiError::bad_request)?;
-    let worker = format!("remote:{}", req.worker);
-    holds_lease(&core, &id, &worker, req.attempt, true)?;
-    let b = core.read().build(&id)?.ok_or_else(|| ApiError::not_found("build"))?;
+    let b = leased_build(&core, &id, &req.worker, req.attempt)?;
     let reply = crate::remote::cache_restore(&core, &b, &req).await.map_err(ApiError::unprocessable)?;
     Ok(Json(reply))
 }
@@ -1205,9 +1208,7 @@ async fn worker_cache_save(
     auth.worker()?;
     let req: crate::remote::CacheSaveRequest = parse_json(&body)?;
     crate::remote::check_cache_key(&req.key, &[]).map_err(ApiError::bad_request)?;
-    let worker = format!("remote:{}", req.worker);
-    holds_lease(&core, &id, &worker, req.attempt, true)?;
-    let b = core.read().build(&id)?.ok_or_else(|| ApiError::not_found("build"))?;
+    let b = leased_build(&core, &id, &req.worker, req.attempt)?;
     let tree = crate::remote::cache_save(&core, &b, req).await.map_err(ApiError::unprocessable)?;
     Ok(Json(json!({ "tree": tree })))
 }

@@ -429,15 +429,7 @@ fn the_deployment_webhook_is_retried_until_delivered() {
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 3);
     // The same idempotency key each time; a signature over the body.
-    let header = |h: &str, name: &str| {
-        h.lines()
-            .find_map(|l| {
-                l.split_once(':')
-                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_default()
-    };
+    let header = common::header;
     let keys: Vec<String> = seen.iter().map(|(h, _)| header(h, "idempotency-key")).collect();
     assert!(!keys[0].is_empty() && keys.iter().all(|k| k == &keys[0]), "{keys:?}");
     let (head, body) = &seen[2];

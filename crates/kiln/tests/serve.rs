@@ -938,15 +938,7 @@ fn a_succeeded_build_is_handed_to_the_deployment_webhook() {
     assert!(payload["artifact"]["id"].as_str().unwrap_or("").starts_with("sha256:"), "{payload}");
     assert!(payload["provenance"]["payload"].is_string(), "{payload}");
     let key = common::hex_decode(&std::fs::read_to_string(server.state().join("notify.key")).unwrap());
-    let header = |name: &str| {
-        head.lines()
-            .find_map(|l| {
-                l.split_once(':')
-                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_default()
-    };
+    let header = |name: &str| common::header(head, name);
     assert!(kiln_server::notify::verify_signature(
         &key,
         &header("x-kiln-timestamp"),
@@ -1253,15 +1245,7 @@ fn a_webhook_is_delivered_by_the_other_replica_when_its_deliverer_dies() {
         "{} requests, {after_kill} before the kill",
         seen.len()
     );
-    let header = |head: &str, name: &str| {
-        head.lines()
-            .find_map(|l| {
-                l.split_once(':')
-                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_default()
-    };
+    let header = common::header;
     let keys: Vec<String> = seen.iter().map(|(h, _)| header(h, "idempotency-key")).collect();
     assert!(keys.iter().all(|k| !k.is_empty() && *k == keys[0]), "one idempotency key: {keys:?}");
     let key = common::hex_decode(&std::fs::read_to_string(b.state().join("notify.key")).unwrap());

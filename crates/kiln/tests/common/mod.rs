@@ -310,6 +310,15 @@ impl Origin {
 pub type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
 
 /// A webhook receiver: answers 503 `fails` times, then 200; keeps every request.
+/// The value of header `name` in a request head `head` (empty if none).
+pub fn header(head: &str, name: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
 pub fn receiver(fails: usize) -> (String, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/deploy", listener.local_addr().unwrap());
