@@ -173,19 +173,24 @@ impl FromRequestParts<AppState> for Auth {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(crate::auth::bearer);
-        let why = match token {
-            None => "no bearer token",
-            Some(t) => match core.read().principal(&crate::auth::hash_token(t)) {
-                Ok(Some(p)) => return Ok(Auth(p, token_id(t))),
-                Ok(None) => "unknown token",
-                Err(e) => return Err(e.into()),
-            },
-        };
-        core.metrics.auth_failure();
+            .and_then(crate::auth::bearer)
+            .map(str::to_string);
         let path: String = parts.uri.path().chars().take(200).collect();
-        core.audit(None, None, "auth failure", "anonymous", &format!("{why}: {} {path}", parts.method));
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, format!("authentication required: {why}")))
+        let method = parts.method.clone();
+        core.blocking(move |core| {
+            let why = match &token {
+                None => "no bearer token",
+                Some(t) => match core.read().principal(&crate::auth::hash_token(t)) {
+                    Ok(Some(p)) => return Ok(Auth(p, token_id(t))),
+                    Ok(None) => "unknown token",
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            core.metrics.auth_failure();
+            core.audit(None, None, "auth failure", "anonymous", &format!("{why}: {method} {path}"));
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, format!("authentication required: {why}")))
+        })
+        .await
     }
 }
 
@@ -297,7 +302,7 @@ async fn metrics(State(core): State<AppState>, auth: Auth) -> ApiResult<Response
     if !auth.0.operator {
         return Err(ApiError::forbidden("metrics are for operators"));
     }
-    let text = core.metrics.render(core.gauges());
+    let text = core.blocking(|core| Ok::<_, ApiError>(core.metrics.render(core.gauges()))).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
@@ -336,7 +341,7 @@ struct SubmitRequest {
 /// The zero-config pipeline for a repository URL: only https, or plain
 /// http to an address the operator opened (`--allow-private`).
 fn repository_workflow(
-    core: &AppState,
+    core: &Core,
     repo: &str,
     git_ref: Option<&str>,
     ignore_scripts: bool,
@@ -392,12 +397,98 @@ async fn submit(
         }
     };
     let body_hash = hex::encode(Sha256::digest(&body));
-    if let Some(k) = &key {
-        if let Some(existing) = core.read().build_by_key(&tenant, k)? {
-            return idempotent(&core, existing, &body_hash);
+    let checked = {
+        let (auth, tenant, key, body_hash) = (auth.clone(), tenant.clone(), key.clone(), body_hash.clone());
+        core.blocking(move |core| check_submission(core, &auth, &tenant, key.as_deref(), &body_hash, &body))
+            .await?
+    };
+    let accepted = match checked {
+        Submission::Replay(resp) => return Ok(resp),
+        Submission::New(a) => a,
+    };
+    let (source_tar, source_tree) = match &accepted.source_tar_base64 {
+        None => (None, None),
+        Some(b64) => {
+            let tar = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| ApiError::bad_request(format!("source_tar_base64 is not base64: {e}")))?;
+            let store = core.tenant_store(&tenant).map_err(ApiError::from)?;
+            let tree = store
+                .put_tar(std::io::Cursor::new(&tar), &source_limits())
+                .await
+                .map_err(|e| ApiError::unprocessable(format!("source archive refused: {e}")))?;
+            let blob =
+                store.put_bytes(tar).await.map_err(|e| ApiError::from(crate::error::ServerError::from(e)))?;
+            (Some(blob.digest.to_string()), Some(tree.digest.to_string()))
+        }
+    };
+    core.blocking(move |core| {
+        let new = NewBuild {
+            id: kiln_engine::time::new_build_id(),
+            tenant: tenant.clone(),
+            priority: accepted.priority,
+            timeout_secs: accepted.timeout as i64,
+            pipeline: accepted.pipeline,
+            workflow: accepted.workflow,
+            git_ref: accepted.git_ref,
+            source_tar,
+            source_tree,
+            idem_key: key,
+            body_hash: body_hash.clone(),
+            enqueued_ms: core.cfg.clock.now_ms(),
+            submitted_by: Some(auth.who()),
+        };
+        if let Some(url) = &accepted.notify {
+            // Recorded before the build can be claimed, so it cannot finish unseen.
+            core.set_notify(&new.id, url)?;
+        }
+        match core.submit(new)? {
+            Ok((b, true)) => {
+                tracing::info!(build = %b.id, tenant = %tenant, "queued");
+                Ok((StatusCode::CREATED, Json(build_json(core, &b, false)?)).into_response())
+            }
+            Ok((b, false)) => idempotent(core, b, &body_hash),
+            Err(existing) => idempotent(core, existing, &body_hash),
+        }
+    })
+    .await
+}
+
+/// What the checks of a submitted build decided.
+enum Submission {
+    /// The idempotency key was used before: the answer is that build.
+    Replay(Response),
+    New(Accepted),
+}
+
+/// A submitted build that passed its checks, before its source is stored.
+struct Accepted {
+    priority: String,
+    workflow: String,
+    pipeline: String,
+    git_ref: String,
+    timeout: u64,
+    notify: Option<String>,
+    source_tar_base64: Option<String>,
+}
+
+/// Everything a submission is checked against before its bytes are
+/// stored: an earlier use of its idempotency key, the request's fields,
+/// the workflow, the tenant's plan and its secrets' phases.
+fn check_submission(
+    core: &Core,
+    auth: &Auth,
+    tenant: &str,
+    key: Option<&str>,
+    body_hash: &str,
+    body: &[u8],
+) -> ApiResult<Submission> {
+    if let Some(k) = key {
+        if let Some(existing) = core.read().build_by_key(tenant, k)? {
+            return idempotent(core, existing, body_hash).map(Submission::Replay);
         }
     }
-    let mut req: SubmitRequest = parse_json(&body)?;
+    let mut req: SubmitRequest = parse_json(body)?;
     let priority = match req.priority.as_deref().unwrap_or("normal") {
         p @ ("urgent" | "normal") => p.to_string(),
         other => {
@@ -414,7 +505,7 @@ async fn submit(
                     "a repository build fetches its own source: no source_tar_base64",
                 ));
             }
-            repository_workflow(&core, &repo, req.git_ref.as_deref(), req.ignore_scripts, req.depth)?
+            repository_workflow(core, &repo, req.git_ref.as_deref(), req.ignore_scripts, req.depth)?
         }
         _ => return Err(ApiError::bad_request("give exactly one of `workflow` and `repository`")),
     };
@@ -437,14 +528,14 @@ async fn submit(
         let first = d.0.first().map(|d| d.to_string()).unwrap_or_default();
         ApiError::unprocessable(format!("invalid workflow: {first}")).with(json!({"diagnostics": list}))
     })?;
-    let plan_name = core.read().tenant_plan(&tenant)?.unwrap_or_else(|| "free".into());
+    let plan_name = core.read().tenant_plan(tenant)?.unwrap_or_else(|| "free".into());
     let limits = plan_limits(&plan_name).unwrap_or_default();
     let timeout = match req.timeout_seconds {
         None => limits.max_timeout_secs,
         Some(0) => return Err(ApiError::bad_request("timeout_seconds must be at least 1")),
         Some(t) if t > limits.max_timeout_secs => {
             core.audit(
-                Some(&tenant),
+                Some(tenant),
                 None,
                 "quota hit",
                 &auth.actor(),
@@ -457,7 +548,7 @@ async fn submit(
         }
         Some(t) => t,
     };
-    for (secret, phases) in core.secrets_for(&tenant)? {
+    for (secret, phases) in core.secrets_for(tenant)? {
         let bad = crate::policy::secret_phase_violations(&plan, &secret.name, &phases);
         if !bad.is_empty() {
             return Err(ApiError::unprocessable(format!(
@@ -468,22 +559,6 @@ async fn submit(
             )));
         }
     }
-    let (source_tar, source_tree) = match &req.source_tar_base64 {
-        None => (None, None),
-        Some(b64) => {
-            let tar = base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map_err(|e| ApiError::bad_request(format!("source_tar_base64 is not base64: {e}")))?;
-            let store = core.tenant_store(&tenant).map_err(ApiError::from)?;
-            let tree = store
-                .put_tar(std::io::Cursor::new(&tar), &source_limits())
-                .await
-                .map_err(|e| ApiError::unprocessable(format!("source archive refused: {e}")))?;
-            let blob =
-                store.put_bytes(tar).await.map_err(|e| ApiError::from(crate::error::ServerError::from(e)))?;
-            (Some(blob.digest.to_string()), Some(tree.digest.to_string()))
-        }
-    };
     let notify = match req.notify.as_deref() {
         None => None,
         Some(u) => {
@@ -494,33 +569,15 @@ async fn submit(
             Some(u.to_string())
         }
     };
-    let new = NewBuild {
-        id: kiln_engine::time::new_build_id(),
-        tenant: tenant.clone(),
+    Ok(Submission::New(Accepted {
         priority,
-        timeout_secs: timeout as i64,
-        pipeline: plan.name.clone(),
         workflow,
+        pipeline: plan.name.clone(),
         git_ref,
-        source_tar,
-        source_tree,
-        idem_key: key,
-        body_hash: body_hash.clone(),
-        enqueued_ms: core.cfg.clock.now_ms(),
-        submitted_by: Some(auth.who()),
-    };
-    if let Some(url) = &notify {
-        // Recorded before the build can be claimed, so it cannot finish unseen.
-        core.set_notify(&new.id, url)?;
-    }
-    match core.submit(new)? {
-        Ok((b, true)) => {
-            tracing::info!(build = %b.id, tenant = %tenant, "queued");
-            Ok((StatusCode::CREATED, Json(build_json(&core, &b, false)?)).into_response())
-        }
-        Ok((b, false)) => idempotent(&core, b, &body_hash),
-        Err(existing) => idempotent(&core, existing, &body_hash),
-    }
+        timeout,
+        notify,
+        source_tar_base64: req.source_tar_base64,
+    }))
 }
 
 fn idempotent(core: &Core, existing: BuildRecord, body_hash: &str) -> ApiResult<Response> {
@@ -590,11 +647,14 @@ async fn list_builds(
     auth: Auth,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let tenant = auth.tenant()?;
+    let tenant = auth.tenant()?.to_string();
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    let rows = core.read().builds(Some(tenant), q.state.as_deref(), limit)?;
-    let list = rows.iter().map(|b| build_json(&core, b, false)).collect::<ApiResult<Vec<_>>>()?;
-    Ok(Json(json!({ "builds": list })))
+    core.blocking(move |core| {
+        let rows = core.read().builds(Some(&tenant), q.state.as_deref(), limit)?;
+        let list = rows.iter().map(|b| build_json(core, b, false)).collect::<ApiResult<Vec<_>>>()?;
+        Ok(Json(json!({ "builds": list })))
+    })
+    .await
 }
 
 async fn build_detail(
@@ -602,15 +662,21 @@ async fn build_detail(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let b = tenant_build(&core, &auth, &id)?;
-    Ok(Json(build_json(&core, &b, true)?))
+    core.blocking(move |core| {
+        let b = tenant_build(core, &auth, &id)?;
+        Ok(Json(build_json(core, &b, true)?))
+    })
+    .await
 }
 
 async fn cancel(State(core): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<Response> {
-    let b = tenant_build(&core, &auth, &id)?;
-    core.cancel(&b.id, &auth.actor())?;
-    let b = tenant_build(&core, &auth, &id)?;
-    Ok((StatusCode::ACCEPTED, Json(build_json(&core, &b, false)?)).into_response())
+    core.blocking(move |core| {
+        let b = tenant_build(core, &auth, &id)?;
+        core.cancel(&b.id, &auth.actor())?;
+        let b = tenant_build(core, &auth, &id)?;
+        Ok((StatusCode::ACCEPTED, Json(build_json(core, &b, false)?)).into_response())
+    })
+    .await
 }
 
 // ---- logs ----
@@ -646,9 +712,15 @@ async fn logs(
     Query(q): Query<LogsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let b = tenant_build(&core, &auth, &id)?;
-    if q.format.as_deref() == Some("text") {
-        let text = log_text(&core, &b.id)?;
+    let text = q.format.as_deref() == Some("text");
+    let (b, text) = core
+        .blocking(move |core| {
+            let b = tenant_build(core, &auth, &id)?;
+            let text = if text { Some(log_text(core, &b.id)?) } else { None };
+            Ok::<_, ApiError>((b, text))
+        })
+        .await?;
+    if let Some(text) = text {
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
     }
     if let Some(f) = q.format.as_deref().filter(|f| *f != "sse") {
@@ -763,26 +835,35 @@ impl LogStream {
             if let Some((_, c)) = self.commits.as_mut() {
                 c.borrow_and_update();
             }
-            // The state first: lines read after seeing a final state are all
-            // the lines there will be.
-            let row = self.core.read().build(&self.build).ok().flatten()?;
-            let finished = is_terminal(&row.state);
-            if finished {
-                // Another replica may have run it: its last lines were
-                // shared before its end was recorded; have them here too.
-                self.core.catch_up();
-            }
-            let newest = self.core.read().attempts(&self.build).ok().and_then(|mut a| a.pop());
-            if let Some(a) = newest {
-                self.follow(&a.engine_id);
-            }
-            let lines = match read_logs(&self.core, &self.build, self.after, 500) {
-                Ok(l) => l,
+            let (build, after) = (self.build.clone(), self.after);
+            let read = self
+                .core
+                .blocking(move |core| {
+                    // The state first: lines read after seeing a final state
+                    // are all the lines there will be.
+                    let Some(row) = core.read().build(&build)? else { return Ok(None) };
+                    let finished = is_terminal(&row.state);
+                    if finished {
+                        // Another replica may have run it: its last lines were
+                        // shared before its end was recorded; have them here too.
+                        core.catch_up();
+                    }
+                    let newest = core.read().attempts(&build).ok().and_then(|mut a| a.pop());
+                    let lines = read_logs(core, &build, after, 500)?;
+                    Ok::<_, ApiError>(Some((row, finished, newest, lines)))
+                })
+                .await;
+            let (row, finished, newest, lines) = match read {
+                Ok(Some(r)) => r,
+                Ok(None) => return None,
                 Err(e) => {
                     tracing::warn!(build = %self.build, "log stream: {}", e.message);
                     return None;
                 }
             };
+            if let Some(a) = newest {
+                self.follow(&a.engine_id);
+            }
             for l in lines {
                 self.after = l.id;
                 self.pending.push_back(LogItem::Line(l));
@@ -820,13 +901,16 @@ async fn build_artifacts(
     auth: Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let b = tenant_build(&core, &auth, &id)?;
-    let attempts = core.read().attempts(&b.id)?;
-    let mut list = Vec::new();
-    for a in &attempts {
-        list.extend(core.with_state(|s| s.artifacts_json(&a.engine_id))?);
-    }
-    Ok(Json(json!({ "artifacts": list })))
+    core.blocking(move |core| {
+        let b = tenant_build(core, &auth, &id)?;
+        let attempts = core.read().attempts(&b.id)?;
+        let mut list = Vec::new();
+        for a in &attempts {
+            list.extend(core.with_state(|s| s.artifacts_json(&a.engine_id))?);
+        }
+        Ok(Json(json!({ "artifacts": list })))
+    })
+    .await
 }
 
 /// An artifact of the caller's tenant, or 404.
@@ -883,7 +967,7 @@ async fn provenance(
 /// first (a remote worker's statement, signed here with the deployment's
 /// key), then what the engine recorded.
 pub(crate) async fn provenance_bytes(
-    core: &Core,
+    core: &Arc<Core>,
     store: &kiln_store::Store,
     digest: &kiln_store::TreeDigest,
 ) -> ApiResult<Option<Bytes>> {
@@ -894,7 +978,8 @@ pub(crate) async fn provenance_bytes(
         .into_iter()
         .filter_map(|i| i.provenance.map(|d| d.to_string()))
         .collect();
-    candidates.extend(core.with_state(|s| Ok(s.provenances(&digest.to_string())?))?);
+    let subject = digest.to_string();
+    candidates.extend(core.blocking(move |core| core.with_state(|s| Ok(s.provenances(&subject)?))).await?);
     for c in candidates {
         let Ok(d) = c.parse::<kiln_store::Digest>() else { continue };
         if let Ok(bytes) = store.get_bytes(&d, None).await {
@@ -923,8 +1008,8 @@ async fn usage(
     Query(q): Query<FormatQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let tenant = auth.tenant()?;
-    let rows = core.read().usage(tenant)?;
+    let tenant = auth.tenant()?.to_string();
+    let rows = core.blocking(move |core| core.read().usage(&tenant)).await?;
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let csv = match q.format.as_deref() {
         Some("csv") => true,
@@ -973,11 +1058,8 @@ async fn audit(
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Value>> {
     let tenant = if auth.0.operator { None } else { Some(auth.tenant()?.to_string()) };
-    let rows = core.read().audit_events(
-        tenant.as_deref(),
-        q.after.unwrap_or(0),
-        q.limit.unwrap_or(1000).clamp(1, 10_000),
-    )?;
+    let (after, limit) = (q.after.unwrap_or(0), q.limit.unwrap_or(1000).clamp(1, 10_000));
+    let rows = core.blocking(move |core| core.read().audit_events(tenant.as_deref(), after, limit)).await?;
     Ok(Json(json!({ "events": rows })))
 }
 
@@ -991,8 +1073,8 @@ struct SecretRequest {
 }
 
 async fn list_secrets(State(core): State<AppState>, auth: Auth) -> ApiResult<Json<Value>> {
-    let tenant = auth.tenant()?;
-    let rows = core.read().secrets(tenant)?;
+    let tenant = auth.tenant()?.to_string();
+    let rows = core.blocking(move |core| core.read().secrets(&tenant)).await?;
     let list: Vec<Value> = rows
         .iter()
         .map(|r| json!({"name": r.name, "phases": r.phases, "updated_at": r.updated_at}))
@@ -1012,15 +1094,18 @@ async fn put_secret(
         .map_err(|e| ApiError::unprocessable(e.to_string()))?;
     let phases = crate::policy::parse_phases(&req.phases).map_err(ApiError::unprocessable)?;
     let (nonce, ct) = core.vault.seal(&tenant, &name, req.value.as_bytes())?;
-    core.put_secret(&tenant, &name, &phases, &nonce, &ct)?;
-    core.audit(
-        Some(&tenant),
-        None,
-        "secret set",
-        &auth.actor(),
-        &format!("{name} for phases [{}]", phases.join(", ")),
-    );
-    Ok((StatusCode::OK, Json(json!({"name": name, "phases": phases}))).into_response())
+    core.blocking(move |core| {
+        core.put_secret(&tenant, &name, &phases, &nonce, &ct)?;
+        core.audit(
+            Some(&tenant),
+            None,
+            "secret set",
+            &auth.actor(),
+            &format!("{name} for phases [{}]", phases.join(", ")),
+        );
+        Ok((StatusCode::OK, Json(json!({"name": name, "phases": phases}))).into_response())
+    })
+    .await
 }
 
 async fn delete_secret(
@@ -1029,11 +1114,14 @@ async fn delete_secret(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     let tenant = auth.tenant()?.to_string();
-    if !core.delete_secret(&tenant, &name)? {
-        return Err(ApiError::not_found("secret"));
-    }
-    core.audit(Some(&tenant), None, "secret deleted", &auth.actor(), &name);
-    Ok(StatusCode::NO_CONTENT)
+    core.blocking(move |core| {
+        if !core.delete_secret(&tenant, &name)? {
+            return Err(ApiError::not_found("secret"));
+        }
+        core.audit(Some(&tenant), None, "secret deleted", &auth.actor(), &name);
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
 }
 
 // ---- workers ----
@@ -1061,7 +1149,8 @@ async fn worker_lease(State(core): State<AppState>, auth: Auth, body: Bytes) -> 
             }
             None => None,
         };
-        let secrets = core.secrets_for(&b.tenant)?;
+        let tenant = b.tenant.clone();
+        let secrets = core.blocking(move |core| core.secrets_for(&tenant)).await?;
         let prepared = crate::worker::prepare(&claim, secrets).map_err(crate::error::ServerError::Setup)?;
         let secrets = prepared
             .secrets
@@ -1092,11 +1181,11 @@ async fn worker_lease(State(core): State<AppState>, auth: Auth, body: Bytes) -> 
             Ok(Json(r).into_response())
         }
         Err(e) => {
-            core.finish_attempt(
-                &b.id,
-                claim.attempt.attempt,
-                crate::core::AttemptOutcome::Infra(e.to_string()),
-            )?;
+            let (id, attempt, why) = (b.id.clone(), claim.attempt.attempt, e.to_string());
+            core.blocking(move |core| {
+                core.finish_attempt(&id, attempt, crate::core::AttemptOutcome::Infra(why))
+            })
+            .await?;
             Err(e.into())
         }
     }
@@ -1111,37 +1200,31 @@ async fn worker_events(
     auth.worker()?;
     let req: crate::remote::EventsRequest = parse_json(&body)?;
     let worker = format!("remote:{}", req.worker);
-    let stop = holds_lease(&core, &id, &worker, req.attempt, true)?;
-    if !req.events.is_empty() {
-        let b = core.read().build(&id)?.ok_or_else(|| ApiError::not_found("build"))?;
-        let engine_id = attempt_engine_id(&core, &id, req.attempt)?;
-        if core.replicated() {
-            // Stored for every server before the worker hears back, so its
-            // batches keep their order whichever replica each reaches.
-            let events: Vec<kiln_engine::Event> =
-                req.events.into_iter().map(|ev| ev.for_build(&engine_id)).collect();
-            let events = {
-                let (core, id, engine_id) = (core.clone(), id.clone(), engine_id.clone());
-                tokio::task::spawn_blocking(move || {
-                    core.publish(false, &id, req.attempt, &engine_id, &events).map(|()| events)
-                })
-                .await
-                .map_err(|e| {
-                    ApiError::from(crate::error::ServerError::Setup(format!("storing events: {e}")))
-                })??
-            };
-            for ev in &events {
-                crate::worker::observe(&core, &b.tenant, &id, req.attempt, ev);
+    core.blocking(move |core| {
+        let stop = holds_lease(core, &id, &worker, req.attempt, true)?;
+        if !req.events.is_empty() {
+            let b = core.read().build(&id)?.ok_or_else(|| ApiError::not_found("build"))?;
+            let engine_id = attempt_engine_id(core, &id, req.attempt)?;
+            if core.replicated() {
+                // Stored for every server before the worker hears back, so
+                // its batches keep their order whichever replica each reaches.
+                let events: Vec<kiln_engine::Event> =
+                    req.events.into_iter().map(|ev| ev.for_build(&engine_id)).collect();
+                core.publish(false, &id, req.attempt, &engine_id, &events)?;
+                for ev in &events {
+                    crate::worker::observe(core, &b.tenant, &id, req.attempt, ev);
+                }
+            } else {
+                core.remote.push(core, &b.tenant, &id, req.attempt, &engine_id, req.events)?;
             }
-        } else {
-            core.remote.push(&core, &b.tenant, &id, req.attempt, &engine_id, req.events)?;
         }
-    }
-    Ok(Json(json!({ "stop": stop })))
+        Ok(Json(json!({ "stop": stop })))
+    })
+    .await
 }
 
 /// The engine's build id of attempt `attempt` of build `id` (409 if none).
-fn attempt_engine_id(core: &AppState, id: &str, attempt: i64) -> ApiResult<String> {
+fn attempt_engine_id(core: &Core, id: &str, attempt: i64) -> ApiResult<String> {
     core.read()
         .attempts(id)?
         .into_iter()
@@ -1152,14 +1235,14 @@ fn attempt_engine_id(core: &AppState, id: &str, attempt: i64) -> ApiResult<Strin
 
 /// 409 unless `worker` still holds `id`'s lease for `attempt` (`renew`
 /// counts as a heartbeat); `Ok(true)` asks the worker to stop the build.
-fn holds_lease(core: &AppState, id: &str, worker: &str, attempt: i64, renew: bool) -> ApiResult<bool> {
+fn holds_lease(core: &Core, id: &str, worker: &str, attempt: i64, renew: bool) -> ApiResult<bool> {
     core.holder_check(id, worker, attempt, renew)
         .map_err(|_| ApiError::conflict("this worker does not hold the build's lease"))
 }
 
 /// The build a worker's request is about, once the worker is found to
 /// hold its lease for `attempt` (which counts as a heartbeat).
-fn leased_build(core: &AppState, id: &str, worker: &str, attempt: i64) -> ApiResult<crate::db::BuildRecord> {
+fn leased_build(core: &Core, id: &str, worker: &str, attempt: i64) -> ApiResult<crate::db::BuildRecord> {
     holds_lease(core, id, &format!("remote:{worker}"), attempt, true)?;
     core.read().build(id)?.ok_or_else(|| ApiError::not_found("build"))
 }
@@ -1172,9 +1255,14 @@ async fn worker_artifact(
 ) -> ApiResult<Json<Value>> {
     auth.worker()?;
     let req: crate::remote::ArtifactUpload = parse_json(&body)?;
-    let b = leased_build(&core, &id, &req.worker, req.attempt)?;
-    // The engine's id of the leased attempt: the record must be of it.
-    let engine_id = attempt_engine_id(&core, &id, req.attempt)?;
+    let (worker, attempt) = (req.worker.clone(), req.attempt);
+    let (b, engine_id) = core
+        .blocking(move |core| {
+            let b = leased_build(core, &id, &worker, attempt)?;
+            // The engine's id of the leased attempt: the record must be of it.
+            Ok::<_, ApiError>((b, attempt_engine_id(core, &id, attempt)?))
+        })
+        .await?;
     let artifact = req.record.id.to_string();
     crate::remote::store_artifact(&core, &b.tenant, &engine_id, req)
         .await
@@ -1193,7 +1281,8 @@ async fn worker_cache_restore(
     auth.worker()?;
     let req: crate::remote::CacheRestoreRequest = parse_json(&body)?;
     crate::remote::check_cache_key(&req.key, &req.restore_keys).map_err(ApiError::bad_request)?;
-    let b = leased_build(&core, &id, &req.worker, req.attempt)?;
+    let (worker, attempt) = (req.worker.clone(), req.attempt);
+    let b = core.blocking(move |core| leased_build(core, &id, &worker, attempt)).await?;
     let reply = crate::remote::cache_restore(&core, &b, &req).await.map_err(ApiError::unprocessable)?;
     Ok(Json(reply))
 }
@@ -1208,7 +1297,8 @@ async fn worker_cache_save(
     auth.worker()?;
     let req: crate::remote::CacheSaveRequest = parse_json(&body)?;
     crate::remote::check_cache_key(&req.key, &[]).map_err(ApiError::bad_request)?;
-    let b = leased_build(&core, &id, &req.worker, req.attempt)?;
+    let (worker, attempt) = (req.worker.clone(), req.attempt);
+    let b = core.blocking(move |core| leased_build(core, &id, &worker, attempt)).await?;
     let tree = crate::remote::cache_save(&core, &b, req).await.map_err(ApiError::unprocessable)?;
     Ok(Json(json!({ "tree": tree })))
 }
@@ -1222,13 +1312,13 @@ async fn worker_finish(
     auth.worker()?;
     let req: crate::remote::FinishRequest = parse_json(&body)?;
     let worker = format!("remote:{}", req.worker);
-    holds_lease(&core, &id, &worker, req.attempt, false)?;
-    let core2 = core.clone();
-    let id2 = id.clone();
-    tokio::task::spawn_blocking(move || crate::remote::finish(&core2, &id2, &req))
-        .await
-        .map_err(|e| ApiError::from(crate::error::ServerError::Setup(e.to_string())))??;
-    let b = core.read().build(&id)?;
+    let b = core
+        .blocking(move |core| {
+            holds_lease(core, &id, &worker, req.attempt, false)?;
+            crate::remote::finish(core, &id, &req)?;
+            Ok::<_, ApiError>(core.read().build(&id)?)
+        })
+        .await?;
     if let Some(b) = &b {
         tokio::spawn(core.clone().enforce_cache_quota(b.tenant.clone()));
     }

@@ -361,6 +361,18 @@ impl Core {
         }
     }
 
+    /// Runs `f` (database work) on tokio's blocking pool: see
+    /// [`crate::blocking`].
+    pub async fn blocking<T, E, F>(self: &Arc<Self>, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&Core) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<ServerError> + Send + 'static,
+    {
+        let core = self.clone();
+        crate::blocking::run(move || f(&core)).await
+    }
+
     /// A signal that changes whenever a build changes state.
     pub fn watch_changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
@@ -371,11 +383,13 @@ impl Core {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
+        crate::blocking::check("the control database");
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The read connection.
     pub fn read(&self) -> MutexGuard<'_, ControlDb> {
+        crate::blocking::check("the control database");
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -384,6 +398,7 @@ impl Core {
         &self,
         f: impl FnOnce(&StateReader) -> Result<T, ServerError>,
     ) -> Result<T, ServerError> {
+        crate::blocking::check("state.db");
         let mut g = self.state_reader.lock().unwrap_or_else(|e| e.into_inner());
         if g.is_none() {
             *g = Some(StateReader::open(&self.state_dir)?);
@@ -769,14 +784,15 @@ impl Core {
 
     /// Waits for a claim until `deadline` (forever for `None`).
     pub async fn claim_wait(
-        &self,
+        self: &Arc<Self>,
         worker: &str,
         remote: bool,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Option<Claim>, ServerError> {
         loop {
             let notified = self.notify.notified();
-            if let Some(c) = self.try_claim(worker, remote)? {
+            let who = worker.to_string();
+            if let Some(c) = self.blocking(move |core| core.try_claim(&who, remote)).await? {
                 return Ok(Some(c));
             }
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
@@ -1032,7 +1048,9 @@ impl Core {
             g.insert(tenant.clone(), now);
         }
         let result = async {
-            let Some(plan) = self.read().tenant_plan(&tenant)?.as_deref().and_then(plan_limits) else {
+            let t = tenant.clone();
+            let plan = self.blocking(move |core| core.read().tenant_plan(&t)).await?;
+            let Some(plan) = plan.as_deref().and_then(plan_limits) else {
                 return Ok(());
             };
             let store = self.tenant_store(&tenant)?;
@@ -1045,14 +1063,17 @@ impl Core {
             if over.is_empty() {
                 return Ok(());
             }
-            let busy = {
-                let db = self.read();
-                let mut busy = false;
-                for state in std::iter::once("queued").chain(HELD_STATES.iter().copied()) {
-                    busy |= !db.builds(Some(&tenant), Some(state), 1)?.is_empty();
-                }
-                busy
-            };
+            let t = tenant.clone();
+            let busy = self
+                .blocking(move |core| {
+                    let db = core.read();
+                    let mut busy = false;
+                    for state in std::iter::once("queued").chain(HELD_STATES.iter().copied()) {
+                        busy |= !db.builds(Some(&t), Some(state), 1)?.is_empty();
+                    }
+                    Ok::<_, ServerError>(busy)
+                })
+                .await?;
             let detail = if busy {
                 format!(
                     "cache over its {} byte quota by {} entries; evicted when the tenant is idle",
@@ -1067,8 +1088,12 @@ impl Core {
                     report.deleted_cache_entries.len()
                 )
             };
-            self.audit(Some(&tenant), None, "quota hit", "server", &detail);
-            Ok::<(), ServerError>(())
+            let t = tenant.clone();
+            self.blocking(move |core| {
+                core.audit(Some(&t), None, "quota hit", "server", &detail);
+                Ok::<(), ServerError>(())
+            })
+            .await
         }
         .await;
         if let Err(e) = result {

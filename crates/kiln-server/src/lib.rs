@@ -20,6 +20,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod blocking;
 pub mod core;
 pub mod db;
 pub mod error;
@@ -88,7 +89,9 @@ where
     } else {
         None
     };
-    let core = Core::start(cfg)?;
+    // Opening the databases and recovering the queue block: off the async
+    // threads, like every database call (see [`blocking`]).
+    let core = blocking::run(move || Core::start(cfg)).await?;
     if let Some(exec) = exec {
         worker::spawn_workers(core.clone(), exec, workers);
     }
@@ -98,7 +101,7 @@ where
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = core.reap() {
+                if let Err(e) = core.blocking(|core| core.reap()).await {
                     tracing::error!("reaper: {e}");
                 }
             }

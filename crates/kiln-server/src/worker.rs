@@ -44,7 +44,9 @@ async fn worker_loop(core: Arc<Core>, exec: Arc<Executor>, name: String) {
         if let Err(e) = run.await {
             tracing::error!(build = %id, "the worker task failed: {e}");
             let outcome = AttemptOutcome::Infra(format!("the worker failed: {e}"));
-            if let Err(e) = core.finish_attempt(&id, attempt, outcome) {
+            let build = id.clone();
+            let recorded = core.blocking(move |core| core.finish_attempt(&build, attempt, outcome)).await;
+            if let Err(e) = recorded {
                 tracing::error!(build = %id, "recording the failure: {e}");
             }
         }
@@ -114,7 +116,14 @@ async fn run_claim(core: &Arc<Core>, exec: &Arc<Executor>, claim: Claim) {
         Err(msg) => AttemptOutcome::Infra(msg),
         Ok(p) => {
             let (cancel_tx, cancel_rx) = watch::channel(false);
-            core.attach_cancel(&id, cancel_tx);
+            {
+                let id = id.clone();
+                let attached = core.blocking(move |core| {
+                    core.attach_cancel(&id, cancel_tx);
+                    Ok::<_, crate::error::ServerError>(())
+                });
+                let _ = attached.await;
+            }
             let (tap, mut rx) = mpsc::unbounded_channel::<Event>();
             let consumer = {
                 let (core, id, tenant) = (core.clone(), id.clone(), tenant.clone());
@@ -130,18 +139,17 @@ async fn run_claim(core: &Arc<Core>, exec: &Arc<Executor>, claim: Claim) {
                                 Err(_) => break,
                             }
                         }
-                        for ev in &batch {
-                            observe(&core, &tenant, &id, attempt, ev);
-                        }
-                        if core.replicated() {
-                            let (core, id, engine_id) = (core.clone(), id.clone(), engine_id.clone());
-                            let shared = tokio::task::spawn_blocking(move || {
+                        let (tenant, id, engine_id) = (tenant.clone(), id.clone(), engine_id.clone());
+                        let shared = core
+                            .blocking(move |core| {
+                                for ev in &batch {
+                                    observe(core, &tenant, &id, attempt, ev);
+                                }
                                 core.publish(true, &id, attempt, &engine_id, &batch)
                             })
                             .await;
-                            if let Ok(Err(e)) = shared {
-                                tracing::error!("sharing the build's events: {e}");
-                            }
+                        if let Err(e) = shared {
+                            tracing::error!("sharing the build's events: {e}");
                         }
                     }
                 })
@@ -169,14 +177,18 @@ async fn run_claim(core: &Arc<Core>, exec: &Arc<Executor>, claim: Claim) {
         }
     };
     let _ = std::fs::remove_dir_all(&source);
-    if let Err(e) = core.finish_attempt(&id, attempt, outcome) {
+    let recorded = {
+        let id = id.clone();
+        core.blocking(move |core| core.finish_attempt(&id, attempt, outcome)).await
+    };
+    if let Err(e) = recorded {
         tracing::error!("recording the end of the build: {e}");
     }
     tokio::spawn(core.clone().enforce_cache_quota(tenant));
 }
 
 /// Restores the build's source into its directory and loads what it needs.
-async fn setup(core: &Core, claim: &Claim, source: &std::path::Path) -> Result<Prepared, String> {
+async fn setup(core: &Arc<Core>, claim: &Claim, source: &std::path::Path) -> Result<Prepared, String> {
     let _ = std::fs::remove_dir_all(source);
     match &claim.build.source_tree {
         Some(tree) => {
@@ -193,6 +205,7 @@ async fn setup(core: &Core, claim: &Claim, source: &std::path::Path) -> Result<P
         }
         None => std::fs::create_dir_all(source).map_err(|e| format!("creating {}: {e}", source.display()))?,
     }
-    let secrets = core.secrets_for(&claim.build.tenant).map_err(|e| e.to_string())?;
+    let tenant = claim.build.tenant.clone();
+    let secrets = core.blocking(move |core| core.secrets_for(&tenant)).await.map_err(|e| e.to_string())?;
     prepare(claim, secrets)
 }

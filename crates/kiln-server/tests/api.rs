@@ -59,6 +59,9 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 async fn call(core: &Arc<Core>, req: Request<Body>) -> (StatusCode, Vec<u8>) {
+    // As on the server's runtime: a handler that takes a database handle on
+    // this (async) thread instead of the blocking pool panics.
+    let _async_thread = kiln_server::blocking::marked();
     let resp = kiln_server::api::router(core.clone()).oneshot(req).await.unwrap();
     let status = resp.status();
     let is_stream = resp
@@ -436,5 +439,38 @@ fn the_shared_cache_answers_only_the_lease_holder_and_refuses_bad_archives() {
         // Nothing was saved by either.
         let (_, body) = call(&f.core, post(&f.worker, restore.clone(), ask("w1", attempt))).await;
         assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["hit"], serde_json::Value::Null);
+    });
+}
+
+/// Every database call of a request used to run on the async thread that
+/// served it: a call that waits (on a lock, a disk, PostgreSQL restarting)
+/// stalled every task of that thread. Now the wait happens on the blocking
+/// pool: with the control database's handle held here, the request is
+/// still pending after a poll, and it finishes once the handle is let go.
+/// (Were the handler to take the handle on this thread, the poll would
+/// never come back; in debug builds it panics first.)
+#[test]
+// The handle is held across the poll on purpose: it is the wait.
+#[allow(clippy::await_holding_lock)]
+fn bug_a_waiting_database_call_held_the_async_thread() {
+    let f = fixture();
+    rt().block_on(async {
+        for path in ["/v1/builds", "/v1/usage", "/v1/secrets", "/v1/builds/nope/logs?format=text"] {
+            let held = f.core.read();
+            let req = Request::builder()
+                .uri(path)
+                .header("authorization", format!("Bearer {}", f.tenant))
+                .body(Body::empty())
+                .unwrap();
+            let mut pending = Box::pin(call(&f.core, req));
+            assert!(futures::poll!(&mut pending).is_pending(), "{path} answered while its database was held");
+            drop(held);
+            let (status, body) = pending.await;
+            assert!(
+                status == StatusCode::OK || status == StatusCode::NOT_FOUND,
+                "{path}: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
     });
 }

@@ -62,6 +62,9 @@ struct Resp {
 fn call(core: &Arc<Core>, req: Request<Body>) -> Resp {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
+        // As on the server's runtime: a page that takes a database handle on
+        // this (async) thread instead of the blocking pool panics.
+        let _async_thread = kiln_server::blocking::marked();
         let resp = kiln_server::app(core.clone()).oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();

@@ -197,7 +197,12 @@ pub fn serve(args: ServeArgs) -> Exit {
     cfg.store_url = args.state.store.clone();
     cfg.database = args.db.database.clone();
     let result = (|| -> anyhow::Result<()> {
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        // Its threads are marked: a database call on one of them outside the
+        // blocking pool is a bug (see kiln_server::blocking).
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .on_thread_start(kiln_server::blocking::mark_async_thread)
+            .build()?;
         rt.block_on(async {
             let tls = match (&args.tls_cert, &args.tls_key) {
                 (Some(cert), Some(key)) => {

@@ -196,15 +196,17 @@ impl FromRequestParts<AppState> for UiUser {
         let Some(token) = bearer.or_else(|| cookie(&parts.headers, COOKIE)) else {
             return Err(UiError::Login);
         };
-        match principal(core, token)? {
-            Some(p) => Ok(UiUser(p, crate::api::token_id(token))),
+        let token = token.to_string();
+        let path: String = parts.uri.path().chars().take(200).collect();
+        core.blocking(move |core| match principal(core, &token)? {
+            Some(p) => Ok(UiUser(p, crate::api::token_id(&token))),
             None => {
                 core.metrics.auth_failure();
-                let path: String = parts.uri.path().chars().take(200).collect();
                 core.audit(None, None, "auth failure", "anonymous", &format!("unknown token: UI {path}"));
                 Err(UiError::Login)
             }
-        }
+        })
+        .await
     }
 }
 
@@ -261,10 +263,19 @@ async fn login(State(core): State<AppState>, headers: HeaderMap, body: Bytes) ->
     let valid = !token.is_empty()
         && token.len() <= 200
         && token.bytes().all(|b| b.is_ascii_graphic() && !b";,\"\\".contains(&b));
-    let p = if valid { principal(&core, &token)? } else { None };
+    let p = if valid {
+        let token = token.clone();
+        core.blocking(move |core| principal(core, &token)).await?
+    } else {
+        None
+    };
     let Some(p) = p else {
         core.metrics.auth_failure();
-        core.audit(None, None, "auth failure", "anonymous", "unknown token: UI sign-in");
+        core.blocking(|core| {
+            core.audit(None, None, "auth failure", "anonymous", "unknown token: UI sign-in");
+            Ok::<_, crate::error::ServerError>(())
+        })
+        .await?;
         return Ok((
             StatusCode::UNAUTHORIZED,
             Html(login_page(Some("That token is not valid.")).into_string()),
@@ -385,8 +396,9 @@ struct LiveQuery {
 /// so another tenant's activity is not observable here.
 async fn live(State(core): State<AppState>, user: UiUser, Query(q): Query<LiveQuery>) -> UiResult<Response> {
     let tenant = user.tenant()?.to_string();
-    if let Some(id) = &q.build {
-        crate::api::tenant_build(&core, &user.auth(), id)?;
+    if let Some(id) = q.build.clone() {
+        let auth = user.auth();
+        core.blocking(move |core| crate::api::tenant_build(core, &auth, &id)).await?;
     }
     struct Live {
         core: AppState,
@@ -410,7 +422,11 @@ async fn live(State(core): State<AppState>, user: UiUser, Query(q): Query<LiveQu
                 }
             }
             s.first = false;
-            let fp = pages::fingerprint(&s.core, &s.tenant, s.q.build.as_deref(), s.q.state.as_deref());
+            let (tenant, build, state) = (s.tenant.clone(), s.q.build.clone(), s.q.state.clone());
+            let fp = s
+                .core
+                .blocking(move |core| pages::fingerprint(core, &tenant, build.as_deref(), state.as_deref()))
+                .await;
             let Ok(fp) = fp else { return None };
             let changed = s.last.as_ref().is_some_and(|l| *l != fp);
             let first = s.last.is_none();

@@ -8,55 +8,59 @@ pub(crate) async fn artifacts(
     user: UiUser,
     Path(id): Path<String>,
 ) -> UiResult<Html<String>> {
-    let b = tenant_build(&core, &user.auth(), &id)?;
-    let attempts = core.read().attempts(&b.id)?;
-    let mut list = Vec::new();
-    for a in &attempts {
-        list.extend(core.with_state(|s| s.artifacts_json(&a.engine_id))?);
-    }
-    let body = html! {
-        h1 { "Artifacts of build " code { (b.id) } }
-        (build_nav(&b.id, "artifacts"))
-        @if list.is_empty() { p class="empty" { "No artifacts." } } @else {
-            div class="scroll" { table class="artifacts" {
-                thead { tr {
-                    th scope="col" { "Name" } th scope="col" { "Job" } th scope="col" { "Output type" }
-                    th scope="col" { "Files" } th scope="col" { "Size" } th scope="col" { "Scan verdict" }
-                    th scope="col" { "Digest" } th scope="col" { "Actions" }
-                } }
-                tbody { @for a in &list {
-                    @let aid = a["id"].as_str().unwrap_or("");
-                    @let status = a["status"].as_str().unwrap_or("");
-                    tr data-artifact=(a["name"].as_str().unwrap_or("")) data-status=(status) {
-                        th scope="row" { (a["name"].as_str().unwrap_or("")) }
-                        td { (a["job"].as_str().unwrap_or("")) }
-                        td { (a["output_type"].as_str().unwrap_or("")) }
-                        td { (num(&a["files"])) }
-                        td { (bytes(a["bytes"].as_i64().unwrap_or(0))) }
-                        td { (state_badge(status))
-                            @if let Some(s) = a["scan"].as_str().filter(|s| !s.is_empty()) {
-                                div class="scan" { (s.lines().next().unwrap_or("")) } } }
-                        td { code class="digest" { (aid) } }
-                        td class="actions" {
-                            a href={ "/ui/artifacts/" (aid) } { "Files and provenance" span class="sr" { " of " (a["name"].as_str().unwrap_or("")) } }
-                            " "
-                            @if status == "quarantined" {
-                                span class="refused" { "✗ quarantined: not downloadable" }
-                            } @else {
-                                a class="download" href={ "/ui/artifacts/" (aid) "/download" } download { "Download (.tar)" }
+    core.blocking(move |core| {
+        let b = tenant_build(core, &user.auth(), &id)?;
+        let attempts = core.read().attempts(&b.id)?;
+        let mut list = Vec::new();
+        for a in &attempts {
+            list.extend(core.with_state(|s| s.artifacts_json(&a.engine_id))?);
+        }
+        let body = html! {
+            h1 { "Artifacts of build " code { (b.id) } }
+            (build_nav(&b.id, "artifacts"))
+            @if list.is_empty() { p class="empty" { "No artifacts." } } @else {
+                div class="scroll" { table class="artifacts" {
+                    thead { tr {
+                        th scope="col" { "Name" } th scope="col" { "Job" } th scope="col" { "Output type" }
+                        th scope="col" { "Files" } th scope="col" { "Size" } th scope="col" { "Scan verdict" }
+                        th scope="col" { "Digest" } th scope="col" { "Actions" }
+                    } }
+                    tbody { @for a in &list {
+                        @let aid = a["id"].as_str().unwrap_or("");
+                        @let status = a["status"].as_str().unwrap_or("");
+                        tr data-artifact=(a["name"].as_str().unwrap_or("")) data-status=(status) {
+                            th scope="row" { (a["name"].as_str().unwrap_or("")) }
+                            td { (a["job"].as_str().unwrap_or("")) }
+                            td { (a["output_type"].as_str().unwrap_or("")) }
+                            td { (num(&a["files"])) }
+                            td { (bytes(a["bytes"].as_i64().unwrap_or(0))) }
+                            td { (state_badge(status))
+                                @if let Some(s) = a["scan"].as_str().filter(|s| !s.is_empty()) {
+                                    div class="scan" { (s.lines().next().unwrap_or("")) } } }
+                            td { code class="digest" { (aid) } }
+                            td class="actions" {
+                                a href={ "/ui/artifacts/" (aid) } { "Files and provenance" span class="sr" { " of " (a["name"].as_str().unwrap_or("")) } }
+                                " "
+                                @if status == "quarantined" {
+                                    span class="refused" { "✗ quarantined: not downloadable" }
+                                } @else {
+                                    a class="download" href={ "/ui/artifacts/" (aid) "/download" } download { "Download (.tar)" }
+                                }
                             }
                         }
-                    }
+                    } }
                 } }
-            } }
-        }
-    };
-    Ok(page(&user, &format!("Artifacts of {}", b.id), "builds", body))
+            }
+        };
+        Ok(page(&user, &format!("Artifacts of {}", b.id), "builds", body))
+    })
+    .await
 }
 
 /// The scan verdict of an artifact as the engine recorded it.
-fn scan_of(core: &Core, id: &str) -> UiResult<Option<(String, Option<String>)>> {
-    Ok(core.with_state(|s| Ok(s.scan_of(id)?))?)
+async fn scan_of(core: &Arc<Core>, id: &str) -> UiResult<Option<(String, Option<String>)>> {
+    let id = id.to_string();
+    Ok(core.blocking(move |core| core.with_state(|s| Ok(s.scan_of(&id)?))).await?)
 }
 
 fn copyable(id: &str, text: &str) -> Markup {
@@ -82,7 +86,7 @@ pub(crate) async fn artifact(
         .get_manifest(&digest)
         .await
         .map_err(|_| UiError::Page(StatusCode::NOT_FOUND, "no such artifact".into()))?;
-    let scan = scan_of(&core, &id)?;
+    let scan = scan_of(&core, &id).await?;
     let envelope = crate::api::provenance_bytes(&core, &store, &digest).await?;
     let (statement, verdict) = match envelope {
         None => (None, Err("no provenance recorded".to_string())),
@@ -169,7 +173,7 @@ pub(crate) async fn download(
     Path(artifact): Path<String>,
 ) -> UiResult<Response> {
     let (store, digest) = tenant_artifact(&core, &user.auth(), &artifact).await?;
-    if let Some((status, scan)) = scan_of(&core, &digest.to_string())? {
+    if let Some((status, scan)) = scan_of(&core, &digest.to_string()).await? {
         if status == "quarantined" {
             return Err(UiError::Page(
                 StatusCode::FORBIDDEN,

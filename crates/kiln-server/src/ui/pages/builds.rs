@@ -57,29 +57,32 @@ pub(crate) async fn builds(
     user: UiUser,
     Query(q): Query<ListQuery>,
 ) -> UiResult<Html<String>> {
-    let tenant = user.tenant()?;
-    let state = state_filter(q.state.as_deref())?;
-    let rows = core.read().builds(Some(tenant), state, 200)?;
-    let table = builds_table(&rows, core.cfg.clock.now_ms());
-    if q.fragment.is_some() {
-        return Ok(Html(table.into_string()));
-    }
-    let qs = state.map(|s| format!("state={s}")).unwrap_or_default();
-    let body = html! {
-        h1 { "Builds" }
-        form method="get" action="/ui/builds" class="filter" {
-            label for="state" { "State" }
-            select id="state" name="state" {
-                option value="" selected[state.is_none()] { "any" }
-                @for s in STATES { option value=(s) selected[state == Some(*s)] { (s) } }
-            }
-            button type="submit" { "Filter" }
+    core.blocking(move |core| {
+        let tenant = user.tenant()?;
+        let state = state_filter(q.state.as_deref())?;
+        let rows = core.read().builds(Some(tenant), state, 200)?;
+        let table = builds_table(&rows, core.cfg.clock.now_ms());
+        if q.fragment.is_some() {
+            return Ok(Html(table.into_string()));
         }
-        p id="live-status" class="sr" role="status" {}
-        div id="live" data-live={ "/ui/live?" (qs) }
-            data-fragment={ "/ui/builds?fragment=1&" (qs) } { (table) }
-    };
-    Ok(page(&user, "Builds", "builds", body))
+        let qs = state.map(|s| format!("state={s}")).unwrap_or_default();
+        let body = html! {
+            h1 { "Builds" }
+            form method="get" action="/ui/builds" class="filter" {
+                label for="state" { "State" }
+                select id="state" name="state" {
+                    option value="" selected[state.is_none()] { "any" }
+                    @for s in STATES { option value=(s) selected[state == Some(*s)] { (s) } }
+                }
+                button type="submit" { "Filter" }
+            }
+            p id="live-status" class="sr" role="status" {}
+            div id="live" data-live={ "/ui/live?" (qs) }
+                data-fragment={ "/ui/builds?fragment=1&" (qs) } { (table) }
+        };
+        Ok(page(&user, "Builds", "builds", body))
+    })
+    .await
 }
 
 /// The jobs of a build as DAG nodes: the plan's jobs and `needs` (from
@@ -125,19 +128,22 @@ pub(crate) async fn build(
     Path(id): Path<String>,
     Query(q): Query<FragmentQuery>,
 ) -> UiResult<Html<String>> {
-    let b = tenant_build(&core, &user.auth(), &id)?;
-    let detail = build_detail(&core, &b)?;
-    if q.fragment.is_some() {
-        return Ok(Html(detail.into_string()));
-    }
-    let body = html! {
-        h1 { "Build " code { (b.id) } }
-        (build_nav(&b.id, "build"))
-        p id="live-status" class="sr" role="status" {}
-        div id="live" data-live={ "/ui/live?build=" (b.id) }
-            data-fragment={ "/ui/builds/" (b.id) "?fragment=1" } { (detail) }
-    };
-    Ok(page(&user, &format!("Build {}", b.id), "builds", body))
+    core.blocking(move |core| {
+        let b = tenant_build(core, &user.auth(), &id)?;
+        let detail = build_detail(core, &b)?;
+        if q.fragment.is_some() {
+            return Ok(Html(detail.into_string()));
+        }
+        let body = html! {
+            h1 { "Build " code { (b.id) } }
+            (build_nav(&b.id, "build"))
+            p id="live-status" class="sr" role="status" {}
+            div id="live" data-live={ "/ui/live?build=" (b.id) }
+                data-fragment={ "/ui/builds/" (b.id) "?fragment=1" } { (detail) }
+        };
+        Ok(page(&user, &format!("Build {}", b.id), "builds", body))
+    })
+    .await
 }
 
 fn build_detail(core: &Core, b: &BuildRecord) -> UiResult<Markup> {

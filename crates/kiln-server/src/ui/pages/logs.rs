@@ -32,42 +32,45 @@ pub(crate) async fn logs(
     user: UiUser,
     Path(id): Path<String>,
 ) -> UiResult<Html<String>> {
-    let b = tenant_build(&core, &user.auth(), &id)?;
-    let lines = log_lines(&core, &b.id, 0, LOG_PAGE_LINES)?;
-    let mut out = String::new();
-    let mut last_key = String::new();
-    let mut anchors = HashSet::new();
-    for l in &lines {
-        let key = line_key(l);
-        if key != last_key {
-            let anchor = step_anchor(&l.job, &l.step);
-            let id = anchors.insert(anchor.clone()).then_some(anchor);
-            out.push_str(&marker_html(l, id.as_deref()));
-            last_key = key;
-        }
-        out.push_str(&line_html(l));
-    }
-    let last = lines.last().map(|l| l.id).unwrap_or(0);
-    let truncated = lines.len() as i64 >= LOG_PAGE_LINES;
-    let body = html! {
-        h1 { "Log of build " code { (b.id) } }
-        (build_nav(&b.id, "logs"))
-        div class="toolbar" {
-            label for="log-search" { "Search" }
-            input id="log-search" type="search" autocomplete="off" aria-controls="log";
-            span id="log-matches" aria-live="polite" {}
-            a href={ "/ui/builds/" (b.id) "/logs.txt" } download={ (b.id) ".log" } { "Download as text" }
-            span id="log-status" class="status" role="status" data-state=(b.state) {
-                @if is_terminal(&b.state) { "Build " (b.state) "." } @else { "Live: the build is " (b.state) "." }
+    core.blocking(move |core| {
+        let b = tenant_build(core, &user.auth(), &id)?;
+        let lines = log_lines(core, &b.id, 0, LOG_PAGE_LINES)?;
+        let mut out = String::new();
+        let mut last_key = String::new();
+        let mut anchors = HashSet::new();
+        for l in &lines {
+            let key = line_key(l);
+            if key != last_key {
+                let anchor = step_anchor(&l.job, &l.step);
+                let id = anchors.insert(anchor.clone()).then_some(anchor);
+                out.push_str(&marker_html(l, id.as_deref()));
+                last_key = key;
             }
+            out.push_str(&line_html(l));
         }
-        @if truncated { p class="hint" { "The first " (LOG_PAGE_LINES) " lines are shown; download the log for all of it." } }
-        div id="log" class="log" role="log" aria-label="build log" data-last-key=(last_key)
-            data-stream=[(!truncated).then(|| format!("/ui/builds/{}/logs/stream?after={last}", b.id))] {
-            (trusted(out))
-        }
-    };
-    Ok(page(&user, &format!("Log of {}", b.id), "builds", body))
+        let last = lines.last().map(|l| l.id).unwrap_or(0);
+        let truncated = lines.len() as i64 >= LOG_PAGE_LINES;
+        let body = html! {
+            h1 { "Log of build " code { (b.id) } }
+            (build_nav(&b.id, "logs"))
+            div class="toolbar" {
+                label for="log-search" { "Search" }
+                input id="log-search" type="search" autocomplete="off" aria-controls="log";
+                span id="log-matches" aria-live="polite" {}
+                a href={ "/ui/builds/" (b.id) "/logs.txt" } download={ (b.id) ".log" } { "Download as text" }
+                span id="log-status" class="status" role="status" data-state=(b.state) {
+                    @if is_terminal(&b.state) { "Build " (b.state) "." } @else { "Live: the build is " (b.state) "." }
+                }
+            }
+            @if truncated { p class="hint" { "The first " (LOG_PAGE_LINES) " lines are shown; download the log for all of it." } }
+            div id="log" class="log" role="log" aria-label="build log" data-last-key=(last_key)
+                data-stream=[(!truncated).then(|| format!("/ui/builds/{}/logs/stream?after={last}", b.id))] {
+                (trusted(out))
+            }
+        };
+        Ok(page(&user, &format!("Log of {}", b.id), "builds", body))
+    })
+    .await
 }
 
 pub(crate) async fn logs_text(
@@ -75,14 +78,17 @@ pub(crate) async fn logs_text(
     user: UiUser,
     Path(id): Path<String>,
 ) -> UiResult<Response> {
-    let b = tenant_build(&core, &user.auth(), &id)?;
-    let text = log_text(&core, &b.id)?;
-    let disposition = format!("attachment; filename=\"{}.log\"", b.id);
-    let mut resp = ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response();
-    if let Ok(v) = HeaderValue::from_str(&disposition) {
-        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
-    }
-    Ok(resp)
+    core.blocking(move |core| {
+        let b = tenant_build(core, &user.auth(), &id)?;
+        let text = log_text(core, &b.id)?;
+        let disposition = format!("attachment; filename=\"{}.log\"", b.id);
+        let mut resp = ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response();
+        if let Ok(v) = HeaderValue::from_str(&disposition) {
+            resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+        }
+        Ok(resp)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,7 +107,8 @@ pub(crate) async fn live_log(
     Query(q): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> UiResult<Response> {
-    let b = tenant_build(&core, &user.auth(), &id)?;
+    let auth = user.auth();
+    let b = core.blocking(move |core| tenant_build(core, &auth, &id)).await?;
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
