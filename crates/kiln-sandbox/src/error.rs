@@ -9,6 +9,9 @@ pub enum SandboxError {
     /// The OCI runtime binary of the requested tier is not installed.
     #[error("isolation tier {tier:?} needs `{binary}`, which was not found on PATH, /usr/sbin or /usr/bin; install it with: {hint}")]
     RuntimeMissing { tier: Isolation, binary: &'static str, hint: &'static str },
+    /// A setting of the runtime (an environment variable) is not valid.
+    #[error("{what}: {reason}")]
+    Config { what: &'static str, reason: String },
     /// A runtime (or helper) command failed.
     #[error("command `{command}` failed: {stderr}")]
     Runtime { command: String, stderr: String },

@@ -36,7 +36,7 @@ mod workspace;
 
 pub use cgroup::{probe_cgroups, probe_cgroups_at, CgroupHost, CgroupMode};
 pub use error::{Result, SandboxError};
-pub use runtime::{Runtime, RuntimeInfo, RUNC_ENV, RUNSC_ENV, STATE_BASE};
+pub use runtime::{GvisorPlatform, Runtime, RuntimeInfo, PLATFORM_ENV, RUNC_ENV, RUNSC_ENV, STATE_BASE};
 pub use sandbox::{cleanup_stale, host_pids_max, CleanupReport, Killer, Sandbox, GVISOR_MEMORY_OVERHEAD};
 pub use workspace::{Workspace, WorkspaceUsage, FULL_THRESHOLD};
 

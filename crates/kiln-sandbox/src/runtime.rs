@@ -15,7 +15,58 @@ pub struct Runtime {
     isolation: Isolation,
     binary: PathBuf,
     state_root: PathBuf,
+    /// gVisor's platform (how the sentry intercepts a step's system calls);
+    /// `None`: runsc's default (systrap).
+    platform: Option<GvisorPlatform>,
 }
+
+/// How gVisor's sentry intercepts the system calls of what runs in a
+/// sandbox (`runsc --platform`). Every platform keeps the same boundary:
+/// the step's calls are served by the sentry, never by the host kernel.
+/// They differ in cost per call, per fork and per page fault, which is
+/// what `kiln bench --profile` measures (docs/sandbox.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GvisorPlatform {
+    /// seccomp traps and a stub process per address space (runsc's default).
+    Systrap,
+    /// ptrace: slower system calls, cheaper forks on some hosts.
+    Ptrace,
+    /// hardware virtualisation (`/dev/kvm`): the cheapest system calls, on
+    /// bare metal; needs nested virtualisation inside a VM.
+    Kvm,
+}
+
+impl GvisorPlatform {
+    pub const ALL: [GvisorPlatform; 3] =
+        [GvisorPlatform::Systrap, GvisorPlatform::Ptrace, GvisorPlatform::Kvm];
+
+    /// The name runsc takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            GvisorPlatform::Systrap => "systrap",
+            GvisorPlatform::Ptrace => "ptrace",
+            GvisorPlatform::Kvm => "kvm",
+        }
+    }
+}
+
+impl std::str::FromStr for GvisorPlatform {
+    type Err = SandboxError;
+
+    fn from_str(s: &str) -> Result<GvisorPlatform> {
+        GvisorPlatform::ALL.into_iter().find(|p| p.name() == s.trim()).ok_or_else(|| SandboxError::Config {
+            what: PLATFORM_ENV,
+            reason: format!("`{s}` is not a gVisor platform: one of systrap, ptrace, kvm"),
+        })
+    }
+}
+
+/// How long the probe sandbox of [`Runtime::verify`] may take.
+const VERIFY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The gVisor platform every sandbox of this process uses (unset: runsc's
+/// default, systrap).
+pub const PLATFORM_ENV: &str = "KILN_RUNSC_PLATFORM";
 
 /// What [`Runtime::verify`] found out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,12 +151,36 @@ impl Runtime {
             binary: name,
             hint: isolation.install_hint(),
         })?;
-        Ok(Runtime::with_binary(isolation, binary))
+        let mut rt = Runtime::with_binary(isolation, binary);
+        if isolation == Isolation::Gvisor {
+            if let Some(p) = std::env::var_os(PLATFORM_ENV).filter(|v| !v.is_empty()) {
+                rt.platform = Some(p.to_string_lossy().parse()?);
+            }
+        }
+        Ok(rt)
     }
 
     /// A runtime with an explicit binary (no lookup).
     pub fn with_binary(isolation: Isolation, binary: PathBuf) -> Runtime {
-        Runtime { isolation, binary, state_root: Path::new(STATE_BASE).join(isolation.binary_name()) }
+        Runtime {
+            isolation,
+            binary,
+            state_root: Path::new(STATE_BASE).join(isolation.binary_name()),
+            platform: None,
+        }
+    }
+
+    /// The same runtime on gVisor platform `p` (no effect on runc).
+    pub fn with_platform(mut self, p: GvisorPlatform) -> Runtime {
+        if self.isolation == Isolation::Gvisor {
+            self.platform = Some(p);
+        }
+        self
+    }
+
+    /// The gVisor platform asked for, if any (`None`: runsc's default).
+    pub fn platform(&self) -> Option<GvisorPlatform> {
+        self.platform
     }
 
     pub fn isolation(&self) -> Isolation {
@@ -130,6 +205,9 @@ impl Runtime {
             // and no rootfs overlay: the read-only root must really be read-only.
             // --oci-seccomp: enforce the spec's seccomp profile inside the sentry.
             cmd.arg("--network=none").arg("--overlay2=none").arg("--oci-seccomp");
+            if let Some(p) = self.platform {
+                cmd.arg(format!("--platform={}", p.name()));
+            }
         }
         cmd
     }
@@ -155,6 +233,11 @@ impl Runtime {
     /// Container: it must not, `/proc/version` must equal the host's, and
     /// `runc --version` must answer.
     pub fn verify(&self, scratch: &Path) -> Result<RuntimeInfo> {
+        self.verify_within(scratch, VERIFY_DEADLINE)
+    }
+
+    /// [`Runtime::verify`] with a deadline of its own for the probe sandbox.
+    pub fn verify_within(&self, scratch: &Path, deadline: std::time::Duration) -> Result<RuntimeInfo> {
         let version = self.version()?;
         let id = format!("kiln-verify-{}-{}", std::process::id(), unique());
         let ws = scratch.join(format!("{id}.ws"));
@@ -177,11 +260,39 @@ impl Runtime {
             root: None,
         };
         let sb = Sandbox::prepare_with(self, &spec, scratch, false)?;
-        let out = sb.command().stdout(Stdio::piped()).stderr(Stdio::piped()).output().map_err(|e| {
-            SandboxError::Runtime { command: format!("{:?}", sb.command()), stderr: e.to_string() }
-        })?;
+        let runtime_err = |e: std::io::Error| SandboxError::Runtime {
+            command: format!("{:?}", sb.command()),
+            stderr: e.to_string(),
+        };
+        let mut child =
+            sb.command().stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(runtime_err)?;
+        // A runtime that cannot start a sandbox here may hang rather than
+        // fail (the kvm platform inside a VM without nested virtualisation
+        // spins): the probe has a deadline, and the tier is refused past it.
+        let until = std::time::Instant::now() + deadline;
+        let timed_out = loop {
+            match child.try_wait().map_err(runtime_err)? {
+                Some(_) => break false,
+                None if std::time::Instant::now() >= until => {
+                    let _ = child.kill();
+                    break true;
+                }
+                None => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        };
+        let out = child.wait_with_output().map_err(runtime_err)?;
         let _ = sb.finish(out.status);
         let _ = std::fs::remove_dir_all(&ws);
+        if timed_out {
+            let platform = self.platform.map(|p| format!(" on platform {}", p.name())).unwrap_or_default();
+            return Err(SandboxError::Verify {
+                tier: self.isolation,
+                reason: format!(
+                    "the probe sandbox did not finish within {:?}{platform}: this runtime cannot run sandboxes here",
+                    deadline
+                ),
+            });
+        }
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let fail = |reason: String| SandboxError::Verify { tier: self.isolation, reason };
         if !out.status.success() || !stdout.contains("kiln-probe-ok") {
@@ -217,11 +328,13 @@ impl Runtime {
     /// [`Runtime::verify`], once per runtime binary and boot: the proof is
     /// kept in kiln's runtime state dir (a tmpfs under `/run`, so a reboot
     /// proves again), keyed by the binary's identity (device, inode, size,
-    /// modification and change times, resolved through links) and kiln's
-    /// version. A replaced or touched binary, or another kiln, proves
-    /// again. Saves a probe sandbox (~0.3 s under gVisor) per `kiln run`.
+    /// modification and change times, resolved through links), kiln's
+    /// version and the gVisor platform. A replaced or touched binary,
+    /// another kiln or another platform proves again. Saves a probe sandbox (~0.3 s under gVisor) per `kiln run`.
     pub fn verify_cached(&self, scratch: &Path) -> Result<RuntimeInfo> {
-        let key = binary_identity(&self.binary);
+        // A platform is part of what was proven: another one proves again.
+        let platform = self.platform.map(GvisorPlatform::name).unwrap_or("default");
+        let key = binary_identity(&self.binary).map(|k| format!("{k} platform={platform}"));
         let file = self.state_root.join("verified");
         if let (Some(key), Ok(kept)) = (&key, std::fs::read_to_string(&file)) {
             let mut lines = kept.lines();
@@ -282,6 +395,32 @@ pub(crate) fn unique() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_platform_reaches_runsc_and_only_runsc() {
+        let args = |rt: &Runtime| -> Vec<String> {
+            rt.base_command().get_args().map(|a| a.to_string_lossy().into_owned()).collect()
+        };
+        let runsc = Runtime::with_binary(Isolation::Gvisor, "/usr/bin/runsc".into());
+        assert!(!args(&runsc).iter().any(|a| a.starts_with("--platform")), "runsc's default unless asked");
+        let ptrace = runsc.clone().with_platform(GvisorPlatform::Ptrace);
+        assert!(args(&ptrace).contains(&"--platform=ptrace".to_string()));
+        // The boundary flags stay whatever the platform.
+        for flag in ["--network=none", "--overlay2=none", "--oci-seccomp"] {
+            assert!(args(&ptrace).contains(&flag.to_string()), "{flag}");
+        }
+        let runc = Runtime::with_binary(Isolation::Container, "/usr/bin/runc".into())
+            .with_platform(GvisorPlatform::Kvm);
+        assert_eq!(runc.platform(), None);
+        assert!(!args(&runc).iter().any(|a| a.starts_with("--platform")));
+    }
+
+    #[test]
+    fn an_unknown_platform_is_refused_by_name() {
+        assert_eq!("kvm".parse::<GvisorPlatform>().unwrap(), GvisorPlatform::Kvm);
+        let e = "hypervisor".parse::<GvisorPlatform>().unwrap_err().to_string();
+        assert!(e.contains(PLATFORM_ENV) && e.contains("`hypervisor`") && e.contains("systrap"), "{e}");
+    }
 
     #[test]
     fn a_replaced_or_touched_binary_is_proven_again() {

@@ -36,6 +36,26 @@ fn verify(tier: Isolation) {
     assert!(liar.verify(tmp.path()).is_err(), "{tier:?} binary passed as {other:?}");
 }
 
+/// A runtime that hangs instead of failing (the kvm platform inside a VM
+/// without nested virtualisation spins) is refused at the probe's
+/// deadline, not waited for.
+#[test]
+fn a_runtime_that_hangs_is_refused_at_the_probe_deadline() {
+    use std::os::unix::fs::PermissionsExt;
+    common::require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("runsc");
+    std::fs::write(
+        &bin,
+        "#!/bin/sh\ncase \" $* \" in\n  *\" --version \"*) echo 'runsc version hangs' ;;\n  *\" run \"*) exec sleep 600 ;;\nesac\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hangs = Runtime::with_binary(Isolation::Gvisor, bin);
+    let e = hangs.verify_within(&tmp.path().join("scratch"), Duration::from_secs(2)).unwrap_err().to_string();
+    assert!(e.contains("did not finish within 2s"), "{e}");
+}
+
 fn tier_bin(tier: Isolation) -> &'static str {
     match tier {
         Isolation::Gvisor => "runsc",

@@ -180,6 +180,10 @@ fn runtime(tier: Isolation, required: bool) -> (Check, Option<Runtime>) {
     };
     let rt = match Runtime::locate(tier) {
         Ok(rt) => rt,
+        Err(e @ kiln_sandbox::SandboxError::Config { .. }) => {
+            let fix = format!("unset {} or set it to systrap, ptrace or kvm", kiln_sandbox::PLATFORM_ENV);
+            return (bad(name, Status::Fail, e.to_string(), fix), None);
+        }
         Err(_) => {
             let detail = match std::env::var_os(env) {
                 Some(p) => format!("{env}={} is not an executable file{why}", PathBuf::from(p).display()),
@@ -201,7 +205,11 @@ fn runtime(tier: Isolation, required: bool) -> (Check, Option<Runtime>) {
             format!("{version} ({}): the 2022 runsc breaks ls/stat inside sandboxes", rt.binary().display());
         return (bad(name, missing, detail, tier.install_hint()), None);
     }
-    (ok(name, format!("{version} ({})", rt.binary().display())), Some(rt))
+    let platform = match rt.platform() {
+        Some(p) => format!(", platform {} ({})", p.name(), kiln_sandbox::PLATFORM_ENV),
+        None => String::new(),
+    };
+    (ok(name, format!("{version} ({}){platform}", rt.binary().display())), Some(rt))
 }
 
 fn cgroups(chosen: Isolation) -> Check {
