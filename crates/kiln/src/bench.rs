@@ -29,6 +29,8 @@ use tokio::sync::{mpsc, watch};
 use crate::cli::BenchArgs;
 use crate::run::isolation;
 
+mod profile;
+
 /// One measured tier.
 #[derive(Debug)]
 struct TierResult {
@@ -63,6 +65,15 @@ fn bench_inner(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.state.state_dir)?;
     let state_dir = std::fs::canonicalize(&args.state.state_dir)?.join("bench");
     std::fs::create_dir_all(&state_dir)?;
+    if args.profile {
+        let (table, versions) = profile::profile(&args, &state_dir)?;
+        let _ = std::fs::remove_dir_all(&state_dir);
+        print!("{table}");
+        if let Some(path) = &args.markdown {
+            write_section(path, "profile", &profile_section(&table, &versions, &args))?;
+        }
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut tiers = Vec::new();
     let mut versions = Vec::new();
@@ -222,28 +233,7 @@ async fn kiln_start(
     images: Vec<kiln_engine::runner::sandbox::ImageChoice>,
 ) -> anyhow::Result<Vec<f64>> {
     let build = format!("bench-{}-{i}", std::process::id());
-    let mut runtimes = HashMap::new();
-    runtimes.insert(TierKey::of(iso), runtime);
-    let limits = kiln_engine::limits::StepLimits { disk_bytes: 64 << 20, ..Default::default() };
-    let cfg = SandboxRunnerConfig {
-        build_dir: dir.join(&build),
-        source: None,
-        source_skip: vec![],
-        isolation: iso,
-        runtimes,
-        limits,
-        init: kiln_engine::runner::sandbox::locate_init().map_err(|e| anyhow!(e))?,
-        secrets: Arc::new(Vec::new()),
-        scrubber: Arc::new(kiln_secrets::Scrubber::new(&[], &kiln_secrets::PatternSet::builtin())),
-        egress: kiln_engine::runner::sandbox::EgressConfig::new(Vec::new(), 1 << 30),
-        artifacts: None,
-        default_network: kiln_workflow::NetworkSpec::None,
-        refuse_uploaders: false,
-        phase_sandboxes,
-        images,
-        tools: None,
-        image_store: None,
-    };
+    let cfg = runner_config(&build, iso, runtime, dir, phase_sandboxes, images)?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let emitter = Emitter::new(&build, Some(tx), None);
     let (_cancel_tx, cancel_rx) = watch::channel(false);
@@ -274,6 +264,40 @@ async fn kiln_start(
         return Err(anyhow!("no output seen from the bench steps"));
     }
     Ok(latency)
+}
+
+/// The engine's sandbox runner for bench build `build` on one tier: no
+/// secrets, no network, no source, a 64 MiB job disk.
+pub(crate) fn runner_config(
+    build: &str,
+    iso: Isolation,
+    runtime: Runtime,
+    dir: &std::path::Path,
+    phase_sandboxes: bool,
+    images: Vec<kiln_engine::runner::sandbox::ImageChoice>,
+) -> anyhow::Result<SandboxRunnerConfig> {
+    let mut runtimes = HashMap::new();
+    runtimes.insert(TierKey::of(iso), runtime);
+    let limits = kiln_engine::limits::StepLimits { disk_bytes: 64 << 20, ..Default::default() };
+    Ok(SandboxRunnerConfig {
+        build_dir: dir.join(build),
+        source: None,
+        source_skip: vec![],
+        isolation: iso,
+        runtimes,
+        limits,
+        init: kiln_engine::runner::sandbox::locate_init().map_err(|e| anyhow!(e))?,
+        secrets: Arc::new(Vec::new()),
+        scrubber: Arc::new(kiln_secrets::Scrubber::new(&[], &kiln_secrets::PatternSet::builtin())),
+        egress: kiln_engine::runner::sandbox::EgressConfig::new(Vec::new(), 1 << 30),
+        artifacts: None,
+        default_network: kiln_workflow::NetworkSpec::None,
+        refuse_uploaders: false,
+        phase_sandboxes,
+        images,
+        tools: None,
+        image_store: None,
+    })
 }
 
 /// Jobs on an image against jobs on the host's `/usr`, per tier, and what
@@ -477,6 +501,26 @@ fn markdown_section(table: &str, versions: &[String], args: &BenchArgs) -> Strin
         kernel.trim(),
         versions.join("; "),
         env!("CARGO_PKG_VERSION"),
+    )
+}
+
+/// The profile's results: how they were produced, on what, and the table.
+fn profile_section(table: &str, versions: &[String], args: &BenchArgs) -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let platforms: Vec<&str> =
+        args.platforms.iter().map(|p| kiln_sandbox::GvisorPlatform::from(*p).name()).collect();
+    format!(
+        "## Sandboxes: where a step's time goes\n\nProduced by (as root, from the repository root, after `scripts/install.sh`):\n\n\
+         ```sh\n./target/release/kiln bench --profile --rounds {} --platforms {} --markdown docs/benchmarks.md\n```\n\n\
+         Machine: {cpus} CPUs, Linux {}; {}. One step (a Python probe, on the host's `/usr`) through the \
+         engine per configuration and round, the configurations alternating; each cell is the median of the \
+         rounds' medians. Fork, spawn and Node rows are per process started, the page-fault row per MiB of \
+         fresh memory touched.\n\n{table}",
+        args.rounds,
+        platforms.join(","),
+        kernel.trim(),
+        versions.join("; "),
     )
 }
 

@@ -298,6 +298,24 @@ pub struct LogsArgs {
     pub state: StateArgs,
 }
 
+/// A gVisor platform (`runsc --platform`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlatformArg {
+    Systrap,
+    Ptrace,
+    Kvm,
+}
+
+impl From<PlatformArg> for kiln_sandbox::GvisorPlatform {
+    fn from(p: PlatformArg) -> Self {
+        match p {
+            PlatformArg::Systrap => kiln_sandbox::GvisorPlatform::Systrap,
+            PlatformArg::Ptrace => kiln_sandbox::GvisorPlatform::Ptrace,
+            PlatformArg::Kvm => kiln_sandbox::GvisorPlatform::Kvm,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Steps measured per tier.
@@ -320,6 +338,17 @@ pub struct BenchArgs {
     /// prints its rows and writes nothing.
     #[arg(long)]
     pub scheduler_only: bool,
+    /// Measure only where a step's time goes inside a sandbox, per tier
+    /// and gVisor platform: system calls, file lookups, forks, page faults,
+    /// Node's start (section `profile` of --markdown).
+    #[arg(long)]
+    pub profile: bool,
+    /// Rounds of --profile (after one warm-up round).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// gVisor platforms --profile measures.
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["systrap", "ptrace"])]
+    pub platforms: Vec<PlatformArg>,
     #[command(flatten)]
     pub state: StateArgs,
 }
