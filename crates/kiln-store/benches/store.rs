@@ -47,56 +47,137 @@ fn make_tree(dir: &Path, files: u64, total: u64, changed: impl Fn(u64) -> bool) 
     bytes
 }
 
-fn baseline(dir: &Path) -> Duration {
+/// `tar -cf - DIR | sha256sum`: reading and hashing the tree, what storing it
+/// must at least do.
+fn tar_hash(dir: &Path) -> Duration {
+    sh(&format!("tar -cf - -C '{}' . | sha256sum > /dev/null", dir.display()))
+}
+
+/// `tar -xf` of the tree's archive into a fresh directory: creating the
+/// tree's files, what restoring it must at least do. The archive is made
+/// once, untimed.
+fn tar_extract(archive: &Path, into: &Path) -> Duration {
+    let d = sh(&format!("mkdir '{0}' && tar -xf '{1}' -C '{0}'", into.display(), archive.display()));
+    std::fs::remove_dir_all(into).unwrap();
+    d
+}
+
+fn sh(script: &str) -> Duration {
     let t = Instant::now();
-    let st = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("tar -cf - -C '{}' . | sha256sum > /dev/null", dir.display()))
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let st = std::process::Command::new("sh").arg("-c").arg(script).status().unwrap();
+    assert!(st.success(), "{script}");
     t.elapsed()
 }
 
-fn drop_caches_hint() {
-    // Not dropping page caches (needs root + affects others); all runs are warm-cache.
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
 }
 
 fn mbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
 }
 
+/// One operation measured against its baseline, `rounds` times each,
+/// alternating, so machine noise falls on both alike: the medians.
+fn compare(
+    rounds: u64,
+    mut kiln: impl FnMut() -> Duration,
+    mut base: impl FnMut() -> Duration,
+) -> (Duration, Duration) {
+    let (mut k, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        k.push(kiln());
+        b.push(base());
+    }
+    (median(k), median(b))
+}
+
+struct Row {
+    name: String,
+    bytes: u64,
+    kiln: Duration,
+    baseline: &'static str,
+    base: Duration,
+}
+
 fn main() {
     let files = env_u64("KILN_BENCH_FILES", 5000);
     let tree_mb = env_u64("KILN_BENCH_TREE_MB", 60);
     let large_mb = env_u64("KILN_BENCH_LARGE_MB", 512);
+    let rounds = env_u64("KILN_BENCH_ROUNDS", 3).max(1);
     let base = std::env::var("KILN_BENCH_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string());
     let td = tempfile::tempdir_in(base).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    drop_caches_hint();
-
-    let mut rows = Vec::new();
     let lim = RestoreLimits::default();
+    let mut rows = Vec::new();
+    let n = std::cell::Cell::new(0);
+    let fresh = |what: &str| {
+        n.set(n.get() + 1);
+        td.path().join(format!("{what}-{}", n.get()))
+    };
+    const STORE_BASE: &str = "`tar -cf - DIR | sha256sum`";
+    const RESTORE_BASE: &str = "`tar -xf` of the same tree";
 
-    // Small-file tree.
+    // Small-file tree: stored into a fresh store each round (and once
+    // more, all deduplicated), restored into a fresh directory each round.
     let tree = td.path().join("tree");
     let bytes = make_tree(&tree, files, tree_mb << 20, |_| false);
-    let base_t = baseline(&tree);
-    let store = Store::open_local(td.path().join("store1")).unwrap();
-    let t = Instant::now();
-    let id = rt.block_on(store.put_tree(&tree)).unwrap();
-    let put_t = t.elapsed();
-    let t = Instant::now();
-    let again = rt.block_on(store.put_tree_stats(&tree)).unwrap();
-    let put2_t = t.elapsed();
-    assert_eq!(again.new_blobs, 0);
-    let t = Instant::now();
-    rt.block_on(store.restore_tree(&id, td.path().join("out1"), &lim)).unwrap();
-    let rest_t = t.elapsed();
+    let archive = td.path().join("tree.tar");
+    sh(&format!("tar -cf '{}' -C '{}' .", archive.display(), tree.display()));
     let label = format!("{files} files, {:.0} MiB", bytes as f64 / (1 << 20) as f64);
-    rows.push((format!("store tree ({label})"), bytes, put_t, base_t));
-    rows.push((format!("store tree again, all dedup ({label})"), bytes, put2_t, base_t));
-    rows.push((format!("restore tree ({label})"), bytes, rest_t, base_t));
+    let stores: std::cell::RefCell<Vec<Store>> = Default::default();
+    let (k, b) = compare(
+        rounds,
+        || {
+            let store = Store::open_local(fresh("store")).unwrap();
+            let t = Instant::now();
+            rt.block_on(store.put_tree(&tree)).unwrap();
+            let d = t.elapsed();
+            stores.borrow_mut().push(store);
+            d
+        },
+        || tar_hash(&tree),
+    );
+    rows.push(Row { name: format!("store tree ({label})"), bytes, kiln: k, baseline: STORE_BASE, base: b });
+    let store = stores.borrow()[0].clone();
+    let id = rt.block_on(store.put_tree(&tree)).unwrap();
+    let (k, b) = compare(
+        rounds,
+        || {
+            let t = Instant::now();
+            let again = rt.block_on(store.put_tree_stats(&tree)).unwrap();
+            assert_eq!(again.new_blobs, 0);
+            t.elapsed()
+        },
+        || tar_hash(&tree),
+    );
+    rows.push(Row {
+        name: format!("store it again, all deduplicated ({label})"),
+        bytes,
+        kiln: k,
+        baseline: STORE_BASE,
+        base: b,
+    });
+    let (k, b) = compare(
+        rounds,
+        || {
+            let out = fresh("out");
+            let t = Instant::now();
+            rt.block_on(store.restore_tree(&id, &out, &lim)).unwrap();
+            let d = t.elapsed();
+            std::fs::remove_dir_all(&out).unwrap();
+            d
+        },
+        || tar_extract(&archive, &fresh("tar-out")),
+    );
+    rows.push(Row {
+        name: format!("restore tree ({label})"),
+        bytes,
+        kiln: k,
+        baseline: RESTORE_BASE,
+        base: b,
+    });
 
     // Dedup: second build shares 90% of files.
     let tree_b = td.path().join("tree_b");
@@ -104,7 +185,7 @@ fn main() {
     let sb = rt.block_on(store.put_tree_stats(&tree_b)).unwrap();
     let dedup_ratio = (bytes + sb.bytes) as f64 / (bytes + sb.new_bytes) as f64;
     std::fs::remove_dir_all(&tree_b).unwrap();
-    std::fs::remove_dir_all(td.path().join("out1")).unwrap();
+    drop(stores);
 
     // Large file.
     let big = td.path().join("big");
@@ -120,30 +201,65 @@ fn main() {
         }
     }
     let lbytes = large_mb << 20;
-    let base_l = baseline(&big);
-    let store2 = Store::open_local(td.path().join("store2")).unwrap();
-    let t = Instant::now();
+    let big_archive = td.path().join("big.tar");
+    sh(&format!("tar -cf '{}' -C '{}' .", big_archive.display(), big.display()));
+    let store2 = Store::open_local(td.path().join("store-big")).unwrap();
     let lid = rt.block_on(store2.put_tree(&big)).unwrap();
-    let lput = t.elapsed();
-    let t = Instant::now();
-    rt.block_on(store2.restore_tree(&lid, td.path().join("out2"), &lim)).unwrap();
-    let lrest = t.elapsed();
-    rows.push((format!("store 1 file ({large_mb} MiB)"), lbytes, lput, base_l));
-    rows.push((format!("restore 1 file ({large_mb} MiB)"), lbytes, lrest, base_l));
+    let (k, b) = compare(
+        rounds,
+        || {
+            let store = Store::open_local(fresh("store-big")).unwrap();
+            let t = Instant::now();
+            rt.block_on(store.put_tree(&big)).unwrap();
+            let d = t.elapsed();
+            drop(store);
+            d
+        },
+        || tar_hash(&big),
+    );
+    rows.push(Row {
+        name: format!("store 1 file ({large_mb} MiB)"),
+        bytes: lbytes,
+        kiln: k,
+        baseline: STORE_BASE,
+        base: b,
+    });
+    let (k, b) = compare(
+        rounds,
+        || {
+            let out = fresh("big-out");
+            let t = Instant::now();
+            rt.block_on(store2.restore_tree(&lid, &out, &lim)).unwrap();
+            let d = t.elapsed();
+            std::fs::remove_dir_all(&out).unwrap();
+            d
+        },
+        || tar_extract(&big_archive, &fresh("big-tar-out")),
+    );
+    rows.push(Row {
+        name: format!("restore 1 file ({large_mb} MiB)"),
+        bytes: lbytes,
+        kiln: k,
+        baseline: RESTORE_BASE,
+        base: b,
+    });
 
-    println!("| operation | kiln-store | MiB/s | `tar -cf - DIR \\| sha256sum` | ratio (kiln/tar) |");
-    println!("|---|---:|---:|---:|---:|");
-    for (name, b, d, bl) in rows {
+    println!("Medians of {rounds} rounds, kiln and its baseline alternating.\n");
+    println!("| operation | kiln-store | MiB/s | baseline | baseline time | ratio (kiln/baseline) |");
+    println!("|---|---:|---:|---|---:|---:|");
+    for r in rows {
         println!(
-            "| {name} | {:.2} s | {:.0} | {:.2} s | {:.2}x |",
-            d.as_secs_f64(),
-            mbps(b, d),
-            bl.as_secs_f64(),
-            d.as_secs_f64() / bl.as_secs_f64()
+            "| {} | {:.2} s | {:.0} | {} | {:.2} s | {:.2}x |",
+            r.name,
+            r.kiln.as_secs_f64(),
+            mbps(r.bytes, r.kiln),
+            r.baseline,
+            r.base.as_secs_f64(),
+            r.kiln.as_secs_f64() / r.base.as_secs_f64()
         );
     }
     println!(
-        "| dedup: 2nd build sharing 90% of files | stored {:.1} MiB new of {:.1} MiB | | | dedup ratio {:.2}x |",
+        "| dedup: 2nd build sharing 90% of files | stored {:.1} MiB new of {:.1} MiB | | | | dedup ratio {:.2}x |",
         sb.new_bytes as f64 / (1 << 20) as f64,
         sb.bytes as f64 / (1 << 20) as f64,
         dedup_ratio

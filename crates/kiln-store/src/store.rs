@@ -21,6 +21,9 @@ type Hook = Arc<dyn Fn(&StoreEvent) + Send + Sync>;
 
 struct Inner {
     os: Arc<dyn ObjectStore>,
+    /// The directory of a store on the local filesystem: blobs are read
+    /// from their files directly (see [`Store::local_file`]).
+    local: Option<std::path::PathBuf>,
     prefix: String,
     events: Mutex<Vec<StoreEvent>>,
     hook: Mutex<Option<Hook>>,
@@ -96,7 +99,12 @@ impl Store {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir.display(), e))?;
         let fs = LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true).with_fsync(fsync);
-        Ok(Self::from_object_store(Arc::new(fs), ""))
+        let mut store = Self::from_object_store(Arc::new(fs), "");
+        let root = std::fs::canonicalize(dir).map_err(|e| StoreError::io(dir.display(), e))?;
+        if let Some(inner) = Arc::get_mut(&mut store.inner) {
+            inner.local = Some(root);
+        }
+        Ok(store)
     }
 
     /// Open any `object_store` URL: `file:///...`, `memory:///`, and the cloud
@@ -138,6 +146,7 @@ impl Store {
         Store {
             inner: Arc::new(Inner {
                 os,
+                local: None,
                 prefix: prefix.trim_matches('/').to_string(),
                 events: Mutex::new(Vec::new()),
                 hook: Mutex::new(None),
@@ -379,6 +388,16 @@ impl Store {
         self.read_verified(d, expected_size, |_| Ok(())).await
     }
 
+    /// The file behind object `key` of a local store, when the key is one
+    /// the local backend stores under its own name (no character it would
+    /// encode): blob keys always are.
+    fn local_file(&self, key: &Path) -> Option<std::path::PathBuf> {
+        let root = self.inner.local.as_ref()?;
+        let k: &str = key.as_ref();
+        let plain = k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'));
+        (plain && !k.split('/').any(|c| c.is_empty() || c == "." || c == "..")).then(|| root.join(k))
+    }
+
     async fn read_verified(
         &self,
         d: &Digest,
@@ -386,17 +405,24 @@ impl Store {
         mut sink: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<u64> {
         let path = self.blob_path(d);
-        let got = match self.inner.os.get(&path).await {
-            Ok(g) => g,
-            Err(e) if is_not_found(&e) => return Err(StoreError::NotFound(format!("blob {d}"))),
-            Err(e) => return Err(e.into()),
+        let (actual, mut stream) = match self.local_file(&path) {
+            Some(file) => match read_local(file).await {
+                Ok(r) => r,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::NotFound(format!("blob {d}")))
+                }
+                Err(e) => return Err(StoreError::io(&path, e)),
+            },
+            None => match self.inner.os.get(&path).await {
+                Ok(g) => (g.meta.size, g.into_stream()),
+                Err(e) if is_not_found(&e) => return Err(StoreError::NotFound(format!("blob {d}"))),
+                Err(e) => return Err(e.into()),
+            },
         };
-        let actual = got.meta.size;
         // If the referenced size is wrong we still hash the content (without handing it
         // out) to tell a corrupt blob from a wrong reference.
         let size_bad = expected_size.is_some_and(|e| e != actual);
         let mut h = Hasher::new();
-        let mut stream = got.into_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             h.update(&chunk);
@@ -503,6 +529,60 @@ fn read_some<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize> {
             Err(e) => return Err(StoreError::io("<reader>", e)),
         }
     }
+}
+
+/// A blob's bytes from its file in a local store: its size, then its
+/// contents in [`CHUNK`]s read on the blocking pool. The object store's own
+/// local reads go 8 KiB at a time, each a task of the pool: a large blob
+/// restored that way ran at a fifth of what the disk gives.
+async fn read_local(
+    file: std::path::PathBuf,
+) -> std::io::Result<(u64, futures::stream::BoxStream<'static, object_store::Result<Bytes>>)> {
+    // Opened, and a blob of one chunk read whole, in one task of the pool.
+    let opened = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&file)?;
+        let len = f.metadata()?.len();
+        if len <= CHUNK as u64 {
+            let mut whole = Vec::with_capacity(len as usize);
+            f.read_to_end(&mut whole)?;
+            return Ok::<_, std::io::Error>((len, Err(Bytes::from(whole))));
+        }
+        Ok((len, Ok(f)))
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    let (len, mut f) = match opened {
+        (len, Err(whole)) => return Ok((len, futures::stream::once(async { Ok(whole) }).boxed())),
+        (len, Ok(f)) => (len, f),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<object_store::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || loop {
+        let mut buf = vec![0u8; CHUNK];
+        let chunk = match read_some(&mut f, &mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(Bytes::from(buf))
+            }
+            Err(e) => Err(object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(e) }),
+        };
+        let failed = chunk.is_err();
+        if tx.blocking_send(chunk).is_err() || failed {
+            return;
+        }
+    });
+    Ok((len, tokio_stream_of(rx)))
+}
+
+/// A receiver as a stream.
+fn tokio_stream_of<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> futures::stream::BoxStream<'static, T> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
 }
 
 /// Open a file for reading without following a final symlink.

@@ -143,3 +143,33 @@ async fn file_url_backend_works() {
     assert!(td.path().join("s/default/blobs/sha256").join(&o.digest.hex()[..2]).exists());
     let _ = std::fs::metadata(td.path()).unwrap().permissions().mode();
 }
+
+/// A local store reads blob files itself, in large chunks: a blob of many
+/// chunks comes back whole, and a byte changed in a middle chunk is still
+/// caught at the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_blob_of_many_chunks_reads_back_whole_and_verified() {
+    let (td, s) = new_store();
+    let data: Vec<u8> = (0..(3 << 20) + 12345).map(|i| (i * 7 % 253) as u8).collect();
+    let o = s.put_reader(&data[..]).await.unwrap();
+    assert_eq!(&s.get_bytes(&o.digest, Some(data.len() as u64)).await.unwrap()[..], &data[..]);
+    let file = blob_file(&td, "default", &o.digest);
+    let mut bad = std::fs::read(&file).unwrap();
+    bad[(3 << 20) / 2] ^= 1;
+    std::fs::write(&file, bad).unwrap();
+    assert!(matches!(s.get_bytes(&o.digest, None).await, Err(StoreError::Corrupt { .. })));
+}
+
+/// A blob file replaced by a symbolic link is not followed, even to a file
+/// holding the right bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_file_replaced_by_a_link_is_not_followed() {
+    let (td, s) = new_store();
+    let o = s.put_bytes(&b"linked bytes"[..]).await.unwrap();
+    let file = blob_file(&td, "default", &o.digest);
+    let elsewhere = td.path().join("elsewhere");
+    std::fs::write(&elsewhere, b"linked bytes").unwrap();
+    std::fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
+    assert!(s.get_bytes(&o.digest, None).await.is_err(), "the link was followed");
+}
