@@ -93,6 +93,21 @@ fn compare(
     (median(k), median(b))
 }
 
+/// Restores `tree` into `out` (then removed): how long the restore took.
+fn timed_restore(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    tree: &kiln_store::TreeDigest,
+    out: &Path,
+    lim: &RestoreLimits,
+) -> Duration {
+    let t = Instant::now();
+    rt.block_on(store.restore_tree(tree, out, lim)).unwrap();
+    let d = t.elapsed();
+    std::fs::remove_dir_all(out).unwrap();
+    d
+}
+
 struct Row {
     name: String,
     bytes: u64,
@@ -161,14 +176,7 @@ fn main() {
     });
     let (k, b) = compare(
         rounds,
-        || {
-            let out = fresh("out");
-            let t = Instant::now();
-            rt.block_on(store.restore_tree(&id, &out, &lim)).unwrap();
-            let d = t.elapsed();
-            std::fs::remove_dir_all(&out).unwrap();
-            d
-        },
+        || timed_restore(&rt, &store, &id, &fresh("out"), &lim),
         || tar_extract(&archive, &fresh("tar-out")),
     );
     rows.push(Row {
@@ -226,14 +234,7 @@ fn main() {
     });
     let (k, b) = compare(
         rounds,
-        || {
-            let out = fresh("big-out");
-            let t = Instant::now();
-            rt.block_on(store2.restore_tree(&lid, &out, &lim)).unwrap();
-            let d = t.elapsed();
-            std::fs::remove_dir_all(&out).unwrap();
-            d
-        },
+        || timed_restore(&rt, &store2, &lid, &fresh("big-out"), &lim),
         || tar_extract(&big_archive, &fresh("big-tar-out")),
     );
     rows.push(Row {
