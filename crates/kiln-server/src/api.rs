@@ -1247,6 +1247,17 @@ fn leased_build(core: &Core, id: &str, worker: &str, attempt: i64) -> ApiResult<
     core.read().build(id)?.ok_or_else(|| ApiError::not_found("build"))
 }
 
+/// [`leased_build`] on the blocking pool.
+async fn leased_build_off(
+    core: &AppState,
+    id: String,
+    worker: &str,
+    attempt: i64,
+) -> ApiResult<crate::db::BuildRecord> {
+    let worker = worker.to_string();
+    core.blocking(move |core| leased_build(core, &id, &worker, attempt)).await
+}
+
 async fn worker_artifact(
     State(core): State<AppState>,
     auth: Auth,
@@ -1281,8 +1292,7 @@ async fn worker_cache_restore(
     auth.worker()?;
     let req: crate::remote::CacheRestoreRequest = parse_json(&body)?;
     crate::remote::check_cache_key(&req.key, &req.restore_keys).map_err(ApiError::bad_request)?;
-    let (worker, attempt) = (req.worker.clone(), req.attempt);
-    let b = core.blocking(move |core| leased_build(core, &id, &worker, attempt)).await?;
+    let b = leased_build_off(&core, id, &req.worker, req.attempt).await?;
     let reply = crate::remote::cache_restore(&core, &b, &req).await.map_err(ApiError::unprocessable)?;
     Ok(Json(reply))
 }
@@ -1297,8 +1307,7 @@ async fn worker_cache_save(
     auth.worker()?;
     let req: crate::remote::CacheSaveRequest = parse_json(&body)?;
     crate::remote::check_cache_key(&req.key, &[]).map_err(ApiError::bad_request)?;
-    let (worker, attempt) = (req.worker.clone(), req.attempt);
-    let b = core.blocking(move |core| leased_build(core, &id, &worker, attempt)).await?;
+    let b = leased_build_off(&core, id, &req.worker, req.attempt).await?;
     let tree = crate::remote::cache_save(&core, &b, req).await.map_err(ApiError::unprocessable)?;
     Ok(Json(json!({ "tree": tree })))
 }
