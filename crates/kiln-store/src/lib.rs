@@ -61,6 +61,7 @@ pub mod digest;
 pub mod error;
 pub mod gc;
 pub mod image;
+mod local;
 pub mod provenance;
 pub mod store;
 pub mod tar;

@@ -11,6 +11,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 
 use crate::digest::{Digest, Hasher};
 use crate::error::{Result, StoreError, StoreEvent};
+use crate::local::{read_file, LocalDir};
 
 /// Blobs up to this size are hashed in memory and written with one conditional put.
 /// Larger ones stream through a temporary object that is renamed into place.
@@ -22,8 +23,9 @@ type Hook = Arc<dyn Fn(&StoreEvent) + Send + Sync>;
 struct Inner {
     os: Arc<dyn ObjectStore>,
     /// The directory of a store on the local filesystem: blobs are read
-    /// from their files directly (see [`Store::local_file`]).
-    local: Option<std::path::PathBuf>,
+    /// and written as files directly (see [`Store::local_file`] and
+    /// [`crate::local`]).
+    local: Option<LocalDir>,
     prefix: String,
     events: Mutex<Vec<StoreEvent>>,
     hook: Mutex<Option<Hook>>,
@@ -102,7 +104,7 @@ impl Store {
         let mut store = Self::from_object_store(Arc::new(fs), "");
         let root = std::fs::canonicalize(dir).map_err(|e| StoreError::io(dir.display(), e))?;
         if let Some(inner) = Arc::get_mut(&mut store.inner) {
-            inner.local = Some(root);
+            inner.local = Some(LocalDir { root, fsync });
         }
         Ok(store)
     }
@@ -223,6 +225,13 @@ impl Store {
         let digest = Digest::of(&data);
         let size = data.len() as u64;
         let path = self.blob_path(&digest);
+        if let Some((local, dest, tmp)) = self.local_put(&path) {
+            let new = tokio::task::spawn_blocking(move || local.put_blob(&dest, &tmp, &data))
+                .await
+                .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?
+                .map_err(|e| StoreError::io(&path, e))?;
+            return Ok(PutOutcome { digest, size, new });
+        }
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         match self.inner.os.put_opts(&path, PutPayload::from_bytes(data.clone()), opts).await {
             Ok(_) => Ok(PutOutcome { digest, size, new: true }),
@@ -290,6 +299,74 @@ impl Store {
         Ok(PutOutcome { digest, size, new })
     }
 
+    /// For a local store: how to write the blob at object key `path` as a
+    /// file (the store's settings, the blob's file, a fresh temporary name).
+    fn local_put(&self, path: &Path) -> Option<(LocalDir, std::path::PathBuf, std::path::PathBuf)> {
+        let local = self.inner.local.clone()?;
+        Some((local, self.local_file(path)?, self.local_file(&self.tmp_path())?))
+    }
+
+    /// Store a local file read into `buf` (see [`read_file`]) on a
+    /// blocking thread: files up to [`SMALL_BLOB`] are stored whole (a local
+    /// store writes the blob file there and then); `Ok(None)` for a larger
+    /// one, which the caller streams.
+    fn put_read_file(
+        &self,
+        path: &std::path::Path,
+        buf: &mut Vec<u8>,
+    ) -> Result<(Option<PutOutcome>, u32, Option<Bytes>)> {
+        let rf = read_file(path, SMALL_BLOB as u64, buf).map_err(|e| StoreError::io(path.display(), e))?;
+        if !rf.whole {
+            return Ok((None, rf.mode, None));
+        }
+        let digest = Digest::of(buf);
+        let key = self.blob_path(&digest);
+        match self.local_put(&key) {
+            Some((local, dest, tmp)) => {
+                let new = local.put_blob(&dest, &tmp, buf).map_err(|e| StoreError::io(&key, e))?;
+                Ok((Some(PutOutcome { digest, size: rf.size, new }), rf.mode, None))
+            }
+            None => Ok((None, rf.mode, Some(Bytes::copy_from_slice(buf)))),
+        }
+    }
+
+    /// Store many local files (read with `O_NOFOLLOW`, regular files only):
+    /// each one's blob and permission bits, in order. Small files are read,
+    /// hashed and (for a local store) written by a few blocking workers;
+    /// larger ones are streamed afterwards.
+    pub(crate) async fn put_files(&self, files: Vec<std::path::PathBuf>) -> Result<Vec<(PutOutcome, u32)>> {
+        let files = Arc::new(files);
+        let store = self.clone();
+        let read = crate::local::for_each_blocking(files.clone(), move |path, buf| {
+            store.put_read_file(path, buf).map_err(std::io::Error::other)
+        })
+        .await
+        .map_err(|(i, e)| match e.downcast::<StoreError>() {
+            Ok(e) => e,
+            Err(e) => StoreError::io(files[i].display(), e),
+        })?;
+        let mut out = Vec::with_capacity(read.len());
+        // Not stored yet: large files (streamed) and, for a store that is
+        // not local, the small files' bytes (one put each, 16 at a time).
+        let mut pending =
+            futures::stream::iter(read.into_iter().enumerate().map(|(i, (done, mode, bytes))| {
+                let (store, files) = (self.clone(), files.clone());
+                async move {
+                    let put = match (done, bytes) {
+                        (Some(put), _) => put,
+                        (None, Some(bytes)) => store.put_bytes(bytes).await?,
+                        (None, None) => store.put_file(&files[i]).await?,
+                    };
+                    Ok::<_, StoreError>((put, mode))
+                }
+            }))
+            .buffered(16);
+        while let Some(r) = pending.next().await {
+            out.push(r?);
+        }
+        Ok(out)
+    }
+
     /// Move a fully written temporary object to its blob path without clobbering.
     async fn publish_tmp(&self, tmp: &Path, digest: &Digest) -> Result<bool> {
         let dst = self.blob_path(digest);
@@ -314,30 +391,54 @@ impl Store {
     /// Store a local file (read with `O_NOFOLLOW`). Large files are hashed first so
     /// already-present content costs no write.
     pub async fn put_file(&self, path: &std::path::Path) -> Result<PutOutcome> {
-        let open = || open_nofollow(path);
-        let f = open()?;
-        let len = f.metadata().map_err(|e| StoreError::io(path.display(), e))?.len();
-        if len as usize <= SMALL_BLOB {
-            let mut data = Vec::with_capacity(len as usize);
-            (&f).read_to_end(&mut data).map_err(|e| StoreError::io(path.display(), e))?;
-            return self.put_bytes(data).await;
+        let (store, p) = (self.clone(), path.to_path_buf());
+        let (done, _, bytes) = tokio::task::spawn_blocking(move || store.put_read_file(&p, &mut Vec::new()))
+            .await
+            .map_err(|e| StoreError::io(path.display(), std::io::Error::other(e)))??;
+        match (done, bytes) {
+            (Some(put), _) => return Ok(put),
+            (None, Some(bytes)) => return self.put_bytes(bytes).await,
+            (None, None) => {}
         }
-        let mut h = Hasher::new();
-        let mut chunk = vec![0u8; CHUNK];
-        let mut rf = &f;
-        loop {
-            let n = rf.read(&mut chunk).map_err(|e| StoreError::io(path.display(), e))?;
-            if n == 0 {
-                break;
+        // Large: hashed first so already-present content costs no write.
+        let (p, open) = (path.to_path_buf(), || open_nofollow(path));
+        let (digest, size) = tokio::task::spawn_blocking(move || {
+            let f = open_nofollow(&p)?;
+            let mut h = Hasher::new();
+            let mut chunk = vec![0u8; CHUNK];
+            let mut rf = &f;
+            loop {
+                let n = rf.read(&mut chunk).map_err(|e| StoreError::io(p.display(), e))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&chunk[..n]);
             }
-            h.update(&chunk[..n]);
-        }
-        let size = h.len();
-        let digest = h.finish();
+            let size = h.len();
+            Ok::<_, StoreError>((h.finish(), size))
+        })
+        .await
+        .map_err(|e| StoreError::io(path.display(), std::io::Error::other(e)))??;
         if self.blob_size(&digest).await? == Some(size) {
             return Ok(PutOutcome { digest, size, new: false });
         }
-        drop(f);
+        if let Some((local, _, tmp)) = self.local_put(&self.blob_path(&digest)) {
+            // Copied to a temporary file while hashed again: the blob is
+            // named after the bytes written, even if the file changed.
+            let (store, src) = (self.clone(), open()?);
+            return tokio::task::spawn_blocking(move || {
+                let (digest, size) =
+                    local.copy_hashing(src, &tmp).map_err(|e| StoreError::io(tmp.display(), e))?;
+                let key = store.blob_path(&digest);
+                let dest = store
+                    .local_file(&key)
+                    .ok_or_else(|| StoreError::io(&key, std::io::Error::other("no file name")))?;
+                let new = local.publish_tmp(&tmp, &dest).map_err(|e| StoreError::io(&key, e))?;
+                Ok(PutOutcome { digest, size, new })
+            })
+            .await
+            .map_err(|e| StoreError::io(path.display(), std::io::Error::other(e)))?;
+        }
         self.put_reader(open()?).await
     }
 
@@ -392,7 +493,7 @@ impl Store {
     /// the local backend stores under its own name (no character it would
     /// encode): blob keys always are.
     fn local_file(&self, key: &Path) -> Option<std::path::PathBuf> {
-        let root = self.inner.local.as_ref()?;
+        let root = &self.inner.local.as_ref()?.root;
         let k: &str = key.as_ref();
         let plain = k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'));
         (plain && !k.split('/').any(|c| c.is_empty() || c == "." || c == "..")).then(|| root.join(k))

@@ -316,7 +316,11 @@ fn resolve<'a>(
 // put_tree
 
 enum Walked {
-    File { path: String, abs: PathBuf, mode: u32 },
+    /// A regular file (its mode is taken when it is opened to be stored).
+    File {
+        path: String,
+        abs: PathBuf,
+    },
     Other(Entry),
 }
 
@@ -339,14 +343,21 @@ fn walk(root: &FsPath) -> Result<Vec<Walked>> {
             let name =
                 name.to_str().ok_or_else(|| TreeError::NonUtf8Path { path: abs.display().to_string() })?;
             let path = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
-            let md = std::fs::symlink_metadata(&abs).map_err(|e| StoreError::io(abs.display(), e))?;
-            let ft = md.file_type();
-            let mode = md.permissions().mode() & 0o777;
+            // The directory entry's type saves a stat per file; a file's
+            // mode comes from the descriptor it is read through.
+            let ft = ent.file_type().map_err(|e| StoreError::io(abs.display(), e))?;
             if ft.is_dir() {
-                out.push(Walked::Other(Entry::Dir { path: path.clone(), mode }));
+                let md = std::fs::symlink_metadata(&abs).map_err(|e| StoreError::io(abs.display(), e))?;
+                if !md.is_dir() {
+                    return Err(StoreError::io(abs.display(), std::io::Error::other("changed while read")));
+                }
+                out.push(Walked::Other(Entry::Dir {
+                    path: path.clone(),
+                    mode: md.permissions().mode() & 0o777,
+                }));
                 stack.push((abs, path));
             } else if ft.is_file() {
-                out.push(Walked::File { path, abs, mode });
+                out.push(Walked::File { path, abs });
             } else if ft.is_symlink() {
                 let t = std::fs::read_link(&abs).map_err(|e| StoreError::io(abs.display(), e))?;
                 let t = t.to_str().ok_or_else(|| TreeError::NonUtf8Path { path: path.clone() })?;
@@ -380,33 +391,30 @@ impl Store {
 
     /// [`Store::put_tree`] with statistics (dedup accounting).
     pub async fn put_tree_stats(&self, dir: impl AsRef<FsPath>) -> Result<TreeStats> {
-        let walked = walk(dir.as_ref())?;
+        let dir = dir.as_ref().to_path_buf();
+        let walked = tokio::task::spawn_blocking(move || walk(&dir))
+            .await
+            .map_err(|e| StoreError::io("tree walk", std::io::Error::other(e)))??;
         let mut entries = Vec::with_capacity(walked.len());
-        let mut files = Vec::new();
+        let (mut paths, mut abs) = (Vec::new(), Vec::new());
         for w in walked {
             match w {
-                Walked::File { path, abs, mode } => files.push((path, abs, mode)),
+                Walked::File { path, abs: a } => {
+                    paths.push(path);
+                    abs.push(a);
+                }
                 Walked::Other(e) => entries.push(e),
             }
         }
         let mut stats = TreeStats {
             digest: Digest::of(b""),
             entries: 0,
-            files: files.len() as u64,
+            files: paths.len() as u64,
             bytes: 0,
             new_blobs: 0,
             new_bytes: 0,
         };
-        let mut results = futures::stream::iter(files.into_iter().map(|(path, abs, mode)| {
-            let store = self.clone();
-            async move {
-                let out = store.put_file(&abs).await?;
-                Ok::<_, StoreError>((path, mode, out))
-            }
-        }))
-        .buffer_unordered(16);
-        while let Some(r) = results.next().await {
-            let (path, mode, out) = r?;
+        for (path, (out, mode)) in paths.into_iter().zip(self.put_files(abs).await?) {
             stats.bytes += out.size;
             if out.new {
                 stats.new_blobs += 1;
