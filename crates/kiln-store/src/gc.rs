@@ -43,6 +43,9 @@ pub struct GcReport {
     pub deleted_blobs: Vec<Digest>,
     /// Bytes of removed blobs.
     pub deleted_bytes: u64,
+    /// Packs removed (none of their blobs referenced any more); their
+    /// bytes count in `deleted_bytes`.
+    pub deleted_packs: Vec<Digest>,
     /// Leftover temp objects removed.
     pub deleted_temp: u64,
 }
@@ -135,6 +138,20 @@ impl Store {
             report.deleted_bytes += size;
         }
 
+        // Packs: one goes when none of its blobs is referenced (a pack with
+        // some still referenced is kept whole). A pack left without its
+        // index, or an index without its pack, by a crash goes too.
+        for p in self.list_packs().await? {
+            if p.modified_ns > cutoff || self.pack_members(&p).await?.iter().any(|d| live.contains(d)) {
+                continue;
+            }
+            if !dry_run {
+                self.delete_pack(&p.digest).await?;
+            }
+            report.deleted_packs.push(p.digest);
+            report.deleted_bytes += p.size;
+        }
+
         // Temp leftovers.
         let prefix = self.key("tmp");
         let mut s = self.backend().list(Some(&prefix));
@@ -153,6 +170,7 @@ impl Store {
             report.deleted_temp += 1;
         }
         report.deleted_blobs.sort();
+        report.deleted_packs.sort();
         Ok(report)
     }
 

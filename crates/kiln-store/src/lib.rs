@@ -6,7 +6,9 @@
 //! ## Layout (per tenant, inside any `object_store` backend)
 //! ```text
 //! <tenant>/blobs/sha256/<aa>/<hex>          content blobs (files, manifests, records)
-//! <tenant>/tmp/<random>                     in-flight large uploads (never read as blobs)
+//! <tenant>/packs/<aa>/<hex>                 small files of trees, concatenated (see `pack`)
+//! <tenant>/packs/<aa>/<hex>.idx             a pack's index: (blob digest, offset, size)
+//! <tenant>/tmp/<random>                     in-flight writes (never read as blobs)
 //! <tenant>/quarantine/sha256/<hex>          blobs that failed verification
 //! <tenant>/artifacts/<tree-hex>.json        artifact index {record, name, branch, created_at, pinned}
 //! <tenant>/refs/branches/<branch>/latest.json   {id} of the newest artifact of a branch
@@ -18,8 +20,16 @@
 //! * **Writes**: blobs are addressed by `sha256:<hex>` computed while streaming. Small blobs
 //!   (≤ [`SMALL_BLOB`]) are written with `PutMode::Create` (an existing identical blob is
 //!   not rewritten); large ones stream to `tmp/` and are renamed with
-//!   `rename_if_not_exists` only after the whole input was hashed. A reader error or crash
-//!   leaves at most a `tmp/` object, which is never listed or read as a blob; gc removes it.
+//!   `rename_if_not_exists` only after the whole input was hashed. A local store writes its
+//!   files itself: a temporary file under `tmp/`, published with
+//!   `renameat2(RENAME_NOREPLACE)`. A reader error or crash leaves at most a `tmp/` object,
+//!   which is never listed or read as a blob; gc removes it.
+//! * **Packs**: [`Store::put_tree`] writes the small files it finds new
+//!   (≤ [`PACK_MEMBER_MAX`]) into packs of about [`PACK_TARGET`] bytes with an index, not a
+//!   blob each; a blob without an object of its own is read from its pack, verified against
+//!   its own digest like any blob. Dedup stays per file. The index only says where to look:
+//!   a forged or broken one can make a blob read as missing or corrupt, never as other
+//!   bytes.
 //! * **Reads**: every read re-hashes the content and checks the size. A mismatch is
 //!   [`StoreError::Corrupt`], the object is moved to `quarantine/` and a
 //!   [`StoreEvent::Quarantined`] is logged ([`Store::events`], [`Store::set_event_hook`]).
@@ -44,8 +54,11 @@
 //!   [`write_scope`] = own scope. Trusted builds therefore never read untrusted entries.
 //!
 //! ## Known limits
-//! * The API is async but local file reads/writes during `put_tree`/`restore_tree` are
-//!   blocking calls made on the calling task (run on a multi-thread runtime).
+//! * The API is async; `put_tree` reads and writes files on the blocking pool, but
+//!   `restore_tree` still creates and writes files on the calling task (run it on a
+//!   multi-thread runtime).
+//! * A pack is deleted only when none of its blobs is referenced any more; until then the
+//!   unreferenced blobs in it keep their space.
 //! * Non-UTF-8 file names, hard links inside `put_tree` sources (stored as separate files,
 //!   deduplicated by content), xattrs/ACLs, ownership and timestamps are not recorded.
 //! * `cache_get` checks manifest integrity and blob presence/size only; full content
@@ -62,6 +75,7 @@ pub mod error;
 pub mod gc;
 pub mod image;
 mod local;
+mod pack;
 pub mod provenance;
 pub mod store;
 pub mod tar;
@@ -76,6 +90,7 @@ pub use digest::{Digest, TreeDigest};
 pub use error::{ArchiveError, Result, StoreError, StoreEvent, TreeError};
 pub use gc::{GcPolicy, GcReport};
 pub use image::{check_image_name, ImageRef};
+pub use pack::{PACK_MEMBER_MAX, PACK_TARGET};
 pub use provenance::{statement_for, verify, Envelope, Keys, Statement, VerifyError};
 pub use store::{PutOutcome, Store, SMALL_BLOB};
 pub use tree::{validate_manifest, Entry, Manifest, RestoreLimits, TreeStats};

@@ -70,6 +70,12 @@ impl LocalDir {
     /// through `tmp` (a fresh name in the tenant's temporary directory).
     /// Returns false when the blob was already present (nothing written).
     pub fn put_blob(&self, dest: &Path, tmp: &Path, data: &[u8]) -> std::io::Result<bool> {
+        self.put_parts(dest, tmp, &[data])
+    }
+
+    /// [`LocalDir::put_blob`] of the concatenation of `parts`, written
+    /// one after the other (a pack's blobs, without copying them together).
+    pub fn put_parts<P: AsRef<[u8]>>(&self, dest: &Path, tmp: &Path, parts: &[P]) -> std::io::Result<bool> {
         if std::fs::symlink_metadata(dest).is_ok() {
             return Ok(false);
         }
@@ -80,7 +86,13 @@ impl LocalDir {
             }
             r => r?,
         };
-        let written = f.write_all(data).and_then(|()| if self.fsync { f.sync_all() } else { Ok(()) });
+        let written = parts.iter().try_for_each(|p| f.write_all(p.as_ref())).and_then(|()| {
+            if self.fsync {
+                f.sync_all()
+            } else {
+                Ok(())
+            }
+        });
         drop(f);
         if let Err(e) = written {
             let _ = std::fs::remove_file(tmp);

@@ -12,6 +12,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 use crate::digest::{Digest, Hasher};
 use crate::error::{Result, StoreError, StoreEvent};
 use crate::local::{read_file, LocalDir};
+use crate::pack::{PackBuilder, PackIndex, PACK_MEMBER_MAX};
 
 /// Blobs up to this size are hashed in memory and written with one conditional put.
 /// Larger ones stream through a temporary object that is renamed into place.
@@ -20,7 +21,7 @@ const CHUNK: usize = 1 << 20;
 
 type Hook = Arc<dyn Fn(&StoreEvent) + Send + Sync>;
 
-struct Inner {
+pub(crate) struct Inner {
     os: Arc<dyn ObjectStore>,
     /// The directory of a store on the local filesystem: blobs are read
     /// and written as files directly (see [`Store::local_file`] and
@@ -29,6 +30,8 @@ struct Inner {
     prefix: String,
     events: Mutex<Vec<StoreEvent>>,
     hook: Mutex<Option<Hook>>,
+    /// Packed blobs this process knows of (see [`crate::pack`]).
+    pub(crate) packs: Mutex<PackIndex>,
 }
 
 /// A handle on the store, bound to one tenant namespace. Cheap to clone;
@@ -47,6 +50,18 @@ impl std::fmt::Debug for Store {
             .field("tenant", &self.tenant)
             .finish()
     }
+}
+
+/// A file read to be stored.
+enum FileRead {
+    /// Stored, or found present.
+    Done(PutOutcome),
+    /// Small and new: for a pack.
+    Pack(Digest, Vec<u8>),
+    /// Its bytes, for a put (a store that is not local).
+    Bytes(Bytes),
+    /// Too large to hold: streamed.
+    Large,
 }
 
 /// Outcome of storing one blob.
@@ -152,6 +167,7 @@ impl Store {
                 prefix: prefix.trim_matches('/').to_string(),
                 events: Mutex::new(Vec::new()),
                 hook: Mutex::new(None),
+                packs: Mutex::new(PackIndex::default()),
             }),
             tenant: "default".into(),
         }
@@ -166,6 +182,10 @@ impl Store {
     /// Current tenant name.
     pub fn tenant_name(&self) -> &str {
         &self.tenant
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     /// The underlying backend.
@@ -224,25 +244,32 @@ impl Store {
         let data: Bytes = data.into();
         let digest = Digest::of(&data);
         let size = data.len() as u64;
-        let path = self.blob_path(&digest);
-        if let Some((local, dest, tmp)) = self.local_put(&path) {
-            let new = tokio::task::spawn_blocking(move || local.put_blob(&dest, &tmp, &data))
+        let new = self.put_object_bytes(&self.blob_path(&digest), data).await?;
+        Ok(PutOutcome { digest, size, new })
+    }
+
+    /// Write content-addressed bytes under `path` unless something is there
+    /// already (then false: identical content, nothing rewritten).
+    pub(crate) async fn put_object_bytes(&self, path: &Path, data: Bytes) -> Result<bool> {
+        if let Some((local, dest, tmp)) = self.local_put(path) {
+            return tokio::task::spawn_blocking(move || local.put_blob(&dest, &tmp, &data))
                 .await
-                .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?
-                .map_err(|e| StoreError::io(&path, e))?;
-            return Ok(PutOutcome { digest, size, new });
+                .map_err(|e| StoreError::io(path, std::io::Error::other(e)))?
+                .map_err(|e| StoreError::io(path, e));
         }
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.inner.os.put_opts(&path, PutPayload::from_bytes(data.clone()), opts).await {
-            Ok(_) => Ok(PutOutcome { digest, size, new: true }),
-            Err(e) if is_exists(&e) => Ok(PutOutcome { digest, size, new: false }),
+        match self.inner.os.put_opts(path, PutPayload::from_bytes(data.clone()), opts).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_exists(&e) => Ok(false),
             Err(e) if is_unsupported(&e) => {
-                if self.blob_size(&digest).await?.is_some() {
-                    return Ok(PutOutcome { digest, size, new: false });
+                match self.inner.os.head(path).await {
+                    Ok(_) => return Ok(false),
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(e.into()),
                 }
                 // Content-addressed: an overwrite race can only write identical bytes.
-                self.inner.os.put(&path, PutPayload::from_bytes(data)).await?;
-                Ok(PutOutcome { digest, size, new: true })
+                self.inner.os.put(path, PutPayload::from_bytes(data)).await?;
+                Ok(true)
             }
             Err(e) => Err(e.into()),
         }
@@ -301,68 +328,118 @@ impl Store {
 
     /// For a local store: how to write the blob at object key `path` as a
     /// file (the store's settings, the blob's file, a fresh temporary name).
-    fn local_put(&self, path: &Path) -> Option<(LocalDir, std::path::PathBuf, std::path::PathBuf)> {
+    pub(crate) fn local_put(
+        &self,
+        path: &Path,
+    ) -> Option<(LocalDir, std::path::PathBuf, std::path::PathBuf)> {
         let local = self.inner.local.clone()?;
         Some((local, self.local_file(path)?, self.local_file(&self.tmp_path())?))
     }
 
-    /// Store a local file read into `buf` (see [`read_file`]) on a
-    /// blocking thread: files up to [`SMALL_BLOB`] are stored whole (a local
-    /// store writes the blob file there and then); `Ok(None)` for a larger
-    /// one, which the caller streams.
+    /// Store a local file read into `buf` (see [`read_file`]), on a
+    /// blocking thread. With `pack`, a file of at most [`PACK_MEMBER_MAX`]
+    /// bytes that is not stored yet is handed back for a pack.
     fn put_read_file(
         &self,
         path: &std::path::Path,
         buf: &mut Vec<u8>,
-    ) -> Result<(Option<PutOutcome>, u32, Option<Bytes>)> {
+        pack: bool,
+    ) -> Result<(FileRead, u32)> {
         let rf = read_file(path, SMALL_BLOB as u64, buf).map_err(|e| StoreError::io(path.display(), e))?;
         if !rf.whole {
-            return Ok((None, rf.mode, None));
+            return Ok((FileRead::Large, rf.mode));
         }
         let digest = Digest::of(buf);
         let key = self.blob_path(&digest);
-        match self.local_put(&key) {
+        let local = self.local_put(&key);
+        let present = PutOutcome { digest, size: rf.size, new: false };
+        if pack && rf.size <= PACK_MEMBER_MAX {
+            let stored = self.packed_known(&digest).is_some()
+                || local.as_ref().is_some_and(|(_, dest, _)| std::fs::symlink_metadata(dest).is_ok());
+            if stored {
+                return Ok((FileRead::Done(present), rf.mode));
+            }
+            // Handed over whole (the worker's next read allocates anew).
+            return Ok((FileRead::Pack(digest, std::mem::take(buf)), rf.mode));
+        }
+        match local {
             Some((local, dest, tmp)) => {
                 let new = local.put_blob(&dest, &tmp, buf).map_err(|e| StoreError::io(&key, e))?;
-                Ok((Some(PutOutcome { digest, size: rf.size, new }), rf.mode, None))
+                Ok((FileRead::Done(PutOutcome { new, ..present }), rf.mode))
             }
-            None => Ok((None, rf.mode, Some(Bytes::copy_from_slice(buf)))),
+            None => Ok((FileRead::Bytes(Bytes::copy_from_slice(buf)), rf.mode)),
         }
     }
 
     /// Store many local files (read with `O_NOFOLLOW`, regular files only):
-    /// each one's blob and permission bits, in order. Small files are read,
-    /// hashed and (for a local store) written by a few blocking workers;
-    /// larger ones are streamed afterwards.
+    /// each one's blob and permission bits, in order. Files are read and
+    /// hashed by a few blocking workers, a batch at a time; the small new
+    /// ones go into packs ([`crate::pack`]), a local store writes the others
+    /// there and then, and larger ones are streamed afterwards.
     pub(crate) async fn put_files(&self, files: Vec<std::path::PathBuf>) -> Result<Vec<(PutOutcome, u32)>> {
-        let files = Arc::new(files);
-        let store = self.clone();
-        let read = crate::local::for_each_blocking(files.clone(), move |path, buf| {
-            store.put_read_file(path, buf).map_err(std::io::Error::other)
-        })
-        .await
-        .map_err(|(i, e)| match e.downcast::<StoreError>() {
-            Ok(e) => e,
-            Err(e) => StoreError::io(files[i].display(), e),
-        })?;
-        let mut out = Vec::with_capacity(read.len());
-        // Not stored yet: large files (streamed) and, for a store that is
-        // not local, the small files' bytes (one put each, 16 at a time).
-        let mut pending =
-            futures::stream::iter(read.into_iter().enumerate().map(|(i, (done, mode, bytes))| {
-                let (store, files) = (self.clone(), files.clone());
+        /// Files read per batch: bounds the bytes held for packing to
+        /// `BATCH * PACK_MEMBER_MAX`.
+        const BATCH: usize = 1024;
+        self.load_packs().await?;
+        let mut out = Vec::with_capacity(files.len());
+        /// Packs being written while the next files are read.
+        const PACKS_IN_FLIGHT: usize = 2;
+        let mut pack = PackBuilder::default();
+        let mut writing = tokio::task::JoinSet::new();
+        for batch in files.chunks(BATCH) {
+            let batch = Arc::new(batch.to_vec());
+            let store = self.clone();
+            let read = crate::local::for_each_blocking(batch.clone(), move |path, buf| {
+                store.put_read_file(path, buf, true).map_err(std::io::Error::other)
+            })
+            .await
+            .map_err(|(i, e)| match e.downcast::<StoreError>() {
+                Ok(e) => e,
+                Err(e) => StoreError::io(batch[i].display(), e),
+            })?;
+            let mut later = Vec::new();
+            for (i, (r, mode)) in read.into_iter().enumerate() {
+                let put = match r {
+                    FileRead::Done(put) => put,
+                    FileRead::Pack(digest, bytes) => {
+                        let size = bytes.len() as u64;
+                        let new = pack.add(digest, bytes);
+                        if pack.full() {
+                            writing.spawn(self.clone().put_pack(std::mem::take(&mut pack)));
+                            while writing.len() > PACKS_IN_FLIGHT {
+                                join_pack(&mut writing).await?;
+                            }
+                        }
+                        PutOutcome { digest, size, new }
+                    }
+                    other => {
+                        later.push((out.len(), other, batch[i].clone()));
+                        PutOutcome { digest: Digest::of(b""), size: 0, new: false }
+                    }
+                };
+                out.push((put, mode));
+            }
+            // Not stored yet: large files (streamed) and, for a store that
+            // is not local, the other files' bytes (one put each, 16 at a time).
+            let mut pending = futures::stream::iter(later.into_iter().map(|(at, r, path)| {
+                let store = self.clone();
                 async move {
-                    let put = match (done, bytes) {
-                        (Some(put), _) => put,
-                        (None, Some(bytes)) => store.put_bytes(bytes).await?,
-                        (None, None) => store.put_file(&files[i]).await?,
+                    let put = match r {
+                        FileRead::Bytes(bytes) => store.put_bytes(bytes).await?,
+                        _ => store.put_file(&path).await?,
                     };
-                    Ok::<_, StoreError>((put, mode))
+                    Ok::<_, StoreError>((at, put))
                 }
             }))
-            .buffered(16);
-        while let Some(r) = pending.next().await {
-            out.push(r?);
+            .buffer_unordered(16);
+            while let Some(r) = pending.next().await {
+                let (at, put) = r?;
+                out[at].0 = put;
+            }
+        }
+        writing.spawn(self.clone().put_pack(pack));
+        while !writing.is_empty() {
+            join_pack(&mut writing).await?;
         }
         Ok(out)
     }
@@ -392,13 +469,14 @@ impl Store {
     /// already-present content costs no write.
     pub async fn put_file(&self, path: &std::path::Path) -> Result<PutOutcome> {
         let (store, p) = (self.clone(), path.to_path_buf());
-        let (done, _, bytes) = tokio::task::spawn_blocking(move || store.put_read_file(&p, &mut Vec::new()))
+        let (read, _) = tokio::task::spawn_blocking(move || store.put_read_file(&p, &mut Vec::new(), false))
             .await
             .map_err(|e| StoreError::io(path.display(), std::io::Error::other(e)))??;
-        match (done, bytes) {
-            (Some(put), _) => return Ok(put),
-            (None, Some(bytes)) => return self.put_bytes(bytes).await,
-            (None, None) => {}
+        match read {
+            FileRead::Done(put) => return Ok(put),
+            FileRead::Bytes(bytes) => return self.put_bytes(bytes).await,
+            FileRead::Pack(_, bytes) => return self.put_bytes(bytes).await,
+            FileRead::Large => {}
         }
         // Large: hashed first so already-present content costs no write.
         let (p, open) = (path.to_path_buf(), || open_nofollow(path));
@@ -419,8 +497,12 @@ impl Store {
         })
         .await
         .map_err(|e| StoreError::io(path.display(), std::io::Error::other(e)))??;
-        if self.blob_size(&digest).await? == Some(size) {
-            return Ok(PutOutcome { digest, size, new: false });
+        // (Files this large are never packed: only their own object counts.)
+        match self.inner.os.head(&self.blob_path(&digest)).await {
+            Ok(m) if m.size == size => return Ok(PutOutcome { digest, size, new: false }),
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e.into()),
         }
         if let Some((local, _, tmp)) = self.local_put(&self.blob_path(&digest)) {
             // Copied to a temporary file while hashed again: the blob is
@@ -444,11 +526,12 @@ impl Store {
 
     // ---------- reads ----------
 
-    /// Size of a stored blob, if present (not verified).
+    /// Size of a stored blob, if present (not verified): its own object's,
+    /// or its size in a pack.
     pub async fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
         match self.inner.os.head(&self.blob_path(d)).await {
             Ok(m) => Ok(Some(m.size)),
-            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) if is_not_found(&e) => self.packed_size(d).await,
             Err(e) => Err(e.into()),
         }
     }
@@ -492,7 +575,7 @@ impl Store {
     /// The file behind object `key` of a local store, when the key is one
     /// the local backend stores under its own name (no character it would
     /// encode): blob keys always are.
-    fn local_file(&self, key: &Path) -> Option<std::path::PathBuf> {
+    pub(crate) fn local_file(&self, key: &Path) -> Option<std::path::PathBuf> {
         let root = &self.inner.local.as_ref()?.root;
         let k: &str = key.as_ref();
         let plain = k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'));
@@ -506,19 +589,29 @@ impl Store {
         mut sink: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<u64> {
         let path = self.blob_path(d);
-        let (actual, mut stream) = match self.local_file(&path) {
+        let opened = match self.local_file(&path) {
             Some(file) => match read_local(file).await {
-                Ok(r) => r,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(StoreError::NotFound(format!("blob {d}")))
-                }
+                Ok(r) => Some(r),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(StoreError::io(&path, e)),
             },
             None => match self.inner.os.get(&path).await {
-                Ok(g) => (g.meta.size, g.into_stream()),
-                Err(e) if is_not_found(&e) => return Err(StoreError::NotFound(format!("blob {d}"))),
+                Ok(g) => Some((g.meta.size, g.into_stream())),
+                Err(e) if is_not_found(&e) => None,
                 Err(e) => return Err(e.into()),
             },
+        };
+        let Some((actual, mut stream)) = opened else {
+            // No object of its own: a packed blob, verified as it is read.
+            let Some(m) = self.packed(d, true).await? else {
+                return Err(StoreError::NotFound(format!("blob {d}")));
+            };
+            let data = self.read_member(d, m).await?;
+            if let Some(expected) = expected_size.filter(|e| *e != m.size) {
+                return Err(StoreError::SizeMismatch { digest: *d, expected, actual: m.size });
+            }
+            sink(&data)?;
+            return Ok(m.size);
         };
         // If the referenced size is wrong we still hash the content (without handing it
         // out) to tell a corrupt blob from a wrong reference.
@@ -580,8 +673,13 @@ impl Store {
         Ok(out)
     }
 
-    /// List `(key-relative-to-tenant, size, last_modified)` of objects under `rel`.
+    /// List `(key-relative-to-tenant, size)` of objects under `rel`.
     pub(crate) async fn list_rel(&self, rel: &str) -> Result<Vec<(String, u64)>> {
+        Ok(self.list_rel_with_time(rel).await?.into_iter().map(|(k, size, _)| (k, size)).collect())
+    }
+
+    /// List `(key-relative-to-tenant, size, last_modified_ns)` of objects under `rel`.
+    pub(crate) async fn list_rel_with_time(&self, rel: &str) -> Result<Vec<(String, u64, u64)>> {
         let base = self.key("");
         let base = base.as_ref().trim_end_matches('/').to_string();
         let prefix = self.key(rel);
@@ -591,7 +689,8 @@ impl Store {
             let m = m?;
             let full = m.location.as_ref();
             if let Some(r) = full.strip_prefix(&base) {
-                out.push((r.trim_start_matches('/').to_string(), m.size));
+                let t = m.last_modified.timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
+                out.push((r.trim_start_matches('/').to_string(), m.size, t));
             }
         }
         Ok(out)
@@ -619,6 +718,15 @@ impl Store {
 
     pub(crate) async fn delete_rel(&self, rel: &str) -> Result<()> {
         self.delete_key(&self.key(rel)).await
+    }
+}
+
+/// Wait for one pack write of `put_files`.
+async fn join_pack(writing: &mut tokio::task::JoinSet<Result<()>>) -> Result<()> {
+    match writing.join_next().await {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => Err(StoreError::io("pack write", std::io::Error::other(e))),
+        None => Ok(()),
     }
 }
 

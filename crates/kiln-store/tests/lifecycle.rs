@@ -74,7 +74,7 @@ async fn tampered_cache_blob_is_a_miss() {
     let main = scope(Trust::Trusted, "main");
     root.cache_put(&main, "k", &t).await.unwrap();
     // Same-size tamper: only detected by hashing, during restore.
-    std::fs::write(blob_file(&td, "acme", &Digest::of(b"good code")), b"evil code").unwrap();
+    tamper(&td, "acme", &Digest::of(b"good code"), b"evil code");
     let out = td.path().join("out");
     let r = root
         .cache_restore(std::slice::from_ref(&main), "k", &[], &out, &RestoreLimits::default())
@@ -96,12 +96,15 @@ async fn tampered_cache_blob_is_a_miss() {
     assert_eq!(root.cache_get(std::slice::from_ref(&main), "k2", &[]).await.unwrap(), CacheLookup::Miss);
     assert_eq!(root.take_events().len(), 1);
     // A blob that changed size is caught by the cheap lookup: quarantined, reported.
+    // (Stored as a blob of its own first, so the tree does not pack it.)
+    s.put_bytes(b"twelve bytes".to_vec()).await.unwrap();
     let t3 = tree_of(&s, &td, "o", &[("big", b"twelve bytes")]).await;
     root.cache_put(&main, "k3", &t3).await.unwrap();
     std::fs::write(blob_file(&td, "acme", &Digest::of(b"twelve bytes")), b"longer than twelve").unwrap();
     assert_eq!(root.cache_get(std::slice::from_ref(&main), "k3", &[]).await.unwrap(), CacheLookup::Miss);
     assert!(matches!(&root.take_events()[..], [StoreEvent::Quarantined { .. }]));
     // A blob that vanished is a reported miss too.
+    s.put_bytes(b"soon gone".to_vec()).await.unwrap();
     let t4 = tree_of(&s, &td, "p", &[("gone", b"soon gone")]).await;
     root.cache_put(&main, "k4", &t4).await.unwrap();
     std::fs::remove_file(blob_file(&td, "acme", &Digest::of(b"soon gone"))).unwrap();
@@ -198,8 +201,11 @@ async fn artifacts_and_gc_dry_run_vs_real() {
     assert!(dry.dry_run);
     assert_eq!(dry.deleted_artifacts, vec![t2]);
     assert_eq!(dry.deleted_cache_entries, vec![("trusted/main".to_string(), "old".to_string())]);
-    // t2's manifest + "v2" + record blob, c_old manifest + file, orphan manifest + file.
-    assert_eq!(dry.deleted_blobs.len(), 7, "{dry:?}");
+    // t2's manifest and record blob, c_old's manifest, the orphan's
+    // manifest; the trees' small files were packed, one pack per tree:
+    // t2's ("v2"; its "css" was already in t1's), c_old's and the orphan's.
+    assert_eq!(dry.deleted_blobs.len(), 4, "{dry:?}");
+    assert_eq!(dry.deleted_packs.len(), 3, "{dry:?}");
     assert!(!dry.deleted_blobs.contains(&Digest::of(b"css")), "shared blob kept");
     assert_eq!(s.list_blobs().await.unwrap().len(), before, "dry run deletes nothing");
     assert!(s.get_artifact(&t2).await.is_ok());
@@ -207,8 +213,9 @@ async fn artifacts_and_gc_dry_run_vs_real() {
     let real = s.gc(&policy, false).await.unwrap();
     assert_eq!(real.deleted_artifacts, dry.deleted_artifacts);
     assert_eq!(real.deleted_blobs, dry.deleted_blobs);
+    assert_eq!(real.deleted_packs, dry.deleted_packs);
     assert_eq!(real.deleted_bytes, dry.deleted_bytes);
-    assert_eq!(s.list_blobs().await.unwrap().len(), before - 7);
+    assert_eq!(s.list_blobs().await.unwrap().len(), before - 4);
     assert!(matches!(s.get_artifact(&t2).await, Err(StoreError::NotFound(_))));
     for t in [t1, t3, tf] {
         let out = td.path().join(format!("out-{}", &t.hex()[..8]));
@@ -219,7 +226,11 @@ async fn artifacts_and_gc_dry_run_vs_real() {
     assert!(matches!(s.cache_get(&[main], "new", &[]).await.unwrap(), CacheLookup::Hit { .. }));
     // Idempotent.
     let again = s.gc(&policy, false).await.unwrap();
-    assert!(again.deleted_blobs.is_empty() && again.deleted_artifacts.is_empty());
+    assert!(
+        again.deleted_blobs.is_empty()
+            && again.deleted_packs.is_empty()
+            && again.deleted_artifacts.is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -278,7 +289,7 @@ async fn provenance_sign_and_verify() {
     impostor.signatures[0].keyid = keys.keyid();
     assert!(matches!(verify(&impostor, &pk, &s, &t).await, Err(VerifyError::BadSignature { .. })));
     // Modified file.
-    std::fs::write(blob_file(&td, "default", &Digest::of(b"ok")), b"no").unwrap();
+    tamper(&td, "default", &Digest::of(b"ok"), b"no");
     match verify(&env, &pk, &s, &t).await {
         Err(VerifyError::FileDigestMismatch { path, .. }) => assert_eq!(path, "app.js"),
         other => panic!("{other:?}"),

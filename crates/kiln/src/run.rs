@@ -791,6 +791,7 @@ pub fn gc(args: crate::cli::GcArgs) -> Exit {
         let images = crate::image::store(&args.state)?;
         let r = rt.block_on(images.gc(&policy, args.dry_run)).map_err(|e| anyhow!("{e}"))?;
         report.deleted_blobs.extend(r.deleted_blobs);
+        report.deleted_packs.extend(r.deleted_packs);
         report.deleted_bytes += r.deleted_bytes;
         report.deleted_temp += r.deleted_temp;
         Ok(report)
@@ -805,10 +806,11 @@ pub fn gc(args: crate::cli::GcArgs) -> Exit {
                 println!("{verb} cache entry {key} ({scope})");
             }
             println!(
-                "{verb} {} artifacts, {} cache entries, {} blobs ({} bytes), {} leftover temporary objects",
+                "{verb} {} artifacts, {} cache entries, {} blobs and {} packs ({} bytes), {} leftover temporary objects",
                 r.deleted_artifacts.len(),
                 r.deleted_cache_entries.len(),
                 r.deleted_blobs.len(),
+                r.deleted_packs.len(),
                 r.deleted_bytes,
                 r.deleted_temp
             );
