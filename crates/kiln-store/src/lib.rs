@@ -90,7 +90,7 @@ pub use digest::{Digest, TreeDigest};
 pub use error::{ArchiveError, Result, StoreError, StoreEvent, TreeError};
 pub use gc::{GcPolicy, GcReport};
 pub use image::{check_image_name, ImageRef};
-pub use pack::{PACK_MEMBER_MAX, PACK_TARGET};
+pub use pack::{BlobPlace, PACK_MEMBER_MAX, PACK_TARGET};
 pub use provenance::{statement_for, verify, Envelope, Keys, Statement, VerifyError};
 pub use store::{PutOutcome, Store, SMALL_BLOB};
 pub use tree::{validate_manifest, Entry, Manifest, RestoreLimits, TreeStats};

@@ -69,6 +69,18 @@ struct TenantPacks {
     members: HashMap<Digest, Member>,
 }
 
+/// Where a blob's bytes are in a local store: `size` bytes at `offset` of
+/// `file` (its own file, offset 0, or its pack).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobPlace {
+    /// The file holding the bytes.
+    pub file: std::path::PathBuf,
+    /// Where they start in it.
+    pub offset: u64,
+    /// How many.
+    pub size: u64,
+}
+
 /// A pack on the backend, as a listing shows it.
 #[derive(Debug, Clone)]
 pub(crate) struct ListedPack {
@@ -364,6 +376,23 @@ impl Store {
             path: path.clone(),
         });
         StoreError::Corrupt { digest: *d, path }
+    }
+
+    /// Where blob `d`'s bytes are on disk, for a local store (`None` for
+    /// another backend or a blob that is not there): for inspecting a
+    /// store, and for tests that tamper with it.
+    pub async fn locate_blob(&self, d: &Digest) -> Result<Option<BlobPlace>> {
+        let own = self.blob_path(d);
+        let Some(file) = self.local_file(&own) else { return Ok(None) };
+        if let Ok(md) = std::fs::symlink_metadata(&file) {
+            return Ok(Some(BlobPlace { file, offset: 0, size: md.len() }));
+        }
+        let Some(m) = self.packed(d, true).await? else { return Ok(None) };
+        Ok(self.local_file(&self.pack_key(&m.pack)).map(|file| BlobPlace {
+            file,
+            offset: m.offset,
+            size: m.size,
+        }))
     }
 
     /// Delete a pack (its index first: a pack without one is never read).

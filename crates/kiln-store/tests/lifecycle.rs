@@ -74,7 +74,7 @@ async fn tampered_cache_blob_is_a_miss() {
     let main = scope(Trust::Trusted, "main");
     root.cache_put(&main, "k", &t).await.unwrap();
     // Same-size tamper: only detected by hashing, during restore.
-    tamper(&td, "acme", &Digest::of(b"good code"), b"evil code");
+    tamper(&s, &Digest::of(b"good code"), b"evil code").await;
     let out = td.path().join("out");
     let r = root
         .cache_restore(std::slice::from_ref(&main), "k", &[], &out, &RestoreLimits::default())
@@ -289,7 +289,7 @@ async fn provenance_sign_and_verify() {
     impostor.signatures[0].keyid = keys.keyid();
     assert!(matches!(verify(&impostor, &pk, &s, &t).await, Err(VerifyError::BadSignature { .. })));
     // Modified file.
-    tamper(&td, "default", &Digest::of(b"ok"), b"no");
+    tamper(&s, &Digest::of(b"ok"), b"no").await;
     match verify(&env, &pk, &s, &t).await {
         Err(VerifyError::FileDigestMismatch { path, .. }) => assert_eq!(path, "app.js"),
         other => panic!("{other:?}"),

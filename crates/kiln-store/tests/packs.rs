@@ -138,7 +138,8 @@ async fn a_truncated_or_vanished_pack_reads_as_missing_never_as_short_bytes() {
     write(&src.join("a"), b"AAAA");
     write(&src.join("b"), b"BBBB");
     s.put_tree(&src).await.unwrap();
-    let (pack, off, _) = blob_location(&td, "default", &Digest::of(b"BBBB"));
+    let place = s.locate_blob(&Digest::of(b"BBBB")).await.unwrap().unwrap();
+    let (pack, off) = (place.file, place.offset);
     let f = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
     f.set_len(off + 2).unwrap();
     // The handle that wrote it still has the index in memory.
@@ -157,7 +158,7 @@ async fn a_pack_swapped_for_a_symlink_is_not_followed() {
     let src = td.path().join("src");
     write(&src.join("a"), b"AAAA");
     let t = s.put_tree(&src).await.unwrap();
-    let (pack, _, _) = blob_location(&td, "default", &Digest::of(b"AAAA"));
+    let pack = s.locate_blob(&Digest::of(b"AAAA")).await.unwrap().unwrap().file;
     let elsewhere = td.path().join("elsewhere");
     std::fs::rename(&pack, &elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, &pack).unwrap();

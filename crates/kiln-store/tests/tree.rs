@@ -175,7 +175,7 @@ async fn tampered_blob_during_restore_leaves_nothing() {
     write(&a.join("x/1"), b"aaaa");
     write(&a.join("x/2"), b"bbbb");
     let t = s.put_tree(&a).await.unwrap();
-    tamper(&td, "default", &Digest::of(b"bbbb"), b"evil");
+    tamper(&s, &Digest::of(b"bbbb"), b"evil").await;
     let out = td.path().join("out");
     assert!(matches!(
         s.restore_tree(&t, &out, &RestoreLimits::default()).await,

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::Project;
+use common::{tamper_blob, Project};
 
 const PIPELINE: &str = r#"
 jobs:
@@ -141,9 +141,7 @@ fn provenance_is_signed_and_verified() {
     let sum =
         std::process::Command::new("sh").arg("-c").arg("printf 'hello\\n' | sha256sum").output().unwrap();
     let hex = String::from_utf8_lossy(&sum.stdout).split_whitespace().next().unwrap().to_string();
-    let blob = p.state_dir().join("store/local/blobs/sha256").join(&hex[..2]).join(&hex);
-    assert!(blob.exists(), "no blob at {}", blob.display());
-    std::fs::write(&blob, "HELLO\n").unwrap();
+    assert_eq!(tamper_blob(&p.state_dir(), &hex, b"HELLO\n"), 1, "no blob {hex}");
     let tampered = p.kiln().args(["verify", &id]).output().unwrap();
     let err = String::from_utf8_lossy(&tampered.stderr).to_string();
     assert_ne!(tampered.status.code(), Some(0));

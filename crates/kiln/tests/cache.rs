@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::Project;
+use common::{tamper_blob, Project};
 
 fn wf(key: &str, restore: &str, content: &str) -> String {
     format!(
@@ -79,16 +79,7 @@ fn cache_hits_scopes_and_tampering() {
         .output()
         .unwrap();
     let hex = String::from_utf8_lossy(&sum.stdout).split_whitespace().next().unwrap().to_string();
-    let out = std::process::Command::new("find")
-        .arg(p.state_dir().join("store"))
-        .args(["-name", &hex])
-        .output()
-        .unwrap();
-    let blobs: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
-    assert!(!blobs.is_empty(), "no blob {hex}");
-    for b in &blobs {
-        std::fs::write(b, "evil-content!\n").unwrap();
-    }
+    assert!(tamper_blob(&p.state_dir(), &hex, b"evil-content!\n") > 0, "no blob {hex}");
     let tampered = p.run("container", &args);
     tampered.expect_code(0);
     let sys = tampered.system_lines("deps").join("\n");

@@ -425,3 +425,25 @@ impl Project {
         serde_json::from_slice(&out.stdout).expect("image build prints JSON")
     }
 }
+
+/// Overwrite, in place and keeping its length, every stored copy of the
+/// blob `hex` in the local store under `state` (any tenant): its own file
+/// or its range of a pack. Returns how many copies it changed.
+pub fn tamper_blob(state: &Path, hex: &str, evil: &[u8]) -> usize {
+    use std::os::unix::fs::FileExt;
+    let digest: kiln_store::Digest = format!("sha256:{hex}").parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let root = kiln_store::Store::open_local(state.join("store")).unwrap();
+    let mut changed = 0;
+    for tenant in std::fs::read_dir(state.join("store")).unwrap().flatten() {
+        let name = tenant.file_name().to_string_lossy().to_string();
+        let Ok(store) = root.tenant(&name) else { continue };
+        if let Some(place) = rt.block_on(store.locate_blob(&digest)).unwrap() {
+            assert_eq!(place.size, evil.len() as u64, "same-size tamper");
+            let f = std::fs::OpenOptions::new().write(true).open(&place.file).unwrap();
+            f.write_all_at(evil, place.offset).unwrap();
+            changed += 1;
+        }
+    }
+    changed
+}
