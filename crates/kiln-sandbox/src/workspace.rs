@@ -45,6 +45,8 @@ pub struct Workspace {
 /// Where the overlay's upper and work directories live on the job's disk
 /// (never bound into a sandbox).
 const ROOT_DIR: &str = "root";
+/// kiln's scratch space on the job's disk (never bound into a sandbox).
+const SCRATCH_DIR: &str = "kiln";
 
 fn is_mountpoint(dir: &Path) -> bool {
     let Ok(canon) = fs::canonicalize(dir) else {
@@ -136,6 +138,16 @@ impl Workspace {
     /// from one step to the next, as on a CI machine.
     pub fn home(&self) -> PathBuf {
         self.dir.join(HOME_DIR)
+    }
+
+    /// A directory `name` for kiln's own use on the job's disk, beside the
+    /// workspace and never bound into a sandbox (created if missing). What
+    /// kiln stages here (a restored cache) moves into the workspace or the
+    /// home by a rename, not a copy, and counts against the job's quota.
+    pub fn scratch(&self, name: &str) -> Result<PathBuf> {
+        let base = self.dir.join(SCRATCH_DIR);
+        fs::create_dir_all(&base).map_err(io_err("create", &base))?;
+        Ok(base.join(name))
     }
 
     /// The job's tool cache (`RUNNER_TOOL_CACHE`), on the job's disk.

@@ -186,6 +186,32 @@ pub(crate) fn copy_new(src: &Path, dst: &OwnedFd, name: &OsStr, owner: (u32, u32
     put_entry(src, &ft, dst, name, owner)
 }
 
+/// Moves `src`, a tree kiln made in a directory no step can reach, to
+/// `name` in `dst`, owned by `owner` throughout: by one rename when both
+/// are on one filesystem (a restored cache staged on the job's disk), else
+/// by [`copy_new`]. Never replaces anything at `name`.
+pub(crate) fn move_new(src: &Path, dst: &OwnedFd, name: &OsStr, owner: (u32, u32)) -> Result<()> {
+    chown_tree(src, owner)?;
+    match rustix::fs::renameat_with(rustix::fs::CWD, src, dst, name, rustix::fs::RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::XDEV | rustix::io::Errno::INVAL) => copy_new(src, dst, name, owner),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Gives every entry of kiln's own tree `p` to `owner`; links are changed
+/// themselves, never followed.
+fn chown_tree(p: &Path, owner: (u32, u32)) -> Result<()> {
+    let (uid, gid) = ids(owner.0, owner.1);
+    rustix::fs::chownat(rustix::fs::CWD, p, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
+    if std::fs::symlink_metadata(p)?.is_dir() {
+        for entry in std::fs::read_dir(p)? {
+            chown_tree(&entry?.path(), owner)?;
+        }
+    }
+    Ok(())
+}
+
 /// Creates `name` in `dst` as a copy of the file or link `src`.
 fn put_entry(
     src: &Path,

@@ -94,7 +94,9 @@ impl JobRun<'_> {
         };
         let disk = self.workspace.as_ref().ok_or("no workspace")?;
         let (ws, home) = (disk.path(), disk.home());
-        let staging = self.dir.join(format!("cache-{k}"));
+        // Staged on the job's disk, out of every sandbox's reach, so what is
+        // restored moves into place by a rename instead of a second copy.
+        let staging = disk.scratch(&format!("cache-{k}")).map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(&staging);
         let t0 = Instant::now();
         let found = sink.cache_restore(&key, &rks, &staging, lookup_only).await?;
@@ -167,7 +169,7 @@ impl JobRun<'_> {
                     say(self, format!("cache: `{p}` already exists; kept as is"));
                     continue;
                 }
-                crate::runner::beneath::copy_new(&from, &dir, name, (STEP_UID, STEP_GID))
+                crate::runner::beneath::move_new(&from, &dir, name, (STEP_UID, STEP_GID))
                     .map_err(|e| format!("restoring `{p}`: {e}"))?;
             }
         }
