@@ -163,7 +163,9 @@ enum Frame {
         anchor: usize,
         pairs: Vec<(Node, Node)>,
         pending_key: Option<Node>,
-        seen: HashMap<String, Location>,
+        /// Where each scalar key first is, once the mapping has
+        /// [`KEY_INDEX_AT`] pairs (before that, `pairs` is searched).
+        seen: Option<HashMap<String, Location>>,
     },
     Seq {
         loc: Location,
@@ -200,23 +202,18 @@ impl Builder<'_> {
             Some(Frame::Map { pairs, pending_key, seen, .. }) => match pending_key.take() {
                 None => *pending_key = Some(node),
                 Some(key) => {
-                    let dup = key.as_scalar().and_then(|k| match seen.entry(k.to_string()) {
-                        Entry::Occupied(first) => Some((k.to_string(), *first.get())),
-                        Entry::Vacant(slot) => {
-                            slot.insert(key.loc);
-                            None
-                        }
-                    });
-                    let key_loc = key.loc;
-                    pairs.push((key, node));
-                    if let Some((k, first)) = dup {
-                        self.error(
-                            key_loc,
+                    let dup = key.as_scalar().and_then(|k| {
+                        first_key(pairs, seen, k, key.loc).map(|first| {
                             format!(
                                 "duplicate key `{k}` (first defined at line {}, column {})",
                                 first.line, first.column
-                            ),
-                        );
+                            )
+                        })
+                    });
+                    let key_loc = key.loc;
+                    pairs.push((key, node));
+                    if let Some(message) = dup {
+                        self.error(key_loc, message);
                     }
                 }
             },
@@ -254,13 +251,9 @@ impl MarkedEventReceiver for Builder<'_> {
                 self.push_node(Node { kind: NodeKind::Scalar { value, style }, loc }, anchor);
             }
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq { loc, anchor, items: Vec::new() }),
-            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
-                loc,
-                anchor,
-                pairs: Vec::new(),
-                pending_key: None,
-                seen: HashMap::new(),
-            }),
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Frame::Map { loc, anchor, pairs: Vec::new(), pending_key: None, seen: None })
+            }
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match self.stack.pop() {
                     Some(Frame::Seq { loc, anchor, items }) => {
@@ -307,6 +300,39 @@ impl MarkedEventReceiver for Builder<'_> {
             | Event::DocumentStart
             | Event::DocumentEnd => {}
         }
+    }
+}
+
+/// Pairs from which a mapping indexes its keys for the duplicate check;
+/// smaller ones (nearly all) compare against their few keys.
+const KEY_INDEX_AT: usize = 16;
+
+/// Where key `k` (at `loc`) of a mapping already is, if it is a duplicate;
+/// records it otherwise.
+fn first_key(
+    pairs: &[(Node, Node)],
+    seen: &mut Option<HashMap<String, Location>>,
+    k: &str,
+    loc: Location,
+) -> Option<Location> {
+    if seen.is_none() && pairs.len() >= KEY_INDEX_AT {
+        let mut index = HashMap::with_capacity(pairs.len() * 2);
+        for (p, _) in pairs {
+            if let Some(s) = p.as_scalar() {
+                index.entry(s.to_string()).or_insert(p.loc);
+            }
+        }
+        *seen = Some(index);
+    }
+    match seen {
+        Some(index) => match index.entry(k.to_string()) {
+            Entry::Occupied(first) => Some(*first.get()),
+            Entry::Vacant(slot) => {
+                slot.insert(loc);
+                None
+            }
+        },
+        None => pairs.iter().find(|(p, _)| p.as_scalar() == Some(k)).map(|(p, _)| p.loc),
     }
 }
 
