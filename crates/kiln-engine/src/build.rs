@@ -487,7 +487,9 @@ pub fn display_name(plan: &Plan, j: usize, opts: &BuildOptions) -> String {
         }
         None => (String::new(), job.id.clone()),
     };
-    let Some(t) = &job.spec.name else { return format!("{prefix}{id}") };
+    let Some(t) = &job.spec.name else {
+        return if prefix.is_empty() { id } else { format!("{prefix}{id}") };
+    };
     let ctx = Contexts { matrix: job.matrix.clone(), github: opts.github.clone(), ..Default::default() };
     let status = StatusFns::new(true, false, false);
     match t.render(&ctx, status) {
