@@ -3,6 +3,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
@@ -165,7 +166,7 @@ enum Frame {
         pending_key: Option<Node>,
         /// Where each scalar key first is, once the mapping has
         /// [`KEY_INDEX_AT`] pairs (before that, `pairs` is searched).
-        seen: Option<HashMap<String, Location>>,
+        seen: Option<KeyIndex>,
     },
     Seq {
         loc: Location,
@@ -203,7 +204,7 @@ impl Builder<'_> {
                 None => *pending_key = Some(node),
                 Some(key) => {
                     let dup = key.as_scalar().and_then(|k| {
-                        first_key(pairs, seen, k, key.loc).map(|first| {
+                        first_key(pairs, seen, k).map(|first| {
                             format!(
                                 "duplicate key `{k}` (first defined at line {}, column {})",
                                 first.line, first.column
@@ -307,32 +308,38 @@ impl MarkedEventReceiver for Builder<'_> {
 /// smaller ones (nearly all) compare against their few keys.
 const KEY_INDEX_AT: usize = 16;
 
+/// A large mapping's scalar keys by hash: the position in `pairs` of the
+/// first key with each hash (the keys themselves stay in the tree).
+struct KeyIndex {
+    hasher: std::hash::RandomState,
+    first: HashMap<u64, usize>,
+}
+
 /// Where key `k` (at `loc`) of a mapping already is, if it is a duplicate;
-/// records it otherwise.
-fn first_key(
-    pairs: &[(Node, Node)],
-    seen: &mut Option<HashMap<String, Location>>,
-    k: &str,
-    loc: Location,
-) -> Option<Location> {
+/// records it otherwise (`k` is about to be pushed onto `pairs`).
+fn first_key(pairs: &[(Node, Node)], seen: &mut Option<KeyIndex>, k: &str) -> Option<Location> {
+    let scan = || pairs.iter().find(|(p, _)| p.as_scalar() == Some(k)).map(|(p, _)| p.loc);
     if seen.is_none() && pairs.len() >= KEY_INDEX_AT {
-        let mut index = HashMap::with_capacity(pairs.len() * 2);
-        for (p, _) in pairs {
+        let hasher = std::hash::RandomState::new();
+        let mut first = HashMap::with_capacity(pairs.len() * 2);
+        for (i, (p, _)) in pairs.iter().enumerate() {
             if let Some(s) = p.as_scalar() {
-                index.entry(s.to_string()).or_insert(p.loc);
+                first.entry(hasher.hash_one(s)).or_insert(i);
             }
         }
-        *seen = Some(index);
+        *seen = Some(KeyIndex { hasher, first });
     }
-    match seen {
-        Some(index) => match index.entry(k.to_string()) {
-            Entry::Occupied(first) => Some(*first.get()),
-            Entry::Vacant(slot) => {
-                slot.insert(loc);
-                None
-            }
+    let Some(index) = seen else { return scan() };
+    match index.first.entry(index.hasher.hash_one(k)) {
+        Entry::Vacant(slot) => {
+            slot.insert(pairs.len());
+            None
+        }
+        Entry::Occupied(i) => match pairs.get(*i.get()) {
+            Some((p, _)) if p.as_scalar() == Some(k) => Some(p.loc),
+            // Another key with the same hash: compare them all.
+            _ => scan(),
         },
-        None => pairs.iter().find(|(p, _)| p.as_scalar() == Some(k)).map(|(p, _)| p.loc),
     }
 }
 
@@ -464,6 +471,20 @@ mod tests {
         assert_eq!(items[0].loc, Location { line: 3, column: 5 });
         assert_eq!(items[0].to_json(), serde_json::json!("x"));
         assert_eq!(items[1].loc, Location { line: 4, column: 5 });
+    }
+
+    #[test]
+    fn duplicate_keys_in_a_large_mapping() {
+        let mut y: String = (0..40).map(|i| format!("k{i}: {i}\n")).collect();
+        y.push_str("k7: again\nk40: 40\n");
+        let e = parse("f", &y).unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].location, Location { line: 41, column: 1 });
+        assert!(
+            e[0].message.contains("duplicate key `k7` (first defined at line 8, column 1)"),
+            "{}",
+            e[0].message
+        );
     }
 
     #[test]
