@@ -103,6 +103,8 @@ struct Slot {
     /// This job or one of its ancestors failed (`failure()` in a job's `if`).
     failed_lineage: bool,
     cancel: Option<watch::Sender<bool>>,
+    /// When the job started, while it runs.
+    started_at: Option<String>,
 }
 
 /// Runs every job of `plan` with `runner` and returns the summary. Never
@@ -141,7 +143,7 @@ async fn build_loop<R: JobRunner>(
     mut cancel: watch::Receiver<bool>,
 ) -> BuildSummary {
     let n = plan.jobs.len();
-    emitter.emit(Event::BuildStarted {
+    emitter.emit_with(|| Event::BuildStarted {
         build: opts.build.clone(),
         pipeline: plan.name.clone(),
         jobs: (0..n).map(|j| (plan.jobs[j].id.clone(), display_name(&plan, j, &opts))).collect(),
@@ -154,12 +156,13 @@ async fn build_loop<R: JobRunner>(
             outputs: Map::new(),
             failed_lineage: false,
             cancel: None,
+            started_at: None,
         })
         .collect();
     let mut group_tripped = vec![false; plan.groups.len()];
     let mut pending: VecDeque<usize> = VecDeque::new();
-    let mut running: JoinSet<(usize, JobOutcome, String)> = JoinSet::new();
-    let mut task_jobs: std::collections::HashMap<tokio::task::Id, (usize, String)> = Default::default();
+    let mut running: JoinSet<(usize, JobOutcome)> = JoinSet::new();
+    let mut task_jobs: std::collections::HashMap<tokio::task::Id, usize> = Default::default();
     let mut cancelled = *cancel.borrow();
     let max_parallel = opts.max_parallel.max(1);
     let workflow_env = workflow_env(&plan.workflow, &opts, &Value::Null);
@@ -173,10 +176,12 @@ async fn build_loop<R: JobRunner>(
         while let Some(&j) = pending.front() {
             let job = &plan.jobs[j];
             let group_cancelled = group_cancelled(&plan, j, &group_tripped);
-            let own_needs: Vec<usize> = plan.own_needs(j).collect();
             // A calling job's lineage includes the jobs it calls.
-            let lineage_of: &[usize] = if job.call.is_some() { &job.needs } else { &own_needs };
-            let failed_lineage = lineage_of.iter().any(|&d| slots[d].failed_lineage);
+            let failed_lineage = if job.call.is_some() {
+                job.needs.iter().any(|&d| slots[d].failed_lineage)
+            } else {
+                plan.own_needs(j).any(|d| slots[d].failed_lineage)
+            };
             slots[j].failed_lineage = failed_lineage;
             let call_gate = job.parent.map(|p| gate(&plan, p, &slots, &opts, &workflow_env, &mut gates));
             let contexts = job_contexts(&plan, j, &slots, &opts, &workflow_env, &gates);
@@ -194,7 +199,7 @@ async fn build_loop<R: JobRunner>(
                 // (its dependents follow GitHub's rules), the rest runs.
                 Err(ended(JobResult::Skipped, Some(reason)))
             } else {
-                let all_needs_ok = own_needs.iter().all(|&d| slots[d].result == Some(JobResult::Success));
+                let all_needs_ok = plan.own_needs(j).all(|d| slots[d].result == Some(JobResult::Success));
                 let status = StatusFns::new(all_needs_ok, failed_lineage, false);
                 match &job.spec.condition {
                     None if all_needs_ok => Ok(()),
@@ -250,11 +255,12 @@ async fn build_loop<R: JobRunner>(
                     let (tx, rx) = watch::channel(false);
                     slots[j].cancel = Some(tx);
                     let started_at = crate::time::now_rfc3339();
-                    emitter.emit(Event::JobStarted {
+                    emitter.emit_with(|| Event::JobStarted {
                         job: j,
                         id: job.id.clone(),
                         started_at: started_at.clone(),
                     });
+                    slots[j].started_at = Some(started_at);
                     let req = JobRequest {
                         build: opts.build.clone(),
                         plan: runner_plans[j].clone(),
@@ -264,9 +270,8 @@ async fn build_loop<R: JobRunner>(
                         emitter: emitter.clone(),
                     };
                     let runner = runner.clone();
-                    let started = started_at.clone();
-                    let handle = running.spawn(async move { (j, runner.run_job(req).await, started) });
-                    task_jobs.insert(handle.id(), (j, started_at));
+                    let handle = running.spawn(async move { (j, runner.run_job(req).await) });
+                    task_jobs.insert(handle.id(), j);
                 }
                 Ok(()) => break,
             }
@@ -301,22 +306,23 @@ async fn build_loop<R: JobRunner>(
         tokio::select! {
             joined = running.join_next_with_id(), if !running.is_empty() => {
                 let Some(joined) = joined else { continue };
-                let (j, outcome, started_at) = match joined {
+                let (j, outcome) = match joined {
                     Ok((id, v)) => {
                         task_jobs.remove(&id);
                         v
                     }
                     Err(e) => {
                         // The runner panicked: the job failed, the build goes on.
-                        let Some((j, started_at)) = task_jobs.remove(&e.id()) else { continue };
+                        let Some(j) = task_jobs.remove(&e.id()) else { continue };
                         let mut outcome = JobOutcome::new(JobResult::Failure);
                         outcome.reason = Some("infrastructure error: the job runner crashed".into());
                         emitter.log(&plan.jobs[j].id, "", "", Stream::System, format!("job runner crashed: {e}"));
-                        (j, outcome, started_at)
+                        (j, outcome)
                     }
                 };
                 let name = display_name(&plan, j, &opts);
-                finish_job(&plan, j, outcome, name, Some(started_at), &mut slots, &mut sched, &mut group_tripped, &emitter);
+                let started_at = slots[j].started_at.take();
+                finish_job(&plan, j, outcome, name, started_at, &mut slots, &mut sched, &mut group_tripped, &emitter);
                 // Fail-fast: stop the other legs of a tripped group.
                 if let Some(g) = plan.jobs[j].group.filter(|&g| group_tripped[g]) {
                     stop_group(&plan, g, &slots);
@@ -361,7 +367,7 @@ async fn build_loop<R: JobRunner>(
         egress_bytes_in,
         egress_bytes_out,
     };
-    emitter.emit(Event::BuildFinished(summary.clone()));
+    emitter.emit_with(|| Event::BuildFinished(summary.clone()));
     summary
 }
 
@@ -407,7 +413,7 @@ fn finish_job(
         peak_memory_bytes: outcome.peak_memory_bytes,
         redactions: outcome.redactions,
     };
-    emitter.emit(Event::JobFinished { job: j, summary: summary.clone() });
+    emitter.emit_with(|| Event::JobFinished { job: j, summary: summary.clone() });
     slots[j].summary = Some(summary);
     slots[j].result = Some(visible);
     slots[j].outputs = outcome.outputs;
@@ -481,7 +487,9 @@ pub fn display_name(plan: &Plan, j: usize, opts: &BuildOptions) -> String {
         }
         None => (String::new(), job.id.clone()),
     };
-    let Some(t) = &job.spec.name else { return format!("{prefix}{id}") };
+    let Some(t) = &job.spec.name else {
+        return if prefix.is_empty() { id } else { format!("{prefix}{id}") };
+    };
     let ctx = Contexts { matrix: job.matrix.clone(), github: opts.github.clone(), ..Default::default() };
     let status = StatusFns::new(true, false, false);
     match t.render(&ctx, status) {
@@ -580,8 +588,8 @@ fn call_outcome(
         if jobs.contains_key(key) {
             continue;
         }
-        let legs: Vec<usize> = called.iter().copied().filter(|&l| &plan.jobs[l].key == key).collect();
-        jobs.insert(key.clone(), need_value(&legs, slots));
+        let legs = called.iter().copied().filter(|&l| &plan.jobs[l].key == key);
+        jobs.insert(key.clone(), need_value(legs, slots));
     }
     let results: Vec<Option<JobResult>> = called.iter().map(|&d| slots[d].result).collect();
     let result = aggregate(&results).unwrap_or(JobResult::Failure);
@@ -601,16 +609,18 @@ fn call_outcome(
 }
 
 /// `{result, outputs}` of a job's legs, as `needs` and `jobs` show them.
-fn need_value(legs: &[usize], slots: &[Slot]) -> Value {
-    let results: Vec<Option<JobResult>> = legs.iter().map(|&d| slots[d].result).collect();
-    let result = aggregate(&results);
+fn need_value(legs: impl Iterator<Item = usize> + Clone, slots: &[Slot]) -> Value {
+    let result = aggregate_iter(legs.clone().map(|d| slots[d].result));
     let mut outputs = Map::new();
-    for &d in legs {
+    for d in legs {
         for (k, v) in &slots[d].outputs {
             outputs.insert(k.clone(), v.clone());
         }
     }
-    json!({ "result": result.map(|r| r.as_str()).unwrap_or(""), "outputs": outputs })
+    let mut need = Map::with_capacity(2);
+    need.insert("result".into(), Value::String(result.map(|r| r.as_str()).unwrap_or("").into()));
+    need.insert("outputs".into(), Value::Object(outputs));
+    Value::Object(need)
 }
 
 /// True when job `j`'s matrix group, or that of a job that called its
@@ -717,11 +727,10 @@ fn job_contexts(
     gates: &[Option<Gate>],
 ) -> Contexts {
     let job = &plan.jobs[j];
-    let mut needs = Map::new();
-    let own: Vec<usize> = plan.own_needs(j).collect();
+    let mut needs = Map::with_capacity(job.spec.needs.len());
     for key in &job.spec.needs {
-        let legs: Vec<usize> = own.iter().copied().filter(|&d| &plan.jobs[d].key == key).collect();
-        needs.insert(key.clone(), need_value(&legs, slots));
+        let legs = plan.own_needs(j).filter(|&d| &plan.jobs[d].key == key);
+        needs.insert(key.clone(), need_value(legs, slots));
     }
     let inputs = match job.parent.and_then(|p| gates[p].as_ref()) {
         Some(Ok(inputs)) => inputs.clone(),
@@ -763,15 +772,24 @@ fn job_contexts(
 
 /// The result of a matrix job as its dependents see it.
 fn aggregate(results: &[Option<JobResult>]) -> Option<JobResult> {
-    if results.iter().any(|r| r.is_none()) {
-        return None;
+    aggregate_iter(results.iter().copied())
+}
+
+/// [`aggregate`] over the legs' results as they come.
+fn aggregate_iter(results: impl Iterator<Item = Option<JobResult>>) -> Option<JobResult> {
+    let (mut any, mut failure, mut cancelled, mut all_skipped) = (false, false, false, true);
+    for r in results {
+        let r = r?;
+        any = true;
+        failure |= r == JobResult::Failure;
+        cancelled |= r == JobResult::Cancelled;
+        all_skipped &= r == JobResult::Skipped;
     }
-    let rs: Vec<JobResult> = results.iter().flatten().copied().collect();
-    Some(if rs.contains(&JobResult::Failure) {
+    Some(if failure {
         JobResult::Failure
-    } else if rs.contains(&JobResult::Cancelled) {
+    } else if cancelled {
         JobResult::Cancelled
-    } else if !rs.is_empty() && rs.iter().all(|r| *r == JobResult::Skipped) {
+    } else if any && all_skipped {
         JobResult::Skipped
     } else {
         JobResult::Success

@@ -1,6 +1,7 @@
 //! The typed workflow: what a file says, after validation, before expansion.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::diagnostic::Location;
 use crate::expr::{Expr, Template};
@@ -12,8 +13,9 @@ pub struct Workflow {
     /// Top-level `env`, in file order.
     pub env: Vec<(String, Template)>,
     pub defaults: RunDefaults,
-    /// Jobs in file order.
-    pub jobs: Vec<JobSpec>,
+    /// Jobs in file order. Shared: every planned job (each matrix leg)
+    /// points at its spec instead of holding a copy.
+    pub jobs: Vec<Arc<JobSpec>>,
     /// Top-level `kiln:` (network and secret bindings for every job).
     pub kiln: KilnStepSettings,
 }

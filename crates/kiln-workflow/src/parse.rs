@@ -1,5 +1,6 @@
 //! YAML tree -> [`Workflow`], with GitHub's semantics and kiln's refusals.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use crate::diagnostic::{Diagnostic, Location};
@@ -130,6 +131,22 @@ impl Cx<'_> {
         }
     }
 
+    /// [`Cx::map`], naming the place (`what`) only for an error.
+    fn map_named<'n>(&mut self, node: &'n Node, what: impl FnOnce() -> String) -> Option<&'n [(Node, Node)]> {
+        match &node.kind {
+            NodeKind::Map(pairs) => Some(pairs),
+            _ => self.map(node, &what()),
+        }
+    }
+
+    /// The text of a key, borrowed from the tree where it can be.
+    fn key<'n>(&mut self, key: &'n Node) -> Option<Cow<'n, str>> {
+        match key.as_scalar() {
+            Some(s) if !key.is_null() => Some(Cow::Borrowed(s)),
+            _ => self.text(key, "a key").map(Cow::Owned),
+        }
+    }
+
     /// The text of a scalar (a plain null is empty).
     pub(crate) fn text(&mut self, node: &Node, what: &str) -> Option<String> {
         if node.is_null() {
@@ -173,9 +190,15 @@ impl Cx<'_> {
         }
     }
 
-    /// Checks a key against a table; returns the key's kind if usable.
-    fn key_kind(&mut self, key: &Node, table: &[(&str, KeyKind)], place: &str) -> Option<(String, KeyKind)> {
-        let name = self.text(key, "a key")?;
+    /// Checks a key against a table; returns the key (the table's) and its
+    /// kind if usable.
+    fn key_kind(
+        &mut self,
+        key: &Node,
+        table: &[(&'static str, KeyKind)],
+        place: &str,
+    ) -> Option<(&'static str, KeyKind)> {
+        let name = self.key(key)?;
         match table.iter().find(|(k, _)| *k == name) {
             Some((_, KeyKind::Notice)) => {
                 self.notices.push(Diagnostic {
@@ -185,7 +208,7 @@ impl Cx<'_> {
                 });
                 None
             }
-            Some((_, kind)) => Some((name, *kind)),
+            Some((k, kind)) => Some((*k, *kind)),
             None => {
                 self.unknown_key(key.loc, &name, table.iter().map(|(k, _)| *k), place);
                 None
@@ -377,7 +400,7 @@ pub(crate) fn workflow(file: &str, root: &Node) -> Parsed {
         let Some((name, _)) = cx.key_kind(k, TOP_KEYS, "at the top level") else {
             continue;
         };
-        match name.as_str() {
+        match name {
             "name" => wf.name = cx.text(v, "`name`"),
             "env" => wf.env = cx.env(v, "at the top level"),
             "defaults" => wf.defaults = cx.defaults(v, "at the top level"),
@@ -405,9 +428,11 @@ pub(crate) fn workflow(file: &str, root: &Node) -> Parsed {
                 if jobs.is_empty() {
                     cx.err(v.loc, "`jobs` is empty: a workflow needs at least one job");
                 }
+                wf.jobs.reserve(jobs.len());
+                extras.reserve(jobs.len());
                 for (jk, jv) in jobs {
                     if let Some((job, extra)) = job(&mut cx, jk, jv) {
-                        wf.jobs.push(job);
+                        wf.jobs.push(std::sync::Arc::new(job));
                         extras.push(extra);
                     }
                 }
@@ -419,7 +444,8 @@ pub(crate) fn workflow(file: &str, root: &Node) -> Parsed {
         cx.err(root.loc, "the workflow has no `jobs`");
     }
     for job in &mut wf.jobs {
-        step_refusals(&wf.defaults, job);
+        // Not shared yet: no copy is made.
+        step_refusals(&wf.defaults, std::sync::Arc::make_mut(job));
     }
     finish(cx, wf, extras)
 }
@@ -439,7 +465,7 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
         );
     }
     let place = format!("in job `{key}`");
-    let pairs = cx.map(node, &format!("job `{key}`"))?;
+    let pairs = cx.map_named(node, || format!("job `{key}`"))?;
     let mut spec = JobSpec {
         key: key.clone(),
         location: key_node.loc,
@@ -466,13 +492,15 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
         let Some((name, _)) = cx.key_kind(k, JOB_KEYS, &place) else {
             continue;
         };
-        match name.as_str() {
+        match name {
             "name" => spec.name = cx.template(v, "`name`"),
             "needs" => {
-                let items: Vec<&Node> = match &v.kind {
-                    NodeKind::Seq(items) => items.iter().collect(),
-                    _ => vec![v],
+                let items = match &v.kind {
+                    NodeKind::Seq(items) => items.as_slice(),
+                    _ => std::slice::from_ref(v),
                 };
+                spec.needs.reserve(items.len());
+                extra.needs_locs.reserve(items.len());
                 for item in items {
                     if let Some(n) = cx.text(item, "`needs`") {
                         spec.needs.push(n);
@@ -567,6 +595,8 @@ fn job(cx: &mut Cx<'_>, key_node: &Node, node: &Node) -> Option<(JobSpec, JobExt
         None => cx.err(key_node.loc, format!("job `{key}` has no `steps`")),
         Some(v) => match &v.kind {
             NodeKind::Seq(items) if !items.is_empty() => {
+                // Steps are large: sized once rather than grown.
+                spec.steps.reserve_exact(items.len());
                 let mut ids = HashSet::new();
                 for (i, item) in items.iter().enumerate() {
                     if let Some(step) = step(cx, &key, i + 1, item, &mut ids) {
@@ -852,7 +882,7 @@ pub(crate) fn step(
     node: &Node,
     ids: &mut HashSet<String>,
 ) -> Option<StepSpec> {
-    let pairs = cx.map(node, &format!("step {index} of job `{job}`"))?;
+    let pairs = cx.map_named(node, || format!("step {index} of job `{job}`"))?;
     let get = |key: &str| pairs.iter().find(|(k, _)| k.as_scalar() == Some(key));
     let name = get("name").and_then(|(_, v)| cx.template(v, "`name`"));
     let label = match &name {
@@ -879,10 +909,10 @@ pub(crate) fn step(
     let mut with_node: Option<&Node> = None;
     let errors_before = cx.errors.len();
     for (k, v) in pairs {
-        let Some(key) = cx.text(k, "a key") else {
+        let Some(key) = cx.key(k) else {
             continue;
         };
-        match key.as_str() {
+        match &*key {
             "name" => {}
             "id" => {
                 let Some(id) = cx.text(v, "`id`") else {

@@ -93,7 +93,7 @@ pub fn load_with(
     let name = top.workflow.name.clone().unwrap_or_else(|| file.to_string());
     let mut layout = Layout::default();
     layout.add(&top, "", None);
-    let Layout { mut jobs, groups, local_needs, called } = layout;
+    let Layout { mut jobs, groups, mut local_needs, called } = layout;
     // Needs: a job's own (within its workflow); a job of a called
     // workflow that needs none of its workflow's jobs needs what its
     // caller needs; a caller needs every job it calls. Callers come before
@@ -102,7 +102,7 @@ pub fn load_with(
     for j in 0..jobs.len() {
         let own = match jobs[j].parent {
             Some(p) if jobs[j].spec.needs.is_empty() => outer[p].clone(),
-            _ => local_needs[j].clone(),
+            _ => std::mem::take(&mut local_needs[j]),
         };
         let mut needs = own.clone();
         if let Some(range) = &called[j] {
@@ -216,7 +216,8 @@ fn prepare(
         return Err(errs.errors);
     }
     for (i, r) in refusals {
-        let refusals = &mut workflow.jobs[i].refusals;
+        // Not shared yet: no copy is made.
+        let refusals = &mut Arc::make_mut(&mut workflow.jobs[i]).refusals;
         refusals.push(r);
         refusals.sort_by_key(|r| (r.location.line, r.location.column));
     }
@@ -290,10 +291,13 @@ struct Layout {
 impl Layout {
     /// Adds the jobs of `prep`, their ids after `prefix`, called by `parent`.
     fn add(&mut self, prep: &Prepared, prefix: &str, parent: Option<usize>) {
-        let mut legs_of: HashMap<&str, Vec<usize>> = HashMap::new();
-        let mut nodes = Vec::new();
+        let mut legs_of: HashMap<&str, Vec<usize>> = HashMap::with_capacity(prep.workflow.jobs.len());
+        let mut nodes = Vec::with_capacity(prep.workflow.jobs.len());
+        self.jobs.reserve(prep.workflow.jobs.len());
+        self.local_needs.reserve(prep.workflow.jobs.len());
+        self.called.reserve(prep.workflow.jobs.len());
         for (i, spec) in prep.workflow.jobs.iter().enumerate() {
-            let spec_arc = Arc::new(spec.clone());
+            let spec_arc = spec.clone();
             let call = prep.calls[i].as_ref();
             let (ids, group): (Vec<(String, Value)>, Option<usize>) = match &prep.legs[i] {
                 None => (vec![(spec.key.clone(), Value::Null)], None),
@@ -365,13 +369,13 @@ impl Plan {
     /// What job `j` needs among the jobs of its own workflow (for a job of
     /// a called workflow, not what its caller needs; for a caller, not the
     /// jobs it calls): what its `needs` context and `success()` are about.
-    pub fn own_needs(&self, j: usize) -> impl Iterator<Item = usize> + '_ {
+    pub fn own_needs(&self, j: usize) -> impl Iterator<Item = usize> + Clone + '_ {
         let parent = self.jobs[j].parent;
         self.jobs[j].needs.iter().copied().filter(move |&d| self.jobs[d].parent == parent)
     }
 
     /// The jobs a calling job calls directly.
-    pub fn called_jobs(&self, c: usize) -> impl Iterator<Item = usize> + '_ {
+    pub fn called_jobs(&self, c: usize) -> impl Iterator<Item = usize> + Clone + '_ {
         self.jobs[c].needs.iter().copied().filter(move |&d| self.jobs[d].parent == Some(c))
     }
 

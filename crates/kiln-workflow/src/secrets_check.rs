@@ -14,36 +14,46 @@ fn diag(file: &str, location: Location, message: String) -> Diagnostic {
     Diagnostic { file: file.to_string(), location, message }
 }
 
+const ELSEWHERE: &str = "secrets may only be used in a step's `env:` values (kiln never writes them into a script, a record or a log)";
+
+/// An error when template `t` reads a secret. `what` names the place; it is
+/// only composed when there is an error to report.
+fn forbid(
+    file: &str,
+    t: &Template,
+    loc: Location,
+    what: impl FnOnce() -> String,
+    errors: &mut Vec<Diagnostic>,
+) {
+    if !t.secret_refs().is_empty() {
+        errors.push(diag(file, loc, format!("{} uses a secret: {ELSEWHERE}", what())));
+    }
+}
+
 /// Checks every use of `secrets` in the workflow.
 pub(crate) fn check(file: &str, wf: &Workflow, errors: &mut Vec<Diagnostic>) {
-    let elsewhere = "secrets may only be used in a step's `env:` values (kiln never writes them into a script, a record or a log)";
-    let mut forbid = |t: &Template, loc: Location, what: &str, errors: &mut Vec<Diagnostic>| {
-        if !t.secret_refs().is_empty() {
-            errors.push(diag(file, loc, format!("{what} uses a secret: {elsewhere}")));
-        }
-    };
     for (k, t) in &wf.env {
-        forbid(t, Location::default(), &format!("workflow `env.{k}`"), errors);
+        forbid(file, t, Location::default(), || format!("workflow `env.{k}`"), errors);
     }
     for job in &wf.jobs {
         for (k, t) in &job.env {
-            forbid(t, job.location, &format!("`env.{k}` of job `{}`", job.key), errors);
+            forbid(file, t, job.location, || format!("`env.{k}` of job `{}`", job.key), errors);
         }
         for (k, t) in &job.outputs {
-            forbid(t, job.location, &format!("output `{k}` of job `{}`", job.key), errors);
+            forbid(file, t, job.location, || format!("output `{k}` of job `{}`", job.key), errors);
         }
         if let Some(t) = &job.name {
-            forbid(t, job.location, &format!("the name of job `{}`", job.key), errors);
+            forbid(file, t, job.location, || format!("the name of job `{}`", job.key), errors);
         }
         if job.condition.as_ref().is_some_and(|c| !c.secret_refs().is_empty()) {
             errors.push(diag(
                 file,
                 job.location,
-                format!("the `if` of job `{}` uses a secret: {elsewhere}", job.key),
+                format!("the `if` of job `{}` uses a secret: {ELSEWHERE}", job.key),
             ));
         }
         for (i, step) in job.steps.iter().enumerate() {
-            check_step(file, wf, job, i + 1, step, errors, &mut forbid);
+            check_step(file, wf, job, i + 1, step, errors);
         }
     }
 }
@@ -55,46 +65,47 @@ fn check_step(
     index: usize,
     step: &crate::model::StepSpec,
     errors: &mut Vec<Diagnostic>,
-    forbid: &mut impl FnMut(&Template, Location, &str, &mut Vec<Diagnostic>),
 ) {
-    let label = match &step.name {
+    let label = || match &step.name {
         Some(n) => format!("step {index} (`{}`) of job `{}`", n.source(), job.key),
         None => format!("step {index} of job `{}`", job.key),
     };
+    let loc = step.location;
+    let forbid_here = |t: &Template, what: &str, errors: &mut Vec<Diagnostic>| {
+        forbid(file, t, loc, || format!("{what} {}", label()), errors)
+    };
     match &step.action {
-        StepAction::Run { script, .. } => {
-            forbid(script, step.location, &format!("the `run:` script of {label}"), errors)
-        }
+        StepAction::Run { script, .. } => forbid_here(script, "the `run:` script of", errors),
         StepAction::UploadArtifact { name, path, .. } => {
-            forbid(name, step.location, &format!("the artifact name of {label}"), errors);
-            forbid(path, step.location, &format!("the artifact path of {label}"), errors);
+            forbid_here(name, "the artifact name of", errors);
+            forbid_here(path, "the artifact path of", errors);
         }
         StepAction::DownloadArtifact { name, path, pattern, .. } => {
             for t in [name, path, pattern].into_iter().flatten() {
-                forbid(t, step.location, &format!("the download settings of {label}"), errors);
+                forbid_here(t, "the download settings of", errors);
             }
         }
         StepAction::Cache { key, path, restore_keys, .. } => {
             for t in [Some(key), Some(path), restore_keys.as_ref()].into_iter().flatten() {
-                forbid(t, step.location, &format!("the cache settings of {label}"), errors);
+                forbid_here(t, "the cache settings of", errors);
             }
         }
         StepAction::Package { name, path, output_type, commit, .. } => {
             for t in [Some(name), path.as_ref(), output_type.as_ref(), commit.as_ref()].into_iter().flatten()
             {
-                forbid(t, step.location, &format!("the package settings of {label}"), errors);
+                forbid_here(t, "the package settings of", errors);
             }
         }
         StepAction::LocalAction { with, .. } => {
             for (_, t) in with {
-                forbid(t, step.location, &format!("the `with:` of {label}"), errors);
+                forbid_here(t, "the `with:` of", errors);
             }
         }
         StepAction::Setup { with, .. } => {
             // `token` is never rendered: kiln's setup actions download nothing
             // with it.
             for (_, t) in with.iter().filter(|(k, _)| k != "token") {
-                forbid(t, step.location, &format!("the `with:` of {label}"), errors);
+                forbid_here(t, "the `with:` of", errors);
             }
         }
         StepAction::Checkout
@@ -103,13 +114,16 @@ fn check_step(
         | StepAction::Unsupported { .. } => {}
     }
     if let Some(t) = &step.name {
-        forbid(t, step.location, &format!("the name of {label}"), errors);
+        forbid_here(t, "the name of", errors);
     }
     if let Some(t) = &step.working_directory {
-        forbid(t, step.location, &format!("the working-directory of {label}"), errors);
+        forbid_here(t, "the working-directory of", errors);
     }
     if step.condition.as_ref().is_some_and(|c| !c.secret_refs().is_empty()) {
-        errors.push(diag(file, step.location, format!("the `if` of {label} uses a secret")));
+        errors.push(diag(file, step.location, format!("the `if` of {} uses a secret", label())));
+    }
+    if step.env.is_empty() {
+        return;
     }
     let phase = step.phase(job);
     let allowed = step.allowed_secrets(job, wf);
@@ -120,7 +134,8 @@ fn check_step(
                     file,
                     step.location,
                     format!(
-                        "`env.{var}` of {label} reads `secrets` without a literal name (use `secrets.NAME`)"
+                        "`env.{var}` of {} reads `secrets` without a literal name (use `secrets.NAME`)",
+                        label()
                     ),
                 ));
                 continue;
@@ -151,7 +166,7 @@ fn check_step(
             errors.push(diag(
                 file,
                 step.location,
-                format!("{label} reads secret `{name}` in `env.{var}`, but {why}"),
+                format!("{} reads secret `{name}` in `env.{var}`, but {why}", label()),
             ));
         }
     }

@@ -3,6 +3,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
@@ -163,7 +164,9 @@ enum Frame {
         anchor: usize,
         pairs: Vec<(Node, Node)>,
         pending_key: Option<Node>,
-        seen: HashMap<String, Location>,
+        /// Where each scalar key first is, once the mapping has
+        /// [`KEY_INDEX_AT`] pairs (before that, `pairs` is searched).
+        seen: Option<KeyIndex>,
     },
     Seq {
         loc: Location,
@@ -200,23 +203,18 @@ impl Builder<'_> {
             Some(Frame::Map { pairs, pending_key, seen, .. }) => match pending_key.take() {
                 None => *pending_key = Some(node),
                 Some(key) => {
-                    let dup = key.as_scalar().and_then(|k| match seen.entry(k.to_string()) {
-                        Entry::Occupied(first) => Some((k.to_string(), *first.get())),
-                        Entry::Vacant(slot) => {
-                            slot.insert(key.loc);
-                            None
-                        }
-                    });
-                    let key_loc = key.loc;
-                    pairs.push((key, node));
-                    if let Some((k, first)) = dup {
-                        self.error(
-                            key_loc,
+                    let dup = key.as_scalar().and_then(|k| {
+                        first_key(pairs, seen, k).map(|first| {
                             format!(
                                 "duplicate key `{k}` (first defined at line {}, column {})",
                                 first.line, first.column
-                            ),
-                        );
+                            )
+                        })
+                    });
+                    let key_loc = key.loc;
+                    pairs.push((key, node));
+                    if let Some(message) = dup {
+                        self.error(key_loc, message);
                     }
                 }
             },
@@ -254,13 +252,9 @@ impl MarkedEventReceiver for Builder<'_> {
                 self.push_node(Node { kind: NodeKind::Scalar { value, style }, loc }, anchor);
             }
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq { loc, anchor, items: Vec::new() }),
-            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
-                loc,
-                anchor,
-                pairs: Vec::new(),
-                pending_key: None,
-                seen: HashMap::new(),
-            }),
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Frame::Map { loc, anchor, pairs: Vec::new(), pending_key: None, seen: None })
+            }
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match self.stack.pop() {
                     Some(Frame::Seq { loc, anchor, items }) => {
@@ -307,6 +301,45 @@ impl MarkedEventReceiver for Builder<'_> {
             | Event::DocumentStart
             | Event::DocumentEnd => {}
         }
+    }
+}
+
+/// Pairs from which a mapping indexes its keys for the duplicate check;
+/// smaller ones (nearly all) compare against their few keys.
+const KEY_INDEX_AT: usize = 16;
+
+/// A large mapping's scalar keys by hash: the position in `pairs` of the
+/// first key with each hash (the keys themselves stay in the tree).
+struct KeyIndex {
+    hasher: std::hash::RandomState,
+    first: HashMap<u64, usize>,
+}
+
+/// Where key `k` (at `loc`) of a mapping already is, if it is a duplicate;
+/// records it otherwise (`k` is about to be pushed onto `pairs`).
+fn first_key(pairs: &[(Node, Node)], seen: &mut Option<KeyIndex>, k: &str) -> Option<Location> {
+    let scan = || pairs.iter().find(|(p, _)| p.as_scalar() == Some(k)).map(|(p, _)| p.loc);
+    if seen.is_none() && pairs.len() >= KEY_INDEX_AT {
+        let hasher = std::hash::RandomState::new();
+        let mut first = HashMap::with_capacity(pairs.len() * 2);
+        for (i, (p, _)) in pairs.iter().enumerate() {
+            if let Some(s) = p.as_scalar() {
+                first.entry(hasher.hash_one(s)).or_insert(i);
+            }
+        }
+        *seen = Some(KeyIndex { hasher, first });
+    }
+    let Some(index) = seen else { return scan() };
+    match index.first.entry(index.hasher.hash_one(k)) {
+        Entry::Vacant(slot) => {
+            slot.insert(pairs.len());
+            None
+        }
+        Entry::Occupied(i) => match pairs.get(*i.get()) {
+            Some((p, _)) if p.as_scalar() == Some(k) => Some(p.loc),
+            // Another key with the same hash: compare them all.
+            _ => scan(),
+        },
     }
 }
 
@@ -438,6 +471,20 @@ mod tests {
         assert_eq!(items[0].loc, Location { line: 3, column: 5 });
         assert_eq!(items[0].to_json(), serde_json::json!("x"));
         assert_eq!(items[1].loc, Location { line: 4, column: 5 });
+    }
+
+    #[test]
+    fn duplicate_keys_in_a_large_mapping() {
+        let mut y: String = (0..40).map(|i| format!("k{i}: {i}\n")).collect();
+        y.push_str("k7: again\nk40: 40\n");
+        let e = parse("f", &y).unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].location, Location { line: 41, column: 1 });
+        assert!(
+            e[0].message.contains("duplicate key `k7` (first defined at line 8, column 1)"),
+            "{}",
+            e[0].message
+        );
     }
 
     #[test]

@@ -130,6 +130,8 @@ pub struct StepRecord {
 pub struct Emitter {
     inner: Arc<Mutex<EmitterInner>>,
     build: Arc<str>,
+    /// Some channel takes the events (else an event is built for nobody).
+    listening: bool,
     /// Every string kiln puts into an event (step names, reasons, kiln's
     /// own messages, cache keys, artifact names) passes it: a value that
     /// came from a secret never reaches a terminal, a stream or the store.
@@ -150,6 +152,7 @@ impl Emitter {
         store: Option<std::sync::mpsc::Sender<Event>>,
     ) -> Emitter {
         Emitter {
+            listening: ui.is_some() || store.is_some(),
             inner: Arc::new(Mutex::new(EmitterInner { seq: 0, ui, store })),
             build: build.into(),
             scrubber: None,
@@ -233,6 +236,15 @@ impl Emitter {
 
     pub fn build(&self) -> &str {
         &self.build
+    }
+
+    /// Emits the event `make` builds, building it only when some channel
+    /// takes events: for events whose payload costs copies (a job's
+    /// summary, the whole job list) on a path every job takes.
+    pub fn emit_with(&self, make: impl FnOnce() -> Event) {
+        if self.listening {
+            self.emit(make());
+        }
     }
 
     pub fn emit(&self, event: Event) {

@@ -1,7 +1,7 @@
 //! Evaluation of the syntax tree.
 
 use super::parser::{Ast, BinOp};
-use super::value::{get_property, index, loose_cmp, loose_eq, truthy};
+use super::value::{get_property, index, loose_cmp, loose_eq, str_eq_ci, truthy};
 use super::{Contexts, StatusFns, Value};
 
 /// An intermediate value: the object filter (`a.*.b`) yields a list that
@@ -32,7 +32,42 @@ fn elements(v: Value) -> Vec<Value> {
     }
 }
 
+/// The value a context or a chain of properties over one names
+/// (`github.event.ref`), borrowed from the contexts: evaluating it then
+/// copies that value only, not the whole context. `None` when the chain
+/// names nothing there (or is not such a chain): evaluated the long way.
+fn lookup<'c>(ast: &Ast, ctx: &'c Contexts) -> Option<&'c Value> {
+    match ast {
+        Ast::Context(name) => Some(match name.as_str() {
+            "github" => &ctx.github,
+            "env" => &ctx.env,
+            "matrix" => &ctx.matrix,
+            "needs" => &ctx.needs,
+            "steps" => &ctx.steps,
+            "job" => &ctx.job,
+            "runner" => &ctx.runner,
+            "strategy" => &ctx.strategy,
+            "secrets" => &ctx.secrets,
+            "inputs" => &ctx.inputs,
+            "jobs" => &ctx.jobs,
+            _ => return None,
+        }),
+        Ast::Prop(base, key) => match lookup(base, ctx)? {
+            Value::Object(m) => {
+                m.get(key.as_str()).or_else(|| m.iter().find(|(k, _)| str_eq_ci(k, key)).map(|(_, v)| v))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn eval_val(ast: &Ast, ctx: &Contexts, status: StatusFns) -> Result<Val, String> {
+    if matches!(ast, Ast::Context(_) | Ast::Prop(..)) {
+        if let Some(v) = lookup(ast, ctx) {
+            return Ok(Val::Plain(v.clone()));
+        }
+    }
     Ok(match ast {
         Ast::Lit(v) => Val::Plain(v.clone()),
         Ast::Context(name) => Val::Plain(match name.as_str() {
