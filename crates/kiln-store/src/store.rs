@@ -567,6 +567,37 @@ impl Store {
         self.read_verified(d, expected_size, |b| w.write_all(b).map_err(|e| StoreError::io(d, e))).await
     }
 
+    /// [`Store::copy_blob_to`] a file, written on a blocking thread while
+    /// the next chunks are read and hashed. Returns the file. What was
+    /// written before a failed verification stays in it: the caller
+    /// removes the file on error.
+    pub async fn copy_blob_to_file(
+        &self,
+        d: &Digest,
+        expected_size: Option<u64>,
+        file: std::fs::File,
+    ) -> Result<std::fs::File> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut f = file;
+            for chunk in rx {
+                f.write_all(&chunk)?;
+            }
+            Ok::<_, std::io::Error>(f)
+        });
+        let read = self
+            .read_verified(d, expected_size, |b| {
+                // The writer only goes away after an error of its own, reported below.
+                let _ = tx.send(b.clone());
+                Ok(())
+            })
+            .await;
+        drop(tx);
+        let written = writer.await.map_err(|e| StoreError::io(d, std::io::Error::other(e)))?;
+        read?;
+        written.map_err(|e| StoreError::io(d, e))
+    }
+
     /// Read and hash a blob without keeping it.
     pub async fn verify_blob(&self, d: &Digest, expected_size: Option<u64>) -> Result<u64> {
         self.read_verified(d, expected_size, |_| Ok(())).await
@@ -586,7 +617,7 @@ impl Store {
         &self,
         d: &Digest,
         expected_size: Option<u64>,
-        mut sink: impl FnMut(&[u8]) -> Result<()>,
+        mut sink: impl FnMut(&Bytes) -> Result<()>,
     ) -> Result<u64> {
         let path = self.blob_path(d);
         let opened = match self.local_file(&path) {

@@ -574,11 +574,7 @@ impl Store {
                             use std::io::Write;
                             f.write_all(&data).map_err(|er| StoreError::io(path, er))?;
                         }
-                        None => {
-                            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-                            self.copy_blob_to(digest, Some(*size), &mut w).await?;
-                            f = w.into_inner().map_err(|er| StoreError::io(path, er.into_error()))?;
-                        }
+                        None => f = self.copy_blob_to_file(digest, Some(*size), f).await?,
                     }
                     f.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
                         .map_err(|er| StoreError::io(path, er))?;

@@ -206,3 +206,27 @@ async fn valid_inner_symlinks_restore() {
     assert_eq!(mode & 0o777, 0o555);
     std::fs::set_permissions(t.join("a"), std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_file_streamed_into_place_is_verified_and_removed_when_tampered() {
+    let (td, s) = new_store();
+    let a = td.path().join("a");
+    // Past the prefetch size: written while it is read, on a thread of its own.
+    let big: Vec<u8> = (0..5u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    write(&a.join("big.bin"), &big);
+    write(&a.join("small"), b"s");
+    let t = s.put_tree(&a).await.unwrap();
+    let out = td.path().join("out");
+    s.restore_tree(&t, &out, &RestoreLimits::default()).await.unwrap();
+    assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), big);
+    // One byte in its fourth MiB changed: nothing of it is left behind.
+    let d = Digest::of(&big);
+    let place = s.locate_blob(&d).await.unwrap().unwrap();
+    let mut bad = std::fs::read(&place.file).unwrap();
+    bad[(3 << 20) + 7] ^= 1;
+    std::fs::write(&place.file, bad).unwrap();
+    let out2 = td.path().join("out2");
+    let err = s.restore_tree(&t, &out2, &RestoreLimits::default()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(!out2.exists(), "nothing restored");
+}
