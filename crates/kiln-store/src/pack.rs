@@ -172,12 +172,13 @@ impl Store {
         Ok(self.packed_known(d))
     }
 
-    /// Make sure this tenant's packs were listed once.
-    pub(crate) async fn load_packs(&self) -> Result<()> {
-        if self.with_packs(|t| t.scanned.is_none()) {
-            self.scan_packs().await?;
-        }
-        Ok(())
+    /// List this tenant's packs again before a put dedups against them:
+    /// new ones are read, and ones that went (gc, possibly in another
+    /// process) are forgotten, so a put never counts a blob as stored in a
+    /// pack deleted before the put began (the same window a blob of its own
+    /// has between its existence check and the manifest that references it).
+    pub(crate) async fn refresh_packs(&self) -> Result<()> {
+        self.scan_packs().await
     }
 
     /// Every pack object of the tenant (data and index files).
@@ -208,6 +209,8 @@ impl Store {
     async fn scan_packs(&self) -> Result<()> {
         let started = Instant::now();
         let listed = self.list_packs().await?;
+        let present: HashSet<Digest> =
+            listed.iter().filter(|p| p.has_data && p.has_index).map(|p| p.digest).collect();
         let known = self.with_packs(|t| t.packs.clone());
         let mut found = Vec::new();
         for p in listed.into_iter().filter(|p| p.has_data && p.has_index && !known.contains(&p.digest)) {
@@ -216,6 +219,13 @@ impl Store {
             }
         }
         self.with_packs(|t| {
+            let gone: Vec<Digest> = t.packs.difference(&present).copied().collect();
+            if !gone.is_empty() {
+                for g in &gone {
+                    t.packs.remove(g);
+                }
+                t.members.retain(|_, m| t.packs.contains(&m.pack));
+            }
             for (pack, members) in found {
                 // A concurrent scan may have added it first, and a read may
                 // since have quarantined one of its blobs: not again.

@@ -380,7 +380,7 @@ impl Store {
         /// Files read per batch: bounds the bytes held for packing to
         /// `BATCH * PACK_MEMBER_MAX`.
         const BATCH: usize = 1024;
-        self.load_packs().await?;
+        self.refresh_packs().await?;
         let mut out = Vec::with_capacity(files.len());
         /// Packs being written while the next files are read.
         const PACKS_IN_FLIGHT: usize = 2;

@@ -190,3 +190,24 @@ async fn a_pack_whose_blobs_are_all_unreferenced_goes_with_gc_and_a_shared_one_s
 fn scope() -> kiln_store::Scope {
     kiln_store::Scope { tenant: "default".into(), trust: kiln_store::Trust::Trusted, ref_name: "main".into() }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bug_a_put_counted_blobs_in_a_pack_another_process_had_deleted() {
+    let (td, s) = new_store();
+    let src = td.path().join("src");
+    write(&src.join("a"), b"AAAA");
+    write(&src.join("b"), b"BBBB");
+    // This handle knows the pack; another one (another process: `kiln gc`
+    // beside `kiln serve`) deletes it, nothing referencing it.
+    s.put_tree(&src).await.unwrap();
+    let other = Store::open_local(td.path().join("store")).unwrap();
+    let policy = kiln_store::GcPolicy { grace: std::time::Duration::ZERO, ..Default::default() };
+    assert_eq!(other.gc(&policy, false).await.unwrap().deleted_packs.len(), 1);
+    // Storing the same files again through the first handle writes them
+    // again instead of pointing at the pack that went.
+    let st = s.put_tree_stats(&src).await.unwrap();
+    assert_eq!(st.new_blobs, 2);
+    let out = td.path().join("out");
+    s.restore_tree(&st.digest, &out, &RestoreLimits::default()).await.unwrap();
+    assert_eq!(std::fs::read(out.join("b")).unwrap(), b"BBBB");
+}
