@@ -174,6 +174,14 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// JSON (de)serialisation of a stored record failed.
+    /// Reading the caller's input (a reader handed to a put) failed: not
+    /// the store's fault, unlike [`StoreError::Io`].
+    #[error("reading the input: {source}")]
+    Input {
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("bad JSON in {what}: {source}")]
     Json {
         what: String,

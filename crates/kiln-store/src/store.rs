@@ -766,7 +766,7 @@ fn read_some<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize> {
         match r.read(buf) {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StoreError::io("<reader>", e)),
+            Err(e) => return Err(StoreError::Input { source: e }),
         }
     }
 }

@@ -520,7 +520,9 @@ impl Store {
                     }
                     let out = match self.put_reader(tr.data()).await {
                         Ok(o) => o,
-                        Err(StoreError::Io { .. }) => {
+                        // The archive ended inside the file; the store's own
+                        // write errors (a full disk) are reported as they are.
+                        Err(StoreError::Input { .. }) => {
                             return Err(ArchiveError::Truncated { offset: tr.offset() }.into())
                         }
                         Err(e) => return Err(e),

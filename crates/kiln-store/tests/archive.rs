@@ -216,3 +216,20 @@ proptest! {
         read_all(&tar);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bug_a_store_write_error_was_reported_as_a_truncated_archive() {
+    let (td, s) = new_store();
+    // The tenant's temporary directory is a file: every blob write fails
+    // (as on a full disk), while the archive itself is whole.
+    std::fs::create_dir_all(td.path().join("store/default")).unwrap();
+    std::fs::write(td.path().join("store/default/tmp"), b"not a directory").unwrap();
+    let tar = RawTarBuilder::new().file("./data.txt", 0o644, &[b'x'; 4096]).finish();
+    let err = s.put_tar(&tar[..], &RestoreLimits::default()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("Not a directory"), "{err}");
+    // An archive that does end inside a file is still reported as truncated.
+    let cut = &tar[..512 + 100];
+    let err = s.put_tar(cut, &RestoreLimits::default()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Archive(ArchiveError::Truncated { .. })), "{err:?}");
+}
