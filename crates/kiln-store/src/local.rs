@@ -79,13 +79,7 @@ impl LocalDir {
         if std::fs::symlink_metadata(dest).is_ok() {
             return Ok(false);
         }
-        let mut f = match create_new(tmp) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(parent(tmp)?)?;
-                create_new(tmp)?
-            }
-            r => r?,
-        };
+        let mut f = create_tmp(tmp)?;
         let written = parts.iter().try_for_each(|p| f.write_all(p.as_ref())).and_then(|()| {
             if self.fsync {
                 f.sync_all()
@@ -106,13 +100,7 @@ impl LocalDir {
     /// Copy `src` to the new file `tmp` in 1 MiB chunks, hashing what is
     /// written. The caller publishes it with [`LocalDir::publish_tmp`].
     pub fn copy_hashing(&self, mut src: std::fs::File, tmp: &Path) -> std::io::Result<(Digest, u64)> {
-        let mut f = match create_new(tmp) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(parent(tmp)?)?;
-                create_new(tmp)?
-            }
-            r => r?,
-        };
+        let mut f = create_tmp(tmp)?;
         let res = (|| {
             let mut h = Hasher::new();
             let mut chunk = vec![0u8; 1 << 20];
@@ -154,6 +142,17 @@ impl LocalDir {
 
 fn parent(p: &Path) -> std::io::Result<&Path> {
     p.parent().ok_or_else(|| std::io::Error::other(format!("{} has no parent", p.display())))
+}
+
+/// Creates the new temporary file `tmp`, and its directory if missing.
+fn create_tmp(tmp: &Path) -> std::io::Result<std::fs::File> {
+    match create_new(tmp) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(parent(tmp)?)?;
+            create_new(tmp)
+        }
+        r => r,
+    }
 }
 
 fn create_new(p: &Path) -> std::io::Result<std::fs::File> {

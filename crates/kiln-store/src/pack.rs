@@ -281,9 +281,8 @@ impl Store {
         let key = self.pack_key(&pack);
         match self.local_put(&key) {
             Some((local, dest, tmp)) => {
-                tokio::task::spawn_blocking(move || local.put_parts(&dest, &tmp, &parts))
-                    .await
-                    .map_err(|e| StoreError::io(&key, std::io::Error::other(e)))?
+                crate::store::blocking(&key, move || local.put_parts(&dest, &tmp, &parts))
+                    .await?
                     .map_err(|e| StoreError::io(&key, e))?;
             }
             None => {
@@ -312,10 +311,7 @@ impl Store {
                 Ok(None)
             }
             Err(e) if is_not_found(&e) => {
-                self.with_packs(|t| {
-                    t.packs.remove(&m.pack);
-                    t.members.retain(|_, x| x.pack != m.pack);
-                });
+                self.forget_pack(&m.pack);
                 Ok(None)
             }
             Err(e) => Err(e.into()),
@@ -327,15 +323,16 @@ impl Store {
         let key = self.pack_key(&m.pack);
         let range = m.offset..m.offset + m.size;
         let got = match self.local_file(&key) {
-            Some(file) => tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                let f = crate::store::open_nofollow(&file)?;
-                let mut buf = vec![0u8; m.size as usize];
-                f.read_exact_at(&mut buf, m.offset).map_err(|e| StoreError::io(file.display(), e))?;
-                Ok::<_, StoreError>(Bytes::from(buf))
-            })
-            .await
-            .map_err(|e| StoreError::io(&key, std::io::Error::other(e)))?,
+            Some(file) => {
+                crate::store::blocking(&key, move || {
+                    use std::os::unix::fs::FileExt;
+                    let f = crate::store::open_nofollow(&file)?;
+                    let mut buf = vec![0u8; m.size as usize];
+                    f.read_exact_at(&mut buf, m.offset).map_err(|e| StoreError::io(file.display(), e))?;
+                    Ok::<_, StoreError>(Bytes::from(buf))
+                })
+                .await?
+            }
             None => self.backend().get_range(&key, range).await.map_err(StoreError::from),
         };
         let data = match got {
@@ -343,17 +340,13 @@ impl Store {
             Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return Err(self.quarantine_member(d, m).await)
             }
+            // The pack went (gc) after it was indexed here.
             Err(StoreError::Backend(e)) if is_not_found(&e) => {
-                // The pack went (gc) after it was indexed here.
-                self.with_packs(|t| {
-                    t.members.remove(d);
-                });
+                self.forget_pack(&m.pack);
                 return Err(StoreError::NotFound(format!("blob {d}")));
             }
             Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                self.with_packs(|t| {
-                    t.members.remove(d);
-                });
+                self.forget_pack(&m.pack);
                 return Err(StoreError::NotFound(format!("blob {d}")));
             }
             Err(e) => return Err(e),
@@ -409,11 +402,16 @@ impl Store {
     pub(crate) async fn delete_pack(&self, pack: &Digest) -> Result<()> {
         self.delete_rel(&Self::pack_index_rel(pack)).await?;
         self.delete_key(&self.pack_key(pack)).await?;
+        self.forget_pack(pack);
+        Ok(())
+    }
+
+    /// Drop a pack that is gone, and its blobs, from what this process knows.
+    fn forget_pack(&self, pack: &Digest) {
         self.with_packs(|t| {
             t.packs.remove(pack);
             t.members.retain(|_, m| m.pack != *pack);
         });
-        Ok(())
     }
 
     /// The blobs a pack's index lists (none if it has no usable index).

@@ -252,9 +252,8 @@ impl Store {
     /// already (then false: identical content, nothing rewritten).
     pub(crate) async fn put_object_bytes(&self, path: &Path, data: Bytes) -> Result<bool> {
         if let Some((local, dest, tmp)) = self.local_put(path) {
-            return tokio::task::spawn_blocking(move || local.put_blob(&dest, &tmp, &data))
-                .await
-                .map_err(|e| StoreError::io(path, std::io::Error::other(e)))?
+            return blocking(path, move || local.put_blob(&dest, &tmp, &data))
+                .await?
                 .map_err(|e| StoreError::io(path, e));
         }
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
@@ -469,9 +468,8 @@ impl Store {
     /// already-present content costs no write.
     pub async fn put_file(&self, path: &std::path::Path) -> Result<PutOutcome> {
         let (store, p) = (self.clone(), path.to_path_buf());
-        let (read, _) = tokio::task::spawn_blocking(move || store.put_read_file(&p, &mut Vec::new(), false))
-            .await
-            .map_err(|e| StoreError::io(path.display(), std::io::Error::other(e)))??;
+        let (read, _) =
+            blocking(path.display(), move || store.put_read_file(&p, &mut Vec::new(), false)).await??;
         match read {
             FileRead::Done(put) => return Ok(put),
             FileRead::Bytes(bytes) => return self.put_bytes(bytes).await,
@@ -480,7 +478,7 @@ impl Store {
         }
         // Large: hashed first so already-present content costs no write.
         let (p, open) = (path.to_path_buf(), || open_nofollow(path));
-        let (digest, size) = tokio::task::spawn_blocking(move || {
+        let (digest, size) = blocking(path.display(), move || {
             let f = open_nofollow(&p)?;
             let mut h = Hasher::new();
             let mut chunk = vec![0u8; CHUNK];
@@ -495,8 +493,7 @@ impl Store {
             let size = h.len();
             Ok::<_, StoreError>((h.finish(), size))
         })
-        .await
-        .map_err(|e| StoreError::io(path.display(), std::io::Error::other(e)))??;
+        .await??;
         // (Files this large are never packed: only their own object counts.)
         match self.inner.os.head(&self.blob_path(&digest)).await {
             Ok(m) if m.size == size => return Ok(PutOutcome { digest, size, new: false }),
@@ -508,7 +505,7 @@ impl Store {
             // Copied to a temporary file while hashed again: the blob is
             // named after the bytes written, even if the file changed.
             let (store, src) = (self.clone(), open()?);
-            return tokio::task::spawn_blocking(move || {
+            return blocking(path.display(), move || {
                 let (digest, size) =
                     local.copy_hashing(src, &tmp).map_err(|e| StoreError::io(tmp.display(), e))?;
                 let key = store.blob_path(&digest);
@@ -518,8 +515,7 @@ impl Store {
                 let new = local.publish_tmp(&tmp, &dest).map_err(|e| StoreError::io(&key, e))?;
                 Ok(PutOutcome { digest, size, new })
             })
-            .await
-            .map_err(|e| StoreError::io(path.display(), std::io::Error::other(e)))?;
+            .await?;
         }
         self.put_reader(open()?).await
     }
@@ -750,6 +746,14 @@ impl Store {
     pub(crate) async fn delete_rel(&self, rel: &str) -> Result<()> {
         self.delete_key(&self.key(rel)).await
     }
+}
+
+/// Runs `f` on the blocking pool; a panic in it becomes an I/O error on `what`.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: impl std::fmt::Display,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::io(what, std::io::Error::other(e)))
 }
 
 /// Wait for one pack write of `put_files`.

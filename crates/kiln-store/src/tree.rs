@@ -392,9 +392,7 @@ impl Store {
     /// [`Store::put_tree`] with statistics (dedup accounting).
     pub async fn put_tree_stats(&self, dir: impl AsRef<FsPath>) -> Result<TreeStats> {
         let dir = dir.as_ref().to_path_buf();
-        let walked = tokio::task::spawn_blocking(move || walk(&dir))
-            .await
-            .map_err(|e| StoreError::io("tree walk", std::io::Error::other(e)))??;
+        let walked = crate::store::blocking("tree walk", move || walk(&dir)).await??;
         let mut entries = Vec::with_capacity(walked.len());
         let (mut paths, mut abs) = (Vec::new(), Vec::new());
         for w in walked {
